@@ -1,0 +1,168 @@
+"""The on-disk dataset format: one Zarr v3 group per dataset directory.
+
+Layout (see docs/FORMAT.md)::
+
+    DIR/zarr.json      group attributes: format_version, counts, dtypes, provenance
+    DIR/indptr         int64 (N+1,)  CSR over in-neighbors, one uncompressed chunk
+    DIR/indices        int32 (E,)    (int64 when N >= 2**31), one uncompressed chunk
+    DIR/features       float32|float16 (N, F), row-chunked, uncompressed
+    DIR/labels         int64 (N,)
+    DIR/train|val|test int64 node ids
+
+``indptr`` and ``indices`` are single raw chunks so they can be memory-mapped (sampling a
+graph larger than RAM) and written through memory maps (out-of-core CSR build); they remain
+ordinary Zarr arrays that ``zarr.open`` reads.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import getpass
+import shlex
+import sys
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import zarr
+
+from disktrain.errors import DataError
+
+FORMAT_VERSION = 1
+FEATURE_CHUNK_BYTES = 4 << 20
+SPLITS = ("train", "val", "test")
+
+
+def index_dtype(num_nodes: int) -> np.dtype:
+    """int32 node ids while they fit, else int64."""
+    return np.dtype(np.int32) if num_nodes < 2**31 else np.dtype(np.int64)
+
+
+def chunk_file(array_dir: str | Path, ndim: int) -> Path:
+    """Path of chunk (0, ..., 0) under Zarr v3's default chunk key encoding."""
+    return Path(array_dir).joinpath("c", *(["0"] * ndim))
+
+
+def create_flat_array(group: zarr.Group, name: str, shape: tuple[int, ...], dtype) -> np.memmap:
+    """Create a single-chunk uncompressed Zarr array and return its chunk as a writable memmap."""
+    dtype = np.dtype(dtype)
+    group.create_array(name, shape=shape, dtype=dtype, chunks=shape, compressors=None,
+                       fill_value=0)
+    path = chunk_file(Path(group.store.root) / group.path / name, len(shape))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if int(np.prod(shape)) == 0:
+        path.write_bytes(b"")
+        return np.zeros(shape, dtype)
+    return np.memmap(path, dtype=dtype.newbyteorder("<"), mode="w+", shape=shape)
+
+
+def open_flat_array(root: str | Path, name: str, mode: str = "r") -> np.ndarray:
+    """Memory-map a single-chunk array written by :func:`create_flat_array`."""
+    arr = zarr.open_array(Path(root) / name, mode="r")
+    path = chunk_file(Path(root) / name, arr.ndim)
+    if arr.size == 0:
+        return np.zeros(arr.shape, arr.dtype)
+    if not path.exists():
+        raise DataError(f"{path}: chunk file missing (array {name!r} of shape {arr.shape})")
+    expected = arr.size * arr.dtype.itemsize
+    if path.stat().st_size != expected:
+        raise DataError(f"{path}: {path.stat().st_size} bytes, expected {expected} "
+                        f"(array {name!r} truncated or corrupted)")
+    return np.memmap(path, dtype=np.dtype(arr.dtype).newbyteorder("<"), mode=mode,
+                     shape=arr.shape)
+
+
+def write_small_array(group: zarr.Group, name: str, values: np.ndarray) -> None:
+    """Write an in-memory array (labels, splits) as one uncompressed chunk."""
+    values = np.ascontiguousarray(values)
+    arr = group.create_array(name, shape=values.shape, dtype=values.dtype,
+                             chunks=values.shape or (1,), compressors=None, fill_value=0)
+    if values.size:
+        arr[...] = values
+
+
+def create_features(group: zarr.Group, num_nodes: int, feature_dim: int, dtype) -> zarr.Array:
+    """Create the row-chunked feature array (~4 MiB chunks, uncompressed)."""
+    dtype = np.dtype(dtype)
+    rows = max(1, min(num_nodes, FEATURE_CHUNK_BYTES // max(1, feature_dim * dtype.itemsize)))
+    return group.create_array("features", shape=(num_nodes, feature_dim), dtype=dtype,
+                              chunks=(rows, feature_dim), compressors=None, fill_value=0)
+
+
+def provenance(sources: dict[str, str] | None = None) -> dict:
+    """Who made a dataset, from what, and when."""
+    return {
+        "command": shlex.join(sys.argv),
+        "sources": dict(sources or {}),
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "user": getpass.getuser(),
+    }
+
+
+@dataclass(frozen=True)
+class DatasetMeta:
+    """Group attributes of a dataset."""
+
+    num_nodes: int
+    num_edges: int
+    feature_dim: int
+    num_classes: int
+    feature_dtype: str = "float32"
+    index_dtype: str = "int32"
+    provenance: dict = field(default_factory=dict)
+    format_version: int = FORMAT_VERSION
+
+    @classmethod
+    def from_attrs(cls, attrs: dict, where: str) -> DatasetMeta:
+        version = attrs.get("format_version")
+        if version != FORMAT_VERSION:
+            raise DataError(f"{where}: format_version {version!r} is not {FORMAT_VERSION} "
+                            "(not a disktrain dataset, or written by another version)")
+        names = {f for f in cls.__dataclass_fields__}
+        return cls(**{k: v for k, v in attrs.items() if k in names})
+
+
+class Dataset:
+    """A dataset directory opened read-only: CSR memmaps, features, labels, splits."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        if not (self.path / "zarr.json").exists():
+            raise DataError(f"{self.path}: not a dataset directory (no zarr.json)")
+        self.group = zarr.open_group(self.path, mode="r")
+        self.meta = DatasetMeta.from_attrs(dict(self.group.attrs), str(self.path))
+        self.indptr = open_flat_array(self.path, "indptr")
+        self.indices = open_flat_array(self.path, "indices")
+        self.features = self.group["features"]
+        self._small: dict[str, np.ndarray] = {}
+
+    def _load(self, name: str) -> np.ndarray:
+        if name not in self._small:
+            if name not in self.group:
+                raise DataError(f"{self.path}: dataset has no {name!r} array")
+            self._small[name] = np.asarray(self.group[name][...])
+        return self._small[name]
+
+    @property
+    def num_nodes(self) -> int:
+        return self.meta.num_nodes
+
+    @property
+    def labels(self) -> np.ndarray:
+        return self._load("labels")
+
+    def split(self, name: str) -> np.ndarray:
+        """Node ids of split ``name`` (train, val or test)."""
+        if name not in SPLITS:
+            raise ValueError(f"split must be one of {SPLITS}, got {name!r}")
+        return self._load(name)
+
+    def feature_chunk_rows(self) -> int:
+        return int(self.features.chunks[0])
+
+    def info(self) -> dict:
+        """The dataset's attributes plus the arrays present."""
+        out = asdict(self.meta)
+        out["path"] = str(self.path)
+        out["splits"] = {s: int(self.group[s].shape[0]) for s in SPLITS if s in self.group}
+        return out
