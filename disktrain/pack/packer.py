@@ -1,0 +1,186 @@
+"""Batched packing: read raw feature rows once, in order, and lay them out per batch."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import zarr
+from tqdm.auto import tqdm
+
+from disktrain.dataset import Dataset, create_flat_array, open_flat_array, write_small_array
+from disktrain.errors import DataError
+from disktrain.pack.store import STORE, PackedStore, write_chunk
+from disktrain.pack.tiers import (NOT_CACHED, assign_tiers, cache_rows_to_fit,
+                                  rows_for_bytes)
+from disktrain.sample.store import SampleStore
+
+
+@dataclass(frozen=True, kw_only=True)
+class PackConfig:
+    """Tiering and packing of feature rows."""
+
+    gpu_cache_bytes: int = 0
+    """Bytes of the hottest rows kept in a GPU cache (a CPU tensor without a GPU)."""
+    cpu_cache_bytes: int = 0
+    """Bytes of the next hottest rows kept in a CPU (pinned) cache."""
+    max_packed_bytes: int | None = None
+    """Refuse to write more packed bytes than this; the error says what cache would fit."""
+    chunk_bytes: int = 256 << 10
+    """Target bytes per packed chunk (one checksummed file); batches pad to whole chunks."""
+    group_bytes: int = 256 << 20
+    """Packed bytes assembled in memory per packing group (bounds memory)."""
+
+    def __post_init__(self):
+        for name in ("gpu_cache_bytes", "cpu_cache_bytes"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        for name in ("chunk_bytes", "group_bytes"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.max_packed_bytes is not None and self.max_packed_bytes < 0:
+            raise ValueError(f"max_packed_bytes must be >= 0, got {self.max_packed_bytes}")
+
+
+def _batch_slots(codes: np.ndarray, nodes: np.ndarray, n_cpu: int) -> tuple[np.ndarray,
+                                                                           np.ndarray]:
+    """Slots of a batch's input rows, and the node ids it packs (in slot order)."""
+    slots = codes[nodes]
+    packed = slots == NOT_CACHED
+    slots[packed] = n_cpu + np.arange(int(packed.sum()))
+    return slots, nodes[packed]
+
+
+def _groups(padded_rows: np.ndarray, row_bytes: int, group_bytes: int) -> list[range]:
+    """Consecutive batches whose padded rows fit ``group_bytes`` (at least one each)."""
+    out, start, acc = [], 0, 0
+    for b, rows in enumerate(padded_rows):
+        size = int(rows) * row_bytes
+        if b > start and acc + size > group_bytes:
+            out.append(range(start, b))
+            start, acc = b, 0
+        acc += size
+    if start < len(padded_rows):
+        out.append(range(start, len(padded_rows)))
+    return out
+
+
+def pack_dataset(dataset_path: str | Path, cfg: PackConfig = PackConfig(),
+                 progress: bool = True) -> PackedStore:
+    """Assign tiers from the sample store's access counts and write ``DATASET/packed``.
+
+    Resumes an interrupted run with the same configuration (finished groups are kept).
+    """
+    dataset = Dataset(dataset_path)
+    samples = SampleStore(dataset.path)
+    feat_dtype = np.dtype(dataset.features.dtype)
+    dim = dataset.meta.feature_dim
+    row_bytes = dim * feat_dtype.itemsize
+    counts = np.asarray(samples.access_counts)
+    tiers = assign_tiers(counts, row_bytes, cfg.gpu_cache_bytes, cfg.cpu_cache_bytes)
+    n_gpu, n_cpu = len(tiers.gpu_nodes), len(tiers.cpu_nodes)
+    codes = tiers.codes(dataset.num_nodes)
+    chunk_rows = max(1, rows_for_bytes(cfg.chunk_bytes, row_bytes))
+
+    n_input = np.zeros(samples.num_batches, np.int64)
+    n_packed = np.zeros(samples.num_batches, np.int64)
+    for b in range(samples.num_batches):
+        nodes = samples.input_nodes(b)
+        n_input[b] = len(nodes)
+        n_packed[b] = np.count_nonzero(codes[nodes] == NOT_CACHED)
+    padded = -(-n_packed // chunk_rows) * chunk_rows
+    total_padded = int(padded.sum())
+    if cfg.max_packed_bytes is not None and total_padded * row_bytes > cfg.max_packed_bytes:
+        need = cache_rows_to_fit(counts, cfg.max_packed_bytes // max(1, row_bytes))
+        raise DataError(
+            f"--max-packed-bytes {cfg.max_packed_bytes}: packing would write "
+            f"{total_padded * row_bytes} bytes ({int(n_packed.sum())} rows, duplication "
+            f"{n_packed.sum() / max(1, np.count_nonzero(codes[counts > 0] == NOT_CACHED)):.2f}x)"
+            f"; caching the {need} hottest rows ({need * row_bytes} bytes of "
+            "--gpu-cache-bytes plus --cpu-cache-bytes) would fit, before chunk padding")
+
+    attrs = {
+        "pack_config": asdict(cfg),
+        "sample_config": samples.config.to_attrs(),
+        "n_gpu": n_gpu, "n_cpu": n_cpu,
+    }
+    final = dataset.path / STORE
+    if (final / "zarr.json").exists():
+        old = dict(zarr.open_group(final, mode="r").attrs)
+        if old.get("complete") and all(old.get(k) == v for k, v in attrs.items()):
+            return PackedStore(dataset.path)
+    partial = dataset.path / f"{STORE}.partial"
+    if partial.exists():
+        old = dict(zarr.open_group(partial, mode="r").attrs)
+        if not all(old.get(k) == v for k, v in attrs.items()):
+            shutil.rmtree(partial)
+    slot_offsets = np.zeros(samples.num_batches + 1, np.int64)
+    np.cumsum(n_input, out=slot_offsets[1:])
+    batch_rows = np.zeros(samples.num_batches + 1, np.int64)
+    np.cumsum(padded, out=batch_rows[1:])
+    if not partial.exists():
+        root = zarr.open_group(partial, mode="w")
+        root.attrs.update({**attrs, "complete": False})
+        root.create_array("rows", shape=(total_padded, dim), dtype=feat_dtype,
+                          chunks=(chunk_rows, dim), fill_value=0,
+                          compressors=[zarr.codecs.Crc32cCodec()])
+        write_small_array(root, "batch_rows", batch_rows)
+        write_small_array(root, "batch_packed", n_packed)
+        write_small_array(root, "slot_offsets", slot_offsets)
+        write_small_array(root, "gpu_nodes", tiers.gpu_nodes)
+        write_small_array(root, "cpu_nodes", tiers.cpu_nodes)
+        create_flat_array(root, "slots", (int(slot_offsets[-1]),), np.int64)
+        cache = create_flat_array(root, "cache_rows", (n_gpu + n_cpu, dim), feat_dtype)
+        if n_gpu:
+            cache[:n_gpu] = dataset.gather_sorted(tiers.gpu_nodes)
+        if n_cpu:
+            cache[n_gpu:] = dataset.gather_sorted(tiers.cpu_nodes)
+        if isinstance(cache, np.memmap):
+            cache.flush()
+        del cache
+        (partial / "done").mkdir()
+    slots_out = open_flat_array(partial, "slots", mode="r+")
+
+    groups = _groups(padded, row_bytes, cfg.group_bytes)
+    for gi, batches in enumerate(tqdm(groups, desc="pack", unit="group",
+                                      disable=not progress)):
+        marker = partial / "done" / f"g{gi:06d}"
+        if marker.exists():
+            continue
+        packed_ids = []
+        for b in batches:
+            slots, ids = _batch_slots(codes, samples.input_nodes(b), n_cpu)
+            slots_out[slot_offsets[b]:slot_offsets[b + 1]] = slots
+            packed_ids.append(ids)
+        needed = np.unique(np.concatenate(packed_ids)) if packed_ids else np.zeros(0, int)
+        rows = dataset.gather_sorted(needed)
+        first = int(batch_rows[batches[0]])
+        buf = np.zeros((int(batch_rows[batches[-1] + 1]) - first, dim), feat_dtype)
+        for b, ids in zip(batches, packed_ids):
+            at = int(batch_rows[b]) - first
+            buf[at:at + len(ids)] = rows[np.searchsorted(needed, ids)]
+        for k in range(0, len(buf), chunk_rows):
+            write_chunk(partial, (first + k) // chunk_rows, buf[k:k + chunk_rows])
+        slots_out.flush()
+        marker.touch()
+    del slots_out
+
+    distinct = int(np.count_nonzero(codes[counts > 0] == NOT_CACHED))
+    root = zarr.open_group(partial, mode="r+")
+    root.attrs.update({
+        "complete": True,
+        "packed_rows": int(n_packed.sum()),
+        "padded_rows": total_padded,
+        "distinct_packed_rows": distinct,
+        "duplication_factor": float(n_packed.sum() / max(1, distinct)),
+        "packed_bytes": total_padded * row_bytes,
+        "chunk_rows": chunk_rows,
+    })
+    shutil.rmtree(partial / "done")
+    if final.exists():
+        shutil.rmtree(final)
+    os.rename(partial, final)
+    return PackedStore(dataset.path)

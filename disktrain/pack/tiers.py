@@ -1,0 +1,62 @@
+"""Row -> tier arithmetic: which feature rows the GPU cache, the CPU cache and packing serve."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+NOT_CACHED = np.iinfo(np.int64).max
+
+
+@dataclass(frozen=True)
+class Tiers:
+    """Static, frequency-ranked caches (as DiskGNN): node ids in cache-slot order."""
+
+    gpu_nodes: np.ndarray
+    """Hottest rows, ascending ids; row i of the GPU cache is node gpu_nodes[i]."""
+    cpu_nodes: np.ndarray
+    """Next hottest rows, ascending ids."""
+
+    def codes(self, num_nodes: int) -> np.ndarray:
+        """Per node: -1-slot for the GPU cache, slot for the CPU cache, else NOT_CACHED."""
+        code = np.full(num_nodes, NOT_CACHED, np.int64)
+        code[self.gpu_nodes] = -1 - np.arange(len(self.gpu_nodes))
+        code[self.cpu_nodes] = np.arange(len(self.cpu_nodes))
+        return code
+
+
+def rows_for_bytes(num_bytes: int, row_bytes: int) -> int:
+    return int(num_bytes) // max(1, int(row_bytes))
+
+
+def assign_tiers(counts: np.ndarray, row_bytes: int, gpu_cache_bytes: int,
+                 cpu_cache_bytes: int) -> Tiers:
+    """Rank rows by access count (ties: lower id first); fill the GPU, then the CPU cache.
+
+    Rows never accessed are never cached.
+    """
+    order = hot_order(counts)
+    n_gpu = min(rows_for_bytes(gpu_cache_bytes, row_bytes), len(order))
+    n_cpu = min(rows_for_bytes(cpu_cache_bytes, row_bytes), len(order) - n_gpu)
+    return Tiers(np.sort(order[:n_gpu]), np.sort(order[n_gpu:n_gpu + n_cpu]))
+
+
+def hot_order(counts: np.ndarray) -> np.ndarray:
+    """Ids of accessed rows, most accessed first (stable: lower id first among ties)."""
+    accessed = np.flatnonzero(counts > 0)
+    return accessed[np.argsort(-counts[accessed], kind="stable")]
+
+
+def packed_rows_after_caching(counts: np.ndarray, cached_rows: int) -> int:
+    """Rows packing writes (duplicates included) when the ``cached_rows`` hottest are cached."""
+    order = hot_order(counts)
+    return int(counts[order[cached_rows:]].sum(dtype=np.int64))
+
+
+def cache_rows_to_fit(counts: np.ndarray, max_packed_rows: int) -> int | None:
+    """Fewest hottest rows to cache so packing writes at most ``max_packed_rows``."""
+    order = hot_order(counts)
+    tail = np.cumsum(counts[order][::-1], dtype=np.int64)[::-1]  # rows packed if i cached
+    fits = np.flatnonzero(tail <= max_packed_rows)
+    return int(fits[0]) if len(fits) else len(order)

@@ -1,0 +1,72 @@
+"""Configuration of a training run."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+MODELS = ("sage", "gcn", "gat", "mlp")
+PLAN_REUSE = ("cycle", "pool")
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainConfig:
+    """One training run over a prepared dataset."""
+
+    dataset: str
+    """Dataset directory, prepared by `disktrain prepare`."""
+    model: str = "sage"
+    """One of sage, gcn, gat (mlp: a features-only baseline)."""
+    epochs: int = 10
+    """Training epochs."""
+    seed: int = 0
+    """Seeds initialization, dropout and the batch order."""
+    hidden: int = 128
+    """Hidden units per layer (per head for gat)."""
+    heads: int = 4
+    """Attention heads (gat only)."""
+    dropout: float = 0.5
+    """Dropout between layers."""
+    lr: float = 0.01
+    """Adam learning rate."""
+    weight_decay: float = 5e-4
+    """Adam weight decay."""
+    plan_reuse: str = "cycle"
+    """cycle: epoch e trains on pre-sampled epoch e mod E; pool: every epoch draws its
+    batches from the whole pre-sampled pool (as DiskGNN)."""
+    eval_every: int = 1
+    """Evaluate validation and test accuracy every this many epochs (and after the last)."""
+    eval_batch_size: int = 4096
+    """Seeds per evaluation batch (evaluation samples online with the same kernels)."""
+    device: str = "cpu"
+    """Torch device of this worker ("cuda" picks LOCAL_RANK's GPU)."""
+    prefetch: int = 2
+    """Batches in flight between pipeline stages."""
+    read_threads: int = 2
+    """Threads reading packed ranges."""
+    checkpoint_dir: str | None = None
+    """Where checkpoints go (default: DATASET/checkpoints)."""
+    checkpoint_every: int = 0
+    """Also checkpoint every this many batches inside an epoch (0: at epoch ends only)."""
+    resume: bool = False
+    """Continue from the latest checkpoint."""
+    metrics: str | None = None
+    """JSON-lines file receiving one record per epoch."""
+    max_batches: int | None = None
+    """Stop each epoch after this many batches (smoke tests and benchmarks)."""
+    progress: bool = True
+    """Show a progress bar per epoch (rank 0)."""
+
+    def __post_init__(self):
+        if self.model not in MODELS:
+            raise ValueError(f"model must be one of {MODELS}, got {self.model!r}")
+        if self.plan_reuse not in PLAN_REUSE:
+            raise ValueError(f"plan_reuse must be one of {PLAN_REUSE}, got {self.plan_reuse!r}")
+        for name in ("epochs", "hidden", "heads", "eval_every", "eval_batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        if self.lr <= 0:
+            raise ValueError(f"lr must be > 0, got {self.lr}")
+        if self.checkpoint_every < 0:
+            raise ValueError(f"checkpoint_every must be >= 0, got {self.checkpoint_every}")

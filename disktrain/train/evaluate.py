@@ -1,0 +1,41 @@
+"""Accuracy on a split, sampling neighborhoods online with the offline sampler's kernels."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from disktrain.dataset import Dataset
+from disktrain.kernels.sampling import sample_batches
+from disktrain.models.block import Block
+from disktrain.sample.plan import sampling_key
+from disktrain.sample.store import unpack_batch
+
+
+@torch.no_grad()
+def evaluate(model: torch.nn.Module, dataset: Dataset, split: str, fanouts: tuple[int, ...],
+             batch_size: int, seed: int, device: torch.device) -> float:
+    """Accuracy of ``model`` on ``split`` (features read from the raw array, in order)."""
+    ids = np.asarray(dataset.split(split), np.int64)
+    if len(ids) == 0:
+        return float("nan")
+    was_training = model.training
+    model.eval()
+    correct = 0
+    labels = np.asarray(dataset.labels)
+    for start in range(0, len(ids), batch_size):
+        seeds = ids[start:start + batch_size]
+        out = sample_batches(dataset.indptr, dataset.indices, seeds,
+                             np.array([0, len(seeds)], np.int64),
+                             np.asarray(fanouts, np.int64), sampling_key(seed, 1 << 30))
+        arrays = {name: getattr(out, name) for name in
+                  ("nodes", "node_offsets", "hop_counts", "edge_src", "edge_dst",
+                   "edge_offsets")}
+        batch = unpack_batch(arrays, 0, 0)
+        uniq, inverse = np.unique(batch.input_nodes, return_inverse=True)
+        x = torch.from_numpy(dataset.gather_sorted(uniq)[inverse]).to(device)
+        blocks = [Block.from_numpy(s, d, ns, nd).to(device) for s, d, ns, nd in batch.blocks]
+        pred = model(x, blocks).argmax(dim=1).cpu().numpy()
+        correct += int((pred == labels[seeds]).sum())
+    model.train(was_training)
+    return correct / len(ids)

@@ -1,0 +1,131 @@
+"""The training function: prepared dataset in, trained model and accuracies out.
+
+Launch it directly (`disktrain train`), under torchrun (`torchrun --nproc_per_node=N -m
+disktrain.train ...`) or inside a Ray Train worker: it reads RANK / LOCAL_RANK / WORLD_SIZE
+when they are set; rank 0 alone logs, writes metrics and checkpoints.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from disktrain.models.gnn import GNNConfig, build_model
+from disktrain.pipeline import LoaderConfig, PackedLoader
+from disktrain.train.checkpoint import load_checkpoint, save_checkpoint
+from disktrain.train.config import TrainConfig
+from disktrain.train.dist import DistEnv
+from disktrain.train.evaluate import evaluate
+from disktrain.train.gradsync import AllReduceMean
+from disktrain.train.schedule import epoch_batches, worker_share
+
+STAGES = ("read", "assemble", "copy")
+
+
+def _init_distributed(env: DistEnv, device: torch.device) -> None:
+    if env.world_size > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+
+
+def train(cfg: TrainConfig, grad_sync=None, on_epoch=None) -> dict:
+    """Train ``cfg.model`` on the prepared dataset ``cfg.dataset``; return the summary.
+
+    ``grad_sync(params)`` replaces the gradient all-reduce (robust aggregation plugs in
+    here); ``on_epoch(record, checkpoint_dir)`` is called on every rank after each epoch
+    (Ray Train reports through it).
+    """
+    env = DistEnv.from_env()
+    device = env.device(cfg.device)
+    _init_distributed(env, device)
+    torch.manual_seed(cfg.seed)
+    loader = PackedLoader(cfg.dataset, LoaderConfig(prefetch=cfg.prefetch,
+                                                    read_threads=cfg.read_threads,
+                                                    device=str(device)))
+    meta = loader.dataset.meta
+    fanouts = loader.samples.config.fanouts
+    model = build_model(GNNConfig(model=cfg.model, in_dim=meta.feature_dim, hidden=cfg.hidden,
+                                  num_classes=meta.num_classes, num_layers=len(fanouts),
+                                  dropout=cfg.dropout, heads=cfg.heads)).to(device)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sync = grad_sync or AllReduceMean()
+    params = [p for p in model.parameters() if p.requires_grad]
+    ckpt_dir = Path(cfg.checkpoint_dir or Path(cfg.dataset) / "checkpoints")
+
+    start_epoch, cursor, history = 0, 0, []
+    if cfg.resume and (state := load_checkpoint(ckpt_dir)) is not None:
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        torch.set_rng_state(state["rng"])
+        start_epoch, cursor = int(state["epoch"]), int(state["cursor"])
+        history = json.loads(state["history"])
+
+    def checkpoint(epoch: int, at: int) -> None:
+        if env.is_main:
+            save_checkpoint(ckpt_dir, {"model": model.state_dict(), "optimizer": opt.state_dict(),
+                                       "rng": torch.get_rng_state(), "epoch": epoch,
+                                       "cursor": at, "history": json.dumps(history)})
+
+    samples = loader.samples
+    sampled_epochs = samples.num_batches // samples.batches_per_epoch
+    for epoch in range(start_epoch, cfg.epochs):
+        ids = epoch_batches(epoch, cfg.seed, sampled_epochs, samples.batches_per_epoch,
+                            cfg.plan_reuse)
+        ids = worker_share(ids, env.rank, env.world_size)[:cfg.max_batches]
+        seconds = dict.fromkeys((*STAGES, "compute", "wait"), 0.0)
+        losses = []
+        model.train()
+        t_epoch = time.perf_counter()
+        bar = tqdm(total=len(ids), initial=cursor, desc=f"epoch {epoch}", unit="batch",
+                   disable=not (cfg.progress and env.is_main), leave=False)
+        batches = loader(ids[cursor:])
+        t_wait = time.perf_counter()
+        for step, mb in enumerate(batches, start=cursor):
+            t0 = time.perf_counter()
+            seconds["wait"] += t0 - t_wait
+            opt.zero_grad(set_to_none=True)
+            loss = F.cross_entropy(model(mb.x, mb.blocks), mb.labels)
+            loss.backward()
+            sync(params)
+            opt.step()
+            losses.append(float(loss))
+            for k in STAGES:
+                seconds[k] += mb.seconds[k]
+            t_wait = time.perf_counter()
+            seconds["compute"] += t_wait - t0
+            bar.update()
+            if cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0:
+                checkpoint(epoch, step + 1)
+        bar.close()
+        cursor = 0
+        record = {"epoch": epoch, "loss": float(np.mean(losses)) if losses else float("nan"),
+                  "batches": len(ids), "epoch_time_s": time.perf_counter() - t_epoch,
+                  **{f"{k}_s": v for k, v in seconds.items()}}
+        if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs:
+            for split in ("val", "test"):
+                record[f"{split}_acc"] = evaluate(model, loader.dataset, split, fanouts,
+                                                  cfg.eval_batch_size, cfg.seed, device)
+        history.append(record)
+        checkpoint(epoch + 1, 0)
+        if env.is_main and cfg.metrics:
+            with open(cfg.metrics, "a") as f:
+                f.write(json.dumps(record) + "\n")
+        if on_epoch is not None:
+            on_epoch(record, ckpt_dir)
+
+    evaluated = [r for r in history if "val_acc" in r]
+    last = evaluated[-1] if evaluated else {}
+    return {"epochs": cfg.epochs, "val_acc": last.get("val_acc"),
+            "test_acc": last.get("test_acc"),
+            "epoch_time_s": float(np.mean([r["epoch_time_s"] for r in history]))
+            if history else None,
+            "loss": history[-1]["loss"] if history else None,
+            "model": cfg.model, "world_size": env.world_size,
+            "stage_s": {k: float(np.mean([r[f"{k}_s"] for r in history]))
+                        for k in (*STAGES, "compute", "wait")} if history else {}}
