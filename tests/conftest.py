@@ -1,0 +1,23 @@
+"""Shared fixtures."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from tinygraphs import make_dataset
+
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+
+
+@pytest.fixture
+def tiny_dataset(tmp_path) -> Path:
+    return make_dataset(tmp_path / "tiny")
+
+
+@pytest.fixture
+def cora_dir() -> Path:
+    path = SHARED / "datasets" / "cora"
+    if not path.exists():
+        pytest.skip("shared/datasets/cora not present")
+    return path

@@ -1,0 +1,123 @@
+"""Tiers, batched packing and the packed store: exact assembly, integrity, budget."""
+
+import numpy as np
+import pytest
+import torch
+import zarr
+
+from disktrain.dataset import Dataset
+from disktrain.errors import DataError
+from disktrain.pack import PackConfig, PackedStore, assign_tiers, pack_dataset
+from disktrain.pack.store import chunk_path
+from disktrain.pack.tiers import NOT_CACHED, cache_rows_to_fit, packed_rows_after_caching
+from disktrain.pipeline import LoaderConfig, PackedLoader
+from disktrain.sample import SampleConfig, sample_dataset
+
+from tinygraphs import make_dataset
+
+
+def test_assign_tiers_table():
+    counts = np.array([0, 5, 1, 5, 3, 0, 2])
+    tiers = assign_tiers(counts, row_bytes=10, gpu_cache_bytes=20, cpu_cache_bytes=15)
+    assert tiers.gpu_nodes.tolist() == [1, 3]      # the two hottest (tie: lower id first)
+    assert tiers.cpu_nodes.tolist() == [4]         # 15 bytes hold one 10-byte row
+    codes = tiers.codes(7)
+    assert codes.tolist() == [NOT_CACHED, -1, NOT_CACHED, -2, 0, NOT_CACHED, NOT_CACHED]
+    assert packed_rows_after_caching(counts, 3) == 3
+    assert cache_rows_to_fit(counts, 3) == 3
+    assert cache_rows_to_fit(counts, 100) == 0
+    never = assign_tiers(counts, 10, 1000, 1000)
+    assert 0 not in never.gpu_nodes and 5 not in never.cpu_nodes
+
+
+def _prepare(path, pack_cfg, dtype=np.float32):
+    make_dataset(path, dtype=dtype)
+    sample_dataset(path, SampleConfig(fanouts=(4, 3), batch_size=24, epochs=2, seed=2,
+                                      group_size=3), progress=False)
+    return pack_dataset(path, pack_cfg, progress=False)
+
+
+@pytest.mark.parametrize("gpu,cpu,dtype", [(0, 0, np.float32), (640, 1280, np.float32),
+                                           (10**6, 0, np.float16), (0, 2000, np.float16)])
+def test_assembled_features_are_bit_identical(tmp_path, gpu, cpu, dtype):
+    path = tmp_path / "d"
+    packed = _prepare(path, PackConfig(gpu_cache_bytes=gpu, cpu_cache_bytes=cpu,
+                                       chunk_bytes=200, group_bytes=4000), dtype)
+    raw = Dataset(path).feature_rows(0, Dataset(path).num_nodes)
+    loader = PackedLoader(path, LoaderConfig(prefetch=2, read_threads=2))
+    seen = 0
+    for mb in loader(range(loader.num_batches)):
+        nodes = loader.samples.input_nodes(mb.index)
+        assert torch.equal(mb.x, torch.from_numpy(raw[nodes]))
+        seen += 1
+    assert seen == loader.num_batches
+    info = packed.info()
+    assert info["duplication_factor"] >= 1.0 or info["packed_rows"] == 0
+
+
+def test_zarr_reads_the_packed_store(tmp_path):
+    path = tmp_path / "d"
+    packed = _prepare(path, PackConfig(chunk_bytes=128))
+    arr = zarr.open_array(path / "packed" / "rows", mode="r")
+    for b in range(packed.num_batches):
+        start = packed.batch_rows[b]
+        mine = packed.read_packed(b)
+        assert np.array_equal(arr[start:start + len(mine)], mine)
+
+
+def test_corrupted_or_truncated_chunk_names_batch_and_file(tmp_path):
+    path = tmp_path / "d"
+    packed = _prepare(path, PackConfig(chunk_bytes=128))
+    b = 3
+    chunk = int(packed.batch_rows[b]) // packed.chunk_rows
+    f = chunk_path(packed.path, chunk)
+    data = bytearray(f.read_bytes())
+    data[5] ^= 0xFF
+    f.write_bytes(bytes(data))
+    with pytest.raises(DataError, match=rf"packed batch {b}: chunk file .*{chunk}/0.*crc32c"):
+        packed.read_packed(b)
+    f.write_bytes(bytes(data[:-10]))
+    with pytest.raises(DataError, match="truncated"):
+        packed.read_packed(b)
+    loader = PackedLoader(path)
+    with pytest.raises(DataError, match=f"packed batch {b}"):
+        for _ in loader(range(loader.num_batches)):
+            pass
+
+
+def test_budget_error_says_what_fits(tmp_path):
+    path = tmp_path / "d"
+    with pytest.raises(DataError, match=r"max-packed-bytes.*hottest rows"):
+        _prepare(path, PackConfig(max_packed_bytes=1000))
+    assert not (path / "packed").exists()
+    ok = pack_dataset(path, PackConfig(cpu_cache_bytes=10**6, max_packed_bytes=1000),
+                      progress=False)
+    assert ok.info()["packed_rows"] == 0
+
+
+def test_resume_keeps_finished_groups(tmp_path, monkeypatch):
+    path = tmp_path / "d"
+    cfg = PackConfig(chunk_bytes=128, group_bytes=2000)
+    make_dataset(path)
+    sample_dataset(path, SampleConfig(fanouts=(4, 3), batch_size=24, seed=2), progress=False)
+    from disktrain.pack import packer
+
+    real = packer.write_chunk
+    n = {"calls": 0}
+
+    def dying(root, chunk, data):
+        n["calls"] += 1
+        if n["calls"] == 12:
+            raise OSError("disk full")
+        real(root, chunk, data)
+
+    monkeypatch.setattr(packer, "write_chunk", dying)
+    with pytest.raises(OSError):
+        pack_dataset(path, cfg, progress=False)
+    assert not (path / "packed").exists() and (path / "packed.partial").exists()
+    monkeypatch.setattr(packer, "write_chunk", real)
+    packed = pack_dataset(path, cfg, progress=False)
+    raw = Dataset(path).feature_rows(0, Dataset(path).num_nodes)
+    loader = PackedLoader(path)
+    for mb in loader(range(packed.num_batches)):
+        assert torch.equal(mb.x, torch.from_numpy(raw[loader.samples.input_nodes(mb.index)]))
