@@ -94,7 +94,7 @@ def train(cfg: TrainConfig, grad_sync=None, on_epoch=None) -> dict:
             loss.backward()
             sync(params)
             opt.step()
-            losses.append(float(loss))
+            losses.append(loss.item())
             for k in STAGES:
                 seconds[k] += mb.seconds[k]
             t_wait = time.perf_counter()
