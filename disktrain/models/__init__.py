@@ -1,0 +1,23 @@
+"""GNN layers and node classifiers over sampled blocks (plain PyTorch ops).
+
+``Block`` is one message-flow layer; ``build_model(GNNConfig(...))`` gives a module called as
+``model(x, blocks)`` that returns logits for ``blocks[-1]``'s dst nodes (the seeds).
+"""
+
+from disktrain.models.block import Block
+from disktrain.models.gat import GATConv
+from disktrain.models.gcn import GCNConv
+from disktrain.models.gnn import GNN, MLP, MODELS, GNNConfig, build_model
+from disktrain.models.sage import SAGEConv
+
+__all__ = [
+    "GNN",
+    "MLP",
+    "MODELS",
+    "Block",
+    "GATConv",
+    "GCNConv",
+    "GNNConfig",
+    "SAGEConv",
+    "build_model",
+]

@@ -1,0 +1,93 @@
+"""One message-flow layer of a sampled mini-batch (the DGL / PyG "block" layout)."""
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+
+@dataclass(frozen=True, eq=False)
+class Block:
+    """Bipartite edges ``src -> dst`` from ``num_src`` input nodes to ``num_dst`` output nodes.
+
+    Ids are local to the block. The output nodes are the first ``num_dst`` input nodes
+    (``x[:num_dst]`` are the dst nodes' own features), so a block's dst nodes are the next
+    block's src nodes. Layers assume a block has no duplicate edges; edges ``i -> i`` are
+    allowed and the layers that add self loops drop them first.
+    """
+
+    src: torch.Tensor
+    """int64 (nnz,): local id of each edge's source, in ``[0, num_src)``."""
+    dst: torch.Tensor
+    """int64 (nnz,): local id of each edge's destination, in ``[0, num_dst)``."""
+    num_src: int
+    """Number of input nodes (rows of the features this layer reads)."""
+    num_dst: int
+    """Number of output nodes; they are input nodes ``0 .. num_dst - 1``."""
+
+    def __post_init__(self) -> None:
+        for name in ("src", "dst"):
+            t = getattr(self, name)
+            if t.dtype != torch.int64 or t.dim() != 1:
+                raise ValueError(f"Block.{name} must be a 1-D int64 tensor, got "
+                                 f"{t.dtype}{list(t.shape)}")
+        if self.src.shape != self.dst.shape or self.src.device != self.dst.device:
+            raise ValueError(f"Block.src and Block.dst must match in shape and device, got "
+                             f"{list(self.src.shape)} on {self.src.device} and "
+                             f"{list(self.dst.shape)} on {self.dst.device}")
+        if not 0 <= self.num_dst <= self.num_src:
+            raise ValueError(f"Block needs 0 <= num_dst <= num_src, got num_dst={self.num_dst}"
+                             f", num_src={self.num_src}")
+
+    @property
+    def num_edges(self) -> int:
+        return self.src.shape[0]
+
+    @property
+    def device(self) -> torch.device:
+        return self.src.device
+
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> "Block":
+        """This block with its edge tensors on ``device`` (pinned sources copy asynchronously)."""
+        return Block(
+            src=self.src.to(device, non_blocking=non_blocking),
+            dst=self.dst.to(device, non_blocking=non_blocking),
+            num_src=self.num_src,
+            num_dst=self.num_dst,
+        )
+
+    @classmethod
+    def from_numpy(cls, edge_src: np.ndarray, edge_dst: np.ndarray, num_src: int,
+                   num_dst: int) -> "Block":
+        """A block from integer edge arrays; ids are range-checked, copied only if not int64."""
+        src = _edge_ids("edge_src", edge_src, num_src)
+        dst = _edge_ids("edge_dst", edge_dst, num_dst)
+        if src.shape != dst.shape:
+            raise ValueError(f"edge_src and edge_dst must have the same length, got "
+                             f"{src.shape[0]} and {dst.shape[0]}")
+        return cls(src=torch.from_numpy(src), dst=torch.from_numpy(dst), num_src=int(num_src),
+                   num_dst=int(num_dst))
+
+
+def self_loop_edges(block: Block) -> tuple[torch.Tensor, torch.Tensor]:
+    """The block's edges without ``i -> i`` edges, then one self loop ``i -> i`` per dst node."""
+    keep = block.src != block.dst
+    loop = torch.arange(block.num_dst, device=block.device)
+    return torch.cat([block.src[keep], loop]), torch.cat([block.dst[keep], loop])
+
+
+def _edge_ids(name: str, ids: np.ndarray, bound: int) -> np.ndarray:
+    ids = np.asarray(ids)
+    if ids.ndim != 1 or ids.dtype.kind not in "iu":
+        raise ValueError(f"{name} must be a 1-D integer array, got {ids.dtype}{list(ids.shape)}")
+    if ids.size and (ids.min() < 0 or ids.max() >= bound):
+        bad = int(np.argmax((ids < 0) | (ids >= bound)))
+        raise ValueError(f"{name}[{bad}] = {int(ids[bad])} is out of range [0, {bound})")
+    return np.ascontiguousarray(ids, dtype=np.int64)
+
+
+def check_features(x: torch.Tensor, block: Block, layer: str) -> None:
+    """Raise ``ValueError`` unless ``x`` is a 2-D tensor with one row per src node of ``block``."""
+    if x.dim() != 2 or x.shape[0] != block.num_src:
+        raise ValueError(f"{layer}: x must have shape ({block.num_src}, in_dim) to match "
+                         f"block.num_src, got {list(x.shape)}")

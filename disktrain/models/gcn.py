@@ -1,0 +1,35 @@
+"""Graph convolution (Kipf & Welling) with symmetric normalization on a block."""
+
+import torch
+from torch import nn
+
+from disktrain.models.block import Block, check_features, self_loop_edges
+
+
+class GCNConv(nn.Module):
+    """``H = D_dst^-1/2 (A + I) D_src^-1/2 X W + b`` on the bipartite block.
+
+    ``A`` is the block's (num_dst, num_src) adjacency, ``A[d, s] = 1`` for an edge ``s -> d``,
+    and ``I`` adds the self loop ``i -> i`` for every dst node ``i`` (existing ``i -> i`` edges
+    are replaced, not doubled). The degrees are counted on ``A + I`` within the block:
+    ``D_dst`` its row sums (in-degree + 1), ``D_src`` its column sums (the src node's out-degree
+    in the block, + 1 if it is also a dst node). This is DGL ``GraphConv(norm="both")`` on the
+    block with self loops added; on a whole graph (num_src == num_dst, symmetric A) it is
+    exactly Kipf's ``D^-1/2 (A + I) D^-1/2``.
+    """
+
+    def __init__(self, in_dim: int, out_dim: int, *, bias: bool = True) -> None:
+        super().__init__()
+        self.lin = nn.Linear(in_dim, out_dim, bias=False)
+        self.bias = nn.Parameter(torch.zeros(out_dim)) if bias else None
+
+    def forward(self, x: torch.Tensor, block: Block) -> torch.Tensor:
+        check_features(x, block, "GCNConv")
+        src, dst = self_loop_edges(block)
+        h = self.lin(x)
+        deg_src = torch.bincount(src, minlength=block.num_src).to(h.dtype)
+        deg_dst = torch.bincount(dst, minlength=block.num_dst).to(h.dtype)
+        norm = (deg_src[src] * deg_dst[dst]).rsqrt()
+        out = h.new_zeros(block.num_dst, h.shape[1])
+        out.index_add_(0, dst, h[src] * norm.unsqueeze(1))
+        return out if self.bias is None else out + self.bias

@@ -1,0 +1,137 @@
+"""Node classifiers over a list of sampled blocks, and an MLP baseline that ignores the graph."""
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from disktrain.models.block import Block
+from disktrain.models.gat import GATConv
+from disktrain.models.gcn import GCNConv
+from disktrain.models.sage import SAGEConv
+
+MODELS = ("sage", "gcn", "gat", "mlp")
+
+
+@dataclass(frozen=True, kw_only=True)
+class GNNConfig:
+    """Architecture of a node classifier; see :func:`build_model`."""
+
+    model: str = "sage"
+    """One of ``MODELS``: "sage", "gcn", "gat", or "mlp" (baseline that ignores edges)."""
+    in_dim: int
+    """Width of the input node features."""
+    hidden: int = 256
+    """Width of every hidden layer's output (for GAT: all heads together)."""
+    num_classes: int
+    """Number of output logits per seed node."""
+    num_layers: int = 2
+    """Number of layers; a GNN consumes one block per layer."""
+    dropout: float = 0.5
+    """Dropout probability on hidden activations, between layers."""
+    heads: int = 4
+    """GAT attention heads; ``hidden`` must be divisible by it. Ignored by other models."""
+    attn_dropout: float = 0.0
+    """GAT dropout probability on attention weights. Ignored by other models."""
+
+    def __post_init__(self) -> None:
+        if self.model not in MODELS:
+            raise ValueError(f"GNNConfig.model must be one of {MODELS}, got {self.model!r}")
+        for name in ("in_dim", "hidden", "num_classes", "num_layers", "heads"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"GNNConfig.{name} must be an int >= 1, got {value!r}")
+        for name in ("dropout", "attn_dropout"):
+            value = getattr(self, name)
+            if not 0.0 <= value < 1.0:
+                raise ValueError(f"GNNConfig.{name} must be in [0, 1), got {value!r}")
+        if self.model == "gat" and self.hidden % self.heads:
+            raise ValueError(f"GNNConfig.hidden must be divisible by heads for model 'gat', "
+                             f"got hidden={self.hidden}, heads={self.heads}")
+
+    @property
+    def dims(self) -> list[int]:
+        """Input and output width of each layer: ``[in_dim, hidden, ..., num_classes]``."""
+        return [self.in_dim] + [self.hidden] * (self.num_layers - 1) + [self.num_classes]
+
+
+def build_model(cfg: GNNConfig) -> nn.Module:
+    """The model ``cfg`` describes; ``model(x, blocks)`` returns logits for the seed nodes."""
+    return MLP(cfg) if cfg.model == "mlp" else GNN(cfg)
+
+
+class GNN(nn.Module):
+    """One convolution per block, ReLU and dropout between layers.
+
+    ``forward(x, blocks)``: ``x`` holds the features of ``blocks[0]``'s src nodes (the farthest
+    hop); ``blocks[-1]``'s dst nodes are the seeds, whose logits (num_seeds, num_classes) are
+    returned. ``blocks[i].num_dst`` must equal ``blocks[i + 1].num_src``.
+    """
+
+    def __init__(self, cfg: GNNConfig) -> None:
+        super().__init__()
+        make = _CONVS[cfg.model]
+        dims = cfg.dims
+        self.convs = nn.ModuleList(
+            make(cfg, dims[i], dims[i + 1], i == cfg.num_layers - 1)
+            for i in range(cfg.num_layers)
+        )
+        self.dropout = cfg.dropout
+
+    def forward(self, x: torch.Tensor, blocks: Sequence[Block]) -> torch.Tensor:
+        _check_blocks(blocks, len(self.convs))
+        h = x
+        for i, (conv, block) in enumerate(zip(self.convs, blocks)):
+            h = conv(h, block)
+            if i < len(self.convs) - 1:
+                h = F.dropout(F.relu(h), p=self.dropout, training=self.training)
+        return h
+
+
+class MLP(nn.Module):
+    """Baseline with the GNN's widths that sees only the seeds' own features."""
+
+    def __init__(self, cfg: GNNConfig) -> None:
+        super().__init__()
+        dims = cfg.dims
+        self.lins = nn.ModuleList(nn.Linear(dims[i], dims[i + 1]) for i in range(cfg.num_layers))
+        self.dropout = cfg.dropout
+
+    def forward(self, x: torch.Tensor, blocks: Sequence[Block]) -> torch.Tensor:
+        if not blocks:
+            raise ValueError("MLP: blocks must not be empty (the last one names the seeds)")
+        h = x[: blocks[-1].num_dst]
+        for i, lin in enumerate(self.lins):
+            h = lin(h)
+            if i < len(self.lins) - 1:
+                h = F.dropout(F.relu(h), p=self.dropout, training=self.training)
+        return h
+
+
+def _sage(cfg: GNNConfig, in_dim: int, out_dim: int, last: bool) -> nn.Module:
+    return SAGEConv(in_dim, out_dim)
+
+
+def _gcn(cfg: GNNConfig, in_dim: int, out_dim: int, last: bool) -> nn.Module:
+    return GCNConv(in_dim, out_dim)
+
+
+def _gat(cfg: GNNConfig, in_dim: int, out_dim: int, last: bool) -> nn.Module:
+    # Hidden layers concatenate heads of hidden // heads each; the last layer averages them.
+    per_head = out_dim if last else out_dim // cfg.heads
+    return GATConv(in_dim, per_head, heads=cfg.heads, concat=not last,
+                   attn_dropout=cfg.attn_dropout)
+
+
+_CONVS = {"sage": _sage, "gcn": _gcn, "gat": _gat}
+
+
+def _check_blocks(blocks: Sequence[Block], num_layers: int) -> None:
+    if len(blocks) != num_layers:
+        raise ValueError(f"GNN: expected {num_layers} blocks (one per layer), got {len(blocks)}")
+    for i in range(num_layers - 1):
+        if blocks[i].num_dst != blocks[i + 1].num_src:
+            raise ValueError(f"GNN: blocks[{i}].num_dst = {blocks[i].num_dst} must equal "
+                             f"blocks[{i + 1}].num_src = {blocks[i + 1].num_src}")
