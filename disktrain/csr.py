@@ -85,13 +85,19 @@ def build_csr(group: zarr.Group, chunks: EdgeChunks, num_nodes: int, num_input_e
         for a in range(0, num_edges, step):
             b = min(a + step, num_edges)
             final[a:b] = indices[a:b]
-        final.flush()
+        _flush(final)
         del indices, final
         _delete_array(group, build_name)
     else:
-        indices.flush()
+        _flush(indices)
     indptr.flush()
     return num_edges
+
+
+def _flush(array: np.ndarray) -> None:
+    """Flush a memmap; an empty array is a plain ndarray (nothing to map) and has no flush."""
+    if isinstance(array, np.memmap):
+        array.flush()
 
 
 def _delete_array(group: zarr.Group, name: str) -> None:

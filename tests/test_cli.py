@@ -1,0 +1,62 @@
+"""The command line: help texts, option-to-config mapping, info, synth wiring."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+
+import pytest
+
+from disktrain.cli import build_parser, main
+from disktrain.ingest import IngestConfig
+
+
+@pytest.mark.parametrize("command", [[], ["ingest"], ["synth"], ["info"]])
+def test_help(capsys, command):
+    with pytest.raises(SystemExit) as exit_info:
+        main([*command, "--help"])
+    assert exit_info.value.code == 0
+    assert capsys.readouterr().out.startswith(f"usage: disktrain {' '.join(command)}".rstrip())
+
+
+def _option_dests(command: str) -> set[str]:
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return {a.dest for a in sub.choices[command]._actions if a.dest != "help"}
+
+
+def test_ingest_options_are_config_fields():
+    assert _option_dests("ingest") <= {f.name for f in dataclasses.fields(IngestConfig)}
+
+
+def test_synth_options_are_config_fields():
+    synth = pytest.importorskip("disktrain.synth")
+    assert _option_dests("synth") <= {f.name for f in dataclasses.fields(synth.SynthConfig)}
+
+
+def test_info(tiny_dataset, capsys):
+    assert main(["info", str(tiny_dataset), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["num_nodes"] == 300 and info["feature_dim"] == 16
+    assert info["splits"] == {"train": 150, "val": 75, "test": 75}
+    assert main(["info", str(tiny_dataset)]) == 0
+    assert "num_nodes: 300\n" in capsys.readouterr().out
+
+
+def test_info_not_a_dataset(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["info", str(tmp_path)])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err == f"disktrain: error: {tmp_path}: not a dataset directory " \
+                                      "(no zarr.json)\n"
+
+
+def test_synth(tmp_path, capsys):
+    pytest.importorskip("disktrain.synth")
+    out = tmp_path / "syn"
+    assert main(["synth", "--out", str(out), "--nodes", "64", "--avg-degree", "4",
+                 "--feature-dim", "8", "--classes", "3", "--seed", "1", "--no-progress"]) == 0
+    assert main(["info", str(out), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out.splitlines()[-1])
+    assert (info["num_nodes"], info["feature_dim"], info["num_classes"]) == (64, 8, 3)
