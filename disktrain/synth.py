@@ -1,0 +1,307 @@
+"""Synthetic datasets: an R-MAT graph with planted, homophilous classes and noisy features.
+
+Edges: edge ``e`` is a pure function of ``(seed, e)`` (counter-based splitmix64 hashes), so
+each chunk is regenerated bit for bit for the CSR build's second pass, whatever the chunk
+size and the Numba thread count. A fraction ``1 - homophily`` of edges are Graph500-style
+R-MAT (a, b, c, d = 0.57, 0.19, 0.19, 0.05; scale = ceil(log2 N); pairs with an id >= N are
+redrawn); the rest join an R-MAT source to a uniformly random node of the source's planted
+class. Node ids are then shuffled by a seeded hash permutation (cycle-walked to [0, N)), so
+degree does not follow id and nothing of size N is held in memory.
+
+Labels are the planted classes. Features are the class centroid (random, norm ~1, pairwise
+distance ~sqrt(2)) plus Gaussian noise of std ``noise`` per dimension: with the defaults one
+node's features are ambiguous but the mean over its neighbors is informative, so a GNN that
+aggregates neighbors beats an MLP on features alone. Splits are seeded, disjoint, and sorted.
+
+Memory: the CSR build's two int64 arrays of length N plus one edge chunk; features, labels
+and splits are written chunk by chunk.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import zarr
+from tqdm.auto import tqdm
+
+from disktrain.atomic import atomic_dir
+from disktrain.csr import CSRConfig, build_csr
+from disktrain.dataset import (
+    SPLITS,
+    DatasetMeta,
+    create_features,
+    create_flat_array,
+    index_dtype,
+    provenance,
+    write_small_array,
+)
+from disktrain.kernels import rmat as krmat
+
+RMAT_PROBS = (0.57, 0.19, 0.19, 0.05)
+"""Graph500 R-MAT quadrant probabilities (a, b, c, d)."""
+FEATURE_DTYPES = ("float32", "float16")
+MAX_NODES = 2**48
+NODE_CHUNK = 1 << 22
+FEATURE_BLOCK_BYTES = 32 << 20
+PERM_ROUNDS = 4
+_MASK64 = (1 << 64) - 1
+_STREAMS = {"edges": 1, "classes": 2, "graph_perm": 3, "split_perm": 4, "features": 5,
+            "centroids": 6}
+
+
+@dataclass(frozen=True, kw_only=True)
+class SynthConfig:
+    """What ``disktrain synth`` generates."""
+
+    out: str | Path
+    """Dataset directory to create."""
+    num_nodes: int
+    """Number of nodes N (>= 2 and >= num_classes)."""
+    avg_degree: float = 10.0
+    """Mean in-degree of the stored graph: num_edges ~= num_nodes * avg_degree (each
+    undirected edge counts twice, once per direction)."""
+    feature_dim: int = 128
+    """Features per node."""
+    num_classes: int = 10
+    """Number of planted classes (labels)."""
+    seed: int = 0
+    """Everything written is a function of the seed (and the other parameters)."""
+    homophily: float = 0.5
+    """Fraction of edges drawn inside the source's planted class; the rest are R-MAT edges,
+    which land in the same class by chance (1/num_classes), so the measured same-class
+    fraction is homophily + (1 - homophily) / num_classes."""
+    noise: float = 0.6
+    """Std of the Gaussian feature noise per dimension (class centroids have norm ~1)."""
+    train_fraction: float = 0.6
+    """Fraction of nodes in the train split."""
+    val_fraction: float = 0.2
+    """Fraction of nodes in the validation split."""
+    test_fraction: float = 0.2
+    """Fraction of nodes in the test split (the three may sum to less than 1)."""
+    chunk_edges: int = 1 << 22
+    """Edges generated per chunk (bounds memory; the output does not depend on it)."""
+    feature_dtype: str = "float32"
+    """float32 or float16."""
+    undirected: bool = True
+    """Store every generated edge in both directions."""
+    dedup: bool = False
+    """Drop repeated edges and self-loops (an extra pass over the indices)."""
+    overwrite: bool = False
+    """Replace ``out`` if it exists."""
+    progress: bool = True
+    """Show tqdm progress bars."""
+
+    def __post_init__(self):
+        _check_int("num_nodes", self.num_nodes, 2, MAX_NODES)
+        _check_int("num_classes", self.num_classes, 2, self.num_nodes)
+        _check_int("feature_dim", self.feature_dim, 1)
+        _check_int("seed", self.seed, 0, _MASK64)
+        _check_int("chunk_edges", self.chunk_edges, 1)
+        if not (math.isfinite(self.avg_degree) and self.avg_degree > 0):
+            raise ValueError(f"avg_degree must be a positive number, got {self.avg_degree!r}")
+        if not 0.0 <= self.homophily <= 1.0:
+            raise ValueError(f"homophily must be in [0, 1], got {self.homophily!r}")
+        if not (math.isfinite(self.noise) and self.noise >= 0):
+            raise ValueError(f"noise must be >= 0, got {self.noise!r}")
+        for name in ("train_fraction", "val_fraction", "test_fraction"):
+            value = getattr(self, name)
+            if not 0.0 <= value <= 1.0:
+                raise ValueError(f"{name} must be in [0, 1], got {value!r}")
+        total = self.train_fraction + self.val_fraction + self.test_fraction
+        if total > 1.0 + 1e-9:
+            raise ValueError(f"train_fraction + val_fraction + test_fraction must be <= 1, got "
+                             f"{self.train_fraction} + {self.val_fraction} + "
+                             f"{self.test_fraction} = {total}")
+        if self.feature_dtype not in FEATURE_DTYPES:
+            raise ValueError(f"feature_dtype must be one of {FEATURE_DTYPES}, "
+                             f"got {self.feature_dtype!r}")
+        if self.num_input_edges < 1:
+            raise ValueError(f"num_nodes * avg_degree must give at least one edge, got "
+                             f"{self.num_nodes} * {self.avg_degree}")
+
+    @property
+    def num_input_edges(self) -> int:
+        """Edges generated (each stored twice when undirected)."""
+        return round(self.num_nodes * self.avg_degree / (2 if self.undirected else 1))
+
+    @property
+    def scale(self) -> int:
+        """R-MAT scale: ceil(log2(num_nodes))."""
+        return (self.num_nodes - 1).bit_length()
+
+    def split_sizes(self) -> tuple[int, int, int]:
+        """Nodes in train, val, test (floors of the cumulative fractions, so they fit in N)."""
+        cum = np.cumsum([self.train_fraction, self.val_fraction, self.test_fraction])
+        bounds = [0] + [min(self.num_nodes, math.floor(c * self.num_nodes + 1e-6)) for c in cum]
+        return tuple(int(x) for x in np.diff(bounds))
+
+
+def _check_int(name: str, value, lo: int, hi: int | None = None) -> None:
+    if isinstance(value, bool) or not isinstance(value, int | np.integer):
+        raise ValueError(f"{name} must be an integer, got {value!r}")  # noqa: TRY004
+    if value < lo or (hi is not None and value > hi):
+        bound = f">= {lo}" if hi is None else f"in [{lo}, {hi}]"
+        raise ValueError(f"{name} must be {bound}, got {value!r}")
+
+
+def _splitmix64(x: int) -> int:
+    z = (x + 0x9E3779B97F4A7C15) & _MASK64
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK64
+    return z ^ (z >> 31)
+
+
+def _key(seed: int, stream: str, i: int = 0) -> np.uint64:
+    """A 64-bit key for one random stream of one seed."""
+    return np.uint64(_splitmix64(_splitmix64(_splitmix64(seed) ^ _STREAMS[stream]) + i))
+
+
+def _perm_keys(seed: int, stream: str) -> np.ndarray:
+    """Round keys of a hash permutation: row 0 XOR keys, row 1 odd multipliers."""
+    keys = np.empty((2, PERM_ROUNDS), np.uint64)
+    for r in range(PERM_ROUNDS):
+        keys[0, r] = _key(seed, stream, 2 * r)
+        keys[1, r] = _key(seed, stream, 2 * r + 1) | np.uint64(1)
+    return keys
+
+
+class EdgeGenerator:
+    """The seeded edge list in chunks: callable, returning a fresh iterator (for build_csr)."""
+
+    def __init__(self, cfg: SynthConfig):
+        self.cfg = cfg
+        probs = np.cumsum(RMAT_PROBS[:3]) * 65536
+        self._thresholds = np.round(probs).astype(np.int64)
+        self._edge_key = _key(cfg.seed, "edges")
+        self._class_key = _key(cfg.seed, "classes")
+        self._perm = _perm_keys(cfg.seed, "graph_perm")
+
+    def chunk(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
+        """(src, dst) int64 of generated edges [start, stop)."""
+        cfg = self.cfg
+        src = np.empty(stop - start, np.int64)
+        dst = np.empty(stop - start, np.int64)
+        krmat.rmat_edges(start, src, dst, cfg.num_nodes, cfg.scale, self._thresholds,
+                         float(cfg.homophily), cfg.num_classes, self._edge_key,
+                         self._class_key, self._perm)
+        return src, dst
+
+    def __call__(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """All edges in chunks of ``chunk_edges``; the next chunk is generated in a background
+        thread (the kernels release the GIL) while the caller consumes the current one."""
+        total, step = self.cfg.num_input_edges, self.cfg.chunk_edges
+        pending = None
+        with ThreadPoolExecutor(1, thread_name_prefix="synth-edges") as pool:
+            for start in range(0, total, step):
+                job = pool.submit(self.chunk, start, min(start + step, total))
+                if pending is not None:
+                    yield pending.result()
+                pending = job
+            if pending is not None:
+                yield pending.result()
+
+
+def node_labels(cfg: SynthConfig, start: int, stop: int) -> np.ndarray:
+    """Planted classes (int64) of nodes [start, stop)."""
+    out = np.empty(stop - start, np.int64)
+    krmat.node_classes(start, out, cfg.num_classes, _key(cfg.seed, "classes"))
+    return out
+
+
+def class_centroids(cfg: SynthConfig) -> np.ndarray:
+    """(num_classes, feature_dim) float64 centroids, entries N(0, 1 / feature_dim)."""
+    rng = np.random.default_rng([cfg.seed, _STREAMS["centroids"]])
+    return rng.standard_normal((cfg.num_classes, cfg.feature_dim)) / math.sqrt(cfg.feature_dim)
+
+
+def node_features(cfg: SynthConfig, start: int, stop: int,
+                  centroids: np.ndarray | None = None) -> np.ndarray:
+    """Features (float32) of nodes [start, stop)."""
+    if centroids is None:
+        centroids = class_centroids(cfg)
+    out = np.empty((stop - start, cfg.feature_dim), np.float32)
+    krmat.class_features(start, out, centroids, float(cfg.noise), cfg.num_classes,
+                         _key(cfg.seed, "classes"), _key(cfg.seed, "features"))
+    return out
+
+
+def split_codes(cfg: SynthConfig, start: int, stop: int) -> np.ndarray:
+    """Split of nodes [start, stop): 0 train, 1 val, 2 test, -1 none (int8)."""
+    bounds = np.concatenate([[0], np.cumsum(cfg.split_sizes())]).astype(np.int64)
+    out = np.empty(stop - start, np.int8)
+    krmat.split_codes(start, out, cfg.num_nodes, _perm_keys(cfg.seed, "split_perm"),
+                      cfg.scale, bounds)
+    return out
+
+
+def synthesize(cfg: SynthConfig) -> Path:
+    """Generate the dataset ``cfg`` describes into ``cfg.out`` (atomically); return its path."""
+    with atomic_dir(cfg.out, overwrite=cfg.overwrite) as tmp:
+        group = zarr.open_group(tmp, mode="w", zarr_format=3)
+        csr_cfg = CSRConfig(undirected=cfg.undirected, dedup=cfg.dedup,
+                            drop_self_loops=cfg.dedup, progress=cfg.progress)
+        num_edges = build_csr(group, EdgeGenerator(cfg), cfg.num_nodes, cfg.num_input_edges,
+                              csr_cfg)
+        _write_features(group, cfg)
+        _write_labels_and_splits(group, cfg)
+        meta = DatasetMeta(num_nodes=cfg.num_nodes, num_edges=num_edges,
+                           feature_dim=cfg.feature_dim, num_classes=cfg.num_classes,
+                           feature_dtype=cfg.feature_dtype,
+                           index_dtype=str(index_dtype(cfg.num_nodes)),
+                           provenance=provenance(sources=_sources(cfg)))
+        group.attrs.update(asdict(meta))
+    return Path(cfg.out)
+
+
+def _sources(cfg: SynthConfig) -> dict[str, str]:
+    params = {k: str(v) for k, v in asdict(cfg).items()
+              if k not in ("out", "overwrite", "progress", "chunk_edges")}
+    return {"generator": "rmat", "rmat_probs": str(RMAT_PROBS), **params}
+
+
+def _write_features(group: zarr.Group, cfg: SynthConfig) -> None:
+    features = create_features(group, cfg.num_nodes, cfg.feature_dim, cfg.feature_dtype)
+    rows = features.chunks[0]
+    rows *= max(1, FEATURE_BLOCK_BYTES // (rows * cfg.feature_dim * 4))
+    centroids = class_centroids(cfg)
+    with tqdm(total=cfg.num_nodes, desc="synth: features", unit="row", unit_scale=True,
+              disable=not cfg.progress) as bar:
+        for a in range(0, cfg.num_nodes, rows):
+            b = min(a + rows, cfg.num_nodes)
+            features[a:b] = node_features(cfg, a, b, centroids).astype(cfg.feature_dtype,
+                                                                         copy=False)
+            bar.update(b - a)
+
+
+def _write_labels_and_splits(group: zarr.Group, cfg: SynthConfig) -> None:
+    labels = create_flat_array(group, "labels", (cfg.num_nodes,), np.int64)
+    sizes = cfg.split_sizes()
+    splits = [_create_ids(group, name, size) for name, size in zip(SPLITS, sizes)]
+    offsets = [0] * len(SPLITS)
+    with tqdm(total=cfg.num_nodes, desc="synth: labels, splits", unit="node",
+              unit_scale=True, disable=not cfg.progress) as bar:
+        for a in range(0, cfg.num_nodes, NODE_CHUNK):
+            b = min(a + NODE_CHUNK, cfg.num_nodes)
+            labels[a:b] = node_labels(cfg, a, b)
+            codes = split_codes(cfg, a, b)
+            for k, ids in enumerate(splits):
+                chosen = np.flatnonzero(codes == k) + a
+                ids[offsets[k]:offsets[k] + chosen.size] = chosen
+                offsets[k] += chosen.size
+            bar.update(b - a)
+    assert offsets == list(sizes), (offsets, sizes)
+    for arr in (labels, *splits):
+        if isinstance(arr, np.memmap):
+            arr.flush()
+
+
+def _create_ids(group: zarr.Group, name: str, size: int) -> np.ndarray:
+    if size == 0:
+        write_small_array(group, name, np.zeros(0, np.int64))
+        return np.zeros(0, np.int64)
+    return create_flat_array(group, name, (size,), np.int64)
