@@ -157,6 +157,10 @@ class Dataset:
             raise ValueError(f"split must be one of {SPLITS}, got {name!r}")
         return self._load(name)
 
+    def in_degrees(self, nodes: np.ndarray) -> np.ndarray:
+        """Whole-graph in-degree of each node in ``nodes``."""
+        return self.indptr[nodes + 1] - self.indptr[nodes]
+
     def feature_rows(self, start: int, stop: int) -> np.ndarray:
         """Rows [start, stop) of the features, read straight from the raw chunk files.
 

@@ -110,7 +110,8 @@ class PackedLoader:
         x = torch.empty((len(slots), self.packed.feature_dim),
                         dtype=_torch_dtype(self.packed.dtype), pin_memory=self._pin)
         gather_rows(x.numpy(), self.caches.cpu, packed_rows, np.ascontiguousarray(slots))
-        blocks = [Block.from_numpy(s, d, ns, nd) for s, d, ns, nd in sampled.blocks]
+        degree = self.dataset.in_degrees(sampled.input_nodes)
+        blocks = [Block.from_numpy(s, d, ns, nd, degree) for s, d, ns, nd in sampled.blocks]
         labels = self.labels[torch.from_numpy(sampled.seeds.astype(np.int64))]
         return x, slots, blocks, labels
 

@@ -24,6 +24,9 @@ class Block:
     """Number of input nodes (rows of the features this layer reads)."""
     num_dst: int
     """Number of output nodes; they are input nodes ``0 .. num_dst - 1``."""
+    src_degree: torch.Tensor | None = None
+    """Optional (num_src,) in-degree of each src node in the whole graph (GCN uses it to
+    normalize as on the full graph); the dst nodes' degrees are its first num_dst."""
 
     def __post_init__(self) -> None:
         for name in ("src", "dst"):
@@ -35,6 +38,9 @@ class Block:
             raise ValueError(f"Block.src and Block.dst must match in shape and device, got "
                              f"{list(self.src.shape)} on {self.src.device} and "
                              f"{list(self.dst.shape)} on {self.dst.device}")
+        if self.src_degree is not None and self.src_degree.shape != (self.num_src,):
+            raise ValueError(f"Block.src_degree must have shape ({self.num_src},), got "
+                             f"{list(self.src_degree.shape)}")
         if not 0 <= self.num_dst <= self.num_src:
             raise ValueError(f"Block needs 0 <= num_dst <= num_src, got num_dst={self.num_dst}"
                              f", num_src={self.num_src}")
@@ -54,19 +60,23 @@ class Block:
             dst=self.dst.to(device, non_blocking=non_blocking),
             num_src=self.num_src,
             num_dst=self.num_dst,
+            src_degree=None if self.src_degree is None
+            else self.src_degree.to(device, non_blocking=non_blocking),
         )
 
     @classmethod
     def from_numpy(cls, edge_src: np.ndarray, edge_dst: np.ndarray, num_src: int,
-                   num_dst: int) -> "Block":
+                   num_dst: int, src_degree: np.ndarray | None = None) -> "Block":
         """A block from integer edge arrays; ids are range-checked, copied only if not int64."""
         src = _edge_ids("edge_src", edge_src, num_src)
         dst = _edge_ids("edge_dst", edge_dst, num_dst)
         if src.shape != dst.shape:
             raise ValueError(f"edge_src and edge_dst must have the same length, got "
                              f"{src.shape[0]} and {dst.shape[0]}")
+        degree = None if src_degree is None else torch.from_numpy(
+            np.ascontiguousarray(src_degree[:num_src], dtype=np.int64))
         return cls(src=torch.from_numpy(src), dst=torch.from_numpy(dst), num_src=int(num_src),
-                   num_dst=int(num_dst))
+                   num_dst=int(num_dst), src_degree=degree)
 
 
 def self_loop_edges(block: Block) -> tuple[torch.Tensor, torch.Tensor]:

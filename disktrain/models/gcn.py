@@ -16,6 +16,11 @@ class GCNConv(nn.Module):
     in the block, + 1 if it is also a dst node). This is DGL ``GraphConv(norm="both")`` on the
     block with self loops added; on a whole graph (num_src == num_dst, symmetric A) it is
     exactly Kipf's ``D^-1/2 (A + I) D^-1/2``.
+
+    When the block carries ``src_degree`` (whole-graph in-degrees), the degrees are those
+    of the whole graph instead, and each dst node's sum over its sampled neighbors is scaled
+    by (its degree / neighbors sampled): an unbiased estimate of the full-graph layer, and
+    exactly Kipf's layer when every neighbor was sampled.
     """
 
     def __init__(self, in_dim: int, out_dim: int, *, bias: bool = True) -> None:
@@ -27,9 +32,17 @@ class GCNConv(nn.Module):
         check_features(x, block, "GCNConv")
         src, dst = self_loop_edges(block)
         h = self.lin(x)
-        deg_src = torch.bincount(src, minlength=block.num_src).to(h.dtype)
-        deg_dst = torch.bincount(dst, minlength=block.num_dst).to(h.dtype)
-        norm = (deg_src[src] * deg_dst[dst]).rsqrt()
+        if block.src_degree is None:
+            deg_src = torch.bincount(src, minlength=block.num_src).to(h.dtype)
+            deg_dst = torch.bincount(dst, minlength=block.num_dst).to(h.dtype)
+            norm = (deg_src[src] * deg_dst[dst]).rsqrt()
+        else:
+            deg = block.src_degree.to(h.dtype) + 1
+            sampled = torch.bincount(dst, minlength=block.num_dst).to(h.dtype) - 1
+            scale = torch.where(sampled > 0, (deg[:block.num_dst] - 1) / sampled.clamp(min=1),
+                                torch.ones_like(sampled))
+            is_loop = torch.arange(len(src), device=src.device) >= len(src) - block.num_dst
+            norm = (deg[src] * deg[dst]).rsqrt() * torch.where(is_loop, 1.0, scale[dst])
         out = h.new_zeros(block.num_dst, h.shape[1])
         out.index_add_(0, dst, h[src] * norm.unsqueeze(1))
         return out if self.bias is None else out + self.bias

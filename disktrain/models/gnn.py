@@ -31,6 +31,8 @@ class GNNConfig:
     """Number of layers; a GNN consumes one block per layer."""
     dropout: float = 0.5
     """Dropout probability on hidden activations, between layers."""
+    input_dropout: float = 0.0
+    """Dropout probability on the input features (as Kipf & Welling's GCN)."""
     heads: int = 4
     """GAT attention heads; ``hidden`` must be divisible by it. Ignored by other models."""
     attn_dropout: float = 0.0
@@ -43,7 +45,7 @@ class GNNConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"GNNConfig.{name} must be an int >= 1, got {value!r}")
-        for name in ("dropout", "attn_dropout"):
+        for name in ("dropout", "input_dropout", "attn_dropout"):
             value = getattr(self, name)
             if not 0.0 <= value < 1.0:
                 raise ValueError(f"GNNConfig.{name} must be in [0, 1), got {value!r}")
@@ -79,10 +81,11 @@ class GNN(nn.Module):
             for i in range(cfg.num_layers)
         )
         self.dropout = cfg.dropout
+        self.input_dropout = cfg.input_dropout
 
     def forward(self, x: torch.Tensor, blocks: Sequence[Block]) -> torch.Tensor:
         _check_blocks(blocks, len(self.convs))
-        h = x
+        h = F.dropout(x, p=self.input_dropout, training=self.training)
         for i, (conv, block) in enumerate(zip(self.convs, blocks)):
             h = conv(h, block)
             if i < len(self.convs) - 1:

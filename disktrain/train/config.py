@@ -26,6 +26,8 @@ class TrainConfig:
     """Attention heads (gat only)."""
     dropout: float = 0.5
     """Dropout between layers."""
+    input_dropout: float = 0.0
+    """Dropout on the input features."""
     lr: float = 0.01
     """Adam learning rate."""
     weight_decay: float = 5e-4
@@ -64,8 +66,9 @@ class TrainConfig:
         for name in ("epochs", "hidden", "heads", "eval_every", "eval_batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        for name in ("dropout", "input_dropout"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}")
         if self.lr <= 0:
             raise ValueError(f"lr must be > 0, got {self.lr}")
         if self.checkpoint_every < 0:

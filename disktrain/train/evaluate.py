@@ -34,7 +34,9 @@ def evaluate(model: torch.nn.Module, dataset: Dataset, split: str, fanouts: tupl
         batch = unpack_batch(arrays, 0, 0)
         uniq, inverse = np.unique(batch.input_nodes, return_inverse=True)
         x = torch.from_numpy(dataset.gather_sorted(uniq)[inverse]).to(device)
-        blocks = [Block.from_numpy(s, d, ns, nd).to(device) for s, d, ns, nd in batch.blocks]
+        degree = dataset.in_degrees(batch.input_nodes)
+        blocks = [Block.from_numpy(s, d, ns, nd, degree).to(device)
+                  for s, d, ns, nd in batch.blocks]
         pred = model(x, blocks).argmax(dim=1).cpu().numpy()
         correct += int((pred == labels[seeds]).sum())
     model.train(was_training)

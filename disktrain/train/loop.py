@@ -7,6 +7,7 @@ when they are set; rank 0 alone logs, writes metrics and checkpoints.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from pathlib import Path
@@ -34,6 +35,22 @@ def _init_distributed(env: DistEnv, device: torch.device) -> None:
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
 
 
+def _broadcast_state(model: torch.nn.Module) -> None:
+    """Make every rank start from rank 0's parameters and buffers."""
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        for t in model.state_dict().values():
+            dist.broadcast(t, src=0)
+
+
+def params_digest(state: dict[str, torch.Tensor]) -> str:
+    """sha256 of a state dict's names and bytes, in order (replicas must agree)."""
+    h = hashlib.sha256()
+    for name, t in state.items():
+        h.update(name.encode())
+        h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
 def train(cfg: TrainConfig, grad_sync=None, on_epoch=None) -> dict:
     """Train ``cfg.model`` on the prepared dataset ``cfg.dataset``; return the summary.
 
@@ -52,25 +69,29 @@ def train(cfg: TrainConfig, grad_sync=None, on_epoch=None) -> dict:
     fanouts = loader.samples.config.fanouts
     model = build_model(GNNConfig(model=cfg.model, in_dim=meta.feature_dim, hidden=cfg.hidden,
                                   num_classes=meta.num_classes, num_layers=len(fanouts),
-                                  dropout=cfg.dropout, heads=cfg.heads)).to(device)
+                                  dropout=cfg.dropout, input_dropout=cfg.input_dropout,
+                                  heads=cfg.heads)).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sync = grad_sync or AllReduceMean()
     params = [p for p in model.parameters() if p.requires_grad]
     ckpt_dir = Path(cfg.checkpoint_dir or Path(cfg.dataset) / "checkpoints")
 
-    start_epoch, cursor, history = 0, 0, []
+    start_epoch, cursor, steps, history = 0, 0, 0, []
     if cfg.resume and (state := load_checkpoint(ckpt_dir)) is not None:
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         torch.set_rng_state(state["rng"])
         start_epoch, cursor = int(state["epoch"]), int(state["cursor"])
+        steps = int(state.get("steps", 0))
         history = json.loads(state["history"])
+    _broadcast_state(model)
 
     def checkpoint(epoch: int, at: int) -> None:
         if env.is_main:
             save_checkpoint(ckpt_dir, {"model": model.state_dict(), "optimizer": opt.state_dict(),
                                        "rng": torch.get_rng_state(), "epoch": epoch,
-                                       "cursor": at, "history": json.dumps(history)})
+                                       "cursor": at, "steps": steps,
+                                       "history": json.dumps(history)})
 
     samples = loader.samples
     sampled_epochs = samples.num_batches // samples.batches_per_epoch
@@ -94,6 +115,7 @@ def train(cfg: TrainConfig, grad_sync=None, on_epoch=None) -> dict:
             loss.backward()
             sync(params)
             opt.step()
+            steps += 1
             losses.append(loss.item())
             for k in STAGES:
                 seconds[k] += mb.seconds[k]
@@ -126,6 +148,7 @@ def train(cfg: TrainConfig, grad_sync=None, on_epoch=None) -> dict:
             "epoch_time_s": float(np.mean([r["epoch_time_s"] for r in history]))
             if history else None,
             "loss": history[-1]["loss"] if history else None,
-            "model": cfg.model, "world_size": env.world_size,
+            "model": cfg.model, "world_size": env.world_size, "steps": steps,
+            "params_sha256": params_digest(model.state_dict()),
             "stage_s": {k: float(np.mean([r[f"{k}_s"] for r in history]))
                         for k in (*STAGES, "compute", "wait")} if history else {}}
