@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -38,7 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="disktrain", description="Out-of-core GNN training: datasets on disk, "
         "offline sampling, packed features, pipelined reads.")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (_add_ingest, _add_synth, _add_info):
+    for add in (_add_ingest, _add_synth, _add_info, _add_prepare, _add_train, _add_demo):
         add(subparsers)
     return parser
 
@@ -47,6 +48,29 @@ def _config(cls, args: argparse.Namespace):
     """Build the config dataclass ``cls`` from the parsed options named like its fields."""
     names = {f.name for f in dataclasses.fields(cls)}
     return cls(**{k: v for k, v in vars(args).items() if k in names})
+
+
+def parse_bytes(text: str) -> int:
+    """``"512M"``, ``"2G"``, ``"1.5GiB"`` or a plain byte count -> bytes (binary units)."""
+    units = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+    t = text.strip().upper().removesuffix("IB").removesuffix("B")
+    unit = t[-1] if t and t[-1] in units else ""
+    try:
+        value = float(t[:-1] if unit else t)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a byte size: {text!r} (e.g. 512M, 2G)") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"byte size must be >= 0, got {text!r}")
+    return int(value * units[unit])
+
+
+def parse_fanouts(text: str) -> tuple[int, ...]:
+    """``"15,10,5"`` -> (15, 10, 5)."""
+    try:
+        return tuple(int(f) for f in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"fanouts must be comma-separated integers like 15,10,5, got {text!r}") from None
 
 
 def _add_progress(parser: argparse.ArgumentParser) -> None:
@@ -142,10 +166,16 @@ def _add_info(subparsers) -> None:
 
 
 def dataset_info(path: str | Path) -> dict:
-    """Everything ``disktrain info`` reports about the dataset at ``path``."""
+    """Everything ``disktrain info`` reports: the dataset, its sample and packed stores."""
     from disktrain.dataset import Dataset
+    from disktrain.pack import PackedStore
+    from disktrain.sample import SampleStore
 
-    return Dataset(path).info()
+    info = Dataset(path).info()
+    for name, store in (("samples", SampleStore), ("packed", PackedStore)):
+        if (Path(path) / name / "zarr.json").exists():
+            info[name] = store(path).info()
+    return info
 
 
 def _run_info(args: argparse.Namespace) -> int:
@@ -171,3 +201,137 @@ def _print_summary(path: Path) -> None:
     print(f"wrote {path}: {info['num_nodes']} nodes, {info['num_edges']} edges, "
           f"{info['feature_dim']} features ({info['feature_dtype']}), "
           f"{info['num_classes']} classes")
+
+
+# prepare
+
+def _add_prepare(subparsers) -> None:
+    p = subparsers.add_parser(
+        "prepare", help="pre-sample every batch and pack its features",
+        description="Offline neighbor sampling of every mini-batch of every epoch "
+        "(DATASET/samples), then tiering and packing of the features each batch reads "
+        "(DATASET/packed). Resumes an interrupted run with the same settings.")
+    p.add_argument("dataset", type=Path, metavar="DATASET", help="dataset directory")
+    p.add_argument("--fanouts", type=parse_fanouts, default=(15, 10, 5), metavar="F1,F2,..",
+                   help="neighbors per hop from the seeds; -1 = all; write --fanouts=-1,-1 when the "
+                   "list starts with -1 (default: 15,10,5)")
+    p.add_argument("--batch-size", dest="batch_size", type=int, default=1024,
+                   help="seeds per batch (default: %(default)s)")
+    p.add_argument("--epochs", type=int, default=1,
+                   help="epochs of batches to pre-sample (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
+    p.add_argument("--group-size", dest="group_size", type=int, default=16,
+                   help="batches per sampling task (default: %(default)s)")
+    p.add_argument("--gpu-cache-bytes", dest="gpu_cache_bytes", type=parse_bytes, default=0,
+                   metavar="BYTES", help="GPU cache for the hottest rows, e.g. 2G (default: 0)")
+    p.add_argument("--cpu-cache-bytes", dest="cpu_cache_bytes", type=parse_bytes, default=0,
+                   metavar="BYTES", help="CPU cache for the next hottest rows (default: 0)")
+    p.add_argument("--max-packed-bytes", dest="max_packed_bytes", type=parse_bytes,
+                   metavar="BYTES", help="refuse to pack more than this; says what would fit")
+    p.add_argument("--chunk-bytes", dest="chunk_bytes", type=parse_bytes, default=256 << 10,
+                   metavar="BYTES", help="bytes per packed chunk file (default: 256K)")
+    p.add_argument("--ray-address", dest="ray_address", metavar="ADDR",
+                   help="run sampling and packing groups as Ray tasks on this cluster "
+                   "('auto' inside a Ray job)")
+    _add_progress(p)
+    p.set_defaults(func=_run_prepare)
+
+
+def _run_prepare(args: argparse.Namespace) -> int:
+    from disktrain.pack import PackConfig, pack_dataset
+    from disktrain.sample import SampleConfig, sample_dataset
+
+    sample_cfg, pack_cfg = _config(SampleConfig, args), _config(PackConfig, args)
+    if args.ray_address:
+        from disktrain.cluster.ray_prepare import prepare_on_ray
+
+        prepare_on_ray(args.dataset, sample_cfg, pack_cfg, args.ray_address)
+    else:
+        sample_dataset(args.dataset, sample_cfg, progress=args.progress)
+        pack_dataset(args.dataset, pack_cfg, progress=args.progress)
+    info = dataset_info(args.dataset)
+    print(json.dumps({"samples": info["samples"], "packed": info["packed"]}))
+    return 0
+
+
+# train
+
+def _add_train(subparsers) -> None:
+    p = subparsers.add_parser(
+        "train", help="train a GNN on a prepared dataset",
+        description="Train on the pre-sampled, packed batches of a prepared dataset through "
+        "the staged read -> assemble -> copy -> compute pipeline. Runs alone, under torchrun "
+        "(RANK/LOCAL_RANK/WORLD_SIZE), or on Ray Train with --workers. The last line of "
+        "standard output is one JSON object (epochs, val_acc, test_acc, epoch_time_s, ...).")
+    p.add_argument("dataset", type=str, metavar="DATASET", help="prepared dataset directory")
+    p.add_argument("--model", default="sage", choices=("sage", "gcn", "gat", "mlp"))
+    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--hidden", type=int, default=128)
+    p.add_argument("--heads", type=int, default=4, help="attention heads (gat)")
+    p.add_argument("--dropout", type=float, default=0.5)
+    p.add_argument("--input-dropout", dest="input_dropout", type=float, default=0.0)
+    p.add_argument("--lr", type=float, default=0.01)
+    p.add_argument("--weight-decay", dest="weight_decay", type=float, default=5e-4)
+    p.add_argument("--plan-reuse", dest="plan_reuse", choices=("cycle", "pool"),
+                   default="cycle", help="cycle: epoch e uses pre-sampled epoch e mod E; "
+                   "pool: each epoch draws from every pre-sampled batch")
+    p.add_argument("--eval-every", dest="eval_every", type=int, default=1)
+    p.add_argument("--eval-batch-size", dest="eval_batch_size", type=int, default=4096)
+    p.add_argument("--device", default="cpu", help="cpu, cuda (this worker's GPU), cuda:N")
+    p.add_argument("--prefetch", type=int, default=2, help="batches in flight per stage")
+    p.add_argument("--read-threads", dest="read_threads", type=int, default=2)
+    p.add_argument("--checkpoint-dir", dest="checkpoint_dir",
+                   help="default: DATASET/checkpoints")
+    p.add_argument("--checkpoint-every", dest="checkpoint_every", type=int, default=0,
+                   help="also checkpoint every N batches (default: epoch ends only)")
+    p.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
+    p.add_argument("--metrics", help="append one JSON record per epoch to this file")
+    p.add_argument("--max-batches", dest="max_batches", type=int,
+                   help="at most this many batches per epoch")
+    p.add_argument("--workers", type=int, default=1,
+                   help="train on Ray Train with this many workers")
+    p.add_argument("--gpus-per-worker", dest="gpus_per_worker", type=float, default=0)
+    p.add_argument("--ray-address", dest="ray_address",
+                   help="Ray cluster to use with --workers (default: start a local one)")
+    _add_progress(p)
+    p.set_defaults(func=_run_train)
+
+
+def _run_train(args: argparse.Namespace) -> int:
+    from disktrain.train import TrainConfig, train
+
+    cfg = _config(TrainConfig, args)
+    if args.workers > 1 or args.ray_address:
+        from disktrain.cluster.ray_train import RayTrainConfig, fit_on_ray
+
+        result = fit_on_ray(cfg, RayTrainConfig(workers=args.workers,
+                                                gpus_per_worker=args.gpus_per_worker,
+                                                address=args.ray_address))
+    else:
+        result = train(cfg)
+    if int(os.environ.get("RANK", 0)) == 0:
+        print(json.dumps(result))
+    return 0
+
+
+# demo
+
+def _add_demo(subparsers) -> None:
+    p = subparsers.add_parser(
+        "demo", help="the whole path on a small built-in synthetic graph",
+        description="Generate a small synthetic graph, prepare it (offline sampling and "
+        "packing) and train GraphSAGE and a features-only MLP on it; report both.")
+    p.add_argument("--out", type=Path, metavar="DIR",
+                   help="keep the dataset here (default: a temporary directory, deleted)")
+    p.add_argument("--nodes", dest="num_nodes", type=int, default=20_000)
+    p.add_argument("--epochs", type=int, default=3)
+    _add_progress(p)
+    p.set_defaults(func=_run_demo)
+
+
+def _run_demo(args: argparse.Namespace) -> int:
+    from disktrain.demo import DemoConfig, run_demo
+
+    print(json.dumps(run_demo(_config(DemoConfig, args))))
+    return 0

@@ -11,11 +11,16 @@ import numpy as np
 import zarr
 from tqdm.auto import tqdm
 
-from disktrain.dataset import Dataset, create_flat_array, open_flat_array, write_small_array
+from disktrain.dataset import (
+    Dataset,
+    chunk_file,
+    create_flat_array,
+    open_flat_array,
+    write_small_array,
+)
 from disktrain.errors import DataError
 from disktrain.pack.store import STORE, PackedStore, write_chunk
-from disktrain.pack.tiers import (NOT_CACHED, assign_tiers, cache_rows_to_fit,
-                                  rows_for_bytes)
+from disktrain.pack.tiers import NOT_CACHED, Tiers, assign_tiers, cache_rows_to_fit, rows_for_bytes
 from disktrain.sample.store import SampleStore
 
 
@@ -68,11 +73,78 @@ def _groups(padded_rows: np.ndarray, row_bytes: int, group_bytes: int) -> list[r
     return out
 
 
+def group_name(group: int) -> str:
+    return f"g{group:06d}"
+
+
+class GroupPacker:
+    """Packs groups of batches into a partial packed store laid out by :func:`pack_dataset`.
+
+    Everything it needs is read back from the dataset, the sample store and the partial
+    store, so any process that sees the same files (a Ray task on another node) can pack any
+    group; groups write disjoint chunk files and disjoint byte ranges of ``slots``.
+    """
+
+    def __init__(self, dataset_path: str | Path, cfg: PackConfig, partial: str | Path):
+        self.dataset = Dataset(dataset_path)
+        self.samples = SampleStore(self.dataset.path)
+        self.partial = Path(partial)
+        root = zarr.open_group(self.partial, mode="r")
+        rows = root["rows"]
+        self.chunk_rows, self.dim, self.dtype = int(rows.chunks[0]), int(rows.shape[1]), rows.dtype
+        self.slot_offsets = np.asarray(root["slot_offsets"][...])
+        self.batch_rows = np.asarray(root["batch_rows"][...])
+        gpu_nodes = np.asarray(root["gpu_nodes"][...])
+        cpu_nodes = np.asarray(root["cpu_nodes"][...])
+        self.n_cpu = len(cpu_nodes)
+        self.codes = Tiers(gpu_nodes, cpu_nodes).codes(self.dataset.num_nodes)
+        row_bytes = self.dim * np.dtype(self.dtype).itemsize
+        self.groups = _groups(np.diff(self.batch_rows), row_bytes, cfg.group_bytes)
+        open_flat_array(self.partial, "slots")  # validates its size
+        self._slots_file = chunk_file(self.partial / "slots", 1)
+
+    def __call__(self, group: int) -> None:
+        """Write group ``group``'s chunks and slots, then its ``done`` marker."""
+        batches = self.groups[group]
+        slots, packed_ids = [], []
+        for b in batches:
+            s, ids = _batch_slots(self.codes, self.samples.input_nodes(b), self.n_cpu)
+            slots.append(s)
+            packed_ids.append(ids)
+        needed = np.unique(np.concatenate(packed_ids)) if packed_ids else np.zeros(0, int)
+        rows = self.dataset.gather_sorted(needed)
+        first = int(self.batch_rows[batches[0]])
+        buf = np.zeros((int(self.batch_rows[batches[-1] + 1]) - first, self.dim), self.dtype)
+        for b, ids in zip(batches, packed_ids):
+            at = int(self.batch_rows[b]) - first
+            buf[at:at + len(ids)] = rows[np.searchsorted(needed, ids)]
+        for k in range(0, len(buf), self.chunk_rows):
+            write_chunk(self.partial, (first + k) // self.chunk_rows,
+                        buf[k:k + self.chunk_rows])
+        raw = np.concatenate(slots).astype("<i8", copy=False).tobytes()
+        if raw:
+            fd = os.open(self._slots_file, os.O_WRONLY)
+            try:
+                os.pwrite(fd, raw, int(self.slot_offsets[batches[0]]) * 8)
+            finally:
+                os.close(fd)
+        (self.partial / "done" / group_name(group)).touch()
+
+
+def pack_group(dataset_path: str | Path, cfg: PackConfig, group: int,
+               partial: str | Path) -> None:
+    """Pack group ``group`` into the partial store ``partial``: a pure function of the
+    dataset, the sample store, ``cfg`` and the group, that any process may run."""
+    GroupPacker(dataset_path, cfg, partial)(group)
+
+
 def pack_dataset(dataset_path: str | Path, cfg: PackConfig = PackConfig(),
-                 progress: bool = True) -> PackedStore:
+                 progress: bool = True, run_groups=None) -> PackedStore:
     """Assign tiers from the sample store's access counts and write ``DATASET/packed``.
 
     Resumes an interrupted run with the same configuration (finished groups are kept).
+    ``run_groups(dataset_path, cfg, groups, partial_dir)`` may replace the local loop over
+    the pending packing groups (e.g. with Ray tasks running :func:`pack_group`).
     """
     dataset = Dataset(dataset_path)
     samples = SampleStore(dataset.path)
@@ -142,31 +214,18 @@ def pack_dataset(dataset_path: str | Path, cfg: PackConfig = PackConfig(),
             cache.flush()
         del cache
         (partial / "done").mkdir()
-    slots_out = open_flat_array(partial, "slots", mode="r+")
-
     groups = _groups(padded, row_bytes, cfg.group_bytes)
-    for gi, batches in enumerate(tqdm(groups, desc="pack", unit="group",
-                                      disable=not progress)):
-        marker = partial / "done" / f"g{gi:06d}"
-        if marker.exists():
-            continue
-        packed_ids = []
-        for b in batches:
-            slots, ids = _batch_slots(codes, samples.input_nodes(b), n_cpu)
-            slots_out[slot_offsets[b]:slot_offsets[b + 1]] = slots
-            packed_ids.append(ids)
-        needed = np.unique(np.concatenate(packed_ids)) if packed_ids else np.zeros(0, int)
-        rows = dataset.gather_sorted(needed)
-        first = int(batch_rows[batches[0]])
-        buf = np.zeros((int(batch_rows[batches[-1] + 1]) - first, dim), feat_dtype)
-        for b, ids in zip(batches, packed_ids):
-            at = int(batch_rows[b]) - first
-            buf[at:at + len(ids)] = rows[np.searchsorted(needed, ids)]
-        for k in range(0, len(buf), chunk_rows):
-            write_chunk(partial, (first + k) // chunk_rows, buf[k:k + chunk_rows])
-        slots_out.flush()
-        marker.touch()
-    del slots_out
+    pending = [g for g in range(len(groups)) if not (partial / "done" / group_name(g)).exists()]
+    if run_groups is not None:
+        run_groups(dataset.path, cfg, pending, partial)
+    else:
+        pack = GroupPacker(dataset.path, cfg, partial)
+        for g in tqdm(pending, desc="pack", unit="group", disable=not progress):
+            pack(g)
+    missing = [g for g in range(len(groups)) if not (partial / "done" / group_name(g)).exists()]
+    if missing:
+        raise DataError(f"{partial}: packing groups {missing[:10]} were not written "
+                        f"({len(missing)} of {len(groups)} missing)")
 
     distinct = int(np.count_nonzero(codes[counts > 0] == NOT_CACHED))
     root = zarr.open_group(partial, mode="r+")
