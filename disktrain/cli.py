@@ -310,7 +310,7 @@ def _run_train(args: argparse.Namespace) -> int:
                                                 address=args.ray_address))
     else:
         result = train(cfg)
-    if int(os.environ.get("RANK", 0)) == 0:
+    if int(os.environ.get("RANK", "0")) == 0:
         print(json.dumps(result))
     return 0
 

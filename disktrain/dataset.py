@@ -94,7 +94,7 @@ def provenance(sources: dict[str, str] | None = None) -> dict:
     return {
         "command": shlex.join(sys.argv),
         "sources": dict(sources or {}),
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         "user": getpass.getuser(),
     }
 

@@ -3,7 +3,8 @@
 Stages run in their own threads, joined by bounded queues (depth ``prefetch``), so an epoch
 costs about the slowest stage rather than the sum. Reads release the GIL (``os.preadv``),
 assembly runs Numba kernels without it. An exception in any stage is re-raised by the
-consumer; closing the iterator (or Ctrl-C in the consumer) stops every thread.
+consumer; closing the iterator (``with contextlib.closing(loader(ids)) as batches``, so that
+Ctrl-C in the consumer closes it too) stops every thread.
 
 The loader is public: any model that takes ``(x, blocks)`` can train on it.
 """

@@ -12,13 +12,8 @@ Key arrays (built by the caller from a seed):
 
 import numba as nb
 import numpy as np
+from disktrain.kernels.rng import draw
 
-_GAMMA = np.uint64(0x9E3779B97F4A7C15)
-_M1 = np.uint64(0xBF58476D1CE4E5B9)
-_M2 = np.uint64(0x94D049BB133111EB)
-_U30 = np.uint64(30)
-_U27 = np.uint64(27)
-_U31 = np.uint64(31)
 _U32 = np.uint64(32)
 _U16 = np.uint64(16)
 _U11 = np.uint64(11)
@@ -27,20 +22,6 @@ _LOW32 = np.uint64(0xFFFFFFFF)
 _INV53 = 1.0 / 9007199254740992.0
 _INV32 = 1.0 / 4294967296.0
 _MAX_ATTEMPTS = 1000
-
-
-@nb.njit(nogil=True, cache=True, inline="always")
-def mix64(z):
-    """splitmix64's finalizer: a bijective avalanche of a uint64."""
-    z = (z ^ (z >> _U30)) * _M1
-    z = (z ^ (z >> _U27)) * _M2
-    return z ^ (z >> _U31)
-
-
-@nb.njit(nogil=True, cache=True, inline="always")
-def draw(key, i):
-    """The i-th output of the splitmix64 stream seeded with ``key`` (i >= 0)."""
-    return mix64(key + (np.uint64(i) + np.uint64(1)) * _GAMMA)
 
 
 @nb.njit(nogil=True, cache=True, inline="always")

@@ -26,7 +26,8 @@ SETTINGS = {
 
 
 def disktrain(*args: str) -> str:
-    out = subprocess.run([sys.executable, "-m", "disktrain", *args], capture_output=True,
+    out = subprocess.run([sys.executable, "-m", "disktrain", *args], check=False,
+                         capture_output=True,
                          text=True)
     if out.returncode:
         raise SystemExit(f"disktrain {' '.join(args)} failed:\n{out.stderr}")

@@ -10,6 +10,8 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from disktrain.kernels.rng import derive_key
+
 
 @dataclass(frozen=True, kw_only=True)
 class SampleConfig:
@@ -41,12 +43,8 @@ class SampleConfig:
 
 
 def sampling_key(seed: int, epoch: int) -> int:
-    """The RNG key of one epoch's sampling (a 63-bit mix of seed and epoch)."""
-    x = (seed * 0x9E3779B97F4A7C15 + epoch * 0xBF58476D1CE4E5B9 + 0x94D049BB133111EB)
-    x &= (1 << 64) - 1
-    x ^= x >> 31
-    x = (x * 0xD6E8FEB86659FD93) & ((1 << 64) - 1)
-    return x >> 1
+    """The RNG key of one epoch's sampling."""
+    return derive_key(seed, epoch)
 
 
 @dataclass(frozen=True)

@@ -18,8 +18,8 @@ class DistEnv:
 
     @classmethod
     def from_env(cls) -> DistEnv:
-        return cls(int(os.environ.get("RANK", 0)), int(os.environ.get("LOCAL_RANK", 0)),
-                   int(os.environ.get("WORLD_SIZE", 1)))
+        return cls(int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0")),
+                   int(os.environ.get("WORLD_SIZE", "1")))
 
     @property
     def is_main(self) -> bool:

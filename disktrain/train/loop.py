@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from contextlib import closing
 from pathlib import Path
 
 import numpy as np
@@ -105,25 +106,26 @@ def train(cfg: TrainConfig, grad_sync=None, on_epoch=None) -> dict:
         t_epoch = time.perf_counter()
         bar = tqdm(total=len(ids), initial=cursor, desc=f"epoch {epoch}", unit="batch",
                    disable=not (cfg.progress and env.is_main), leave=False)
-        batches = loader(ids[cursor:])
+        batches = closing(loader(ids[cursor:]))  # Ctrl-C or an error stops its threads
         t_wait = time.perf_counter()
-        for step, mb in enumerate(batches, start=cursor):
-            t0 = time.perf_counter()
-            seconds["wait"] += t0 - t_wait
-            opt.zero_grad(set_to_none=True)
-            loss = F.cross_entropy(model(mb.x, mb.blocks), mb.labels)
-            loss.backward()
-            sync(params)
-            opt.step()
-            steps += 1
-            losses.append(loss.item())
-            for k in STAGES:
-                seconds[k] += mb.seconds[k]
-            t_wait = time.perf_counter()
-            seconds["compute"] += t_wait - t0
-            bar.update()
-            if cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0:
-                checkpoint(epoch, step + 1)
+        with batches as it:
+            for step, mb in enumerate(it, start=cursor):
+                t0 = time.perf_counter()
+                seconds["wait"] += t0 - t_wait
+                opt.zero_grad(set_to_none=True)
+                loss = F.cross_entropy(model(mb.x, mb.blocks), mb.labels)
+                loss.backward()
+                sync(params)
+                opt.step()
+                steps += 1
+                losses.append(loss.item())
+                for k in STAGES:
+                    seconds[k] += mb.seconds[k]
+                t_wait = time.perf_counter()
+                seconds["compute"] += t_wait - t0
+                bar.update()
+                if cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0:
+                    checkpoint(epoch, step + 1)
         bar.close()
         cursor = 0
         record = {"epoch": epoch, "loss": float(np.mean(losses)) if losses else float("nan"),

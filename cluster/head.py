@@ -1,0 +1,273 @@
+"""A Ray head on this machine, bound to 127.0.0.1, and how our code reaches a Ray cluster.
+
+Start a local head (blocks until Ctrl-C, then stops every process it started)::
+
+    python -m disktrain.cluster.head --num-cpus 4
+
+then submit work to it (the token is the one the head was started with)::
+
+    RAY_AUTH_MODE=token ray job submit --address http://127.0.0.1:8265 --working-dir . \\
+        -- python -m disktrain.cluster.job train DATASET --workers 2
+
+Loopback only: ``ray start`` turns ``--node-ip-address 127.0.0.1`` into the machine's
+routable address unless ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`` is set, which makes Ray a
+single-machine cluster bound to 127.0.0.1; a process that connects to such a head with
+``ray.init`` needs the same setting (jobs inherit it from the head). ``--host ADDR`` starts
+a head for a multi-node cluster instead, reachable on ADDR.
+
+Token authentication: with ``RAY_AUTH_MODE=token`` the head, every node and every client
+(``ray job submit``, ``ray.init``) must share one token, from ``RAY_AUTH_TOKEN``,
+``RAY_AUTH_TOKEN_PATH`` or ``~/.ray/auth_token`` (``ray get-auth-token --generate``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import socket
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Self
+
+LOOPBACK = "127.0.0.1"
+LOOPBACK_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+"""Environment that keeps a Ray instance on this machine bound to 127.0.0.1."""
+
+
+def free_port(host: str = LOOPBACK) -> int:
+    """A TCP port that is free now on ``host`` (bind to port 0)."""
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+@dataclass(frozen=True, kw_only=True)
+class HeadConfig:
+    """A Ray head started with ``ray start --head``."""
+
+    host: str = LOOPBACK
+    """Address the head binds to; anything but 127.0.0.1 is for multi-node clusters."""
+    port: int = 0
+    """GCS port (0: a free one)."""
+    dashboard_port: int = 8265
+    """Dashboard and job-submission port (0: a free one)."""
+    num_cpus: int | None = None
+    """Logical CPUs (default: the machine's); Ray Train needs one per worker."""
+    num_gpus: int | None = None
+    """GPUs (default: detected)."""
+    temp_dir: str | None = None
+    """Ray's session directory root (default: Ray's, /tmp/ray)."""
+    ray: str = str(Path(sys.executable).with_name("ray"))
+    """The ``ray`` executable; the head runs jobs' bare ``python`` from its environment."""
+
+    def __post_init__(self):
+        for name in ("port", "dashboard_port"):
+            if not 0 <= getattr(self, name) < 65536:
+                raise ValueError(f"{name} must be in [0, 65536), got {getattr(self, name)}")
+        for name in ("num_cpus", "num_gpus"):
+            if getattr(self, name) is not None and getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+
+    @property
+    def loopback(self) -> bool:
+        return self.host in (LOOPBACK, "localhost")
+
+
+@dataclass(frozen=True)
+class HeadCommand:
+    """How to start a head: the command, its extra environment and its ports."""
+
+    argv: list[str]
+    env: dict[str, str]
+    port: int
+    dashboard_port: int
+
+
+def head_command(cfg: HeadConfig) -> HeadCommand:
+    """The ``ray start --head --block`` command for ``cfg``.
+
+    Every port is fixed up front (free ones for 0) so nothing collides with another Ray
+    instance on the same machine.
+    """
+    bind = LOOPBACK if cfg.loopback else cfg.host
+    pick = (lambda p: p or free_port(LOOPBACK if cfg.loopback else ""))
+    port, dashboard = pick(cfg.port), pick(cfg.dashboard_port)
+    argv = [cfg.ray, "start", "--head", "--block", "--disable-usage-stats",
+            "--node-ip-address", bind, "--port", str(port),
+            "--dashboard-host", bind, "--dashboard-port", str(dashboard)]
+    for flag in ("--ray-client-server-port", "--dashboard-agent-listen-port",
+                 "--dashboard-agent-grpc-port", "--runtime-env-agent-port",
+                 "--metrics-export-port"):
+        argv += [flag, str(pick(0))]
+    if cfg.num_cpus is not None:
+        argv += ["--num-cpus", str(cfg.num_cpus)]
+    if cfg.num_gpus is not None:
+        argv += ["--num-gpus", str(cfg.num_gpus)]
+    if cfg.temp_dir is not None:
+        argv += ["--temp-dir", cfg.temp_dir]
+    return HeadCommand(argv, dict(LOOPBACK_ENV) if cfg.loopback else {}, port, dashboard)
+
+
+class Head:
+    """A running head: a ``ray start --head --block`` child process.
+
+    ``stop()`` (or leaving the ``with`` block) sends it SIGTERM, upon which Ray stops every
+    process of this head, and no other Ray instance on the machine (unlike ``ray stop``).
+    """
+
+    def __init__(self, cfg: HeadConfig = HeadConfig(), env: dict[str, str] | None = None,
+                 log: str | Path | None = None):
+        cmd = head_command(cfg)
+        self.cfg, self.port, self.dashboard_port = cfg, cmd.port, cmd.dashboard_port
+        self.env = {**os.environ, **(env or {}), **cmd.env}
+        # no drain wait on SIGTERM: nothing serves traffic through this head
+        self.env.setdefault("RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S", "0")
+        with open(log or os.devnull, "ab") as out:
+            self.process = subprocess.Popen(cmd.argv, env=self.env,
+                                            stdout=out if log else None,
+                                            stderr=subprocess.STDOUT if log else None,
+                                            start_new_session=True)
+
+    @property
+    def host(self) -> str:
+        return LOOPBACK if self.cfg.loopback else self.cfg.host
+
+    @property
+    def address(self) -> str:
+        """The GCS address (``ray.init`` and ``ray start --address``)."""
+        return f"{self.host}:{self.port}"
+
+    @property
+    def dashboard_url(self) -> str:
+        """The dashboard / job-submission address (``ray job submit --address``)."""
+        return f"http://{self.host}:{self.dashboard_port}"
+
+    def wait_ready(self, timeout: float = 60.0) -> None:
+        """Block until the dashboard accepts connections; raise if the head died."""
+        import time
+        import urllib.error
+        import urllib.request
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"ray start exited with status {self.process.returncode}")
+            try:
+                urllib.request.urlopen(self.dashboard_url + "/api/version", timeout=2)
+                return
+            except urllib.error.HTTPError:
+                return  # it answers (401 without a token): up
+            except OSError:
+                time.sleep(0.5)
+        raise TimeoutError(f"the Ray head at {self.dashboard_url} did not come up in "
+                           f"{timeout:.0f} s")
+
+    def stop(self, timeout: float = 30.0) -> int:
+        """Stop this head and every process it started; return ray start's exit status.
+
+        SIGTERM to ``ray start``, which stops its processes; then SIGKILL to whatever is
+        left in the head's own process group (its session, started for it alone).
+        """
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                pass
+        try:
+            os.killpg(self.process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        return self.process.wait()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+def init_ray(address: str | None = None, *, num_cpus: int | None = None) -> bool:
+    """Connect this process to Ray; return True if this call did ``ray.init`` (so the
+    caller should ``ray.shutdown()``), False if it was already connected.
+
+    ``address``: "auto" (the cluster this machine belongs to; the one a job runs in), a GCS
+    address, or None: ``RAY_ADDRESS`` if set, else a new local instance with ``num_cpus``
+    logical CPUs. A new local instance binds 127.0.0.1, and a 127.0.0.1 address is reached
+    as such, when this is the process's first ``import ray`` (see LOOPBACK_ENV).
+    """
+    local = address is None and "RAY_ADDRESS" not in os.environ
+    loopback = address is not None and address.rpartition(":")[0] in (LOOPBACK, "localhost")
+    if (local or loopback) and "ray" not in sys.modules:
+        for k, v in LOOPBACK_ENV.items():
+            os.environ.setdefault(k, v)
+    import ray
+
+    if ray.is_initialized():
+        return False
+    if local:
+        # with its dashboard (on 127.0.0.1): Ray Train's clean-up polls its state API
+        ray.init(num_cpus=num_cpus, include_dashboard=True, dashboard_host=LOOPBACK)
+    else:
+        ray.init(address=address)
+    return True
+
+
+def has_token() -> bool:
+    """Whether a Ray authentication token is configured for this user."""
+    if os.environ.get("RAY_AUTH_TOKEN"):
+        return True
+    path = os.environ.get("RAY_AUTH_TOKEN_PATH") or Path.home() / ".ray" / "auth_token"
+    return Path(path).exists()
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(
+        prog="python -m disktrain.cluster.head",
+        description="Start a Ray head on this machine (bound to 127.0.0.1 unless --host) "
+        "and block until interrupted; then stop it.")
+    p.add_argument("--host", default=LOOPBACK,
+                   help="address to bind (default: %(default)s; another one for multi-node)")
+    p.add_argument("--port", type=int, default=0, help="GCS port (default: a free one)")
+    p.add_argument("--dashboard-port", dest="dashboard_port", type=int, default=8265,
+                   help="dashboard / job submission port (default: %(default)s)")
+    p.add_argument("--num-cpus", dest="num_cpus", type=int, help="logical CPUs")
+    p.add_argument("--num-gpus", dest="num_gpus", type=int, help="GPUs")
+    p.add_argument("--temp-dir", dest="temp_dir", help="Ray's temporary directory root")
+    args = p.parse_args(argv)
+    try:
+        cfg = HeadConfig(**vars(args))
+    except ValueError as e:
+        p.error(str(e))
+    env = {"RAY_AUTH_MODE": os.environ.get("RAY_AUTH_MODE", "token")}
+    if env["RAY_AUTH_MODE"] == "token" and not has_token():
+        subprocess.run([cfg.ray, "get-auth-token", "--generate"], check=True,
+                       stdout=subprocess.DEVNULL)
+    head = Head(cfg, env=env)
+    try:
+        head.wait_ready()
+        print(f"Ray head started on {head.address}, dashboard {head.dashboard_url} "
+              f"(ray start pid {head.process.pid}; token authentication: "
+              f"{env['RAY_AUTH_MODE']}).\nSubmit work with:\n"
+              f"  RAY_AUTH_MODE={env['RAY_AUTH_MODE']} ray job submit --address "
+              f"{head.dashboard_url} --working-dir . -- {sys.executable} -m "
+              "disktrain.cluster.job train DATASET --workers 2\n"
+              "(the token comes from RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or "
+              "~/.ray/auth_token, as for the head)\n"
+              + (f"Connect a driver with ray.init(address='{head.address}') after "
+                 f"export {' '.join(f'{k}={v}' for k, v in LOOPBACK_ENV.items())}\n"
+                 if cfg.loopback else "")
+              + "Ctrl-C stops the head.", flush=True)
+        head.process.wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        head.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,219 @@
+"""Data-parallel training on Ray Train: the same :func:`disktrain.train.train` on N workers.
+
+Ray Train (its V2 API, the default in Ray 2.60) starts one actor per worker, sets RANK /
+LOCAL_RANK / WORLD_SIZE and MASTER_ADDR / MASTER_PORT and initializes the torch process
+group (gloo on CPU, nccl with GPUs) before the per-worker loop runs; ``train`` then finds the
+group initialized and trains on its rank's share of every epoch's batches, all-reducing the
+gradients. Each worker keeps its own caches and reads the shared dataset directory.
+
+Fault tolerance is Ray Train's: after each epoch every worker calls ``ray.train.report``
+and rank 0 attaches its checkpoint directory, which Ray copies to ``storage_path``. When a
+worker dies, Ray restarts the whole group (up to ``max_failures`` times) and every new
+worker resumes from the last reported checkpoint (``ray.train.get_checkpoint()``). Each
+worker checkpoints into a directory of its own on its node; when the run ends, the driver
+copies the last reported checkpoint to ``checkpoint_dir`` (default DATASET/checkpoints), so
+``--resume`` continues a Ray run as it continues a local one. Rank 0 appends to
+``metrics`` on whatever node it runs: give a path on shared storage.
+
+    from disktrain.cluster.ray_train import RayTrainConfig, fit_on_ray
+    fit_on_ray(TrainConfig(dataset="/data/papers"), RayTrainConfig(workers=4, address="auto"))
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from disktrain.train.checkpoint import LATEST
+from disktrain.train.config import TrainConfig
+
+from .head import init_ray
+
+FAIL_AT_ENV = "DISKTRAIN_TEST_FAIL_AT"
+"""Test hook: ``RANK:STEP:MARKER`` makes worker RANK exit abruptly at its STEP-th optimizer
+step of an attempt, once: only while the file MARKER does not exist (it creates it)."""
+FORWARDED_ENV_PREFIX = "DISKTRAIN_"
+"""The driver's environment variables with this prefix are set in every worker."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class RayTrainConfig:
+    """How a training run is spread over a Ray cluster."""
+
+    workers: int = 2
+    """Training workers (processes), each taking a disjoint share of every epoch."""
+    gpus_per_worker: float = 0
+    """GPUs per worker (0: CPU training with gloo; > 0: nccl, device cuda)."""
+    cpus_per_worker: float = 1
+    """Logical CPUs reserved per worker."""
+    address: str | None = None
+    """Ray cluster to use: "auto", a GCS address, or None (RAY_ADDRESS if set, else a
+    local Ray started for this run, bound to 127.0.0.1, and stopped after it)."""
+    max_failures: int = 3
+    """Restarts of the worker group after a worker failure (-1: unlimited)."""
+    storage_path: str | None = None
+    """Where Ray keeps reported checkpoints and results: a directory every node sees
+    (default: DATASET/ray_results, as the dataset is on shared storage)."""
+
+    def __post_init__(self):
+        if self.workers < 1:
+            raise ValueError(f"workers must be >= 1, got {self.workers}")
+        for name in ("gpus_per_worker", "cpus_per_worker"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.max_failures < -1:
+            raise ValueError(f"max_failures must be >= -1, got {self.max_failures}")
+
+
+def fit_on_ray(train_cfg: TrainConfig, ray_cfg: RayTrainConfig) -> dict:
+    """Train ``train_cfg`` with ``ray_cfg.workers`` Ray Train workers; return the summary.
+
+    The summary is rank 0's (as :func:`disktrain.train.train` returns it) plus
+    ``replica_sha256`` (every rank's final parameter digest), ``replicas_identical``,
+    ``checkpoint`` (where the final ``latest.pt`` was copied: ``train_cfg.checkpoint_dir``,
+    default DATASET/checkpoints) and ``ray_result_path``.
+    """
+    started = init_ray(ray_cfg.address,
+                       num_cpus=max(os.cpu_count() or 1,
+                                    int(ray_cfg.workers * ray_cfg.cpus_per_worker) + 1))
+    try:
+        return _fit(train_cfg, ray_cfg)
+    finally:
+        if started:
+            import ray
+
+            ray.shutdown()
+
+
+def _fit(train_cfg: TrainConfig, ray_cfg: RayTrainConfig) -> dict:
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    dataset = Path(train_cfg.dataset).resolve()
+    train_cfg = replace(train_cfg, dataset=str(dataset))
+    resources = {"CPU": ray_cfg.cpus_per_worker}
+    if ray_cfg.gpus_per_worker:
+        resources["GPU"] = ray_cfg.gpus_per_worker
+    storage = Path(ray_cfg.storage_path or dataset / "ray_results").resolve()
+    trainer = TorchTrainer(
+        _worker_loop,
+        train_loop_config={
+            "train_cfg": train_cfg,
+            "use_gpu": ray_cfg.gpus_per_worker > 0,
+            "env": {k: v for k, v in os.environ.items()
+                    if k.startswith(FORWARDED_ENV_PREFIX)},
+        },
+        scaling_config=ray.train.ScalingConfig(num_workers=ray_cfg.workers,
+                                               use_gpu=ray_cfg.gpus_per_worker > 0,
+                                               resources_per_worker=resources),
+        run_config=ray.train.RunConfig(
+            name=f"disktrain-{train_cfg.model}-{time.strftime('%Y%m%d-%H%M%S')}-"
+                 f"{os.getpid()}",
+            storage_path=str(storage),
+            failure_config=ray.train.FailureConfig(max_failures=ray_cfg.max_failures),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2)),
+    )
+    result = trainer.fit()
+    summary = dict(result.return_value or {})
+    if result.checkpoint is not None:
+        target = Path(train_cfg.checkpoint_dir or dataset / "checkpoints")
+        with result.checkpoint.as_directory() as d:
+            _copy_checkpoint(Path(d), target)
+        summary["checkpoint"] = str(target / LATEST)
+    summary["ray_result_path"] = result.path
+    return summary
+
+
+def _copy_checkpoint(source: Path, target: Path) -> None:
+    """Copy ``source/latest.pt`` to ``target/latest.pt`` atomically (rename)."""
+    target.mkdir(parents=True, exist_ok=True)
+    tmp = target / f".{LATEST}.tmp-{os.getpid()}"
+    shutil.copyfile(source / LATEST, tmp)
+    os.replace(tmp, target / LATEST)
+
+
+def _worker_loop(config: dict) -> dict | None:
+    """One Ray Train worker: restore, train its share, report each epoch."""
+    import ray.train
+    import torch.distributed as dist
+
+    from disktrain.train import train
+
+    os.environ.update(config["env"])
+    ctx = ray.train.get_context()
+    rank = ctx.get_world_rank()
+    # Ray Train's torch backend sets these; set them if a Ray version does not
+    for key, value in (("RANK", rank), ("LOCAL_RANK", ctx.get_local_rank()),
+                       ("WORLD_SIZE", ctx.get_world_size())):
+        os.environ.setdefault(key, str(value))
+    cfg: TrainConfig = config["train_cfg"]
+    workdir = Path(tempfile.mkdtemp(prefix=f"disktrain-rank{rank}-"))
+    try:
+        resume = _restore(cfg, workdir)
+        device = cfg.device
+        if config["use_gpu"]:
+            import ray.train.torch
+
+            device = str(ray.train.torch.get_device())
+        run_cfg = replace(cfg, checkpoint_dir=str(workdir), resume=resume, device=device,
+                          progress=cfg.progress and rank == 0)
+
+        def on_epoch(record: dict, ckpt_dir: Path) -> None:
+            checkpoint = ray.train.Checkpoint.from_directory(ckpt_dir) if rank == 0 else None
+            ray.train.report(record, checkpoint=checkpoint,
+                             delete_local_checkpoint_after_upload=False)
+
+        summary = train(run_cfg, grad_sync=_fault_injection(rank), on_epoch=on_epoch)
+        digests = [summary["params_sha256"]]
+        if dist.is_initialized() and dist.get_world_size() > 1:
+            digests = [None] * dist.get_world_size()
+            dist.all_gather_object(digests, summary["params_sha256"])
+        summary.update(replica_sha256=digests, replicas_identical=len(set(digests)) == 1)
+        return summary if rank == 0 else None
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _restore(cfg: TrainConfig, workdir: Path) -> bool:
+    """Put the checkpoint to resume from in ``workdir``; return whether there is one.
+
+    Ray's last reported checkpoint wins (a restart after a failure); else, with
+    ``cfg.resume``, the run's own checkpoint directory (a new run continuing an old one).
+    """
+    import ray.train
+
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as d:
+            shutil.copyfile(Path(d) / LATEST, workdir / LATEST)
+        return True
+    own = Path(cfg.checkpoint_dir or Path(cfg.dataset) / "checkpoints") / LATEST
+    if cfg.resume and own.exists():
+        shutil.copyfile(own, workdir / LATEST)
+    return cfg.resume
+
+
+def _fault_injection(rank: int):
+    """The gradient sync of this worker, dying at a given step when FAIL_AT_ENV says so."""
+    spec = os.environ.get(FAIL_AT_ENV)
+    if not spec:
+        return None
+    fail_rank, fail_step, marker = spec.split(":", 2)
+    if int(fail_rank) != rank or Path(marker).exists():
+        return None
+    from disktrain.train.gradsync import AllReduceMean
+
+    sync, seen = AllReduceMean(), [0]
+
+    def dying_sync(params) -> None:
+        seen[0] += 1
+        if seen[0] == int(fail_step):
+            Path(marker).touch()
+            os._exit(1)
+        sync(params)
+
+    return dying_sync
