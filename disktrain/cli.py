@@ -245,7 +245,8 @@ def _run_prepare(args: argparse.Namespace) -> int:
     if args.ray_address:
         from disktrain.cluster.ray_prepare import prepare_on_ray
 
-        prepare_on_ray(args.dataset, sample_cfg, pack_cfg, args.ray_address)
+        prepare_on_ray(args.dataset, sample_cfg, pack_cfg, args.ray_address,
+                       progress=args.progress)
     else:
         sample_dataset(args.dataset, sample_cfg, progress=args.progress)
         pack_dataset(args.dataset, pack_cfg, progress=args.progress)

@@ -95,6 +95,7 @@ def run(args: argparse.Namespace, root: Path) -> dict:
                      "wall_s": round(plain_wall, 2)}}
 
     import ray
+
     from disktrain.cluster.head import init_ray
     from disktrain.cluster.ray_train import RayTrainConfig, fit_on_ray
 

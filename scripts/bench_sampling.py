@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numba
 import numpy as np
+
 from disktrain.kernels.sampling import SampledBatches, sample_batches
 
 

@@ -22,9 +22,9 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from disktrain.kernels.sampling import sample_batches
 
 from disktrain.dataset import Dataset
+from disktrain.kernels.sampling import sample_batches
 from disktrain.models.block import Block
 from disktrain.models.gnn import GNNConfig, build_model
 from disktrain.pack import PackConfig, pack_dataset

@@ -11,6 +11,7 @@ import textwrap
 
 import numpy as np
 import pytest
+
 from disktrain.kernels.gather import gather_rows, gather_rows_simple
 
 UINT = {np.float16: np.uint16, np.float32: np.uint32}
@@ -195,6 +196,7 @@ def _has_gpu():
 @pytest.mark.parametrize("dtype", [np.float16, np.float32])
 def test_cuda_kernel_on_gpu_with_torch_tensors(dtype):
     import torch
+
     from disktrain.kernels.cuda_gather import scatter_gather_device
 
     rng = np.random.default_rng(6)

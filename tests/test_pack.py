@@ -4,16 +4,15 @@ import numpy as np
 import pytest
 import torch
 import zarr
+from tinygraphs import make_dataset
 
 from disktrain.dataset import Dataset
 from disktrain.errors import DataError
-from disktrain.pack import PackConfig, PackedStore, assign_tiers, pack_dataset
+from disktrain.pack import PackConfig, assign_tiers, pack_dataset
 from disktrain.pack.store import chunk_path
 from disktrain.pack.tiers import NOT_CACHED, cache_rows_to_fit, packed_rows_after_caching
 from disktrain.pipeline import LoaderConfig, PackedLoader
 from disktrain.sample import SampleConfig, sample_dataset
-
-from tinygraphs import make_dataset
 
 
 def test_assign_tiers_table():

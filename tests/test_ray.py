@@ -18,12 +18,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from tinygraphs import make_dataset
+
 from disktrain.cluster.head import LOOPBACK, LOOPBACK_ENV, Head, HeadConfig, head_command
 from disktrain.cluster.job import job_argv
 from disktrain.cluster.ray_prepare import prepare_on_ray, split_runs
 from disktrain.cluster.ray_train import FAIL_AT_ENV, RayTrainConfig, fit_on_ray
-from tinygraphs import make_dataset
-
 from disktrain.pack import PackConfig, PackedStore, pack_dataset
 from disktrain.sample import SampleConfig, SampleStore, sample_dataset
 from disktrain.train import TrainConfig

@@ -22,8 +22,8 @@ def test_plan_is_a_pure_function_of_config():
     assert np.array_equal(plan.batch_seeds(4), again.batch_seeds(4))
 
 
-@pytest.mark.parametrize("bad", [dict(fanouts=()), dict(fanouts=(0,)), dict(batch_size=0),
-                                 dict(epochs=0), dict(seed=-1)])
+@pytest.mark.parametrize("bad", [{"fanouts": ()}, {"fanouts": (0,)}, {"batch_size": 0},
+                                 {"epochs": 0}, {"seed": -1}])
 def test_config_validation(bad):
     with pytest.raises(ValueError):
         SampleConfig(**bad)

@@ -5,9 +5,10 @@ import itertools
 import numba
 import numpy as np
 import pytest
+from scipy.stats import chisquare
+
 from disktrain.kernels import rng as krng
 from disktrain.kernels.sampling import SampledBatches, sample_batches
-from scipy.stats import chisquare
 
 
 def csr_from_edges(src, dst, num_nodes, index_dtype=np.int32):

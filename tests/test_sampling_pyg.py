@@ -7,6 +7,7 @@ sampled subgraphs must agree statistically.
 
 import numpy as np
 import pytest
+
 from disktrain.kernels.sampling import sample_batches
 
 torch = pytest.importorskip("torch")

@@ -4,9 +4,9 @@ import numba
 import numpy as np
 import pytest
 import zarr
-from disktrain.kernels import rmat as krmat
 
 from disktrain.dataset import Dataset
+from disktrain.kernels import rmat as krmat
 from disktrain.synth import (
     EdgeGenerator,
     SynthConfig,

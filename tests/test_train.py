@@ -1,6 +1,8 @@
 """The single-worker trainer: runs, schedules, resumes to the same result, reports."""
 
+import functools
 import json
+import operator
 
 import numpy as np
 import pytest
@@ -33,7 +35,7 @@ def test_worker_share_table(n, world, expect):
     ids = np.arange(n)
     shares = [worker_share(ids, r, world).tolist() for r in range(world)]
     assert shares == expect
-    flat = sum(shares, [])
+    flat = functools.reduce(operator.iadd, shares, [])
     assert len(flat) == len(set(flat))
 
 
@@ -64,8 +66,8 @@ def _params(directory):
 
 
 def test_resume_mid_epoch_matches_uninterrupted(prepared, tmp_path):
-    base = dict(dataset=str(prepared), model="sage", epochs=3, hidden=16, seed=3,
-                progress=False, dropout=0.3)
+    base = {"dataset": str(prepared), "model": "sage", "epochs": 3, "hidden": 16, "seed": 3,
+                "progress": False, "dropout": 0.3}
     train(TrainConfig(**base, checkpoint_dir=str(tmp_path / "full")))
 
     class Stop(Exception):

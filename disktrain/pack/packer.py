@@ -157,23 +157,6 @@ def pack_dataset(dataset_path: str | Path, cfg: PackConfig = PackConfig(),
     codes = tiers.codes(dataset.num_nodes)
     chunk_rows = max(1, rows_for_bytes(cfg.chunk_bytes, row_bytes))
 
-    n_input = np.zeros(samples.num_batches, np.int64)
-    n_packed = np.zeros(samples.num_batches, np.int64)
-    for b in range(samples.num_batches):
-        nodes = samples.input_nodes(b)
-        n_input[b] = len(nodes)
-        n_packed[b] = np.count_nonzero(codes[nodes] == NOT_CACHED)
-    padded = -(-n_packed // chunk_rows) * chunk_rows
-    total_padded = int(padded.sum())
-    if cfg.max_packed_bytes is not None and total_padded * row_bytes > cfg.max_packed_bytes:
-        need = cache_rows_to_fit(counts, cfg.max_packed_bytes // max(1, row_bytes))
-        raise DataError(
-            f"--max-packed-bytes {cfg.max_packed_bytes}: packing would write "
-            f"{total_padded * row_bytes} bytes ({int(n_packed.sum())} rows, duplication "
-            f"{n_packed.sum() / max(1, np.count_nonzero(codes[counts > 0] == NOT_CACHED)):.2f}x)"
-            f"; caching the {need} hottest rows ({need * row_bytes} bytes of "
-            "--gpu-cache-bytes plus --cpu-cache-bytes) would fit, before chunk padding")
-
     attrs = {
         "pack_config": asdict(cfg),
         "sample_config": samples.config.to_attrs(),
@@ -184,6 +167,24 @@ def pack_dataset(dataset_path: str | Path, cfg: PackConfig = PackConfig(),
         old = dict(zarr.open_group(final, mode="r").attrs)
         if old.get("complete") and all(old.get(k) == v for k, v in attrs.items()):
             return PackedStore(dataset.path)
+    n_input = np.zeros(samples.num_batches, np.int64)
+    n_packed = np.zeros(samples.num_batches, np.int64)
+    for b in range(samples.num_batches):
+        nodes = samples.input_nodes(b)
+        n_input[b] = len(nodes)
+        n_packed[b] = np.count_nonzero(codes[nodes] == NOT_CACHED)
+    distinct = int(np.count_nonzero(codes[counts > 0] == NOT_CACHED))
+    padded = -(-n_packed // chunk_rows) * chunk_rows
+    total_padded = int(padded.sum())
+    if cfg.max_packed_bytes is not None and total_padded * row_bytes > cfg.max_packed_bytes:
+        need = cache_rows_to_fit(counts, cfg.max_packed_bytes // max(1, row_bytes))
+        raise DataError(
+            f"--max-packed-bytes {cfg.max_packed_bytes}: packing would write "
+            f"{total_padded * row_bytes} bytes ({int(n_packed.sum())} rows, duplication "
+            f"{n_packed.sum() / max(1, distinct):.2f}x)"
+            f"; caching the {need} hottest rows ({need * row_bytes} bytes of "
+            "--gpu-cache-bytes plus --cpu-cache-bytes) would fit, before chunk padding")
+
     partial = dataset.path / f"{STORE}.partial"
     if partial.exists():
         old = dict(zarr.open_group(partial, mode="r").attrs)
@@ -227,7 +228,6 @@ def pack_dataset(dataset_path: str | Path, cfg: PackConfig = PackConfig(),
         raise DataError(f"{partial}: packing groups {missing[:10]} were not written "
                         f"({len(missing)} of {len(groups)} missing)")
 
-    distinct = int(np.count_nonzero(codes[counts > 0] == NOT_CACHED))
     root = zarr.open_group(partial, mode="r+")
     root.attrs.update({
         "complete": True,

@@ -43,6 +43,16 @@ def _broadcast_state(model: torch.nn.Module) -> None:
             dist.broadcast(t, src=0)
 
 
+def _rng_states(env: DistEnv) -> torch.Tensor:
+    """Every rank's torch RNG state, stacked (world_size, n); a collective when distributed."""
+    mine = torch.get_rng_state()
+    if env.world_size == 1:
+        return mine.unsqueeze(0)
+    states = [torch.empty_like(mine) for _ in range(env.world_size)]
+    dist.all_gather(states, mine)
+    return torch.stack(states)
+
+
 def params_digest(state: dict[str, torch.Tensor]) -> str:
     """sha256 of a state dict's names and bytes, in order (replicas must agree)."""
     h = hashlib.sha256()
@@ -77,20 +87,27 @@ def train(cfg: TrainConfig, grad_sync=None, on_epoch=None) -> dict:
     params = [p for p in model.parameters() if p.requires_grad]
     ckpt_dir = Path(cfg.checkpoint_dir or Path(cfg.dataset) / "checkpoints")
 
+    if env.world_size > 1:
+        torch.manual_seed(cfg.seed + env.rank)  # same init (broadcast), own dropout masks
     start_epoch, cursor, steps, history = 0, 0, 0, []
     if cfg.resume and (state := load_checkpoint(ckpt_dir)) is not None:
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
-        torch.set_rng_state(state["rng"])
+        rng = state["rng"].reshape(-1, state["rng"].shape[-1])
+        if rng.shape[0] != env.world_size:
+            raise ValueError(f"{ckpt_dir}: checkpoint written by {rng.shape[0]} worker(s); "
+                             f"resuming with {env.world_size} would change the run")
+        torch.set_rng_state(rng[env.rank])
         start_epoch, cursor = int(state["epoch"]), int(state["cursor"])
         steps = int(state.get("steps", 0))
         history = json.loads(state["history"])
     _broadcast_state(model)
 
     def checkpoint(epoch: int, at: int) -> None:
+        rng = _rng_states(env)  # every rank takes part
         if env.is_main:
             save_checkpoint(ckpt_dir, {"model": model.state_dict(), "optimizer": opt.state_dict(),
-                                       "rng": torch.get_rng_state(), "epoch": epoch,
+                                       "rng": rng, "epoch": epoch,
                                        "cursor": at, "steps": steps,
                                        "history": json.dumps(history)})
 
