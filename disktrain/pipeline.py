@@ -131,6 +131,16 @@ class PackedLoader:
         return x, blocks, labels
 
 
+def _consume_on_current_stream(batch: MiniBatch, event: torch.cuda.Event) -> None:
+    """Order the compute stream after the copy stream, and tell the caching allocator the
+    batch's tensors (made on the copy stream) are used on the compute stream."""
+    stream = torch.cuda.current_stream()
+    stream.wait_event(event)
+    blocks = (u for b in batch.blocks for u in (b.src, b.dst, b.src_degree) if u is not None)
+    for t in (batch.x, batch.labels, *blocks):
+        t.record_stream(stream)
+
+
 def _torch_dtype(dtype: np.dtype) -> torch.dtype:
     return torch.from_numpy(np.zeros(0, dtype)).dtype
 
@@ -238,7 +248,7 @@ class _Run:
                     raise item.error
                 batch, event = item
                 if event is not None:
-                    torch.cuda.current_stream().wait_event(event)
+                    _consume_on_current_stream(batch, event)
                 yield batch
         finally:
             self.stop.set()
