@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import getpass
+import itertools
 import shlex
 import sys
 from dataclasses import asdict, dataclass, field
@@ -185,29 +186,31 @@ class Dataset:
             pos += n
         return out
 
-    def gather_sorted(self, ids: np.ndarray, max_gap_bytes: int = 256 << 10,
-                      max_read_bytes: int = 64 << 20) -> np.ndarray:
-        """Feature rows of ascending ``ids``, read in order as coalesced sequential ranges.
+    def iter_sorted(self, ids: np.ndarray, max_gap_bytes: int = 256 << 10,
+                    max_read_bytes: int = 64 << 20):
+        """Read the feature rows of ascending ``ids`` in order, as coalesced sequential ranges.
 
-        Neighboring ids closer than ``max_gap_bytes`` share one read; a read spans at most
-        ``max_read_bytes``.
+        Yields ``(i, j, rows)``: ``rows`` are the features of ``ids[i:j]``. Neighboring ids
+        closer than ``max_gap_bytes`` share one read; a read spans at most ``max_read_bytes``.
         """
         row_bytes = max(1, self.meta.feature_dim * np.dtype(self.features.dtype).itemsize)
-        out = np.empty((len(ids), self.meta.feature_dim), np.dtype(self.features.dtype))
-        if len(ids) == 0:
-            return out
         gap_rows = max(1, max_gap_bytes // row_bytes)
         span_rows = max(1, max_read_bytes // row_bytes)
-        breaks = np.flatnonzero(np.diff(ids) > gap_rows) + 1
-        for run in np.split(np.arange(len(ids)), breaks):
-            i = int(run[0])
-            end = int(run[-1]) + 1
-            while i < end:
+        starts = np.concatenate([[0], np.flatnonzero(np.diff(ids) > gap_rows) + 1, [len(ids)]])
+        for run_start, run_end in itertools.pairwise(starts):
+            i = int(run_start)
+            while i < run_end:
                 lo = int(ids[i])
-                j = min(end, i + int(np.searchsorted(ids[i:end], lo + span_rows)))
+                j = i + int(np.searchsorted(ids[i:run_end], lo + span_rows))
                 hi = int(ids[j - 1]) + 1
-                out[i:j] = self.feature_rows(lo, hi)[ids[i:j] - lo]
+                yield i, j, self.feature_rows(lo, hi)[ids[i:j] - lo]
                 i = j
+
+    def gather_sorted(self, ids: np.ndarray) -> np.ndarray:
+        """Feature rows of ascending ``ids``, read in order (see :meth:`iter_sorted`)."""
+        out = np.empty((len(ids), self.meta.feature_dim), np.dtype(self.features.dtype))
+        for i, j, rows in self.iter_sorted(ids):
+            out[i:j] = rows
         return out
 
     def info(self) -> dict:

@@ -1,5 +1,7 @@
 """Tiers, batched packing and the packed store: exact assembly, integrity, budget."""
 
+import itertools
+
 import numpy as np
 import pytest
 import torch
@@ -116,6 +118,29 @@ def test_resume_keeps_finished_groups(tmp_path, monkeypatch):
     assert not (path / "packed").exists() and (path / "packed.partial").exists()
     monkeypatch.setattr(packer, "write_chunk", real)
     packed = pack_dataset(path, cfg, progress=False)
+    raw = Dataset(path).feature_rows(0, Dataset(path).num_nodes)
+    loader = PackedLoader(path)
+    for mb in loader(range(packed.num_batches)):
+        assert torch.equal(mb.x, torch.from_numpy(raw[loader.samples.input_nodes(mb.index)]))
+
+
+def test_one_group_reads_the_raw_features_once_in_order(tmp_path, monkeypatch):
+    path = tmp_path / "d"
+    make_dataset(path)
+    sample_dataset(path, SampleConfig(fanouts=(4, 3), batch_size=24, epochs=2, seed=2),
+                   progress=False)
+    reads = []
+    real = Dataset.feature_rows
+
+    def recording(self, start, stop):
+        reads.append((start, stop))
+        return real(self, start, stop)
+
+    monkeypatch.setattr(Dataset, "feature_rows", recording)
+    packed = pack_dataset(path, PackConfig(chunk_bytes=128), progress=False)
+    assert packed.num_batches > 5 and packed.info()["packed_rows"] > 0
+    assert reads == sorted(reads)
+    assert all(a[1] <= b[0] for a, b in itertools.pairwise(reads))  # each raw row read once
     raw = Dataset(path).feature_rows(0, Dataset(path).num_nodes)
     loader = PackedLoader(path)
     for mb in loader(range(packed.num_batches)):

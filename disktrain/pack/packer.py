@@ -1,4 +1,10 @@
-"""Batched packing: read raw feature rows once, in order, and lay them out per batch."""
+"""Batched packing: read raw feature rows once, in order, and lay them out per batch.
+
+A group of batches is packed in one ascending pass over the raw features: each batch packs
+its uncached rows in ascending node-id order, so every raw range read is appended to the end
+of each batch that needs rows from it, and a batch's chunks are finished (checksummed and
+written) as they fill. Memory per batch is its packed ids and one chunk buffer.
+"""
 
 from __future__ import annotations
 
@@ -37,7 +43,8 @@ class PackConfig:
     chunk_bytes: int = 256 << 10
     """Target bytes per packed chunk (one checksummed file); batches pad to whole chunks."""
     group_bytes: int = 256 << 20
-    """Packed bytes assembled in memory per packing group (bounds memory)."""
+    """Memory of one packing group (per batch: its packed ids and one chunk buffer); a
+    group's batches share one ascending pass over the raw features."""
 
     def __post_init__(self):
         for name in ("gpu_cache_bytes", "cpu_cache_bytes"):
@@ -52,25 +59,53 @@ class PackConfig:
 
 def _batch_slots(codes: np.ndarray, nodes: np.ndarray, n_cpu: int) -> tuple[np.ndarray,
                                                                            np.ndarray]:
-    """Slots of a batch's input rows, and the node ids it packs (in slot order)."""
+    """Slots of a batch's input rows, and the node ids it packs in slot order (ascending)."""
     slots = codes[nodes]
-    packed = slots == NOT_CACHED
-    slots[packed] = n_cpu + np.arange(int(packed.sum()))
-    return slots, nodes[packed]
+    pos = np.flatnonzero(slots == NOT_CACHED)
+    pos = pos[np.argsort(nodes[pos], kind="stable")]
+    slots[pos] = n_cpu + np.arange(len(pos))
+    return slots, nodes[pos]
 
 
-def _groups(padded_rows: np.ndarray, row_bytes: int, group_bytes: int) -> list[range]:
-    """Consecutive batches whose padded rows fit ``group_bytes`` (at least one each)."""
+def _groups(batch_packed: np.ndarray, chunk_bytes: int, group_bytes: int) -> list[range]:
+    """Consecutive batches whose packing state (ids + one chunk buffer) fits ``group_bytes``."""
     out, start, acc = [], 0, 0
-    for b, rows in enumerate(padded_rows):
-        size = int(rows) * row_bytes
+    for b, rows in enumerate(batch_packed):
+        size = int(rows) * 8 + chunk_bytes
         if b > start and acc + size > group_bytes:
             out.append(range(start, b))
             start, acc = b, 0
         acc += size
-    if start < len(padded_rows):
-        out.append(range(start, len(padded_rows)))
+    if start < len(batch_packed):
+        out.append(range(start, len(batch_packed)))
     return out
+
+
+class _ChunkStream:
+    """Appends one batch's packed rows, writing each chunk as soon as it is full."""
+
+    def __init__(self, root: Path, first_chunk: int, buf: np.ndarray):
+        self.root, self.chunk, self.buf, self.fill = root, first_chunk, buf, 0
+
+    def append(self, rows: np.ndarray) -> None:
+        while len(rows):
+            n = min(len(rows), len(self.buf) - self.fill)
+            self.buf[self.fill:self.fill + n] = rows[:n]
+            self.fill += n
+            rows = rows[n:]
+            if self.fill == len(self.buf):
+                self._flush()
+
+    def close(self) -> None:
+        """Write the last, zero-padded chunk."""
+        if self.fill:
+            self.buf[self.fill:] = 0
+            self._flush()
+
+    def _flush(self) -> None:
+        write_chunk(self.root, self.chunk, self.buf)
+        self.chunk += 1
+        self.fill = 0
 
 
 def group_name(group: int) -> str:
@@ -98,8 +133,9 @@ class GroupPacker:
         cpu_nodes = np.asarray(root["cpu_nodes"][...])
         self.n_cpu = len(cpu_nodes)
         self.codes = Tiers(gpu_nodes, cpu_nodes).codes(self.dataset.num_nodes)
-        row_bytes = self.dim * np.dtype(self.dtype).itemsize
-        self.groups = _groups(np.diff(self.batch_rows), row_bytes, cfg.group_bytes)
+        self.batch_packed = np.asarray(root["batch_packed"][...])
+        chunk_bytes = self.chunk_rows * self.dim * np.dtype(self.dtype).itemsize
+        self.groups = _groups(self.batch_packed, chunk_bytes, cfg.group_bytes)
         open_flat_array(self.partial, "slots")  # validates its size
         self._slots_file = chunk_file(self.partial / "slots", 1)
 
@@ -111,16 +147,20 @@ class GroupPacker:
             s, ids = _batch_slots(self.codes, self.samples.input_nodes(b), self.n_cpu)
             slots.append(s)
             packed_ids.append(ids)
-        needed = np.unique(np.concatenate(packed_ids)) if packed_ids else np.zeros(0, int)
-        rows = self.dataset.gather_sorted(needed)
-        first = int(self.batch_rows[batches[0]])
-        buf = np.zeros((int(self.batch_rows[batches[-1] + 1]) - first, self.dim), self.dtype)
-        for b, ids in zip(batches, packed_ids):
-            at = int(self.batch_rows[b]) - first
-            buf[at:at + len(ids)] = rows[np.searchsorted(needed, ids)]
-        for k in range(0, len(buf), self.chunk_rows):
-            write_chunk(self.partial, (first + k) // self.chunk_rows,
-                        buf[k:k + self.chunk_rows])
+        needed = np.unique(np.concatenate(packed_ids))
+        streams = [_ChunkStream(self.partial, int(self.batch_rows[b]) // self.chunk_rows,
+                                np.empty((self.chunk_rows, self.dim), self.dtype))
+                   for b in batches]
+        done = np.zeros(len(batches), np.int64)  # rows of each batch appended so far
+        for i, j, rows in self.dataset.iter_sorted(needed):
+            last = needed[j - 1]
+            for k, ids in enumerate(packed_ids):
+                end = int(np.searchsorted(ids, last, side="right"))
+                if end > done[k]:
+                    streams[k].append(rows[np.searchsorted(needed[i:j], ids[done[k]:end])])
+                    done[k] = end
+        for stream in streams:
+            stream.close()
         raw = np.concatenate(slots).astype("<i8", copy=False).tobytes()
         if raw:
             fd = os.open(self._slots_file, os.O_WRONLY)
@@ -215,7 +255,7 @@ def pack_dataset(dataset_path: str | Path, cfg: PackConfig = PackConfig(),
             cache.flush()
         del cache
         (partial / "done").mkdir()
-    groups = _groups(padded, row_bytes, cfg.group_bytes)
+    groups = _groups(n_packed, chunk_rows * row_bytes, cfg.group_bytes)
     pending = [g for g in range(len(groups)) if not (partial / "done" / group_name(g)).exists()]
     if run_groups is not None:
         run_groups(dataset.path, cfg, pending, partial)
