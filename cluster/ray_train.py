@@ -28,6 +28,7 @@ import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from disktrain.atomic import atomic_write_bytes
 from disktrain.train.checkpoint import LATEST
 from disktrain.train.config import TrainConfig
 
@@ -131,9 +132,7 @@ def _fit(train_cfg: TrainConfig, ray_cfg: RayTrainConfig) -> dict:
 def _copy_checkpoint(source: Path, target: Path) -> None:
     """Copy ``source/latest.pt`` to ``target/latest.pt`` atomically (rename)."""
     target.mkdir(parents=True, exist_ok=True)
-    tmp = target / f".{LATEST}.tmp-{os.getpid()}"
-    shutil.copyfile(source / LATEST, tmp)
-    os.replace(tmp, target / LATEST)
+    atomic_write_bytes(target / LATEST, (source / LATEST).read_bytes())
 
 
 def _worker_loop(config: dict) -> dict | None:

@@ -44,11 +44,12 @@ def chunk_file(array_dir: str | Path, ndim: int) -> Path:
     return Path(array_dir).joinpath("c", *(["0"] * ndim))
 
 
-def create_flat_array(group: zarr.Group, name: str, shape: tuple[int, ...], dtype) -> np.memmap:
+def create_flat_array(group: zarr.Group, name: str, shape: tuple[int, ...], dtype,
+                      overwrite: bool = False) -> np.memmap:
     """Create a single-chunk uncompressed Zarr array and return its chunk as a writable memmap."""
     dtype = np.dtype(dtype)
     group.create_array(name, shape=shape, dtype=dtype, chunks=shape, compressors=None,
-                       fill_value=0)
+                       fill_value=0, overwrite=overwrite)
     path = chunk_file(Path(group.store.root) / group.path / name, len(shape))
     path.parent.mkdir(parents=True, exist_ok=True)
     if int(np.prod(shape)) == 0:
@@ -77,7 +78,8 @@ def write_small_array(group: zarr.Group, name: str, values: np.ndarray) -> None:
     """Write an in-memory array (labels, splits) as one uncompressed chunk."""
     values = np.ascontiguousarray(values)
     arr = group.create_array(name, shape=values.shape, dtype=values.dtype,
-                             chunks=values.shape or (1,), compressors=None, fill_value=0)
+                             chunks=values.shape or (1,), compressors=None, fill_value=0,
+                             config={"write_empty_chunks": True})
     if values.size:
         arr[...] = values
 
@@ -178,9 +180,12 @@ class Dataset:
             n = min(stop - pos, rows - r0)
             path = self.path / "features" / "c" / str(c) / "0"
             if path.exists():
-                out[pos - start:pos - start + n] = np.fromfile(
-                    path, dtype=dtype.newbyteorder("<"), count=n * dim,
-                    offset=r0 * dim * dtype.itemsize).reshape(n, dim)
+                got = np.fromfile(path, dtype=dtype.newbyteorder("<"), count=n * dim,
+                                  offset=r0 * dim * dtype.itemsize)
+                if got.size != n * dim:
+                    raise DataError(f"{path}: feature chunk {c} is truncated ({path.stat().st_size}"
+                                    f" bytes; rows {r0}..{r0 + n} of {rows} needed)")
+                out[pos - start:pos - start + n] = got.reshape(n, dim)
             else:
                 out[pos - start:pos - start + n] = 0
             pos += n

@@ -39,6 +39,8 @@ class LoaderConfig:
     """Threads reading packed ranges."""
     device: str = "cpu"
     """Where batches end up ("cpu", "cuda", "cuda:1", ...)."""
+    degrees: bool = False
+    """Attach whole-graph in-degrees to every block (GCN normalizes with them)."""
 
     def __post_init__(self):
         for name in ("prefetch", "read_threads"):
@@ -111,7 +113,7 @@ class PackedLoader:
         x = torch.empty((len(slots), self.packed.feature_dim),
                         dtype=_torch_dtype(self.packed.dtype), pin_memory=self._pin)
         gather_rows(x.numpy(), self.caches.cpu, packed_rows, np.ascontiguousarray(slots))
-        degree = self.dataset.in_degrees(sampled.input_nodes)
+        degree = self.dataset.in_degrees(sampled.input_nodes) if self.cfg.degrees else None
         blocks = [Block.from_numpy(s, d, ns, nd, degree) for s, d, ns, nd in sampled.blocks]
         labels = self.labels[torch.from_numpy(sampled.seeds.astype(np.int64))]
         return x, slots, blocks, labels

@@ -12,7 +12,7 @@ from disktrain.dataset import Dataset
 from disktrain.errors import DataError
 from disktrain.pack import PackConfig, assign_tiers, pack_dataset
 from disktrain.pack.store import chunk_path
-from disktrain.pack.tiers import NOT_CACHED, cache_rows_to_fit, packed_rows_after_caching
+from disktrain.pack.tiers import NOT_CACHED, cache_rows_to_fit
 from disktrain.pipeline import LoaderConfig, PackedLoader
 from disktrain.sample import SampleConfig, sample_dataset
 
@@ -24,7 +24,6 @@ def test_assign_tiers_table():
     assert tiers.cpu_nodes.tolist() == [4]         # 15 bytes hold one 10-byte row
     codes = tiers.codes(7)
     assert codes.tolist() == [NOT_CACHED, -1, NOT_CACHED, -2, 0, NOT_CACHED, NOT_CACHED]
-    assert packed_rows_after_caching(counts, 3) == 3
     assert cache_rows_to_fit(counts, 3) == 3
     assert cache_rows_to_fit(counts, 100) == 0
     never = assign_tiers(counts, 10, 1000, 1000)
@@ -145,3 +144,18 @@ def test_one_group_reads_the_raw_features_once_in_order(tmp_path, monkeypatch):
     loader = PackedLoader(path)
     for mb in loader(range(packed.num_batches)):
         assert torch.equal(mb.x, torch.from_numpy(raw[loader.samples.input_nodes(mb.index)]))
+
+
+def test_crash_after_the_last_group_still_resumes(tmp_path, monkeypatch):
+    from disktrain.pack import packer
+
+    path = tmp_path / "d"
+    make_dataset(path)
+    sample_dataset(path, SampleConfig(fanouts=(4, 3), batch_size=24, seed=2), progress=False)
+    monkeypatch.setattr(packer, "replace_dir", lambda src, final: (_ for _ in ()).throw(
+        OSError("killed during rename")))
+    with pytest.raises(OSError):
+        pack_dataset(path, PackConfig(chunk_bytes=128), progress=False)
+    monkeypatch.undo()
+    packed = pack_dataset(path, PackConfig(chunk_bytes=128), progress=False)
+    assert packed.num_batches > 0 and not (path / "packed.partial").exists()

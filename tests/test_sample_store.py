@@ -87,3 +87,17 @@ def test_resume_after_crash_matches_clean_run(tiny_dataset, tmp_path, monkeypatc
         assert np.array_equal(x.input_nodes, y.input_nodes)
         for bx, by in zip(x.blocks, y.blocks):
             assert all(np.array_equal(p, q) for p, q in zip(bx[:2], by[:2]))
+
+
+def test_crash_after_counting_still_resumes(tiny_dataset, monkeypatch):
+    cfg = SampleConfig(fanouts=(2,), batch_size=64, seed=0)
+
+    def dying_rename(src, final):
+        raise OSError("killed during rename")
+
+    monkeypatch.setattr(store_mod, "replace_dir", dying_rename)
+    with pytest.raises(OSError):
+        sample_dataset(tiny_dataset, cfg, progress=False)
+    monkeypatch.undo()
+    store = sample_dataset(tiny_dataset, cfg, progress=False)
+    assert store.num_batches == 3

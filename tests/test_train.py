@@ -7,6 +7,7 @@ import operator
 import numpy as np
 import pytest
 import torch
+from tinygraphs import make_dataset
 
 from disktrain.pack import PackConfig, pack_dataset
 from disktrain.sample import SampleConfig, sample_dataset
@@ -91,3 +92,32 @@ def test_resume_mid_epoch_matches_uninterrupted(prepared, tmp_path):
     full, cut = _params(tmp_path / "full"), _params(tmp_path / "cut")
     for k in full:
         assert torch.equal(full[k], cut[k]), k
+
+
+def test_float16_features_train(tmp_path):
+    path = make_dataset(tmp_path / "f16", dtype=np.float16)
+    sample_dataset(path, SampleConfig(fanouts=(3, 2), batch_size=32, seed=0), progress=False)
+    pack_dataset(path, PackConfig(cpu_cache_bytes=512), progress=False)
+    out = train(TrainConfig(dataset=str(path), model="gcn", epochs=1, hidden=8,
+                            progress=False))
+    assert 0.0 <= out["test_acc"] <= 1.0
+
+
+def test_batches_of_one_seed_and_one_hop(tmp_path):
+    path = make_dataset(tmp_path / "one")
+    sample_dataset(path, SampleConfig(fanouts=(3,), batch_size=1, seed=0, group_size=64),
+                   progress=False)
+    pack_dataset(path, PackConfig(), progress=False)
+    out = train(TrainConfig(dataset=str(path), epochs=1, hidden=8, max_batches=20,
+                            progress=False))
+    assert out["steps"] == 20
+
+
+def test_dataset_without_features_is_refused_by_name(tmp_path):
+    from disktrain.errors import DataError
+
+    path = make_dataset(tmp_path / "nofeat", dim=0)
+    sample_dataset(path, SampleConfig(fanouts=(2,), batch_size=64), progress=False)
+    pack_dataset(path, PackConfig(), progress=False)
+    with pytest.raises(DataError, match="nofeat.*no node features"):
+        train(TrainConfig(dataset=str(path), epochs=1, progress=False))

@@ -17,6 +17,7 @@ import numpy as np
 import zarr
 from tqdm.auto import tqdm
 
+from disktrain.atomic import replace_dir
 from disktrain.dataset import (
     Dataset,
     chunk_file,
@@ -27,7 +28,7 @@ from disktrain.dataset import (
 from disktrain.errors import DataError
 from disktrain.pack.store import STORE, PackedStore, write_chunk
 from disktrain.pack.tiers import NOT_CACHED, Tiers, assign_tiers, cache_rows_to_fit, rows_for_bytes
-from disktrain.sample.store import SampleStore
+from disktrain.sample.store import SampleStore, group_name
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -106,10 +107,6 @@ class _ChunkStream:
         write_chunk(self.root, self.chunk, self.buf)
         self.chunk += 1
         self.fill = 0
-
-
-def group_name(group: int) -> str:
-    return f"g{group:06d}"
 
 
 class GroupPacker:
@@ -278,8 +275,6 @@ def pack_dataset(dataset_path: str | Path, cfg: PackConfig = PackConfig(),
         "packed_bytes": total_padded * row_bytes,
         "chunk_rows": chunk_rows,
     })
-    shutil.rmtree(partial / "done")
-    if final.exists():
-        shutil.rmtree(final)
-    os.rename(partial, final)
+    replace_dir(partial, final)
+    shutil.rmtree(final / "done")
     return PackedStore(dataset.path)

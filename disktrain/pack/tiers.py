@@ -48,13 +48,7 @@ def hot_order(counts: np.ndarray) -> np.ndarray:
     return accessed[np.argsort(-counts[accessed], kind="stable")]
 
 
-def packed_rows_after_caching(counts: np.ndarray, cached_rows: int) -> int:
-    """Rows packing writes (duplicates included) when the ``cached_rows`` hottest are cached."""
-    order = hot_order(counts)
-    return int(counts[order[cached_rows:]].sum(dtype=np.int64))
-
-
-def cache_rows_to_fit(counts: np.ndarray, max_packed_rows: int) -> int | None:
+def cache_rows_to_fit(counts: np.ndarray, max_packed_rows: int) -> int:
     """Fewest hottest rows to cache so packing writes at most ``max_packed_rows``."""
     order = hot_order(counts)
     tail = np.cumsum(counts[order][::-1], dtype=np.int64)[::-1]  # rows packed if i cached

@@ -18,8 +18,8 @@ finished group.
 
 from __future__ import annotations
 
-import os
 import shutil
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,7 +27,7 @@ import numpy as np
 import zarr
 from tqdm.auto import tqdm
 
-from disktrain.atomic import atomic_dir
+from disktrain.atomic import atomic_dir, replace_dir
 from disktrain.dataset import Dataset, create_flat_array, open_flat_array, write_small_array
 from disktrain.errors import DataError
 from disktrain.kernels.sampling import sample_batches
@@ -113,7 +113,8 @@ def sample_dataset(dataset_path: str | Path, cfg: SampleConfig, progress: bool =
         for g in tqdm(pending, desc="sample", unit="group", disable=not progress):
             sample_group(dataset, plan, g, groups_dir)
     root = zarr.open_group(partial, mode="r+")
-    counts = create_flat_array(root, "access_counts", (dataset.num_nodes,), np.int32)
+    counts = create_flat_array(root, "access_counts", (dataset.num_nodes,), np.int32,
+                               overwrite=True)
     reader = _GroupReader(partial, cfg.group_size)
     for b in range(plan.num_batches):
         counts[reader.input_nodes(b)] += 1
@@ -126,9 +127,7 @@ def sample_dataset(dataset_path: str | Path, cfg: SampleConfig, progress: bool =
         "num_groups": plan.num_groups,
         "num_nodes": dataset.num_nodes,
     })
-    if final.exists():
-        shutil.rmtree(final)
-    os.rename(partial, final)
+    replace_dir(partial, final)
     return SampleStore(dataset.path)
 
 
@@ -159,15 +158,20 @@ class SampledBatch:
 class _GroupReader:
     """Memory-mapped access to the groups of a (possibly partial) store."""
 
+    MAX_OPEN = 1024
+
     def __init__(self, root: Path, group_size: int):
         self.root = Path(root)
         self.group_size = group_size
-        self._open: dict[int, dict[str, np.ndarray]] = {}
+        self._open: OrderedDict[int, dict[str, np.ndarray]] = OrderedDict()
 
     def _group(self, g: int) -> dict[str, np.ndarray]:
-        if g not in self._open:
-            if len(self._open) > 64:
-                self._open.clear()
+        """The memory-mapped arrays of group ``g`` (least recently used groups closed)."""
+        if g in self._open:
+            self._open.move_to_end(g)
+        else:
+            if len(self._open) >= self.MAX_OPEN:
+                self._open.popitem(last=False)
             path = self.root / "groups" / group_name(g)
             self._open[g] = {name: open_flat_array(path, name) for name in _ARRAYS}
         return self._open[g]

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import os
-import uuid
+import io
 from pathlib import Path
 
 import torch
+
+from disktrain.atomic import atomic_write_bytes
 
 LATEST = "latest.pt"
 
@@ -15,11 +16,10 @@ def save_checkpoint(directory: str | Path, state: dict) -> Path:
     """Write ``state`` to ``directory/latest.pt`` through a temporary file and a rename."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    path = directory / LATEST
-    tmp = directory / f".{LATEST}.tmp-{uuid.uuid4().hex[:8]}"
-    torch.save(state, tmp)
-    os.replace(tmp, path)
-    return path
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    atomic_write_bytes(directory / LATEST, buf.getvalue())
+    return directory / LATEST
 
 
 def load_checkpoint(directory: str | Path) -> dict | None:

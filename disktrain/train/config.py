@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-MODELS = ("sage", "gcn", "gat", "mlp")
+from disktrain.models.gnn import MODELS
+
 PLAN_REUSE = ("cycle", "pool")
 
 

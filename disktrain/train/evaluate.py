@@ -33,7 +33,7 @@ def evaluate(model: torch.nn.Module, dataset: Dataset, split: str, fanouts: tupl
                    "edge_offsets")}
         batch = unpack_batch(arrays, 0, 0)
         uniq, inverse = np.unique(batch.input_nodes, return_inverse=True)
-        x = torch.from_numpy(dataset.gather_sorted(uniq)[inverse]).to(device)
+        x = torch.from_numpy(dataset.gather_sorted(uniq)[inverse]).to(device).float()
         degree = dataset.in_degrees(batch.input_nodes)
         blocks = [Block.from_numpy(s, d, ns, nd, degree).to(device)
                   for s, d, ns, nd in batch.blocks]

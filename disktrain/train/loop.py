@@ -19,6 +19,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from disktrain.errors import DataError
 from disktrain.models.gnn import GNNConfig, build_model
 from disktrain.pipeline import LoaderConfig, PackedLoader
 from disktrain.train.checkpoint import load_checkpoint, save_checkpoint
@@ -43,14 +44,23 @@ def _broadcast_state(model: torch.nn.Module) -> None:
             dist.broadcast(t, src=0)
 
 
-def _rng_states(env: DistEnv) -> torch.Tensor:
-    """Every rank's torch RNG state, stacked (world_size, n); a collective when distributed."""
-    mine = torch.get_rng_state()
+def _rng_states(env: DistEnv, device: torch.device) -> dict[str, torch.Tensor]:
+    """Every rank's RNG states (CPU, and CUDA on a GPU), each stacked (world_size, n).
+
+    A collective when distributed; gathered on ``device`` (NCCL moves CUDA tensors only).
+    """
+    states = {"rng": torch.get_rng_state()}
+    if device.type == "cuda":
+        states["cuda_rng"] = torch.cuda.get_rng_state(device)
     if env.world_size == 1:
-        return mine.unsqueeze(0)
-    states = [torch.empty_like(mine) for _ in range(env.world_size)]
-    dist.all_gather(states, mine)
-    return torch.stack(states)
+        return {k: v.unsqueeze(0) for k, v in states.items()}
+    out = {}
+    for key, mine in states.items():
+        mine = mine.to(device)
+        parts = [torch.empty_like(mine) for _ in range(env.world_size)]
+        dist.all_gather(parts, mine)
+        out[key] = torch.stack(parts).cpu()
+    return out
 
 
 def params_digest(state: dict[str, torch.Tensor]) -> str:
@@ -75,8 +85,12 @@ def train(cfg: TrainConfig, grad_sync=None, on_epoch=None) -> dict:
     torch.manual_seed(cfg.seed)
     loader = PackedLoader(cfg.dataset, LoaderConfig(prefetch=cfg.prefetch,
                                                     read_threads=cfg.read_threads,
-                                                    device=str(device)))
+                                                    device=str(device),
+                                                    degrees=cfg.model == "gcn"))
     meta = loader.dataset.meta
+    if meta.feature_dim < 1:
+        raise DataError(f"{cfg.dataset}: the dataset has no node features (feature_dim 0); "
+                        "ingest it with --features")
     fanouts = loader.samples.config.fanouts
     model = build_model(GNNConfig(model=cfg.model, in_dim=meta.feature_dim, hidden=cfg.hidden,
                                   num_classes=meta.num_classes, num_layers=len(fanouts),
@@ -93,21 +107,23 @@ def train(cfg: TrainConfig, grad_sync=None, on_epoch=None) -> dict:
     if cfg.resume and (state := load_checkpoint(ckpt_dir)) is not None:
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
-        rng = state["rng"].reshape(-1, state["rng"].shape[-1])
+        rng = state["rng"]
         if rng.shape[0] != env.world_size:
             raise ValueError(f"{ckpt_dir}: checkpoint written by {rng.shape[0]} worker(s); "
                              f"resuming with {env.world_size} would change the run")
         torch.set_rng_state(rng[env.rank])
+        if device.type == "cuda" and "cuda_rng" in state:
+            torch.cuda.set_rng_state(state["cuda_rng"][env.rank], device)
         start_epoch, cursor = int(state["epoch"]), int(state["cursor"])
         steps = int(state.get("steps", 0))
         history = json.loads(state["history"])
     _broadcast_state(model)
 
     def checkpoint(epoch: int, at: int) -> None:
-        rng = _rng_states(env)  # every rank takes part
+        rng = _rng_states(env, device)  # every rank takes part
         if env.is_main:
             save_checkpoint(ckpt_dir, {"model": model.state_dict(), "optimizer": opt.state_dict(),
-                                       "rng": rng, "epoch": epoch,
+                                       **rng, "epoch": epoch,
                                        "cursor": at, "steps": steps,
                                        "history": json.dumps(history)})
 
@@ -118,7 +134,7 @@ def train(cfg: TrainConfig, grad_sync=None, on_epoch=None) -> dict:
                             cfg.plan_reuse)
         ids = worker_share(ids, env.rank, env.world_size)[:cfg.max_batches]
         seconds = dict.fromkeys((*STAGES, "compute", "wait"), 0.0)
-        losses = []
+        loss_sum = torch.zeros((), device=device)  # summed on the device: no sync per step
         model.train()
         t_epoch = time.perf_counter()
         bar = tqdm(total=len(ids), initial=cursor, desc=f"epoch {epoch}", unit="batch",
@@ -130,12 +146,13 @@ def train(cfg: TrainConfig, grad_sync=None, on_epoch=None) -> dict:
                 t0 = time.perf_counter()
                 seconds["wait"] += t0 - t_wait
                 opt.zero_grad(set_to_none=True)
-                loss = F.cross_entropy(model(mb.x, mb.blocks), mb.labels)
+                # float16 features (stored and moved at half the bytes) compute in float32
+                loss = F.cross_entropy(model(mb.x.float(), mb.blocks), mb.labels)
                 loss.backward()
                 sync(params)
                 opt.step()
                 steps += 1
-                losses.append(loss.item())
+                loss_sum += loss.detach()
                 for k in STAGES:
                     seconds[k] += mb.seconds[k]
                 t_wait = time.perf_counter()
@@ -144,8 +161,8 @@ def train(cfg: TrainConfig, grad_sync=None, on_epoch=None) -> dict:
                 if cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0:
                     checkpoint(epoch, step + 1)
         bar.close()
-        cursor = 0
-        record = {"epoch": epoch, "loss": float(np.mean(losses)) if losses else float("nan"),
+        done, cursor = len(ids) - cursor, 0
+        record = {"epoch": epoch, "loss": float(loss_sum) / done if done else float("nan"),
                   "batches": len(ids), "epoch_time_s": time.perf_counter() - t_epoch,
                   **{f"{k}_s": v for k, v in seconds.items()}}
         if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs:
