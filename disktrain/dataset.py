@@ -39,9 +39,9 @@ def index_dtype(num_nodes: int) -> np.dtype:
     return np.dtype(np.int32) if num_nodes < 2**31 else np.dtype(np.int64)
 
 
-def chunk_file(array_dir: str | Path, ndim: int) -> Path:
-    """Path of chunk (0, ..., 0) under Zarr v3's default chunk key encoding."""
-    return Path(array_dir).joinpath("c", *(["0"] * ndim))
+def chunk_file(array_dir: str | Path, *index: int) -> Path:
+    """Path of the chunk at grid ``index`` under Zarr v3's default chunk key encoding."""
+    return Path(array_dir).joinpath("c", *(str(i) for i in index))
 
 
 def create_flat_array(group: zarr.Group, name: str, shape: tuple[int, ...], dtype,
@@ -50,7 +50,7 @@ def create_flat_array(group: zarr.Group, name: str, shape: tuple[int, ...], dtyp
     dtype = np.dtype(dtype)
     group.create_array(name, shape=shape, dtype=dtype, chunks=shape, compressors=None,
                        fill_value=0, overwrite=overwrite)
-    path = chunk_file(Path(group.store.root) / group.path / name, len(shape))
+    path = chunk_file(Path(group.store.root) / group.path / name, *[0] * len(shape))
     path.parent.mkdir(parents=True, exist_ok=True)
     if int(np.prod(shape)) == 0:
         path.write_bytes(b"")
@@ -61,7 +61,7 @@ def create_flat_array(group: zarr.Group, name: str, shape: tuple[int, ...], dtyp
 def open_flat_array(root: str | Path, name: str, mode: str = "r") -> np.ndarray:
     """Memory-map a single-chunk array written by :func:`create_flat_array`."""
     arr = zarr.open_array(Path(root) / name, mode="r")
-    path = chunk_file(Path(root) / name, arr.ndim)
+    path = chunk_file(Path(root) / name, *[0] * arr.ndim)
     if arr.size == 0:
         return np.zeros(arr.shape, arr.dtype)
     if not path.exists():
@@ -178,7 +178,7 @@ class Dataset:
         while pos < stop:
             c, r0 = divmod(pos, rows)
             n = min(stop - pos, rows - r0)
-            path = self.path / "features" / "c" / str(c) / "0"
+            path = chunk_file(self.path / "features", c, 0)
             if path.exists():
                 got = np.fromfile(path, dtype=dtype.newbyteorder("<"), count=n * dim,
                                   offset=r0 * dim * dtype.itemsize)

@@ -41,6 +41,7 @@ from disktrain.dataset import (
     write_small_array,
 )
 from disktrain.kernels import rmat as krmat
+from disktrain.kernels.rng import derive_key
 
 RMAT_PROBS = (0.57, 0.19, 0.19, 0.05)
 """Graph500 R-MAT quadrant probabilities (a, b, c, d)."""
@@ -149,16 +150,9 @@ def _check_int(name: str, value, lo: int, hi: int | None = None) -> None:
         raise ValueError(f"{name} must be {bound}, got {value!r}")
 
 
-def _splitmix64(x: int) -> int:
-    z = (x + 0x9E3779B97F4A7C15) & _MASK64
-    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
-    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK64
-    return z ^ (z >> 31)
-
-
 def _key(seed: int, stream: str, i: int = 0) -> np.uint64:
     """A 64-bit key for one random stream of one seed."""
-    return np.uint64(_splitmix64(_splitmix64(_splitmix64(seed) ^ _STREAMS[stream]) + i))
+    return np.uint64(derive_key(seed, _STREAMS[stream], i))
 
 
 def _perm_keys(seed: int, stream: str) -> np.ndarray:

@@ -13,7 +13,7 @@ Key arrays (built by the caller from a seed):
 import numba as nb
 import numpy as np
 
-from disktrain.kernels.rng import draw
+from .rng import draw
 
 _U32 = np.uint64(32)
 _U16 = np.uint64(16)

@@ -54,9 +54,7 @@ def train_online(path: Path, epochs: int, seed: int) -> float:
             seeds = order[i:i + BATCH]
             out = sample_batches(ds.indptr, ds.indices, seeds, np.array([0, len(seeds)]),
                                  np.asarray(FANOUTS), sampling_key(seed, epoch * 100_003 + i))
-            batch = unpack_batch({k: getattr(out, k) for k in
-                                  ("nodes", "node_offsets", "hop_counts", "edge_src",
-                                   "edge_dst", "edge_offsets")}, 0, 0)
+            batch = unpack_batch(vars(out), 0, 0)
             deg = ds.in_degrees(batch.input_nodes)
             blocks = [Block.from_numpy(s, d, ns, nd, deg) for s, d, ns, nd in batch.blocks]
             x = raw[torch.from_numpy(batch.input_nodes)]

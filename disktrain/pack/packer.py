@@ -134,7 +134,7 @@ class GroupPacker:
         chunk_bytes = self.chunk_rows * self.dim * np.dtype(self.dtype).itemsize
         self.groups = _groups(self.batch_packed, chunk_bytes, cfg.group_bytes)
         open_flat_array(self.partial, "slots")  # validates its size
-        self._slots_file = chunk_file(self.partial / "slots", 1)
+        self._slots_file = chunk_file(self.partial / "slots", 0)
 
     def __call__(self, group: int) -> None:
         """Write group ``group``'s chunks and slots, then its ``done`` marker."""

@@ -26,7 +26,7 @@ import google_crc32c
 import numpy as np
 import zarr
 
-from disktrain.dataset import open_flat_array
+from disktrain.dataset import chunk_file, open_flat_array
 from disktrain.errors import DataError
 
 STORE = "packed"
@@ -34,7 +34,8 @@ CRC_BYTES = 4
 
 
 def chunk_path(root: Path, chunk: int) -> Path:
-    return root / "rows" / "c" / str(chunk) / "0"
+    """The file of packed chunk ``chunk`` (rows ``chunk * chunk_rows`` onwards)."""
+    return chunk_file(root / "rows", chunk, 0)
 
 
 def write_chunk(root: Path, chunk: int, data: np.ndarray) -> None:

@@ -22,7 +22,7 @@ class TrainConfig:
     seed: int = 0
     """Seeds initialization, dropout and the batch order."""
     hidden: int = 128
-    """Hidden units per layer (per head for gat)."""
+    """Hidden units per layer (for gat: all heads together; must divide by heads)."""
     heads: int = 4
     """Attention heads (gat only)."""
     dropout: float = 0.5

@@ -28,10 +28,7 @@ def evaluate(model: torch.nn.Module, dataset: Dataset, split: str, fanouts: tupl
         out = sample_batches(dataset.indptr, dataset.indices, seeds,
                              np.array([0, len(seeds)], np.int64),
                              np.asarray(fanouts, np.int64), sampling_key(seed, 1 << 30))
-        arrays = {name: getattr(out, name) for name in
-                  ("nodes", "node_offsets", "hop_counts", "edge_src", "edge_dst",
-                   "edge_offsets")}
-        batch = unpack_batch(arrays, 0, 0)
+        batch = unpack_batch(vars(out), 0, 0)
         uniq, inverse = np.unique(batch.input_nodes, return_inverse=True)
         x = torch.from_numpy(dataset.gather_sorted(uniq)[inverse]).to(device).float()
         degree = dataset.in_degrees(batch.input_nodes)
