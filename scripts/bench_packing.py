@@ -10,7 +10,8 @@ memory):
   - packed: bytes read from storage (/proc/self/io read_bytes) / bytes of rows consumed;
   - memmap: the same for raw[input_nodes] from a NumPy memmap (default readahead and
     MADV_RANDOM), what a plain out-of-core loader does;
-  - packing time of the whole plan against the time of one memmap epoch (same run).
+  - packing time of the whole plan against the time of one memmap epoch (same run), and the
+    bytes packing reads from storage (raw features and sample store) over the raw bytes.
 Prints one JSON line. Everything written goes to a temporary directory deleted at the end.
 """
 
@@ -119,9 +120,13 @@ def main() -> None:
         del out
         os.sync()
         evict(sorted((ds_path / "features").rglob("0")))
+        evict(sorted((ds_path / "samples").rglob("c/0")))
+        r0 = read_bytes()
         t = time.perf_counter()
         packed = pack_dataset(ds_path, PackConfig(), progress=False)
         t_pack = time.perf_counter() - t
+        pack_read = read_bytes() - r0
+        raw_bytes = ds.num_nodes * args.dim * np.dtype(ds.features.dtype).itemsize
         os.sync()
         rng = np.random.default_rng(0)
         batches = rng.permutation(samples.num_batches)[:args.batches]
@@ -134,6 +139,7 @@ def main() -> None:
             "batches": samples.num_batches, "measured_batches": len(batches),
             "synth_s": round(t_synth, 2), "sample_s": round(t_sample, 2),
             "pack_s": round(t_pack, 2),
+            "pack_read_over_raw_bytes": round(pack_read / raw_bytes, 3),
             "duplication_factor": round(packed.info()["duplication_factor"], 3),
             "padding_overhead": round(packed.info()["padded_rows"]
                                       / max(1, packed.info()["packed_rows"]) - 1, 4),

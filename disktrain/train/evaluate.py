@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+import torch.distributed as dist
 
 from disktrain.dataset import Dataset
 from disktrain.kernels.sampling import sample_batches
@@ -14,11 +15,17 @@ from disktrain.sample.store import unpack_batch
 
 @torch.no_grad()
 def evaluate(model: torch.nn.Module, dataset: Dataset, split: str, fanouts: tuple[int, ...],
-             batch_size: int, seed: int, device: torch.device) -> float:
-    """Accuracy of ``model`` on ``split`` (features read from the raw array, in order)."""
-    ids = np.asarray(dataset.split(split), np.int64)
-    if len(ids) == 0:
+             batch_size: int, seed: int, device: torch.device, rank: int = 0,
+             world_size: int = 1) -> float:
+    """Accuracy of ``model`` on ``split`` (features read from the raw array, in order).
+
+    With ``world_size`` > 1 each rank evaluates every ``world_size``-th node and the counts
+    are summed over the process group.
+    """
+    everything = np.asarray(dataset.split(split), np.int64)
+    if len(everything) == 0:
         return float("nan")
+    ids = everything[rank::world_size]
     was_training = model.training
     model.eval()
     correct = 0
@@ -37,4 +44,8 @@ def evaluate(model: torch.nn.Module, dataset: Dataset, split: str, fanouts: tupl
         pred = model(x, blocks).argmax(dim=1).cpu().numpy()
         correct += int((pred == labels[seeds]).sum())
     model.train(was_training)
-    return correct / len(ids)
+    if world_size > 1:
+        counts = torch.tensor([correct], dtype=torch.float64, device=device)
+        dist.all_reduce(counts)
+        correct = int(counts.item())
+    return correct / len(everything)

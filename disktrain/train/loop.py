@@ -168,7 +168,8 @@ def train(cfg: TrainConfig, grad_sync=None, on_epoch=None) -> dict:
         if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs:
             for split in ("val", "test"):
                 record[f"{split}_acc"] = evaluate(model, loader.dataset, split, fanouts,
-                                                  cfg.eval_batch_size, cfg.seed, device)
+                                                  cfg.eval_batch_size, cfg.seed, device,
+                                                  env.rank, env.world_size)
         history.append(record)
         checkpoint(epoch + 1, 0)
         if env.is_main and cfg.metrics:
