@@ -40,17 +40,6 @@ def _gather_two(out, first, second, slot):
                 out[i, j] = second[s, j]
 
 
-@nb.njit(parallel=True, nogil=True, cache=True)
-def _gather_one(out, src, idx):
-    width = out.shape[1]
-    for i in nb.prange(idx.shape[0]):
-        s = idx[i]
-        if s < 0:
-            continue
-        for j in range(width):
-            out[i, j] = src[s, j]
-
-
 def gather_rows(out: np.ndarray, cpu_cache: np.ndarray, packed: np.ndarray,
                 slot: np.ndarray) -> None:
     """Fill ``out[i]`` from ``cpu_cache`` or ``packed`` as ``slot[i]`` says (module docstring).
@@ -65,17 +54,6 @@ def gather_rows(out: np.ndarray, cpu_cache: np.ndarray, packed: np.ndarray,
     _check_rows("packed", packed, out)
     _check_index("slot", slot, out, cpu_cache.shape[0] + packed.shape[0])
     _gather_two(out.view(bits), cpu_cache.view(bits), packed.view(bits), slot)
-
-
-def gather_rows_simple(out: np.ndarray, src: np.ndarray, idx: np.ndarray) -> None:
-    """``out[i] = src[idx[i]]`` for every ``idx[i] >= 0``; rows with ``idx[i] < 0`` are skipped.
-
-    Same dtypes, checks and bit-identical copies as :func:`gather_rows`.
-    """
-    bits = _check_rows("out", out, out)
-    _check_rows("src", src, out)
-    _check_index("idx", idx, out, src.shape[0])
-    _gather_one(out.view(bits), src.view(bits), idx)
 
 
 def _check_rows(name: str, arr: np.ndarray, out: np.ndarray) -> type:

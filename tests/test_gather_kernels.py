@@ -12,7 +12,7 @@ import textwrap
 import numpy as np
 import pytest
 
-from disktrain.kernels.gather import gather_rows, gather_rows_simple
+from disktrain.kernels.gather import gather_rows
 
 UINT = {np.float16: np.uint16, np.float32: np.uint32}
 
@@ -94,17 +94,6 @@ def test_gather_rows_is_deterministic_across_runs_and_threads():
     numba.set_num_threads(numba.config.NUMBA_NUM_THREADS)
     assert all(same_bits(r, results[0]) for r in results)
     assert same_bits(results[0], reference(cpu_cache, packed, slot, np.zeros_like(results[0])))
-
-
-@pytest.mark.parametrize("dtype", [np.float16, np.float32])
-def test_gather_rows_simple(dtype):
-    rng = np.random.default_rng(4)
-    src = random_bits(rng, (9, 4), dtype)
-    idx = np.array([8, -1, 0, 0, 5], np.int64)
-    out = np.zeros((5, 4), dtype)
-    gather_rows_simple(out, src, idx)
-    assert same_bits(out[[0, 2, 3, 4]], src[[8, 0, 0, 5]])
-    assert not out[1].any()
 
 
 @pytest.mark.parametrize(("change", "message"), [
