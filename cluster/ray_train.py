@@ -100,11 +100,13 @@ def _fit(train_cfg: TrainConfig, ray_cfg: RayTrainConfig) -> dict:
     if ray_cfg.gpus_per_worker:
         resources["GPU"] = ray_cfg.gpus_per_worker
     storage = Path(ray_cfg.storage_path or dataset / "ray_results").resolve()
+    scratch = storage / f"scratch-{os.getpid()}-{time.time_ns()}"  # workers' checkpoint dirs
     trainer = TorchTrainer(
         _worker_loop,
         train_loop_config={
             "train_cfg": train_cfg,
             "use_gpu": ray_cfg.gpus_per_worker > 0,
+            "scratch": str(scratch),
             "env": {k: v for k, v in os.environ.items()
                     if k.startswith(FORWARDED_ENV_PREFIX)},
         },
@@ -118,7 +120,10 @@ def _fit(train_cfg: TrainConfig, ray_cfg: RayTrainConfig) -> dict:
             failure_config=ray.train.FailureConfig(max_failures=ray_cfg.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2)),
     )
-    result = trainer.fit()
+    try:
+        result = trainer.fit()
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)  # also what killed workers left behind
     summary = dict(result.return_value or {})
     if result.checkpoint is not None:
         target = Path(train_cfg.checkpoint_dir or dataset / "checkpoints")
@@ -150,7 +155,8 @@ def _worker_loop(config: dict) -> dict | None:
                        ("WORLD_SIZE", ctx.get_world_size())):
         os.environ.setdefault(key, str(value))
     cfg: TrainConfig = config["train_cfg"]
-    workdir = Path(tempfile.mkdtemp(prefix=f"disktrain-rank{rank}-"))
+    Path(config["scratch"]).mkdir(parents=True, exist_ok=True)
+    workdir = Path(tempfile.mkdtemp(prefix=f"rank{rank}-", dir=config["scratch"]))
     try:
         resume = _restore(cfg, workdir)
         device = cfg.device
