@@ -56,8 +56,24 @@ class MiniBatch:
     x: torch.Tensor
     blocks: list[Block]
     labels: torch.Tensor
+    input_nodes: np.ndarray
+    """Global id of each row of ``x`` (the sample store's order, last hop reordered)."""
     seconds: dict[str, float] = field(default_factory=dict)
     """Time this batch spent in each stage (read, assemble, copy)."""
+
+
+@dataclass
+class _HostBatch:
+    """A batch assembled on the host, before the copy to the device."""
+
+    x: torch.Tensor
+    gpu_pos: np.ndarray
+    """Rows of ``x`` the GPU cache fills on the device ..."""
+    gpu_slot: np.ndarray
+    """... from these GPU-cache rows."""
+    blocks: list[Block]
+    labels: torch.Tensor
+    input_nodes: np.ndarray
 
 
 class _Stop(Exception):
@@ -98,37 +114,77 @@ class PackedLoader:
         return self.samples.num_batches
 
     def __call__(self, batch_ids: Sequence[int]) -> Iterator[MiniBatch]:
-        """Yield the batches ``batch_ids`` in order, each fully on the device."""
+        """Yield the batches ``batch_ids`` in order, each fully on the device.
+
+        Host buffers are reused: a batch's tensors stay valid until the next batch is
+        requested (on a CPU device ``x`` is that buffer); clone what must outlive it.
+        """
         return _Run(self, list(batch_ids)).iterate()
 
-    def read(self, b: int, buf: np.ndarray) -> np.ndarray:
-        """Stage 1: batch ``b``'s packed rows (crc-checked) into ``buf``."""
-        return self.packed.read_packed(b, buf)
+    def buffer_rows(self, b: int) -> int:
+        """Rows of the feature buffer batch ``b`` is read and assembled in."""
+        padded = int(self.packed.batch_rows[b + 1] - self.packed.batch_rows[b])
+        return max(len(self.samples.input_nodes(b)), self.samples.inner_count(b) + padded)
 
-    def assemble(self, b: int, packed_rows: np.ndarray) -> tuple[torch.Tensor, np.ndarray,
-                                                                list, torch.Tensor]:
-        """Stage 2: host feature matrix (CPU-tier and packed rows), slots, blocks, labels."""
+    def read(self, b: int, buf: torch.Tensor) -> torch.Tensor:
+        """Stage 1: read batch ``b``'s packed rows into the feature buffer ``buf``.
+
+        The packed range is read (crc-checked) straight into the buffer at the batch's first
+        last-hop-only row: those rows (most of a batch) are then in place, no copy needed.
+        """
+        inner = self.samples.inner_count(b)
+        padded = int(self.packed.batch_rows[b + 1] - self.packed.batch_rows[b])
+        self.packed.read_packed(b, buf.numpy()[inner:inner + padded])
+        return buf
+
+    def assemble(self, b: int, buf: torch.Tensor) -> _HostBatch:
+        """Stage 2: complete the feature matrix from the CPU cache and the inner packed rows,
+        and build blocks and labels.
+
+        The last-hop-only rows are reordered as stored (packed rows as read, then cached
+        ones) and the first block's source ids relabelled to match; the order of a block's
+        source nodes is free, so the model computes the same thing.
+        """
         sampled = self.samples.batch(b)
-        slots = self.packed.slots(b)
-        x = torch.empty((len(slots), self.packed.feature_dim),
-                        dtype=_torch_dtype(self.packed.dtype), pin_memory=self._pin)
-        gather_rows(x.numpy(), self.caches.cpu, packed_rows, np.ascontiguousarray(slots))
-        degree = self.dataset.in_degrees(sampled.input_nodes) if self.cfg.degrees else None
-        blocks = [Block.from_numpy(s, d, ns, nd, degree) for s, d, ns, nd in sampled.blocks]
+        nodes, inner = sampled.input_nodes, self.samples.inner_count(b)
+        slots = np.asarray(self.packed.slots(b))
+        n, n_cpu = len(nodes), self.packed.n_cpu
+        outer = slots[inner:]
+        packed_outer = outer >= n_cpu
+        n_read = int(packed_outer.sum())
+        cached = np.flatnonzero(~packed_outer)
+        newpos = np.arange(n)
+        newpos[inner:][packed_outer] = inner + outer[packed_outer] - n_cpu
+        newpos[inner + cached] = inner + n_read + np.arange(len(cached))
+        x = buf.numpy()
+        packed_rows = x[inner:inner + int(self.packed.batch_packed[b])]
+        gather_rows(x[:inner], self.caches.cpu, packed_rows, np.ascontiguousarray(slots[:inner]))
+        gather_rows(x[inner + n_read:n], self.caches.cpu, packed_rows[:0], outer[cached])
+        on_gpu = np.flatnonzero(slots < 0)
+        input_nodes = np.empty_like(nodes)
+        input_nodes[newpos] = nodes
+        degree = None
+        if self.cfg.degrees:
+            degree = np.empty(n, np.int64)
+            degree[newpos] = self.dataset.in_degrees(nodes)
+        blocks = []
+        for layer, (src, dst, num_src, num_dst) in enumerate(sampled.blocks):
+            if layer == 0:
+                src = newpos[src]
+            blocks.append(Block.from_numpy(src, dst, num_src, num_dst, degree))
         labels = self.labels[torch.from_numpy(sampled.seeds.astype(np.int64))]
-        return x, slots, blocks, labels
+        return _HostBatch(buf[:n], newpos[on_gpu], -1 - slots[on_gpu], blocks, labels,
+                          input_nodes)
 
-    def to_device(self, x: torch.Tensor, slots: np.ndarray, blocks: list[Block],
-                  labels: torch.Tensor) -> tuple[torch.Tensor, list[Block], torch.Tensor]:
+    def to_device(self, host: _HostBatch) -> tuple[torch.Tensor, list[Block], torch.Tensor]:
         """Stage 3: copy to the device, then fill the rows the GPU cache serves there."""
         nb = self._pin
-        x = x.to(self.device, non_blocking=nb)
-        blocks = [blk.to(self.device, non_blocking=nb) for blk in blocks]
-        labels = labels.to(self.device, non_blocking=nb)
-        gpu_pos = np.flatnonzero(slots < 0)
-        if len(gpu_pos):
-            pos = torch.from_numpy(gpu_pos).to(self.device, non_blocking=nb)
-            slot = torch.from_numpy(-1 - slots[gpu_pos]).to(self.device, non_blocking=nb)
+        x = host.x.to(self.device, non_blocking=nb)
+        blocks = [blk.to(self.device, non_blocking=nb) for blk in host.blocks]
+        labels = host.labels.to(self.device, non_blocking=nb)
+        if len(host.gpu_pos):
+            pos = torch.from_numpy(host.gpu_pos).to(self.device, non_blocking=nb)
+            slot = torch.from_numpy(host.gpu_slot).to(self.device, non_blocking=nb)
             x[pos] = self.caches.gpu[slot]
         return x, blocks, labels
 
@@ -147,6 +203,26 @@ def _torch_dtype(dtype: np.dtype) -> torch.dtype:
     return torch.from_numpy(np.zeros(0, dtype)).dtype
 
 
+class _BufferPool:
+    """Reusable (pinned) feature buffers: fresh large allocations cost page faults."""
+
+    def __init__(self, dim: int, dtype: np.dtype, pin: bool):
+        self.dim, self.dtype, self.pin = dim, _torch_dtype(dtype), pin
+        self.free: list[torch.Tensor] = []
+        self.lock = threading.Lock()
+
+    def take(self, rows: int) -> torch.Tensor:
+        with self.lock:
+            for i, buf in enumerate(self.free):
+                if buf.shape[0] >= rows:
+                    return self.free.pop(i)
+        return torch.empty((rows + rows // 4, self.dim), dtype=self.dtype, pin_memory=self.pin)
+
+    def give(self, buf: torch.Tensor) -> None:
+        with self.lock:
+            self.free.append(buf)
+
+
 class _Run:
     """One pass over a list of batches: the threads and queues of the pipeline."""
 
@@ -157,11 +233,7 @@ class _Run:
         self.stop = threading.Event()
         self.read_q: queue.Queue = queue.Queue(depth)
         self.ready_q: queue.Queue = queue.Queue(depth)
-        n_bufs = depth + loader.cfg.read_threads + 2
-        rows = max(1, loader.packed.max_padded_rows)
-        self.free_bufs: queue.Queue = queue.Queue()
-        for _ in range(n_bufs):
-            self.free_bufs.put(np.empty((rows, loader.packed.feature_dim), loader.packed.dtype))
+        self.buffers = _BufferPool(loader.packed.feature_dim, loader.packed.dtype, loader._pin)
         self.stream = (torch.cuda.Stream(loader.device) if loader.device.type == "cuda"
                        else None)
 
@@ -182,10 +254,10 @@ class _Run:
                 continue
         raise _Stop
 
-    def _timed_read(self, b: int, buf: np.ndarray):
+    def _timed_read(self, b: int, buf: torch.Tensor):
         t = time.perf_counter()
-        rows = self.loader.read(b, buf)
-        return rows, time.perf_counter() - t
+        self.loader.read(b, buf)
+        return buf, time.perf_counter() - t
 
     def _reader(self) -> None:
         """Submit reads in order to the pool; hand futures on in order."""
@@ -193,8 +265,8 @@ class _Run:
                                 thread_name_prefix="disktrain-read") as pool:
             try:
                 for b in self.batch_ids:
-                    buf = self._get(self.free_bufs)
-                    self._put(self.read_q, (b, buf, pool.submit(self._timed_read, b, buf)))
+                    buf = self.buffers.take(self.loader.buffer_rows(b))
+                    self._put(self.read_q, (b, pool.submit(self._timed_read, b, buf)))
                 self._put(self.read_q, None)
             except _Stop:
                 pass
@@ -208,24 +280,23 @@ class _Run:
                 if isinstance(item, _Failure):
                     self._put(self.ready_q, item)
                     return
-                b, buf, future = item
-                rows, t_read = future.result()
+                b, future = item
+                buf, t_read = future.result()
                 t0 = time.perf_counter()
-                x, slots, blocks, labels = self.loader.assemble(b, rows)
-                self.free_bufs.put(buf)
+                host = self.loader.assemble(b, buf)
                 t1 = time.perf_counter()
                 if self.stream is not None:
                     with torch.cuda.stream(self.stream):
-                        x, blocks, labels = self.loader.to_device(x, slots, blocks, labels)
+                        x, blocks, labels = self.loader.to_device(host)
                     event = torch.cuda.Event()
                     event.record(self.stream)
                 else:
-                    x, blocks, labels = self.loader.to_device(x, slots, blocks, labels)
+                    x, blocks, labels = self.loader.to_device(host)
                     event = None
                 t2 = time.perf_counter()
-                batch = MiniBatch(b, x, blocks, labels,
+                batch = MiniBatch(b, x, blocks, labels, host.input_nodes,
                                   {"read": t_read, "assemble": t1 - t0, "copy": t2 - t1})
-                self._put(self.ready_q, (batch, event))
+                self._put(self.ready_q, (batch, event, buf))
             self._put(self.ready_q, None)
         except _Stop:
             pass
@@ -248,10 +319,11 @@ class _Run:
             while (item := self._get(self.ready_q)) is not None:
                 if isinstance(item, _Failure):
                     raise item.error
-                batch, event = item
+                batch, event, buf = item
                 if event is not None:
                     _consume_on_current_stream(batch, event)
                 yield batch
+                self.buffers.give(buf)  # the consumer is done with the batch
         finally:
             self.stop.set()
             for t in threads:

@@ -47,8 +47,11 @@ def test_assembled_features_are_bit_identical(tmp_path, gpu, cpu, dtype):
     loader = PackedLoader(path, LoaderConfig(prefetch=2, read_threads=2))
     seen = 0
     for mb in loader(range(loader.num_batches)):
-        nodes = loader.samples.input_nodes(mb.index)
-        assert torch.equal(mb.x, torch.from_numpy(raw[nodes]))
+        stored = loader.samples.input_nodes(mb.index)
+        inner = loader.samples.inner_count(mb.index)
+        assert np.array_equal(mb.input_nodes[:inner], stored[:inner])
+        assert np.array_equal(np.sort(mb.input_nodes), np.sort(stored))
+        assert torch.equal(mb.x, torch.from_numpy(raw[mb.input_nodes]))
         seen += 1
     assert seen == loader.num_batches
     info = packed.info()
@@ -120,7 +123,7 @@ def test_resume_keeps_finished_groups(tmp_path, monkeypatch):
     raw = Dataset(path).feature_rows(0, Dataset(path).num_nodes)
     loader = PackedLoader(path)
     for mb in loader(range(packed.num_batches)):
-        assert torch.equal(mb.x, torch.from_numpy(raw[loader.samples.input_nodes(mb.index)]))
+        assert torch.equal(mb.x, torch.from_numpy(raw[mb.input_nodes]))
 
 
 def test_one_group_reads_the_raw_features_once_in_order(tmp_path, monkeypatch):
@@ -143,7 +146,7 @@ def test_one_group_reads_the_raw_features_once_in_order(tmp_path, monkeypatch):
     raw = Dataset(path).feature_rows(0, Dataset(path).num_nodes)
     loader = PackedLoader(path)
     for mb in loader(range(packed.num_batches)):
-        assert torch.equal(mb.x, torch.from_numpy(raw[loader.samples.input_nodes(mb.index)]))
+        assert torch.equal(mb.x, torch.from_numpy(raw[mb.input_nodes]))
 
 
 def test_crash_after_the_last_group_still_resumes(tmp_path, monkeypatch):

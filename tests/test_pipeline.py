@@ -38,11 +38,11 @@ def test_an_exception_in_any_stage_reaches_the_consumer(loader, monkeypatch, sta
             raise RuntimeError(f"boom in {stage}")
         return real(b, *args)
 
-    def failing_copy(x, slots, blocks, labels):
+    def failing_copy(host):
         if failing_copy.calls == 5:
             raise RuntimeError(f"boom in {stage}")
         failing_copy.calls += 1
-        return real(x, slots, blocks, labels)
+        return real(host)
 
     failing_copy.calls = 0
     monkeypatch.setattr(loader, stage, failing_copy if stage == "to_device" else failing)
@@ -65,3 +65,27 @@ def test_stopping_early_shuts_every_thread_down(loader, error):
             for _ in it:
                 raise KeyboardInterrupt
     assert not _pipeline_threads()
+
+
+def test_reordered_last_hop_keeps_every_edge_and_the_model_output(loader):
+    import numpy as np
+    import torch
+
+    from disktrain.models.block import Block
+    from disktrain.models.gnn import GNNConfig, build_model
+
+    raw = loader.dataset.feature_rows(0, loader.dataset.num_nodes)
+    torch.manual_seed(0)
+    model = build_model(GNNConfig(model="sage", in_dim=raw.shape[1], hidden=8,
+                                  num_classes=4, num_layers=2)).eval()
+    for mb in loader(range(loader.num_batches)):
+        stored = loader.samples.batch(mb.index)
+        for got, (src, dst, num_src, num_dst) in zip(mb.blocks, stored.blocks):
+            assert (got.num_src, got.num_dst) == (num_src, num_dst)
+            pairs = set(zip(mb.input_nodes[got.src.numpy()], mb.input_nodes[got.dst.numpy()]))
+            assert pairs == set(zip(stored.input_nodes[src], stored.input_nodes[dst]))
+        ref_blocks = [Block.from_numpy(*blk) for blk in stored.blocks]
+        with torch.no_grad():
+            ref = model(torch.from_numpy(raw[stored.input_nodes]), ref_blocks)
+            assert torch.allclose(model(mb.x, mb.blocks), ref, atol=1e-6)
+        assert np.array_equal(mb.input_nodes[:stored.num_seeds], stored.seeds)

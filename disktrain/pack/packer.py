@@ -1,9 +1,10 @@
 """Batched packing: read raw feature rows once, in order, and lay them out per batch.
 
-A group of batches is packed in one ascending pass over the raw features: each batch packs
-its uncached rows in ascending node-id order, so every raw range read is appended to the end
-of each batch that needs rows from it, and a batch's chunks are finished (checksummed and
-written) as they fill. Memory per batch is its packed ids and one chunk buffer.
+A group of batches is packed in one ascending pass over the raw features. Each batch packs
+its uncached rows as two runs, each in ascending node id (the last-hop-only rows, then the
+rest), so every raw range read extends each run that needs rows from it, and a batch's
+chunks are finished (checksummed and written) as they fill. Memory per batch: its packed
+ids and at most two chunk buffers.
 """
 
 from __future__ import annotations
@@ -58,14 +59,23 @@ class PackConfig:
             raise ValueError(f"max_packed_bytes must be >= 0, got {self.max_packed_bytes}")
 
 
-def _batch_slots(codes: np.ndarray, nodes: np.ndarray, n_cpu: int) -> tuple[np.ndarray,
-                                                                           np.ndarray]:
-    """Slots of a batch's input rows, and the node ids it packs in slot order (ascending)."""
+def _batch_slots(codes: np.ndarray, nodes: np.ndarray, inner: int,
+                 n_cpu: int) -> tuple[np.ndarray, list[np.ndarray]]:
+    """Slots of a batch's input rows, and the node ids it packs as two ascending runs.
+
+    Packed rows are the uncached last-hop-only nodes (positions ``inner`` on) in ascending id,
+    then the uncached inner nodes in ascending id: the loader reads the first run straight
+    into the feature matrix (reordering the last-hop segment to match), and gathers only the
+    second.
+    """
     slots = codes[nodes]
-    pos = np.flatnonzero(slots == NOT_CACHED)
-    pos = pos[np.argsort(nodes[pos], kind="stable")]
-    slots[pos] = n_cpu + np.arange(len(pos))
-    return slots, nodes[pos]
+    runs = []
+    for lo, hi in ((inner, len(nodes)), (0, inner)):
+        pos = lo + np.flatnonzero(slots[lo:hi] == NOT_CACHED)
+        runs.append(pos[np.argsort(nodes[pos], kind="stable")])
+    order = np.concatenate(runs)
+    slots[order] = n_cpu + np.arange(len(order))
+    return slots, [nodes[run] for run in runs]
 
 
 def _groups(batch_packed: np.ndarray, chunk_bytes: int, group_bytes: int) -> list[range]:
@@ -82,31 +92,29 @@ def _groups(batch_packed: np.ndarray, chunk_bytes: int, group_bytes: int) -> lis
     return out
 
 
-class _ChunkStream:
-    """Appends one batch's packed rows, writing each chunk as soon as it is full."""
+class _BatchWriter:
+    """Writes one batch's packed rows, arriving as runs at any offsets, chunk by chunk.
 
-    def __init__(self, root: Path, first_chunk: int, buf: np.ndarray):
-        self.root, self.chunk, self.buf, self.fill = root, first_chunk, buf, 0
+    A chunk is checksummed and written once all its real rows have arrived (padding is 0).
+    """
 
-    def append(self, rows: np.ndarray) -> None:
+    def __init__(self, root: Path, first_chunk: int, num_rows: int, chunk_rows: int,
+                 dim: int, dtype):
+        self.root, self.first, self.num_rows = root, first_chunk, num_rows
+        self.chunk_rows, self.shape, self.dtype = chunk_rows, (chunk_rows, dim), dtype
+        self.pending: dict[int, list] = {}  # chunk -> [buffer, rows filled]
+
+    def write(self, at: int, rows: np.ndarray) -> None:
         while len(rows):
-            n = min(len(rows), len(self.buf) - self.fill)
-            self.buf[self.fill:self.fill + n] = rows[:n]
-            self.fill += n
-            rows = rows[n:]
-            if self.fill == len(self.buf):
-                self._flush()
-
-    def close(self) -> None:
-        """Write the last, zero-padded chunk."""
-        if self.fill:
-            self.buf[self.fill:] = 0
-            self._flush()
-
-    def _flush(self) -> None:
-        write_chunk(self.root, self.chunk, self.buf)
-        self.chunk += 1
-        self.fill = 0
+            k, r0 = divmod(at, self.chunk_rows)
+            n = min(len(rows), self.chunk_rows - r0)
+            entry = self.pending.setdefault(k, [np.zeros(self.shape, self.dtype), 0])
+            entry[0][r0:r0 + n] = rows[:n]
+            entry[1] += n
+            if entry[1] == min(self.chunk_rows, self.num_rows - k * self.chunk_rows):
+                write_chunk(self.root, self.first + k, entry[0])
+                del self.pending[k]
+            rows, at = rows[n:], at + n
 
 
 class GroupPacker:
@@ -139,25 +147,25 @@ class GroupPacker:
     def __call__(self, group: int) -> None:
         """Write group ``group``'s chunks and slots, then its ``done`` marker."""
         batches = self.groups[group]
-        slots, packed_ids = [], []
+        slots, runs = [], []  # runs: (writer, first row, ascending ids)
         for b in batches:
-            s, ids = _batch_slots(self.codes, self.samples.input_nodes(b), self.n_cpu)
+            s, (outer, inner) = _batch_slots(self.codes, self.samples.input_nodes(b),
+                                             self.samples.inner_count(b), self.n_cpu)
             slots.append(s)
-            packed_ids.append(ids)
-        needed = np.unique(np.concatenate(packed_ids))
-        streams = [_ChunkStream(self.partial, int(self.batch_rows[b]) // self.chunk_rows,
-                                np.empty((self.chunk_rows, self.dim), self.dtype))
-                   for b in batches]
-        done = np.zeros(len(batches), np.int64)  # rows of each batch appended so far
+            writer = _BatchWriter(self.partial, int(self.batch_rows[b]) // self.chunk_rows,
+                                  len(outer) + len(inner), self.chunk_rows, self.dim,
+                                  self.dtype)
+            runs += [(writer, 0, outer), (writer, len(outer), inner)]
+        needed = np.unique(np.concatenate([ids for _, _, ids in runs]))
+        done = np.zeros(len(runs), np.int64)  # rows of each run written so far
         for i, j, rows in self.dataset.iter_sorted(needed):
             last = needed[j - 1]
-            for k, ids in enumerate(packed_ids):
+            for k, (writer, first, ids) in enumerate(runs):
                 end = int(np.searchsorted(ids, last, side="right"))
                 if end > done[k]:
-                    streams[k].append(rows[np.searchsorted(needed[i:j], ids[done[k]:end])])
+                    writer.write(first + int(done[k]),
+                                 rows[np.searchsorted(needed[i:j], ids[done[k]:end])])
                     done[k] = end
-        for stream in streams:
-            stream.close()
         raw = np.concatenate(slots).astype("<i8", copy=False).tobytes()
         if raw:
             fd = os.open(self._slots_file, os.O_WRONLY)

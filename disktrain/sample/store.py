@@ -185,6 +185,12 @@ class _GroupReader:
         g, i = divmod(b, self.group_size)
         return unpack_batch(self._group(g), i, b)
 
+    def inner_count(self, b: int) -> int:
+        """Input nodes that are also dst nodes of the first block (the rest: last hop only)."""
+        g, i = divmod(b, self.group_size)
+        hops = self._group(g)["hop_counts"][i]
+        return int(hops[len(hops) - 2])
+
 
 def unpack_batch(arrays, i: int, index: int) -> SampledBatch:
     """Batch ``i`` of a set of ragged sampler arrays (a group, or a kernel's output)."""
@@ -227,6 +233,10 @@ class SampleStore:
 
     def input_nodes(self, b: int) -> np.ndarray:
         return self._reader.input_nodes(b)
+
+    def inner_count(self, b: int) -> int:
+        """Input nodes of batch ``b`` that later layers also read (the last hop's come after)."""
+        return self._reader.inner_count(b)
 
     def info(self) -> dict:
         return {k: self.attrs[k] for k in ("config", "num_batches", "batches_per_epoch",
