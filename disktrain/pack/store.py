@@ -72,6 +72,7 @@ class PackedStore:
         self.num_batches = len(self.batch_packed)
         self._slots = open_flat_array(self.path, "slots")
         self._chunk_bytes = self.chunk_rows * self.feature_dim * self.dtype.itemsize
+        self._chunk_prefix = str(chunk_path(self.path, 0))[:-len("0/0")]
 
     @property
     def max_padded_rows(self) -> int:
@@ -100,7 +101,7 @@ class PackedStore:
         crc = bytearray(CRC_BYTES)
         first = start // self.chunk_rows
         for i, chunk in enumerate(range(first, stop // self.chunk_rows)):
-            path = chunk_path(self.path, chunk)
+            path = f"{self._chunk_prefix}{chunk}/0"  # chunk_path, without pathlib per chunk
             view = flat[i * self._chunk_bytes:(i + 1) * self._chunk_bytes]
             try:
                 fd = os.open(path, os.O_RDONLY)
