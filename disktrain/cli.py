@@ -282,6 +282,9 @@ def _add_train(subparsers) -> None:
     p.add_argument("--device", default="cpu", help="cpu, cuda (this worker's GPU), cuda:N")
     p.add_argument("--prefetch", type=int, default=2, help="batches in flight per stage")
     p.add_argument("--read-threads", dest="read_threads", type=int, default=2)
+    p.add_argument("--compute-threads", dest="compute_threads", type=int, default=0,
+                   help="torch threads for compute (default 0: on a CPU every core but one, "
+                   "which the loader keeps)")
     p.add_argument("--checkpoint-dir", dest="checkpoint_dir",
                    help="default: DATASET/checkpoints")
     p.add_argument("--checkpoint-every", dest="checkpoint_every", type=int, default=0,

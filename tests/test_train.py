@@ -62,6 +62,14 @@ def test_train_runs_and_reports(prepared, tmp_path, model):
         assert key in records[0]
 
 
+def test_compute_threads_apply_to_the_run_only(prepared, tmp_path):
+    before = torch.get_num_threads()
+    out = train(TrainConfig(dataset=str(prepared), epochs=1, hidden=16, progress=False,
+                            compute_threads=before + 1, checkpoint_dir=str(tmp_path / "ck")))
+    assert out["compute_threads"] == before + 1
+    assert torch.get_num_threads() == before
+
+
 def _params(directory):
     return load_checkpoint(directory)["model"]
 

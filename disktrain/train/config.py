@@ -46,6 +46,9 @@ class TrainConfig:
     """Batches in flight between pipeline stages."""
     read_threads: int = 2
     """Threads reading packed ranges."""
+    compute_threads: int = 0
+    """Torch intra-op threads for compute (0: on a CPU every core but one, which the loader
+    keeps; on a GPU, or under a launcher's OMP_NUM_THREADS, torch's default)."""
     checkpoint_dir: str | None = None
     """Where checkpoints go (default: DATASET/checkpoints)."""
     checkpoint_every: int = 0
@@ -72,5 +75,7 @@ class TrainConfig:
                 raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}")
         if self.lr <= 0:
             raise ValueError(f"lr must be > 0, got {self.lr}")
+        if self.compute_threads < 0:
+            raise ValueError(f"compute_threads must be >= 0, got {self.compute_threads}")
         if self.checkpoint_every < 0:
             raise ValueError(f"checkpoint_every must be >= 0, got {self.checkpoint_every}")

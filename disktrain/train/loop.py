@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 from disktrain.errors import DataError
 from disktrain.models.gnn import GNNConfig, build_model
 from disktrain.pipeline import LoaderConfig, PackedLoader
+from disktrain.threads import compute_threads, torch_threads
 from disktrain.train.checkpoint import load_checkpoint, save_checkpoint
 from disktrain.train.config import TrainConfig
 from disktrain.train.dist import DistEnv
@@ -77,10 +78,16 @@ def train(cfg: TrainConfig, grad_sync=None, on_epoch=None) -> dict:
 
     ``grad_sync(params)`` replaces the gradient all-reduce (robust aggregation plugs in
     here); ``on_epoch(record, checkpoint_dir)`` is called on every rank after each epoch
-    (Ray Train reports through it).
+    (Ray Train reports through it). On a CPU device compute leaves a core to the loader
+    unless ``cfg.compute_threads`` says otherwise (see ``disktrain.threads``).
     """
     env = DistEnv.from_env()
     device = env.device(cfg.device)
+    with torch_threads(compute_threads(cfg.compute_threads, device)):
+        return _train(cfg, env, device, grad_sync, on_epoch)
+
+
+def _train(cfg: TrainConfig, env: DistEnv, device: torch.device, grad_sync, on_epoch) -> dict:
     _init_distributed(env, device)
     torch.manual_seed(cfg.seed)
     loader = PackedLoader(cfg.dataset, LoaderConfig(prefetch=cfg.prefetch,
@@ -186,6 +193,7 @@ def train(cfg: TrainConfig, grad_sync=None, on_epoch=None) -> dict:
             if history else None,
             "loss": history[-1]["loss"] if history else None,
             "model": cfg.model, "world_size": env.world_size, "steps": steps,
+            "compute_threads": torch.get_num_threads(),
             "params_sha256": params_digest(model.state_dict()),
             "stage_s": {k: float(np.mean([r[f"{k}_s"] for r in history]))
                         for k in (*STAGES, "compute", "wait")} if history else {}}
