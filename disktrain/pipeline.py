@@ -19,6 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numba
 import numpy as np
 import torch
 
@@ -41,11 +42,15 @@ class LoaderConfig:
     """Where batches end up ("cpu", "cuda", "cuda:1", ...)."""
     degrees: bool = False
     """Attach whole-graph in-degrees to every block (GCN normalizes with them)."""
+    assemble_threads: int = 0
+    """Numba threads of the assembly kernels (0: Numba's default, one per core)."""
 
     def __post_init__(self):
         for name in ("prefetch", "read_threads"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.assemble_threads < 0:
+            raise ValueError(f"assemble_threads must be >= 0, got {self.assemble_threads}")
 
 
 @dataclass
@@ -275,6 +280,8 @@ class _Run:
 
     def _assembler(self) -> None:
         """Assemble and copy each batch, in order."""
+        if n := self.loader.cfg.assemble_threads:
+            numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS))  # this thread only
         try:
             while (item := self._get(self.read_q)) is not None:
                 if isinstance(item, _Failure):

@@ -3,7 +3,8 @@
 On a CPU device the loader (reads, crc checks, the Numba gather) and torch's intra-op pool
 share the cores. Giving torch every core makes the two contend: the loader's work is then
 added to the epoch instead of hidden under compute. So, unless told otherwise, training on
-a CPU leaves one core to the loader. On a GPU compute runs on the device and torch's
+a CPU leaves one core to the loader, and the loader's Numba assembly runs on the cores
+compute leaves. On a GPU compute runs on the device and torch's
 default stands; a launcher's ``OMP_NUM_THREADS`` (torchrun, Ray) also stands.
 """
 
@@ -35,6 +36,15 @@ def compute_threads(requested: int, device: torch.device) -> int | None:
     if device.type != "cpu" or os.environ.get("OMP_NUM_THREADS"):
         return None
     return max(1, available_cores() - LOADER_CORES)
+
+
+def loader_threads(compute: int | None) -> int:
+    """Numba threads for the loader's assembly when compute runs on ``compute`` threads:
+    the cores compute leaves free (at least one); 0 (Numba's default) when ``compute`` is
+    None."""
+    if compute is None:
+        return 0
+    return max(1, available_cores() - compute)
 
 
 @contextmanager

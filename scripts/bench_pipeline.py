@@ -10,7 +10,8 @@ Builds (or, with --dataset, reuses a prepared) dataset, then on the same batches
                  beforehand (no other work running);
   pipelined      the staged loader feeding the same training step (what `train` does).
 The packed files' page cache is evicted before each read pass. Each compute-thread setting
-(`auto`: what `train` uses, every core but one on a CPU; `all`: every core) is measured in
+(`auto`: what `train` uses, every core but one on a CPU and the loader's Numba assembly on
+the rest; `all`: every core, Numba's default) is measured in
 interleaved rounds and reported as medians. Prints one JSON line.
 Without --dataset everything written goes to a temporary directory deleted at the end.
 """
@@ -36,7 +37,7 @@ from disktrain.pack.store import chunk_path
 from disktrain.pipeline import LoaderConfig, MiniBatch, PackedLoader
 from disktrain.sample import SampleConfig, sample_dataset
 from disktrain.synth import SynthConfig, synthesize
-from disktrain.threads import available_cores, compute_threads, torch_threads
+from disktrain.threads import available_cores, compute_threads, loader_threads, torch_threads
 
 
 def evict_packed(loader: PackedLoader, batches) -> None:
@@ -122,8 +123,12 @@ def main() -> None:
         cache = int(args.cpu_cache_frac * args.nodes * args.dim * 4)
         pack_dataset(path, PackConfig(cpu_cache_bytes=cache), progress=False)
     try:
-        loader = PackedLoader(path, LoaderConfig(prefetch=args.prefetch,
-                                                 read_threads=args.read_threads))
+        # auto also caps the loader's Numba threads at the cores compute leaves (as `train`)
+        loaders = {name: PackedLoader(path, LoaderConfig(
+            prefetch=args.prefetch, read_threads=args.read_threads,
+            assemble_threads=loader_threads(n) if name == "auto" else 0))
+            for name, n in settings.items()}
+        loader = next(iter(loaders.values()))
         meta = loader.dataset.meta
         batches = np.random.default_rng(0).permutation(loader.num_batches)[:args.batches]
         torch.manual_seed(0)
@@ -131,8 +136,9 @@ def main() -> None:
                                       num_classes=meta.num_classes,
                                       num_layers=len(loader.samples.config.fanouts)))
         opt = torch.optim.Adam(model.parameters(), lr=0.01)
-        for mb in loader(batches[:2]):  # warm up kernels and allocator
-            step(model, opt, mb)
+        for each in loaders.values():  # warm up kernels and allocator
+            for mb in each(batches[:2]):
+                step(model, opt, mb)
 
         rounds: dict[str, list[dict]] = {name: [] for name in settings}
         reads = []
@@ -141,7 +147,7 @@ def main() -> None:
             reads.append(read_alone(loader, batches))
             for name, n in settings.items():
                 with torch_threads(n):
-                    rounds[name].append(measure(loader, model, opt, batches))
+                    rounds[name].append(measure(loaders[name], model, opt, batches))
         t_read = float(np.median(reads))
         result = {
             "dataset": str(path) if args.dataset else "synthetic",

@@ -89,3 +89,21 @@ def test_reordered_last_hop_keeps_every_edge_and_the_model_output(loader):
             ref = model(torch.from_numpy(raw[stored.input_nodes]), ref_blocks)
             assert torch.allclose(model(mb.x, mb.blocks), ref, atol=1e-6)
         assert np.array_equal(mb.input_nodes[:stored.num_seeds], stored.seeds)
+
+
+def test_assembly_threads_are_capped_in_the_assembler_only(loader, monkeypatch):
+    import numba
+    import numpy as np
+
+    calls = []
+    real = numba.set_num_threads
+    monkeypatch.setattr(numba, "set_num_threads",
+                        lambda n: (calls.append((n, threading.current_thread().name)), real(n)))
+    capped = PackedLoader(loader.dataset.path, LoaderConfig(prefetch=1, assemble_threads=1))
+    ids = range(loader.num_batches)
+    expected = [mb.x.clone() for mb in loader(ids)]
+    got = [mb.x.clone() for mb in capped(ids)]
+    assert calls == [(1, "disktrain-assemble")]
+    assert all(np.array_equal(a.numpy(), b.numpy()) for a, b in zip(got, expected))
+    with pytest.raises(ValueError, match="assemble_threads"):
+        LoaderConfig(assemble_threads=-1)

@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 from disktrain.errors import DataError
 from disktrain.models.gnn import GNNConfig, build_model
 from disktrain.pipeline import LoaderConfig, PackedLoader
-from disktrain.threads import compute_threads, torch_threads
+from disktrain.threads import compute_threads, loader_threads, torch_threads
 from disktrain.train.checkpoint import load_checkpoint, save_checkpoint
 from disktrain.train.config import TrainConfig
 from disktrain.train.dist import DistEnv
@@ -83,17 +83,20 @@ def train(cfg: TrainConfig, grad_sync=None, on_epoch=None) -> dict:
     """
     env = DistEnv.from_env()
     device = env.device(cfg.device)
-    with torch_threads(compute_threads(cfg.compute_threads, device)):
-        return _train(cfg, env, device, grad_sync, on_epoch)
+    threads = compute_threads(cfg.compute_threads, device)
+    with torch_threads(threads):
+        return _train(cfg, env, device, loader_threads(threads), grad_sync, on_epoch)
 
 
-def _train(cfg: TrainConfig, env: DistEnv, device: torch.device, grad_sync, on_epoch) -> dict:
+def _train(cfg: TrainConfig, env: DistEnv, device: torch.device, assemble_threads: int,
+           grad_sync, on_epoch) -> dict:
     _init_distributed(env, device)
     torch.manual_seed(cfg.seed)
     loader = PackedLoader(cfg.dataset, LoaderConfig(prefetch=cfg.prefetch,
                                                     read_threads=cfg.read_threads,
                                                     device=str(device),
-                                                    degrees=cfg.model == "gcn"))
+                                                    degrees=cfg.model == "gcn",
+                                                    assemble_threads=assemble_threads))
     meta = loader.dataset.meta
     if meta.feature_dim < 1:
         raise DataError(f"{cfg.dataset}: the dataset has no node features (feature_dim 0); "
