@@ -285,6 +285,14 @@ def _add_train(subparsers) -> None:
     p.add_argument("--compute-threads", dest="compute_threads", type=int, default=0,
                    help="torch threads for compute (default 0: on a CPU every core but one, "
                    "which the loader keeps)")
+    p.add_argument("--aggregator", default="mean",
+                   choices=("mean", "median", "trimmed-mean", "krum", "multi-krum", "geomed",
+                            "flag"),
+                   help="how workers' gradients combine: mean, or a Byzantine-robust rule")
+    p.add_argument("--byzantine-f", dest="byzantine_f", type=int, default=0,
+                   help="faulty workers the robust rule tolerates")
+    p.add_argument("--flag-subspace", dest="flag_subspace", type=int, default=0,
+                   help="the flag aggregator's subspace dimension (default: the workers)")
     p.add_argument("--checkpoint-dir", dest="checkpoint_dir",
                    help="default: DATASET/checkpoints")
     p.add_argument("--checkpoint-every", dest="checkpoint_every", type=int, default=0,

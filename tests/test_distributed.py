@@ -104,3 +104,23 @@ def test_torchrun_module_entry_point(prepared, tmp_path):
     state = load_checkpoint(tmp_path / "ck")
     assert state["epoch"] == 1 and state["steps"] == 2
     assert len((tmp_path / "m.jsonl").read_text().splitlines()) == 1
+
+
+def test_torchrun_trains_with_a_robust_aggregator(prepared, tmp_path):
+    torchrun("-m", "disktrain.train", str(prepared), "--model", "sage", "--epochs", "1",
+             "--hidden", "16", "--max-batches", "2", "--aggregator", "flag",
+             "--checkpoint-dir", str(tmp_path / "ck"))
+    state = load_checkpoint(tmp_path / "ck")
+    assert state["steps"] == 2
+    assert all(t.isfinite().all() for t in state["model"].values())
+
+
+def test_cli_aggregator_choices_match_the_registry():
+    from disktrain.cli import build_parser
+    from disktrain.robust import AGGREGATORS
+
+    parser = build_parser()
+    for name in AGGREGATORS:
+        assert parser.parse_args(["train", "x", "--aggregator", name]).aggregator == name
+    with pytest.raises(SystemExit):
+        parser.parse_args(["train", "x", "--aggregator", "average"])

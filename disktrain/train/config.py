@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from disktrain.models.gnn import MODELS
+from disktrain.robust import RobustConfig
 
 PLAN_REUSE = ("cycle", "pool")
 
@@ -49,6 +50,13 @@ class TrainConfig:
     compute_threads: int = 0
     """Torch intra-op threads for compute (0: on a CPU every core but one, which the loader
     keeps; on a GPU, or under a launcher's OMP_NUM_THREADS, torch's default)."""
+    aggregator: str = "mean"
+    """How workers' gradients combine: mean (all-reduce) or a Byzantine-robust rule from
+    disktrain.robust (median, trimmed-mean, krum, multi-krum, geomed, flag)."""
+    byzantine_f: int = 0
+    """Faulty workers the robust rule tolerates (trimmed-mean and krum drop that many)."""
+    flag_subspace: int = 0
+    """The flag aggregator's subspace dimension r (0: the number of workers)."""
     checkpoint_dir: str | None = None
     """Where checkpoints go (default: DATASET/checkpoints)."""
     checkpoint_every: int = 0
@@ -75,7 +83,17 @@ class TrainConfig:
                 raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}")
         if self.lr <= 0:
             raise ValueError(f"lr must be > 0, got {self.lr}")
+        if self.byzantine_f < 0:
+            raise ValueError(f"byzantine_f must be >= 0, got {self.byzantine_f}")
+        if self.flag_subspace < 0:
+            raise ValueError(f"flag_subspace must be >= 0, got {self.flag_subspace}")
+        self.robust()  # validates the aggregator name
         if self.compute_threads < 0:
             raise ValueError(f"compute_threads must be >= 0, got {self.compute_threads}")
         if self.checkpoint_every < 0:
             raise ValueError(f"checkpoint_every must be >= 0, got {self.checkpoint_every}")
+
+    def robust(self) -> RobustConfig:
+        """The gradient aggregation this run asks for."""
+        return RobustConfig(aggregator=self.aggregator, f=self.byzantine_f,
+                            subspace=self.flag_subspace)

@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 from disktrain.errors import DataError
 from disktrain.models.gnn import GNNConfig, build_model
 from disktrain.pipeline import LoaderConfig, PackedLoader
+from disktrain.robust import RobustAggregate
 from disktrain.threads import compute_threads, loader_threads, torch_threads
 from disktrain.train.checkpoint import load_checkpoint, save_checkpoint
 from disktrain.train.config import TrainConfig
@@ -76,8 +77,8 @@ def params_digest(state: dict[str, torch.Tensor]) -> str:
 def train(cfg: TrainConfig, grad_sync=None, on_epoch=None) -> dict:
     """Train ``cfg.model`` on the prepared dataset ``cfg.dataset``; return the summary.
 
-    ``grad_sync(params)`` replaces the gradient all-reduce (robust aggregation plugs in
-    here); ``on_epoch(record, checkpoint_dir)`` is called on every rank after each epoch
+    ``grad_sync(params)`` replaces the gradient step (default: the all-reduce mean, or the
+    robust rule ``cfg.aggregator``); ``on_epoch(record, checkpoint_dir)`` is called on every rank after each epoch
     (Ray Train reports through it). On a CPU device compute leaves a core to the loader
     unless ``cfg.compute_threads`` says otherwise (see ``disktrain.threads``).
     """
@@ -107,7 +108,8 @@ def _train(cfg: TrainConfig, env: DistEnv, device: torch.device, assemble_thread
                                   dropout=cfg.dropout, input_dropout=cfg.input_dropout,
                                   heads=cfg.heads)).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    sync = grad_sync or AllReduceMean()
+    sync = grad_sync or (AllReduceMean() if cfg.aggregator == "mean"
+                         else RobustAggregate(cfg.robust()))
     params = [p for p in model.parameters() if p.requires_grad]
     ckpt_dir = Path(cfg.checkpoint_dir or Path(cfg.dataset) / "checkpoints")
 
