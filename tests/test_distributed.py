@@ -86,17 +86,6 @@ def test_two_ranks_train_identical_replicas(prepared, tmp_path):
     assert len(losses) == 3 and losses[-1] < losses[0]
 
 
-def _cli_has_train() -> bool:
-    from disktrain.cli import build_parser
-
-    try:
-        build_parser().parse_args(["train", "x"])
-    except SystemExit:
-        return False
-    return True
-
-
-@pytest.mark.skipif(not _cli_has_train(), reason="disktrain.cli has no train subcommand yet")
 def test_torchrun_module_entry_point(prepared, tmp_path):
     torchrun("-m", "disktrain.train", str(prepared), "--model", "sage", "--epochs", "1",
              "--hidden", "16", "--max-batches", "2", "--checkpoint-dir", str(tmp_path / "ck"),
