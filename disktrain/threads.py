@@ -4,8 +4,8 @@ On a CPU device the loader (reads, crc checks, the Numba gather) and torch's int
 share the cores. Giving torch every core makes the two contend: the loader's work is then
 added to the epoch instead of hidden under compute. So, unless told otherwise, training on
 a CPU leaves one core to the loader, and the loader's Numba assembly runs on the cores
-compute leaves. On a GPU compute runs on the device and torch's
-default stands; a launcher's ``OMP_NUM_THREADS`` (torchrun, Ray) also stands.
+compute leaves. On a GPU compute runs on the device and torch's default stands; so does a
+launcher's ``OMP_NUM_THREADS`` (torchrun, Ray).
 """
 
 from __future__ import annotations

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from disktrain.grads import flat_grads, set_flat_grads
 from disktrain.models.gnn import GNNConfig, build_model
 from disktrain.pack import PackConfig, pack_dataset
 from disktrain.pipeline import PackedLoader
@@ -55,17 +56,13 @@ def run(loader: PackedLoader, rule: str, attack: str, args) -> float:
             for mb in loader(order[at:at + honest_n]):
                 model.zero_grad(set_to_none=True)
                 F.cross_entropy(model(mb.x, mb.blocks), mb.labels).backward()
-                rows.append(torch.cat([p.grad.reshape(-1) for p in params]))
+                rows.append(flat_grads(params))
             honest = torch.stack(rows)
             if attack != "none":
                 bad = craft(attack, honest, n_total=args.workers, f=args.f, generator=gen,
                             **ATTACK_PARAMS[attack])
                 honest = torch.cat([honest, bad.expand(args.f, -1)])
-            out = aggregate(honest, cfg)
-            start = 0
-            for p in params:
-                p.grad = out[start:start + p.numel()].view_as(p).clone()
-                start += p.numel()
+            set_flat_grads(params, aggregate(honest, cfg))
             opt.step()
     return evaluate(model, loader.dataset, "test", fanouts, 4096, 0, torch.device("cpu"))
 

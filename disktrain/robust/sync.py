@@ -7,6 +7,7 @@ from collections.abc import Iterable, Mapping
 import torch
 import torch.distributed as dist
 
+from disktrain.grads import flat_grads, set_flat_grads
 from disktrain.robust.aggregators import RobustConfig, aggregate
 from disktrain.robust.attacks import ATTACKS, craft
 
@@ -42,16 +43,9 @@ class RobustAggregate:
     def __call__(self, params: list[torch.nn.Parameter]) -> None:
         if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
             return
-        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
-        flat = torch.cat([g.reshape(-1) for g in grads])
-        stack = self.attacked(gather(flat))
+        stack = self.attacked(gather(flat_grads(params)))
         self.steps += 1
-        out = aggregate(stack, self.cfg)
-        at = 0
-        for p, g in zip(params, grads):
-            n = g.numel()
-            p.grad = out[at:at + n].view_as(p).clone()
-            at += n
+        set_flat_grads(params, aggregate(stack, self.cfg))
 
     def attacked(self, stack: torch.Tensor) -> torch.Tensor:
         """The gathered stack with the byzantine rows replaced (unchanged without attackers)."""

@@ -78,9 +78,9 @@ def train(cfg: TrainConfig, grad_sync=None, on_epoch=None) -> dict:
     """Train ``cfg.model`` on the prepared dataset ``cfg.dataset``; return the summary.
 
     ``grad_sync(params)`` replaces the gradient step (default: the all-reduce mean, or the
-    robust rule ``cfg.aggregator``); ``on_epoch(record, checkpoint_dir)`` is called on every rank after each epoch
-    (Ray Train reports through it). On a CPU device compute leaves a core to the loader
-    unless ``cfg.compute_threads`` says otherwise (see ``disktrain.threads``).
+    robust rule ``cfg.aggregator``); ``on_epoch(record, checkpoint_dir)`` is called on every
+    rank after each epoch (Ray Train reports through it). On a CPU device compute leaves a
+    core to the loader unless ``cfg.compute_threads`` says otherwise (``disktrain.threads``).
     """
     env = DistEnv.from_env()
     device = env.device(cfg.device)
