@@ -1,6 +1,7 @@
 """A Ray head on this machine, bound to 127.0.0.1, and how our code reaches a Ray cluster.
 
-Start a local head (blocks until Ctrl-C, then stops every process it started)::
+Start a local head (blocks until Ctrl-C, SIGTERM or SIGHUP, then stops every process it
+started)::
 
     python -m disktrain.cluster.head --num-cpus 4
 
@@ -23,11 +24,13 @@ Token authentication: with ``RAY_AUTH_MODE=token`` the head, every node and ever
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import signal
 import socket
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Self
@@ -35,6 +38,9 @@ from typing import Self
 LOOPBACK = "127.0.0.1"
 LOOPBACK_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
 """Environment that keeps a Ray instance on this machine bound to 127.0.0.1."""
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+"""Signals that stop the head script: Ctrl-C, ``kill`` or a process manager, a closed
+terminal."""
 
 
 def free_port(host: str = LOOPBACK) -> int:
@@ -111,8 +117,25 @@ def head_command(cfg: HeadConfig) -> HeadCommand:
     return HeadCommand(argv, dict(LOOPBACK_ENV) if cfg.loopback else {}, port, dashboard)
 
 
+def session_pids(sid: int) -> list[int]:
+    """The live processes (zombies aside) of session ``sid``, read from /proc (none where
+    there is no /proc)."""
+    pids = []
+    with contextlib.suppress(OSError):
+        for name in os.listdir("/proc"):
+            try:
+                stat = Path("/proc", name, "stat").read_text() if name.isdigit() else ""
+            except OSError:  # gone meanwhile
+                continue
+            # after "pid (comm)": state, ppid, pgrp, session, ...
+            fields = stat.rpartition(")")[2].split()
+            if fields and fields[0] != "Z" and int(fields[3]) == sid:
+                pids.append(int(name))
+    return pids
+
+
 class Head:
-    """A running head: a ``ray start --head --block`` child process.
+    """A running head: a ``ray start --head --block`` child process, in a session of its own.
 
     ``stop()`` (or leaving the ``with`` block) sends it SIGTERM, upon which Ray stops every
     process of this head, and no other Ray instance on the machine (unlike ``ray stop``).
@@ -147,7 +170,6 @@ class Head:
 
     def wait_ready(self, timeout: float = 60.0) -> None:
         """Block until the dashboard accepts connections; raise if the head died."""
-        import time
         import urllib.error
         import urllib.request
 
@@ -169,7 +191,8 @@ class Head:
         """Stop this head and every process it started; return ray start's exit status.
 
         SIGTERM to ``ray start``, which stops its processes; then SIGKILL to whatever is
-        left in the head's own process group (its session, started for it alone).
+        left in the head's session (started for it alone; Ray gives each worker a process
+        group of its own in it), waiting up to ``timeout`` seconds for each step.
         """
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
@@ -177,10 +200,15 @@ class Head:
                 self.process.wait(timeout)
             except subprocess.TimeoutExpired:
                 pass
-        try:
-            os.killpg(self.process.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+        sid = self.process.pid
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(sid, signal.SIGKILL)  # ray start's own group (also without /proc)
+        deadline = time.monotonic() + timeout
+        while (left := session_pids(sid)) and time.monotonic() < deadline:
+            for pid in left:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            time.sleep(0.1)
         return self.process.wait()
 
     def __enter__(self) -> Self:
@@ -196,10 +224,11 @@ def init_ray(address: str | None = None, *, num_cpus: int | None = None) -> bool
 
     ``address``: "auto" (the cluster this machine belongs to; the one a job runs in), a GCS
     address, or None: ``RAY_ADDRESS`` if set, else a new local instance with ``num_cpus``
-    logical CPUs. A new local instance binds 127.0.0.1, and a 127.0.0.1 address is reached
-    as such, when this is the process's first ``import ray`` (see LOOPBACK_ENV).
+    logical CPUs (never the cluster of the last ``ray start``, which may be gone). A new
+    local instance binds 127.0.0.1, and a 127.0.0.1 address is reached as such, when this is
+    the process's first ``import ray`` (see LOOPBACK_ENV).
     """
-    local = address is None and "RAY_ADDRESS" not in os.environ
+    local = address is None and not os.environ.get("RAY_ADDRESS")
     loopback = address is not None and address.rpartition(":")[0] in (LOOPBACK, "localhost")
     if (local or loopback) and "ray" not in sys.modules:
         for k, v in LOOPBACK_ENV.items():
@@ -209,8 +238,10 @@ def init_ray(address: str | None = None, *, num_cpus: int | None = None) -> bool
     if ray.is_initialized():
         return False
     if local:
+        # "local": not the cluster /tmp/ray/ray_current_cluster names (maybe a dead head);
         # with its dashboard (on 127.0.0.1): Ray Train's clean-up polls its state API
-        ray.init(num_cpus=num_cpus, include_dashboard=True, dashboard_host=LOOPBACK)
+        ray.init(address="local", num_cpus=num_cpus, include_dashboard=True,
+                 dashboard_host=LOOPBACK)
     else:
         ray.init(address=address)
     return True
@@ -224,7 +255,51 @@ def has_token() -> bool:
     return Path(path).exists()
 
 
+class StopRequested(Exception):
+    """One of STOP_SIGNALS arrived."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+class StopSignals:
+    """STOP_SIGNALS raise :class:`StopRequested` in the main thread while armed.
+
+    One that arrives while disarmed is held, and ``arm()`` raises it: no signal falls
+    between starting a process and knowing that it must be stopped, and none interrupts
+    the stop itself. ``restore()`` puts the previous handlers back.
+    """
+
+    def __init__(self):
+        self.received: int | None = None
+        self.armed = False
+        self._previous = {s: signal.signal(s, self._handle) for s in STOP_SIGNALS}
+
+    def _handle(self, signum: int, frame) -> None:
+        if self.received is None:
+            self.received = signum
+        if self.armed:
+            self.armed = False  # once: a second signal must not cut the stop short
+            raise StopRequested(signum)
+
+    def arm(self) -> None:
+        self.armed = True  # before the check: a signal in between is raised by the handler
+        if self.received is not None:
+            self.armed = False
+            raise StopRequested(self.received)
+
+    def disarm(self) -> None:
+        self.armed = False
+
+    def restore(self) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Start a head and block until a stop signal (SIGINT, SIGTERM or SIGHUP), then stop
+    every process it started; return 0, or 1 if ``ray start`` exited on its own."""
     p = argparse.ArgumentParser(
         prog="python -m disktrain.cluster.head",
         description="Start a Ray head on this machine (bound to 127.0.0.1 unless --host) "
@@ -243,11 +318,15 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as e:
         p.error(str(e))
     env = {"RAY_AUTH_MODE": os.environ.get("RAY_AUTH_MODE", "token")}
-    if env["RAY_AUTH_MODE"] == "token" and not has_token():
-        subprocess.run([cfg.ray, "get-auth-token", "--generate"], check=True,
-                       stdout=subprocess.DEVNULL)
-    head = Head(cfg, env=env)
+    signals, head = StopSignals(), None
     try:
+        signals.arm()
+        if env["RAY_AUTH_MODE"] == "token" and not has_token():
+            subprocess.run([cfg.ray, "get-auth-token", "--generate"], check=True,
+                           stdout=subprocess.DEVNULL)
+        signals.disarm()  # held until `head` names the process to stop
+        head = Head(cfg, env=env)
+        signals.arm()
         head.wait_ready()
         print(f"Ray head started on {head.address}, dashboard {head.dashboard_url} "
               f"(ray start pid {head.process.pid}; token authentication: "
@@ -260,13 +339,19 @@ def main(argv: list[str] | None = None) -> int:
               + (f"Connect a driver with ray.init(address='{head.address}') after "
                  f"export {' '.join(f'{k}={v}' for k, v in LOOPBACK_ENV.items())}\n"
                  if cfg.loopback else "")
-              + "Ctrl-C stops the head.", flush=True)
-        head.process.wait()
-    except KeyboardInterrupt:
-        pass
+              + "Ctrl-C (or SIGTERM, SIGHUP) stops the head.", flush=True)
+        status = head.process.wait()
+        print(f"ray start exited on its own with status {status}", file=sys.stderr)
+        return 1
+    except StopRequested as e:
+        with contextlib.suppress(OSError):  # after SIGHUP the terminal may be gone
+            print(f"{e}: stopping the Ray head", file=sys.stderr, flush=True)
+        return 0
     finally:
-        head.stop()
-    return 0
+        signals.disarm()
+        if head is not None:
+            head.stop()
+        signals.restore()
 
 
 if __name__ == "__main__":

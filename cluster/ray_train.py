@@ -28,8 +28,7 @@ import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from disktrain.atomic import atomic_write_bytes
-from disktrain.train.checkpoint import LATEST
+from disktrain.train.checkpoint import CheckpointWriter, checkpoint_files, read_newest
 from disktrain.train.config import TrainConfig
 
 from .head import init_ray
@@ -75,7 +74,7 @@ def fit_on_ray(train_cfg: TrainConfig, ray_cfg: RayTrainConfig) -> dict:
 
     The summary is rank 0's (as :func:`disktrain.train.train` returns it) plus
     ``replica_sha256`` (every rank's final parameter digest), ``replicas_identical``,
-    ``checkpoint`` (where the final ``latest.pt`` was copied: ``train_cfg.checkpoint_dir``,
+    ``checkpoint`` (where the final checkpoint was copied: ``train_cfg.checkpoint_dir``,
     default DATASET/checkpoints) and ``ray_result_path``.
     """
     started = init_ray(ray_cfg.address,
@@ -128,16 +127,24 @@ def _fit(train_cfg: TrainConfig, ray_cfg: RayTrainConfig) -> dict:
     if result.checkpoint is not None:
         target = Path(train_cfg.checkpoint_dir or dataset / "checkpoints")
         with result.checkpoint.as_directory() as d:
-            _copy_checkpoint(Path(d), target)
-        summary["checkpoint"] = str(target / LATEST)
+            summary["checkpoint"] = str(_copy_checkpoint(Path(d), target,
+                                                         train_cfg.keep_checkpoints))
     summary["ray_result_path"] = result.path
     return summary
 
 
-def _copy_checkpoint(source: Path, target: Path) -> None:
-    """Copy ``source/latest.pt`` to ``target/latest.pt`` atomically (rename)."""
-    target.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(target / LATEST, (source / LATEST).read_bytes())
+def _copy_checkpoint(source: Path, target: Path, keep: int) -> Path:
+    """Copy the newest ``keep`` checkpoint files of ``source`` (rank 0's, as Ray reported
+    them) into ``target`` as training writes them (atomically; other checkpoint files there
+    go); return the newest one's path."""
+    files = checkpoint_files(source)[:keep]
+    if not files:
+        raise FileNotFoundError(f"{source}: Ray's last reported checkpoint has no checkpoint "
+                                "file")
+    writer = CheckpointWriter(target, keep)
+    for path in reversed(files):  # oldest first
+        writer.add(path.name, path.read_bytes())
+    return target / files[0].name
 
 
 def _worker_loop(config: dict) -> dict | None:
@@ -194,11 +201,13 @@ def _restore(cfg: TrainConfig, workdir: Path) -> bool:
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as d:
-            shutil.copyfile(Path(d) / LATEST, workdir / LATEST)
-        return True
-    own = Path(cfg.checkpoint_dir or Path(cfg.dataset) / "checkpoints") / LATEST
-    if cfg.resume and own.exists():
-        shutil.copyfile(own, workdir / LATEST)
+            found = read_newest(d)
+        if found is not None:
+            (workdir / found[0].name).write_bytes(found[1])
+            return True
+    own = Path(cfg.checkpoint_dir or Path(cfg.dataset) / "checkpoints")
+    if cfg.resume and (found := read_newest(own)) is not None:
+        (workdir / found[0].name).write_bytes(found[1])
     return cfg.resume
 
 

@@ -6,8 +6,10 @@ dataclass (``dest`` = field name), and the handler builds the config with :func:
 so the CLI adds no settings of its own. Handlers import their module lazily to keep
 ``--help`` fast.
 
-Users' errors (bad data, missing or existing files, invalid settings) print
-``disktrain: error: <message>`` and exit with status 2, without a traceback.
+Users' errors (bad data, missing or existing files, invalid settings, a run stopped on a
+non-finite loss) print ``disktrain: error: <message>`` and exit with status 2, without a
+traceback. They are the classes in USER_ERRORS; a config's validation ``ValueError`` becomes
+a ConfigError in :func:`_config`. Any other exception is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
@@ -19,9 +21,9 @@ import os
 import sys
 from pathlib import Path
 
-from disktrain.errors import DataError
+from disktrain.errors import ConfigError, DataError, NonFiniteError
 
-USER_ERRORS = (DataError, FileNotFoundError, FileExistsError, ValueError)
+USER_ERRORS = (DataError, ConfigError, NonFiniteError, FileNotFoundError, FileExistsError)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -39,15 +41,21 @@ def build_parser() -> argparse.ArgumentParser:
         prog="disktrain", description="Out-of-core GNN training: datasets on disk, "
         "offline sampling, packed features, pipelined reads.")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (_add_ingest, _add_synth, _add_info, _add_prepare, _add_train, _add_demo):
+    for add in (_add_ingest, _add_synth, _add_info, _add_verify, _add_prepare, _add_train,
+                _add_demo):
         add(subparsers)
     return parser
 
 
-def _config(cls, args: argparse.Namespace):
-    """Build the config dataclass ``cls`` from the parsed options named like its fields."""
+def _config(cls, args: argparse.Namespace | None = None, **values):
+    """Build the config dataclass ``cls`` from the parsed options named like its fields (and
+    ``values``); its validation errors are the user's (ConfigError)."""
     names = {f.name for f in dataclasses.fields(cls)}
-    return cls(**{k: v for k, v in vars(args).items() if k in names})
+    given = {k: v for k, v in vars(args or argparse.Namespace()).items() if k in names}
+    try:
+        return cls(**given, **values)
+    except ValueError as e:
+        raise ConfigError(str(e)) from e
 
 
 def parse_bytes(text: str) -> int:
@@ -203,6 +211,29 @@ def _print_summary(path: Path) -> None:
           f"{info['num_classes']} classes")
 
 
+# verify
+
+def _add_verify(subparsers) -> None:
+    p = subparsers.add_parser(
+        "verify", help="check every stored byte of a dataset and its prepared stores",
+        description="Check every chunk file of every array of a dataset and of its sample "
+        "and packed stores (present, full size, crc32c), and that the stores were made from "
+        "this dataset and from each other. Names each bad array, chunk file and batch, and "
+        "the step to rerun. Exit status 0: clean; 1: damage found; 2: not a dataset.")
+    p.add_argument("path", type=Path, metavar="DIR", help="dataset directory")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    _add_progress(p)
+    p.set_defaults(func=_run_verify)
+
+
+def _run_verify(args: argparse.Namespace) -> int:
+    from disktrain.verify import verify
+
+    report = verify(args.path, progress=args.progress)
+    print(json.dumps(report.to_dict()) if args.json else "\n".join(report.lines()))
+    return 0 if report.clean else 1
+
+
 # prepare
 
 def _add_prepare(subparsers) -> None:
@@ -297,12 +328,19 @@ def _add_train(subparsers) -> None:
                    help="default: DATASET/checkpoints")
     p.add_argument("--checkpoint-every", dest="checkpoint_every", type=int, default=0,
                    help="also checkpoint every N batches (default: epoch ends only)")
-    p.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
+    p.add_argument("--keep-checkpoints", dest="keep_checkpoints", type=int, default=2,
+                   metavar="K", help="checkpoint files kept, newest first (default: "
+                   "%(default)s, the newest and one to fall back on)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue from the newest checkpoint that loads")
+    p.add_argument("--on-nonfinite", dest="on_nonfinite", choices=("stop", "skip"),
+                   default="stop", help="a step with a non-finite loss or gradient: stop with "
+                   "an error (default) or skip it (no update; counted as skipped_steps)")
     p.add_argument("--metrics", help="append one JSON record per epoch to this file")
     p.add_argument("--max-batches", dest="max_batches", type=int,
                    help="at most this many batches per epoch")
     p.add_argument("--workers", type=int, default=1,
-                   help="train on Ray Train with this many workers")
+                   help="train on Ray Train with this many workers (default: 1, this process)")
     p.add_argument("--gpus-per-worker", dest="gpus_per_worker", type=float, default=0)
     p.add_argument("--ray-address", dest="ray_address",
                    help="Ray cluster to use with --workers (default: start a local one)")
@@ -311,15 +349,18 @@ def _add_train(subparsers) -> None:
 
 
 def _run_train(args: argparse.Namespace) -> int:
+    from disktrain.cluster.ray_train import RayTrainConfig, fit_on_ray
     from disktrain.train import TrainConfig, train
 
     cfg = _config(TrainConfig, args)
-    if args.workers > 1 or args.ray_address:
-        from disktrain.cluster.ray_train import RayTrainConfig, fit_on_ray
-
-        result = fit_on_ray(cfg, RayTrainConfig(workers=args.workers,
-                                                gpus_per_worker=args.gpus_per_worker,
-                                                address=args.ray_address))
+    ray_cfg = _config(RayTrainConfig, workers=args.workers,
+                      gpus_per_worker=args.gpus_per_worker, address=args.ray_address)
+    if ray_cfg.workers > 1 or ray_cfg.address:
+        cfg.check_world_size(ray_cfg.workers)
+        if cfg.device.startswith("cuda") and not ray_cfg.gpus_per_worker:
+            raise ConfigError(f"device {cfg.device!r} with --workers needs --gpus-per-worker "
+                              "> 0 (Ray gives each worker its GPU)")
+        result = fit_on_ray(cfg, ray_cfg)
     else:
         result = train(cfg)
     if int(os.environ.get("RANK", "0")) == 0:

@@ -16,7 +16,7 @@ import numpy as np
 import zarr
 from tqdm.auto import tqdm
 
-from disktrain.dataset import create_flat_array, index_dtype
+from disktrain.dataset import create_flat_array, finish_flat_array, index_dtype
 from disktrain.kernels import csr as kcsr
 
 EdgeChunks = Callable[[], Iterable[tuple[np.ndarray, np.ndarray]]]
@@ -50,7 +50,8 @@ def _oriented(chunks: EdgeChunks, cfg: CSRConfig) -> Iterator[tuple[np.ndarray, 
 
 def build_csr(group: zarr.Group, chunks: EdgeChunks, num_nodes: int, num_input_edges: int,
               cfg: CSRConfig = CSRConfig()) -> int:
-    """Write ``indptr``/``indices`` into ``group`` from ``chunks``; return the edge count.
+    """Write ``indptr``/``indices`` (single checksummed chunks) into ``group`` from ``chunks``;
+    return the edge count.
 
     ``chunks`` must yield validated ids in ``[0, num_nodes)``; ``num_input_edges`` sizes the
     progress bars only.
@@ -85,19 +86,13 @@ def build_csr(group: zarr.Group, chunks: EdgeChunks, num_nodes: int, num_input_e
         for a in range(0, num_edges, step):
             b = min(a + step, num_edges)
             final[a:b] = indices[a:b]
-        _flush(final)
+        finish_flat_array(final)
         del indices, final
         _delete_array(group, build_name)
     else:
-        _flush(indices)
-    indptr.flush()
+        finish_flat_array(indices)
+    finish_flat_array(indptr)
     return num_edges
-
-
-def _flush(array: np.ndarray) -> None:
-    """Flush a memmap; an empty array is a plain ndarray (nothing to map) and has no flush."""
-    if isinstance(array, np.memmap):
-        array.flush()
 
 
 def _delete_array(group: zarr.Group, name: str) -> None:

@@ -9,9 +9,10 @@ Layout (see docs/FORMAT.md)::
     DIR/labels         int64 (N,)
     DIR/train|val|test int64 node ids
 
-``indptr`` and ``indices`` are single raw chunks so they can be memory-mapped (sampling a
-graph larger than RAM) and written through memory maps (out-of-core CSR build); they remain
-ordinary Zarr arrays that ``zarr.open`` reads.
+``indptr`` and ``indices`` are single chunks so they can be memory-mapped (sampling a graph
+larger than RAM) and written through memory maps (out-of-core CSR build). Every chunk file of
+every array is its raw little-endian bytes + their crc32c (Zarr's ``bytes`` + ``crc32c``
+codecs, so ``zarr.open`` reads them); this module writes them and reads them back checked.
 """
 
 from __future__ import annotations
@@ -19,19 +20,46 @@ from __future__ import annotations
 import datetime as _dt
 import getpass
 import itertools
+import json
+import math
+import os
 import shlex
 import sys
+import threading
+import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 import zarr
 
-from disktrain.errors import DataError
+from disktrain.checksum import (
+    CRC_BYTES,
+    StoreRef,
+    append_crc,
+    check_file,
+    crc_bytes,
+    read_chunk,
+)
+from disktrain.diskspace import preallocate
+from disktrain.errors import CorruptDataError, DataError
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 FEATURE_CHUNK_BYTES = 4 << 20
 SPLITS = ("train", "val", "test")
+CHECKSUM = (zarr.codecs.Crc32cCodec(),)
+"""The codec after ``bytes`` of every array: a crc32c per chunk."""
+RERUN_DATASET = "re-create the dataset (disktrain ingest / disktrain synth)"
+
+
+def dataset_ref(path: str | Path) -> StoreRef:
+    """The dataset at ``path``, for error messages."""
+    return StoreRef("dataset", Path(path), RERUN_DATASET)
+
+
+def new_id() -> str:
+    """A fresh store identity (uuid4 hex)."""
+    return uuid.uuid4().hex
 
 
 def index_dtype(num_nodes: int) -> np.dtype:
@@ -44,52 +72,191 @@ def chunk_file(array_dir: str | Path, *index: int) -> Path:
     return Path(array_dir).joinpath("c", *(str(i) for i in index))
 
 
+@dataclass(frozen=True)
+class ArrayMeta:
+    """What a reader needs from an array's ``zarr.json``."""
+
+    shape: tuple[int, ...]
+    dtype: np.dtype
+    """Little-endian."""
+    chunks: tuple[int, ...]
+
+    @property
+    def chunk_bytes(self) -> int:
+        """Data bytes of every chunk file (edge chunks are full-size)."""
+        return math.prod(self.chunks) * self.dtype.itemsize
+
+    @property
+    def size(self) -> int:
+        return math.prod(self.shape)
+
+
+def read_array_meta(array_dir: str | Path, ref: StoreRef, name: str) -> ArrayMeta:
+    """Parse ``array_dir/zarr.json``; refuse an array whose chunks carry no crc32c."""
+    path = Path(array_dir) / "zarr.json"
+    try:
+        meta = json.loads(path.read_bytes())
+        codecs = [c["name"] for c in meta["codecs"]]
+        endian = meta["codecs"][0].get("configuration", {}).get("endian", "little")
+        dtype = np.dtype(meta["data_type"]).newbyteorder("<")
+        shape = tuple(meta["shape"])
+        chunks = tuple(meta["chunk_grid"]["configuration"]["chunk_shape"])
+    except FileNotFoundError:
+        raise DataError(f"{ref.kind} {ref.path}: array {name!r} is missing ({path}); "
+                        f"{ref.rerun}") from None
+    except (ValueError, KeyError, TypeError, IndexError, AttributeError) as e:
+        raise CorruptDataError(f"{ref.kind} {ref.path}: array {name!r}: metadata {path} is "
+                               f"unreadable ({e}); {ref.rerun}") from None
+    if codecs != ["bytes", "crc32c"] or endian != "little":
+        raise DataError(f"{ref.kind} {ref.path}: array {name!r} has codecs {codecs}, not "
+                        f"['bytes', 'crc32c'] (written without checksums); {ref.rerun}")
+    return ArrayMeta(shape, dtype, chunks)
+
+
 def create_flat_array(group: zarr.Group, name: str, shape: tuple[int, ...], dtype,
-                      overwrite: bool = False) -> np.memmap:
-    """Create a single-chunk uncompressed Zarr array and return its chunk as a writable memmap."""
+                      overwrite: bool = False) -> np.ndarray:
+    """Create a single-chunk array and return its data bytes as a writable memmap.
+
+    The chunk file is preallocated (data + crc), so a full disk is a
+    :class:`~disktrain.errors.DiskSpaceError` here, never SIGBUS later. Call
+    :func:`finish_flat_array` once the data is written. A zero-size array has no chunk file
+    (a plain empty ndarray is returned).
+    """
     dtype = np.dtype(dtype)
-    group.create_array(name, shape=shape, dtype=dtype, chunks=shape, compressors=None,
+    group.create_array(name, shape=shape, dtype=dtype, chunks=shape, compressors=CHECKSUM,
                        fill_value=0, overwrite=overwrite)
+    if math.prod(shape) == 0:
+        return np.zeros(shape, dtype)
     path = chunk_file(Path(group.store.root) / group.path / name, *[0] * len(shape))
     path.parent.mkdir(parents=True, exist_ok=True)
-    if int(np.prod(shape)) == 0:
-        path.write_bytes(b"")
-        return np.zeros(shape, dtype)
-    return np.memmap(path, dtype=dtype.newbyteorder("<"), mode="w+", shape=shape)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        preallocate(fd, math.prod(shape) * dtype.itemsize + CRC_BYTES, path)
+    finally:
+        os.close(fd)
+    return np.memmap(path, dtype=dtype.newbyteorder("<"), mode="r+", shape=shape)
 
 
-def open_flat_array(root: str | Path, name: str, mode: str = "r") -> np.ndarray:
-    """Memory-map a single-chunk array written by :func:`create_flat_array`."""
-    arr = zarr.open_array(Path(root) / name, mode="r")
-    path = chunk_file(Path(root) / name, *[0] * arr.ndim)
-    if arr.size == 0:
-        return np.zeros(arr.shape, arr.dtype)
-    if not path.exists():
-        raise DataError(f"{path}: chunk file missing (array {name!r} of shape {arr.shape})")
-    expected = arr.size * arr.dtype.itemsize
-    if path.stat().st_size != expected:
-        raise DataError(f"{path}: {path.stat().st_size} bytes, expected {expected} "
-                        f"(array {name!r} truncated or corrupted)")
-    return np.memmap(path, dtype=np.dtype(arr.dtype).newbyteorder("<"), mode=mode,
-                     shape=arr.shape)
+def finish_flat_array(array: np.ndarray) -> None:
+    """Flush an array from :func:`create_flat_array` and write its crc32c after the data."""
+    if isinstance(array, np.memmap):
+        array.flush()
+        append_crc(array.filename, array.nbytes)
+
+
+def seal_flat_array(root: str | Path, name: str) -> None:
+    """Write the crc32c of a single-chunk array whose data was written with file writes
+    (e.g. ``pwrite`` from several processes) rather than through its memmap."""
+    meta = read_array_meta(Path(root) / name, StoreRef("store", Path(root), ""), name)
+    if meta.size:
+        append_crc(chunk_file(Path(root) / name, *[0] * len(meta.shape)), meta.chunk_bytes)
+
+
+def open_flat_array(root: str | Path, name: str, mode: str = "r", *, verify: bool = False,
+                    ref: StoreRef | None = None) -> np.ndarray:
+    """Memory-map the data of a single-chunk array written by :func:`create_flat_array`.
+
+    The chunk file's size is always checked; ``verify`` also checks its crc32c (reading the
+    whole file in bounded slices). ``ref`` names the store in errors (default: a dataset).
+    """
+    ref = ref or dataset_ref(root)
+    meta = read_array_meta(Path(root) / name, ref, name)
+    if meta.size == 0:
+        return np.zeros(meta.shape, meta.dtype)
+    path = chunk_file(Path(root) / name, *[0] * len(meta.shape))
+    if verify:
+        check_file(path, meta.chunk_bytes, ref, name)
+    else:
+        try:
+            size = path.stat().st_size
+        except FileNotFoundError:
+            raise ref.corrupt(name, path, "is missing") from None
+        if size != meta.chunk_bytes + CRC_BYTES:
+            raise ref.corrupt(name, path, f"has {size} bytes, expected "
+                              f"{meta.chunk_bytes + CRC_BYTES} (truncated or overwritten)")
+    return np.memmap(path, dtype=meta.dtype, mode=mode, shape=meta.shape)
+
+
+_VERIFIED: set[tuple] = set()
+_VERIFIED_LOCK = threading.Lock()
+
+
+def verify_flat_once(root: str | Path, name: str, ref: StoreRef) -> None:
+    """Check a 1-D single-chunk array's crc32c unless this process already checked this very
+    file (same path, inode, size and modification time)."""
+    path = chunk_file(Path(root) / name, 0)
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        st = None
+    key = st and (str(path.resolve()), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+    with _VERIFIED_LOCK:
+        if key in _VERIFIED:
+            return
+        open_flat_array(root, name, verify=True, ref=ref)
+        if key:
+            _VERIFIED.add(key)
 
 
 def write_small_array(group: zarr.Group, name: str, values: np.ndarray) -> None:
-    """Write an in-memory array (labels, splits) as one uncompressed chunk."""
+    """Write an in-memory array (labels, splits, offsets) as one checksummed chunk.
+
+    Written straight to files (the Zarr v3 metadata, then the chunk: data + crc32c), which is
+    several times faster than going through Zarr for the many small arrays of a sample store.
+    """
     values = np.ascontiguousarray(values)
-    arr = group.create_array(name, shape=values.shape, dtype=values.dtype,
-                             chunks=values.shape or (1,), compressors=None, fill_value=0,
-                             config={"write_empty_chunks": True})
+    if values.dtype.kind not in "biuf" or values.ndim == 0:
+        raise ValueError(f"array {name!r}: expected an array of numbers, got {values.dtype} "
+                         f"of shape {values.shape}")
+    chunks = values.shape
+    meta = {
+        "shape": list(values.shape), "data_type": values.dtype.name,
+        "chunk_grid": {"name": "regular", "configuration": {"chunk_shape": list(chunks)}},
+        "chunk_key_encoding": {"name": "default", "configuration": {"separator": "/"}},
+        "fill_value": False if values.dtype.kind == "b" else 0,
+        "codecs": [{"name": "bytes", "configuration": {"endian": "little"}},
+                   {"name": "crc32c"}],
+        "attributes": {}, "zarr_format": 3, "node_type": "array", "storage_transformers": [],
+    }
+    array_dir = Path(group.store.root) / group.path / name
+    array_dir.mkdir(parents=True)
+    (array_dir / "zarr.json").write_text(json.dumps(meta, indent=2))
     if values.size:
-        arr[...] = values
+        data = values.astype(values.dtype.newbyteorder("<"), copy=False).reshape(-1)
+        data = data.view(np.uint8)
+        path = chunk_file(array_dir, *[0] * len(chunks))
+        path.parent.mkdir(parents=True)
+        with open(path, "wb") as f:
+            f.write(data.data)
+            f.write(crc_bytes(data))
+
+
+def read_small_array(root: str | Path, name: str, ref: StoreRef,
+                     batches: range | None = None, verify: bool = True) -> np.ndarray:
+    """Read a single-chunk array into memory, checking its crc32c.
+
+    Errors name ``ref``'s store, the array, the chunk file and ``batches`` (those stored in
+    the array, where it maps to batches). ``verify=False`` skips the crc (size still checked).
+    """
+    meta = read_array_meta(Path(root) / name, ref, name)
+    if meta.size == 0:
+        return np.zeros(meta.shape, meta.dtype)
+    if meta.chunks != meta.shape:
+        raise DataError(f"{ref.kind} {ref.path}: array {name!r} has chunks {meta.chunks}, "
+                        f"expected one chunk of {meta.shape}; {ref.rerun}")
+    path = chunk_file(Path(root) / name, *[0] * len(meta.shape))
+    data = read_chunk(path, meta.chunk_bytes, ref, name, batches, verify)
+    return data.view(meta.dtype).reshape(meta.shape)
 
 
 def create_features(group: zarr.Group, num_nodes: int, feature_dim: int, dtype) -> zarr.Array:
-    """Create the row-chunked feature array (~4 MiB chunks, uncompressed)."""
+    """Create the row-chunked feature array (~4 MiB chunks, a crc32c each, every chunk
+    written even when all zeros)."""
     dtype = np.dtype(dtype)
     rows = max(1, min(num_nodes, FEATURE_CHUNK_BYTES // max(1, feature_dim * dtype.itemsize)))
     return group.create_array("features", shape=(num_nodes, feature_dim), dtype=dtype,
-                              chunks=(rows, feature_dim), compressors=None, fill_value=0)
+                              chunks=(rows, feature_dim), compressors=CHECKSUM, fill_value=0,
+                              config={"write_empty_chunks": True})
 
 
 def provenance(sources: dict[str, str] | None = None) -> dict:
@@ -114,19 +281,32 @@ class DatasetMeta:
     index_dtype: str = "int32"
     provenance: dict = field(default_factory=dict)
     format_version: int = FORMAT_VERSION
+    dataset_id: str = field(default_factory=new_id)
+    """This dataset's identity, new for every dataset written; derived stores record it."""
 
     @classmethod
     def from_attrs(cls, attrs: dict, where: str) -> DatasetMeta:
         version = attrs.get("format_version")
+        if version == 1:
+            raise DataError(f"{where}: format_version 1 (written by an older disktrain, "
+                            f"without checksums); {RERUN_DATASET}")
         if version != FORMAT_VERSION:
             raise DataError(f"{where}: format_version {version!r} is not {FORMAT_VERSION} "
                             "(not a disktrain dataset, or written by another version)")
+        if not isinstance(attrs.get("dataset_id"), str) or not attrs["dataset_id"]:
+            raise DataError(f"{where}: attribute dataset_id is missing or invalid "
+                            f"({attrs.get('dataset_id')!r}); {RERUN_DATASET}")
         names = {f for f in cls.__dataclass_fields__}
         return cls(**{k: v for k, v in attrs.items() if k in names})
 
 
 class Dataset:
-    """A dataset directory opened read-only: CSR memmaps, features, labels, splits."""
+    """A dataset directory opened read-only: CSR memmaps, features, labels, splits.
+
+    Every read is checked against the chunks' crc32c: ``indptr`` and ``indices`` once per
+    process, on first use; ``labels`` and the splits when loaded; each feature chunk when
+    read (:meth:`feature_rows`).
+    """
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
@@ -134,16 +314,43 @@ class Dataset:
             raise DataError(f"{self.path}: not a dataset directory (no zarr.json)")
         self.group = zarr.open_group(self.path, mode="r")
         self.meta = DatasetMeta.from_attrs(dict(self.group.attrs), str(self.path))
-        self.indptr = open_flat_array(self.path, "indptr")
-        self.indices = open_flat_array(self.path, "indices")
+        self.ref = dataset_ref(self.path)
         self.features = self.group["features"]
+        self._features = read_array_meta(self.path / "features", self.ref, "features")
+        self._flat: dict[str, np.ndarray] = {}
         self._small: dict[str, np.ndarray] = {}
+        self._lock = threading.Lock()
+        self._last_chunk: tuple[int, np.ndarray | None] = (-1, None)
+
+    @property
+    def dataset_id(self) -> str:
+        return self.meta.dataset_id
+
+    @property
+    def indptr(self) -> np.ndarray:
+        """int64 (N+1,), memory-mapped; crc-checked once per process on first use."""
+        return self._csr("indptr")
+
+    @property
+    def indices(self) -> np.ndarray:
+        """Sources of each row's in-edges, memory-mapped; checked like :attr:`indptr`."""
+        return self._csr("indices")
+
+    def _csr(self, name: str) -> np.ndarray:
+        array = self._flat.get(name)
+        if array is None:
+            with self._lock:
+                if name not in self._flat:
+                    verify_flat_once(self.path, name, self.ref)
+                    self._flat[name] = open_flat_array(self.path, name, ref=self.ref)
+                array = self._flat[name]
+        return array
 
     def _load(self, name: str) -> np.ndarray:
         if name not in self._small:
             if name not in self.group:
                 raise DataError(f"{self.path}: dataset has no {name!r} array")
-            self._small[name] = np.asarray(self.group[name][...])
+            self._small[name] = read_small_array(self.path, name, self.ref)
         return self._small[name]
 
     @property
@@ -162,34 +369,33 @@ class Dataset:
 
     def in_degrees(self, nodes: np.ndarray) -> np.ndarray:
         """Whole-graph in-degree of each node in ``nodes``."""
-        return self.indptr[nodes + 1] - self.indptr[nodes]
+        indptr = self.indptr
+        return indptr[nodes + 1] - indptr[nodes]
 
     def feature_rows(self, start: int, stop: int) -> np.ndarray:
-        """Rows [start, stop) of the features, read straight from the raw chunk files.
+        """Rows [start, stop) of the features, read as whole chunk files, each crc-checked.
 
-        Sequential and far cheaper than Zarr's generic read path; a missing chunk file is
-        Zarr's fill value (zeros).
+        The last chunk read is kept, so ascending calls read every chunk once.
         """
-        f = self.features
-        rows, dim = f.chunks[0], f.shape[1]
-        dtype = np.dtype(f.dtype)
-        out = np.empty((stop - start, dim), dtype)
+        rows, dim = self._features.chunks
+        out = np.empty((stop - start, dim), self._features.dtype)
         pos = start
-        while pos < stop:
+        while pos < stop and dim:
             c, r0 = divmod(pos, rows)
             n = min(stop - pos, rows - r0)
-            path = chunk_file(self.path / "features", c, 0)
-            if path.exists():
-                got = np.fromfile(path, dtype=dtype.newbyteorder("<"), count=n * dim,
-                                  offset=r0 * dim * dtype.itemsize)
-                if got.size != n * dim:
-                    raise DataError(f"{path}: feature chunk {c} is truncated ({path.stat().st_size}"
-                                    f" bytes; rows {r0}..{r0 + n} of {rows} needed)")
-                out[pos - start:pos - start + n] = got.reshape(n, dim)
-            else:
-                out[pos - start:pos - start + n] = 0
+            out[pos - start:pos - start + n] = self._feature_chunk(c)[r0:r0 + n]
             pos += n
         return out
+
+    def _feature_chunk(self, c: int) -> np.ndarray:
+        """Feature chunk ``c`` (all its rows), checked; the last one read is kept."""
+        last, chunk = self._last_chunk
+        if last != c or chunk is None:
+            data = read_chunk(chunk_file(self.path / "features", c, 0),
+                              self._features.chunk_bytes, self.ref, "features")
+            chunk = data.view(self._features.dtype).reshape(self._features.chunks)
+            self._last_chunk = (c, chunk)
+        return chunk
 
     def iter_sorted(self, ids: np.ndarray, max_gap_bytes: int = 256 << 10,
                     max_read_bytes: int = 64 << 20):
@@ -198,7 +404,7 @@ class Dataset:
         Yields ``(i, j, rows)``: ``rows`` are the features of ``ids[i:j]``. Neighboring ids
         closer than ``max_gap_bytes`` share one read; a read spans at most ``max_read_bytes``.
         """
-        row_bytes = max(1, self.meta.feature_dim * np.dtype(self.features.dtype).itemsize)
+        row_bytes = max(1, self.meta.feature_dim * self._features.dtype.itemsize)
         gap_rows = max(1, max_gap_bytes // row_bytes)
         span_rows = max(1, max_read_bytes // row_bytes)
         starts = np.concatenate([[0], np.flatnonzero(np.diff(ids) > gap_rows) + 1, [len(ids)]])
@@ -213,7 +419,7 @@ class Dataset:
 
     def gather_sorted(self, ids: np.ndarray) -> np.ndarray:
         """Feature rows of ascending ``ids``, read in order (see :meth:`iter_sorted`)."""
-        out = np.empty((len(ids), self.meta.feature_dim), np.dtype(self.features.dtype))
+        out = np.empty((len(ids), self.meta.feature_dim), self._features.dtype)
         for i, j, rows in self.iter_sorted(ids):
             out[i:j] = rows
         return out

@@ -11,6 +11,9 @@ order; CSV rows exclude the header line).
 
 from __future__ import annotations
 
+import bz2
+import math
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +30,10 @@ PARQUET_SUFFIXES = (".parquet", ".pq")
 CSV_SUFFIXES = (".csv", ".csv.gz", ".csv.bz2", ".tsv", ".tsv.gz", ".tsv.bz2")
 NPY_SUFFIXES = (".npy",)
 _CSV_BLOCK_BYTES = 16 << 20
+_SAMPLE_BYTES = 1 << 20
+"""Bytes read from each of three places of a CSV file to estimate its row count."""
+_COMPRESSED_SAMPLE_BYTES = 4 << 20
+"""Compressed bytes decompressed from the start of a CSV file to estimate its row count."""
 
 
 @dataclass(frozen=True)
@@ -52,6 +59,12 @@ class EdgeReader:
 
     def batches(self) -> Iterator[EdgeBatch]:
         raise NotImplementedError
+
+    def estimate_rows(self) -> int:
+        """The edge count if known, else an estimate meant as an upper bound (for the
+        disk-space check before anything is written)."""
+        assert self.num_rows is not None, "readers with an unknown count override this"
+        return self.num_rows
 
 
 def open_edges(path: str | Path, src_col: str = "src", dst_col: str = "dst",
@@ -120,6 +133,40 @@ class CsvEdges(EdgeReader):
         except pa.ArrowInvalid as e:
             raise DataError(f"{path}: cannot read as CSV: {e}") from e
         _check_columns(path, header, (src_col, dst_col), integer_types=False)
+
+    def estimate_rows(self) -> int:
+        """The edge count once a pass has counted it, else an estimate from the line
+        lengths of samples of the file (its start, middle and end; the start of a compressed
+        file), with 5% (10% when compressed) to spare."""
+        if self.num_rows is not None:
+            return self.num_rows
+        size = self.path.stat().st_size
+        if self.path.name.lower().endswith((".gz", ".bz2")):
+            return self._estimate_compressed(size)
+        with open(self.path, "rb") as f:
+            if size <= 3 * _SAMPLE_BYTES:
+                return max(0, _count_lines(f.read()) - 1)  # the header line
+            lines_per_byte = 0.0
+            for at in (0, (size - _SAMPLE_BYTES) // 2, size - _SAMPLE_BYTES):
+                f.seek(at)
+                lines_per_byte = max(lines_per_byte, f.read(_SAMPLE_BYTES).count(b"\n")
+                                     / _SAMPLE_BYTES)
+        return math.ceil(size * lines_per_byte * 1.05)
+
+    def _estimate_compressed(self, size: int) -> int:
+        if self.path.name.lower().endswith(".gz"):
+            decompress = zlib.decompressobj(wbits=47).decompress  # gzip or zlib header
+        else:
+            decompress = bz2.BZ2Decompressor().decompress
+        with open(self.path, "rb") as f:
+            head = f.read(_COMPRESSED_SAMPLE_BYTES)
+        try:
+            text = decompress(head)
+        except (OSError, EOFError, zlib.error) as e:
+            raise DataError(f"{self.path}: cannot decompress ({e})") from e
+        if len(head) == size:  # the whole file
+            return max(0, _count_lines(text) - 1)
+        return math.ceil(text.count(b"\n") / len(head) * size * 1.1)
 
     def _reader(self, id_type: pa.DataType, skip_rows: int = 0) -> pcsv.CSVStreamingReader:
         return pcsv.open_csv(
@@ -224,6 +271,11 @@ class NpyRows:
         return flat
 
 
+def _count_lines(text: bytes) -> int:
+    """Lines of ``text``, the last one counted even without a final newline."""
+    return text.count(b"\n") + (1 if text and not text.endswith(b"\n") else 0)
+
+
 def _check_columns(file: Path, schema: pa.Schema, wanted: tuple[str, ...],
                    integer_types: bool = True) -> None:
     for name in wanted:
@@ -292,7 +344,8 @@ class EdgeStats:
 
 
 def scan_edges(reader: EdgeReader, progress=None) -> EdgeStats:
-    """Count the edges and find the largest node id (one validating pass)."""
+    """Count the edges and find the largest node id (one validating pass); the count is
+    recorded as ``reader.num_rows`` if the reader did not know it."""
     num_edges, max_id = 0, -1
     for src, dst in checked_chunks(reader):
         num_edges += src.shape[0]
@@ -300,4 +353,6 @@ def scan_edges(reader: EdgeReader, progress=None) -> EdgeStats:
             max_id = max(max_id, int(src.max()), int(dst.max()))
         if progress is not None:
             progress.update(src.shape[0])
+    if reader.num_rows is None:
+        reader.num_rows = num_edges
     return EdgeStats(num_edges, max_id)

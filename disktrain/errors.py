@@ -14,3 +14,18 @@ class CorruptDataError(DataError):
 
 class DiskSpaceError(DataError):
     """Not enough free disk space: the message gives the bytes needed and the bytes free."""
+
+
+class ConfigError(ValueError):
+    """An invalid setting: the message names the parameter (option) and the value received."""
+
+
+class CheckpointError(DataError):
+    """A checkpoint that cannot be loaded or resumed from: the message names the file and why."""
+
+
+class NonFiniteError(ArithmeticError):
+    """Training produced a non-finite loss, gradient or parameter.
+
+    The message names the epoch and batch, and says what was kept (the last good checkpoint).
+    """

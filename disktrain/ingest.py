@@ -29,6 +29,7 @@ from disktrain.dataset import (
     provenance,
     write_small_array,
 )
+from disktrain.diskspace import dataset_bytes, require_free
 from disktrain.edges import (
     PARQUET_SUFFIXES,
     EdgeReader,
@@ -117,6 +118,13 @@ def ingest(cfg: IngestConfig) -> Path:
     num_nodes, origin = _num_nodes(cfg, edges, features)
     labels = read_labels(cfg.labels, num_nodes, origin) if cfg.labels else None
     splits = read_splits({s: getattr(cfg, s) for s in SPLITS if getattr(cfg, s)}, num_nodes)
+    need = dataset_bytes(num_nodes=num_nodes,
+                         num_edges=edges.estimate_rows() * (2 if cfg.undirected else 1),
+                         feature_dim=features.dim if features else 0,
+                         feature_itemsize=features.dtype.itemsize if features else 4,
+                         labels=labels is not None,
+                         split_sizes=[ids.size for ids in splits.values()], dedup=cfg.dedup)
+    require_free(cfg.out, need, "ingest")
     with atomic_dir(cfg.out, overwrite=cfg.overwrite) as tmp:
         group = zarr.open_group(tmp, mode="w")
         write_features(group, features, num_nodes, cfg.progress)

@@ -14,10 +14,11 @@ from __future__ import annotations
 import queue
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import numba
 import numpy as np
@@ -44,6 +45,9 @@ class LoaderConfig:
     """Attach whole-graph in-degrees to every block (GCN normalizes with them)."""
     assemble_threads: int = 0
     """Numba threads of the assembly kernels (0: Numba's default, one per core)."""
+    verify: bool = True
+    """Check the crc32c of every packed chunk and sample group read (off only to measure what
+    the checks cost: ``scripts/bench_integrity.py``)."""
 
     def __post_init__(self):
         for name in ("prefetch", "read_threads"):
@@ -108,8 +112,8 @@ class PackedLoader:
         self.cfg = cfg
         self.device = torch.device(cfg.device)
         self.dataset = Dataset(dataset_path)
-        self.samples = SampleStore(dataset_path)
-        self.packed = PackedStore(dataset_path)
+        self.samples = SampleStore(dataset_path, verify=cfg.verify)
+        self.packed = PackedStore(dataset_path, verify=cfg.verify)
         self.caches = FeatureCaches(self.packed, self.device)
         self.labels = torch.from_numpy(np.asarray(self.dataset.labels, np.int64))
         self._pin = self.device.type == "cuda"
@@ -208,30 +212,57 @@ def _torch_dtype(dtype: np.dtype) -> torch.dtype:
     return torch.from_numpy(np.zeros(0, dtype)).dtype
 
 
+class CopyEvent(Protocol):
+    """What the buffer pool needs of a ``torch.cuda.Event`` recorded after a buffer's copy."""
+
+    def record(self, stream=None) -> None: ...
+    def query(self) -> bool: ...
+    def synchronize(self) -> None: ...
+
+
 class _BufferPool:
-    """Reusable (pinned) feature buffers: fresh large allocations cost page faults."""
+    """Reusable (pinned) feature buffers: fresh large allocations cost page faults.
+
+    A buffer comes back with the event recorded after its non-blocking host-to-device copy
+    (None on a CPU): it is handed out again only once that copy has completed, so a read
+    never overwrites rows still being copied.
+    """
 
     def __init__(self, dim: int, dtype: np.dtype, pin: bool):
         self.dim, self.dtype, self.pin = dim, _torch_dtype(dtype), pin
-        self.free: list[torch.Tensor] = []
+        self.free: list[tuple[torch.Tensor, CopyEvent | None]] = []
         self.lock = threading.Lock()
 
     def take(self, rows: int) -> torch.Tensor:
+        """A buffer of at least ``rows`` rows: a free one whose copy has completed, else the
+        one given back first once its copy completes (no more buffers than before), else a
+        new one."""
         with self.lock:
-            for i, buf in enumerate(self.free):
-                if buf.shape[0] >= rows:
-                    return self.free.pop(i)
-        return torch.empty((rows + rows // 4, self.dim), dtype=self.dtype, pin_memory=self.pin)
+            fits = [i for i, (free, _) in enumerate(self.free) if free.shape[0] >= rows]
+            done = [i for i in fits if self.free[i][1] is None or self.free[i][1].query()]
+            buf, event = self.free.pop((done or fits)[0]) if fits else (None, None)
+        if buf is None:
+            return torch.empty((rows + rows // 4, self.dim), dtype=self.dtype,
+                               pin_memory=self.pin)
+        if not done:
+            event.synchronize()
+        return buf
 
-    def give(self, buf: torch.Tensor) -> None:
+    def give(self, buf: torch.Tensor, event: CopyEvent | None = None) -> None:
+        """Return ``buf``; ``event``: recorded after its last copy was enqueued."""
         with self.lock:
-            self.free.append(buf)
+            self.free.append((buf, event))
 
 
 class _Run:
-    """One pass over a list of batches: the threads and queues of the pipeline."""
+    """One pass over a list of batches: the threads and queues of the pipeline.
 
-    def __init__(self, loader: PackedLoader, batch_ids: list[int]):
+    ``new_event`` makes the event recorded after each batch's copy (default: a CUDA event
+    on a GPU, none on a CPU; tests pass fakes).
+    """
+
+    def __init__(self, loader: PackedLoader, batch_ids: list[int],
+                 new_event: Callable[[], CopyEvent] | None = None):
         self.loader = loader
         self.batch_ids = batch_ids
         depth = loader.cfg.prefetch
@@ -241,6 +272,7 @@ class _Run:
         self.buffers = _BufferPool(loader.packed.feature_dim, loader.packed.dtype, loader._pin)
         self.stream = (torch.cuda.Stream(loader.device) if loader.device.type == "cuda"
                        else None)
+        self.new_event = new_event or (torch.cuda.Event if self.stream is not None else None)
 
     def _put(self, q: queue.Queue, item) -> None:
         while not self.stop.is_set():
@@ -295,11 +327,12 @@ class _Run:
                 if self.stream is not None:
                     with torch.cuda.stream(self.stream):
                         x, blocks, labels = self.loader.to_device(host)
-                    event = torch.cuda.Event()
-                    event.record(self.stream)
                 else:
                     x, blocks, labels = self.loader.to_device(host)
-                    event = None
+                event = None
+                if self.new_event is not None:
+                    event = self.new_event()
+                    event.record(self.stream)  # after the copy of `buf`, on the copy stream
                 t2 = time.perf_counter()
                 batch = MiniBatch(b, x, blocks, labels, host.input_nodes,
                                   {"read": t_read, "assemble": t1 - t0, "copy": t2 - t1})
@@ -327,10 +360,10 @@ class _Run:
                 if isinstance(item, _Failure):
                     raise item.error
                 batch, event, buf = item
-                if event is not None:
+                if self.stream is not None:
                     _consume_on_current_stream(batch, event)
                 yield batch
-                self.buffers.give(buf)  # the consumer is done with the batch
+                self.buffers.give(buf, event)  # the consumer is done with the batch
         finally:
             self.stop.set()
             for t in threads:

@@ -36,10 +36,12 @@ from disktrain.dataset import (
     DatasetMeta,
     create_features,
     create_flat_array,
+    finish_flat_array,
     index_dtype,
     provenance,
     write_small_array,
 )
+from disktrain.diskspace import dataset_bytes, require_free
 from disktrain.kernels import rmat as krmat
 from disktrain.kernels.rng import derive_key
 
@@ -236,6 +238,12 @@ def split_codes(cfg: SynthConfig, start: int, stop: int) -> np.ndarray:
 def synthesize(cfg: SynthConfig) -> Path:
     """Generate the dataset ``cfg`` describes into ``cfg.out`` (atomically); return its path."""
     with atomic_dir(cfg.out, overwrite=cfg.overwrite) as tmp:
+        need = dataset_bytes(num_nodes=cfg.num_nodes,
+                             num_edges=cfg.num_input_edges * (2 if cfg.undirected else 1),
+                             feature_dim=cfg.feature_dim,
+                             feature_itemsize=np.dtype(cfg.feature_dtype).itemsize,
+                             labels=True, split_sizes=cfg.split_sizes(), dedup=cfg.dedup)
+        require_free(cfg.out, need, "synth")
         group = zarr.open_group(tmp, mode="w", zarr_format=3)
         csr_cfg = CSRConfig(undirected=cfg.undirected, dedup=cfg.dedup,
                             drop_self_loops=cfg.dedup, progress=cfg.progress)
@@ -290,8 +298,7 @@ def _write_labels_and_splits(group: zarr.Group, cfg: SynthConfig) -> None:
             bar.update(b - a)
     assert offsets == list(sizes), (offsets, sizes)
     for arr in (labels, *splits):
-        if isinstance(arr, np.memmap):
-            arr.flush()
+        finish_flat_array(arr)
 
 
 def _create_ids(group: zarr.Group, name: str, size: int) -> np.ndarray:

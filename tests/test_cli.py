@@ -60,3 +60,26 @@ def test_synth(tmp_path, capsys):
     assert main(["info", str(out), "--json"]) == 0
     info = json.loads(capsys.readouterr().out.splitlines()[-1])
     assert (info["num_nodes"], info["feature_dim"], info["num_classes"]) == (64, 8, 3)
+
+
+@pytest.mark.parametrize("argv,says", [
+    (["synth", "--out", "OUT", "--nodes", "0"], "num_nodes must be in [2, 281474976710656], got 0"),
+    (["prepare", "DATASET", "--batch-size", "0"], "batch_size must be >= 1, got 0"),
+    (["ingest", "--edges", "e.npy", "--out", "OUT", "--chunk-rows", "0"],
+     "chunk_rows must be >= 1, got 0"),
+])
+def test_invalid_settings_are_user_errors(tmp_path, capsys, argv, says):
+    argv = [str(tmp_path / a) if a in ("OUT", "DATASET") else a for a in argv]
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err == f"disktrain: error: {says}\n"
+
+
+def test_an_internal_value_error_keeps_its_traceback(tmp_path, monkeypatch):
+    def broken(cfg):
+        raise ValueError("an internal bug")
+
+    monkeypatch.setattr("disktrain.train.train", broken)
+    with pytest.raises(ValueError, match="an internal bug"):
+        main(["train", str(tmp_path), "--no-progress"])

@@ -1,4 +1,5 @@
-"""Two processes under torchrun (gloo, CPU): disjoint shares, one all-reduce, equal replicas."""
+"""Two processes under torchrun (gloo, CPU): disjoint shares, one all-reduce, equal replicas,
+resuming from rank 0's checkpoint alone, and refusing a changed world size."""
 
 import json
 import os
@@ -11,9 +12,11 @@ from pathlib import Path
 import pytest
 from tinygraphs import make_dataset
 
+from disktrain.errors import CheckpointError
 from disktrain.pack import PackConfig, pack_dataset
 from disktrain.sample import SampleConfig, SampleStore, sample_dataset
-from disktrain.train.checkpoint import load_checkpoint
+from disktrain.train import TrainConfig, train
+from disktrain.train.checkpoint import checkpoint_name, load_checkpoint
 from disktrain.train.loop import params_digest
 from disktrain.train.schedule import epoch_batches, worker_share
 
@@ -32,6 +35,52 @@ WORKER = textwrap.dedent("""
     with open(os.path.join(out, f"rank{os.environ['RANK']}.json"), "w") as f:
         json.dump(summary, f)
 """)
+RESUME_WORKER = textwrap.dedent("""
+    import json, os, sys
+    from disktrain.train import TrainConfig, train
+
+    dataset, out = sys.argv[1], sys.argv[2]
+    rank = os.environ["RANK"]
+    base = dict(dataset=dataset, model="sage", hidden=16, seed=1, dropout=0.3, progress=False,
+                max_batches=3)
+    own = os.path.join(out, f"ck-rank{rank}")  # node-local storage: only rank 0 writes
+    train(TrainConfig(**base, epochs=1, checkpoint_dir=own))
+    listing = sorted(os.listdir(own)) if os.path.isdir(own) else []
+    resumed = train(TrainConfig(**base, epochs=2, checkpoint_dir=own, resume=True))
+    straight = train(TrainConfig(**base, epochs=2,
+                                 checkpoint_dir=os.path.join(out, f"straight-rank{rank}")))
+    with open(os.path.join(out, f"rank{rank}.json"), "w") as f:
+        json.dump({"listing": listing, "resumed": resumed, "straight": straight}, f)
+""")
+
+NAN_WORKER = textwrap.dedent("""
+    import json, os, sys
+    import torch.nn.functional as F
+    from disktrain.errors import NonFiniteError
+    from disktrain.train import TrainConfig, train
+
+    dataset, out = sys.argv[1], sys.argv[2]
+    rank = int(os.environ["RANK"])
+    ce, calls = F.cross_entropy, [0]
+
+    def cross_entropy(*args, **kwargs):  # rank 1's 3rd loss is NaN, its gradient finite
+        calls[0] += 1
+        loss = ce(*args, **kwargs)
+        return loss + float("nan") if rank == 1 and calls[0] == 3 else loss
+
+    F.cross_entropy = cross_entropy
+    base = dict(dataset=dataset, model="sage", hidden=16, seed=1, progress=False, epochs=1,
+                max_batches=3, checkpoint_dir=os.path.join(out, f"ck{rank}"))
+    skipped = train(TrainConfig(**base, on_nonfinite="skip"))
+    calls[0] = 0
+    try:
+        train(TrainConfig(**base))
+        stopped = None
+    except NonFiniteError as e:
+        stopped = str(e)
+    with open(os.path.join(out, f"rank{rank}.json"), "w") as f:
+        json.dump({"skipped": skipped, "stopped": stopped}, f)
+""")
 
 
 def free_port() -> int:
@@ -40,13 +89,13 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def torchrun(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+def torchrun(*args: str, timeout: float = 60, ok: bool = True) -> subprocess.CompletedProcess:
     cmd = [str(TORCHRUN), "--nnodes=1", "--nproc_per_node=2", "--master_addr=127.0.0.1",
            f"--master_port={free_port()}", *args]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env,
                           check=False)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert (proc.returncode == 0) == ok, proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc
 
 
@@ -113,3 +162,58 @@ def test_cli_aggregator_choices_match_the_registry():
         assert parser.parse_args(["train", "x", "--aggregator", name]).aggregator == name
     with pytest.raises(SystemExit):
         parser.parse_args(["train", "x", "--aggregator", "average"])
+
+
+@pytest.fixture(scope="module")
+def resumed_pair(prepared, tmp_path_factory) -> Path:
+    """Two ranks train 1 epoch (rank 0 alone checkpoints, into its own directory), resume to
+    2 epochs, then train 2 epochs straight; each rank's results in rank{r}.json."""
+    out = tmp_path_factory.mktemp("resume")
+    script = out / "worker.py"
+    script.write_text(RESUME_WORKER)
+    torchrun(str(script), str(prepared), str(out))
+    return out
+
+
+def test_every_rank_resumes_from_rank_0s_checkpoint(resumed_pair):
+    ranks = [json.loads((resumed_pair / f"rank{r}.json").read_text()) for r in range(2)]
+    assert ranks[0]["listing"] == [checkpoint_name(1, 0)] and ranks[1]["listing"] == []
+    for r in ranks:
+        assert r["resumed"]["resumed_at"] == [1, 0] and r["straight"]["resumed_at"] is None
+        assert r["resumed"]["steps"] == r["straight"]["steps"] == 6
+    digests = {r[run]["params_sha256"] for r in ranks for run in ("resumed", "straight")}
+    assert len(digests) == 1
+
+
+def test_a_changed_world_size_is_refused_on_every_rank(prepared, resumed_pair, tmp_path):
+    # 2 ranks' checkpoint, 1 process
+    with pytest.raises(CheckpointError, match="written by 2 worker\\(s\\); resuming with 1"):
+        train(TrainConfig(dataset=str(prepared), hidden=16, epochs=2, max_batches=3,
+                          progress=False, resume=True,
+                          checkpoint_dir=str(resumed_pair / "ck-rank0")))
+    # 1 process's checkpoint, 2 ranks: both stop with the error, neither hangs
+    ck = tmp_path / "ck"
+    train(TrainConfig(dataset=str(prepared), hidden=16, epochs=1, max_batches=3,
+                      progress=False, checkpoint_dir=str(ck)))
+    proc = torchrun("-m", "disktrain.train", str(prepared), "--hidden", "16", "--epochs", "2",
+                    "--max-batches", "3", "--resume", "--checkpoint-dir", str(ck), ok=False)
+    said = "checkpoint written by 1 worker(s); resuming with 2 would change the run"
+    assert proc.stderr.count("disktrain: error: ") == 2 and proc.stderr.count(said) == 2
+    assert "exitcode: 2" in proc.stderr  # a user error, not a crash or a hang
+    assert proc.stderr.count("Traceback (most recent call last)") == 1  # torchrun's own
+
+
+def test_one_ranks_nan_loss_stops_or_skips_on_every_rank(prepared, tmp_path):
+    """Rank 1 alone sees a NaN loss (with a finite gradient): no rank may go on alone, or its
+    next collective would hang."""
+    script = tmp_path / "worker.py"
+    script.write_text(NAN_WORKER)
+    torchrun(str(script), str(prepared), str(tmp_path))
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+    for r in ranks:
+        assert r["skipped"]["skipped_steps"] == 1 and r["skipped"]["steps"] == 2
+    assert ranks[0]["skipped"]["params_sha256"] == ranks[1]["skipped"]["params_sha256"]
+    assert "epoch 0, batch 2 " in ranks[0]["stopped"] and "non-finite gradient" in \
+        ranks[0]["stopped"]
+    assert "epoch 0, batch 2 " in ranks[1]["stopped"] and "non-finite loss (nan)" in \
+        ranks[1]["stopped"]

@@ -9,7 +9,7 @@ import zarr
 from tinygraphs import make_dataset
 
 from disktrain.dataset import Dataset
-from disktrain.errors import DataError
+from disktrain.errors import CorruptDataError, DataError
 from disktrain.pack import PackConfig, assign_tiers, pack_dataset
 from disktrain.pack.store import chunk_path
 from disktrain.pack.tiers import NOT_CACHED, cache_rows_to_fit
@@ -77,13 +77,14 @@ def test_corrupted_or_truncated_chunk_names_batch_and_file(tmp_path):
     data = bytearray(f.read_bytes())
     data[5] ^= 0xFF
     f.write_bytes(bytes(data))
-    with pytest.raises(DataError, match=rf"packed batch {b}: chunk file .*{chunk}/0.*crc32c"):
+    with pytest.raises(CorruptDataError, match=rf"packed store .*'rows' \(batch {b}\): chunk "
+                       rf"file .*{chunk}/0 failed its crc32c.*rerun disktrain prepare"):
         packed.read_packed(b)
     f.write_bytes(bytes(data[:-10]))
-    with pytest.raises(DataError, match="truncated"):
+    with pytest.raises(CorruptDataError, match="truncated"):
         packed.read_packed(b)
     loader = PackedLoader(path)
-    with pytest.raises(DataError, match=f"packed batch {b}"):
+    with pytest.raises(CorruptDataError, match=rf"\(batch {b}\)"):
         for _ in loader(range(loader.num_batches)):
             pass
 

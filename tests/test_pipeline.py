@@ -107,3 +107,71 @@ def test_assembly_threads_are_capped_in_the_assembler_only(loader, monkeypatch):
     assert all(np.array_equal(a.numpy(), b.numpy()) for a, b in zip(got, expected))
     with pytest.raises(ValueError, match="assemble_threads"):
         LoaderConfig(assemble_threads=-1)
+
+
+class FakeEvent:
+    """A CUDA event stand-in: its copy completes when the test says so, or on synchronize."""
+
+    def __init__(self, done: bool = False):
+        self.done, self.recorded, self.waits = done, False, 0
+
+    def record(self, stream=None) -> None:
+        self.recorded = True
+
+    def query(self) -> bool:
+        return self.done
+
+    def synchronize(self) -> None:
+        self.waits += 1
+        self.done = True
+
+
+def test_buffer_pool_hands_out_only_buffers_whose_copy_completed():
+    import numpy as np
+
+    from disktrain.pipeline import _BufferPool
+
+    pool = _BufferPool(4, np.dtype(np.float32), pin=False)
+    a, b = pool.take(10), pool.take(10)
+    in_flight, copied = FakeEvent(), FakeEvent(done=True)
+    pool.give(a, in_flight)
+    pool.give(b, copied)
+    assert pool.take(10) is b  # a's copy is still running: passed over
+    assert in_flight.waits == 0
+    in_flight.done = True
+    assert pool.take(10) is a and in_flight.waits == 0  # completed: reused as is
+    pool.give(a, in_flight := FakeEvent())
+    assert pool.take(10) is a and in_flight.waits == 1  # the only fit: after its copy
+    assert pool.take(10) is not a  # nothing free: a new buffer
+    pool.give(a)  # no event (a CPU): free at once
+    assert pool.take(10) is a
+
+
+def test_each_buffer_returns_with_the_event_recorded_after_its_copy(loader):
+    from disktrain.pipeline import _Run
+
+    events = []
+
+    def new_event():
+        events.append(FakeEvent())
+        return events[-1]
+
+    run = _Run(loader, list(range(loader.num_batches)), new_event=new_event)
+    last_event, handed_out = {}, []
+    take, give = run.buffers.take, run.buffers.give
+
+    def checked_take(rows):
+        buf = take(rows)
+        event = last_event.get(id(buf))
+        handed_out.append(event is None or event.done)
+        return buf
+
+    def recording_give(buf, event=None):
+        last_event[id(buf)] = event
+        give(buf, event)
+
+    run.buffers.take, run.buffers.give = checked_take, recording_give
+    assert [mb.index for mb in run.iterate()] == list(range(loader.num_batches))
+    assert len(events) == loader.num_batches and all(e.recorded for e in events)
+    assert len(handed_out) == loader.num_batches and all(handed_out)
+    assert any(e.waits for e in events)  # buffers were reused, each after its copy

@@ -6,9 +6,11 @@ Every Ray instance here binds to 127.0.0.1, keeps its files under one temporary 
 end; the fixtures check that none of its processes remain.
 """
 
+import contextlib
 import os
 import secrets
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -20,7 +22,16 @@ import numpy as np
 import pytest
 from tinygraphs import make_dataset
 
-from disktrain.cluster.head import LOOPBACK, LOOPBACK_ENV, Head, HeadConfig, head_command
+from disktrain.cluster.head import (
+    LOOPBACK,
+    LOOPBACK_ENV,
+    Head,
+    HeadConfig,
+    free_port,
+    head_command,
+    init_ray,
+    session_pids,
+)
 from disktrain.cluster.job import job_argv
 from disktrain.cluster.ray_prepare import prepare_on_ray, split_runs
 from disktrain.cluster.ray_train import FAIL_AT_ENV, RayTrainConfig, fit_on_ray
@@ -85,6 +96,28 @@ def test_head_binds_loopback():
     assert multi.env == {}
 
 
+@pytest.mark.parametrize("address,env_address,expect", [
+    (None, None, "local"),  # never the cluster of the last `ray start` (maybe dead)
+    (None, "127.0.0.1:6379", None),  # RAY_ADDRESS: Ray reads it
+    ("auto", None, "auto"),
+])
+def test_init_ray_starts_a_local_instance_without_an_address(ray_env, monkeypatch, address,
+                                                              env_address, expect):
+    """(ray_env: Ray reads its settings, token auth included, when first imported.)"""
+    if env_address:
+        monkeypatch.setenv("RAY_ADDRESS", env_address)
+    else:
+        monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    import ray
+
+    calls = []
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", lambda **kw: calls.append(kw))
+    assert init_ray(address, num_cpus=3)
+    assert len(calls) == 1 and calls[0]["address"] == expect
+    assert calls[0].get("num_cpus") == (3 if expect == "local" else None)
+
+
 # Ray
 
 def _ray_pids(root: Path) -> list[int]:
@@ -120,8 +153,10 @@ def ray_env():
         mp.setenv("RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S", "0")
         mp.delenv("RAY_ADDRESS", raising=False)
         yield root
-    _assert_no_processes_left(root)
-    shutil.rmtree(root, ignore_errors=True)
+    try:
+        _assert_no_processes_left(root)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
@@ -194,9 +229,17 @@ def cluster(ray_env):
         c.shutdown()
 
 
+IDENTITY = ("store_id", "samples_id", "dataset_id")
+"""Provenance ids: new for every store written, so they differ between two preparations."""
+
+
+def _content(info: dict) -> dict:
+    return {k: v for k, v in info.items() if k not in IDENTITY}
+
+
 def _same_samples(a: Path, b: Path) -> None:
     sa, sb = SampleStore(a), SampleStore(b)
-    assert sa.info() == sb.info() and sa.num_batches > 2 * SAMPLE.group_size
+    assert _content(sa.info()) == _content(sb.info()) and sa.num_batches > 2 * SAMPLE.group_size
     assert np.array_equal(sa.access_counts, sb.access_counts)
     for i in range(sa.num_batches):
         x, y = sa.batch(i), sb.batch(i)
@@ -207,7 +250,7 @@ def _same_samples(a: Path, b: Path) -> None:
 
 def _same_packed(a: Path, b: Path) -> None:
     pa, pb = PackedStore(a), PackedStore(b)
-    assert pa.info() == pb.info()
+    assert _content(pa.info()) == _content(pb.info())
     assert np.array_equal(pa.cache_rows(), pb.cache_rows())
     for i in range(pa.num_batches):
         assert np.array_equal(pa.slots(i), pb.slots(i)), i
@@ -269,3 +312,67 @@ def test_worker_killed_mid_epoch_restarts_from_checkpoint(uninterrupted, prepare
     assert s["steps"] == uninterrupted["steps"] and s["replicas_identical"]
     # resumed from the epoch-end checkpoint: the same model as the uninterrupted run
     assert s["params_sha256"] == uninterrupted["params_sha256"]
+
+
+@pytest.mark.ray
+def test_init_ray_ignores_a_dead_head_named_by_ray_current_cluster(ray_env):
+    """A head killed without clean-up leaves ray_current_cluster behind; no address still
+    means a new local instance (it used to fail: "When connecting to an existing cluster,
+    num_cpus and num_gpus must not be provided")."""
+    tmp = ray_env / "stale"
+    (tmp / "ray").mkdir(parents=True)
+    dead = f"{LOOPBACK}:{free_port()}"
+    (tmp / "ray" / "ray_current_cluster").write_text(dead)
+    script = ("from disktrain.cluster.head import init_ray\n"
+              "assert init_ray(None, num_cpus=1)\n"
+              "import ray\n"
+              "print('GCS', ray.get_runtime_context().gcs_address)\n"
+              "ray.shutdown()\n")
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=120, check=False, env={**os.environ, "RAY_TMPDIR": str(tmp)})
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    gcs = next(line.split()[1] for line in proc.stdout.splitlines() if line.startswith("GCS"))
+    assert gcs != dead and gcs.startswith(LOOPBACK)
+    _assert_no_processes_left(tmp)
+
+
+def _head_script_started(out: Path, proc: subprocess.Popen, timeout: float = 120.0) -> int:
+    """Wait for the head script's banner in ``out``; return ``ray start``'s pid."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None:
+        for line in out.read_text().splitlines():
+            if line.startswith("Ray head started on"):
+                return int(line.split("ray start pid ")[1].split(";")[0])
+        time.sleep(0.5)
+    raise AssertionError(f"the head did not start (status {proc.poll()}):\n"
+                         f"{out.read_text()[-4000:]}")
+
+
+@pytest.mark.ray
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP], ids=["TERM", "HUP"])
+def test_head_script_stops_its_cluster_on_signal(ray_env, tmp_path, signum):
+    """``python -m disktrain.cluster.head`` stopped by ``kill`` or a closed terminal stops
+    every process it started (gcs_server, raylet, dashboard, ...), as Ctrl-C does."""
+    root = ray_env / f"head-{signum}"
+    out = tmp_path / "head.out"
+    with open(out, "wb") as f:
+        proc = subprocess.Popen([sys.executable, "-m", "disktrain.cluster.head", "--num-cpus",
+                                 "1", "--dashboard-port", "0", "--temp-dir", str(root)],
+                                stdout=f, stderr=subprocess.STDOUT, start_new_session=True)
+    ray_start = None
+    try:
+        ray_start = _head_script_started(out, proc)
+        started = session_pids(ray_start)
+        assert len(started) > 3, started  # ray start, gcs_server, raylet, dashboard, ...
+        os.kill(proc.pid, signum)
+        assert proc.wait(timeout=120) == 0, out.read_text()[-4000:]
+        assert f"{signal.Signals(signum).name}: stopping the Ray head" in out.read_text()
+        assert session_pids(ray_start) == [], out.read_text()[-4000:]
+        _assert_no_processes_left(root)
+    finally:  # whatever happened, nothing of this head survives the test
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        for pid in session_pids(ray_start) if ray_start else []:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)

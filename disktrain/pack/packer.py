@@ -20,14 +20,20 @@ from tqdm.auto import tqdm
 
 from disktrain.atomic import replace_dir
 from disktrain.dataset import (
+    CHECKSUM,
     Dataset,
     chunk_file,
     create_flat_array,
+    finish_flat_array,
+    new_id,
     open_flat_array,
+    read_small_array,
+    seal_flat_array,
     write_small_array,
 )
+from disktrain.diskspace import disk_full_errors, packed_store_bytes, require_free
 from disktrain.errors import DataError
-from disktrain.pack.store import STORE, PackedStore, write_chunk
+from disktrain.pack.store import STORE, PackedStore, packed_ref, write_chunk
 from disktrain.pack.tiers import NOT_CACHED, Tiers, assign_tiers, cache_rows_to_fit, rows_for_bytes
 from disktrain.sample.store import SampleStore, group_name
 
@@ -132,16 +138,16 @@ class GroupPacker:
         root = zarr.open_group(self.partial, mode="r")
         rows = root["rows"]
         self.chunk_rows, self.dim, self.dtype = int(rows.chunks[0]), int(rows.shape[1]), rows.dtype
-        self.slot_offsets = np.asarray(root["slot_offsets"][...])
-        self.batch_rows = np.asarray(root["batch_rows"][...])
-        gpu_nodes = np.asarray(root["gpu_nodes"][...])
-        cpu_nodes = np.asarray(root["cpu_nodes"][...])
-        self.n_cpu = len(cpu_nodes)
-        self.codes = Tiers(gpu_nodes, cpu_nodes).codes(self.dataset.num_nodes)
-        self.batch_packed = np.asarray(root["batch_packed"][...])
+        ref = packed_ref(self.partial)
+        small = {name: read_small_array(self.partial, name, ref) for name in
+                 ("slot_offsets", "batch_rows", "batch_packed", "gpu_nodes", "cpu_nodes")}
+        self.slot_offsets, self.batch_rows = small["slot_offsets"], small["batch_rows"]
+        self.n_cpu = len(small["cpu_nodes"])
+        self.codes = Tiers(small["gpu_nodes"], small["cpu_nodes"]).codes(self.dataset.num_nodes)
+        self.batch_packed = small["batch_packed"]
         chunk_bytes = self.chunk_rows * self.dim * np.dtype(self.dtype).itemsize
         self.groups = _groups(self.batch_packed, chunk_bytes, cfg.group_bytes)
-        open_flat_array(self.partial, "slots")  # validates its size
+        open_flat_array(self.partial, "slots", ref=ref)  # validates its size
         self._slots_file = chunk_file(self.partial / "slots", 0)
 
     def __call__(self, group: int) -> None:
@@ -183,6 +189,34 @@ def pack_group(dataset_path: str | Path, cfg: PackConfig, group: int,
     GroupPacker(dataset_path, cfg, partial)(group)
 
 
+def _lay_out(partial: Path, attrs: dict, dataset: Dataset, tiers, rows_shape: tuple[int, int],
+             chunk_rows: int, batch_rows: np.ndarray, n_packed: np.ndarray,
+             slot_offsets: np.ndarray) -> None:
+    """Create the partial packed store: every array but the packed rows and the slots
+    (written by the groups), the cache rows filled; ``done/`` last, once all is in place."""
+    n_gpu, n_cpu, dim = len(tiers.gpu_nodes), len(tiers.cpu_nodes), rows_shape[1]
+    feat_dtype = np.dtype(dataset.features.dtype)
+    root = zarr.open_group(partial, mode="w")
+    root.attrs.update(attrs)
+    root.create_array("rows", shape=rows_shape, dtype=feat_dtype,
+                      chunks=(chunk_rows, dim), fill_value=0, compressors=CHECKSUM)
+    write_small_array(root, "batch_rows", batch_rows)
+    write_small_array(root, "batch_packed", n_packed)
+    write_small_array(root, "slot_offsets", slot_offsets)
+    write_small_array(root, "gpu_nodes", tiers.gpu_nodes)
+    write_small_array(root, "cpu_nodes", tiers.cpu_nodes)
+    # slots: written by the groups (pwrite, any process), sealed once all are done
+    create_flat_array(root, "slots", (int(slot_offsets[-1]),), np.int64)
+    cache = create_flat_array(root, "cache_rows", (n_gpu + n_cpu, dim), feat_dtype)
+    if n_gpu:
+        cache[:n_gpu] = dataset.gather_sorted(tiers.gpu_nodes)
+    if n_cpu:
+        cache[n_gpu:] = dataset.gather_sorted(tiers.cpu_nodes)
+    finish_flat_array(cache)
+    del cache
+    (partial / "done").mkdir()
+
+
 def pack_dataset(dataset_path: str | Path, cfg: PackConfig = PackConfig(),
                  progress: bool = True, run_groups=None) -> PackedStore:
     """Assign tiers from the sample store's access counts and write ``DATASET/packed``.
@@ -206,6 +240,7 @@ def pack_dataset(dataset_path: str | Path, cfg: PackConfig = PackConfig(),
         "pack_config": asdict(cfg),
         "sample_config": samples.config.to_attrs(),
         "n_gpu": n_gpu, "n_cpu": n_cpu,
+        "samples_id": samples.store_id, "dataset_id": dataset.dataset_id,
     }
     final = dataset.path / STORE
     if (final / "zarr.json").exists():
@@ -231,37 +266,31 @@ def pack_dataset(dataset_path: str | Path, cfg: PackConfig = PackConfig(),
             "--gpu-cache-bytes plus --cpu-cache-bytes) would fit, before chunk padding")
 
     partial = dataset.path / f"{STORE}.partial"
-    if partial.exists():
-        old = dict(zarr.open_group(partial, mode="r").attrs)
-        if not all(old.get(k) == v for k, v in attrs.items()):
-            shutil.rmtree(partial)
+    # done/ is made last: without it the partial store was cut off while being laid out
+    if partial.exists() and (not (partial / "done").exists() or not all(
+            zarr.open_group(partial, mode="r").attrs.get(k) == v for k, v in attrs.items())):
+        shutil.rmtree(partial)
     slot_offsets = np.zeros(samples.num_batches + 1, np.int64)
     np.cumsum(n_input, out=slot_offsets[1:])
     batch_rows = np.zeros(samples.num_batches + 1, np.int64)
     np.cumsum(padded, out=batch_rows[1:])
-    if not partial.exists():
-        root = zarr.open_group(partial, mode="w")
-        root.attrs.update({**attrs, "complete": False})
-        root.create_array("rows", shape=(total_padded, dim), dtype=feat_dtype,
-                          chunks=(chunk_rows, dim), fill_value=0,
-                          compressors=[zarr.codecs.Crc32cCodec()])
-        write_small_array(root, "batch_rows", batch_rows)
-        write_small_array(root, "batch_packed", n_packed)
-        write_small_array(root, "slot_offsets", slot_offsets)
-        write_small_array(root, "gpu_nodes", tiers.gpu_nodes)
-        write_small_array(root, "cpu_nodes", tiers.cpu_nodes)
-        create_flat_array(root, "slots", (int(slot_offsets[-1]),), np.int64)
-        cache = create_flat_array(root, "cache_rows", (n_gpu + n_cpu, dim), feat_dtype)
-        if n_gpu:
-            cache[:n_gpu] = dataset.gather_sorted(tiers.gpu_nodes)
-        if n_cpu:
-            cache[n_gpu:] = dataset.gather_sorted(tiers.cpu_nodes)
-        if isinstance(cache, np.memmap):
-            cache.flush()
-        del cache
-        (partial / "done").mkdir()
     groups = _groups(n_packed, chunk_rows * row_bytes, cfg.group_bytes)
     pending = [g for g in range(len(groups)) if not (partial / "done" / group_name(g)).exists()]
+    if partial.exists():  # resumed: only the pending groups' rows are still to write
+        need = packed_store_bytes(
+            padded_rows=sum(int(padded[groups[g].start:groups[g].stop].sum()) for g in pending),
+            row_bytes=row_bytes, chunk_rows=chunk_rows, num_slots=0, num_cache_rows=0,
+            num_batches=0)
+    else:
+        need = packed_store_bytes(padded_rows=total_padded, row_bytes=row_bytes,
+                                  chunk_rows=chunk_rows, num_slots=int(slot_offsets[-1]),
+                                  num_cache_rows=n_gpu + n_cpu, num_batches=samples.num_batches)
+    require_free(dataset.path, need, "prepare: packing")
+    if not partial.exists():
+        with disk_full_errors(partial):
+            _lay_out(partial, {**attrs, "complete": False, "store_id": new_id()}, dataset,
+                     tiers, (total_padded, dim), chunk_rows, batch_rows, n_packed,
+                     slot_offsets)
     if run_groups is not None:
         run_groups(dataset.path, cfg, pending, partial)
     else:
@@ -273,6 +302,7 @@ def pack_dataset(dataset_path: str | Path, cfg: PackConfig = PackConfig(),
         raise DataError(f"{partial}: packing groups {missing[:10]} were not written "
                         f"({len(missing)} of {len(groups)} missing)")
 
+    seal_flat_array(partial, "slots")
     root = zarr.open_group(partial, mode="r+")
     root.attrs.update({
         "complete": True,

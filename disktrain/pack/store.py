@@ -2,7 +2,8 @@
 
 Layout (a Zarr v3 group at ``DATASET/packed``)::
 
-    zarr.json       attrs: configs, counts, duplication factor, complete
+    zarr.json       attrs: configs, counts, duplication factor, complete, store_id and the
+                    samples_id / dataset_id of the sample store and dataset it was made from
     rows            (R, F) packed rows; chunks of ``chunk_rows`` rows with a crc32c codec;
                     every batch starts on a chunk boundary, so one batch = whole chunks
     batch_rows      int64 (B+1,) first packed row of each batch (chunk-aligned)
@@ -13,7 +14,9 @@ Layout (a Zarr v3 group at ``DATASET/packed``)::
     cache_rows      (n_gpu + n_cpu, F) the cached rows: GPU tier first, then CPU tier
     gpu_nodes, cpu_nodes   node ids of the cache rows
 
-The trainer reads a batch's chunk files itself (one sequential range, crc verified);
+Every chunk of every array carries a crc32c. The trainer reads a batch's ``rows`` chunks
+itself (one sequential range, every crc checked on every read); ``slots`` and ``cache_rows``
+are checked once when a :class:`PackedStore` opens them, the small arrays when read.
 ``zarr.open`` reads the same store.
 """
 
@@ -26,11 +29,18 @@ import google_crc32c
 import numpy as np
 import zarr
 
-from disktrain.dataset import chunk_file, open_flat_array
+from disktrain.checksum import CRC_BYTES, StoreRef, crc_bytes
+from disktrain.dataset import chunk_file, open_flat_array, read_small_array
+from disktrain.diskspace import disk_full_errors
 from disktrain.errors import DataError
+from disktrain.sample.store import SampleStore
 
 STORE = "packed"
-CRC_BYTES = 4
+
+
+def packed_ref(path: str | Path) -> StoreRef:
+    """The packed store at ``path``, for error messages."""
+    return StoreRef("packed store", Path(path), f"remove {path} and rerun disktrain prepare")
 
 
 def chunk_path(root: Path, chunk: int) -> Path:
@@ -41,21 +51,26 @@ def chunk_path(root: Path, chunk: int) -> Path:
 def write_chunk(root: Path, chunk: int, data: np.ndarray) -> None:
     """Write one packed chunk as Zarr's bytes + crc32c codecs would."""
     raw = np.ascontiguousarray(data).view(np.uint8).reshape(-1)
-    crc = np.uint32(google_crc32c.value(raw)).tobytes()
+    crc = crc_bytes(raw)
     path = chunk_path(root, chunk)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "wb") as f:
+    with disk_full_errors(path), open(path, "wb") as f:
         f.write(raw.data)
         f.write(crc)
 
 
 class PackedStore:
-    """A complete packed store, read-only."""
+    """A complete packed store, read-only, checked against the sample store and the dataset
+    it was made from."""
 
-    def __init__(self, dataset_path: str | Path):
+    def __init__(self, dataset_path: str | Path, verify: bool = True):
+        """``verify=False`` skips the crc32c checks of packed chunks on every read (to measure
+        their cost); the arrays read once when opened are checked either way."""
         self.path = Path(dataset_path) / STORE
+        self.verify = verify
         if not (self.path / "zarr.json").exists():
             raise DataError(f"{self.path}: no packed store (run `disktrain prepare` first)")
+        self.ref = packed_ref(self.path)
         group = zarr.open_group(self.path, mode="r")
         self.attrs = dict(group.attrs)
         if not self.attrs.get("complete"):
@@ -66,21 +81,52 @@ class PackedStore:
         self.dtype = np.dtype(rows.dtype)
         self.n_gpu = int(self.attrs["n_gpu"])
         self.n_cpu = int(self.attrs["n_cpu"])
-        self.batch_rows = np.asarray(group["batch_rows"][...])
-        self.batch_packed = np.asarray(group["batch_packed"][...])
-        self.slot_offsets = np.asarray(group["slot_offsets"][...])
+        self.store_id = str(self.attrs["store_id"])
+        small = {name: read_small_array(self.path, name, self.ref) for name in
+                 ("batch_rows", "batch_packed", "slot_offsets", "gpu_nodes", "cpu_nodes")}
+        self.batch_rows = small["batch_rows"]
+        self.batch_packed = small["batch_packed"]
+        self.slot_offsets = small["slot_offsets"]
+        self.gpu_nodes = small["gpu_nodes"]
+        """Node id of each GPU-cache row."""
+        self.cpu_nodes = small["cpu_nodes"]
+        """Node id of each CPU-cache row."""
         self.num_batches = len(self.batch_packed)
-        self._slots = open_flat_array(self.path, "slots")
+        if (len(self.gpu_nodes), len(self.cpu_nodes)) != (self.n_gpu, self.n_cpu):
+            raise DataError(f"packed store {self.path}: {len(self.gpu_nodes)} GPU and "
+                            f"{len(self.cpu_nodes)} CPU cache nodes, but attributes say "
+                            f"{self.n_gpu} and {self.n_cpu}; {self.ref.rerun}")
+        self._check_made_from(SampleStore(dataset_path))
+        self._slots = open_flat_array(self.path, "slots", verify=True, ref=self.ref)
+        self._cache_rows: np.ndarray | None = None
         self._chunk_bytes = self.chunk_rows * self.feature_dim * self.dtype.itemsize
         self._chunk_prefix = str(chunk_path(self.path, 0))[:-len("0/0")]
+
+    def _check_made_from(self, samples: SampleStore) -> None:
+        """Refuse a packed store that was not made from ``samples`` (and its dataset)."""
+        ids = (self.attrs.get("samples_id"), self.attrs.get("dataset_id"))
+        if ids != (samples.store_id, samples.dataset_id):
+            raise DataError(
+                f"packed store {self.path} was made from sample store {ids[0]!r} of dataset "
+                f"{ids[1]!r}, but sample store {samples.path} is {samples.store_id!r} of "
+                f"dataset {samples.dataset_id!r}; {self.ref.rerun}")
+        inputs = int(samples.attrs.get("num_input_nodes", -1))
+        if (self.num_batches, int(self.slot_offsets[-1])) != (samples.num_batches, inputs):
+            raise DataError(
+                f"packed store {self.path} holds {self.num_batches} batches of "
+                f"{int(self.slot_offsets[-1])} input rows, but sample store {samples.path} "
+                f"holds {samples.num_batches} batches of {inputs}; {self.ref.rerun}")
 
     @property
     def max_padded_rows(self) -> int:
         return int(np.diff(self.batch_rows).max(initial=0))
 
     def cache_rows(self) -> np.ndarray:
-        """All cached rows (GPU tier first), memory-mapped."""
-        return open_flat_array(self.path, "cache_rows")
+        """All cached rows (GPU tier first), memory-mapped; crc-checked on the first call."""
+        if self._cache_rows is None:
+            self._cache_rows = open_flat_array(self.path, "cache_rows", verify=True,
+                                               ref=self.ref)
+        return self._cache_rows
 
     def slots(self, b: int) -> np.ndarray:
         """Where each input row of batch ``b`` comes from (see the module docstring)."""
@@ -106,17 +152,17 @@ class PackedStore:
             try:
                 fd = os.open(path, os.O_RDONLY)
             except FileNotFoundError:
-                raise DataError(f"packed batch {b}: chunk file {path} is missing") from None
+                raise self.ref.corrupt("rows", path, "is missing", range(b, b + 1)) from None
             try:
                 got = os.preadv(fd, [view, crc], 0)
             finally:
                 os.close(fd)
             if got != self._chunk_bytes + CRC_BYTES:
-                raise DataError(f"packed batch {b}: chunk file {path} is truncated "
-                                f"({got} of {self._chunk_bytes + CRC_BYTES} bytes)")
-            if google_crc32c.value(view) != int.from_bytes(crc, "little"):
-                raise DataError(f"packed batch {b}: chunk file {path} failed its crc32c "
-                                "check (corrupted)")
+                raise self.ref.corrupt("rows", path, f"is truncated ({got} of "
+                                       f"{self._chunk_bytes + CRC_BYTES} bytes)", range(b, b + 1))
+            if self.verify and google_crc32c.value(view) != int.from_bytes(crc, "little"):
+                raise self.ref.corrupt("rows", path, "failed its crc32c check (corrupted)",
+                                       range(b, b + 1))
         return out[:int(self.batch_packed[b])]
 
     def info(self) -> dict:

@@ -2,7 +2,7 @@
 
 Layout (a Zarr v3 group at ``DATASET/samples``)::
 
-    zarr.json                attrs: the SampleConfig, counts, complete
+    zarr.json                attrs: the SampleConfig, counts, complete, store_id, dataset_id
     access_counts            int32 (N,): how many batches read each node's feature row
     groups/g000000/          one group of batches (the unit of work), arrays of one chunk:
         nodes                int64  concatenated per-batch node lists (seeds first)
@@ -13,12 +13,16 @@ Layout (a Zarr v3 group at ``DATASET/samples``)::
 
 The store is written under ``samples.partial`` and renamed when every group is done; a
 group appears there only once fully written, so an interrupted run resumes from the last
-finished group.
+finished group. Every chunk carries a crc32c: a group's arrays are checked when the group is
+read into memory, ``access_counts`` when a :class:`SampleStore` first opens it. The store
+records its ``store_id`` and the ``dataset_id`` it sampled; opening it against another
+dataset is an error.
 """
 
 from __future__ import annotations
 
 import shutil
+import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +32,17 @@ import zarr
 from tqdm.auto import tqdm
 
 from disktrain.atomic import atomic_dir, replace_dir
-from disktrain.dataset import Dataset, create_flat_array, open_flat_array, write_small_array
+from disktrain.checksum import StoreRef
+from disktrain.dataset import (
+    Dataset,
+    create_flat_array,
+    finish_flat_array,
+    new_id,
+    open_flat_array,
+    read_small_array,
+    write_small_array,
+)
+from disktrain.diskspace import disk_full_errors, require_free, sample_store_bytes
 from disktrain.errors import DataError
 from disktrain.kernels.sampling import sample_batches
 from disktrain.sample.plan import SampleConfig, SamplePlan, sampling_key
@@ -39,6 +53,12 @@ _ARRAYS = ("nodes", "node_offsets", "hop_counts", "edge_src", "edge_dst", "edge_
 
 def group_name(group: int) -> str:
     return f"g{group:06d}"
+
+
+def samples_ref(path: str | Path) -> StoreRef:
+    """The sample store at ``path``, for error messages."""
+    return StoreRef("sample store", Path(path),
+                    f"remove {path} and rerun disktrain prepare")
 
 
 def sample_group(dataset: Dataset, plan: SamplePlan, group: int, groups_dir: Path) -> None:
@@ -90,35 +110,39 @@ def sample_dataset(dataset_path: str | Path, cfg: SampleConfig, progress: bool =
     """
     dataset = Dataset(dataset_path)
     final = dataset.path / STORE
-    if (final / "zarr.json").exists():
-        store = SampleStore(dataset.path)
-        if store.config == cfg:
-            return store
+    if _made_from(final, cfg, dataset.dataset_id, complete=True):
+        return SampleStore(dataset.path)
     plan = SamplePlan(cfg, dataset.split("train"))
     if plan.num_batches == 0:
         raise DataError(f"{dataset.path}: the train split is empty; nothing to sample")
     partial = dataset.path / f"{STORE}.partial"
-    if partial.exists() and _read_config(partial) != cfg:
+    if partial.exists() and not _made_from(partial, cfg, dataset.dataset_id):
         shutil.rmtree(partial)
-    if not partial.exists():
-        root = zarr.open_group(partial, mode="w")
-        root.attrs.update({"config": cfg.to_attrs(), "complete": False})
-        root.create_group("groups")
     groups_dir = partial / "groups"
     pending = [g for g in range(plan.num_groups)
                if not (groups_dir / group_name(g) / "zarr.json").exists()]
+    require_free(dataset.path, sample_store_bytes(dataset, plan, num_groups=len(pending)),
+                 "prepare: sampling")
+    if not partial.exists():
+        with disk_full_errors(partial):
+            root = zarr.open_group(partial, mode="w")
+            root.attrs.update({"config": cfg.to_attrs(), "complete": False,
+                               "store_id": new_id(), "dataset_id": dataset.dataset_id})
+            root.create_group("groups")
     if run_groups is not None:
         run_groups(dataset.path, cfg, pending, groups_dir)
     else:
         for g in tqdm(pending, desc="sample", unit="group", disable=not progress):
             sample_group(dataset, plan, g, groups_dir)
     root = zarr.open_group(partial, mode="r+")
-    counts = create_flat_array(root, "access_counts", (dataset.num_nodes,), np.int32,
-                               overwrite=True)
-    reader = _GroupReader(partial, cfg.group_size)
+    with disk_full_errors(partial):
+        counts = create_flat_array(root, "access_counts", (dataset.num_nodes,), np.int32,
+                                   overwrite=True)
+    reader = _GroupReader(partial, cfg.group_size, plan.num_batches)
     for b in range(plan.num_batches):
         counts[reader.input_nodes(b)] += 1
-    counts.flush()
+    num_input_nodes = int(counts.sum(dtype=np.int64))
+    finish_flat_array(counts)
     del counts
     root.attrs.update({
         "complete": True,
@@ -126,16 +150,32 @@ def sample_dataset(dataset_path: str | Path, cfg: SampleConfig, progress: bool =
         "batches_per_epoch": plan.batches_per_epoch,
         "num_groups": plan.num_groups,
         "num_nodes": dataset.num_nodes,
+        "num_input_nodes": num_input_nodes,
     })
     replace_dir(partial, final)
     return SampleStore(dataset.path)
 
 
-def _read_config(path: Path) -> SampleConfig | None:
+def _made_from(path: Path, cfg: SampleConfig, dataset_id: str, complete: bool = False) -> bool:
+    """Whether the (possibly partial) store at ``path`` samples ``cfg`` from dataset
+    ``dataset_id`` (and, with ``complete``, is complete)."""
+    attrs = _read_attrs(path)
+    return (attrs is not None and _read_config(attrs) == cfg
+            and attrs.get("dataset_id") == dataset_id
+            and (not complete or attrs.get("complete") is True))
+
+
+def _read_attrs(path: Path) -> dict | None:
     try:
-        attrs = dict(zarr.open_group(path, mode="r").attrs)
+        return dict(zarr.open_group(path, mode="r").attrs)
+    except (FileNotFoundError, ValueError, zarr.errors.BaseZarrError):
+        return None
+
+
+def _read_config(attrs: dict) -> SampleConfig | None:
+    try:
         return SampleConfig(**attrs["config"])
-    except (FileNotFoundError, KeyError, TypeError, ValueError, zarr.errors.BaseZarrError):
+    except (KeyError, TypeError, ValueError):
         return None
 
 
@@ -155,26 +195,87 @@ class SampledBatch:
         return self.input_nodes[:self.num_seeds]
 
 
+class _Loading:
+    """A group being read by one thread while others wait for it."""
+
+    def __init__(self):
+        self.done = threading.Event()
+        self.arrays: dict[str, np.ndarray] | None = None
+        self.error: BaseException | None = None
+        self.nbytes = 0
+
+
 class _GroupReader:
-    """Memory-mapped access to the groups of a (possibly partial) store."""
+    """The groups of a (possibly partial) store, read into memory and crc-checked.
 
-    MAX_OPEN = 1024
+    Groups are read whole (no file stays open) and the least recently used are dropped once
+    they hold more than ``cache_bytes`` (the newest is always kept). Thread-safe: a group
+    wanted by several threads at once is read once, by the first.
+    """
 
-    def __init__(self, root: Path, group_size: int):
+    def __init__(self, root: Path, group_size: int, num_batches: int,
+                 cache_bytes: int = 256 << 20, verify: bool = True):
+        if cache_bytes < 0:
+            raise ValueError(f"cache_bytes must be >= 0, got {cache_bytes}")
         self.root = Path(root)
         self.group_size = group_size
-        self._open: OrderedDict[int, dict[str, np.ndarray]] = OrderedDict()
+        self.num_batches = num_batches
+        self.cache_bytes = cache_bytes
+        self.verify = verify
+        self.ref = samples_ref(self.root)
+        self._groups: OrderedDict[int, _Loading] = OrderedDict()
+        self._bytes = 0
+        self._lock = threading.Lock()
 
     def _group(self, g: int) -> dict[str, np.ndarray]:
-        """The memory-mapped arrays of group ``g`` (least recently used groups closed)."""
-        if g in self._open:
-            self._open.move_to_end(g)
-        else:
-            if len(self._open) >= self.MAX_OPEN:
-                self._open.popitem(last=False)
-            path = self.root / "groups" / group_name(g)
-            self._open[g] = {name: open_flat_array(path, name) for name in _ARRAYS}
-        return self._open[g]
+        """The arrays of group ``g``, from the cache or read (and checked) now."""
+        with self._lock:
+            entry = self._groups.get(g)
+            mine = entry is None
+            if mine:
+                entry = self._groups[g] = _Loading()
+            else:
+                self._groups.move_to_end(g)
+        if not mine:
+            entry.done.wait()
+            if entry.error is not None:
+                raise entry.error
+            return entry.arrays
+        try:
+            arrays = self._read(g)
+        except BaseException as e:  # handed on to the threads waiting for this group
+            with self._lock:
+                del self._groups[g]
+                entry.error = e
+                entry.done.set()
+            raise
+        with self._lock:
+            entry.arrays = arrays
+            entry.nbytes = sum(a.nbytes for a in arrays.values())
+            self._bytes += entry.nbytes
+            entry.done.set()
+            self._evict(keep=g)
+        return arrays
+
+    def _evict(self, keep: int) -> None:
+        """Drop least recently used read groups while they hold more than ``cache_bytes``."""
+        for g in list(self._groups):
+            if self._bytes <= self.cache_bytes:
+                break
+            entry = self._groups[g]
+            if g != keep and entry.done.is_set():
+                del self._groups[g]
+                self._bytes -= entry.nbytes
+
+    def _read(self, g: int) -> dict[str, np.ndarray]:
+        group = f"groups/{group_name(g)}"
+        batches = range(g * self.group_size, min((g + 1) * self.group_size, self.num_batches))
+        if not (self.root / group / "zarr.json").exists():
+            raise DataError(f"{self.root}: sample group {group} (batches {batches.start}.."
+                            f"{batches.stop - 1}) is missing; {self.ref.rerun}")
+        return {name: read_small_array(self.root, f"{group}/{name}", self.ref, batches,
+                                       self.verify)
+                for name in _ARRAYS}
 
     def input_nodes(self, b: int) -> np.ndarray:
         g, i = divmod(b, self.group_size)
@@ -207,23 +308,41 @@ def unpack_batch(arrays, i: int, index: int) -> SampledBatch:
 
 
 class SampleStore:
-    """A complete sample store, read-only."""
+    """A complete sample store, read-only, checked against the dataset it was made from."""
 
-    def __init__(self, dataset_path: str | Path):
+    def __init__(self, dataset_path: str | Path, cache_bytes: int = 256 << 20,
+                 verify: bool = True):
+        """``cache_bytes``: memory of the groups kept read (the last one read is always
+        kept); ``verify=False`` skips the groups' crc32c checks (to measure their cost)."""
         self.path = Path(dataset_path) / STORE
         if not (self.path / "zarr.json").exists():
             raise DataError(f"{self.path}: no sample store (run `disktrain prepare` first)")
+        self.ref = samples_ref(self.path)
         self.attrs = dict(zarr.open_group(self.path, mode="r").attrs)
         if not self.attrs.get("complete"):
             raise DataError(f"{self.path}: sample store is incomplete")
+        dataset_id = Dataset(dataset_path).dataset_id
+        if self.attrs.get("dataset_id") != dataset_id:
+            raise DataError(
+                f"sample store {self.path} was made from dataset "
+                f"{self.attrs.get('dataset_id')!r}, but dataset {Path(dataset_path)} is "
+                f"{dataset_id!r}; {self.ref.rerun}")
+        self.store_id = str(self.attrs["store_id"])
+        self.dataset_id = dataset_id
         self.config = SampleConfig(**self.attrs["config"])
         self.num_batches = int(self.attrs["num_batches"])
         self.batches_per_epoch = int(self.attrs["batches_per_epoch"])
-        self._reader = _GroupReader(self.path, self.config.group_size)
+        self._reader = _GroupReader(self.path, self.config.group_size, self.num_batches,
+                                    cache_bytes, verify)
+        self._access_counts: np.ndarray | None = None
 
     @property
     def access_counts(self) -> np.ndarray:
-        return open_flat_array(self.path, "access_counts")
+        """Per node, the batches that read its row (memory-mapped; crc-checked on first use)."""
+        if self._access_counts is None:
+            self._access_counts = open_flat_array(self.path, "access_counts", verify=True,
+                                                  ref=self.ref)
+        return self._access_counts
 
     def batch(self, b: int) -> SampledBatch:
         """Batch ``b`` (global index: epoch * batches_per_epoch + i)."""
@@ -240,4 +359,4 @@ class SampleStore:
 
     def info(self) -> dict:
         return {k: self.attrs[k] for k in ("config", "num_batches", "batches_per_epoch",
-                                             "num_groups")}
+                                             "num_groups", "store_id", "dataset_id")}

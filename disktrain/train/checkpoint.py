@@ -1,30 +1,129 @@
-"""Atomic checkpoints: model, optimizer, epoch, batch cursor and RNG state."""
+"""Checkpoints: model, optimizer, epoch, batch cursor and RNG state; the newest k kept.
+
+Each checkpoint is one file named by the position training resumes at,
+``ckpt-e{EPOCH}-b{BATCH}.pt`` (the checkpoint at the end of epoch 2 is
+``ckpt-e000003-b00000000.pt``), written through a temporary file and a rename. A new file
+never replaces the last good one: older files go only once the new one is in place, and a
+model with non-finite parameters is refused. Reading takes the newest file that passes the
+CRC-32 check of every member of its zip archive and loads with ``weights_only=True``; a
+damaged newer file is skipped with a warning on stderr.
+"""
 
 from __future__ import annotations
 
 import io
+import re
+import sys
+import zipfile
 from pathlib import Path
 
 import torch
 
 from disktrain.atomic import atomic_write_bytes
+from disktrain.errors import CheckpointError, NonFiniteError
+from disktrain.train.health import nonfinite_tensors
 
-LATEST = "latest.pt"
+NAME = re.compile(r"ckpt-e(\d+)-b(\d+)\.pt")
 
 
-def save_checkpoint(directory: str | Path, state: dict) -> Path:
-    """Write ``state`` to ``directory/latest.pt`` through a temporary file and a rename."""
+def checkpoint_name(epoch: int, cursor: int) -> str:
+    """The file name of the checkpoint that resumes at batch ``cursor`` of ``epoch``."""
+    return f"ckpt-e{epoch:06d}-b{cursor:08d}.pt"
+
+
+def checkpoint_files(directory: str | Path) -> list[Path]:
+    """The checkpoint files in ``directory``, newest (furthest position) first."""
     directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    buf = io.BytesIO()
-    torch.save(state, buf)
-    atomic_write_bytes(directory / LATEST, buf.getvalue())
-    return directory / LATEST
+    if not directory.is_dir():
+        return []
+    found = [(int(m[1]), int(m[2]), p) for p in directory.iterdir()
+             if (m := NAME.fullmatch(p.name))]
+    return [p for *_, p in sorted(found, reverse=True)]
+
+
+def load_bytes(data: bytes, where: str | Path) -> dict:
+    """The checkpoint in ``data`` (tensors and plain values only); CheckpointError naming
+    ``where`` when its archive is damaged or does not load."""
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as archive:
+            bad = archive.testzip()
+        if bad is not None:
+            raise CheckpointError(f"{where}: archive member {bad} fails its CRC-32 check")
+        return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except CheckpointError:
+        raise
+    except Exception as e:  # a damaged file fails in many ways: zip, unpickler, storage reads
+        raise CheckpointError(f"{where}: cannot load the checkpoint "
+                              f"({type(e).__name__}: {e})") from e
+
+
+def read_newest(directory: str | Path) -> tuple[Path, bytes] | None:
+    """The newest checkpoint file in ``directory`` that loads, and its bytes; None if none.
+
+    Each newer file that cannot be read or loaded is reported on stderr and skipped.
+    """
+    for path in checkpoint_files(directory):
+        try:
+            data = path.read_bytes()
+            load_bytes(data, path)
+        except (OSError, CheckpointError) as e:
+            print(f"disktrain: warning: {e}; trying an older checkpoint", file=sys.stderr)
+            continue
+        return path, data
+    return None
 
 
 def load_checkpoint(directory: str | Path) -> dict | None:
-    """The latest checkpoint in ``directory`` (tensors and plain values only), or None."""
-    path = Path(directory) / LATEST
-    if not path.exists():
-        return None
-    return torch.load(path, map_location="cpu", weights_only=True)
+    """The newest checkpoint in ``directory`` that loads (see :func:`read_newest`), or None."""
+    found = read_newest(directory)
+    return None if found is None else load_bytes(found[1], found[0])
+
+
+class CheckpointWriter:
+    """Writes a run's checkpoints into ``directory`` and keeps the newest ``keep`` of them.
+
+    The files kept are the run's own: those it wrote and the one it resumed from
+    (:meth:`adopt`). Any other checkpoint file in the directory (a damaged newer one, or an
+    earlier run's) is removed once the first new checkpoint is written, so a later resume
+    never mixes runs.
+    """
+
+    def __init__(self, directory: str | Path, keep: int) -> None:
+        if keep < 1:
+            raise ValueError(f"keep must be >= 1, got {keep}")
+        self.directory = Path(directory)
+        self.keep = keep
+        self._kept: list[str] = []  # file names, oldest first
+
+    def adopt(self, path: str | Path) -> None:
+        """Count ``path`` (the checkpoint a run resumed from) as the run's newest file."""
+        self._kept = [Path(path).name]
+
+    def save(self, state: dict) -> Path:
+        """Write ``state`` (with ``epoch`` and ``cursor``) as a new file; remove what falls
+        out of the newest ``keep``. Raises NonFiniteError, writing nothing, when a model
+        parameter is not finite."""
+        name = checkpoint_name(state["epoch"], state["cursor"])
+        bad = nonfinite_tensors(state["model"])
+        if bad:
+            last = (f"the last good one, {self.directory / self._kept[-1]}, is kept"
+                    if self._kept else "none was written before")
+            raise NonFiniteError(f"{self.directory / name}: refusing to write a checkpoint "
+                                 f"whose parameters {', '.join(bad)} are not finite; {last}")
+        buf = io.BytesIO()
+        torch.save(state, buf)
+        return self.add(name, buf.getvalue())
+
+    def add(self, name: str, data: bytes) -> Path:
+        """Write the serialized checkpoint ``data`` as file ``name`` (atomically); remove what
+        falls out of the newest ``keep``."""
+        if not NAME.fullmatch(name):
+            raise ValueError(f"not a checkpoint file name: {name!r}")
+        self.directory.mkdir(parents=True, exist_ok=True)
+        path = self.directory / name
+        atomic_write_bytes(path, data)
+        self._kept = [*(n for n in self._kept if n != name), name][-self.keep:]
+        for old in checkpoint_files(self.directory):
+            if old.name not in self._kept:
+                old.unlink(missing_ok=True)
+        return path

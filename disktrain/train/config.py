@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
+import torch
+
+from disktrain.errors import ConfigError
 from disktrain.models.gnn import MODELS
-from disktrain.robust import RobustConfig
+from disktrain.robust import RobustConfig, aggregate
 
 PLAN_REUSE = ("cycle", "pool")
+ON_NONFINITE = ("stop", "skip")
+DEVICE_TYPES = ("cpu", "cuda")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -61,39 +67,79 @@ class TrainConfig:
     """Where checkpoints go (default: DATASET/checkpoints)."""
     checkpoint_every: int = 0
     """Also checkpoint every this many batches inside an epoch (0: at epoch ends only)."""
+    keep_checkpoints: int = 2
+    """Checkpoint files kept, newest first: the newest and, by default, one to fall back on
+    when the newest cannot be read."""
     resume: bool = False
-    """Continue from the latest checkpoint."""
+    """Continue from the newest checkpoint in rank 0's checkpoint_dir that loads (every rank
+    resumes from it; refused when written by another number of workers)."""
     metrics: str | None = None
     """JSON-lines file receiving one record per epoch."""
     max_batches: int | None = None
     """Stop each epoch after this many batches (smoke tests and benchmarks)."""
+    on_nonfinite: str = "stop"
+    """A step whose loss or (synchronized) gradient is not finite: stop (an error naming the
+    epoch and batch) or skip (no optimizer update; counted as skipped_steps)."""
     progress: bool = True
     """Show a progress bar per epoch (rank 0)."""
 
     def __post_init__(self):
         if self.model not in MODELS:
             raise ValueError(f"model must be one of {MODELS}, got {self.model!r}")
-        if self.plan_reuse not in PLAN_REUSE:
-            raise ValueError(f"plan_reuse must be one of {PLAN_REUSE}, got {self.plan_reuse!r}")
-        for name in ("epochs", "hidden", "heads", "eval_every", "eval_batch_size"):
+        for name, allowed in (("plan_reuse", PLAN_REUSE), ("on_nonfinite", ON_NONFINITE)):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
+        for name in ("epochs", "hidden", "heads", "eval_every", "eval_batch_size", "prefetch",
+                     "read_threads", "keep_checkpoints"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.model == "gat" and self.hidden % self.heads:
+            raise ValueError(f"hidden must be divisible by heads for model 'gat', got "
+                             f"hidden={self.hidden}, heads={self.heads}")
         for name in ("dropout", "input_dropout"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}")
-        if self.lr <= 0:
-            raise ValueError(f"lr must be > 0, got {self.lr}")
-        if self.byzantine_f < 0:
-            raise ValueError(f"byzantine_f must be >= 0, got {self.byzantine_f}")
-        if self.flag_subspace < 0:
-            raise ValueError(f"flag_subspace must be >= 0, got {self.flag_subspace}")
+        if not 0 < self.lr < math.inf:
+            raise ValueError(f"lr must be a finite number > 0, got {self.lr}")
+        if not 0 <= self.weight_decay < math.inf:
+            raise ValueError(f"weight_decay must be a finite number >= 0, got {self.weight_decay}")
+        for name in ("seed", "byzantine_f", "flag_subspace", "compute_threads",
+                     "checkpoint_every"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.max_batches is not None and self.max_batches < 1:
+            raise ValueError(f"max_batches must be >= 1, got {self.max_batches}")
         self.robust()  # validates the aggregator name
-        if self.compute_threads < 0:
-            raise ValueError(f"compute_threads must be >= 0, got {self.compute_threads}")
-        if self.checkpoint_every < 0:
-            raise ValueError(f"checkpoint_every must be >= 0, got {self.checkpoint_every}")
+        if self.byzantine_f and self.aggregator == "mean":
+            raise ValueError(f"byzantine_f={self.byzantine_f} needs a robust aggregator "
+                             "(the mean tolerates no faulty worker); pick one with aggregator")
+        if self.flag_subspace and self.aggregator != "flag":
+            raise ValueError(f"flag_subspace={self.flag_subspace} applies to aggregator 'flag' "
+                             f"only, got aggregator {self.aggregator!r}")
+        try:
+            device = torch.device(self.device)
+        except RuntimeError:
+            device = None
+        if device is None or device.type not in DEVICE_TYPES or (device.type == "cpu"
+                                                                 and device.index is not None):
+            raise ValueError(f"device must be cpu, cuda or cuda:N, got {self.device!r}")
 
     def robust(self) -> RobustConfig:
         """The gradient aggregation this run asks for."""
         return RobustConfig(aggregator=self.aggregator, f=self.byzantine_f,
                             subspace=self.flag_subspace)
+
+    def check_world_size(self, world_size: int) -> None:
+        """Refuse (ConfigError) an aggregation ``world_size`` workers cannot run: a robust rule
+        on one process, or more faulty workers than the rule tolerates among ``world_size``."""
+        if self.aggregator == "mean":
+            return
+        if world_size < 2:
+            raise ConfigError(f"aggregator {self.aggregator!r} combines the gradients of several "
+                              "workers and needs >= 2 (torchrun --nproc_per_node, or --workers); "
+                              "one process would train with the plain mean")
+        try:  # the rule's own requirement check (n against f), on a stack of zeros
+            aggregate(torch.zeros((world_size, 1)), self.robust())
+        except ValueError as e:
+            raise ConfigError(f"aggregator {self.aggregator!r} with byzantine_f="
+                              f"{self.byzantine_f} on {world_size} workers: {e}") from e

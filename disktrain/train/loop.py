@@ -2,13 +2,20 @@
 
 Launch it directly (`disktrain train`), under torchrun (`torchrun --nproc_per_node=N -m
 disktrain.train ...`) or inside a Ray Train worker: it reads RANK / LOCAL_RANK / WORLD_SIZE
-when they are set; rank 0 alone logs, writes metrics and checkpoints.
+when they are set; rank 0 alone logs, writes metrics and checkpoints. On resume rank 0
+picks the checkpoint and broadcasts its bytes, so every rank resumes from the same one even
+when only rank 0's (node-local) checkpoint directory has it.
+
+Every step is checked before the optimizer step (``disktrain.train.health``): a non-finite
+loss or synchronized gradient stops the run with NonFiniteError naming the epoch and batch,
+or, with ``on_nonfinite="skip"``, drops the step and counts it.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import sys
 import time
 from contextlib import closing
 from pathlib import Path
@@ -19,16 +26,22 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from disktrain.errors import DataError
+from disktrain.errors import CheckpointError, DataError, NonFiniteError
 from disktrain.models.gnn import GNNConfig, build_model
 from disktrain.pipeline import LoaderConfig, PackedLoader
 from disktrain.robust import RobustAggregate
 from disktrain.threads import compute_threads, loader_threads, torch_threads
-from disktrain.train.checkpoint import load_checkpoint, save_checkpoint
+from disktrain.train.checkpoint import CheckpointWriter, checkpoint_name, load_bytes, read_newest
 from disktrain.train.config import TrainConfig
-from disktrain.train.dist import DistEnv
+from disktrain.train.dist import DistEnv, broadcast_bytes
 from disktrain.train.evaluate import evaluate
 from disktrain.train.gradsync import AllReduceMean
+from disktrain.train.health import (
+    nonfinite_step_error,
+    nonfinite_tensors,
+    poison_gradients,
+    step_is_finite,
+)
 from disktrain.train.schedule import epoch_batches, worker_share
 
 STAGES = ("read", "assemble", "copy")
@@ -65,6 +78,31 @@ def _rng_states(env: DistEnv, device: torch.device) -> dict[str, torch.Tensor]:
     return out
 
 
+def _resume_state(ckpt_dir: Path, writer: CheckpointWriter, env: DistEnv,
+                  device: torch.device) -> dict | None:
+    """The checkpoint every rank resumes from: rank 0 reads the newest one that loads from
+    its ``ckpt_dir`` and broadcasts its bytes. Raises CheckpointError on every rank when it
+    was written by another number of workers."""
+    found = read_newest(ckpt_dir) if env.is_main else None
+    if found is not None:
+        writer.adopt(found[0])
+    elif env.is_main:
+        print(f"disktrain: no checkpoint in {ckpt_dir}; starting from the beginning",
+              file=sys.stderr)
+    data = broadcast_bytes(None if found is None else found[1], device)
+    if data is None:
+        return None
+    state = load_bytes(data, found[0] if found else "rank 0's checkpoint")
+    where = found[0] if found else \
+        f"rank 0's {ckpt_dir / checkpoint_name(int(state['epoch']), int(state['cursor']))}"
+    written_by = state["rng"].shape[0]
+    if written_by != env.world_size:
+        raise CheckpointError(f"{where}: checkpoint written by {written_by} "
+                              f"worker(s); resuming with {env.world_size} would change the run "
+                              f"(resume with {written_by}, or start a new run without resume)")
+    return state
+
+
 def params_digest(state: dict[str, torch.Tensor]) -> str:
     """sha256 of a state dict's names and bytes, in order (replicas must agree)."""
     h = hashlib.sha256()
@@ -83,6 +121,7 @@ def train(cfg: TrainConfig, grad_sync=None, on_epoch=None) -> dict:
     core to the loader unless ``cfg.compute_threads`` says otherwise (``disktrain.threads``).
     """
     env = DistEnv.from_env()
+    cfg.check_world_size(env.world_size)
     device = env.device(cfg.device)
     threads = compute_threads(cfg.compute_threads, device)
     with torch_threads(threads):
@@ -112,32 +151,36 @@ def _train(cfg: TrainConfig, env: DistEnv, device: torch.device, assemble_thread
                          else RobustAggregate(cfg.robust()))
     params = [p for p in model.parameters() if p.requires_grad]
     ckpt_dir = Path(cfg.checkpoint_dir or Path(cfg.dataset) / "checkpoints")
+    writer = CheckpointWriter(ckpt_dir, cfg.keep_checkpoints)
 
     if env.world_size > 1:
         torch.manual_seed(cfg.seed + env.rank)  # same init (broadcast), own dropout masks
-    start_epoch, cursor, steps, history = 0, 0, 0, []
-    if cfg.resume and (state := load_checkpoint(ckpt_dir)) is not None:
+    start_epoch, cursor, steps, skipped, history, resumed_at = 0, 0, 0, 0, [], None
+    if cfg.resume and (state := _resume_state(ckpt_dir, writer, env, device)) is not None:
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
-        rng = state["rng"]
-        if rng.shape[0] != env.world_size:
-            raise ValueError(f"{ckpt_dir}: checkpoint written by {rng.shape[0]} worker(s); "
-                             f"resuming with {env.world_size} would change the run")
-        torch.set_rng_state(rng[env.rank])
+        # a row of the stack has a storage offset, which set_rng_state misreads: clone it
+        torch.set_rng_state(state["rng"][env.rank].clone())
         if device.type == "cuda" and "cuda_rng" in state:
-            torch.cuda.set_rng_state(state["cuda_rng"][env.rank], device)
+            torch.cuda.set_rng_state(state["cuda_rng"][env.rank].clone(), device)
         start_epoch, cursor = int(state["epoch"]), int(state["cursor"])
-        steps = int(state.get("steps", 0))
+        steps, skipped = int(state["steps"]), int(state["skipped"])
         history = json.loads(state["history"])
+        resumed_at = [start_epoch, cursor]
     _broadcast_state(model)
 
     def checkpoint(epoch: int, at: int) -> None:
+        weights = model.state_dict()
+        # every rank checks its replica (all equal) before the collective, so all stop alike
+        if bad := nonfinite_tensors(weights):
+            raise NonFiniteError(f"epoch {epoch}, batch {at}: parameters {', '.join(bad)} are "
+                                 f"not finite; no checkpoint written, {ckpt_dir} keeps the "
+                                 "last good one")
         rng = _rng_states(env, device)  # every rank takes part
         if env.is_main:
-            save_checkpoint(ckpt_dir, {"model": model.state_dict(), "optimizer": opt.state_dict(),
-                                       **rng, "epoch": epoch,
-                                       "cursor": at, "steps": steps,
-                                       "history": json.dumps(history)})
+            writer.save({"model": weights, "optimizer": opt.state_dict(), **rng,
+                         "epoch": epoch, "cursor": at, "steps": steps, "skipped": skipped,
+                         "history": json.dumps(history)})
 
     samples = loader.samples
     sampled_epochs = samples.num_batches // samples.batches_per_epoch
@@ -146,7 +189,8 @@ def _train(cfg: TrainConfig, env: DistEnv, device: torch.device, assemble_thread
                             cfg.plan_reuse)
         ids = worker_share(ids, env.rank, env.world_size)[:cfg.max_batches]
         seconds = dict.fromkeys((*STAGES, "compute", "wait"), 0.0)
-        loss_sum = torch.zeros((), device=device)  # summed on the device: no sync per step
+        loss_sum = torch.zeros((), device=device)  # summed on the device
+        updates = 0  # optimizer steps of this epoch in this run
         model.train()
         t_epoch = time.perf_counter()
         bar = tqdm(total=len(ids), initial=cursor, desc=f"epoch {epoch}", unit="batch",
@@ -161,10 +205,17 @@ def _train(cfg: TrainConfig, env: DistEnv, device: torch.device, assemble_thread
                 # float16 features (stored and moved at half the bytes) compute in float32
                 loss = F.cross_entropy(model(mb.x.float(), mb.blocks), mb.labels)
                 loss.backward()
+                if env.world_size > 1:
+                    poison_gradients(loss, params)
                 sync(params)
-                opt.step()
-                steps += 1
-                loss_sum += loss.detach()
+                if step_is_finite(loss, params):
+                    opt.step()
+                    steps, updates = steps + 1, updates + 1
+                    loss_sum += loss.detach()
+                elif cfg.on_nonfinite == "skip":
+                    skipped += 1
+                else:
+                    raise nonfinite_step_error(loss, epoch, step, int(ids[step]), ckpt_dir)
                 for k in STAGES:
                     seconds[k] += mb.seconds[k]
                 t_wait = time.perf_counter()
@@ -173,10 +224,13 @@ def _train(cfg: TrainConfig, env: DistEnv, device: torch.device, assemble_thread
                 if cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0:
                     checkpoint(epoch, step + 1)
         bar.close()
-        done, cursor = len(ids) - cursor, 0
-        record = {"epoch": epoch, "loss": float(loss_sum) / done if done else float("nan"),
-                  "batches": len(ids), "epoch_time_s": time.perf_counter() - t_epoch,
+        cursor = 0
+        record = {"epoch": epoch,
+                  "loss": float(loss_sum) / updates if updates else float("nan"),
+                  "batches": len(ids), "skipped_steps": skipped,
+                  "epoch_time_s": time.perf_counter() - t_epoch,
                   **{f"{k}_s": v for k, v in seconds.items()}}
+        skipped = 0
         if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs:
             for split in ("val", "test"):
                 record[f"{split}_acc"] = evaluate(model, loader.dataset, split, fanouts,
@@ -198,6 +252,8 @@ def _train(cfg: TrainConfig, env: DistEnv, device: torch.device, assemble_thread
             if history else None,
             "loss": history[-1]["loss"] if history else None,
             "model": cfg.model, "world_size": env.world_size, "steps": steps,
+            "skipped_steps": sum(r["skipped_steps"] for r in history),
+            "resumed_at": resumed_at,
             "compute_threads": torch.get_num_threads(),
             "params_sha256": params_digest(model.state_dict()),
             "stage_s": {k: float(np.mean([r[f"{k}_s"] for r in history]))

@@ -1,0 +1,495 @@
+"""``disktrain verify``: check every chunk of every array of a dataset and its derived stores.
+
+Works from what is on disk alone: each array's ``zarr.json`` (shape, chunk grid, data type,
+codecs) says which chunk files must exist and how large each is; every file is read once,
+sequentially, in bounded slices, and its trailing crc32c compared (docs/FORMAT.md). The
+stores' attributes are checked against each other: the sample store and the packed store
+must have been made from this dataset and from each other (``dataset_id``, ``samples_id``),
+and must agree on their batches.
+
+Nothing stops at the first problem: the :class:`Report` lists every one, with the store, the
+array, the chunk file, the batches it holds and the step that rewrites it.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import google_crc32c
+import numpy as np
+from tqdm.auto import tqdm
+
+from disktrain.checksum import CRC_BYTES, StoreRef
+from disktrain.dataset import FORMAT_VERSION, SPLITS, dataset_ref
+from disktrain.errors import DataError
+from disktrain.pack.store import packed_ref
+from disktrain.sample.store import samples_ref
+
+SLICE_BYTES = 32 << 20
+"""Bytes read at a time (bounds memory whatever the chunk size)."""
+CHECKSUM_CODECS = ["bytes", "crc32c"]
+GROUP_ARRAYS = ("nodes", "node_offsets", "hop_counts", "edge_src", "edge_dst", "edge_offsets")
+
+BatchMap = Callable[["_Array", tuple[int, ...]], range | None]
+"""(array, chunk grid index) -> the batches whose data the chunk holds (None: unknown)."""
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong: where it is, what is wrong, and what rewrites it."""
+
+    store: str
+    """"dataset", "sample store" or "packed store"."""
+    store_path: str
+    problem: str
+    rerun: str
+    array: str | None = None
+    """The array, relative to its store (e.g. ``groups/g000003/edge_src``)."""
+    file: str | None = None
+    """The chunk file at fault (None for a problem of the array or store as a whole)."""
+    batches: range | None = None
+
+    @property
+    def message(self) -> str:
+        """One line, worded as the training path's error for the same damage."""
+        if self.array is not None and self.file is not None:
+            ref = StoreRef(self.store, Path(self.store_path), self.rerun)
+            return str(ref.corrupt(self.array, self.file, self.problem, self.batches))
+        where = f"{self.store} {self.store_path}"
+        if self.array is not None:
+            where += f": array {self.array!r}"
+        return f"{where} {self.problem}; {self.rerun}"
+
+    def to_dict(self) -> dict:
+        batches = self.batches
+        return {"store": self.store, "store_path": self.store_path, "array": self.array,
+                "file": self.file, "problem": self.problem,
+                "batches": [batches.start, batches.stop - 1] if batches else None,
+                "rerun": self.rerun, "message": self.message}
+
+
+@dataclass
+class Report:
+    """What :func:`verify` found, and how much it read."""
+
+    path: Path
+    problems: list[Problem] = field(default_factory=list)
+    stores: list[str] = field(default_factory=list)
+    """The stores checked ("dataset", then "sample store" and "packed store" if present)."""
+    arrays: int = 0
+    chunks: int = 0
+    """Chunk files checked (existence, size, crc32c)."""
+    bytes: int = 0
+    """Bytes read and checksummed."""
+    seconds: float = 0.0
+
+    @property
+    def clean(self) -> bool:
+        return not self.problems
+
+    @property
+    def gb_per_s(self) -> float | None:
+        return self.bytes / 1e9 / self.seconds if self.seconds > 0 else None
+
+    def steps(self) -> list[str]:
+        """The distinct steps that repair everything found, in the order found."""
+        return list(dict.fromkeys(p.rerun for p in self.problems))
+
+    def to_dict(self) -> dict:
+        return {"path": str(self.path), "clean": self.clean, "stores": self.stores,
+                "problems": [p.to_dict() for p in self.problems], "steps": self.steps(),
+                "arrays": self.arrays, "chunks": self.chunks, "bytes": self.bytes,
+                "seconds": self.seconds, "gb_per_s": self.gb_per_s}
+
+    def lines(self) -> list[str]:
+        """A readable report: a verdict, one line per problem, the repair steps, totals."""
+        verdict = "clean" if self.clean else f"DAMAGED ({len(self.problems)} problem(s))"
+        out = [f"{self.path}: {verdict}"]
+        out += [f"  {p.message}" for p in self.problems]
+        if self.problems:
+            out.append("to repair:")
+            out += [f"  {step}" for step in self.steps()]
+        rate = f"{self.gb_per_s:.2f} GB/s" if self.gb_per_s is not None else "-"
+        size = (f"{self.bytes / 1e9:.2f} GB" if self.bytes >= 1e9
+                else f"{self.bytes / 1e6:.2f} MB")
+        out.append(f"checked {', '.join(self.stores)}: {self.arrays} arrays, {self.chunks} "
+                   f"chunk files, {size} in {self.seconds:.2f} s ({rate})")
+        return out
+
+
+@dataclass(frozen=True)
+class _Array:
+    """An array to check, as its ``zarr.json`` describes it."""
+
+    ref: StoreRef
+    name: str
+    shape: tuple[int, ...]
+    chunks: tuple[int, ...]
+    dtype: np.dtype
+    checksummed: bool
+    key: Callable[[tuple[int, ...]], Path]
+    """Chunk grid index -> chunk file."""
+    batches: BatchMap | None
+
+    @property
+    def file_bytes(self) -> int:
+        """Size of every chunk file (edge chunks are full-size)."""
+        return math.prod(self.chunks) * self.dtype.itemsize + CRC_BYTES * self.checksummed
+
+    @property
+    def grid(self) -> tuple[int, ...]:
+        """Chunks along each axis (no chunk at all for a zero-size array)."""
+        if math.prod(self.shape) == 0:
+            return (0,)
+        return tuple(-(-s // c) for s, c in zip(self.shape, self.chunks))
+
+    def span(self, index: tuple[int, ...]) -> tuple[int, int]:
+        """The first-axis elements ``[lo, hi)`` of chunk ``index``."""
+        lo = index[0] * self.chunks[0]
+        return lo, min(lo + self.chunks[0], self.shape[0])
+
+
+def _parse(ref: StoreRef, name: str, meta: dict, batches: BatchMap | None) -> _Array:
+    """An :class:`_Array` from a parsed ``zarr.json`` (KeyError/TypeError/ValueError if bad)."""
+    if meta["node_type"] != "array" or meta["chunk_grid"]["name"] != "regular":
+        raise ValueError("not an array with a regular chunk grid")
+    shape = tuple(int(s) for s in meta["shape"])
+    chunks = tuple(int(c) for c in meta["chunk_grid"]["configuration"]["chunk_shape"])
+    if len(chunks) != len(shape) or (math.prod(shape) and any(c < 1 for c in chunks)):
+        raise ValueError(f"chunk shape {chunks} does not fit shape {shape}")
+    codecs = meta["codecs"]
+    dtype = np.dtype(meta["data_type"])
+    endian = (codecs[0].get("configuration") or {}).get("endian", "little")
+    if dtype.itemsize > 1 and endian != "little":
+        raise ValueError(f"{endian}-endian chunks")
+    checksummed = [c.get("name") for c in codecs] == CHECKSUM_CODECS
+    key = _chunk_key(ref.path / name, meta.get("chunk_key_encoding") or {})
+    return _Array(ref, name, shape, chunks, dtype.newbyteorder("<"), checksummed, key, batches)
+
+
+def _chunk_key(path: Path, encoding: dict) -> Callable[[tuple[int, ...]], Path]:
+    """Chunk index -> file, for Zarr v3's ``default`` and ``v2`` chunk key encodings."""
+    kind = encoding.get("name", "default")
+    sep = (encoding.get("configuration") or {}).get("separator", "/" if kind == "default"
+                                                     else ".")
+    if kind == "default":
+        return lambda index: path / sep.join(["c", *map(str, index)])
+    if kind == "v2":
+        return lambda index: path / (sep.join(map(str, index)) or "0")
+    raise ValueError(f"unknown chunk key encoding {kind!r}")
+
+
+class _Checker:
+    """Collects the arrays to check and the problems found, then reads every chunk once."""
+
+    def __init__(self, report: Report):
+        self.report = report
+        self.arrays: list[_Array] = []
+        self.damaged: set[tuple[Path, str]] = set()
+        """(store path, array) of every array with a problem."""
+        self._chunk_problems: list[tuple[int, _Array, tuple[int, ...]]] = []
+
+    def problem(self, ref: StoreRef, problem: str, array: str | None = None,
+                file: Path | None = None) -> None:
+        self.report.problems.append(Problem(ref.kind, str(ref.path), problem, ref.rerun, array,
+                                            None if file is None else str(file)))
+        if array is not None:
+            self.damaged.add((ref.path, array))
+
+    def add(self, ref: StoreRef, name: str, shape: tuple | None = None,
+            batches: BatchMap | None = None) -> _Array | None:
+        """Read the metadata of array ``name`` of ``ref``'s store and queue its chunks.
+
+        Reports it missing, unreadable, of another shape than ``shape`` (a tuple whose
+        ``None`` entries match any length) or unverifiable (no crc32c). Returns the array
+        unless its chunks cannot be checked at all.
+        """
+        meta_path = ref.path / name / "zarr.json"
+        try:
+            meta = json.loads(meta_path.read_bytes())
+            array = _parse(ref, name, meta, batches)
+        except FileNotFoundError:
+            self.problem(ref, f"is missing (no {meta_path})", name)
+            return None
+        except (OSError, KeyError, TypeError, ValueError, AttributeError, IndexError) as e:
+            self.problem(ref, f"has unreadable metadata {meta_path} ({type(e).__name__}: {e})",
+                         name)
+            return None
+        self.report.arrays += 1
+        if shape is not None and (len(shape) != len(array.shape) or any(
+                want is not None and want != got for want, got in zip(shape, array.shape))):
+            expected = tuple("*" if s is None else s for s in shape)
+            self.problem(ref, f"has shape {array.shape}, expected {expected}", name)
+        codecs = [c.get("name") for c in meta["codecs"]]
+        if not array.checksummed:
+            self.problem(ref, f"has codecs {codecs}, not {CHECKSUM_CODECS}: unverifiable "
+                         "(written by an older disktrain or another tool)", name)
+            if codecs != ["bytes"]:
+                return None  # chunk sizes unknown
+        self.arrays.append(array)
+        return array
+
+    def run(self, progress: bool) -> None:
+        """Check every chunk file of every queued array, in order."""
+        total = sum(math.prod(a.grid) * a.file_bytes for a in self.arrays if a.checksummed)
+        buf = np.empty(min(SLICE_BYTES, max(1, total)) + CRC_BYTES, np.uint8)
+        t0 = time.perf_counter()
+        with tqdm(total=total, desc="verify", unit="B", unit_scale=True,
+                  disable=not progress) as bar:
+            for array in self.arrays:
+                for index in itertools.product(*map(range, array.grid)):
+                    path = array.key(index)
+                    problem, read = _check_file(path, array, buf)
+                    self.report.chunks += 1
+                    self.report.bytes += read
+                    bar.update(read)
+                    if problem:
+                        self.problem(array.ref, problem, array.name, path)
+                        self._chunk_problems.append((len(self.report.problems) - 1, array,
+                                                     index))
+        self.report.seconds += time.perf_counter() - t0
+
+    def name_batches(self) -> None:
+        """Add the batches of each damaged chunk (once every array has been checked, so
+        that only offsets that checked clean are used)."""
+        for i, array, index in self._chunk_problems:
+            if array.batches is not None:
+                p = self.report.problems[i]
+                self.report.problems[i] = replace(p, batches=array.batches(array, index))
+
+
+def _check_file(path: Path, array: _Array, buf: np.ndarray) -> tuple[str | None, int]:
+    """(what is wrong with one chunk file or None, bytes read): missing, size, crc32c."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return "is missing", 0
+    except OSError as e:
+        return f"cannot be opened ({e.strerror})", 0
+    try:
+        size = os.fstat(fd).st_size
+        if size != array.file_bytes:
+            return (f"has {size} bytes, expected {array.file_bytes} (truncated or "
+                    "overwritten)"), 0
+        if not array.checksummed:
+            return None, 0
+        return _check_crc(fd, size - CRC_BYTES, buf)
+    except OSError as e:
+        return f"cannot be read ({e.strerror})", 0
+    finally:
+        os.close(fd)
+
+
+def _check_crc(fd: int, nbytes: int, buf: np.ndarray) -> tuple[str | None, int]:
+    """Compare the crc32c of the first ``nbytes`` of ``fd`` with the 4 bytes after them,
+    reading ``len(buf) - 4`` bytes at a time (the stored crc with the last slice)."""
+    step = len(buf) - CRC_BYTES
+    crc, pos = 0, 0
+    while True:
+        n = min(step, nbytes - pos)
+        last = pos + n == nbytes
+        view = buf[:n + CRC_BYTES * last]
+        got = 0
+        while got < len(view):  # a read may return less than asked
+            more = os.preadv(fd, [view[got:]], pos + got)
+            if more == 0:
+                return f"shrank while being read (at byte {pos + got})", pos + got
+            got += more
+        crc = google_crc32c.extend(crc, view[:n])
+        pos += n
+        if last:
+            if crc != int.from_bytes(view[n:].tobytes(), "little"):
+                return "failed its crc32c check (corrupted)", pos + CRC_BYTES
+            return None, pos + CRC_BYTES
+
+
+def _group_attrs(path: Path) -> dict:
+    """A Zarr group's attributes (OSError, ValueError or AttributeError if it is not one)."""
+    meta = json.loads((path / "zarr.json").read_bytes())
+    if meta.get("node_type") != "group":
+        raise ValueError(f"node_type {meta.get('node_type')!r}, not 'group'")
+    return dict(meta.get("attributes") or {})
+
+
+def _store_attrs(check: _Checker, ref: StoreRef) -> dict | None:
+    """A derived store's attributes, or None after reporting why they cannot be used."""
+    meta_path = ref.path / "zarr.json"
+    try:
+        attrs = _group_attrs(ref.path)
+    except FileNotFoundError:
+        check.problem(ref, f"has no metadata ({meta_path} is missing)")
+        return None
+    except (OSError, ValueError, AttributeError) as e:
+        check.problem(ref, f"has unreadable metadata {meta_path} ({e})")
+        return None
+    if not attrs.get("complete"):
+        check.problem(ref, "is incomplete (the run writing it did not finish)")
+        return None
+    if not attrs.get("store_id"):
+        check.problem(ref, "has no store_id attribute (written by an older disktrain)")
+    return attrs
+
+
+def _link(check: _Checker, ref: StoreRef, attrs: dict, key: str, source: StoreRef,
+          source_key: str, source_attrs: dict) -> None:
+    """Report ``ref``'s ``attrs[key]`` unless it is ``source``'s ``source_key``."""
+    mine, theirs = attrs.get(key), source_attrs.get(source_key)
+    if mine != theirs:
+        check.problem(ref, f"was made from another {source.kind}: its {key} {mine!r} is not "
+                      f"the {source_key} {theirs!r} of {source.kind} {source.path}")
+
+
+def _per_element(array: _Array, index: tuple[int, ...]) -> range:
+    """Element ``i`` belongs to batch ``i`` (batch_packed)."""
+    return range(*array.span(index))
+
+
+def _bounds(array: _Array, index: tuple[int, ...]) -> range:
+    """Element ``i`` bounds batches ``i - 1`` and ``i`` (batch_rows, slot_offsets)."""
+    lo, hi = array.span(index)
+    return range(max(lo - 1, 0), min(hi, array.shape[0] - 1))
+
+
+class _Offsets:
+    """A one-chunk int64 offsets array (batch_rows, slot_offsets), read once it checked clean:
+    maps a chunk of the array it indexes (rows, slots) to batches."""
+
+    def __init__(self, check: _Checker, offsets: _Array | None):
+        self.check, self.offsets, self._values = check, offsets, None
+
+    def values(self) -> np.ndarray | None:
+        a = self.offsets
+        usable = (a is not None and a.checksummed and len(a.shape) == 1 and a.shape[0] >= 2
+                  and a.chunks == a.shape and a.dtype == np.dtype("<i8")
+                  and (a.ref.path, a.name) not in self.check.damaged)
+        if usable and self._values is None:
+            self._values = np.fromfile(a.key((0,)), a.dtype, count=a.shape[0])
+        return self._values if usable else None
+
+    def __call__(self, array: _Array, index: tuple[int, ...]) -> range | None:
+        """Batches ``b`` whose ``[offsets[b], offsets[b+1])`` meets chunk ``index``."""
+        values = self.values()
+        if values is None:
+            return None
+        lo, hi = array.span(index)
+        first = max(0, int(np.searchsorted(values, lo, side="right")) - 1)
+        last = min(len(values) - 2, int(np.searchsorted(values, hi, side="left")) - 1)
+        return range(first, last + 1)
+
+
+def _check_dataset(check: _Checker, path: Path) -> tuple[StoreRef, dict]:
+    """Queue the dataset's arrays; DataError if ``path`` is not a dataset at all."""
+    ref = dataset_ref(path)
+    try:
+        attrs = _group_attrs(path)
+    except FileNotFoundError:
+        raise DataError(f"{path}: not a dataset directory (no zarr.json)") from None
+    except (OSError, ValueError, AttributeError) as e:
+        raise DataError(f"{path}: not a dataset directory ({path / 'zarr.json'}: {e})") from None
+    version = attrs.get("format_version")
+    if not isinstance(version, int):
+        raise DataError(f"{path}: not a disktrain dataset (format_version {version!r})")
+    if version != FORMAT_VERSION:
+        check.problem(ref, f"has format_version {version}, not {FORMAT_VERSION} (written by "
+                      "another disktrain version; version 1 has no checksums)")
+    elif not attrs.get("dataset_id"):
+        check.problem(ref, "has no dataset_id attribute")
+    n, e, dim = attrs.get("num_nodes"), attrs.get("num_edges"), attrs.get("feature_dim")
+    check.add(ref, "indptr", (None if n is None else n + 1,))
+    check.add(ref, "indices", (e,))
+    check.add(ref, "features", (n, dim))
+    if attrs.get("num_classes") or (path / "labels").exists():
+        check.add(ref, "labels", (n,))
+    for split in SPLITS:
+        if (path / split).exists():
+            check.add(ref, split, (None,))
+    return ref, attrs
+
+
+def _check_samples(check: _Checker, ref: StoreRef, dataset: StoreRef,
+                   dataset_attrs: dict) -> dict | None:
+    """Queue the sample store's arrays; its attributes if usable."""
+    attrs = _store_attrs(check, ref)
+    if attrs is None:
+        return None
+    _link(check, ref, attrs, "dataset_id", dataset, "dataset_id", dataset_attrs)
+    try:
+        group_size = int(attrs["config"]["group_size"])
+        num_layers = len(attrs["config"]["fanouts"])
+        num_batches, num_groups = int(attrs["num_batches"]), int(attrs["num_groups"])
+    except (KeyError, TypeError, ValueError) as e:
+        check.problem(ref, f"has invalid attributes ({type(e).__name__}: {e})")
+        return None
+    if num_groups != -(-num_batches // group_size):
+        check.problem(ref, f"has num_groups {num_groups}, which does not fit num_batches "
+                      f"{num_batches} in groups of {group_size}")
+    check.add(ref, "access_counts", (dataset_attrs.get("num_nodes"),))
+    for g in range(num_groups):
+        batches = range(g * group_size, min((g + 1) * group_size, num_batches))
+        nb = len(batches)
+        shapes = {"node_offsets": (nb + 1,), "hop_counts": (nb, num_layers + 1),
+                  "edge_offsets": (nb * num_layers + 1,)}
+        for name in GROUP_ARRAYS:
+            check.add(ref, f"groups/g{g:06d}/{name}", shapes.get(name, (None,)),
+                      lambda _array, _index, batches=batches: batches)
+    return attrs
+
+
+def _check_packed(check: _Checker, ref: StoreRef, dataset: StoreRef, dataset_attrs: dict,
+                  samples: StoreRef, samples_attrs: dict | None) -> None:
+    """Queue the packed store's arrays after checking what it was made from."""
+    attrs = _store_attrs(check, ref)
+    if attrs is None:
+        return
+    _link(check, ref, attrs, "dataset_id", dataset, "dataset_id", dataset_attrs)
+    num_batches = num_inputs = None
+    if samples_attrs is not None:
+        _link(check, ref, attrs, "samples_id", samples, "store_id", samples_attrs)
+        _link(check, ref, attrs, "sample_config", samples, "config", samples_attrs)
+        num_batches = samples_attrs.get("num_batches")
+        num_inputs = samples_attrs.get("num_input_nodes")
+    elif not (samples.path / "zarr.json").exists():
+        check.problem(ref, f"has no sample store ({samples.path} is missing)")
+    n_gpu, n_cpu, dim = attrs.get("n_gpu"), attrs.get("n_cpu"), dataset_attrs.get("feature_dim")
+    bounds = None if num_batches is None else num_batches + 1
+    batch_rows = check.add(ref, "batch_rows", (bounds,), _bounds)
+    slot_offsets = check.add(ref, "slot_offsets", (bounds,), _bounds)
+    check.add(ref, "batch_packed", (num_batches,), _per_element)
+    check.add(ref, "rows", (attrs.get("padded_rows"), dim), _Offsets(check, batch_rows))
+    check.add(ref, "slots", (num_inputs,), _Offsets(check, slot_offsets))
+    cache = None if n_gpu is None or n_cpu is None else n_gpu + n_cpu
+    check.add(ref, "cache_rows", (cache, dim))
+    check.add(ref, "gpu_nodes", (n_gpu,))
+    check.add(ref, "cpu_nodes", (n_cpu,))
+
+
+def verify(dataset_dir: str | os.PathLike, progress: bool = False) -> Report:
+    """Check the dataset at ``dataset_dir`` and its sample and packed stores, if present.
+
+    Raises :class:`~disktrain.errors.DataError` only if ``dataset_dir`` is not a dataset;
+    every problem found is in the returned :class:`Report`. ``progress`` shows a bar over
+    the bytes to read (on stderr).
+    """
+    path = Path(dataset_dir)
+    report = Report(path)
+    check = _Checker(report)
+    dataset, dataset_attrs = _check_dataset(check, path)
+    report.stores.append("dataset")
+    samples, packed = samples_ref(path / "samples"), packed_ref(path / "packed")
+    samples_attrs = None
+    if samples.path.exists():
+        report.stores.append("sample store")
+        samples_attrs = _check_samples(check, samples, dataset, dataset_attrs)
+    if packed.path.exists():
+        report.stores.append("packed store")
+        _check_packed(check, packed, dataset, dataset_attrs, samples, samples_attrs)
+    check.run(progress)
+    check.name_batches()
+    return report
