@@ -150,6 +150,12 @@ def _add_synth(subparsers) -> None:
                    help="number of classes (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0, metavar="S",
                    help="random seed (default: %(default)s)")
+    for split, default in (("train", 0.6), ("val", 0.2), ("test", 0.2)):
+        p.add_argument(f"--{split}-fraction", dest=f"{split}_fraction", type=float,
+                       default=default, metavar="P",
+                       help=f"share of the nodes in the {split} split (default: %(default)s)")
+    p.add_argument("--feature-dtype", dest="feature_dtype", choices=("float32", "float16"),
+                   default="float32", help="stored feature type (default: %(default)s)")
     p.add_argument("--overwrite", action="store_true", help="replace DIR if it exists")
     _add_progress(p)
     p.set_defaults(func=_run_synth)

@@ -12,7 +12,7 @@ from disktrain.cli import build_parser, main
 from disktrain.ingest import IngestConfig
 
 
-@pytest.mark.parametrize("command", [[], ["ingest"], ["synth"], ["info"]])
+@pytest.mark.parametrize("command", [[], ["ingest"], ["synth"], ["info"], ["verify"]])
 def test_help(capsys, command):
     with pytest.raises(SystemExit) as exit_info:
         main([*command, "--help"])
@@ -83,3 +83,30 @@ def test_an_internal_value_error_keeps_its_traceback(tmp_path, monkeypatch):
     monkeypatch.setattr("disktrain.train.train", broken)
     with pytest.raises(ValueError, match="an internal bug"):
         main(["train", str(tmp_path), "--no-progress"])
+
+
+def test_synth_split_fractions_and_feature_dtype(tmp_path, capsys):
+    out = tmp_path / "g"
+    assert main(["synth", "--out", str(out), "--nodes", "1000", "--feature-dim", "4",
+                 "--train-fraction", "0.05", "--val-fraction", "0.01", "--test-fraction",
+                 "0.02", "--feature-dtype", "float16", "--no-progress"]) == 0
+    capsys.readouterr()
+    assert main(["info", str(out), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["splits"] == {"train": 50, "val": 10, "test": 20}
+    assert info["feature_dtype"] == "float16"
+
+
+def test_train_says_when_it_reuses_pre_sampled_epochs(tmp_path, capsys):
+    ds = tmp_path / "g"
+    assert main(["synth", "--out", str(ds), "--nodes", "400", "--feature-dim", "4",
+                 "--no-progress"]) == 0
+    assert main(["prepare", str(ds), "--fanouts", "2", "--batch-size", "64", "--epochs", "1",
+                 "--no-progress"]) == 0
+    capsys.readouterr()
+    assert main(["train", str(ds), "--epochs", "2", "--hidden", "8", "--no-progress"]) == 0
+    captured = capsys.readouterr()
+    result = json.loads(captured.out.strip().splitlines()[-1])
+    assert "holds 1 pre-sampled epoch(s) for 2 training epochs" in captured.err
+    assert (result["sampled_epochs"], result["reused_sampled_epochs"]) == (1, True)
+    assert 0.5 < result["wall_share"]["compute"] + result["wall_share"]["wait"] <= 1.0

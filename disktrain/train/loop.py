@@ -184,6 +184,12 @@ def _train(cfg: TrainConfig, env: DistEnv, device: torch.device, assemble_thread
 
     samples = loader.samples
     sampled_epochs = samples.num_batches // samples.batches_per_epoch
+    reuses = cfg.epochs > sampled_epochs
+    if reuses and env.is_main:
+        print(f"disktrain: warning: {cfg.dataset} holds {sampled_epochs} pre-sampled "
+              f"epoch(s) for {cfg.epochs} training epochs: batches are reused "
+              f"(--plan-reuse {cfg.plan_reuse}); `disktrain prepare --epochs {cfg.epochs}` "
+              "samples every epoch afresh", file=sys.stderr)
     for epoch in range(start_epoch, cfg.epochs):
         ids = epoch_batches(epoch, cfg.seed, sampled_epochs, samples.batches_per_epoch,
                             cfg.plan_reuse)
@@ -256,5 +262,11 @@ def _train(cfg: TrainConfig, env: DistEnv, device: torch.device, assemble_thread
             "resumed_at": resumed_at,
             "compute_threads": torch.get_num_threads(),
             "params_sha256": params_digest(model.state_dict()),
+            "sampled_epochs": sampled_epochs, "reused_sampled_epochs": reuses,
+            # per epoch: seconds summed over batches; read/assemble/copy run on loader
+            # threads under compute, so only compute + wait (the main thread) add up to wall
             "stage_s": {k: float(np.mean([r[f"{k}_s"] for r in history]))
-                        for k in (*STAGES, "compute", "wait")} if history else {}}
+                        for k in (*STAGES, "compute", "wait")} if history else {},
+            "wall_share": {k: float(np.mean([r[f"{k}_s"] / r["epoch_time_s"]
+                                             for r in history]))
+                           for k in ("compute", "wait")} if history else {}}
