@@ -3,8 +3,10 @@
 A group of batches is packed in one ascending pass over the raw features. Each batch packs
 its uncached rows as two runs, each in ascending node id (the last-hop-only rows, then the
 rest), so every raw range read extends each run that needs rows from it, and a batch's
-chunks are finished (checksummed and written) as they fill. Memory per batch: its packed
-ids and at most two chunk buffers.
+chunks are finished as they fill: rows are gathered straight into page-aligned chunk
+buffers, which a :class:`~disktrain.pack.store.ChunkWriter` thread checksums and writes
+(past the page cache where it can) while the next raw range is read. Memory per batch: its
+packed ids and at most two chunk buffers, plus the writer's bounded queue.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from disktrain.dataset import (
 )
 from disktrain.diskspace import disk_full_errors, packed_store_bytes, require_free
 from disktrain.errors import DataError
-from disktrain.pack.store import STORE, PackedStore, packed_ref, write_chunk
+from disktrain.pack.store import STORE, ChunkWriter, PackedStore, packed_ref
 from disktrain.pack.tiers import NOT_CACHED, Tiers, assign_tiers, cache_rows_to_fit, rows_for_bytes
 from disktrain.sample.store import SampleStore, group_name
 
@@ -84,6 +86,13 @@ def _batch_slots(codes: np.ndarray, nodes: np.ndarray, inner: int,
     return slots, [nodes[run] for run in runs]
 
 
+def _sorted_unique(ids: np.ndarray) -> np.ndarray:
+    """The distinct values of ``ids``, ascending (a sort: faster than ``np.unique``'s hash
+    table on millions of ids)."""
+    ids = np.sort(ids)
+    return ids[np.concatenate(([True], ids[1:] != ids[:-1]))] if len(ids) else ids
+
+
 def _groups(batch_packed: np.ndarray, chunk_bytes: int, group_bytes: int) -> list[range]:
     """Consecutive batches whose packing state (ids + one chunk buffer) fits ``group_bytes``."""
     out, start, acc = [], 0, 0
@@ -99,28 +108,35 @@ def _groups(batch_packed: np.ndarray, chunk_bytes: int, group_bytes: int) -> lis
 
 
 class _BatchWriter:
-    """Writes one batch's packed rows, arriving as runs at any offsets, chunk by chunk.
+    """Gathers one batch's packed rows, arriving as runs at any offsets, into chunk buffers.
 
-    A chunk is checksummed and written once all its real rows have arrived (padding is 0).
+    A chunk is handed to the :class:`ChunkWriter` once all its real rows have arrived (its
+    padding rows are zeroed then).
     """
 
-    def __init__(self, root: Path, first_chunk: int, num_rows: int, chunk_rows: int,
+    def __init__(self, chunks: ChunkWriter, first_chunk: int, num_rows: int, chunk_rows: int,
                  dim: int, dtype):
-        self.root, self.first, self.num_rows = root, first_chunk, num_rows
+        self.chunks, self.first, self.num_rows = chunks, first_chunk, num_rows
         self.chunk_rows, self.shape, self.dtype = chunk_rows, (chunk_rows, dim), dtype
-        self.pending: dict[int, list] = {}  # chunk -> [buffer, rows filled]
+        self.pending: dict[int, list] = {}  # chunk -> [buffer, rows view, rows filled]
 
-    def write(self, at: int, rows: np.ndarray) -> None:
-        while len(rows):
+    def write(self, at: int, source: np.ndarray, take: np.ndarray) -> None:
+        """Rows ``source[take]`` are packed rows ``at`` onwards."""
+        while len(take):
             k, r0 = divmod(at, self.chunk_rows)
-            n = min(len(rows), self.chunk_rows - r0)
-            entry = self.pending.setdefault(k, [np.zeros(self.shape, self.dtype), 0])
-            entry[0][r0:r0 + n] = rows[:n]
-            entry[1] += n
-            if entry[1] == min(self.chunk_rows, self.num_rows - k * self.chunk_rows):
-                write_chunk(self.root, self.first + k, entry[0])
+            n = min(len(take), self.chunk_rows - r0)
+            entry = self.pending.get(k)
+            if entry is None:
+                buf = self.chunks.buffer()
+                entry = self.pending[k] = [buf, buf.view(self.dtype).reshape(self.shape), 0]
+            np.take(source, take[:n], axis=0, out=entry[1][r0:r0 + n], mode="clip")
+            entry[2] += n
+            real = min(self.chunk_rows, self.num_rows - k * self.chunk_rows)
+            if entry[2] == real:
+                entry[1][real:] = 0
+                self.chunks.submit(self.first + k, entry[0])
                 del self.pending[k]
-            rows, at = rows[n:], at + n
+            take, at = take[n:], at + n
 
 
 class GroupPacker:
@@ -145,8 +161,8 @@ class GroupPacker:
         self.n_cpu = len(small["cpu_nodes"])
         self.codes = Tiers(small["gpu_nodes"], small["cpu_nodes"]).codes(self.dataset.num_nodes)
         self.batch_packed = small["batch_packed"]
-        chunk_bytes = self.chunk_rows * self.dim * np.dtype(self.dtype).itemsize
-        self.groups = _groups(self.batch_packed, chunk_bytes, cfg.group_bytes)
+        self.chunk_bytes = self.chunk_rows * self.dim * np.dtype(self.dtype).itemsize
+        self.groups = _groups(self.batch_packed, self.chunk_bytes, cfg.group_bytes)
         open_flat_array(self.partial, "slots", ref=ref)  # validates its size
         self._slots_file = chunk_file(self.partial / "slots", 0)
 
@@ -154,24 +170,25 @@ class GroupPacker:
         """Write group ``group``'s chunks and slots, then its ``done`` marker."""
         batches = self.groups[group]
         slots, runs = [], []  # runs: (writer, first row, ascending ids)
-        for b in batches:
-            s, (outer, inner) = _batch_slots(self.codes, self.samples.input_nodes(b),
-                                             self.samples.inner_count(b), self.n_cpu)
-            slots.append(s)
-            writer = _BatchWriter(self.partial, int(self.batch_rows[b]) // self.chunk_rows,
-                                  len(outer) + len(inner), self.chunk_rows, self.dim,
-                                  self.dtype)
-            runs += [(writer, 0, outer), (writer, len(outer), inner)]
-        needed = np.unique(np.concatenate([ids for _, _, ids in runs]))
-        done = np.zeros(len(runs), np.int64)  # rows of each run written so far
-        for i, j, rows in self.dataset.iter_sorted(needed):
-            last = needed[j - 1]
-            for k, (writer, first, ids) in enumerate(runs):
-                end = int(np.searchsorted(ids, last, side="right"))
-                if end > done[k]:
-                    writer.write(first + int(done[k]),
-                                 rows[np.searchsorted(needed[i:j], ids[done[k]:end])])
-                    done[k] = end
+        with ChunkWriter(self.partial, self.chunk_bytes) as chunks:
+            for b in batches:
+                s, (outer, inner) = _batch_slots(self.codes, self.samples.input_nodes(b),
+                                                 self.samples.inner_count(b), self.n_cpu)
+                slots.append(s)
+                writer = _BatchWriter(chunks, int(self.batch_rows[b]) // self.chunk_rows,
+                                      len(outer) + len(inner), self.chunk_rows, self.dim,
+                                      self.dtype)
+                runs += [(writer, 0, outer), (writer, len(outer), inner)]
+            needed = _sorted_unique(np.concatenate([ids for _, _, ids in runs]))
+            done = np.zeros(len(runs), np.int64)  # rows of each run written so far
+            for i, j, rows in self.dataset.iter_sorted(needed):
+                last = needed[j - 1]
+                for k, (writer, first, ids) in enumerate(runs):
+                    end = int(np.searchsorted(ids, last, side="right"))
+                    if end > done[k]:
+                        writer.write(first + int(done[k]), rows,
+                                     np.searchsorted(needed[i:j], ids[done[k]:end]))
+                        done[k] = end
         raw = np.concatenate(slots).astype("<i8", copy=False).tobytes()
         if raw:
             fd = os.open(self._slots_file, os.O_WRONLY)
