@@ -57,7 +57,7 @@ def _chunk(ds: Path, array: str) -> Path:
         batch_rows = np.frombuffer((ds / "packed/batch_rows/c/0").read_bytes()[:-4], "<i8")
         chunk_rows = json.loads((store / "rows/zarr.json").read_bytes())[
             "chunk_grid"]["configuration"]["chunk_shape"][0]
-        return store / "rows" / "c" / str(int(batch_rows[3]) // chunk_rows) / "0"
+        return store / "rows" / f"c.{int(batch_rows[3]) // chunk_rows}.0"
     (path,) = [p for p in (store / array / "c").rglob("*") if p.is_file()]
     return path
 

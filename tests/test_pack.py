@@ -78,7 +78,7 @@ def test_corrupted_or_truncated_chunk_names_batch_and_file(tmp_path):
     data[5] ^= 0xFF
     f.write_bytes(bytes(data))
     with pytest.raises(CorruptDataError, match=rf"packed store .*'rows' \(batch {b}\): chunk "
-                       rf"file .*{chunk}/0 failed its crc32c.*rerun disktrain prepare"):
+                       rf"file .*c\.{chunk}\.0 failed its crc32c.*rerun disktrain prepare"):
         packed.read_packed(b)
     f.write_bytes(bytes(data[:-10]))
     with pytest.raises(CorruptDataError, match="truncated"):

@@ -56,7 +56,7 @@ def _store(array: str) -> tuple[str, str]:
 
 
 def _chunk_files(array_dir: Path) -> list[Path]:
-    return sorted(p for p in (array_dir / "c").rglob("*") if p.is_file())
+    return sorted(p for p in array_dir.rglob("*") if p.is_file() and p.name != "zarr.json")
 
 
 def _target(ds: Path, array: str) -> tuple[Path, range | None]:
@@ -66,7 +66,7 @@ def _target(ds: Path, array: str) -> tuple[Path, range | None]:
         batch_rows = np.frombuffer((ds / "packed/batch_rows/c/0").read_bytes()[:-4], "<i8")
         chunk_rows = json.loads((array_dir / "zarr.json").read_bytes())[
             "chunk_grid"]["configuration"]["chunk_shape"][0]
-        return array_dir / "c" / str(int(batch_rows[3]) // chunk_rows) / "0", range(3, 4)
+        return array_dir / f"c.{int(batch_rows[3]) // chunk_rows}.0", range(3, 4)
     files = _chunk_files(array_dir)
     assert len(files) == 1, files
     num_batches = json.loads((ds / "samples/zarr.json").read_bytes())["attributes"]["num_batches"]

@@ -35,7 +35,7 @@ from disktrain.dataset import (
 )
 from disktrain.diskspace import disk_full_errors, packed_store_bytes, require_free
 from disktrain.errors import DataError
-from disktrain.pack.store import STORE, ChunkWriter, PackedStore, packed_ref
+from disktrain.pack.store import ROWS_KEY_ENCODING, STORE, ChunkWriter, PackedStore, packed_ref
 from disktrain.pack.tiers import NOT_CACHED, Tiers, assign_tiers, cache_rows_to_fit, rows_for_bytes
 from disktrain.sample.store import SampleStore, group_name
 
@@ -216,7 +216,8 @@ def _lay_out(partial: Path, attrs: dict, dataset: Dataset, tiers, rows_shape: tu
     root = zarr.open_group(partial, mode="w")
     root.attrs.update(attrs)
     root.create_array("rows", shape=rows_shape, dtype=feat_dtype,
-                      chunks=(chunk_rows, dim), fill_value=0, compressors=CHECKSUM)
+                      chunks=(chunk_rows, dim), fill_value=0, compressors=CHECKSUM,
+                      chunk_key_encoding=ROWS_KEY_ENCODING)
     write_small_array(root, "batch_rows", batch_rows)
     write_small_array(root, "batch_packed", n_packed)
     write_small_array(root, "slot_offsets", slot_offsets)

@@ -4,8 +4,10 @@ Layout (a Zarr v3 group at ``DATASET/packed``)::
 
     zarr.json       attrs: configs, counts, duplication factor, complete, store_id and the
                     samples_id / dataset_id of the sample store and dataset it was made from
-    rows            (R, F) packed rows; chunks of ``chunk_rows`` rows with a crc32c codec;
-                    every batch starts on a chunk boundary, so one batch = whole chunks
+    rows            (R, F) packed rows; chunks of ``chunk_rows`` rows with a crc32c codec,
+                    files ``rows/c.K.0`` (Zarr's default key encoding with separator ".":
+                    no directory per chunk); every batch starts on a chunk boundary, so one
+                    batch = whole chunks
     batch_rows      int64 (B+1,) first packed row of each batch (chunk-aligned)
     batch_packed    int64 (B,)   real (unpadded) packed rows of each batch
     slots           int64        per input row of every batch: -1-s = GPU cache row s,
@@ -36,7 +38,7 @@ import numpy as np
 import zarr
 
 from disktrain.checksum import CRC_BYTES, StoreRef, crc_bytes
-from disktrain.dataset import chunk_file, open_flat_array, read_small_array
+from disktrain.dataset import open_flat_array, read_small_array
 from disktrain.diskspace import disk_full_errors
 from disktrain.errors import DataError
 from disktrain.sample.store import SampleStore
@@ -49,9 +51,13 @@ def packed_ref(path: str | Path) -> StoreRef:
     return StoreRef("packed store", Path(path), f"remove {path} and rerun disktrain prepare")
 
 
+ROWS_KEY_ENCODING = {"name": "default", "configuration": {"separator": "."}}
+"""Packed chunks are files ``rows/c.K.0`` side by side: one file per chunk, no directory."""
+
+
 def chunk_path(root: Path, chunk: int) -> Path:
     """The file of packed chunk ``chunk`` (rows ``chunk * chunk_rows`` onwards)."""
-    return chunk_file(root / "rows", chunk, 0)
+    return root / "rows" / f"c.{chunk}.0"
 
 
 DIRECT_ALIGN = 4096
@@ -237,7 +243,7 @@ class PackedStore:
         self._slots = open_flat_array(self.path, "slots", verify=True, ref=self.ref)
         self._cache_rows: np.ndarray | None = None
         self._chunk_bytes = self.chunk_rows * self.feature_dim * self.dtype.itemsize
-        self._chunk_prefix = str(chunk_path(self.path, 0))[:-len("0/0")]
+        self._chunk_prefix = str(chunk_path(self.path, 0))[:-len("0.0")]
 
     def _check_made_from(self, samples: SampleStore) -> None:
         """Refuse a packed store that was not made from ``samples`` (and its dataset)."""
@@ -284,7 +290,7 @@ class PackedStore:
         crc = bytearray(CRC_BYTES)
         first = start // self.chunk_rows
         for i, chunk in enumerate(range(first, stop // self.chunk_rows)):
-            path = f"{self._chunk_prefix}{chunk}/0"  # chunk_path, without pathlib per chunk
+            path = f"{self._chunk_prefix}{chunk}.0"  # chunk_path, without pathlib per chunk
             view = flat[i * self._chunk_bytes:(i + 1) * self._chunk_bytes]
             try:
                 fd = os.open(path, os.O_RDONLY)
