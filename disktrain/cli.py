@@ -276,19 +276,19 @@ def _add_prepare(subparsers) -> None:
 
 def _run_prepare(args: argparse.Namespace) -> int:
     from disktrain.pack import PackConfig, pack_dataset
-    from disktrain.sample import SampleConfig, sample_dataset
+    from disktrain.sample import SampleConfig, SampleStore, sample_dataset
 
     sample_cfg, pack_cfg = _config(SampleConfig, args), _config(PackConfig, args)
     if args.ray_address:
         from disktrain.cluster.ray_prepare import prepare_on_ray
 
-        prepare_on_ray(args.dataset, sample_cfg, pack_cfg, args.ray_address,
-                       progress=args.progress)
+        packed = prepare_on_ray(args.dataset, sample_cfg, pack_cfg, args.ray_address,
+                                progress=args.progress)
     else:
         sample_dataset(args.dataset, sample_cfg, progress=args.progress)
-        pack_dataset(args.dataset, pack_cfg, progress=args.progress)
-    info = dataset_info(args.dataset)
-    print(json.dumps({"samples": info["samples"], "packed": info["packed"]}))
+        packed = pack_dataset(args.dataset, pack_cfg, progress=args.progress)
+    # the stores just made (opening the packed store again would re-check all of `slots`)
+    print(json.dumps({"samples": SampleStore(args.dataset).info(), "packed": packed.info()}))
     return 0
 
 

@@ -82,14 +82,12 @@ def write_chunk(root: Path, chunk: int, data: np.ndarray) -> None:
     crc = crc_bytes(raw)
     path = chunk_path(root, chunk)
     with disk_full_errors(path):
-        try:
-            os.mkdir(path.parent)
-        except FileExistsError:
-            pass
-        except FileNotFoundError:
-            path.parent.mkdir(parents=True, exist_ok=True)
         direct = len(raw) - len(raw) % DIRECT_ALIGN if raw.ctypes.data % DIRECT_ALIGN == 0 else 0
-        fd = _open_for_write(path, direct=direct > 0)
+        try:
+            fd = _open_for_write(path, direct=direct > 0)
+        except FileNotFoundError:  # no rows/ yet: a store not laid out by pack_dataset
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd = _open_for_write(path, direct=direct > 0)
         try:
             if direct:
                 direct = _write_direct(fd, raw[:direct])
