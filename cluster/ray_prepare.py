@@ -21,6 +21,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from disktrain.pack import PackConfig, PackedStore, pack_dataset
+from disktrain.prepare import prepare_eval
 from disktrain.sample import SampleConfig, sample_dataset
 
 from .head import init_ray
@@ -32,19 +33,26 @@ task's opening of the dataset."""
 
 def prepare_on_ray(dataset_path: str | Path, sample_cfg: SampleConfig,
                    pack_cfg: PackConfig | None = None, address: str | None = None, *,
-                   progress: bool = True) -> PackedStore:
-    """Sample then pack the dataset at ``dataset_path`` with Ray tasks; return the store.
+                   progress: bool = True, evaluation: bool = True,
+                   eval_batch_size: int | None = None
+                   ) -> tuple[PackedStore, dict[str, PackedStore]]:
+    """Sample then pack the dataset at ``dataset_path`` with Ray tasks, and (``evaluation``)
+    its val and test batches; return the training store and the evaluation stores.
 
     ``address``: "auto", a GCS address, or None (RAY_ADDRESS if set, else a local Ray
     bound to 127.0.0.1 for this call). ``pack_cfg`` defaults to ``PackConfig()``. Resumes
     like the single-process commands.
     """
     started = init_ray(address)
+    run_sample = partial(_run, _sample_groups, "sample", progress)
+    run_pack = partial(_run, _pack_groups, "pack", progress)
     try:
-        sample_dataset(dataset_path, sample_cfg, progress,
-                       run_groups=partial(_run, _sample_groups, "sample", progress))
-        return pack_dataset(dataset_path, pack_cfg or PackConfig(), progress,
-                            run_groups=partial(_run, _pack_groups, "pack", progress))
+        sample_dataset(dataset_path, sample_cfg, progress, run_groups=run_sample)
+        packed = pack_dataset(dataset_path, pack_cfg or PackConfig(), progress,
+                              run_groups=run_pack)
+        stores = (prepare_eval(dataset_path, eval_batch_size, progress, run_sample, run_pack)
+                  if evaluation else {})
+        return packed, stores
     finally:
         if started:
             import ray
@@ -90,7 +98,7 @@ def _sample_groups(dataset_path: str, cfg: SampleConfig, groups: list[int],
     from disktrain.sample.store import sample_group
 
     dataset = Dataset(dataset_path)
-    plan = SamplePlan(cfg, dataset.split("train"))
+    plan = SamplePlan.of(dataset, cfg)
     for g in groups:
         sample_group(dataset, plan, g, Path(groups_dir))
     return len(groups)

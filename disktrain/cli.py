@@ -267,6 +267,12 @@ def _add_prepare(subparsers) -> None:
                    metavar="BYTES", help="refuse to pack more than this; says what would fit")
     p.add_argument("--chunk-bytes", dest="chunk_bytes", type=parse_bytes, default=256 << 10,
                    metavar="BYTES", help="bytes per packed chunk file (default: 256K)")
+    p.add_argument("--eval", dest="evaluation", action=argparse.BooleanOptionalAction,
+                   default=True, help="also sample the val and test seeds once and pack their "
+                   "rows (DATASET/eval/), so training evaluates on the packed path "
+                   "(default: yes)")
+    p.add_argument("--eval-batch-size", dest="eval_batch_size", type=int, metavar="N",
+                   help="seeds per evaluation batch (default: --batch-size)")
     p.add_argument("--ray-address", dest="ray_address", metavar="ADDR",
                    help="run sampling and packing groups as Ray tasks on this cluster "
                    "('auto' inside a Ray job)")
@@ -276,19 +282,27 @@ def _add_prepare(subparsers) -> None:
 
 def _run_prepare(args: argparse.Namespace) -> int:
     from disktrain.pack import PackConfig, pack_dataset
+    from disktrain.prepare import prepare_eval
     from disktrain.sample import SampleConfig, SampleStore, sample_dataset
 
     sample_cfg, pack_cfg = _config(SampleConfig, args), _config(PackConfig, args)
+    if args.eval_batch_size is not None and args.eval_batch_size < 1:
+        raise ConfigError(f"--eval-batch-size must be >= 1, got {args.eval_batch_size}")
     if args.ray_address:
         from disktrain.cluster.ray_prepare import prepare_on_ray
 
-        packed = prepare_on_ray(args.dataset, sample_cfg, pack_cfg, args.ray_address,
-                                progress=args.progress)
+        packed, evaluation = prepare_on_ray(args.dataset, sample_cfg, pack_cfg,
+                                            args.ray_address, progress=args.progress,
+                                            evaluation=args.evaluation,
+                                            eval_batch_size=args.eval_batch_size)
     else:
         sample_dataset(args.dataset, sample_cfg, progress=args.progress)
         packed = pack_dataset(args.dataset, pack_cfg, progress=args.progress)
+        evaluation = (prepare_eval(args.dataset, args.eval_batch_size, args.progress)
+                      if args.evaluation else {})
     # the stores just made (opening the packed store again would re-check all of `slots`)
-    print(json.dumps({"samples": SampleStore(args.dataset).info(), "packed": packed.info()}))
+    print(json.dumps({"samples": SampleStore(args.dataset).info(), "packed": packed.info(),
+                      "eval": {split: store.info() for split, store in evaluation.items()}}))
     return 0
 
 
@@ -311,11 +325,21 @@ def _add_train(subparsers) -> None:
     p.add_argument("--input-dropout", dest="input_dropout", type=float, default=0.0)
     p.add_argument("--lr", type=float, default=0.01)
     p.add_argument("--weight-decay", dest="weight_decay", type=float, default=5e-4)
-    p.add_argument("--plan-reuse", dest="plan_reuse", choices=("cycle", "pool"),
-                   default="cycle", help="cycle: epoch e uses pre-sampled epoch e mod E; "
-                   "pool: each epoch draws from every pre-sampled batch")
+    p.add_argument("--plan-reuse", dest="plan_reuse", choices=("fresh", "cycle", "pool"),
+                   default="fresh", help="epochs beyond the E pre-sampled ones. fresh: each "
+                   "is sampled and packed in the background while the one before trains; "
+                   "cycle: epoch e reuses pre-sampled epoch e mod E; pool: each epoch draws "
+                   "from every pre-sampled batch (default: %(default)s)")
+    p.add_argument("--prepare-ahead", dest="prepare_ahead", type=int, default=1, metavar="K",
+                   help="with --plan-reuse fresh: epochs prepared ahead of the one training, "
+                   "each on disk until trained (default: %(default)s)")
+    p.add_argument("--eval", dest="evaluation", choices=("auto", "packed", "online"),
+                   default="auto", help="packed: val/test batches as `prepare` packed them; "
+                   "online: sampled now, features read from the raw array; auto: packed "
+                   "where prepared (default: %(default)s)")
     p.add_argument("--eval-every", dest="eval_every", type=int, default=1)
-    p.add_argument("--eval-batch-size", dest="eval_batch_size", type=int, default=4096)
+    p.add_argument("--eval-batch-size", dest="eval_batch_size", type=int, default=4096,
+                   help="seeds per batch of online evaluation (default: %(default)s)")
     p.add_argument("--device", default="cpu", help="cpu, cuda (this worker's GPU), cuda:N")
     p.add_argument("--prefetch", type=int, default=2, help="batches in flight per stage")
     p.add_argument("--read-threads", dest="read_threads", type=int, default=2)

@@ -98,6 +98,8 @@ class FeatureCaches:
     """The GPU tier (on the device; a CPU tensor without a GPU) and the CPU tier."""
 
     def __init__(self, packed: PackedStore, device: torch.device):
+        self.tiers_id = packed.tiers_id
+        """Packed stores with this ``tiers_id`` are served by these caches."""
         rows = np.asarray(packed.cache_rows())
         self.gpu = torch.from_numpy(np.array(rows[:packed.n_gpu])).to(device)
         self.cpu = np.array(rows[packed.n_gpu:])
@@ -106,17 +108,34 @@ class FeatureCaches:
 
 
 class PackedLoader:
-    """Iterate pre-sampled batches of a prepared dataset through the staged pipeline."""
+    """Iterate pre-sampled batches of a prepared dataset through the staged pipeline.
 
-    def __init__(self, dataset_path: str | Path, cfg: LoaderConfig = LoaderConfig()):
+    ``root``: the directory of the sample and packed stores read (default: the dataset's
+    training batches; see :mod:`disktrain.layout`).
+    """
+
+    def __init__(self, dataset_path: str | Path, cfg: LoaderConfig = LoaderConfig(),
+                 root: str | Path | None = None):
         self.cfg = cfg
         self.device = torch.device(cfg.device)
         self.dataset = Dataset(dataset_path)
-        self.samples = SampleStore(dataset_path, verify=cfg.verify)
-        self.packed = PackedStore(dataset_path, verify=cfg.verify)
+        self.samples = SampleStore(dataset_path, verify=cfg.verify, root=root)
+        self.packed = PackedStore(dataset_path, verify=cfg.verify, root=root)
         self.caches = FeatureCaches(self.packed, self.device)
         self.labels = torch.from_numpy(np.asarray(self.dataset.labels, np.int64))
         self._pin = self.device.type == "cuda"
+
+    def sibling(self, root: str | Path) -> PackedLoader:
+        """A loader of the stores at ``root`` (same dataset and config) sharing this one's
+        dataset, labels and, when the stores have the same cache rows, its caches."""
+        other = object.__new__(PackedLoader)
+        other.cfg, other.device, other.dataset = self.cfg, self.device, self.dataset
+        other.labels, other._pin = self.labels, self._pin
+        other.samples = SampleStore(self.dataset.path, verify=self.cfg.verify, root=root)
+        other.packed = PackedStore(self.dataset.path, verify=self.cfg.verify, root=root)
+        other.caches = (self.caches if other.packed.tiers_id == self.caches.tiers_id
+                        else FeatureCaches(other.packed, self.device))
+        return other
 
     @property
     def num_batches(self) -> int:

@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 from disktrain.checksum import CRC_BYTES, StoreRef
 from disktrain.dataset import FORMAT_VERSION, SPLITS, dataset_ref
 from disktrain.errors import DataError
+from disktrain.layout import EVAL_SPLITS, epoch_root, eval_root
 from disktrain.pack.store import packed_ref
 from disktrain.sample.store import samples_ref
 
@@ -443,11 +444,12 @@ def _check_samples(check: _Checker, ref: StoreRef, dataset: StoreRef,
 
 
 def _check_packed(check: _Checker, ref: StoreRef, dataset: StoreRef, dataset_attrs: dict,
-                  samples: StoreRef, samples_attrs: dict | None) -> None:
-    """Queue the packed store's arrays after checking what it was made from."""
+                  samples: StoreRef, samples_attrs: dict | None) -> dict | None:
+    """Queue the packed store's arrays after checking what it was made from; its
+    attributes if usable."""
     attrs = _store_attrs(check, ref)
     if attrs is None:
-        return
+        return None
     _link(check, ref, attrs, "dataset_id", dataset, "dataset_id", dataset_attrs)
     num_batches = num_inputs = None
     if samples_attrs is not None:
@@ -468,6 +470,20 @@ def _check_packed(check: _Checker, ref: StoreRef, dataset: StoreRef, dataset_att
     check.add(ref, "cache_rows", (cache, dim))
     check.add(ref, "gpu_nodes", (n_gpu,))
     check.add(ref, "cpu_nodes", (n_cpu,))
+    return attrs
+
+
+def _roots(path: Path) -> list[tuple[str, Path]]:
+    """(label, root) of every set of prepared stores under the dataset at ``path``: the
+    training root, the evaluation roots, the fresh epochs prepared during training."""
+    roots = [("", path)]
+    roots += [(f"{split} ", eval_root(path, split)) for split in EVAL_SPLITS
+              if eval_root(path, split).exists()]
+    epochs = epoch_root(path, 0).parent
+    if epochs.exists():
+        roots += [(f"epoch {p.name[1:].lstrip('0') or '0'} ", p)
+                  for p in sorted(epochs.iterdir()) if p.is_dir()]
+    return roots
 
 
 def verify(dataset_dir: str | os.PathLike, progress: bool = False) -> Report:
@@ -482,14 +498,25 @@ def verify(dataset_dir: str | os.PathLike, progress: bool = False) -> Report:
     check = _Checker(report)
     dataset, dataset_attrs = _check_dataset(check, path)
     report.stores.append("dataset")
-    samples, packed = samples_ref(path / "samples"), packed_ref(path / "packed")
-    samples_attrs = None
-    if samples.path.exists():
-        report.stores.append("sample store")
-        samples_attrs = _check_samples(check, samples, dataset, dataset_attrs)
-    if packed.path.exists():
-        report.stores.append("packed store")
-        _check_packed(check, packed, dataset, dataset_attrs, samples, samples_attrs)
+    train_packed = train_attrs = None
+    for label, root in _roots(path):
+        samples, packed = samples_ref(root / "samples"), packed_ref(root / "packed")
+        samples_attrs = None
+        if samples.path.exists():
+            report.stores.append(f"{label}sample store")
+            samples_attrs = _check_samples(check, samples, dataset, dataset_attrs)
+        if not packed.path.exists():
+            continue
+        report.stores.append(f"{label}packed store")
+        attrs = _check_packed(check, packed, dataset, dataset_attrs, samples, samples_attrs)
+        if not label:
+            train_packed, train_attrs = packed, attrs
+        elif attrs is not None and attrs.get("tiers_from") is not None:
+            if not (path / "packed").exists():
+                check.problem(packed, f"uses the caches of the packed store {path / 'packed'}, "
+                              "which is missing")
+            elif train_attrs is not None:  # else its problem is reported already
+                _link(check, packed, attrs, "tiers_from", train_packed, "store_id", train_attrs)
     check.run(progress)
     check.name_batches()
     return report

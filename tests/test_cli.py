@@ -104,9 +104,18 @@ def test_train_says_when_it_reuses_pre_sampled_epochs(tmp_path, capsys):
     assert main(["prepare", str(ds), "--fanouts", "2", "--batch-size", "64", "--epochs", "1",
                  "--no-progress"]) == 0
     capsys.readouterr()
-    assert main(["train", str(ds), "--epochs", "2", "--hidden", "8", "--no-progress"]) == 0
+    assert main(["train", str(ds), "--epochs", "2", "--hidden", "8", "--no-progress",
+                 "--plan-reuse", "cycle"]) == 0
     captured = capsys.readouterr()
     result = json.loads(captured.out.strip().splitlines()[-1])
     assert "holds 1 pre-sampled epoch(s) for 2 training epochs" in captured.err
     assert (result["sampled_epochs"], result["reused_sampled_epochs"]) == (1, True)
+    assert result["fresh_epochs"] == 0
     assert 0.5 < result["wall_share"]["compute"] + result["wall_share"]["wait"] <= 1.0
+    # the default prepares the second epoch afresh instead, and says nothing
+    assert main(["train", str(ds), "--epochs", "2", "--hidden", "8", "--no-progress",
+                 "--checkpoint-dir", str(tmp_path / "c2")]) == 0
+    captured = capsys.readouterr()
+    result = json.loads(captured.out.strip().splitlines()[-1])
+    assert "pre-sampled" not in captured.err
+    assert (result["reused_sampled_epochs"], result["fresh_epochs"]) == (False, 1)

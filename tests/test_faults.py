@@ -22,6 +22,8 @@ READ_BY_TRAIN = ("indptr", "indices", "features", "labels", "val", "test",
                  "gpu_nodes", "cpu_nodes")
 """Every array training reads: the dataset's for online evaluation and the labels, the sample
 groups and the packed store for the batches."""
+ONLINE_EVAL_ONLY = ("indptr", "indices", "features")
+"""Read by training only when it evaluates online (packed evaluation reads the eval stores)."""
 NOT_READ_BY_TRAIN = ("train", "access_counts")
 """Read only by `disktrain prepare` (the train split, the access counts that rank rows)."""
 
@@ -71,10 +73,11 @@ def _flip(path: Path, count: int = 1) -> None:
     path.write_bytes(bytes(data))
 
 
-def _train(ds: Path, tmp_path: Path, capsys) -> tuple[int, str, str]:
+def _train(ds: Path, tmp_path: Path, capsys, online: bool = False) -> tuple[int, str, str]:
     """Run `disktrain train` for one epoch: (exit status, stdout, stderr)."""
     argv = ["train", str(ds), "--epochs", "1", "--hidden", "8", "--read-threads", "1",
-            "--prefetch", "1", "--checkpoint-dir", str(tmp_path / "ckpt"), "--no-progress"]
+            "--prefetch", "1", "--checkpoint-dir", str(tmp_path / "ckpt"), "--no-progress",
+            "--eval", "online" if online else "packed"]
     try:
         code = main(argv)
     except SystemExit as e:
@@ -93,7 +96,7 @@ def _assert_both_stop(ds: Path, tmp_path: Path, capsys, array: str, path: Path,
     code, out = _verify(ds, capsys)
     assert code == 1
     assert f"array {array!r}" in out and f"chunk file {path} {problem}" in out
-    code, out, err = _train(ds, tmp_path, capsys)
+    code, out, err = _train(ds, tmp_path, capsys, online=array in ONLINE_EVAL_ONLY)
     assert code == 2, (out, err)
     assert err.startswith("disktrain: error: ") and err.count("\n") == 1, err
     assert f"array {array!r}" in err and f"chunk file {path} {problem}" in err

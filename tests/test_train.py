@@ -22,6 +22,10 @@ def test_epoch_batches_table():
     pool = epoch_batches(0, 0, 2, 3, "pool")
     assert len(pool) == 3 and len(set(pool.tolist())) == 3 and pool.max() < 6
     assert np.array_equal(epoch_batches(1, 5, 2, 3, "pool"), epoch_batches(1, 5, 2, 3, "pool"))
+    fresh = [epoch_batches(e, 0, 2, 3, "fresh") for e in range(4)]
+    assert [f.tolist() for f in fresh[:2]] == [c.tolist() for c in cyc[:2]]
+    assert [f.tolist() for f in fresh[2:]] == [(c - 3 * (e % 2)).tolist()
+                                              for e, c in enumerate(cyc[2:], start=2)]
     with pytest.raises(ValueError):
         epoch_batches(0, 0, 1, 3, "lru")
 

@@ -99,10 +99,13 @@ def _verify_cli(ds: Path, capsys, *extra: str) -> tuple[int, str]:
 def test_clean(prepared, capsys):
     report = verify(prepared)
     assert report.clean and report.problems == []
-    assert report.stores == ["dataset", "sample store", "packed store"]
+    assert report.stores == ["dataset", "sample store", "packed store", "val sample store",
+                             "val packed store", "test sample store", "test packed store"]
     num_groups = len(list((prepared / "samples/groups").glob("g*")))
     assert num_groups == 5
-    assert report.arrays == len(DATASET_ARRAYS) + 1 + 6 * num_groups + len(PACKED_ARRAYS)
+    roots = [prepared, prepared / "eval/val", prepared / "eval/test"]
+    groups = sum(len(list((root / "samples/groups").glob("g*"))) for root in roots)
+    assert report.arrays == len(DATASET_ARRAYS) + 3 * (1 + len(PACKED_ARRAYS)) + 6 * groups
     chunk_files = [p for p in prepared.rglob("*") if p.is_file() and p.name != "zarr.json"]
     assert report.chunks == len(chunk_files)
     assert report.bytes == sum(p.stat().st_size for p in chunk_files)
@@ -111,7 +114,7 @@ def test_clean(prepared, capsys):
     code, out = _verify_cli(prepared, capsys)
     assert code == 0
     assert out.splitlines()[0] == f"{prepared}: clean"
-    assert out.splitlines()[-1].startswith("checked dataset, sample store, packed store: ")
+    assert out.splitlines()[-1].startswith("checked dataset, sample store, packed store, val ")
     code, out = _verify_cli(prepared, capsys, "--json")
     assert code == 0
     got = json.loads(out)
@@ -229,8 +232,9 @@ def test_dataset_id_changed(prepared):
     problems = verify(prepared).problems
     expected = (f"was made from another dataset: its dataset_id '{old}' is not the "
                 f"dataset_id '{'0' * 32}' of dataset {prepared}")
+    # the training root's stores, then the val and test roots'
     assert [(p.store, p.problem) for p in problems] == [
-        ("sample store", expected), ("packed store", expected)]
+        ("sample store", expected), ("packed store", expected)] * 3
 
 
 def test_packed_without_samples(prepared):
@@ -286,3 +290,25 @@ def test_progress_on_stderr(prepared, capsys):
     captured = capsys.readouterr()
     assert json.loads(captured.out)["clean"] is True
     assert "verify" in captured.err
+
+
+def test_evaluation_and_fresh_epoch_stores(prepared):
+    """The val/test stores and a fresh epoch's are checked like the training stores, and
+    must use the training store's caches."""
+    from disktrain.prepare import prepare_epoch
+
+    root = prepare_epoch(prepared, 1)
+    assert "epoch 1 packed store" in verify(prepared).stores
+    rows = min((root / "packed" / "rows").glob("c.*"))
+    rows.write_bytes(rows.read_bytes()[:-1])
+    evaluation = prepared / "eval/val/packed"
+    meta = json.loads((evaluation / "zarr.json").read_text())
+    meta["attributes"]["tiers_from"] = "0" * 32
+    (evaluation / "zarr.json").write_text(json.dumps(meta))
+    report = verify(prepared)
+    assert len(report.problems) == 2
+    truncated, relinked = sorted(report.problems, key=lambda p: p.array is None)
+    assert (truncated.array, truncated.file) == ("rows", str(rows))
+    assert truncated.store_path == str(root / "packed")
+    assert relinked.store_path == str(evaluation)
+    assert "was made from another packed store: its tiers_from '000" in relinked.problem

@@ -27,6 +27,7 @@ from disktrain.dataset import (
     chunk_file,
     create_flat_array,
     finish_flat_array,
+    link_array,
     new_id,
     open_flat_array,
     read_small_array,
@@ -149,8 +150,8 @@ class GroupPacker:
 
     def __init__(self, dataset_path: str | Path, cfg: PackConfig, partial: str | Path):
         self.dataset = Dataset(dataset_path)
-        self.samples = SampleStore(self.dataset.path)
         self.partial = Path(partial)
+        self.samples = SampleStore(self.dataset.path, root=self.partial.parent)
         root = zarr.open_group(self.partial, mode="r")
         rows = root["rows"]
         self.chunk_rows, self.dim, self.dtype = int(rows.chunks[0]), int(rows.shape[1]), rows.dtype
@@ -208,9 +209,10 @@ def pack_group(dataset_path: str | Path, cfg: PackConfig, group: int,
 
 def _lay_out(partial: Path, attrs: dict, dataset: Dataset, tiers, rows_shape: tuple[int, int],
              chunk_rows: int, batch_rows: np.ndarray, n_packed: np.ndarray,
-             slot_offsets: np.ndarray) -> None:
+             slot_offsets: np.ndarray, tiers_from: PackedStore | None) -> None:
     """Create the partial packed store: every array but the packed rows and the slots
-    (written by the groups), the cache rows filled; ``done/`` last, once all is in place."""
+    (written by the groups), the cache rows filled (linked from ``tiers_from`` when its
+    tiers are used); ``done/`` last, once all is in place."""
     n_gpu, n_cpu, dim = len(tiers.gpu_nodes), len(tiers.cpu_nodes), rows_shape[1]
     feat_dtype = np.dtype(dataset.features.dtype)
     root = zarr.open_group(partial, mode="w")
@@ -225,6 +227,10 @@ def _lay_out(partial: Path, attrs: dict, dataset: Dataset, tiers, rows_shape: tu
     write_small_array(root, "cpu_nodes", tiers.cpu_nodes)
     # slots: written by the groups (pwrite, any process), sealed once all are done
     create_flat_array(root, "slots", (int(slot_offsets[-1]),), np.int64)
+    if tiers_from is not None:
+        link_array(tiers_from.path, partial, "cache_rows")
+        (partial / "done").mkdir()
+        return
     cache = create_flat_array(root, "cache_rows", (n_gpu + n_cpu, dim), feat_dtype)
     if n_gpu:
         cache[:n_gpu] = dataset.gather_sorted(tiers.gpu_nodes)
@@ -236,20 +242,29 @@ def _lay_out(partial: Path, attrs: dict, dataset: Dataset, tiers, rows_shape: tu
 
 
 def pack_dataset(dataset_path: str | Path, cfg: PackConfig = PackConfig(),
-                 progress: bool = True, run_groups=None) -> PackedStore:
-    """Assign tiers from the sample store's access counts and write ``DATASET/packed``.
+                 progress: bool = True, run_groups=None, root: str | Path | None = None,
+                 tiers_from: PackedStore | None = None) -> PackedStore:
+    """Assign tiers from the sample store's access counts and write ``ROOT/packed``.
 
+    ``root``: the directory of the sample store and the packed store (default: the
+    dataset's; see :mod:`disktrain.layout`). ``tiers_from``: use that packed store's caches
+    (same rows; its cache files are linked, not rewritten) instead of assigning tiers, so a
+    loader keeps the caches it holds (``cfg``'s cache sizes are then ignored).
     Resumes an interrupted run with the same configuration (finished groups are kept).
     ``run_groups(dataset_path, cfg, groups, partial_dir)`` may replace the local loop over
     the pending packing groups (e.g. with Ray tasks running :func:`pack_group`).
     """
     dataset = Dataset(dataset_path)
-    samples = SampleStore(dataset.path)
+    root = Path(root) if root is not None else dataset.path
+    samples = SampleStore(dataset.path, root=root)
     feat_dtype = np.dtype(dataset.features.dtype)
     dim = dataset.meta.feature_dim
     row_bytes = dim * feat_dtype.itemsize
     counts = np.asarray(samples.access_counts)
-    tiers = assign_tiers(counts, row_bytes, cfg.gpu_cache_bytes, cfg.cpu_cache_bytes)
+    if tiers_from is None:
+        tiers = assign_tiers(counts, row_bytes, cfg.gpu_cache_bytes, cfg.cpu_cache_bytes)
+    else:
+        tiers = Tiers(tiers_from.gpu_nodes, tiers_from.cpu_nodes)
     n_gpu, n_cpu = len(tiers.gpu_nodes), len(tiers.cpu_nodes)
     codes = tiers.codes(dataset.num_nodes)
     chunk_rows = max(1, rows_for_bytes(cfg.chunk_bytes, row_bytes))
@@ -259,12 +274,13 @@ def pack_dataset(dataset_path: str | Path, cfg: PackConfig = PackConfig(),
         "sample_config": samples.config.to_attrs(),
         "n_gpu": n_gpu, "n_cpu": n_cpu,
         "samples_id": samples.store_id, "dataset_id": dataset.dataset_id,
+        "tiers_from": None if tiers_from is None else tiers_from.tiers_id,
     }
-    final = dataset.path / STORE
+    final = root / STORE
     if (final / "zarr.json").exists():
         old = dict(zarr.open_group(final, mode="r").attrs)
         if old.get("complete") and all(old.get(k) == v for k, v in attrs.items()):
-            return PackedStore(dataset.path)
+            return PackedStore(dataset.path, root=root)
     n_input = np.zeros(samples.num_batches, np.int64)
     n_packed = np.zeros(samples.num_batches, np.int64)
     for b in range(samples.num_batches):
@@ -283,7 +299,7 @@ def pack_dataset(dataset_path: str | Path, cfg: PackConfig = PackConfig(),
             f"; caching the {need} hottest rows ({need * row_bytes} bytes of "
             "--gpu-cache-bytes plus --cpu-cache-bytes) would fit, before chunk padding")
 
-    partial = dataset.path / f"{STORE}.partial"
+    partial = root / f"{STORE}.partial"
     # done/ is made last: without it the partial store was cut off while being laid out
     if partial.exists() and (not (partial / "done").exists() or not all(
             zarr.open_group(partial, mode="r").attrs.get(k) == v for k, v in attrs.items())):
@@ -303,12 +319,12 @@ def pack_dataset(dataset_path: str | Path, cfg: PackConfig = PackConfig(),
         need = packed_store_bytes(padded_rows=total_padded, row_bytes=row_bytes,
                                   chunk_rows=chunk_rows, num_slots=int(slot_offsets[-1]),
                                   num_cache_rows=n_gpu + n_cpu, num_batches=samples.num_batches)
-    require_free(dataset.path, need, "prepare: packing")
+    require_free(root, need, "prepare: packing")
     if not partial.exists():
         with disk_full_errors(partial):
             _lay_out(partial, {**attrs, "complete": False, "store_id": new_id()}, dataset,
                      tiers, (total_padded, dim), chunk_rows, batch_rows, n_packed,
-                     slot_offsets)
+                     slot_offsets, tiers_from)
     if run_groups is not None:
         run_groups(dataset.path, cfg, pending, partial)
     else:
@@ -321,8 +337,8 @@ def pack_dataset(dataset_path: str | Path, cfg: PackConfig = PackConfig(),
                         f"({len(missing)} of {len(groups)} missing)")
 
     seal_flat_array(partial, "slots")
-    root = zarr.open_group(partial, mode="r+")
-    root.attrs.update({
+    group = zarr.open_group(partial, mode="r+")
+    group.attrs.update({
         "complete": True,
         "packed_rows": int(n_packed.sum()),
         "padded_rows": total_padded,
@@ -333,4 +349,4 @@ def pack_dataset(dataset_path: str | Path, cfg: PackConfig = PackConfig(),
     })
     replace_dir(partial, final)
     shutil.rmtree(final / "done")
-    return PackedStore(dataset.path)
+    return PackedStore(dataset.path, root=root)

@@ -204,10 +204,12 @@ class PackedStore:
     """A complete packed store, read-only, checked against the sample store and the dataset
     it was made from."""
 
-    def __init__(self, dataset_path: str | Path, verify: bool = True):
-        """``verify=False`` skips the crc32c checks of packed chunks on every read (to measure
-        their cost); the arrays read once when opened are checked either way."""
-        self.path = Path(dataset_path) / STORE
+    def __init__(self, dataset_path: str | Path, verify: bool = True,
+                 root: str | Path | None = None):
+        """``root``: the directory holding the store and its sample store (default: the
+        dataset's); ``verify=False`` skips the crc32c checks of packed chunks on every read
+        (to measure their cost); the arrays read once when opened are checked either way."""
+        self.path = Path(root if root is not None else dataset_path) / STORE
         self.verify = verify
         if not (self.path / "zarr.json").exists():
             raise DataError(f"{self.path}: no packed store (run `disktrain prepare` first)")
@@ -223,6 +225,8 @@ class PackedStore:
         self.n_gpu = int(self.attrs["n_gpu"])
         self.n_cpu = int(self.attrs["n_cpu"])
         self.store_id = str(self.attrs["store_id"])
+        self.tiers_id = str(self.attrs.get("tiers_from") or self.store_id)
+        """Stores with the same ``tiers_id`` have the same cache rows."""
         small = {name: read_small_array(self.path, name, self.ref) for name in
                  ("batch_rows", "batch_packed", "slot_offsets", "gpu_nodes", "cpu_nodes")}
         self.batch_rows = small["batch_rows"]
@@ -237,7 +241,7 @@ class PackedStore:
             raise DataError(f"packed store {self.path}: {len(self.gpu_nodes)} GPU and "
                             f"{len(self.cpu_nodes)} CPU cache nodes, but attributes say "
                             f"{self.n_gpu} and {self.n_cpu}; {self.ref.rerun}")
-        self._check_made_from(SampleStore(dataset_path))
+        self._check_made_from(SampleStore(dataset_path, root=root))
         self._slots = open_flat_array(self.path, "slots", verify=True, ref=self.ref)
         self._cache_rows: np.ndarray | None = None
         self._chunk_bytes = self.chunk_rows * self.feature_dim * self.dtype.itemsize

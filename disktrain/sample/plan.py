@@ -12,6 +12,8 @@ import numpy as np
 
 from disktrain.kernels.rng import derive_key
 
+SPLITS = ("train", "val", "test")
+
 
 @dataclass(frozen=True, kw_only=True)
 class SampleConfig:
@@ -23,6 +25,12 @@ class SampleConfig:
     """Seeds per mini-batch."""
     epochs: int = 1
     """Epochs of batches to pre-sample (training may reuse them cyclically)."""
+    first_epoch: int = 0
+    """The store's first epoch: it holds epochs ``first_epoch`` .. ``first_epoch + epochs - 1``
+    of the run, the same batches a store sampled from epoch 0 holds for them (training
+    prepares fresh epochs one store at a time)."""
+    split: str = "train"
+    """Whose seeds are batched: the train split, or val/test for packed evaluation."""
     seed: int = 0
     """Seeds the per-epoch shuffle and the sampling RNG."""
     group_size: int = 16
@@ -35,8 +43,11 @@ class SampleConfig:
         for name in ("batch_size", "epochs", "group_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.seed < 0:
-            raise ValueError(f"seed must be >= 0, got {self.seed}")
+        for name in ("seed", "first_epoch"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.split not in SPLITS:
+            raise ValueError(f"split must be one of {SPLITS}, got {self.split!r}")
 
     def to_attrs(self) -> dict:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
@@ -49,10 +60,18 @@ def sampling_key(seed: int, epoch: int) -> int:
 
 @dataclass(frozen=True)
 class SamplePlan:
-    """Batches of every epoch: epoch e's train ids shuffled with (seed, e), cut in order."""
+    """Batches of every epoch: epoch e's seed ids (the config's split) shuffled with
+    (seed, e), cut in order. Batch ``b`` of the plan belongs to epoch ``first_epoch + b //
+    batches_per_epoch`` of the run."""
 
     config: SampleConfig
     train_ids: np.ndarray
+    """The seed ids (those of ``config.split``)."""
+
+    @classmethod
+    def of(cls, dataset, config: SampleConfig) -> SamplePlan:
+        """The plan of ``config`` over ``dataset`` (a :class:`~disktrain.dataset.Dataset`)."""
+        return cls(config, dataset.split(config.split))
 
     @property
     def batches_per_epoch(self) -> int:
@@ -67,7 +86,7 @@ class SamplePlan:
         return -(-self.num_batches // self.config.group_size)
 
     def epoch_order(self, epoch: int) -> np.ndarray:
-        """Train ids in epoch ``epoch``'s shuffled order."""
+        """Seed ids in (run) epoch ``epoch``'s shuffled order."""
         return np.random.default_rng([self.config.seed, epoch]).permutation(self.train_ids)
 
     def group_batches(self, group: int) -> range:
@@ -77,11 +96,12 @@ class SamplePlan:
 
     def batch_seeds(self, batch: int, order: np.ndarray | None = None) -> np.ndarray:
         """Seed ids of global batch ``batch`` (pass the epoch order to avoid reshuffling)."""
-        epoch, i = divmod(batch, self.batches_per_epoch)
+        i = batch % self.batches_per_epoch
         if order is None:
-            order = self.epoch_order(epoch)
+            order = self.epoch_order(self.batch_epoch(batch))
         b = self.config.batch_size
         return order[i * b:(i + 1) * b]
 
     def batch_epoch(self, batch: int) -> int:
-        return batch // self.batches_per_epoch
+        """The run epoch of the plan's batch ``batch``."""
+        return self.config.first_epoch + batch // self.batches_per_epoch

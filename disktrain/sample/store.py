@@ -48,6 +48,7 @@ from disktrain.kernels.sampling import sample_batches
 from disktrain.sample.plan import SampleConfig, SamplePlan, sampling_key
 
 STORE = "samples"
+"""The store's directory name inside its root (see :mod:`disktrain.layout`)."""
 _ARRAYS = ("nodes", "node_offsets", "hop_counts", "edge_src", "edge_dst", "edge_offsets")
 
 
@@ -102,41 +103,45 @@ def _concat(parts) -> dict[str, np.ndarray]:
 
 
 def sample_dataset(dataset_path: str | Path, cfg: SampleConfig, progress: bool = True,
-                   run_groups=None) -> SampleStore:
-    """Pre-sample every batch of ``cfg.epochs`` epochs into ``DATASET/samples``.
+                   run_groups=None, root: str | Path | None = None) -> SampleStore:
+    """Pre-sample every batch of ``cfg.epochs`` epochs into ``ROOT/samples``.
 
-    Resumes a previous interrupted run with the same config. ``run_groups(dataset_path,
-    cfg, groups, groups_dir)`` may replace the local loop (e.g. with Ray tasks).
+    ``root``: the directory of the prepared stores (default: the dataset's; see
+    :mod:`disktrain.layout`). Resumes a previous interrupted run with the same config.
+    ``run_groups(dataset_path, cfg, groups, groups_dir)`` may replace the local loop (e.g.
+    with Ray tasks).
     """
     dataset = Dataset(dataset_path)
-    final = dataset.path / STORE
+    root = Path(root) if root is not None else dataset.path
+    final = root / STORE
     if _made_from(final, cfg, dataset.dataset_id, complete=True):
-        return SampleStore(dataset.path)
-    plan = SamplePlan(cfg, dataset.split("train"))
+        return SampleStore(dataset.path, root=root)
+    plan = SamplePlan.of(dataset, cfg)
     if plan.num_batches == 0:
-        raise DataError(f"{dataset.path}: the train split is empty; nothing to sample")
-    partial = dataset.path / f"{STORE}.partial"
+        raise DataError(f"{dataset.path}: the {cfg.split} split is empty; nothing to sample")
+    root.mkdir(parents=True, exist_ok=True)
+    partial = root / f"{STORE}.partial"
     if partial.exists() and not _made_from(partial, cfg, dataset.dataset_id):
         shutil.rmtree(partial)
     groups_dir = partial / "groups"
     pending = [g for g in range(plan.num_groups)
                if not (groups_dir / group_name(g) / "zarr.json").exists()]
-    require_free(dataset.path, sample_store_bytes(dataset, plan, num_groups=len(pending)),
+    require_free(root, sample_store_bytes(dataset, plan, num_groups=len(pending)),
                  "prepare: sampling")
     if not partial.exists():
         with disk_full_errors(partial):
-            root = zarr.open_group(partial, mode="w")
-            root.attrs.update({"config": cfg.to_attrs(), "complete": False,
-                               "store_id": new_id(), "dataset_id": dataset.dataset_id})
-            root.create_group("groups")
+            group = zarr.open_group(partial, mode="w")
+            group.attrs.update({"config": cfg.to_attrs(), "complete": False,
+                                "store_id": new_id(), "dataset_id": dataset.dataset_id})
+            group.create_group("groups")
     if run_groups is not None:
         run_groups(dataset.path, cfg, pending, groups_dir)
     else:
         for g in tqdm(pending, desc="sample", unit="group", disable=not progress):
             sample_group(dataset, plan, g, groups_dir)
-    root = zarr.open_group(partial, mode="r+")
+    group = zarr.open_group(partial, mode="r+")
     with disk_full_errors(partial):
-        counts = create_flat_array(root, "access_counts", (dataset.num_nodes,), np.int32,
+        counts = create_flat_array(group, "access_counts", (dataset.num_nodes,), np.int32,
                                    overwrite=True)
     reader = _GroupReader(partial, cfg.group_size, plan.num_batches)
     for b in range(plan.num_batches):
@@ -144,7 +149,7 @@ def sample_dataset(dataset_path: str | Path, cfg: SampleConfig, progress: bool =
     num_input_nodes = int(counts.sum(dtype=np.int64))
     finish_flat_array(counts)
     del counts
-    root.attrs.update({
+    group.attrs.update({
         "complete": True,
         "num_batches": plan.num_batches,
         "batches_per_epoch": plan.batches_per_epoch,
@@ -153,7 +158,7 @@ def sample_dataset(dataset_path: str | Path, cfg: SampleConfig, progress: bool =
         "num_input_nodes": num_input_nodes,
     })
     replace_dir(partial, final)
-    return SampleStore(dataset.path)
+    return SampleStore(dataset.path, root=root)
 
 
 def _made_from(path: Path, cfg: SampleConfig, dataset_id: str, complete: bool = False) -> bool:
@@ -311,10 +316,11 @@ class SampleStore:
     """A complete sample store, read-only, checked against the dataset it was made from."""
 
     def __init__(self, dataset_path: str | Path, cache_bytes: int = 256 << 20,
-                 verify: bool = True):
-        """``cache_bytes``: memory of the groups kept read (the last one read is always
-        kept); ``verify=False`` skips the groups' crc32c checks (to measure their cost)."""
-        self.path = Path(dataset_path) / STORE
+                 verify: bool = True, root: str | Path | None = None):
+        """``root``: the directory holding the store (default: the dataset's);
+        ``cache_bytes``: memory of the groups kept read (the last one read is always kept);
+        ``verify=False`` skips the groups' crc32c checks (to measure their cost)."""
+        self.path = Path(root if root is not None else dataset_path) / STORE
         if not (self.path / "zarr.json").exists():
             raise DataError(f"{self.path}: no sample store (run `disktrain prepare` first)")
         self.ref = samples_ref(self.path)

@@ -11,8 +11,9 @@ from disktrain.errors import ConfigError
 from disktrain.models.gnn import MODELS
 from disktrain.robust import RobustConfig, aggregate
 
-PLAN_REUSE = ("cycle", "pool")
+PLAN_REUSE = ("fresh", "cycle", "pool")
 ON_NONFINITE = ("stop", "skip")
+EVAL_MODES = ("auto", "packed", "online")
 DEVICE_TYPES = ("cpu", "cuda")
 
 
@@ -40,13 +41,22 @@ class TrainConfig:
     """Adam learning rate."""
     weight_decay: float = 5e-4
     """Adam weight decay."""
-    plan_reuse: str = "cycle"
-    """cycle: epoch e trains on pre-sampled epoch e mod E; pool: every epoch draws its
-    batches from the whole pre-sampled pool (as DiskGNN)."""
+    plan_reuse: str = "fresh"
+    """Epochs beyond the E that `disktrain prepare` sampled. fresh: each is sampled and
+    packed afresh while the one before trains (``disktrain.train.fresh``), so every epoch
+    sees new samples; cycle: epoch e reuses pre-sampled epoch e mod E; pool: every epoch
+    draws its batches from the whole pre-sampled pool (as DiskGNN)."""
+    prepare_ahead: int = 1
+    """With plan_reuse "fresh": epochs prepared ahead of the one training (each is an epoch
+    of samples and packed rows on disk)."""
     eval_every: int = 1
     """Evaluate validation and test accuracy every this many epochs (and after the last)."""
+    evaluation: str = "auto"
+    """How val and test are evaluated. packed: their batches as `disktrain prepare` sampled
+    and packed them, read through the training pipeline; online: sampled now, features read
+    from the raw array; auto: packed where prepared, else online."""
     eval_batch_size: int = 4096
-    """Seeds per evaluation batch (evaluation samples online with the same kernels)."""
+    """Seeds per batch of online evaluation."""
     device: str = "cpu"
     """Torch device of this worker ("cuda" picks LOCAL_RANK's GPU)."""
     prefetch: int = 2
@@ -86,11 +96,12 @@ class TrainConfig:
     def __post_init__(self):
         if self.model not in MODELS:
             raise ValueError(f"model must be one of {MODELS}, got {self.model!r}")
-        for name, allowed in (("plan_reuse", PLAN_REUSE), ("on_nonfinite", ON_NONFINITE)):
+        for name, allowed in (("plan_reuse", PLAN_REUSE), ("on_nonfinite", ON_NONFINITE),
+                              ("evaluation", EVAL_MODES)):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
         for name in ("epochs", "hidden", "heads", "eval_every", "eval_batch_size", "prefetch",
-                     "read_threads", "keep_checkpoints"):
+                     "read_threads", "keep_checkpoints", "prepare_ahead"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.model == "gat" and self.hidden % self.heads:

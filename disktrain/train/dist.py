@@ -59,8 +59,8 @@ def broadcast_bytes(data: bytes | None, device: torch.device, src: int = 0) -> b
                         device=device)
     dist.broadcast(size, src)
     n = int(size.item())
-    if n < 0:
-        return None
+    if n <= 0:
+        return None if n < 0 else b""
     if mine:
         buf = torch.from_numpy(np.frombuffer(data, np.uint8).copy()).to(device)
     else:

@@ -34,7 +34,8 @@ from disktrain.threads import compute_threads, loader_threads, torch_threads
 from disktrain.train.checkpoint import CheckpointWriter, checkpoint_name, load_bytes, read_newest
 from disktrain.train.config import TrainConfig
 from disktrain.train.dist import DistEnv, broadcast_bytes
-from disktrain.train.evaluate import evaluate
+from disktrain.train.evaluate import Evaluator
+from disktrain.train.fresh import FreshEpochs
 from disktrain.train.gradsync import AllReduceMean
 from disktrain.train.health import (
     nonfinite_step_error,
@@ -184,71 +185,95 @@ def _train(cfg: TrainConfig, env: DistEnv, device: torch.device, assemble_thread
 
     samples = loader.samples
     sampled_epochs = samples.num_batches // samples.batches_per_epoch
-    reuses = cfg.epochs > sampled_epochs
+    reuses = cfg.epochs > sampled_epochs and cfg.plan_reuse != "fresh"
     if reuses and env.is_main:
         print(f"disktrain: warning: {cfg.dataset} holds {sampled_epochs} pre-sampled "
               f"epoch(s) for {cfg.epochs} training epochs: batches are reused "
-              f"(--plan-reuse {cfg.plan_reuse}); `disktrain prepare --epochs {cfg.epochs}` "
-              "samples every epoch afresh", file=sys.stderr)
-    for epoch in range(start_epoch, cfg.epochs):
-        ids = epoch_batches(epoch, cfg.seed, sampled_epochs, samples.batches_per_epoch,
-                            cfg.plan_reuse)
-        ids = worker_share(ids, env.rank, env.world_size)[:cfg.max_batches]
-        seconds = dict.fromkeys((*STAGES, "compute", "wait"), 0.0)
-        loss_sum = torch.zeros((), device=device)  # summed on the device
-        updates = 0  # optimizer steps of this epoch in this run
-        model.train()
-        t_epoch = time.perf_counter()
-        bar = tqdm(total=len(ids), initial=cursor, desc=f"epoch {epoch}", unit="batch",
-                   disable=not (cfg.progress and env.is_main), leave=False)
-        batches = closing(loader(ids[cursor:]))  # Ctrl-C or an error stops its threads
-        t_wait = time.perf_counter()
-        with batches as it:
-            for step, mb in enumerate(it, start=cursor):
-                t0 = time.perf_counter()
-                seconds["wait"] += t0 - t_wait
-                opt.zero_grad(set_to_none=True)
-                # float16 features (stored and moved at half the bytes) compute in float32
-                loss = F.cross_entropy(model(mb.x.float(), mb.blocks), mb.labels)
-                loss.backward()
-                if env.world_size > 1:
-                    poison_gradients(loss, params)
-                sync(params)
-                if step_is_finite(loss, params):
-                    opt.step()
-                    steps, updates = steps + 1, updates + 1
-                    loss_sum += loss.detach()
-                elif cfg.on_nonfinite == "skip":
-                    skipped += 1
-                else:
-                    raise nonfinite_step_error(loss, epoch, step, int(ids[step]), ckpt_dir)
-                for k in STAGES:
-                    seconds[k] += mb.seconds[k]
-                t_wait = time.perf_counter()
-                seconds["compute"] += t_wait - t0
-                bar.update()
-                if cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0:
-                    checkpoint(epoch, step + 1)
-        bar.close()
-        cursor = 0
-        record = {"epoch": epoch,
-                  "loss": float(loss_sum) / updates if updates else float("nan"),
-                  "batches": len(ids), "skipped_steps": skipped,
-                  "epoch_time_s": time.perf_counter() - t_epoch,
-                  **{f"{k}_s": v for k, v in seconds.items()}}
-        skipped = 0
-        if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs:
-            for split in ("val", "test"):
-                record[f"{split}_acc"] = evaluate(model, loader.dataset, split, fanouts,
-                                                  cfg.eval_batch_size, cfg.seed, device,
-                                                  env.rank, env.world_size)
-        history.append(record)
-        checkpoint(epoch + 1, 0)
-        if env.is_main and cfg.metrics:
-            with open(cfg.metrics, "a") as f:
-                f.write(json.dumps(record) + "\n")
-        if on_epoch is not None:
-            on_epoch(record, ckpt_dir)
+              f"(--plan-reuse {cfg.plan_reuse}); `--plan-reuse fresh` or "
+              f"`disktrain prepare --epochs {cfg.epochs}` samples every epoch afresh",
+              file=sys.stderr)
+    evaluator = Evaluator(cfg.evaluation, loader, cfg.eval_batch_size, cfg.seed, env.rank,
+                          env.world_size)
+    fresh = None
+    if cfg.plan_reuse == "fresh" and cfg.epochs > sampled_epochs:
+        fresh = FreshEpochs(cfg.dataset, sampled_epochs, cfg.epochs, cfg.prepare_ahead,
+                            env.is_main, device)
+        fresh.sweep(start_epoch)
+    try:
+        for epoch in range(start_epoch, cfg.epochs):
+            t_prepare = time.perf_counter()
+            epoch_loader = loader
+            if fresh is not None:
+                fresh.ahead_of(epoch + 1)  # the next epoch prepares while this one trains
+                if epoch >= sampled_epochs:
+                    epoch_loader = loader.sibling(fresh.root(epoch))
+            ids = epoch_batches(epoch, cfg.seed, sampled_epochs, samples.batches_per_epoch,
+                                cfg.plan_reuse)
+            prepare_wait = time.perf_counter() - t_prepare
+            ids = worker_share(ids, env.rank, env.world_size)[:cfg.max_batches]
+            seconds = dict.fromkeys((*STAGES, "compute", "wait"), 0.0)
+            loss_sum = torch.zeros((), device=device)  # summed on the device
+            updates = 0  # optimizer steps of this epoch in this run
+            model.train()
+            t_epoch = time.perf_counter()
+            bar = tqdm(total=len(ids), initial=cursor, desc=f"epoch {epoch}", unit="batch",
+                       disable=not (cfg.progress and env.is_main), leave=False)
+            batches = closing(epoch_loader(ids[cursor:]))  # Ctrl-C or an error stops threads
+            t_wait = time.perf_counter()
+            with batches as it:
+                for step, mb in enumerate(it, start=cursor):
+                    t0 = time.perf_counter()
+                    seconds["wait"] += t0 - t_wait
+                    opt.zero_grad(set_to_none=True)
+                    # float16 features (stored and moved at half the bytes) compute in float32
+                    loss = F.cross_entropy(model(mb.x.float(), mb.blocks), mb.labels)
+                    loss.backward()
+                    if env.world_size > 1:
+                        poison_gradients(loss, params)
+                    sync(params)
+                    if step_is_finite(loss, params):
+                        opt.step()
+                        steps, updates = steps + 1, updates + 1
+                        loss_sum += loss.detach()
+                    elif cfg.on_nonfinite == "skip":
+                        skipped += 1
+                    else:
+                        raise nonfinite_step_error(loss, epoch, step, int(ids[step]), ckpt_dir)
+                    for k in STAGES:
+                        seconds[k] += mb.seconds[k]
+                    t_wait = time.perf_counter()
+                    seconds["compute"] += t_wait - t0
+                    bar.update()
+                    if cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0:
+                        checkpoint(epoch, step + 1)
+            bar.close()
+            cursor = 0
+            record = {"epoch": epoch,
+                      "loss": float(loss_sum) / updates if updates else float("nan"),
+                      "batches": len(ids), "skipped_steps": skipped,
+                      "epoch_time_s": time.perf_counter() - t_epoch,
+                      **{f"{k}_s": v for k, v in seconds.items()},
+                      "prepare_wait_s": prepare_wait,
+                      "fresh_samples": epoch_loader is not loader}
+            del epoch_loader
+            skipped = 0
+            if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs:
+                t_eval = time.perf_counter()
+                record.update(evaluator(model))
+                record["eval_time_s"] = time.perf_counter() - t_eval
+                record["eval"] = {s: evaluator.mode(s) for s in ("val", "test")}
+            history.append(record)
+            checkpoint(epoch + 1, 0)  # a collective: every rank is done with the epoch
+            if fresh is not None:
+                fresh.done(epoch)
+            if env.is_main and cfg.metrics:
+                with open(cfg.metrics, "a") as f:
+                    f.write(json.dumps(record) + "\n")
+            if on_epoch is not None:
+                on_epoch(record, ckpt_dir)
+    finally:
+        if fresh is not None:
+            fresh.close()
 
     evaluated = [r for r in history if "val_acc" in r]
     last = evaluated[-1] if evaluated else {}
@@ -263,6 +288,10 @@ def _train(cfg: TrainConfig, env: DistEnv, device: torch.device, assemble_thread
             "compute_threads": torch.get_num_threads(),
             "params_sha256": params_digest(model.state_dict()),
             "sampled_epochs": sampled_epochs, "reused_sampled_epochs": reuses,
+            "fresh_epochs": sum(bool(r["fresh_samples"]) for r in history),
+            "eval_time_s": float(np.mean([r["eval_time_s"] for r in history
+                                          if "eval_time_s" in r]))
+            if any("eval_time_s" in r for r in history) else None,
             # per epoch: seconds summed over batches; read/assemble/copy run on loader
             # threads under compute, so only compute + wait (the main thread) add up to wall
             "stage_s": {k: float(np.mean([r[f"{k}_s"] for r in history]))

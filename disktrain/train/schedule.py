@@ -10,15 +10,20 @@ def epoch_batches(epoch: int, seed: int, sampled_epochs: int, batches_per_epoch:
     """Global batch ids trained in ``epoch``, in a seeded shuffled order.
 
     cycle: the batches of pre-sampled epoch ``epoch % sampled_epochs``; pool:
-    ``batches_per_epoch`` batches drawn without replacement from every pre-sampled batch.
+    ``batches_per_epoch`` batches drawn without replacement from every pre-sampled batch;
+    fresh: pre-sampled epoch ``epoch`` while there is one, else the batches of the epoch's own
+    fresh store (ids from 0), in the order cycle would train them.
     """
     rng = np.random.default_rng([seed, 1_000_003, epoch])
+    if plan_reuse == "fresh":
+        first = epoch * batches_per_epoch if epoch < sampled_epochs else 0
+        return first + rng.permutation(batches_per_epoch)
     if plan_reuse == "cycle":
         first = (epoch % sampled_epochs) * batches_per_epoch
         return first + rng.permutation(batches_per_epoch)
     if plan_reuse == "pool":
         return rng.permutation(sampled_epochs * batches_per_epoch)[:batches_per_epoch]
-    raise ValueError(f"plan_reuse must be 'cycle' or 'pool', got {plan_reuse!r}")
+    raise ValueError(f"plan_reuse must be 'fresh', 'cycle' or 'pool', got {plan_reuse!r}")
 
 
 def worker_share(batch_ids: np.ndarray, rank: int, world_size: int) -> np.ndarray:

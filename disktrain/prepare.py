@@ -1,0 +1,92 @@
+"""`disktrain prepare` as library calls: the training batches, the evaluation batches, and
+the fresh epochs training prepares ahead of itself (roots: :mod:`disktrain.layout`)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+from disktrain.dataset import Dataset
+from disktrain.layout import EVAL_SPLITS, epoch_root, eval_root
+from disktrain.pack import PackConfig, PackedStore, pack_dataset
+from disktrain.sample import SampleConfig, SampleStore, sample_dataset
+
+
+def eval_config(train: SampleConfig, split: str, batch_size: int | None = None) -> SampleConfig:
+    """How ``split``'s seeds are batched for evaluation: the training fanouts, one epoch,
+    ``batch_size`` seeds per batch (default: the training batch size)."""
+    return replace(train, split=split, epochs=1, first_epoch=0,
+                   batch_size=batch_size or train.batch_size)
+
+
+def prepare_eval(dataset_path: str | Path, batch_size: int | None = None,
+                 progress: bool = True, run_sample=None, run_pack=None) -> dict[str, PackedStore]:
+    """Sample the val and test seeds once and pack their rows, each under its eval root.
+
+    They use the training fanouts and the training packed store's caches (its cache rows are
+    linked, not copied; a loader shares them), so prepare the training batches first. A split
+    without nodes is skipped. ``run_sample`` / ``run_pack``: the ``run_groups`` hooks of
+    :func:`sample_dataset` / :func:`pack_dataset` (e.g. Ray tasks).
+    """
+    dataset = Dataset(dataset_path)
+    train = SampleStore(dataset.path)
+    packed = PackedStore(dataset.path)
+    chunk_bytes = int(packed.attrs["pack_config"]["chunk_bytes"])
+    stores = {}
+    for split in EVAL_SPLITS:
+        root = eval_root(dataset.path, split)
+        if len(dataset.split(split)) == 0:
+            if root.exists():
+                shutil.rmtree(root)
+            continue
+        sample_dataset(dataset.path, eval_config(train.config, split, batch_size), progress,
+                       run_groups=run_sample, root=root)
+        stores[split] = pack_dataset(dataset.path, PackConfig(chunk_bytes=chunk_bytes),
+                                     progress, run_groups=run_pack, root=root,
+                                     tiers_from=packed)
+    return stores
+
+
+def prepare_epoch(dataset_path: str | Path, epoch: int, progress: bool = False) -> Path:
+    """Sample and pack training epoch ``epoch`` alone under its epoch root; return the root.
+
+    Its batches are those a training store sampled with more epochs would hold for
+    ``epoch`` (same config, ``first_epoch=epoch``), packed with the training store's caches.
+    A finished root is returned as it is.
+    """
+    dataset = Dataset(dataset_path)
+    train = SampleStore(dataset.path)
+    packed = PackedStore(dataset.path)
+    root = epoch_root(dataset.path, epoch)
+    sample_dataset(dataset.path, replace(train.config, first_epoch=epoch, epochs=1), progress,
+                   root=root)
+    pack_dataset(dataset.path, PackConfig(**packed.attrs["pack_config"]), progress, root=root,
+                 tiers_from=packed)
+    return root
+
+
+NICE = 10
+"""The niceness increment of :func:`serve_epochs`: training's threads run first."""
+
+
+def serve_epochs(dataset_path: str | Path, lines=sys.stdin, out=sys.stdout) -> None:
+    """Prepare each epoch number read from ``lines`` (one per line) with
+    :func:`prepare_epoch`, at a lower CPU priority; answer one line ``EPOCH<TAB>ERROR`` per
+    epoch (ERROR empty when done). Run as ``python -m disktrain.prepare --serve-epochs
+    DATASET`` by training (:mod:`disktrain.train.fresh`)."""
+    os.nice(NICE)
+    for line in lines:
+        epoch = int(line)
+        try:
+            prepare_epoch(dataset_path, epoch)
+            error = ""
+        except Exception as e:  # noqa: BLE001 - reported to the trainer as text
+            error = f"{type(e).__name__}: {e}".replace("\n", " ")
+        print(f"{epoch}\t{error}", file=out, flush=True)
+
+
+if __name__ == "__main__" and sys.argv[1:2] == ["--serve-epochs"]:
+    serve_epochs(sys.argv[2])
