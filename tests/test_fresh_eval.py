@@ -20,7 +20,7 @@ from disktrain.pipeline import PackedLoader
 from disktrain.prepare import prepare_epoch, prepare_eval, serve_epochs
 from disktrain.sample import SampleConfig, SamplePlan, SampleStore, sample_dataset
 from disktrain.train import TrainConfig, train
-from disktrain.train.evaluate import Evaluator, evaluate_packed
+from disktrain.train.evaluate import Evaluator, evaluate_packed, packed_bytes
 
 SAMPLE = {"fanouts": (4, 3), "batch_size": 32, "seed": 0, "group_size": 2}
 PACK = PackConfig(gpu_cache_bytes=16 * 64, cpu_cache_bytes=24 * 64, chunk_bytes=512)
@@ -175,3 +175,13 @@ def test_prepare_cli_makes_and_reports_the_evaluation_batches(tmp_path, capsys):
     assert main(["prepare", str(ds), "--fanouts", "3", "--batch-size", "32", "--no-eval",
                  "--no-progress"]) == 0
     assert "eval" in json.loads(capsys.readouterr().out)
+
+
+def test_packed_bytes_are_the_chunk_files_a_batch_reads(one_epoch):
+    store = PackedStore(one_epoch)
+    got = packed_bytes(store, [0, 2])
+    assert got["needed"] == int(store.batch_packed[[0, 2]].sum()) * 16 * 4
+    files = [store.path / "rows" / f"c.{k}.0" for b in (0, 2)
+             for k in range(store.batch_rows[b] // store.chunk_rows,
+                            store.batch_rows[b + 1] // store.chunk_rows)]
+    assert got["read"] == sum(f.stat().st_size for f in files) > got["needed"]

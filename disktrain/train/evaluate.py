@@ -11,6 +11,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from disktrain.checksum import CRC_BYTES
 from disktrain.dataset import Dataset
 from disktrain.errors import DataError
 from disktrain.kernels.sampling import sample_batches
@@ -64,6 +65,15 @@ class Evaluator:
     def mode(self, split: str) -> str:
         return "packed" if split in self.packed else "online"
 
+    def packed_bytes(self) -> dict[str, int]:
+        """What this rank's packed evaluation needs and reads (see ``packed_bytes``)."""
+        out = {"needed": 0, "read": 0}
+        for loader in self.packed.values():
+            got = packed_bytes(loader.packed, range(self.rank, loader.num_batches,
+                                                    self.world_size))
+            out = {k: out[k] + got[k] for k in out}
+        return out
+
     def __call__(self, model: torch.nn.Module) -> dict[str, float]:
         """``{"val_acc": .., "test_acc": ..}`` (NaN for an empty split)."""
         out = {}
@@ -77,6 +87,16 @@ class Evaluator:
                                self.world_size)
             out[f"{split}_acc"] = acc
         return out
+
+
+def packed_bytes(store, batch_ids) -> dict[str, int]:
+    """Bytes of packed feature rows batches ``batch_ids`` of ``store`` (a PackedStore) need,
+    and the bytes their reads take from storage (whole chunks: padding and crc included)."""
+    ids = np.asarray(batch_ids, np.int64)
+    row = store.feature_dim * store.dtype.itemsize
+    padded = store.batch_rows[ids + 1] - store.batch_rows[ids]
+    return {"needed": int(store.batch_packed[ids].sum()) * row,
+            "read": int(padded.sum()) * row + int((padded // store.chunk_rows).sum()) * CRC_BYTES}
 
 
 @torch.no_grad()

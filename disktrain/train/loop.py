@@ -34,7 +34,7 @@ from disktrain.threads import compute_threads, loader_threads, torch_threads
 from disktrain.train.checkpoint import CheckpointWriter, checkpoint_name, load_bytes, read_newest
 from disktrain.train.config import TrainConfig
 from disktrain.train.dist import DistEnv, broadcast_bytes
-from disktrain.train.evaluate import Evaluator
+from disktrain.train.evaluate import Evaluator, packed_bytes
 from disktrain.train.fresh import FreshEpochs
 from disktrain.train.gradsync import AllReduceMean
 from disktrain.train.health import (
@@ -254,7 +254,8 @@ def _train(cfg: TrainConfig, env: DistEnv, device: torch.device, assemble_thread
                       "epoch_time_s": time.perf_counter() - t_epoch,
                       **{f"{k}_s": v for k, v in seconds.items()},
                       "prepare_wait_s": prepare_wait,
-                      "fresh_samples": epoch_loader is not loader}
+                      "fresh_samples": epoch_loader is not loader,
+                      "packed_bytes": packed_bytes(epoch_loader.packed, ids)}
             del epoch_loader
             skipped = 0
             if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs:
@@ -262,6 +263,7 @@ def _train(cfg: TrainConfig, env: DistEnv, device: torch.device, assemble_thread
                 record.update(evaluator(model))
                 record["eval_time_s"] = time.perf_counter() - t_eval
                 record["eval"] = {s: evaluator.mode(s) for s in ("val", "test")}
+                record["eval_packed_bytes"] = evaluator.packed_bytes()
             history.append(record)
             checkpoint(epoch + 1, 0)  # a collective: every rank is done with the epoch
             if fresh is not None:
