@@ -6,5 +6,19 @@ Data path: ``dataset`` (Zarr CSR + features) -> ``sample`` (offline plan) -> ``p
 
 from disktrain.errors import DataError
 
-__all__ = ["DataError"]
+__all__ = ["Batch", "DataError", "Loader"]
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    """``disktrain.Loader`` and ``disktrain.Batch``, imported on first use (they import
+    torch; the command line's --help stays fast)."""
+    if name == "Loader":
+        from disktrain.loader import Loader
+
+        return Loader
+    if name == "Batch":
+        from disktrain.batch import Batch
+
+        return Batch
+    raise AttributeError(f"module 'disktrain' has no attribute {name!r}")

@@ -64,7 +64,8 @@ class MiniBatch:
     index: int
     x: torch.Tensor
     blocks: list[Block]
-    labels: torch.Tensor
+    labels: torch.Tensor | None
+    """The seeds' labels (None for a dataset without labels)."""
     input_nodes: np.ndarray
     """Global id of each row of ``x`` (the sample store's order, last hop reordered)."""
     seconds: dict[str, float] = field(default_factory=dict)
@@ -81,7 +82,7 @@ class _HostBatch:
     gpu_slot: np.ndarray
     """... from these GPU-cache rows."""
     blocks: list[Block]
-    labels: torch.Tensor
+    labels: torch.Tensor | None
     input_nodes: np.ndarray
 
 
@@ -122,7 +123,9 @@ class PackedLoader:
         self.samples = SampleStore(dataset_path, verify=cfg.verify, root=root)
         self.packed = PackedStore(dataset_path, verify=cfg.verify, root=root)
         self.caches = FeatureCaches(self.packed, self.device)
-        self.labels = torch.from_numpy(np.asarray(self.dataset.labels, np.int64))
+        self.labels = (torch.from_numpy(np.asarray(self.dataset.labels, np.int64))
+                       if "labels" in self.dataset.group else None)
+        """Every node's label, on the host (None: the dataset has none)."""
         self._pin = self.device.type == "cuda"
 
     def sibling(self, root: str | Path) -> PackedLoader:
@@ -200,7 +203,8 @@ class PackedLoader:
             if layer == 0:
                 src = newpos[src]
             blocks.append(Block.from_numpy(src, dst, num_src, num_dst, degree))
-        labels = self.labels[torch.from_numpy(sampled.seeds.astype(np.int64))]
+        labels = (None if self.labels is None
+                  else self.labels[torch.from_numpy(sampled.seeds.astype(np.int64))])
         return _HostBatch(buf[:n], newpos[on_gpu], -1 - slots[on_gpu], blocks, labels,
                           input_nodes)
 
@@ -209,7 +213,7 @@ class PackedLoader:
         nb = self._pin
         x = host.x.to(self.device, non_blocking=nb)
         blocks = [blk.to(self.device, non_blocking=nb) for blk in host.blocks]
-        labels = host.labels.to(self.device, non_blocking=nb)
+        labels = None if host.labels is None else host.labels.to(self.device, non_blocking=nb)
         if len(host.gpu_pos):
             pos = torch.from_numpy(host.gpu_pos).to(self.device, non_blocking=nb)
             slot = torch.from_numpy(host.gpu_slot).to(self.device, non_blocking=nb)
@@ -223,7 +227,7 @@ def _consume_on_current_stream(batch: MiniBatch, event: torch.cuda.Event) -> Non
     stream = torch.cuda.current_stream()
     stream.wait_event(event)
     blocks = (u for b in batch.blocks for u in (b.src, b.dst, b.src_degree) if u is not None)
-    for t in (batch.x, batch.labels, *blocks):
+    for t in (batch.x, *blocks, *([] if batch.labels is None else [batch.labels])):
         t.record_stream(stream)
 
 

@@ -142,6 +142,9 @@ def _train(cfg: TrainConfig, env: DistEnv, device: torch.device, assemble_thread
     if meta.feature_dim < 1:
         raise DataError(f"{cfg.dataset}: the dataset has no node features (feature_dim 0); "
                         "ingest it with --features")
+    if loader.labels is None:
+        raise DataError(f"{cfg.dataset}: the dataset has no labels to train on; ingest it "
+                        "with --labels (or train your own model with disktrain.Loader)")
     fanouts = loader.samples.config.fanouts
     model = build_model(GNNConfig(model=cfg.model, in_dim=meta.feature_dim, hidden=cfg.hidden,
                                   num_classes=meta.num_classes, num_layers=len(fanouts),

@@ -1,0 +1,86 @@
+"""The batch the public loader yields: PyG's NeighborLoader layout and our blocks, one object."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from disktrain.models.block import Block
+
+
+@dataclass(eq=False)
+class Batch:
+    """One sampled mini-batch on its device.
+
+    PyG's fields, as ``torch_geometric.loader.NeighborLoader`` (directed, without
+    replacement) makes them: ``x`` holds the rows of ``n_id`` (seeds first, then each hop's
+    new nodes), ``edge_index`` the sampled edges source -> target in local ids, hop by hop
+    (the seeds' in-edges first), so ``model(batch.x, batch.edge_index)[:batch.batch_size]``
+    works for any PyG model and PyG's ``trim_to_layer`` works with ``num_sampled_nodes`` /
+    ``num_sampled_edges``. ``blocks`` are the same edges per layer (input layer first) for
+    disktrain's own models: ``model(batch.x, batch.blocks)``.
+    """
+
+    x: torch.Tensor
+    """(num_nodes, F) features of ``n_id``, in the dtype the loader was asked for."""
+    edge_index: torch.Tensor
+    """(2, E) int64: row 0 source, row 1 target, local ids (rows of ``x``)."""
+    n_id: torch.Tensor
+    """(num_nodes,) int64 global id of each row of ``x``."""
+    batch_size: int
+    """Seeds: the first ``batch_size`` rows of ``x`` (and entries of ``y``)."""
+    num_sampled_nodes: list[int]
+    """Nodes per hop: the seeds, then the nodes first reached at hop 1, 2, ..."""
+    num_sampled_edges: list[int]
+    """Edges per hop, hop 1 (into the seeds) first; they are ``edge_index``'s column runs."""
+    blocks: list[Block]
+    """Per layer, input layer (farthest hop) first: ``blocks[-1]`` holds the seeds' in-edges."""
+    y: torch.Tensor | None = None
+    """(num_nodes,) int64 labels of ``n_id`` (None for a dataset without labels); the seeds'
+    are ``y[:batch_size]``."""
+    index: int = -1
+    """The pre-sampled batch this is (its id in its sample store)."""
+    seconds: dict[str, float] = field(default_factory=dict)
+    """Time the batch spent in the loader's stages."""
+
+    @property
+    def num_nodes(self) -> int:
+        return self.x.shape[0]
+
+    @property
+    def seed_labels(self) -> torch.Tensor | None:
+        return None if self.y is None else self.y[:self.batch_size]
+
+    def to_pyg(self):
+        """This batch as a ``torch_geometric.data.Data`` (PyG must be installed)."""
+        try:
+            from torch_geometric.data import Data
+        except ImportError as e:
+            raise ImportError("Batch.to_pyg needs torch_geometric: pip install "
+                              "'disktrain[bench]' (or torch-geometric)") from e
+        data = Data(x=self.x, edge_index=self.edge_index, n_id=self.n_id,
+                    batch_size=self.batch_size, num_sampled_nodes=self.num_sampled_nodes,
+                    num_sampled_edges=self.num_sampled_edges)
+        if self.y is not None:
+            data.y = self.y
+        return data
+
+
+def pyg_layout(blocks: list[Block]) -> tuple[torch.Tensor, list[int], list[int]]:
+    """(edge_index, num_sampled_nodes, num_sampled_edges) of a batch's blocks.
+
+    A block's dst nodes are the first ``num_dst`` of its src nodes and layer ``l``'s src
+    nodes are the nodes reached within ``L - l`` hops, so the ids are already the batch's
+    local ids; the hops are the blocks in reverse.
+    """
+    hops = blocks[::-1]  # the seeds' block first
+    device = blocks[0].src.device if blocks else torch.device("cpu")
+    if hops:
+        edge_index = torch.cat([torch.stack((b.src, b.dst)) for b in hops], dim=1)
+    else:
+        edge_index = torch.zeros((2, 0), dtype=torch.int64, device=device)
+    sizes = [hops[0].num_dst] + [b.num_src for b in hops] if hops else [0]
+    return (edge_index, [int(n) for n in np.diff([0, *sizes])],
+            [int(b.num_edges) for b in hops])

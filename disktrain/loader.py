@@ -1,0 +1,209 @@
+"""The public loader: a prepared dataset's mini-batches for any PyTorch or PyG model.
+
+    import disktrain
+    train = disktrain.Loader("papers", split="train", epochs=10)
+    for epoch in range(10):
+        train.set_epoch(epoch)
+        for batch in train:
+            out = model(batch.x, batch.edge_index)[:batch.batch_size]
+            loss = F.cross_entropy(out, batch.y[:batch.batch_size])
+    val = disktrain.Loader("papers", split="val")
+
+Batches come through the same pipeline as ``disktrain train`` (packed reads, caches,
+prefetching). Train batches are those ``disktrain prepare`` sampled, shuffled per epoch;
+epochs beyond them are prepared afresh in the background (``plan_reuse="fresh"``) or reuse
+them (``"cycle"``). Val and test batches are the packed evaluation batches. Under
+torch.distributed each rank gets its own share of every epoch.
+"""
+
+from __future__ import annotations
+
+import sys
+from contextlib import closing
+from dataclasses import replace
+from pathlib import Path
+from typing import Self
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from disktrain.batch import Batch, pyg_layout
+from disktrain.errors import DataError
+from disktrain.layout import eval_root, is_prepared, train_root
+from disktrain.pipeline import LoaderConfig, MiniBatch, PackedLoader
+from disktrain.sample.plan import SPLITS
+from disktrain.train.fresh import FreshEpochs
+from disktrain.train.schedule import epoch_batches, worker_share
+
+STATE_VERSION = 1
+PLAN_REUSE = ("fresh", "cycle")
+
+
+class Loader:
+    """Iterate the pre-sampled mini-batches of ``split`` of a prepared dataset.
+
+    ``device``/``dtype``: where the batch tensors go and the feature dtype (float32 by
+    default, whatever is stored). ``shuffle``: a new seeded order every epoch (default: for
+    train). ``rank``/``world_size``: this process's share (default: torch.distributed's when
+    it is initialized, else everything); train shares are equal (the remainder is dropped),
+    evaluation shares cover every batch. ``plan_reuse`` and ``epochs`` (the number of
+    epochs that will run; bounds the fresh epochs prepared ahead): see the module docstring.
+    ``reuse_buffers``: on a CPU, let ``x`` share the loader's buffer (valid only until the
+    next batch) instead of a copy of it. ``config``: the pipeline's settings.
+    """
+
+    def __init__(self, dataset_dir: str | Path, split: str = "train", *,
+                 device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
+                 shuffle: bool | None = None, seed: int = 0, rank: int | None = None,
+                 world_size: int | None = None, plan_reuse: str = "fresh",
+                 epochs: int | None = None, reuse_buffers: bool = False,
+                 config: LoaderConfig | None = None):
+        if split not in SPLITS:
+            raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+        if plan_reuse not in PLAN_REUSE:
+            raise ValueError(f"plan_reuse must be one of {PLAN_REUSE}, got {plan_reuse!r}")
+        if not dtype.is_floating_point:
+            raise ValueError(f"dtype must be a floating point type, got {dtype}")
+        if (rank is None) != (world_size is None):
+            raise ValueError("give both rank and world_size, or neither")
+        if rank is None:
+            distributed = dist.is_available() and dist.is_initialized()
+            rank, world_size = (dist.get_rank(), dist.get_world_size()) if distributed \
+                else (0, 1)
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank must be in [0, {world_size}), got {rank}")
+        self.dataset_dir, self.split = Path(dataset_dir), split
+        self.dtype, self.seed = dtype, seed
+        self.shuffle = split == "train" if shuffle is None else shuffle
+        self.rank, self.world_size = rank, world_size
+        self.plan_reuse, self.epochs, self.reuse_buffers = plan_reuse, epochs, reuse_buffers
+        root = train_root(dataset_dir) if split == "train" else eval_root(dataset_dir, split)
+        if split != "train" and not is_prepared(root):
+            raise DataError(f"{root}: no packed {split} batches; run `disktrain prepare "
+                            f"{dataset_dir}` (without --no-eval)")
+        cfg = config or LoaderConfig()
+        self._source = PackedLoader(dataset_dir, replace(cfg, device=str(device)), root=root)
+        self.device = self._source.device
+        samples = self._source.samples
+        self.batches_per_epoch = samples.batches_per_epoch
+        self.sampled_epochs = samples.num_batches // samples.batches_per_epoch
+        self.epoch, self._cursor = 0, 0
+        self._fresh: FreshEpochs | None = None
+        self._labels = (None if self._source.labels is None
+                        else self._source.labels.numpy())
+
+    def set_epoch(self, epoch: int) -> None:
+        """Iterate epoch ``epoch`` next (its order and, for train, its samples)."""
+        if epoch < 0:
+            raise ValueError(f"epoch must be >= 0, got {epoch}")
+        if epoch != self.epoch:
+            self.epoch, self._cursor = epoch, 0
+
+    def batch_ids(self, epoch: int | None = None) -> np.ndarray:
+        """This rank's batches of ``epoch`` (default: the current one), in order: ids in
+        the epoch's store."""
+        epoch = self.epoch if epoch is None else epoch
+        if self.split != "train":
+            ids = np.arange(self.batches_per_epoch)
+            if self.shuffle:
+                ids = np.random.default_rng([self.seed, 1_000_003, epoch]).permutation(ids)
+            return ids[self.rank::self.world_size]
+        ids = epoch_batches(epoch, self.seed, self.sampled_epochs, self.batches_per_epoch,
+                            self.plan_reuse)
+        if not self.shuffle:
+            ids = np.sort(ids)
+        return worker_share(ids, self.rank, self.world_size)
+
+    def __len__(self) -> int:
+        return len(self.batch_ids())
+
+    def _is_fresh(self, epoch: int) -> bool:
+        return (self.split == "train" and self.plan_reuse == "fresh"
+                and epoch >= self.sampled_epochs)
+
+    def _epoch_source(self, epoch: int) -> PackedLoader:
+        """The packed loader of ``epoch``'s store (a fresh epoch's once it is prepared)."""
+        if self.split != "train" or self.plan_reuse != "fresh" or (
+                self.epochs is not None and self.epochs <= self.sampled_epochs):
+            return self._source
+        if self._fresh is None:
+            last = self.epochs if self.epochs is not None else sys.maxsize
+            self._fresh = FreshEpochs(self.dataset_dir, self.sampled_epochs, last, 1,
+                                      self.rank == 0, self.device)
+            self._fresh.sweep(epoch)
+        self._fresh.ahead_of(epoch + 1)
+        if not self._is_fresh(epoch):
+            return self._source
+        return self._source.sibling(self._fresh.root(epoch))
+
+    def __iter__(self):
+        epoch = self.epoch
+        source = self._epoch_source(epoch)
+        ids = self.batch_ids(epoch)
+        with closing(source(ids[self._cursor:])) as batches:
+            for i, mb in enumerate(batches, start=self._cursor):
+                self._cursor = i + 1  # the caller holds it: consumed
+                yield self._batch(mb)
+        self._cursor = 0
+        if self._is_fresh(epoch) and self._fresh is not None:
+            if self.world_size > 1 and dist.is_available() and dist.is_initialized():
+                dist.barrier()  # every rank has read the epoch before it is deleted
+            self._fresh.done(epoch)
+
+    def _batch(self, mb: MiniBatch) -> Batch:
+        x = mb.x
+        if x.dtype != self.dtype:
+            x = x.to(self.dtype)
+        elif x.device.type == "cpu" and not self.reuse_buffers:
+            x = x.clone()  # the pipeline reuses its buffer for a later batch
+        edge_index, nodes, edges = pyg_layout(mb.blocks)
+        y = None
+        if self._labels is not None:
+            y = torch.from_numpy(self._labels[mb.input_nodes]).to(self.device)
+        return Batch(x=x, edge_index=edge_index,
+                     n_id=torch.from_numpy(mb.input_nodes.astype(np.int64)).to(self.device),
+                     batch_size=mb.blocks[-1].num_dst if mb.blocks else x.shape[0],
+                     num_sampled_nodes=nodes, num_sampled_edges=edges, blocks=mb.blocks,
+                     y=y, index=mb.index, seconds=mb.seconds)
+
+    def state_dict(self) -> dict:
+        """Where iteration stands (epoch, batches consumed), to resume mid-epoch."""
+        return {"version": STATE_VERSION, "split": self.split, "epoch": self.epoch,
+                "cursor": self._cursor, "world_size": self.world_size, "seed": self.seed,
+                "samples_id": self._source.samples.store_id}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Resume from :meth:`state_dict`: the next iteration continues that epoch after its
+        consumed batches. Refuses another version, split, seed, sample store or world size
+        (the shares would differ)."""
+        if state.get("version") != STATE_VERSION:
+            raise ValueError(f"loader state version {state.get('version')!r} is not "
+                             f"{STATE_VERSION}")
+        mine = self.state_dict()
+        for key in ("split", "world_size", "seed", "samples_id"):
+            if state.get(key) != mine[key]:
+                raise ValueError(f"loader state has {key} {state.get(key)!r}, this loader "
+                                 f"{mine[key]!r}: resuming would change the batches")
+        cursor = int(state["cursor"])
+        if not 0 <= cursor <= len(self.batch_ids(int(state["epoch"]))):
+            raise ValueError(f"loader state cursor {cursor} out of range")
+        self.epoch, self._cursor = int(state["epoch"]), cursor
+
+    def close(self) -> None:
+        """Stop the background preparation of fresh epochs, if any."""
+        if self._fresh is not None:
+            self._fresh.close()
+            self._fresh = None
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:  # noqa: BLE001, S110 - interpreter shutdown
+            pass
