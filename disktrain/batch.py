@@ -17,10 +17,12 @@ class Batch:
     PyG's fields, as ``torch_geometric.loader.NeighborLoader`` (directed, without
     replacement) makes them: ``x`` holds the rows of ``n_id`` (seeds first, then each hop's
     new nodes), ``edge_index`` the sampled edges source -> target in local ids, hop by hop
-    (the seeds' in-edges first), so ``model(batch.x, batch.edge_index)[:batch.batch_size]``
-    works for any PyG model and PyG's ``trim_to_layer`` works with ``num_sampled_nodes`` /
-    ``num_sampled_edges``. ``blocks`` are the same edges per layer (input layer first) for
-    disktrain's own models: ``model(batch.x, batch.blocks)``.
+    (the seeds' in-edges first; each node's in-edges from one sample, see
+    :func:`pyg_layout`), so ``model(batch.x, batch.edge_index)[:batch.batch_size]`` works for
+    any PyG model and PyG's ``trim_to_layer`` works with ``num_sampled_nodes`` /
+    ``num_sampled_edges``. ``blocks`` are the sampled edges per layer (input layer first;
+    every layer samples all its dst nodes, as DGL) for disktrain's own models:
+    ``model(batch.x, batch.blocks)``.
     """
 
     x: torch.Tensor
@@ -71,16 +73,24 @@ class Batch:
 def pyg_layout(blocks: list[Block]) -> tuple[torch.Tensor, list[int], list[int]]:
     """(edge_index, num_sampled_nodes, num_sampled_edges) of a batch's blocks.
 
-    A block's dst nodes are the first ``num_dst`` of its src nodes and layer ``l``'s src
-    nodes are the nodes reached within ``L - l`` hops, so the ids are already the batch's
-    local ids; the hops are the blocks in reverse.
+    A block's dst nodes are the first ``num_dst`` of its src nodes, so block ids are already
+    the batch's local ids; the hops are the blocks in reverse. Our blocks sample every dst
+    node at every layer (DGL's semantics); PyG samples each node once, at the hop after the
+    one that first reached it. So hop ``k``'s edges here are those of its block into the
+    nodes first reached at hop ``k - 1`` (the seeds for hop 1): every node's in-edges come
+    from one sample, and ``edge_index`` has PyG's hop-by-hop layout, which ``trim_to_layer``
+    relies on. (Nodes reached only through a later re-sample of an earlier node keep their
+    row in ``x`` and ``n_id``, without edges.)
     """
     hops = blocks[::-1]  # the seeds' block first
     device = blocks[0].src.device if blocks else torch.device("cpu")
-    if hops:
-        edge_index = torch.cat([torch.stack((b.src, b.dst)) for b in hops], dim=1)
-    else:
-        edge_index = torch.zeros((2, 0), dtype=torch.int64, device=device)
+    parts, edges, first = [], [], 0
+    for block in hops:
+        keep = block.dst >= first  # dst nodes first reached at the hop before
+        parts.append(torch.stack((block.src[keep], block.dst[keep])))
+        edges.append(int(parts[-1].shape[1]))
+        first = block.num_dst
+    edge_index = (torch.cat(parts, dim=1) if parts
+                  else torch.zeros((2, 0), dtype=torch.int64, device=device))
     sizes = [hops[0].num_dst] + [b.num_src for b in hops] if hops else [0]
-    return (edge_index, [int(n) for n in np.diff([0, *sizes])],
-            [int(b.num_edges) for b in hops])
+    return edge_index, [int(n) for n in np.diff([0, *sizes])], edges

@@ -19,6 +19,7 @@ torch.distributed each rank gets its own share of every epoch.
 from __future__ import annotations
 
 import sys
+import time
 from contextlib import closing
 from dataclasses import replace
 from pathlib import Path
@@ -29,6 +30,7 @@ import torch
 import torch.distributed as dist
 
 from disktrain.batch import Batch, pyg_layout
+from disktrain.checksum import CRC_BYTES
 from disktrain.errors import DataError
 from disktrain.layout import eval_root, is_prepared, train_root
 from disktrain.pipeline import LoaderConfig, MiniBatch, PackedLoader
@@ -37,7 +39,17 @@ from disktrain.train.fresh import FreshEpochs
 from disktrain.train.schedule import epoch_batches, worker_share
 
 STATE_VERSION = 1
-PLAN_REUSE = ("fresh", "cycle")
+PLAN_REUSE = ("fresh", "cycle", "pool")
+
+
+def packed_bytes(store, batch_ids) -> dict[str, int]:
+    """Bytes of packed feature rows batches ``batch_ids`` of ``store`` (a PackedStore) need,
+    and the bytes their reads take from storage (whole chunks: padding and crc included)."""
+    ids = np.asarray(batch_ids, np.int64)
+    row = store.feature_dim * store.dtype.itemsize
+    padded = store.batch_rows[ids + 1] - store.batch_rows[ids]
+    return {"needed": int(store.batch_packed[ids].sum()) * row,
+            "read": int(padded.sum()) * row + int((padded // store.chunk_rows).sum()) * CRC_BYTES}
 
 
 class Loader:
@@ -49,16 +61,20 @@ class Loader:
     it is initialized, else everything); train shares are equal (the remainder is dropped),
     evaluation shares cover every batch. ``plan_reuse`` and ``epochs`` (the number of
     epochs that will run; bounds the fresh epochs prepared ahead): see the module docstring.
-    ``reuse_buffers``: on a CPU, let ``x`` share the loader's buffer (valid only until the
-    next batch) instead of a copy of it. ``config``: the pipeline's settings.
+    ``prepare_ahead``: fresh epochs prepared ahead of the one iterated. ``max_batches``: at
+    most this many batches per epoch (this rank's first). ``reuse_buffers``: on a CPU, let
+    ``x`` share the loader's buffer (valid only until the next batch) instead of a copy of it.
+    ``config``: the pipeline's settings. ``share``: another loader of the same dataset whose
+    caches and labels this one uses (e.g. val next to train) instead of loading its own.
     """
 
     def __init__(self, dataset_dir: str | Path, split: str = "train", *,
                  device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
                  shuffle: bool | None = None, seed: int = 0, rank: int | None = None,
                  world_size: int | None = None, plan_reuse: str = "fresh",
-                 epochs: int | None = None, reuse_buffers: bool = False,
-                 config: LoaderConfig | None = None):
+                 epochs: int | None = None, prepare_ahead: int = 1,
+                 max_batches: int | None = None, reuse_buffers: bool = False,
+                 config: LoaderConfig | None = None, share: Loader | None = None):
         if split not in SPLITS:
             raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
         if plan_reuse not in PLAN_REUSE:
@@ -73,25 +89,52 @@ class Loader:
                 else (0, 1)
         if not 0 <= rank < world_size:
             raise ValueError(f"rank must be in [0, {world_size}), got {rank}")
+        for name, value in (("prepare_ahead", prepare_ahead), ("max_batches", max_batches)):
+            if value is not None and value < 1:
+                raise ValueError(f"{name} must be >= 1, got {value}")
         self.dataset_dir, self.split = Path(dataset_dir), split
         self.dtype, self.seed = dtype, seed
         self.shuffle = split == "train" if shuffle is None else shuffle
         self.rank, self.world_size = rank, world_size
         self.plan_reuse, self.epochs, self.reuse_buffers = plan_reuse, epochs, reuse_buffers
+        self.prepare_ahead, self.max_batches = prepare_ahead, max_batches
         root = train_root(dataset_dir) if split == "train" else eval_root(dataset_dir, split)
         if split != "train" and not is_prepared(root):
             raise DataError(f"{root}: no packed {split} batches; run `disktrain prepare "
                             f"{dataset_dir}` (without --no-eval)")
-        cfg = config or LoaderConfig()
-        self._source = PackedLoader(dataset_dir, replace(cfg, device=str(device)), root=root)
+        if share is not None:
+            self._source = share._source.sibling(root)
+        else:
+            cfg = config or LoaderConfig()
+            self._source = PackedLoader(dataset_dir, replace(cfg, device=str(device)),
+                                        root=root)
         self.device = self._source.device
         samples = self._source.samples
         self.batches_per_epoch = samples.batches_per_epoch
         self.sampled_epochs = samples.num_batches // samples.batches_per_epoch
         self.epoch, self._cursor = 0, 0
         self._fresh: FreshEpochs | None = None
+        self.prepare_wait_s = 0.0
+        """Seconds the last epoch started waited for its fresh samples."""
+        self.packed_bytes: dict[str, int] = {}
+        """The packed bytes this rank's batches of the last epoch started need and read."""
         self._labels = (None if self._source.labels is None
                         else self._source.labels.numpy())
+
+    @property
+    def dataset(self):
+        """The :class:`~disktrain.dataset.Dataset` read."""
+        return self._source.dataset
+
+    @property
+    def fanouts(self) -> tuple[int, ...]:
+        """The sampled fanouts, first hop (from the seeds) first."""
+        return self._source.samples.config.fanouts
+
+    @property
+    def tiers_id(self) -> str:
+        """The identity of the cache rows the batches are read with (see docs/FORMAT.md)."""
+        return self._source.packed.tiers_id
 
     def set_epoch(self, epoch: int) -> None:
         """Iterate epoch ``epoch`` next (its order and, for train, its samples)."""
@@ -108,12 +151,12 @@ class Loader:
             ids = np.arange(self.batches_per_epoch)
             if self.shuffle:
                 ids = np.random.default_rng([self.seed, 1_000_003, epoch]).permutation(ids)
-            return ids[self.rank::self.world_size]
+            return ids[self.rank::self.world_size][:self.max_batches]
         ids = epoch_batches(epoch, self.seed, self.sampled_epochs, self.batches_per_epoch,
                             self.plan_reuse)
         if not self.shuffle:
             ids = np.sort(ids)
-        return worker_share(ids, self.rank, self.world_size)
+        return worker_share(ids, self.rank, self.world_size)[:self.max_batches]
 
     def __len__(self) -> int:
         return len(self.batch_ids())
@@ -129,8 +172,8 @@ class Loader:
             return self._source
         if self._fresh is None:
             last = self.epochs if self.epochs is not None else sys.maxsize
-            self._fresh = FreshEpochs(self.dataset_dir, self.sampled_epochs, last, 1,
-                                      self.rank == 0, self.device)
+            self._fresh = FreshEpochs(self.dataset_dir, self.sampled_epochs, last,
+                                      self.prepare_ahead, self.rank == 0, self.device)
             self._fresh.sweep(epoch)
         self._fresh.ahead_of(epoch + 1)
         if not self._is_fresh(epoch):
@@ -139,8 +182,11 @@ class Loader:
 
     def __iter__(self):
         epoch = self.epoch
+        t0 = time.perf_counter()
         source = self._epoch_source(epoch)
+        self.prepare_wait_s = time.perf_counter() - t0
         ids = self.batch_ids(epoch)
+        self.packed_bytes = packed_bytes(source.packed, ids)
         with closing(source(ids[self._cursor:])) as batches:
             for i, mb in enumerate(batches, start=self._cursor):
                 self._cursor = i + 1  # the caller holds it: consumed

@@ -14,11 +14,12 @@ from __future__ import annotations
 import queue
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import ClassVar, Protocol
 
 import numba
 import numpy as np
@@ -27,7 +28,7 @@ import torch
 from disktrain.dataset import Dataset
 from disktrain.kernels.gather import gather_rows
 from disktrain.models.block import Block
-from disktrain.pack.store import PackedStore
+from disktrain.pack.store import DIRECT_ALIGN, PackedStore
 from disktrain.sample.store import SampleStore
 
 
@@ -161,10 +162,13 @@ class PackedLoader:
         """Stage 1: read batch ``b``'s packed rows into the feature buffer ``buf``.
 
         The packed range is read (crc-checked) straight into the buffer at the batch's first
-        last-hop-only row: those rows (most of a batch) are then in place, no copy needed.
+        last-hop-only row: those rows (most of a batch) are then in place, no copy needed. A
+        buffer from the pool is first slid so that this row starts on a 4 KiB boundary: the
+        range then comes from the disk past the page cache (``O_DIRECT``).
         """
         inner = self.samples.inner_count(b)
         padded = int(self.packed.batch_rows[b + 1] - self.packed.batch_rows[b])
+        _BufferPool.align(buf, inner)  # a pool's buffer: the packed rows start page-aligned
         self.packed.read_packed(b, buf.numpy()[inner:inner + padded])
         return buf
 
@@ -249,7 +253,15 @@ class _BufferPool:
     A buffer comes back with the event recorded after its non-blocking host-to-device copy
     (None on a CPU): it is handed out again only once that copy has completed, so a read
     never overwrites rows still being copied.
+
+    Each buffer views an allocation :data:`DIRECT_ALIGN` bytes larger than itself, so
+    :meth:`align` can slide it to put any row on a 4 KiB boundary: the packed rows of a batch
+    then go from the disk straight into the buffer (``O_DIRECT``, see
+    :meth:`PackedStore.read_packed`).
     """
+
+    _slack: ClassVar[weakref.WeakValueDictionary] = weakref.WeakValueDictionary()
+    """The buffers :meth:`align` may slide (every pool's), by id."""
 
     def __init__(self, dim: int, dtype: np.dtype, pin: bool):
         self.dim, self.dtype, self.pin = dim, _torch_dtype(dtype), pin
@@ -259,17 +271,38 @@ class _BufferPool:
     def take(self, rows: int) -> torch.Tensor:
         """A buffer of at least ``rows`` rows: a free one whose copy has completed, else the
         one given back first once its copy completes (no more buffers than before), else a
-        new one."""
+        new one (starting on a 4 KiB boundary)."""
         with self.lock:
             fits = [i for i, (free, _) in enumerate(self.free) if free.shape[0] >= rows]
             done = [i for i in fits if self.free[i][1] is None or self.free[i][1].query()]
             buf, event = self.free.pop((done or fits)[0]) if fits else (None, None)
         if buf is None:
-            return torch.empty((rows + rows // 4, self.dim), dtype=self.dtype,
-                               pin_memory=self.pin)
+            return self._new(rows + rows // 4)
         if not done:
             event.synchronize()
         return buf
+
+    def _new(self, rows: int) -> torch.Tensor:
+        nbytes = rows * self.dim * self.dtype.itemsize
+        raw = torch.empty(nbytes + DIRECT_ALIGN, dtype=torch.uint8, pin_memory=self.pin)
+        buf = torch.empty(0, dtype=self.dtype).set_(raw.untyped_storage(), 0,
+                                                    (rows, self.dim), (self.dim, 1))
+        self._slack[id(buf)] = buf
+        self.align(buf, 0)
+        return buf
+
+    @classmethod
+    def align(cls, buf: torch.Tensor, row: int) -> None:
+        """Slide ``buf``, a pool's buffer, in place within its allocation so that its row
+        ``row`` starts on a :data:`DIRECT_ALIGN` boundary; any other tensor is left as is.
+        Only while no view of ``buf`` is in use: autograd sees the move as an in-place
+        change."""
+        if cls._slack.get(id(buf)) is not buf:
+            return
+        storage, item = buf.untyped_storage(), buf.element_size()
+        skip = -(storage.data_ptr() + row * buf.stride(0) * item) % DIRECT_ALIGN
+        if skip != buf.storage_offset() * item:
+            buf.set_(storage, skip // item, buf.shape, buf.stride())
 
     def give(self, buf: torch.Tensor, event: CopyEvent | None = None) -> None:
         """Return ``buf``; ``event``: recorded after its last copy was enqueued."""

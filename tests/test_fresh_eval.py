@@ -13,6 +13,7 @@ from disktrain.cli import main
 from disktrain.dataset import Dataset
 from disktrain.errors import DataError
 from disktrain.layout import epoch_root, eval_root, is_prepared
+from disktrain.loader import Loader, packed_bytes
 from disktrain.models.block import Block
 from disktrain.models.gnn import GNNConfig, build_model
 from disktrain.pack import PackConfig, PackedStore, pack_dataset
@@ -20,7 +21,7 @@ from disktrain.pipeline import PackedLoader
 from disktrain.prepare import prepare_epoch, prepare_eval, serve_epochs
 from disktrain.sample import SampleConfig, SamplePlan, SampleStore, sample_dataset
 from disktrain.train import TrainConfig, train
-from disktrain.train.evaluate import Evaluator, evaluate_packed, packed_bytes
+from disktrain.train.evaluate import Evaluator, evaluate_packed
 
 SAMPLE = {"fanouts": (4, 3), "batch_size": 32, "seed": 0, "group_size": 2}
 PACK = PackConfig(gpu_cache_bytes=16 * 64, cpu_cache_bytes=24 * 64, chunk_bytes=512)
@@ -129,26 +130,26 @@ def test_packed_evaluation_reads_the_raw_rows_exactly(one_epoch):
     torch.manual_seed(0)
     model = build_model(GNNConfig(model="sage", in_dim=16, hidden=16, num_classes=4,
                                   num_layers=2)).eval()
-    loader = PackedLoader(one_epoch)
+    loader = Loader(one_epoch, plan_reuse="cycle")
     evaluator = Evaluator("auto", loader, 64, 0)
     assert evaluator.mode("val") == evaluator.mode("test") == "packed"
     got = evaluator(model)
     for split in ("val", "test"):
         assert got[f"{split}_acc"] == pytest.approx(_raw_accuracy(model, one_epoch, split))
         assert evaluate_packed(model, evaluator.packed[split]) == got[f"{split}_acc"]
-        assert evaluator.packed[split].caches is loader.caches
+        assert evaluator.packed[split].tiers_id == loader.tiers_id
 
 
 def test_evaluation_modes(tmp_path, capsys):
     path = _prepare(make_dataset(tmp_path / "g"), epochs=1, evaluation=False)
-    loader = PackedLoader(path)
+    loader = Loader(path, plan_reuse="cycle")
     assert Evaluator("auto", loader, 64, 0).mode("val") == "online"
     assert capsys.readouterr().err == ""  # not prepared: online, quietly
     with pytest.raises(DataError, match="no packed evaluation batches .*eval/val"):
         Evaluator("packed", loader, 64, 0)
     prepare_eval(path, progress=False)
     pack_dataset(path, PackConfig(chunk_bytes=512), progress=False)  # another training store
-    loader = PackedLoader(path)
+    loader = Loader(path, plan_reuse="cycle")
     assert Evaluator("auto", loader, 64, 0).mode("test") == "online"
     assert "made with this training store" in capsys.readouterr().err
     result = _run(path, tmp_path, epochs=1, evaluation="online")

@@ -53,13 +53,17 @@ def test_batches_have_pyg_neighbor_loader_layout(ds):
         src, dst = batch.edge_index.numpy()
         n_id = batch.n_id.numpy()
         assert set(zip(n_id[src].tolist(), n_id[dst].tolist(), strict=True)) <= graph
-        # hop k's edges point into the nodes reached before hop k, from nodes reached by k
+        # hop k's edges point into the nodes first reached at hop k - 1, from nodes reached
+        # by hop k, and every node's in-edges come from one hop (one sample)
         reached = np.cumsum(batch.num_sampled_nodes)
         at = 0
         for hop, count in enumerate(batch.num_sampled_edges):
-            assert int(dst[at:at + count].max(initial=-1)) < reached[hop]
+            low = reached[hop - 1] if hop else 0
+            assert ((dst[at:at + count] >= low) & (dst[at:at + count] < reached[hop])).all()
             assert int(src[at:at + count].max(initial=-1)) < reached[hop + 1]
             at += count
+        seeds_block = batch.blocks[-1]  # hop 1: the seeds' in-edges, all of them
+        assert batch.num_sampled_edges[0] == seeds_block.num_edges
         # the same edges as the blocks, which the model sees
         assert batch.blocks[-1].num_dst == batch.batch_size
         seeds.append(batch.n_id[:batch.batch_size])
@@ -84,6 +88,7 @@ def test_to_pyg_and_trim_to_layer(ds):
     x, edge_index, _ = trim_to_layer(1, data.num_sampled_nodes, data.num_sampled_edges,
                                      data.x, data.edge_index)
     assert x.shape[0] == sum(data.num_sampled_nodes[:-1])
+    assert edge_index.shape[1] == sum(data.num_sampled_edges[:-1])
 
 
 def test_shuffle_per_epoch_and_shards(ds):

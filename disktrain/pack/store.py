@@ -200,6 +200,85 @@ class ChunkWriter:
             self._free.append(item[1])
 
 
+_O_DIRECT = getattr(os, "O_DIRECT", 0)
+
+
+def direct_span(address: int, nbytes: int) -> int:
+    """Bytes at the start of ``nbytes`` bytes at memory ``address`` that one ``O_DIRECT``
+    read from file offset 0 can fill: their whole :data:`DIRECT_ALIGN` blocks when
+    ``address`` is aligned, else none."""
+    return nbytes - nbytes % DIRECT_ALIGN if address % DIRECT_ALIGN == 0 else 0
+
+
+def aligned_empty(nbytes: int) -> np.ndarray:
+    """An uninitialized uint8 buffer of ``nbytes`` starting on a :data:`DIRECT_ALIGN`
+    boundary (so :func:`read_chunk` reads into it with ``O_DIRECT``)."""
+    raw = np.empty(nbytes + DIRECT_ALIGN, np.uint8)
+    skip = -raw.ctypes.data % DIRECT_ALIGN
+    return raw[skip:skip + nbytes]
+
+
+def read_chunk(path: str, data: np.ndarray, crc: bytearray, direct: bool) -> tuple[int, bool]:
+    """Read chunk file ``path`` (data, then its crc) into ``data`` (uint8) and ``crc``.
+
+    Returns the bytes read (``len(data) + CRC_BYTES`` unless the file is short) and whether
+    the filesystem refused ``O_DIRECT`` (``EINVAL`` at open or read; tmpfs on older
+    kernels, some network and FUSE filesystems): then this read went through the page cache
+    and the caller should stop asking for ``direct``.
+
+    With ``direct``, the whole blocks of ``data`` (:func:`direct_span`) come straight from
+    the device into ``data``: no copy through the page cache and no page-cache growth (which
+    a memory cgroup counts). The partial last block and the crc come in the same read through
+    a small aligned bounce buffer. Without, or where ``data`` is not aligned: one ordinary
+    read. ``FileNotFoundError`` is the caller's to report.
+    """
+    whole = direct_span(data.ctypes.data, len(data)) if direct and _O_DIRECT else 0
+    fd, refused = _open_for_read(path, direct=whole > 0)
+    try:
+        got = None
+        if whole and not refused:
+            got = _read_direct(fd, data, whole, crc)
+            if got is None:  # the device refused the read: through the page cache instead
+                refused = True
+                fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~_O_DIRECT)
+        if got is None:
+            got = os.preadv(fd, [data, crc], 0)
+    finally:
+        os.close(fd)
+    return got, refused
+
+
+def _open_for_read(path: str, direct: bool) -> tuple[int, bool]:
+    """Open ``path`` read-only, with ``O_DIRECT`` when asked; the descriptor and whether
+    the filesystem refused ``O_DIRECT`` (``EINVAL``: then opened without)."""
+    if direct:
+        try:
+            return os.open(path, os.O_RDONLY | _O_DIRECT), False
+        except OSError as e:
+            if e.errno != errno.EINVAL:
+                raise
+    return os.open(path, os.O_RDONLY), direct
+
+
+def _read_direct(fd: int, data: np.ndarray, whole: int, crc: bytearray) -> int | None:
+    """One ``O_DIRECT`` read of a chunk file into ``data[:whole]``, the rest of the data and
+    the crc through a bounce buffer; the bytes read (capped at the chunk file's size), or
+    None when the device refused the read (``EINVAL``)."""
+    size = len(data) + CRC_BYTES
+    bounce = aligned_empty(2 * DIRECT_ALIGN)  # the rest of the data < 1 block, crc 4 bytes
+    try:
+        got = min(os.preadv(fd, [data[:whole], bounce], 0), size)
+    except OSError as e:
+        if e.errno != errno.EINVAL:
+            raise
+        return None
+    if got == size:
+        rest = len(data) - whole
+        data[whole:] = bounce[:rest]
+        crc[:] = bounce[rest:rest + CRC_BYTES].tobytes()
+    return got
+
+
 class PackedStore:
     """A complete packed store, read-only, checked against the sample store and the dataset
     it was made from."""
@@ -277,15 +356,22 @@ class PackedStore:
         """Where each input row of batch ``b`` comes from (see the module docstring)."""
         return self._slots[self.slot_offsets[b]:self.slot_offsets[b + 1]]
 
+    direct = True
+    """Read the whole 4 KiB blocks of packed chunks with ``O_DIRECT``, straight into the
+    caller's buffer, wherever it is aligned (:func:`read_chunk`); False (per store) reads
+    through the page cache. Turns itself off when the filesystem refuses ``O_DIRECT``."""
+
     def read_packed(self, b: int, out: np.ndarray | None = None) -> np.ndarray:
         """Read batch ``b``'s packed rows (one sequential range) and verify every checksum.
 
-        ``out`` (at least the batch's padded rows, C-contiguous) is reused when given.
-        Returns the real rows, a view of ``out``.
+        ``out`` (at least the batch's padded rows, C-contiguous) is reused when given; a
+        chunk whose place in it starts on a 4 KiB boundary is read past the page cache (see
+        :attr:`direct`). Returns the real rows, a view of ``out``.
         """
         start, stop = int(self.batch_rows[b]), int(self.batch_rows[b + 1])
         if out is None:
-            out = np.empty((stop - start, self.feature_dim), self.dtype)
+            out = aligned_empty((stop - start) * self.feature_dim * self.dtype.itemsize)
+            out = out.view(self.dtype).reshape(stop - start, self.feature_dim)
         if out.shape[0] < stop - start or not out.flags.c_contiguous:
             raise ValueError(f"out must be C-contiguous with >= {stop - start} rows")
         flat = out.reshape(-1).view(np.uint8)
@@ -295,13 +381,11 @@ class PackedStore:
             path = f"{self._chunk_prefix}{chunk}.0"  # chunk_path, without pathlib per chunk
             view = flat[i * self._chunk_bytes:(i + 1) * self._chunk_bytes]
             try:
-                fd = os.open(path, os.O_RDONLY)
+                got, refused = read_chunk(path, view, crc, self.direct)
             except FileNotFoundError:
                 raise self.ref.corrupt("rows", path, "is missing", range(b, b + 1)) from None
-            try:
-                got = os.preadv(fd, [view, crc], 0)
-            finally:
-                os.close(fd)
+            if refused:
+                self.direct = False
             if got != self._chunk_bytes + CRC_BYTES:
                 raise self.ref.corrupt("rows", path, f"is truncated ({got} of "
                                        f"{self._chunk_bytes + CRC_BYTES} bytes)", range(b, b + 1))

@@ -5,19 +5,18 @@ pipeline as training), or sampling neighborhoods online with the offline sampler
 from __future__ import annotations
 
 import sys
-from contextlib import closing
 
 import numpy as np
 import torch
 import torch.distributed as dist
+import zarr
 
-from disktrain.checksum import CRC_BYTES
 from disktrain.dataset import Dataset
 from disktrain.errors import DataError
 from disktrain.kernels.sampling import sample_batches
 from disktrain.layout import EVAL_SPLITS, eval_root, is_prepared
+from disktrain.loader import Loader
 from disktrain.models.block import Block
-from disktrain.pipeline import PackedLoader
 from disktrain.sample.plan import sampling_key
 from disktrain.sample.store import unpack_batch
 from disktrain.train.config import EVAL_MODES
@@ -27,37 +26,34 @@ class Evaluator:
     """Accuracy of a model on val and test, the way ``mode`` asks.
 
     packed: each split's packed batches (``disktrain prepare`` made them with the training
-    store); online: neighborhoods sampled now, features read from the raw array; auto:
-    packed where prepared, else online (with a warning when those batches were made with
-    another training store).
+    store), read by :class:`~disktrain.loader.Loader` with the training loader's caches;
+    online: neighborhoods sampled now, features read from the raw array; auto: packed where
+    prepared, else online (with a warning when those batches were made with another
+    training store).
     """
 
-    def __init__(self, mode: str, loader: PackedLoader, batch_size: int, seed: int,
-                 rank: int = 0, world_size: int = 1):
+    def __init__(self, mode: str, train: Loader, batch_size: int, seed: int):
         if mode not in EVAL_MODES:
             raise ValueError(f"eval mode must be one of {EVAL_MODES}, got {mode!r}")
-        self.train, self.batch_size, self.seed = loader, batch_size, seed
-        self.rank, self.world_size = rank, world_size
-        dataset = loader.dataset
-        self.packed: dict[str, PackedLoader] = {}
+        self.train, self.batch_size, self.seed = train, batch_size, seed
+        dataset = train.dataset
+        self.packed: dict[str, Loader] = {}
         stale = []
         for split in EVAL_SPLITS if mode != "online" else ():
             if len(dataset.split(split)) == 0:
                 continue
             root = eval_root(dataset.path, split)
-            if is_prepared(root):
-                other = loader.sibling(root)
-                if other.caches is loader.caches:  # made with this training store
-                    self.packed[split] = other
-                    continue
-                stale.append(str(root))
-            elif mode == "packed":
+            if is_prepared(root) and _tiers_from(root) == train.tiers_id:
+                self.packed[split] = Loader(dataset.path, split, rank=train.rank,
+                                            world_size=train.world_size, share=train,
+                                            reuse_buffers=True)
+            elif is_prepared(root) or mode == "packed":
                 stale.append(str(root))
         if stale and mode == "packed":
             raise DataError(f"no packed evaluation batches made with {dataset.path}'s training "
                             f"store in {', '.join(stale)}; run `disktrain prepare` (without "
                             "--no-eval) or train with --eval online")
-        if stale and rank == 0:
+        if stale and train.rank == 0:
             print(f"disktrain: warning: no packed evaluation batches made with this training "
                   f"store in {', '.join(stale)}: evaluating those splits online (slower; "
                   "`disktrain prepare` makes them)", file=sys.stderr)
@@ -69,56 +65,47 @@ class Evaluator:
         """What this rank's packed evaluation needs and reads (see ``packed_bytes``)."""
         out = {"needed": 0, "read": 0}
         for loader in self.packed.values():
-            got = packed_bytes(loader.packed, range(self.rank, loader.num_batches,
-                                                    self.world_size))
-            out = {k: out[k] + got[k] for k in out}
+            out = {k: out[k] + loader.packed_bytes.get(k, 0) for k in out}
         return out
 
     def __call__(self, model: torch.nn.Module) -> dict[str, float]:
         """``{"val_acc": .., "test_acc": ..}`` (NaN for an empty split)."""
         out = {}
+        train = self.train
         for split in EVAL_SPLITS:
             if split in self.packed:
-                acc = evaluate_packed(model, self.packed[split], self.rank, self.world_size)
+                acc = evaluate_packed(model, self.packed[split])
             else:
-                loader = self.train
-                acc = evaluate(model, loader.dataset, split, loader.samples.config.fanouts,
-                               self.batch_size, self.seed, loader.device, self.rank,
-                               self.world_size)
+                acc = evaluate(model, train.dataset, split, train.fanouts, self.batch_size,
+                               self.seed, train.device, train.rank, train.world_size)
             out[f"{split}_acc"] = acc
         return out
 
 
-def packed_bytes(store, batch_ids) -> dict[str, int]:
-    """Bytes of packed feature rows batches ``batch_ids`` of ``store`` (a PackedStore) need,
-    and the bytes their reads take from storage (whole chunks: padding and crc included)."""
-    ids = np.asarray(batch_ids, np.int64)
-    row = store.feature_dim * store.dtype.itemsize
-    padded = store.batch_rows[ids + 1] - store.batch_rows[ids]
-    return {"needed": int(store.batch_packed[ids].sum()) * row,
-            "read": int(padded.sum()) * row + int((padded // store.chunk_rows).sum()) * CRC_BYTES}
+def _tiers_from(root) -> str | None:
+    """The tiers id the packed store at ``root`` was made with."""
+    attrs = zarr.open_group(root / "packed", mode="r").attrs
+    return attrs.get("tiers_from") or attrs.get("store_id")
 
 
 @torch.no_grad()
-def evaluate_packed(model: torch.nn.Module, loader: PackedLoader, rank: int = 0,
-                    world_size: int = 1) -> float:
-    """Accuracy of ``model`` over every packed batch of ``loader`` (an eval root's).
+def evaluate_packed(model: torch.nn.Module, loader: Loader) -> float:
+    """Accuracy of ``model`` over every packed batch of ``loader`` (a val or test loader).
 
-    With ``world_size`` > 1 each rank evaluates every ``world_size``-th batch and the counts
-    are summed over the process group.
+    Each rank evaluates its share of the batches and the counts are summed over the
+    process group.
     """
-    total = len(loader.dataset.split(loader.samples.config.split))
+    total = len(loader.dataset.split(loader.split))
     if total == 0:
         return float("nan")
     was_training = model.training
     model.eval()
     correct = torch.zeros((), dtype=torch.int64, device=loader.device)
-    with closing(loader(range(rank, loader.num_batches, world_size))) as batches:
-        for mb in batches:
-            pred = model(mb.x.float(), mb.blocks).argmax(dim=1)
-            correct += (pred == mb.labels).sum()
+    for batch in loader:
+        pred = model(batch.x, batch.blocks).argmax(dim=1)
+        correct += (pred == batch.seed_labels).sum()
     model.train(was_training)
-    if world_size > 1:
+    if loader.world_size > 1:
         dist.all_reduce(correct)
     return int(correct) / total
 

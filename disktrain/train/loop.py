@@ -27,15 +27,15 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from disktrain.errors import CheckpointError, DataError, NonFiniteError
+from disktrain.loader import Loader
 from disktrain.models.gnn import GNNConfig, build_model
-from disktrain.pipeline import LoaderConfig, PackedLoader
+from disktrain.pipeline import LoaderConfig
 from disktrain.robust import RobustAggregate
 from disktrain.threads import compute_threads, loader_threads, torch_threads
 from disktrain.train.checkpoint import CheckpointWriter, checkpoint_name, load_bytes, read_newest
 from disktrain.train.config import TrainConfig
 from disktrain.train.dist import DistEnv, broadcast_bytes
-from disktrain.train.evaluate import Evaluator, packed_bytes
-from disktrain.train.fresh import FreshEpochs
+from disktrain.train.evaluate import Evaluator
 from disktrain.train.gradsync import AllReduceMean
 from disktrain.train.health import (
     nonfinite_step_error,
@@ -43,7 +43,6 @@ from disktrain.train.health import (
     poison_gradients,
     step_is_finite,
 )
-from disktrain.train.schedule import epoch_batches, worker_share
 
 STAGES = ("read", "assemble", "copy")
 
@@ -133,19 +132,29 @@ def _train(cfg: TrainConfig, env: DistEnv, device: torch.device, assemble_thread
            grad_sync, on_epoch) -> dict:
     _init_distributed(env, device)
     torch.manual_seed(cfg.seed)
-    loader = PackedLoader(cfg.dataset, LoaderConfig(prefetch=cfg.prefetch,
-                                                    read_threads=cfg.read_threads,
-                                                    device=str(device),
-                                                    degrees=cfg.model == "gcn",
-                                                    assemble_threads=assemble_threads))
+    loader = Loader(cfg.dataset, "train", device=device, seed=cfg.seed, rank=env.rank,
+                    world_size=env.world_size, plan_reuse=cfg.plan_reuse, epochs=cfg.epochs,
+                    prepare_ahead=cfg.prepare_ahead, max_batches=cfg.max_batches,
+                    reuse_buffers=True,
+                    config=LoaderConfig(prefetch=cfg.prefetch, read_threads=cfg.read_threads,
+                                        degrees=cfg.model == "gcn",
+                                        assemble_threads=assemble_threads))
+    try:
+        return _fit(cfg, env, device, loader, grad_sync, on_epoch)
+    finally:
+        loader.close()  # stops the preparation of fresh epochs
+
+
+def _fit(cfg: TrainConfig, env: DistEnv, device: torch.device, loader: Loader, grad_sync,
+         on_epoch) -> dict:
     meta = loader.dataset.meta
     if meta.feature_dim < 1:
         raise DataError(f"{cfg.dataset}: the dataset has no node features (feature_dim 0); "
                         "ingest it with --features")
-    if loader.labels is None:
+    if "labels" not in loader.dataset.group:
         raise DataError(f"{cfg.dataset}: the dataset has no labels to train on; ingest it "
                         "with --labels (or train your own model with disktrain.Loader)")
-    fanouts = loader.samples.config.fanouts
+    fanouts = loader.fanouts
     model = build_model(GNNConfig(model=cfg.model, in_dim=meta.feature_dim, hidden=cfg.hidden,
                                   num_classes=meta.num_classes, num_layers=len(fanouts),
                                   dropout=cfg.dropout, input_dropout=cfg.input_dropout,
@@ -186,8 +195,7 @@ def _train(cfg: TrainConfig, env: DistEnv, device: torch.device, assemble_thread
                          "epoch": epoch, "cursor": at, "steps": steps, "skipped": skipped,
                          "history": json.dumps(history)})
 
-    samples = loader.samples
-    sampled_epochs = samples.num_batches // samples.batches_per_epoch
+    sampled_epochs = loader.sampled_epochs
     reuses = cfg.epochs > sampled_epochs and cfg.plan_reuse != "fresh"
     if reuses and env.is_main:
         print(f"disktrain: warning: {cfg.dataset} holds {sampled_epochs} pre-sampled "
@@ -195,90 +203,71 @@ def _train(cfg: TrainConfig, env: DistEnv, device: torch.device, assemble_thread
               f"(--plan-reuse {cfg.plan_reuse}); `--plan-reuse fresh` or "
               f"`disktrain prepare --epochs {cfg.epochs}` samples every epoch afresh",
               file=sys.stderr)
-    evaluator = Evaluator(cfg.evaluation, loader, cfg.eval_batch_size, cfg.seed, env.rank,
-                          env.world_size)
-    fresh = None
-    if cfg.plan_reuse == "fresh" and cfg.epochs > sampled_epochs:
-        fresh = FreshEpochs(cfg.dataset, sampled_epochs, cfg.epochs, cfg.prepare_ahead,
-                            env.is_main, device)
-        fresh.sweep(start_epoch)
-    try:
-        for epoch in range(start_epoch, cfg.epochs):
-            t_prepare = time.perf_counter()
-            epoch_loader = loader
-            if fresh is not None:
-                fresh.ahead_of(epoch + 1)  # the next epoch prepares while this one trains
-                if epoch >= sampled_epochs:
-                    epoch_loader = loader.sibling(fresh.root(epoch))
-            ids = epoch_batches(epoch, cfg.seed, sampled_epochs, samples.batches_per_epoch,
-                                cfg.plan_reuse)
-            prepare_wait = time.perf_counter() - t_prepare
-            ids = worker_share(ids, env.rank, env.world_size)[:cfg.max_batches]
-            seconds = dict.fromkeys((*STAGES, "compute", "wait"), 0.0)
-            loss_sum = torch.zeros((), device=device)  # summed on the device
-            updates = 0  # optimizer steps of this epoch in this run
-            model.train()
-            t_epoch = time.perf_counter()
-            bar = tqdm(total=len(ids), initial=cursor, desc=f"epoch {epoch}", unit="batch",
-                       disable=not (cfg.progress and env.is_main), leave=False)
-            batches = closing(epoch_loader(ids[cursor:]))  # Ctrl-C or an error stops threads
-            t_wait = time.perf_counter()
-            with batches as it:
-                for step, mb in enumerate(it, start=cursor):
-                    t0 = time.perf_counter()
-                    seconds["wait"] += t0 - t_wait
-                    opt.zero_grad(set_to_none=True)
-                    # float16 features (stored and moved at half the bytes) compute in float32
-                    loss = F.cross_entropy(model(mb.x.float(), mb.blocks), mb.labels)
-                    loss.backward()
-                    if env.world_size > 1:
-                        poison_gradients(loss, params)
-                    sync(params)
-                    if step_is_finite(loss, params):
-                        opt.step()
-                        steps, updates = steps + 1, updates + 1
-                        loss_sum += loss.detach()
-                    elif cfg.on_nonfinite == "skip":
-                        skipped += 1
-                    else:
-                        raise nonfinite_step_error(loss, epoch, step, int(ids[step]), ckpt_dir)
-                    for k in STAGES:
-                        seconds[k] += mb.seconds[k]
-                    t_wait = time.perf_counter()
-                    seconds["compute"] += t_wait - t0
-                    bar.update()
-                    if cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0:
-                        checkpoint(epoch, step + 1)
-            bar.close()
-            cursor = 0
-            record = {"epoch": epoch,
-                      "loss": float(loss_sum) / updates if updates else float("nan"),
-                      "batches": len(ids), "skipped_steps": skipped,
-                      "epoch_time_s": time.perf_counter() - t_epoch,
-                      **{f"{k}_s": v for k, v in seconds.items()},
-                      "prepare_wait_s": prepare_wait,
-                      "fresh_samples": epoch_loader is not loader,
-                      "packed_bytes": packed_bytes(epoch_loader.packed, ids)}
-            del epoch_loader
-            skipped = 0
-            if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs:
-                t_eval = time.perf_counter()
-                record.update(evaluator(model))
-                record["eval_time_s"] = time.perf_counter() - t_eval
-                record["eval"] = {s: evaluator.mode(s) for s in ("val", "test")}
-                record["eval_packed_bytes"] = evaluator.packed_bytes()
-            history.append(record)
-            checkpoint(epoch + 1, 0)  # a collective: every rank is done with the epoch
-            if fresh is not None:
-                fresh.done(epoch)
-            if env.is_main and cfg.metrics:
-                with open(cfg.metrics, "a") as f:
-                    f.write(json.dumps(record) + "\n")
-            if on_epoch is not None:
-                on_epoch(record, ckpt_dir)
-    finally:
-        if fresh is not None:
-            fresh.close()
+    evaluator = Evaluator(cfg.evaluation, loader, cfg.eval_batch_size, cfg.seed)
+    for epoch in range(start_epoch, cfg.epochs):
+        loader.set_epoch(epoch)
+        if cursor:  # resumed inside this epoch: skip the batches already trained
+            loader.load_state_dict({**loader.state_dict(), "cursor": cursor})
+        num_batches = len(loader)
+        seconds = dict.fromkeys((*STAGES, "compute", "wait"), 0.0)
+        loss_sum = torch.zeros((), device=device)  # summed on the device
+        updates = 0  # optimizer steps of this epoch in this run
+        model.train()
+        t_epoch = time.perf_counter()
+        bar = tqdm(total=num_batches, initial=cursor, desc=f"epoch {epoch}", unit="batch",
+                   disable=not (cfg.progress and env.is_main), leave=False)
+        t_wait = time.perf_counter()
+        with closing(iter(loader)) as batches:  # Ctrl-C or an error stops its threads
+            for step, mb in enumerate(batches, start=cursor):
+                t0 = time.perf_counter()
+                seconds["wait"] += t0 - t_wait
+                opt.zero_grad(set_to_none=True)
+                loss = F.cross_entropy(model(mb.x, mb.blocks), mb.seed_labels)
+                loss.backward()
+                if env.world_size > 1:
+                    poison_gradients(loss, params)
+                sync(params)
+                if step_is_finite(loss, params):
+                    opt.step()
+                    steps, updates = steps + 1, updates + 1
+                    loss_sum += loss.detach()
+                elif cfg.on_nonfinite == "skip":
+                    skipped += 1
+                else:
+                    raise nonfinite_step_error(loss, epoch, step, mb.index, ckpt_dir)
+                for k in STAGES:
+                    seconds[k] += mb.seconds[k]
+                t_wait = time.perf_counter()
+                seconds["compute"] += t_wait - t0
+                bar.update()
+                if cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0:
+                    checkpoint(epoch, step + 1)
+        bar.close()
+        cursor = 0
+        prepare_wait = loader.prepare_wait_s  # inside the wait for the epoch's first batch
+        seconds["wait"] = max(0.0, seconds["wait"] - prepare_wait)
+        record = {"epoch": epoch,
+                  "loss": float(loss_sum) / updates if updates else float("nan"),
+                  "batches": num_batches, "skipped_steps": skipped,
+                  "epoch_time_s": time.perf_counter() - t_epoch - prepare_wait,
+                  **{f"{k}_s": v for k, v in seconds.items()},
+                  "prepare_wait_s": prepare_wait,
+                  "fresh_samples": cfg.plan_reuse == "fresh" and epoch >= sampled_epochs,
+                  "packed_bytes": loader.packed_bytes}
+        skipped = 0
+        if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs:
+            t_eval = time.perf_counter()
+            record.update(evaluator(model))
+            record["eval_time_s"] = time.perf_counter() - t_eval
+            record["eval"] = {s: evaluator.mode(s) for s in ("val", "test")}
+            record["eval_packed_bytes"] = evaluator.packed_bytes()
+        history.append(record)
+        checkpoint(epoch + 1, 0)
+        if env.is_main and cfg.metrics:
+            with open(cfg.metrics, "a") as f:
+                f.write(json.dumps(record) + "\n")
+        if on_epoch is not None:
+            on_epoch(record, ckpt_dir)
 
     evaluated = [r for r in history if "val_acc" in r]
     last = evaluated[-1] if evaluated else {}
