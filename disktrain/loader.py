@@ -18,7 +18,6 @@ torch.distributed each rank gets its own share of every epoch.
 
 from __future__ import annotations
 
-import sys
 import time
 from contextlib import closing
 from dataclasses import replace
@@ -166,15 +165,20 @@ class Loader:
                 and epoch >= self.sampled_epochs)
 
     def _epoch_source(self, epoch: int) -> PackedLoader:
-        """The packed loader of ``epoch``'s store (a fresh epoch's once it is prepared)."""
+        """The packed loader of ``epoch``'s store (a fresh epoch's once it is prepared).
+
+        Epochs ahead are prepared only when ``epochs`` says how many will run; without it a
+        fresh epoch is prepared when it is asked for."""
         if self.split != "train" or self.plan_reuse != "fresh" or (
-                self.epochs is not None and self.epochs <= self.sampled_epochs):
+                self.epochs is not None and self.epochs <= self.sampled_epochs) or (
+                self.epochs is None and not self._is_fresh(epoch)):
             return self._source
         if self._fresh is None:
-            last = self.epochs if self.epochs is not None else sys.maxsize
+            last = self.epochs if self.epochs is not None else epoch + 1
             self._fresh = FreshEpochs(self.dataset_dir, self.sampled_epochs, last,
                                       self.prepare_ahead, self.rank == 0, self.device)
             self._fresh.sweep(epoch)
+        self._fresh.last = max(self._fresh.last, epoch + 1)
         self._fresh.ahead_of(epoch + 1)
         if not self._is_fresh(epoch):
             return self._source

@@ -6,7 +6,8 @@ assembly runs Numba kernels without it. An exception in any stage is re-raised b
 consumer; closing the iterator (``with contextlib.closing(loader(ids)) as batches``, so that
 Ctrl-C in the consumer closes it too) stops every thread.
 
-The loader is public: any model that takes ``(x, blocks)`` can train on it.
+The public face of this pipeline is :class:`disktrain.loader.Loader` (``disktrain.Loader``),
+which ``disktrain train`` uses too.
 """
 
 from __future__ import annotations
