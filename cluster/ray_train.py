@@ -212,16 +212,21 @@ def _restore(cfg: TrainConfig, workdir: Path) -> bool:
 
 
 def _fault_injection(rank: int):
-    """The gradient sync of this worker, dying at a given step when FAIL_AT_ENV says so."""
+    """The gradient sync of this worker when FAIL_AT_ENV asks for a failure (rank
+    ``fail_rank`` dies at step ``fail_step`` unless ``marker`` exists): every worker then
+    syncs with the flat all-reduce (the same on every rank, instead of DistributedDataParallel),
+    the failing one dying at its step."""
     spec = os.environ.get(FAIL_AT_ENV)
     if not spec:
         return None
     fail_rank, fail_step, marker = spec.split(":", 2)
-    if int(fail_rank) != rank or Path(marker).exists():
+    if Path(marker).exists():
         return None
     from disktrain.train.gradsync import AllReduceMean
 
     sync, seen = AllReduceMean(), [0]
+    if int(fail_rank) != rank:
+        return sync
 
     def dying_sync(params) -> None:
         seen[0] += 1

@@ -3,9 +3,10 @@
 A step is healthy when its loss and its synchronized gradient are finite. The gradient sync
 leaves every rank with the same gradient (the mean, or a deterministic robust rule applied to
 the same stack), so a decision taken on it is the same everywhere and needs no collective of
-its own; a rank whose own loss is not finite first turns its gradient into NaN, so the
-decision covers every rank's loss too (a robust rule may leave that gradient out, as it
-leaves out any faulty worker's). Checking costs one device-to-host transfer per step.
+its own; a rank whose own loss is not finite first turns its gradient into NaN (before the
+robust rule's all-gather, or through the loss it backpropagates under
+DistributedDataParallel), so the decision covers every rank's loss too (a robust rule may
+leave that gradient out, as it leaves out any faulty worker's). Checking costs one device-to-host transfer per step.
 """
 
 from __future__ import annotations
@@ -26,6 +27,13 @@ def poison_gradients(loss: torch.Tensor, params: list[torch.nn.Parameter]) -> No
     for p in params:
         if p.grad is not None:
             p.grad.mul_(scale)
+
+
+def poisoned_loss(loss: torch.Tensor) -> torch.Tensor:
+    """``loss``, or ``loss * NaN`` when it is not finite: backpropagated under
+    DistributedDataParallel, a rank's non-finite loss makes the averaged gradient NaN on
+    every rank (its own gradient may be finite, e.g. ``loss + nan``), so all decide alike."""
+    return loss * torch.where(torch.isfinite(loss.detach()), 1.0, math.nan)
 
 
 def step_is_finite(loss: torch.Tensor, params: list[torch.nn.Parameter]) -> bool:

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from disktrain.errors import CheckpointError, DataError, NonFiniteError
@@ -41,6 +42,7 @@ from disktrain.train.health import (
     nonfinite_step_error,
     nonfinite_tensors,
     poison_gradients,
+    poisoned_loss,
     step_is_finite,
 )
 
@@ -115,8 +117,9 @@ def params_digest(state: dict[str, torch.Tensor]) -> str:
 def train(cfg: TrainConfig, grad_sync=None, on_epoch=None) -> dict:
     """Train ``cfg.model`` on the prepared dataset ``cfg.dataset``; return the summary.
 
-    ``grad_sync(params)`` replaces the gradient step (default: the all-reduce mean, or the
-    robust rule ``cfg.aggregator``); ``on_epoch(record, checkpoint_dir)`` is called on every
+    ``grad_sync(params)``, called after backward, replaces the gradient synchronization
+    (default: DistributedDataParallel's mean when distributed, or the robust rule
+    ``cfg.aggregator``; give it on every rank or on none); ``on_epoch(record, checkpoint_dir)`` is called on every
     rank after each epoch (Ray Train reports through it). On a CPU device compute leaves a
     core to the loader unless ``cfg.compute_threads`` says otherwise (``disktrain.threads``).
     """
@@ -160,6 +163,9 @@ def _fit(cfg: TrainConfig, env: DistEnv, device: torch.device, loader: Loader, g
                                   dropout=cfg.dropout, input_dropout=cfg.input_dropout,
                                   heads=cfg.heads)).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    # the mean under several workers: DistributedDataParallel (bucketed all-reduces that
+    # overlap backward); a robust rule or a given grad_sync: after backward, on every gradient
+    use_ddp = grad_sync is None and cfg.aggregator == "mean" and env.world_size > 1
     sync = grad_sync or (AllReduceMean() if cfg.aggregator == "mean"
                          else RobustAggregate(cfg.robust()))
     params = [p for p in model.parameters() if p.requires_grad]
@@ -181,6 +187,11 @@ def _fit(cfg: TrainConfig, env: DistEnv, device: torch.device, loader: Loader, g
         history = json.loads(state["history"])
         resumed_at = [start_epoch, cursor]
     _broadcast_state(model)
+    forward = model
+    if use_ddp:
+        forward = DistributedDataParallel(
+            model, device_ids=[device] if device.type == "cuda" else None,
+            broadcast_buffers=False)
 
     def checkpoint(epoch: int, at: int) -> None:
         weights = model.state_dict()
@@ -222,11 +233,14 @@ def _fit(cfg: TrainConfig, env: DistEnv, device: torch.device, loader: Loader, g
                 t0 = time.perf_counter()
                 seconds["wait"] += t0 - t_wait
                 opt.zero_grad(set_to_none=True)
-                loss = F.cross_entropy(model(mb.x, mb.blocks), mb.seed_labels)
-                loss.backward()
-                if env.world_size > 1:
-                    poison_gradients(loss, params)
-                sync(params)
+                loss = F.cross_entropy(forward(mb.x, mb.blocks), mb.seed_labels)
+                if use_ddp:
+                    poisoned_loss(loss).backward()  # gradients averaged during backward
+                else:
+                    loss.backward()
+                    if env.world_size > 1:
+                        poison_gradients(loss, params)
+                    sync(params)
                 if step_is_finite(loss, params):
                     opt.step()
                     steps, updates = steps + 1, updates + 1
