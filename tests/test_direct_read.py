@@ -242,3 +242,16 @@ def test_direct_reads_leave_the_page_cache_alone(tmp_path):
     packed.read_packed(b, _padded_buffer(packed, b))
     assert sum(_resident_pages(f) for f in files) == sum(
         -(-os.path.getsize(f) // mmap.PAGESIZE) for f in files)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (pinned memory)")
+def test_pinned_buffers_are_aligned_and_read_directly(tmp_path, direct_opens):
+    packed = _prepare(tmp_path / "d", 256, 4096 * 4)
+    pool = _BufferPool(packed.feature_dim, packed.dtype, pin=True)
+    b = int(np.argmax(packed.batch_packed))
+    padded = int(packed.batch_rows[b + 1] - packed.batch_rows[b])
+    buf = pool.take(padded + 3)
+    _BufferPool.align(buf, 3)
+    assert buf.is_pinned() and buf[3].data_ptr() % DIRECT_ALIGN == 0
+    got = packed.read_packed(b, buf.numpy()[3:3 + padded])
+    assert all(direct_opens) and np.array_equal(got, packed.read_packed(b))

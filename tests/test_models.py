@@ -91,8 +91,8 @@ def features(num_rows, dim, seed=0):
 
 
 LAYERS = [
-    pytest.param(lambda: SAGEConv(5, 3), id="sage-project-first"),
-    pytest.param(lambda: SAGEConv(3, 5), id="sage-aggregate-first"),
+    pytest.param(lambda: SAGEConv(5, 3), id="sage-narrowing"),
+    pytest.param(lambda: SAGEConv(3, 5), id="sage-widening"),
     pytest.param(lambda: GCNConv(5, 3), id="gcn"),
     pytest.param(lambda: GATConv(5, 3, heads=2), id="gat-concat"),
     pytest.param(lambda: GATConv(5, 3, heads=2, concat=False), id="gat-mean"),
@@ -279,3 +279,21 @@ def test_block_from_numpy_and_to():
 def test_block_from_numpy_rejects_bad_edges(src, dst, num_src, num_dst, message):
     with pytest.raises(ValueError, match=message):
         Block.from_numpy(np.array(src), np.array(dst), num_src, num_dst)
+
+
+@pytest.mark.parametrize("in_dim,out_dim,dense", [(8, 1, True), (5, 3, False), (3, 5, False)])
+def test_sage_either_projection_order_matches_dense(in_dim, out_dim, dense):
+    """Projecting before aggregating is picked where it is cheaper (many edges into few src
+    rows, narrow output); both orders give the dense result."""
+    torch.manual_seed(0)
+    conv = SAGEConv(in_dim, out_dim).double()
+    edges = [(s, d) for s in range(3) for d in range(3)] if dense else EDGES
+    block = make_block(edges, 3 if dense else 7, 3 if dense else 4)
+    x = features(block.num_src, in_dim)
+    d_in, d_out = in_dim, out_dim
+    project_first = (block.num_src * d_in * d_out + block.num_edges * d_out
+                     < block.num_edges * d_in + block.num_dst * d_in * d_out)
+    assert project_first == dense
+    with torch.no_grad():
+        torch.testing.assert_close(conv(x, block), sage_dense(conv, x, block),
+                                   rtol=1e-12, atol=1e-12)

@@ -4,15 +4,15 @@ import pytest
 import torch
 
 from disktrain import threads
-from disktrain.threads import compute_threads, torch_threads
+from disktrain.threads import compute_threads, loader_threads, torch_threads
 
 CPU, GPU = torch.device("cpu"), torch.device("cuda")
 
 
 @pytest.mark.parametrize(("cores", "omp", "device", "requested", "expected"), [
-    (2, None, CPU, 0, 1),      # one core left to the loader
-    (16, None, CPU, 0, 15),
-    (1, None, CPU, 0, 1),      # never zero
+    (2, None, CPU, 0, 2),      # every core: the loader's reads cost little CPU
+    (16, None, CPU, 0, 16),
+    (1, None, CPU, 0, 1),
     (16, None, GPU, 0, None),  # torch's default on a GPU
     (16, "1", CPU, 0, None),   # a launcher's OMP_NUM_THREADS stands
     (2, None, CPU, 2, 2),      # an explicit request wins
@@ -25,6 +25,16 @@ def test_compute_threads(monkeypatch, cores, omp, device, requested, expected):
     else:
         monkeypatch.setenv("OMP_NUM_THREADS", omp)
     assert compute_threads(requested, device) == expected
+
+
+@pytest.mark.parametrize(("cores", "compute", "expected"), [
+    (2, 2, 1),      # compute on every core: the assembly still gets a thread
+    (16, 12, 4),    # the cores compute leaves
+    (16, None, 0),  # compute threads left to torch: Numba's default
+])
+def test_loader_threads(monkeypatch, cores, compute, expected):
+    monkeypatch.setattr(threads, "available_cores", lambda: cores)
+    assert loader_threads(compute) == expected
 
 
 def test_negative_request_is_refused():

@@ -114,19 +114,33 @@ def params_digest(state: dict[str, torch.Tensor]) -> str:
     return h.hexdigest()
 
 
+def _prepares_fresh_epochs(cfg: TrainConfig) -> bool:
+    """Whether training will prepare fresh epochs in the background."""
+    if cfg.plan_reuse != "fresh":
+        return False
+    try:  # a missing or incomplete store is reported by the loader
+        attrs = json.loads((Path(cfg.dataset) / "samples" / "zarr.json").read_text())
+        return cfg.epochs * attrs["attributes"]["batches_per_epoch"] > \
+            attrs["attributes"]["num_batches"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+
+
 def train(cfg: TrainConfig, grad_sync=None, on_epoch=None) -> dict:
     """Train ``cfg.model`` on the prepared dataset ``cfg.dataset``; return the summary.
 
     ``grad_sync(params)``, called after backward, replaces the gradient synchronization
     (default: DistributedDataParallel's mean when distributed, or the robust rule
-    ``cfg.aggregator``; give it on every rank or on none); ``on_epoch(record, checkpoint_dir)`` is called on every
-    rank after each epoch (Ray Train reports through it). On a CPU device compute leaves a
-    core to the loader unless ``cfg.compute_threads`` says otherwise (``disktrain.threads``).
+    ``cfg.aggregator``; give it on every rank or on none); ``on_epoch(record,
+    checkpoint_dir)`` is called on every rank after each epoch (Ray Train reports through
+    it). On a CPU device compute takes every core, but one while fresh epochs are prepared
+    in the background, unless ``cfg.compute_threads`` says otherwise (``disktrain.threads``).
     """
     env = DistEnv.from_env()
     cfg.check_world_size(env.world_size)
     device = env.device(cfg.device)
-    threads = compute_threads(cfg.compute_threads, device)
+    threads = compute_threads(cfg.compute_threads, device,
+                              reserved=1 if _prepares_fresh_epochs(cfg) else 0)
     with torch_threads(threads):
         return _train(cfg, env, device, loader_threads(threads), grad_sync, on_epoch)
 
