@@ -344,8 +344,8 @@ def _add_train(subparsers) -> None:
     p.add_argument("--prefetch", type=int, default=2, help="batches in flight per stage")
     p.add_argument("--read-threads", dest="read_threads", type=int, default=2)
     p.add_argument("--compute-threads", dest="compute_threads", type=int, default=0,
-                   help="torch threads for compute (default 0: on a CPU every core but one, "
-                   "which the loader keeps)")
+                   help="torch threads for compute (default 0: on a CPU every core, but one "
+                   "while fresh epochs are prepared in the background)")
     p.add_argument("--aggregator", default="mean",
                    choices=("mean", "median", "trimmed-mean", "krum", "multi-krum", "geomed",
                             "flag"),

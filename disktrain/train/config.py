@@ -64,8 +64,9 @@ class TrainConfig:
     read_threads: int = 2
     """Threads reading packed ranges."""
     compute_threads: int = 0
-    """Torch intra-op threads for compute (0: on a CPU every core but one, which the loader
-    keeps; on a GPU, or under a launcher's OMP_NUM_THREADS, torch's default)."""
+    """Torch intra-op threads for compute (0: on a CPU every core, but one while fresh
+    epochs are prepared in the background; on a GPU, or under a launcher's OMP_NUM_THREADS,
+    torch's default)."""
     aggregator: str = "mean"
     """How workers' gradients combine: mean (all-reduce) or a Byzantine-robust rule from
     disktrain.robust (median, trimmed-mean, krum, multi-krum, geomed, flag)."""
