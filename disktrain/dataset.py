@@ -20,15 +20,17 @@ from __future__ import annotations
 import datetime as _dt
 import errno
 import getpass
-import itertools
 import json
 import math
+import mmap
 import os
 import shlex
 import shutil
 import sys
 import threading
 import uuid
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -40,6 +42,7 @@ from disktrain.checksum import (
     StoreRef,
     append_crc,
     check_file,
+    crc32c,
     crc_bytes,
     read_chunk,
 )
@@ -417,32 +420,138 @@ class Dataset:
             self._last_chunk = (c, chunk)
         return chunk
 
-    def iter_sorted(self, ids: np.ndarray, max_gap_bytes: int = 256 << 10,
-                    max_read_bytes: int = 64 << 20):
-        """Read the feature rows of ascending ``ids`` in order, as coalesced sequential ranges.
+    _DIRECT_ALIGN = 4096
+    """Block size that ``O_DIRECT`` reads are rounded to (buffers are page-aligned)."""
 
-        Yields ``(i, j, rows)``: ``rows`` are the features of ``ids[i:j]``. Neighboring ids
-        closer than ``max_gap_bytes`` share one read; a read spans at most ``max_read_bytes``.
+    def iter_sorted(self, ids: np.ndarray, max_read_bytes: int = 64 << 20):
+        """Read the feature rows of ascending ``ids`` in one ordered pass, each chunk once.
+
+        Yields ``(i, j, rows)``: ``rows`` are the features of ``ids[i:j]``, from chunk files
+        spanning at most ``max_read_bytes`` (at least one chunk), in a buffer that the next
+        step reuses (copy what must outlive it). The chunk files are read ahead on two
+        threads while the caller uses the rows before them (:meth:`_read_ahead`), past the
+        page cache where the filesystem allows: a pass over the whole feature file neither
+        copies it through the page cache nor evicts what the cache holds.
         """
-        row_bytes = max(1, self.meta.feature_dim * self._features.dtype.itemsize)
-        gap_rows = max(1, max_gap_bytes // row_bytes)
-        span_rows = max(1, max_read_bytes // row_bytes)
-        starts = np.concatenate([[0], np.flatnonzero(np.diff(ids) > gap_rows) + 1, [len(ids)]])
-        for run_start, run_end in itertools.pairwise(starts):
-            i = int(run_start)
-            while i < run_end:
-                lo = int(ids[i])
-                j = i + int(np.searchsorted(ids[i:run_end], lo + span_rows))
-                hi = int(ids[j - 1]) + 1
-                yield i, j, self.feature_rows(lo, hi)[ids[i:j] - lo]
-                i = j
+        chunks, bounds = self._chunk_bounds(ids)
+        first = chunks * self._features.chunks[0]
+        span = max(1, max_read_bytes // max(1, self._features.chunk_bytes))
+        starts = range(0, len(chunks), span)
+        ends = [min(s + span, len(chunks)) for s in starts]
+        most = max((int(bounds[e] - bounds[s]) for s, e in zip(starts, ends)), default=0)
+        buf = np.empty((most, self.meta.feature_dim), self._features.dtype)
+        reads = self._read_ahead(chunks, direct=True)
+        try:
+            for s, e in zip(starts, ends):
+                i, j = int(bounds[s]), int(bounds[e])
+                for k in range(s, e):
+                    a, b = bounds[k], bounds[k + 1]
+                    np.take(next(reads), ids[a:b] - first[k], axis=0, out=buf[a - i:b - i])
+                yield i, j, buf[:j - i]
+        finally:
+            reads.close()
 
     def gather_sorted(self, ids: np.ndarray) -> np.ndarray:
-        """Feature rows of ascending ``ids``, read in order (see :meth:`iter_sorted`)."""
+        """Feature rows of ascending ``ids``: each chunk holding some read once, in order,
+        ahead on two threads, through the page cache (repeated calls find it there)."""
         out = np.empty((len(ids), self.meta.feature_dim), self._features.dtype)
-        for i, j, rows in self.iter_sorted(ids):
-            out[i:j] = rows
+        chunks, bounds = self._chunk_bounds(ids)
+        first = chunks * self._features.chunks[0]
+        for k, chunk in enumerate(self._read_ahead(chunks, direct=False)):
+            a, b = bounds[k], bounds[k + 1]
+            np.take(chunk, ids[a:b] - first[k], axis=0, out=out[a:b])
         return out
+
+    def _chunk_bounds(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The feature chunks holding ascending ``ids`` (ascending, distinct) and, for each,
+        where its ids start in ``ids`` (one more entry: ``len(ids)``)."""
+        if not self.meta.feature_dim or not len(ids):
+            return np.zeros(0, np.int64), np.zeros(1, np.int64)
+        of = np.asarray(ids, np.int64) // self._features.chunks[0]
+        starts = np.flatnonzero(of[1:] != of[:-1]) + 1
+        return of[np.concatenate(([0], starts))], np.concatenate(([0], starts, [len(ids)]))
+
+    def _read_ahead(self, chunks: np.ndarray, direct: bool, depth: int = 4):
+        """Yield the rows of feature chunks ``chunks``, in order, each crc-checked.
+
+        Two threads read up to ``depth - 1`` chunks ahead of the one yielded, which stays
+        valid until the next is asked for. ``direct``: into ``depth`` reused page-aligned
+        buffers with ``O_DIRECT`` where the filesystem allows (else a buffered read into
+        them); otherwise through the page cache (:func:`read_chunk`).
+        """
+        if not len(chunks):
+            return
+        nbytes, shape = self._features.chunk_bytes, self._features.chunks
+        depth = min(depth, len(chunks))
+        size = -(-(nbytes + CRC_BYTES) // self._DIRECT_ALIGN) * self._DIRECT_ALIGN
+        buffers = [np.frombuffer(mmap.mmap(-1, size), np.uint8) if direct else None
+                   for _ in range(depth)]
+        todo = iter(chunks.tolist())
+        pending: deque = deque()
+        pool = ThreadPoolExecutor(2, thread_name_prefix="feature-read")
+
+        def submit(buf):
+            c = next(todo, None)
+            if c is not None:
+                pending.append(pool.submit(self._read_feature_chunk, c, buf))
+
+        try:
+            for buf in buffers:
+                submit(buf)
+            while pending:
+                data, buf = pending.popleft().result()
+                yield data.view(self._features.dtype).reshape(shape)
+                submit(buf)
+        finally:
+            for future in pending:
+                future.cancel()
+            pool.shutdown(wait=True)
+
+    def _read_feature_chunk(self, c: int, buf: np.ndarray | None) -> tuple[np.ndarray, object]:
+        """Feature chunk ``c``'s data bytes, checked, and ``buf``: read into ``buf``
+        (page-aligned, whole 4 KiB blocks; see :meth:`_read_into`) or, without one, through
+        the page cache (:func:`read_chunk`)."""
+        path = chunk_file(self.path / "features", c, 0)
+        nbytes = self._features.chunk_bytes
+        if buf is None:
+            return read_chunk(path, nbytes, self.ref, "features"), None
+        want = nbytes + CRC_BYTES
+        try:
+            size, got = self._read_into(path, buf, want)
+        except FileNotFoundError:
+            raise self.ref.corrupt("features", path, "is missing") from None
+        if size != want or got != want:
+            raise self.ref.corrupt("features", path, f"has {got if size == want else size} "
+                                   f"bytes, expected {want} (truncated or overwritten)")
+        if crc32c(buf[:nbytes]) != int.from_bytes(buf[nbytes:want].tobytes(), "little"):
+            raise self.ref.corrupt("features", path, "failed its crc32c check (corrupted)")
+        return buf[:nbytes], buf
+
+    @staticmethod
+    def _read_into(path: Path, buf: np.ndarray, want: int) -> tuple[int, int]:
+        """The size of file ``path`` and, if it is ``want``, the bytes read from it into
+        ``buf``: with ``O_DIRECT`` (whole blocks from block-aligned offsets; the last read is
+        short) where the filesystem and the device allow it (``EINVAL`` where not), else
+        through the page cache."""
+        direct = getattr(os, "O_DIRECT", 0)
+        for flags in ((os.O_RDONLY | direct, os.O_RDONLY) if direct else (os.O_RDONLY,)):
+            try:
+                fd = os.open(path, flags)
+            except OSError as e:
+                if e.errno != errno.EINVAL or flags == os.O_RDONLY:
+                    raise
+                continue
+            try:
+                size, got = os.fstat(fd).st_size, 0
+                while size == want and got < want and (n := os.preadv(fd, [buf[got:]], got)):
+                    got += n
+                return size, got
+            except OSError as e:
+                if e.errno != errno.EINVAL or flags == os.O_RDONLY:
+                    raise
+            finally:
+                os.close(fd)
+        raise AssertionError("unreachable: the buffered read returns or raises")
 
     def info(self) -> dict:
         """The dataset's attributes plus the arrays present."""

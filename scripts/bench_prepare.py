@@ -1,29 +1,45 @@
-"""How close `disktrain prepare` runs to the disk's sequential bandwidth.
+"""How close `disktrain prepare` runs to the disk's sequential bandwidth, and its CPU cost.
 
 Usage: python scripts/bench_prepare.py [--nodes 1000000] [--avg-degree 10] [--dim 256]
                                        [--train-fraction 0.2] [--fanouts 10,10]
                                        [--batch-size 1024] [--chunk-bytes 256K]
-                                       [--disk-bytes 4G] [--profile N] [--data DATASET]
-                                       [--workdir DIR] [--keep]
+                                       [--disk-bytes 4G] [--no-epochs] [--one-file]
+                                       [--profile N] [--data DATASET] [--workdir DIR] [--keep]
 
 Builds a synthetic graph (disktrain.synth; the defaults make ~1 GB of float32 features), then
 on the same filesystem:
-  - measures the disk: writes a ``--disk-bytes`` file of random bytes with 16 MiB writes and
-    an fsync, drops it from the page cache (``os.sync`` then ``posix_fadvise(DONTNEED)``) and
-    reads it back, once through the page cache and once with ``O_DIRECT``; the disk's read
-    and write bandwidths are the better of the two;
-  - runs sampling (`sample_dataset`) and packing (`pack_dataset`) separately, each with the
-    page cache of the whole dataset directory dropped first, recording wall, user and sys
-    seconds (``resource.getrusage``), bytes read from and written to storage
-    (``/proc/self/io`` read_bytes / write_bytes) and the time of an ``os.sync`` right after
-    (the dirty pages the stage left behind).
+  - measures the disk: writes a ``--disk-bytes`` file of random bytes with 16 MiB writes
+    (through the page cache then fsync, with ``O_DIRECT``, and uncached with
+    ``RWF_DONTCACHE`` where the kernel has it), drops it from the page cache (``os.sync`` then
+    ``posix_fadvise(DONTNEED)``) and reads it back, through the page cache and with
+    ``O_DIRECT``; the disk's read and write bandwidths are the best of these;
+  - runs the stages below, each with the page cache of the dataset directory dropped first,
+    recording wall, user and sys seconds (``resource.getrusage``: every thread of this
+    process), bytes read from and written to storage (``/proc/self/io`` read_bytes /
+    write_bytes) and the time of an ``os.sync`` right after (the writeback the stage left):
+      sample   `sample_dataset` of the training root
+      pack     `pack_dataset` of the training root
+      epoch    `prepare_epoch(1)`: what training runs in the background for each fresh epoch
+               (sample + pack under DATASET/epochs/)
+      epoch_after_delete
+               epoch 1's root deleted, then `prepare_epoch(2)`: training's steady state,
+               where each fresh epoch is written right after an old one was deleted. On an
+               ext4 without a journal (our VMs) the kernel skips inodes freed in the last
+               minutes when it allocates one, so a file created soon after many were deleted
+               nearby costs up to ~1 ms of sys time instead of ~20 us (so leave minutes
+               between runs: each deletes what it wrote)
+      pack_one_file (``--one-file``, a prototype of another format, not a valid store)
+               `pack_dataset` with every chunk written at its offset in one file instead of
+               one file per chunk (same bytes, same uncached writes, same crc).
 
 For each stage, ``disk_fraction`` = (read_bytes / read bandwidth + write_bytes / write
 bandwidth) / (wall + final sync): the share of the stage's time the disk would need to move
-the same bytes sequentially (1.0 = at disk speed); ``gb_per_s`` = (read + written) / that time.
-``--profile N`` prints packing's N most expensive functions (cProfile, cumulative) to stderr.
-Prints one JSON line. Everything written goes to a temporary directory deleted at the end
-(kept with ``--keep``; ``--data`` reuses a kept dataset).
+the same bytes sequentially (1.0 = at disk speed); ``gb_per_s`` = (read + written) / that
+time; ``cpu_s_per_gb`` = (user + sys) / (read + written in GB). ``prepare`` sums sample and
+pack. ``--profile N`` prints packing's N most expensive functions (cProfile, cumulative; the
+main thread only) to stderr. Prints one JSON line. Everything written goes to a temporary
+directory deleted at the end (kept with ``--keep``; ``--data`` reuses a kept dataset, whose
+prepared stores are removed first).
 """
 
 from __future__ import annotations
@@ -43,12 +59,18 @@ from pathlib import Path
 
 import numpy as np
 
+from disktrain.checksum import crc_bytes
 from disktrain.cli import parse_bytes, parse_fanouts
+from disktrain.layout import epoch_root
 from disktrain.pack import PackConfig, pack_dataset
+from disktrain.pack import store as pack_store
+from disktrain.prepare import prepare_epoch
 from disktrain.sample import SampleConfig, sample_dataset
 from disktrain.synth import SynthConfig, synthesize
 
 IO_BLOCK = 16 << 20
+RWF_DONTCACHE = getattr(os, "RWF_DONTCACHE", 0x80)
+"""pwritev2 flag of uncached buffered writes (Linux 6.14+)."""
 
 
 def proc_io() -> dict[str, int]:
@@ -70,15 +92,16 @@ def drop_cache(root: Path) -> None:
             os.close(fd)
 
 
-def _write_file(path: Path, nbytes: int, flags: int) -> float:
-    """Seconds to write ``nbytes`` of random bytes with 16 MiB writes and an fsync."""
+def _write_file(path: Path, nbytes: int, flags: int, rwf: int = 0) -> float:
+    """Seconds to write ``nbytes`` of random bytes with 16 MiB writes (``pwritev2`` flags
+    ``rwf``) and an fsync."""
     block = mmap.mmap(-1, IO_BLOCK)  # page-aligned, as O_DIRECT needs
     block.write(np.random.default_rng(0).integers(0, 256, IO_BLOCK, np.uint8).tobytes())
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | flags, 0o644)
     try:
         t = time.perf_counter()
-        for _ in range(nbytes // IO_BLOCK):
-            os.write(fd, block)
+        for k in range(nbytes // IO_BLOCK):
+            os.pwritev(fd, [block], k * IO_BLOCK, rwf)
         os.fsync(fd)
         return time.perf_counter() - t
     finally:
@@ -101,15 +124,19 @@ def _read_file(path: Path, flags: int) -> float:
 
 def disk_bandwidth(path: Path, nbytes: int) -> dict[str, float]:
     """Sequential write (with fsync) and cold read bandwidth of a ``nbytes`` file, bytes/s,
-    through the page cache and with ``O_DIRECT``; the disk's is the better of the two."""
+    through the page cache, with ``O_DIRECT`` and (writes) uncached; the disk's is the best."""
     os.sync()  # nothing else's writeback in the way
     size = nbytes // IO_BLOCK * IO_BLOCK
     out = {}
     for name, flags in (("buffered", 0), ("direct", os.O_DIRECT)):
         out[f"write_{name}"] = size / _write_file(path, size, flags)
         out[f"read_{name}"] = size / _read_file(path, flags)
+    try:
+        out["write_uncached"] = size / _write_file(path, size, 0, RWF_DONTCACHE)
+    except OSError:  # a kernel or filesystem without RWF_DONTCACHE
+        pass
     path.unlink()
-    out["write"] = max(out["write_buffered"], out["write_direct"])
+    out["write"] = max(v for k, v in out.items() if k.startswith("write_"))
     out["read"] = max(out["read_buffered"], out["read_direct"])
     return out
 
@@ -129,18 +156,42 @@ def measure(stage, root: Path, disk: dict, profile: int = 0) -> dict:
     os.sync()
     synced = time.perf_counter() - t
     io1, ru1 = proc_io(), resource.getrusage(resource.RUSAGE_SELF)
-    read, written = io1["read"] - io0["read"], io1["written"] - io0["written"]
-    ideal = read / disk["read"] + written / disk["write"]
     if prof:
         pstats.Stats(prof, stream=sys.stderr).sort_stats("cumulative").print_stats(profile)
+    return summary(synced, wall, io1["read"] - io0["read"], io1["written"] - io0["written"],
+                   ru1.ru_utime - ru0.ru_utime, ru1.ru_stime - ru0.ru_stime, disk)
+
+
+def summary(seconds: float, wall: float, read: int, written: int, user: float, sys_s: float,
+            disk: dict) -> dict:
+    """A stage's figures (``seconds``: wall plus the final sync)."""
+    ideal = read / disk["read"] + written / disk["write"]
+    gb = (read + written) / 1e9
     return {
-        "wall_s": round(wall, 2), "sync_s": round(synced - wall, 2),
-        "user_s": round(ru1.ru_utime - ru0.ru_utime, 2),
-        "sys_s": round(ru1.ru_stime - ru0.ru_stime, 2),
+        "wall_s": round(wall, 2), "sync_s": round(seconds - wall, 2),
+        "user_s": round(user, 2), "sys_s": round(sys_s, 2),
         "read_bytes": read, "write_bytes": written,
-        "gb_per_s": round((read + written) / synced / 1e9, 3),
-        "disk_fraction": round(ideal / synced, 3),
+        "gb_per_s": round(gb / seconds, 3),
+        "disk_fraction": round(ideal / seconds, 3),
+        "cpu_s_per_gb": round((user + sys_s) / max(gb, 1e-9), 3),
     }
+
+
+def one_file_write_chunk():
+    """A stand-in for ``write_chunk`` (prototype of another format): chunk ``k`` of a store is
+    written, data + crc as ever, uncached, at offset ``k * (its bytes + 4)`` of one file
+    ``rows/all`` instead of into a file of its own. Returns it and its open files."""
+    files: dict[Path, int] = {}
+
+    def write(root: Path, chunk: int, data: np.ndarray) -> None:
+        raw = np.ascontiguousarray(data).view(np.uint8).reshape(-1)
+        if root not in files:
+            (root / "rows").mkdir(parents=True, exist_ok=True)
+            files[root] = os.open(root / "rows" / "all", os.O_WRONLY | os.O_CREAT, 0o644)
+        os.pwritev(files[root], [raw, crc_bytes(raw)], chunk * (len(raw) + 4),
+                   RWF_DONTCACHE)
+
+    return write, files
 
 
 def main() -> int:
@@ -153,24 +204,27 @@ def main() -> int:
     ap.add_argument("--batch-size", type=int, default=1024)
     ap.add_argument("--chunk-bytes", type=parse_bytes, default=PackConfig.chunk_bytes)
     ap.add_argument("--disk-bytes", type=parse_bytes, default=4 << 30)
+    ap.add_argument("--no-epochs", action="store_true",
+                    help="skip the fresh-epoch stages (prepare_epoch)")
+    ap.add_argument("--one-file", action="store_true",
+                    help="also time packing into one file per store (a format prototype)")
     ap.add_argument("--profile", type=int, default=0, metavar="N",
                     help="print packing's N costliest functions (cProfile) to stderr")
     ap.add_argument("--data", type=Path,
-                    help="use this dataset (its samples/ and packed/ are removed first) "
+                    help="use this dataset (its prepared stores are removed first) "
                     "instead of synthesizing one")
     ap.add_argument("--workdir", type=Path, help="parent of the temporary directory")
     ap.add_argument("--keep", action="store_true", help="keep the temporary directory")
     args = ap.parse_args()
 
     tmp = Path(tempfile.mkdtemp(prefix="bench_prepare-", dir=args.workdir))
+    data = args.data or tmp / "data"
     try:
         t = time.perf_counter()
         if args.data:
-            data = args.data
-            for store in ("samples", "packed"):
+            for store in ("samples", "packed", "epochs"):
                 shutil.rmtree(data / store, ignore_errors=True)
         else:
-            data = tmp / "data"
             synthesize(SynthConfig(out=data, num_nodes=args.nodes, avg_degree=args.avg_degree,
                                    feature_dim=args.dim, num_classes=16,
                                    train_fraction=args.train_fraction, val_fraction=0.01,
@@ -179,27 +233,49 @@ def main() -> int:
         disk = disk_bandwidth(tmp / "disk.bin", args.disk_bytes)
         sample_cfg = SampleConfig(fanouts=args.fanouts, batch_size=args.batch_size)
         pack_cfg = PackConfig(chunk_bytes=args.chunk_bytes)
-        sample = measure(lambda: sample_dataset(data, sample_cfg, progress=False), data, disk)
-        pack = measure(lambda: pack_dataset(data, pack_cfg, progress=False), data, disk,
-                       args.profile)
+        stages = {
+            "sample": measure(lambda: sample_dataset(data, sample_cfg, progress=False), data,
+                              disk),
+            "pack": measure(lambda: pack_dataset(data, pack_cfg, progress=False), data, disk,
+                            args.profile),
+        }
+        if not args.no_epochs:
+            stages["epoch"] = measure(lambda: prepare_epoch(data, 1), data, disk)
+            shutil.rmtree(epoch_root(data, 1))
+            stages["epoch_after_delete"] = measure(lambda: prepare_epoch(data, 2), data, disk)
+            shutil.rmtree(data / "epochs")
         info = json.loads((data / "packed" / "zarr.json").read_text())["attributes"]
-        both = {k: sample[k] + pack[k] for k in ("read_bytes", "write_bytes")}
-        total_s = sum(s["wall_s"] + s["sync_s"] for s in (sample, pack))
-        ideal = (both["read_bytes"] / disk["read"]
-                 + both["write_bytes"] / disk["write"])
+        if args.one_file:
+            shutil.move(data / "packed", tmp / "packed")  # kept: nothing deleted before
+            real, (write, files) = pack_store.write_chunk, one_file_write_chunk()
+            pack_store.write_chunk = write
+            try:
+                stages["pack_one_file"] = measure(
+                    lambda: pack_dataset(data, pack_cfg, progress=False), data, disk)
+            finally:
+                pack_store.write_chunk = real
+                for fd in files.values():
+                    os.close(fd)
+                shutil.rmtree(data / "packed", ignore_errors=True)  # not a valid store
+                shutil.move(tmp / "packed", data / "packed")
+        both = {k: stages["sample"][k] + stages["pack"][k] for k in ("read_bytes",
+                                                                      "write_bytes")}
+        seconds = sum(stages[s]["wall_s"] + stages[s]["sync_s"] for s in ("sample", "pack"))
+        cpu = {k: sum(stages[s][k] for s in ("sample", "pack")) for k in ("user_s", "sys_s")}
         print(json.dumps({
             "dataset": str(args.data or "synth"), "nodes": args.nodes, "dim": args.dim,
             "chunk_bytes": args.chunk_bytes, "synth_s": round(synth_s, 1),
             "disk_gb_per_s": {k: round(v / 1e9, 3) for k, v in disk.items()},
             "disk_test_bytes": args.disk_bytes // IO_BLOCK * IO_BLOCK,
-            "sample": sample, "pack": pack,
-            "prepare": {"seconds": round(total_s, 2), **both,
-                        "gb_per_s": round(sum(both.values()) / total_s / 1e9, 3),
-                        "disk_fraction": round(ideal / total_s, 3)},
+            **stages,
+            "prepare": summary(seconds, seconds, both["read_bytes"], both["write_bytes"],
+                               cpu["user_s"], cpu["sys_s"], disk),
             "packed": {k: info[k] for k in ("packed_rows", "padded_rows", "packed_bytes",
-                                            "duplication_factor")},
+                                            "duplication_factor", "chunk_rows")},
         }))
     finally:
+        if args.data:
+            shutil.rmtree(data / "epochs", ignore_errors=True)
         if args.keep:
             print(f"kept {tmp}", file=sys.stderr)
         else:

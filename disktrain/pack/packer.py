@@ -87,11 +87,25 @@ def _batch_slots(codes: np.ndarray, nodes: np.ndarray, inner: int,
     return slots, [nodes[run] for run in runs]
 
 
-def _sorted_unique(ids: np.ndarray) -> np.ndarray:
-    """The distinct values of ``ids``, ascending (a sort: faster than ``np.unique``'s hash
-    table on millions of ids)."""
-    ids = np.sort(ids)
-    return ids[np.concatenate(([True], ids[1:] != ids[:-1]))] if len(ids) else ids
+def _sorted_unique(runs: list[np.ndarray],
+                   num_nodes: int) -> tuple[np.ndarray, list[np.ndarray]]:
+    """The distinct ids of ascending ``runs`` (node ids < ``num_nodes``), ascending, and each
+    run's ids as positions in them.
+
+    Where a bitmap of the nodes and its running count (5 bytes a node) take no more memory
+    than the ids (8 bytes each), by those (O(nodes + ids)); else by a sort (faster than
+    ``np.unique``'s hash table on millions of ids) and binary searches.
+    """
+    total = sum(len(r) for r in runs)
+    if 5 * num_nodes <= 8 * total:
+        seen = np.zeros(num_nodes, bool)
+        for r in runs:
+            seen[r] = True
+        rank = np.cumsum(seen, dtype=np.int32 if num_nodes < 2**31 else np.int64)
+        return np.flatnonzero(seen), [rank[r] - 1 for r in runs]
+    ids = np.sort(np.concatenate(runs)) if runs else np.zeros(0, np.int64)
+    ids = ids[np.concatenate(([True], ids[1:] != ids[:-1]))] if len(ids) else ids
+    return ids, [np.searchsorted(ids, r) for r in runs]
 
 
 def _groups(batch_packed: np.ndarray, chunk_bytes: int, group_bytes: int) -> list[range]:
@@ -170,7 +184,7 @@ class GroupPacker:
     def __call__(self, group: int) -> None:
         """Write group ``group``'s chunks and slots, then its ``done`` marker."""
         batches = self.groups[group]
-        slots, runs = [], []  # runs: (writer, first row, ascending ids)
+        slots, runs = [], []  # runs: (writer, first row, ascending ids -> their positions)
         with ChunkWriter(self.partial, self.chunk_bytes) as chunks:
             for b in batches:
                 s, (outer, inner) = _batch_slots(self.codes, self.samples.input_nodes(b),
@@ -180,15 +194,15 @@ class GroupPacker:
                                       len(outer) + len(inner), self.chunk_rows, self.dim,
                                       self.dtype)
                 runs += [(writer, 0, outer), (writer, len(outer), inner)]
-            needed = _sorted_unique(np.concatenate([ids for _, _, ids in runs]))
+            needed, positions = _sorted_unique([ids for _, _, ids in runs],
+                                               self.dataset.num_nodes)
+            runs = [(writer, first, pos) for (writer, first, _), pos in zip(runs, positions)]
             done = np.zeros(len(runs), np.int64)  # rows of each run written so far
             for i, j, rows in self.dataset.iter_sorted(needed):
-                last = needed[j - 1]
-                for k, (writer, first, ids) in enumerate(runs):
-                    end = int(np.searchsorted(ids, last, side="right"))
+                for k, (writer, first, pos) in enumerate(runs):
+                    end = int(np.searchsorted(pos, j))
                     if end > done[k]:
-                        writer.write(first + int(done[k]), rows,
-                                     np.searchsorted(needed[i:j], ids[done[k]:end]))
+                        writer.write(first + int(done[k]), rows, pos[done[k]:end] - i)
                         done[k] = end
         raw = np.concatenate(slots).astype("<i8", copy=False).tobytes()
         if raw:

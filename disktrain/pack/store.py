@@ -62,10 +62,13 @@ def chunk_path(root: Path, chunk: int) -> Path:
 
 DIRECT_ALIGN = 4096
 """Alignment of the buffers, offsets and sizes written with ``O_DIRECT``."""
+RWF_DONTCACHE = getattr(os, "RWF_DONTCACHE", 0x80)
+"""``pwritev2`` flag (Linux 6.14+, ext4/XFS/btrfs): a buffered write whose pages the kernel
+starts writing back at once and drops when written."""
 
 
 def chunk_buffer(nbytes: int) -> np.ndarray:
-    """A page-aligned uint8 buffer of ``nbytes``: :func:`write_chunk` writes such a buffer
+    """A page-aligned uint8 buffer of ``nbytes``: :func:`write_chunk` can write such a buffer
     with ``O_DIRECT``, past the page cache."""
     return np.frombuffer(mmap.mmap(-1, max(1, nbytes)), np.uint8)[:nbytes]
 
@@ -73,48 +76,62 @@ def chunk_buffer(nbytes: int) -> np.ndarray:
 def write_chunk(root: Path, chunk: int, data: np.ndarray) -> None:
     """Write one packed chunk as Zarr's bytes + crc32c codecs would.
 
-    The data's whole 4 KiB blocks go straight to the disk (``O_DIRECT``) when ``data`` is
-    page-aligned (see :func:`chunk_buffer`) and the filesystem allows it: no page-cache copy,
-    and no dirty pages for the kernel to write back later. The rest and the crc are written
-    through the page cache.
+    Data and crc go out in one uncached write (:data:`RWF_DONTCACHE`): its writeback starts
+    at once and runs while the caller goes on, and no page stays cached or dirty. Where the
+    kernel or filesystem lacks it, the data's whole 4 KiB blocks go straight to the disk
+    (``O_DIRECT``) when ``data`` is page-aligned (see :func:`chunk_buffer`) and the
+    filesystem allows it, the rest and the crc through the page cache.
     """
     raw = np.ascontiguousarray(data).view(np.uint8).reshape(-1)
     crc = crc_bytes(raw)
     path = chunk_path(root, chunk)
     with disk_full_errors(path):
-        direct = len(raw) - len(raw) % DIRECT_ALIGN if raw.ctypes.data % DIRECT_ALIGN == 0 else 0
+        fd = _open_for_write(path)
         try:
-            fd = _open_for_write(path, direct=direct > 0)
-        except FileNotFoundError:  # no rows/ yet: a store not laid out by pack_dataset
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd = _open_for_write(path, direct=direct > 0)
-        try:
-            if direct:
-                direct = _write_direct(fd, raw[:direct])
+            if _write_uncached(fd, [raw, crc]):
+                return
+            direct = len(raw) - len(raw) % DIRECT_ALIGN
+            direct = _write_direct(fd, raw[:direct]) if raw.ctypes.data % DIRECT_ALIGN == 0 else 0
             _pwrite_all(fd, [raw[direct:], crc], direct)
         finally:
             os.close(fd)
 
 
-def _open_for_write(path: Path, direct: bool) -> int:
-    """Create (or truncate) ``path`` for writing, with ``O_DIRECT`` when asked and the
-    filesystem supports it (tmpfs does not: ``EINVAL``)."""
+def _open_for_write(path: Path) -> int:
+    """Create (or truncate) ``path`` for writing, making its directory if missing (a store
+    not laid out by ``pack_dataset``)."""
     flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
-    if direct and hasattr(os, "O_DIRECT"):
-        try:
-            return os.open(path, flags | os.O_DIRECT, 0o644)
-        except OSError as e:
-            if e.errno != errno.EINVAL:
-                raise
-    return os.open(path, flags, 0o644)
+    try:
+        return os.open(path, flags, 0o644)
+    except FileNotFoundError:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return os.open(path, flags, 0o644)
+
+
+def _write_uncached(fd: int, buffers: list) -> bool:
+    """Write ``buffers`` from offset 0 of ``fd`` with :data:`RWF_DONTCACHE`; False (nothing
+    written) where the kernel or the filesystem does not support it."""
+    try:
+        _pwrite_all(fd, buffers, 0, RWF_DONTCACHE)
+    except OSError as e:
+        if e.errno not in (errno.EOPNOTSUPP, errno.ENOSYS):
+            raise
+        return False
+    return True
 
 
 def _write_direct(fd: int, data: np.ndarray) -> int:
-    """Write ``data`` at offset 0 of ``fd`` if it was opened with ``O_DIRECT`` (then clear
-    the flag); the bytes written (0 when the device refused the alignment, or without
-    ``O_DIRECT``)."""
+    """Write ``data`` (page-aligned, whole 4 KiB blocks) at offset 0 of ``fd`` with
+    ``O_DIRECT``, set for this write only; the bytes written (0 where the filesystem or the
+    device refuses ``O_DIRECT`` or the alignment)."""
+    if not len(data) or not hasattr(os, "O_DIRECT"):
+        return 0
     flags = fcntl.fcntl(fd, fcntl.F_GETFL)
-    if not flags & getattr(os, "O_DIRECT", 0):
+    try:
+        fcntl.fcntl(fd, fcntl.F_SETFL, flags | os.O_DIRECT)
+    except OSError as e:
+        if e.errno != errno.EINVAL:  # e.g. tmpfs
+            raise
         return 0
     try:
         _pwrite_all(fd, [data], 0)
@@ -123,15 +140,16 @@ def _write_direct(fd: int, data: np.ndarray) -> int:
         if e.errno != errno.EINVAL:
             raise
         written = 0
-    fcntl.fcntl(fd, fcntl.F_SETFL, flags & ~os.O_DIRECT)
+    fcntl.fcntl(fd, fcntl.F_SETFL, flags)
     return written
 
 
-def _pwrite_all(fd: int, buffers: list, offset: int) -> None:
-    """Write ``buffers`` one after the other from ``offset``, resuming short writes."""
+def _pwrite_all(fd: int, buffers: list, offset: int, flags: int = 0) -> None:
+    """Write ``buffers`` one after the other from ``offset`` (``pwritev2`` ``flags``),
+    resuming short writes."""
     views = [memoryview(b).cast("B") for b in buffers]
     while views:
-        n = os.pwritev(fd, views, offset)
+        n = os.pwritev(fd, views, offset, flags)
         offset += n
         while views and n >= len(views[0]):
             n -= len(views.pop(0))
