@@ -534,8 +534,9 @@ def bar_chart(summary: dict, key: str, path: Path, title: str, ylabel: str) -> N
 def timeline_chart(runs: list[dict], path: Path) -> None:
     """disktrain's job per regime (its first ok run): prepare, then per epoch the main thread's
     wall split into compute, waiting for the loader, the rest of ``epoch_time_s``, waiting for
-    the epoch's fresh samples and evaluation (stacked), then the rest of train's wall; the loader threads' read and assembly
-    seconds (summed over batches and overlapped with compute, so not stacked) as lines."""
+    the epoch's fresh samples and evaluation (stacked), then the rest of train's wall; the
+    loader threads' read and assembly seconds (summed over batches and overlapped with compute,
+    so not stacked) as lines."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

@@ -43,6 +43,7 @@ class FreshEpochs:
         self._asked: set[int] = set()
         self._ready: dict[int, str] = {}
         self._proc = None
+        self._deleting: list[threading.Thread] = []
 
     def _start(self) -> None:
         # a fresh interpreter (not multiprocessing: it would re-run the user's __main__)
@@ -109,13 +110,23 @@ class FreshEpochs:
         return self._ready.pop(epoch)
 
     def done(self, epoch: int) -> None:
-        """Rank 0: delete fresh epoch ``epoch``'s root (it has trained)."""
+        """Rank 0: delete fresh epoch ``epoch``'s root (it has trained), on a thread: removing
+        thousands of chunk files takes seconds on some filesystems, which the next epoch
+        need not wait for (:meth:`close` waits for them; a root left by a killed run is
+        swept by the next)."""
         if self.is_main and epoch >= self.first:
-            shutil.rmtree(epoch_root(self.dataset, epoch), ignore_errors=True)
+            t = threading.Thread(target=shutil.rmtree, args=(epoch_root(self.dataset, epoch),),
+                                 kwargs={"ignore_errors": True}, name="disktrain-delete-epoch",
+                                 daemon=True)
+            t.start()
+            self._deleting.append(t)
 
     def close(self) -> None:
         """Stop the preparing process (an epoch being prepared is abandoned: its partial
-        stores resume or are replaced next time)."""
+        stores resume or are replaced next time) and wait for the deletions of trained epochs."""
+        for t in self._deleting:
+            t.join()
+        self._deleting = []
         if self._proc is None:
             return
         try:
