@@ -6,7 +6,7 @@ Data path: ``dataset`` (Zarr CSR + features) -> ``sample`` (offline plan) -> ``p
 
 from disktrain.errors import DataError
 
-__all__ = ["Batch", "DataError", "Loader"]
+__all__ = ["Batch", "DataError", "Loader", "from_pyg"]
 __version__ = "0.1.0"
 
 
@@ -21,4 +21,8 @@ def __getattr__(name: str):
         from disktrain.batch import Batch
 
         return Batch
+    if name == "from_pyg":
+        from disktrain.importers import from_pyg
+
+        return from_pyg
     raise AttributeError(f"module 'disktrain' has no attribute {name!r}")

@@ -90,12 +90,23 @@ def _add_progress(parser: argparse.ArgumentParser) -> None:
 
 def _add_ingest(subparsers) -> None:
     p = subparsers.add_parser(
-        "ingest", help="validate an edge list (+ features, labels, splits) into a dataset",
+        "ingest", help="validate an edge list (+ features, labels, splits) or an OGB "
+        "dataset into a dataset",
         description="Validate an edge list (Parquet file or directory, CSV, or an (E, 2) "
-        ".npy) and optional features, labels and splits, and write a dataset directory "
-        "(see docs/FORMAT.md). The CSR is over in-neighbors: row = dst, indices = src.")
-    p.add_argument("--edges", type=Path, required=True, metavar="PATH",
-                   help="edge list: .parquet file or directory, .csv/.tsv[.gz], or (E, 2) .npy")
+        ".npy) and optional features, labels and splits, or an OGB node property prediction "
+        "dataset (--ogb), and write a dataset directory (see docs/FORMAT.md). The CSR is over "
+        "in-neighbors: row = dst, indices = src.")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--edges", type=Path, metavar="PATH",
+                        help="edge list: .parquet file or directory, .csv/.tsv[.gz], or "
+                        "(E, 2) .npy")
+    source.add_argument("--ogb", type=Path, metavar="DIR",
+                        help="instead of --edges and the files below: an OGB node property "
+                        "prediction dataset directory (raw/edge.csv.gz, raw/node-feat.csv.gz, "
+                        "raw/node-label.csv.gz, split/NAME/...), streamed; ogbn-products "
+                        "needs --undirected, as OGB adds the reverse edges")
+    p.add_argument("--ogb-split", dest="ogb_split", metavar="NAME",
+                   help="with --ogb: which split/NAME to use (default: the only one)")
     p.add_argument("--out", type=Path, required=True, metavar="DIR",
                    help="dataset directory to create")
     p.add_argument("--features", type=Path, metavar="F",

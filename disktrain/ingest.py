@@ -5,12 +5,16 @@ a first scan when the node count has to be found), features in row blocks of one
 Memory beyond the output memory maps is O(num_nodes) (degrees, labels, split markers) plus
 one chunk. The dataset is written under a temporary name and renamed into place at the end,
 so a failure leaves nothing behind that looks like a dataset.
+
+Every source (these files, OGB's layout and in-memory PyG data in :mod:`disktrain.importers`)
+becomes :class:`Inputs` (sizes, labels and splits checked; edges and features still to
+stream), which :func:`write_dataset` writes.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +24,7 @@ import zarr
 from tqdm.auto import tqdm
 
 from disktrain.atomic import atomic_dir
-from disktrain.csr import CSRConfig, build_csr
+from disktrain.csr import CSRConfig, EdgeChunks, build_csr
 from disktrain.dataset import (
     SPLITS,
     DatasetMeta,
@@ -41,18 +45,24 @@ from disktrain.edges import (
 )
 from disktrain.errors import DataError
 
-_INPUTS = ("edges", "features", "labels", *SPLITS)
+_INPUTS = ("edges", "features", "labels", *SPLITS, "ogb")
 
 
 @dataclass(frozen=True, kw_only=True)
 class IngestConfig:
     """What to ingest and how."""
 
-    edges: Path
-    """Edge list: a Parquet file or a directory of Parquet files, a CSV file with a header
-    line (``.csv``/``.tsv``, optionally ``.gz``/``.bz2``), or an (E, 2) integer ``.npy``."""
     out: Path
     """Dataset directory to create."""
+    edges: Path | None = None
+    """Edge list: a Parquet file or a directory of Parquet files, a CSV file with a header
+    line (``.csv``/``.tsv``, optionally ``.gz``/``.bz2``), or an (E, 2) integer ``.npy``.
+    Required unless ``ogb`` is given."""
+    ogb: Path | None = None
+    """Instead of ``edges`` and the other files: an OGB node property prediction dataset
+    directory (``raw/``, ``split/``; see :func:`disktrain.importers.read_ogb`)."""
+    ogb_split: str | None = None
+    """Which ``split/<name>/`` of ``ogb`` to use; default: its only one."""
     features: Path | None = None
     """Node features, row i for node i: a 2-D ``.npy`` of any numeric dtype, or Parquet with
     numeric columns (one per feature) or a single list column. Stored as float32 (float16 is
@@ -96,6 +106,16 @@ class IngestConfig:
             raise ValueError(f"chunk_rows must be >= 1, got {self.chunk_rows}")
         if self.src_col == self.dst_col:
             raise ValueError(f"src_col and dst_col must differ, both are {self.src_col!r}")
+        if (self.edges is None) == (self.ogb is None):
+            raise ValueError("give either edges or ogb (an OGB dataset directory), not "
+                             + ("both" if self.edges else "neither"))
+        if self.ogb is not None:
+            extra = [n for n in ("features", "labels", *SPLITS) if getattr(self, n)]
+            if extra:
+                raise ValueError(f"ogb reads the features, labels and splits from {self.ogb}; "
+                                 f"do not give {', '.join(extra)} too")
+        elif self.ogb_split is not None:
+            raise ValueError(f"ogb_split ({self.ogb_split!r}) needs ogb")
 
     def csr_config(self) -> CSRConfig:
         return CSRConfig(undirected=self.undirected, dedup=self.dedup,
@@ -106,6 +126,27 @@ class IngestConfig:
         return {n: str(getattr(self, n).resolve()) for n in _INPUTS if getattr(self, n)}
 
 
+@dataclass(frozen=True, kw_only=True)
+class Inputs:
+    """A dataset's inputs, checked as far as possible before writing: node count, labels and
+    splits in memory, edges and features still to stream (and checked as they stream)."""
+
+    num_nodes: int
+    num_nodes_from: str
+    """Where the node count came from (for error messages and the provenance)."""
+    edges: EdgeChunks
+    """Validated ``(src, dst)`` int64 chunks, a fresh pass per call."""
+    num_input_edges: int
+    """The input edge count, 0 if unknown (sizes progress bars and the CSR build's spill)."""
+    edges_estimate: int
+    """The input edge count, or an upper-bound estimate of it (for the disk-space check)."""
+    features: FeatureSource | None = None
+    labels: np.ndarray | None = None
+    splits: dict[str, np.ndarray] = field(default_factory=dict)
+    sources: dict[str, str] = field(default_factory=dict)
+    """Input name -> where it came from (recorded in the provenance)."""
+
+
 def ingest(cfg: IngestConfig) -> Path:
     """Validate the inputs named by ``cfg`` and write the dataset directory ``cfg.out``."""
     for name, path in cfg.sources().items():
@@ -113,30 +154,51 @@ def ingest(cfg: IngestConfig) -> Path:
             raise FileNotFoundError(f"{name} file not found: {path}")
     if cfg.out.exists() and not cfg.overwrite:
         raise FileExistsError(f"{cfg.out} already exists (pass overwrite to replace it)")
+    if cfg.ogb is not None:
+        from disktrain.importers import read_ogb
+
+        return write_dataset(cfg.out, read_ogb(cfg), cfg.csr_config(),
+                             overwrite=cfg.overwrite, importer="ogb")
     edges = open_edges(cfg.edges, cfg.src_col, cfg.dst_col, cfg.chunk_rows)
     features = open_features(cfg.features) if cfg.features else None
     num_nodes, origin = _num_nodes(cfg, edges, features)
     labels = read_labels(cfg.labels, num_nodes, origin) if cfg.labels else None
     splits = read_splits({s: getattr(cfg, s) for s in SPLITS if getattr(cfg, s)}, num_nodes)
+    inputs = Inputs(num_nodes=num_nodes, num_nodes_from=origin,
+                    edges=lambda: checked_chunks(edges, num_nodes),
+                    num_input_edges=edges.num_rows or 0, edges_estimate=edges.estimate_rows(),
+                    features=features, labels=labels, splits=splits, sources=cfg.sources())
+    return write_dataset(cfg.out, inputs, cfg.csr_config(), overwrite=cfg.overwrite)
+
+
+def write_dataset(out: Path, inputs: Inputs, csr: CSRConfig, *, overwrite: bool = False,
+                  importer: str | None = None) -> Path:
+    """Write ``inputs`` as the dataset directory ``out`` (under a temporary name, renamed
+    into place when complete), after checking the disk has room; ``importer`` is recorded in
+    the provenance."""
+    features, labels, num_nodes = inputs.features, inputs.labels, inputs.num_nodes
     need = dataset_bytes(num_nodes=num_nodes,
-                         num_edges=edges.estimate_rows() * (2 if cfg.undirected else 1),
+                         num_edges=inputs.edges_estimate * (2 if csr.undirected else 1),
                          feature_dim=features.dim if features else 0,
                          feature_itemsize=features.dtype.itemsize if features else 4,
                          labels=labels is not None,
-                         split_sizes=[ids.size for ids in splits.values()], dedup=cfg.dedup)
-    require_free(cfg.out, need, "ingest")
-    with atomic_dir(cfg.out, overwrite=cfg.overwrite) as tmp:
+                         split_sizes=[ids.size for ids in inputs.splits.values()],
+                         dedup=csr.dedup)
+    require_free(out, need, "ingest")
+    with atomic_dir(out, overwrite=overwrite) as tmp:
         group = zarr.open_group(tmp, mode="w")
-        write_features(group, features, num_nodes, cfg.progress)
-        num_edges = build_csr(group, lambda: checked_chunks(edges, num_nodes), num_nodes,
-                              edges.num_rows or 0, cfg.csr_config())
+        write_features(group, features, num_nodes, csr.progress)
+        num_edges = build_csr(group, inputs.edges, num_nodes, inputs.num_input_edges, csr)
         if labels is not None:
             write_small_array(group, "labels", labels)
-        for name, ids in splits.items():
+        for name, ids in inputs.splits.items():
             write_small_array(group, name, ids)
-        source = provenance(cfg.sources())
-        source["ingest"] = {"undirected": cfg.undirected, "dedup": cfg.dedup,
-                            "drop_self_loops": cfg.drop_self_loops, "num_nodes_from": origin}
+        source = provenance(inputs.sources)
+        source["ingest"] = {"undirected": csr.undirected, "dedup": csr.dedup,
+                            "drop_self_loops": csr.drop_self_loops,
+                            "num_nodes_from": inputs.num_nodes_from}
+        if importer is not None:
+            source["ingest"]["importer"] = importer
         meta = DatasetMeta(
             num_nodes=num_nodes, num_edges=num_edges,
             feature_dim=features.dim if features else 0,
@@ -144,7 +206,7 @@ def ingest(cfg: IngestConfig) -> Path:
             feature_dtype=str(features.dtype if features else np.dtype(np.float32)),
             index_dtype=str(index_dtype(num_nodes)), provenance=source)
         group.attrs.update(asdict(meta))
-    return cfg.out
+    return out
 
 
 def _num_nodes(cfg: IngestConfig, edges: EdgeReader,
@@ -182,23 +244,36 @@ def _read_ids(path: Path, what: str) -> np.ndarray:
 
 def read_labels(path: Path, num_nodes: int, origin: str = "") -> np.ndarray:
     """Labels as int64, one non-negative class id per node."""
-    labels = _read_ids(path, "labels")
+    return check_labels(path, _read_ids(path, "labels"), num_nodes, origin)
+
+
+def check_labels(where: str | Path, labels: np.ndarray, num_nodes: int,
+                 origin: str = "") -> np.ndarray:
+    """1-D integer ``labels`` as int64, after checking there is one non-negative class id per
+    node; errors start with ``where`` (a file, an attribute)."""
     if labels.shape[0] != num_nodes:
-        raise DataError(f"{path}: {labels.shape[0]} labels, but num_nodes is {num_nodes}"
+        raise DataError(f"{where}: {labels.shape[0]} labels, but num_nodes is {num_nodes}"
                         + (f" ({origin})" if origin else ""))
     if labels.size and labels.min() < 0:
         row = int(np.flatnonzero(labels < 0)[0])
-        raise DataError(f"{path}: row {row}: negative label {int(labels[row])}")
+        raise DataError(f"{where}: row {row}: negative label {int(labels[row])}")
     return labels.astype(np.int64, copy=False)
 
 
 def read_splits(paths: dict[str, Path], num_nodes: int) -> dict[str, np.ndarray]:
     """Split id arrays as int64: ids in range, no id twice in a split or in two splits."""
+    return check_splits({name: (path, _read_ids(path, f"{name} split"))
+                         for name, path in paths.items()}, num_nodes)
+
+
+def check_splits(splits: dict[str, tuple[str | Path, np.ndarray]],
+                 num_nodes: int) -> dict[str, np.ndarray]:
+    """``{split: (where, 1-D integer ids)}`` -> ``{split: int64 ids}``, after checking the ids
+    are in range, none twice in a split or in two splits; errors start with ``where``."""
     owner = np.zeros(num_nodes, np.int8)  # 1 + index of the split holding each node
-    names = list(paths)
+    names = list(splits)
     out = {}
-    for i, (name, path) in enumerate(paths.items()):
-        ids = _read_ids(path, f"{name} split")
+    for i, (name, (path, ids)) in enumerate(splits.items()):
         bad = np.flatnonzero((ids < 0) | (ids >= num_nodes))
         if bad.size:
             raise DataError(f"{path}: {name} split row {int(bad[0])}: node id "
