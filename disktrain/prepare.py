@@ -11,7 +11,7 @@ from pathlib import Path
 
 from disktrain.dataset import Dataset
 from disktrain.layout import EVAL_SPLITS, epoch_root, eval_root
-from disktrain.pack import PackConfig, PackedStore, pack_dataset
+from disktrain.pack import PackConfig, PackedStore, pack_dataset, pack_roots
 from disktrain.sample import SampleConfig, SampleStore, sample_dataset
 
 
@@ -22,6 +22,25 @@ def eval_config(train: SampleConfig, split: str, batch_size: int | None = None) 
                    batch_size=batch_size or train.batch_size)
 
 
+def prepare_dataset(dataset_path: str | Path, sample_cfg: SampleConfig,
+                    pack_cfg: PackConfig | None = None, *, evaluation: bool = True,
+                    eval_batch_size: int | None = None, progress: bool = True
+                    ) -> tuple[PackedStore, dict[str, PackedStore]]:
+    """``disktrain prepare``: sample the training batches and (``evaluation``) the val and
+    test batches, then pack them all in shared passes over the raw features (the eval stores
+    with the training store's caches); return the training store and the eval stores."""
+    dataset = Dataset(dataset_path)
+    sample_dataset(dataset.path, sample_cfg, progress)
+    splits = _eval_splits(dataset) if evaluation else []
+    for split in splits:
+        sample_dataset(dataset.path, eval_config(sample_cfg, split, eval_batch_size), progress,
+                       root=eval_root(dataset.path, split))
+    packed, *stores = pack_roots(dataset.path,
+                                 [dataset.path, *(eval_root(dataset.path, s) for s in splits)],
+                                 pack_cfg or PackConfig(), progress)
+    return packed, dict(zip(splits, stores))
+
+
 def prepare_eval(dataset_path: str | Path, batch_size: int | None = None,
                  progress: bool = True, run_sample=None, run_pack=None) -> dict[str, PackedStore]:
     """Sample the val and test seeds once and pack their rows, each under its eval root.
@@ -29,25 +48,35 @@ def prepare_eval(dataset_path: str | Path, batch_size: int | None = None,
     They use the training fanouts and the training packed store's caches (its cache rows are
     linked, not copied; a loader shares them), so prepare the training batches first. A split
     without nodes is skipped. ``run_sample`` / ``run_pack``: the ``run_groups`` hooks of
-    :func:`sample_dataset` / :func:`pack_dataset` (e.g. Ray tasks).
+    :func:`sample_dataset` / :func:`pack_dataset` (e.g. Ray tasks); without ``run_pack`` both
+    splits are packed in shared passes over the raw features.
     """
     dataset = Dataset(dataset_path)
     train = SampleStore(dataset.path)
     packed = PackedStore(dataset.path)
-    chunk_bytes = int(packed.attrs["pack_config"]["chunk_bytes"])
-    stores = {}
-    for split in EVAL_SPLITS:
-        root = eval_root(dataset.path, split)
-        if len(dataset.split(split)) == 0:
-            if root.exists():
-                shutil.rmtree(root)
-            continue
+    cfg = PackConfig(**packed.attrs["pack_config"])
+    splits = _eval_splits(dataset)
+    roots = [eval_root(dataset.path, split) for split in splits]
+    for split, root in zip(splits, roots):
         sample_dataset(dataset.path, eval_config(train.config, split, batch_size), progress,
                        run_groups=run_sample, root=root)
-        stores[split] = pack_dataset(dataset.path, PackConfig(chunk_bytes=chunk_bytes),
-                                     progress, run_groups=run_pack, root=root,
-                                     tiers_from=packed)
-    return stores
+    if run_pack is None:
+        stores = pack_roots(dataset.path, roots, cfg, progress, tiers_from=packed)
+    else:
+        stores = [pack_dataset(dataset.path, cfg, progress, run_groups=run_pack, root=root,
+                               tiers_from=packed) for root in roots]
+    return dict(zip(splits, stores))
+
+
+def _eval_splits(dataset: Dataset) -> list[str]:
+    """The evaluation splits that have nodes (a stale eval root of an empty one removed)."""
+    splits = []
+    for split in EVAL_SPLITS:
+        if len(dataset.split(split)):
+            splits.append(split)
+        elif eval_root(dataset.path, split).exists():
+            shutil.rmtree(eval_root(dataset.path, split))
+    return splits
 
 
 def prepare_epoch(dataset_path: str | Path, epoch: int, progress: bool = False) -> Path:

@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import os
 import shutil
+from contextlib import ExitStack
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import zarr
@@ -183,35 +185,56 @@ class GroupPacker:
 
     def __call__(self, group: int) -> None:
         """Write group ``group``'s chunks and slots, then its ``done`` marker."""
-        batches = self.groups[group]
-        slots, runs = [], []  # runs: (writer, first row, ascending ids -> their positions)
-        with ChunkWriter(self.partial, self.chunk_bytes) as chunks:
-            for b in batches:
-                s, (outer, inner) = _batch_slots(self.codes, self.samples.input_nodes(b),
-                                                 self.samples.inner_count(b), self.n_cpu)
-                slots.append(s)
-                writer = _BatchWriter(chunks, int(self.batch_rows[b]) // self.chunk_rows,
-                                      len(outer) + len(inner), self.chunk_rows, self.dim,
-                                      self.dtype)
-                runs += [(writer, 0, outer), (writer, len(outer), inner)]
-            needed, positions = _sorted_unique([ids for _, _, ids in runs],
-                                               self.dataset.num_nodes)
-            runs = [(writer, first, pos) for (writer, first, _), pos in zip(runs, positions)]
-            done = np.zeros(len(runs), np.int64)  # rows of each run written so far
-            for i, j, rows in self.dataset.iter_sorted(needed):
-                for k, (writer, first, pos) in enumerate(runs):
-                    end = int(np.searchsorted(pos, j))
-                    if end > done[k]:
-                        writer.write(first + int(done[k]), rows, pos[done[k]:end] - i)
-                        done[k] = end
-        raw = np.concatenate(slots).astype("<i8", copy=False).tobytes()
+        pack_pass(self.dataset, [(self, group)])
+
+    def open(self, group: int, chunks: ChunkWriter) -> tuple[list, np.ndarray]:
+        """Group ``group``'s slots and its runs ``(writer, first row, ascending node ids)``:
+        the rows each batch packs, to be written through ``chunks``."""
+        slots, runs = [], []
+        for b in self.groups[group]:
+            s, (outer, inner) = _batch_slots(self.codes, self.samples.input_nodes(b),
+                                             self.samples.inner_count(b), self.n_cpu)
+            slots.append(s)
+            writer = _BatchWriter(chunks, int(self.batch_rows[b]) // self.chunk_rows,
+                                  len(outer) + len(inner), self.chunk_rows, self.dim,
+                                  self.dtype)
+            runs += [(writer, 0, outer), (writer, len(outer), inner)]
+        return runs, np.concatenate(slots)
+
+    def close(self, group: int, slots: np.ndarray) -> None:
+        """Write group ``group``'s ``slots`` (its chunks are written), then its marker."""
+        raw = slots.astype("<i8", copy=False).tobytes()
         if raw:
             fd = os.open(self._slots_file, os.O_WRONLY)
             try:
-                os.pwrite(fd, raw, int(self.slot_offsets[batches[0]]) * 8)
+                os.pwrite(fd, raw, int(self.slot_offsets[self.groups[group][0]]) * 8)
             finally:
                 os.close(fd)
         (self.partial / "done" / group_name(group)).touch()
+
+
+def pack_pass(dataset: Dataset, work: list[tuple[GroupPacker, int]]) -> None:
+    """Pack each ``(packer, group)`` of ``work`` (groups of any stores of ``dataset``) in one
+    ascending pass over the raw feature rows any of them needs."""
+    finished = []
+    with ExitStack() as stack:
+        runs = []  # (writer, first row, ascending ids -> their positions in `needed`)
+        for packer, group in work:
+            chunks = stack.enter_context(ChunkWriter(packer.partial, packer.chunk_bytes))
+            group_runs, slots = packer.open(group, chunks)
+            runs += group_runs
+            finished.append((packer, group, slots))
+        needed, positions = _sorted_unique([ids for _, _, ids in runs], dataset.num_nodes)
+        runs = [(writer, first, pos) for (writer, first, _), pos in zip(runs, positions)]
+        done = np.zeros(len(runs), np.int64)  # rows of each run written so far
+        for i, j, rows in dataset.iter_sorted(needed):
+            for k, (writer, first, pos) in enumerate(runs):
+                end = int(np.searchsorted(pos, j))
+                if end > done[k]:
+                    writer.write(first + int(done[k]), rows, pos[done[k]:end] - i)
+                    done[k] = end
+    for packer, group, slots in finished:
+        packer.close(group, slots)
 
 
 def pack_group(dataset_path: str | Path, cfg: PackConfig, group: int,
@@ -223,7 +246,7 @@ def pack_group(dataset_path: str | Path, cfg: PackConfig, group: int,
 
 def _lay_out(partial: Path, attrs: dict, dataset: Dataset, tiers, rows_shape: tuple[int, int],
              chunk_rows: int, batch_rows: np.ndarray, n_packed: np.ndarray,
-             slot_offsets: np.ndarray, tiers_from: PackedStore | None) -> None:
+             slot_offsets: np.ndarray, tiers_from: TierSource | None) -> None:
     """Create the partial packed store: every array but the packed rows and the slots
     (written by the groups), the cache rows filled (linked from ``tiers_from`` when its
     tiers are used); ``done/`` last, once all is in place."""
@@ -255,6 +278,37 @@ def _lay_out(partial: Path, attrs: dict, dataset: Dataset, tiers, rows_shape: tu
     (partial / "done").mkdir()
 
 
+class TierSource(NamedTuple):
+    """Where a store being packed takes its tiers from: a packed store (complete, or laid
+    out by this same call) whose ``cache_rows`` it links."""
+
+    path: Path
+    gpu_nodes: np.ndarray
+    cpu_nodes: np.ndarray
+    tiers_id: str
+
+    @classmethod
+    def of(cls, store: PackedStore) -> TierSource:
+        return cls(store.path, store.gpu_nodes, store.cpu_nodes, store.tiers_id)
+
+
+@dataclass
+class _Packing:
+    """One store being packed: its partial store laid out, the groups still to pack."""
+
+    root: Path
+    partial: Path
+    attrs: dict
+    groups: list[range]
+    pending: list[int]
+    n_packed: np.ndarray
+    total_padded: int
+    distinct: int
+    row_bytes: int
+    chunk_rows: int
+    tiers: TierSource
+
+
 def pack_dataset(dataset_path: str | Path, cfg: PackConfig = PackConfig(),
                  progress: bool = True, run_groups=None, root: str | Path | None = None,
                  tiers_from: PackedStore | None = None) -> PackedStore:
@@ -270,6 +324,52 @@ def pack_dataset(dataset_path: str | Path, cfg: PackConfig = PackConfig(),
     """
     dataset = Dataset(dataset_path)
     root = Path(root) if root is not None else dataset.path
+    tiers = TierSource.of(tiers_from) if tiers_from is not None else None
+    job = _plan(dataset, cfg, root, tiers)
+    if isinstance(job, _Packing):
+        if run_groups is not None:
+            run_groups(dataset.path, cfg, job.pending, job.partial)
+        else:
+            packer = GroupPacker(dataset.path, cfg, job.partial)
+            for g in tqdm(job.pending, desc="pack", unit="group", disable=not progress):
+                packer(g)
+        _finish(job)
+    return PackedStore(dataset.path, root=root)
+
+
+def pack_roots(dataset_path: str | Path, roots: list[str | Path], cfg: PackConfig = PackConfig(),
+               progress: bool = True, tiers_from: PackedStore | None = None) -> list[PackedStore]:
+    """:func:`pack_dataset` for the sample stores under several ``roots`` at once, in shared
+    passes over the raw features (pass k packs group k of every store): preparing training
+    and evaluation batches reads the raw feature file once, not once per store.
+
+    ``roots[0]`` takes its tiers from ``tiers_from`` or assigns them from its access counts;
+    every later root uses the same tiers (its cache rows linked to ``roots[0]``'s).
+    """
+    dataset = Dataset(dataset_path)
+    tiers = TierSource.of(tiers_from) if tiers_from is not None else None
+    jobs = []
+    for r in roots:
+        job = _plan(dataset, cfg, Path(r), tiers)
+        if tiers is None:
+            tiers = (job.tiers if isinstance(job, _Packing)
+                     else TierSource.of(PackedStore(dataset.path, root=r)))
+        jobs.append(job)
+    jobs = [j for j in jobs if isinstance(j, _Packing)]
+    packers = [GroupPacker(dataset.path, cfg, j.partial) for j in jobs]
+    passes = [[(p, j.pending[k]) for p, j in zip(packers, jobs) if k < len(j.pending)]
+              for k in range(max((len(j.pending) for j in jobs), default=0))]
+    for work in tqdm(passes, desc="pack", unit="pass", disable=not progress):
+        pack_pass(dataset, work)
+    for job in jobs:
+        _finish(job)
+    return [PackedStore(dataset.path, root=r) for r in roots]
+
+
+def _plan(dataset: Dataset, cfg: PackConfig, root: Path,
+          tiers_from: TierSource | None) -> _Packing | None:
+    """Lay out ``root``'s partial packed store (or find it laid out by an interrupted run with
+    the same configuration); None when ``root``'s packed store is complete already."""
     samples = SampleStore(dataset.path, root=root)
     feat_dtype = np.dtype(dataset.features.dtype)
     dim = dataset.meta.feature_dim
@@ -294,7 +394,7 @@ def pack_dataset(dataset_path: str | Path, cfg: PackConfig = PackConfig(),
     if (final / "zarr.json").exists():
         old = dict(zarr.open_group(final, mode="r").attrs)
         if old.get("complete") and all(old.get(k) == v for k, v in attrs.items()):
-            return PackedStore(dataset.path, root=root)
+            return None
     n_input = np.zeros(samples.num_batches, np.int64)
     n_packed = np.zeros(samples.num_batches, np.int64)
     for b in range(samples.num_batches):
@@ -339,28 +439,32 @@ def pack_dataset(dataset_path: str | Path, cfg: PackConfig = PackConfig(),
             _lay_out(partial, {**attrs, "complete": False, "store_id": new_id()}, dataset,
                      tiers, (total_padded, dim), chunk_rows, batch_rows, n_packed,
                      slot_offsets, tiers_from)
-    if run_groups is not None:
-        run_groups(dataset.path, cfg, pending, partial)
-    else:
-        pack = GroupPacker(dataset.path, cfg, partial)
-        for g in tqdm(pending, desc="pack", unit="group", disable=not progress):
-            pack(g)
+    store_id = str(zarr.open_group(partial, mode="r").attrs["store_id"])
+    return _Packing(root=root, partial=partial, attrs=attrs, groups=groups, pending=pending,
+                    n_packed=n_packed, total_padded=total_padded, distinct=distinct,
+                    row_bytes=row_bytes, chunk_rows=chunk_rows,
+                    tiers=tiers_from or TierSource(partial, tiers.gpu_nodes, tiers.cpu_nodes,
+                                                   store_id))
+
+
+def _finish(job: _Packing) -> None:
+    """Seal ``job``'s partial store once every group is packed and rename it into place."""
+    partial, groups = job.partial, job.groups
     missing = [g for g in range(len(groups)) if not (partial / "done" / group_name(g)).exists()]
     if missing:
         raise DataError(f"{partial}: packing groups {missing[:10]} were not written "
                         f"({len(missing)} of {len(groups)} missing)")
-
     seal_flat_array(partial, "slots")
     group = zarr.open_group(partial, mode="r+")
     group.attrs.update({
         "complete": True,
-        "packed_rows": int(n_packed.sum()),
-        "padded_rows": total_padded,
-        "distinct_packed_rows": distinct,
-        "duplication_factor": float(n_packed.sum() / max(1, distinct)),
-        "packed_bytes": total_padded * row_bytes,
-        "chunk_rows": chunk_rows,
+        "packed_rows": int(job.n_packed.sum()),
+        "padded_rows": job.total_padded,
+        "distinct_packed_rows": job.distinct,
+        "duplication_factor": float(job.n_packed.sum() / max(1, job.distinct)),
+        "packed_bytes": job.total_padded * job.row_bytes,
+        "chunk_rows": job.chunk_rows,
     })
+    final = job.root / STORE
     replace_dir(partial, final)
     shutil.rmtree(final / "done")
-    return PackedStore(dataset.path, root=root)
