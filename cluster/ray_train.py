@@ -44,8 +44,10 @@ FORWARDED_ENV_PREFIX = "DISKTRAIN_"
 class RayTrainConfig:
     """How a training run is spread over a Ray cluster."""
 
-    workers: int = 2
-    """Training workers (processes), each taking a disjoint share of every epoch."""
+    workers: int = 1
+    """Training workers (processes), each taking a disjoint share of every epoch (the
+    command line trains in its own process, without Ray, when this is 1 and no address is
+    given)."""
     gpus_per_worker: float = 0
     """GPUs per worker (0: CPU training with gloo; > 0: nccl, device cuda)."""
     cpus_per_worker: float = 1
@@ -74,7 +76,7 @@ def fit_on_ray(train_cfg: TrainConfig, ray_cfg: RayTrainConfig) -> dict:
 
     The summary is rank 0's (as :func:`disktrain.train.train` returns it) plus
     ``replica_sha256`` (every rank's final parameter digest), ``replicas_identical``,
-    ``checkpoint`` (where the final checkpoint was copied: ``train_cfg.checkpoint_dir``,
+    ``checkpoint`` (where the final checkpoint was copied: ``train_cfg.checkpoint.dir``,
     default DATASET/checkpoints) and ``ray_result_path``.
     """
     started = init_ray(ray_cfg.address,
@@ -113,7 +115,7 @@ def _fit(train_cfg: TrainConfig, ray_cfg: RayTrainConfig) -> dict:
                                                use_gpu=ray_cfg.gpus_per_worker > 0,
                                                resources_per_worker=resources),
         run_config=ray.train.RunConfig(
-            name=f"disktrain-{train_cfg.model}-{time.strftime('%Y%m%d-%H%M%S')}-"
+            name=f"disktrain-{train_cfg.model.model}-{time.strftime('%Y%m%d-%H%M%S')}-"
                  f"{os.getpid()}",
             storage_path=str(storage),
             failure_config=ray.train.FailureConfig(max_failures=ray_cfg.max_failures),
@@ -125,10 +127,10 @@ def _fit(train_cfg: TrainConfig, ray_cfg: RayTrainConfig) -> dict:
         shutil.rmtree(scratch, ignore_errors=True)  # also what killed workers left behind
     summary = dict(result.return_value or {})
     if result.checkpoint is not None:
-        target = Path(train_cfg.checkpoint_dir or dataset / "checkpoints")
+        target = train_cfg.checkpoint.directory(dataset)
         with result.checkpoint.as_directory() as d:
             summary["checkpoint"] = str(_copy_checkpoint(Path(d), target,
-                                                         train_cfg.keep_checkpoints))
+                                                         train_cfg.checkpoint.keep))
     summary["ray_result_path"] = result.path
     return summary
 
@@ -166,13 +168,13 @@ def _worker_loop(config: dict) -> dict | None:
     workdir = Path(tempfile.mkdtemp(prefix=f"rank{rank}-", dir=config["scratch"]))
     try:
         resume = _restore(cfg, workdir)
-        device = cfg.device
+        loader = cfg.loader
         if config["use_gpu"]:
             import ray.train.torch
 
-            device = str(ray.train.torch.get_device())
-        run_cfg = replace(cfg, checkpoint_dir=str(workdir), resume=resume, device=device,
-                          progress=cfg.progress and rank == 0)
+            loader = replace(loader, device=str(ray.train.torch.get_device()))
+        run_cfg = replace(cfg, loader=loader, progress=cfg.progress and rank == 0,
+                          checkpoint=replace(cfg.checkpoint, dir=str(workdir), resume=resume))
 
         def on_epoch(record: dict, ckpt_dir: Path) -> None:
             checkpoint = ray.train.Checkpoint.from_directory(ckpt_dir) if rank == 0 else None
@@ -194,7 +196,7 @@ def _restore(cfg: TrainConfig, workdir: Path) -> bool:
     """Put the checkpoint to resume from in ``workdir``; return whether there is one.
 
     Ray's last reported checkpoint wins (a restart after a failure); else, with
-    ``cfg.resume``, the run's own checkpoint directory (a new run continuing an old one).
+    ``cfg.checkpoint.resume``, the run's own checkpoint directory (a new run continuing an old one).
     """
     import ray.train
 
@@ -205,10 +207,10 @@ def _restore(cfg: TrainConfig, workdir: Path) -> bool:
         if found is not None:
             (workdir / found[0].name).write_bytes(found[1])
             return True
-    own = Path(cfg.checkpoint_dir or Path(cfg.dataset) / "checkpoints")
-    if cfg.resume and (found := read_newest(own)) is not None:
+    own = cfg.checkpoint.directory(cfg.dataset)
+    if cfg.checkpoint.resume and (found := read_newest(own)) is not None:
         (workdir / found[0].name).write_bytes(found[1])
-    return cfg.resume
+    return cfg.checkpoint.resume
 
 
 def _fault_injection(rank: int):

@@ -1,10 +1,15 @@
 """The ``disktrain`` command line.
 
-Each subcommand is one ``_add_<name>(subparsers)`` function that declares its options and
-sets ``func``, the handler. Options are named after the fields of the component's config
-dataclass (``dest`` = field name), and the handler builds the config with :func:`_config`,
-so the CLI adds no settings of its own. Handlers import their module lazily to keep
-``--help`` fast.
+Each subcommand is one ``_add_<name>(subparsers)`` function that declares it and sets
+``func``, its handler; the subcommands that build configs declare their options in
+``_<name>_options(parser)``. Each such option is a field of a config dataclass, declared with
+:func:`_option`: its ``dest`` is the field's path (``"model.hidden"``: field ``hidden`` of
+TrainConfig's ``model`` component) and its default is the field's own, so each default and
+each list of choices is defined once, next to the code it configures. ``configs(args)``
+gives the configs the handler builds (:func:`_config`), keyed by the dest prefix of their
+options. Option declarations import the config modules (and torch), so :func:`main` declares
+only the options of the subcommand it runs: ``disktrain --help`` and ``disktrain info`` stay
+fast.
 
 Users' errors (bad data, missing or existing files, invalid settings, a run stopped on a
 non-finite loss) print ``disktrain: error: <message>`` and exit with status 2, without a
@@ -28,7 +33,9 @@ USER_ERRORS = (DataError, ConfigError, NonFiniteError, FileNotFoundError, FileEx
 
 def main(argv: list[str] | None = None) -> int:
     """Run ``disktrain`` with ``argv`` (default: ``sys.argv[1:]``); return the exit status."""
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    command = next((a for a in argv if not a.startswith("-")), "")
+    args = build_parser(command).parse_args(argv)
     try:
         return args.func(args) or 0
     except USER_ERRORS as e:
@@ -36,26 +43,82 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(2) from None
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The ``disktrain`` parser; with ``command``, only that subcommand declares its options
+    (the others parse nothing beyond ``--help``)."""
     parser = argparse.ArgumentParser(
         prog="disktrain", description="Out-of-core GNN training: datasets on disk, "
         "offline sampling, packed features, pipelined reads.")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (_add_ingest, _add_synth, _add_info, _add_verify, _add_prepare, _add_train,
-                _add_demo):
-        add(subparsers)
+    for name, (add, options) in _COMMANDS.items():
+        sub = add(subparsers)
+        if options is not None and command in (None, name):
+            options(sub)
     return parser
 
 
-def _config(cls, args: argparse.Namespace | None = None, **values):
-    """Build the config dataclass ``cls`` from the parsed options named like its fields (and
-    ``values``); its validation errors are the user's (ConfigError)."""
-    names = {f.name for f in dataclasses.fields(cls)}
-    given = {k: v for k, v in vars(args or argparse.Namespace()).items() if k in names}
+def _field_default(cls, name: str):
+    """The default of field ``name`` of the dataclass ``cls`` (dataclasses.MISSING if none)."""
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    if name not in fields:
+        raise AttributeError(f"{cls.__name__} has no field {name!r}")
+    f = fields[name]
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return f.default
+
+
+def _default(cls, path: str):
+    """The default of the field at ``path`` of config ``cls``: ``"model.hidden"`` is field
+    ``hidden`` of the config that ``cls``'s field ``model`` holds by default."""
+    *outer, name = path.split(".")
+    for part in outer:
+        cls = type(_field_default(cls, part))
+    return _field_default(cls, name)
+
+
+def _option(parser, flags: str | tuple[str, ...], cls, path: str, prefix: str = "",
+            **kw) -> None:
+    """Declare option ``flags`` for the field at ``path`` of config ``cls`` (see
+    :func:`_default`), with dest ``prefix + path`` and the field's default; ``prefix`` tells
+    a command's configs apart (``"ray."``)."""
+    flags = (flags,) if isinstance(flags, str) else flags
+    if not kw.get("required"):
+        default = _default(cls, path)
+        kw.setdefault("default", None if default is dataclasses.MISSING else default)
+    if "metavar" not in kw and "choices" not in kw and "action" not in kw:
+        kw["metavar"] = flags[-1].lstrip("-").upper().replace("-", "_")
+    parser.add_argument(*flags, dest=prefix + path, **kw)
+
+
+def _build(cls, values: dict, prefix: str = ""):
+    """``cls`` from the ``values`` whose keys are ``prefix`` + the path of one of its fields;
+    its fields without a value keep their defaults."""
+    kwargs = {}
+    for f in dataclasses.fields(cls):
+        key = prefix + f.name
+        if key in values:
+            kwargs[f.name] = values[key]
+        elif any(k.startswith(key + ".") for k in values):
+            kwargs[f.name] = _build(type(_field_default(cls, f.name)), values, key + ".")
+    return cls(**kwargs)
+
+
+def _config(cls, args: argparse.Namespace, prefix: str = ""):
+    """Build the config dataclass ``cls`` from the parsed options whose dest is ``prefix``
+    + the path of one of its fields (a component from its fields' options); its validation
+    errors are the user's (ConfigError)."""
     try:
-        return cls(**given, **values)
+        return _build(cls, vars(args), prefix)
     except ValueError as e:
         raise ConfigError(str(e)) from e
+
+
+def configs(args: argparse.Namespace) -> dict[str, object]:
+    """The config dataclasses the parsed command line ``args`` builds, keyed by the dest
+    prefix of their options ("" for the command's main one); {} for a command without."""
+    build = getattr(args, "configs", None)
+    return build(args) if build is not None else {}
 
 
 def parse_bytes(text: str) -> int:
@@ -81,14 +144,27 @@ def parse_fanouts(text: str) -> tuple[int, ...]:
             f"fanouts must be comma-separated integers like 15,10,5, got {text!r}") from None
 
 
-def _add_progress(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--no-progress", dest="progress", action="store_false",
-                        help="hide progress bars")
+def format_bytes(n: int) -> str:
+    """A byte count the way :func:`parse_bytes` reads it: 262144 -> "256K"."""
+    for unit, size in (("T", 1 << 40), ("G", 1 << 30), ("M", 1 << 20), ("K", 1 << 10)):
+        if n >= size and n % size == 0:
+            return f"{n // size}{unit}"
+    return str(n)
+
+
+def _add_progress(parser: argparse.ArgumentParser, cls=None) -> None:
+    """``--no-progress``: the field ``progress`` of ``cls``, or a plain flag without one."""
+    if cls is None:
+        parser.add_argument("--no-progress", dest="progress", action="store_false",
+                            help="hide progress bars")
+    else:
+        _option(parser, "--no-progress", cls, "progress", action="store_false",
+                help="hide progress bars")
 
 
 # ingest
 
-def _add_ingest(subparsers) -> None:
+def _add_ingest(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
         "ingest", help="validate an edge list (+ features, labels, splits) or an OGB "
         "dataset into a dataset",
@@ -96,98 +172,126 @@ def _add_ingest(subparsers) -> None:
         ".npy) and optional features, labels and splits, or an OGB node property prediction "
         "dataset (--ogb), and write a dataset directory (see docs/FORMAT.md). The CSR is over "
         "in-neighbors: row = dst, indices = src.")
+    p.set_defaults(func=_run_ingest, configs=_ingest_configs)
+    return p
+
+
+def _ingest_options(p: argparse.ArgumentParser) -> None:
+    from disktrain.ingest import IngestConfig as C
+
     source = p.add_mutually_exclusive_group(required=True)
-    source.add_argument("--edges", type=Path, metavar="PATH",
-                        help="edge list: .parquet file or directory, .csv/.tsv[.gz], or "
-                        "(E, 2) .npy")
-    source.add_argument("--ogb", type=Path, metavar="DIR",
-                        help="instead of --edges and the files below: an OGB node property "
-                        "prediction dataset directory (raw/edge.csv.gz, raw/node-feat.csv.gz, "
-                        "raw/node-label.csv.gz, split/NAME/...), streamed; ogbn-products "
-                        "needs --undirected, as OGB adds the reverse edges")
-    p.add_argument("--ogb-split", dest="ogb_split", metavar="NAME",
-                   help="with --ogb: which split/NAME to use (default: the only one)")
-    p.add_argument("--out", type=Path, required=True, metavar="DIR",
-                   help="dataset directory to create")
-    p.add_argument("--features", type=Path, metavar="F",
-                   help="node features: (N, F) .npy of any numeric dtype, or Parquet "
-                   "(numeric columns or one list column); stored float32 (float16 kept)")
-    p.add_argument("--labels", type=Path, metavar="L.npy",
-                   help="node labels: 1-D non-negative integer .npy of length N")
+    _option(source, "--edges", C, "edges", type=Path, metavar="PATH",
+            help="edge list: .parquet file or directory, .csv/.tsv[.gz], or (E, 2) .npy")
+    _option(source, "--ogb", C, "ogb", type=Path, metavar="DIR",
+            help="instead of --edges and the files below: an OGB node property prediction "
+            "dataset directory (raw/edge.csv.gz, raw/node-feat.csv.gz, raw/node-label.csv.gz, "
+            "split/NAME/...), streamed; ogbn-products needs --undirected, as OGB adds the "
+            "reverse edges")
+    _option(p, "--ogb-split", C, "ogb_split", metavar="NAME",
+            help="with --ogb: which split/NAME to use (default: the only one)")
+    _option(p, "--out", C, "out", type=Path, required=True, metavar="DIR",
+            help="dataset directory to create")
+    _option(p, "--features", C, "features", type=Path, metavar="F",
+            help="node features: (N, F) .npy of any numeric dtype, or Parquet (numeric "
+            "columns or one list column); stored float32 (float16 kept)")
+    _option(p, "--labels", C, "labels", type=Path, metavar="L.npy",
+            help="node labels: 1-D non-negative integer .npy of length N")
     for split in ("train", "val", "test"):
-        p.add_argument(f"--{split}", type=Path, metavar="IDS.npy",
-                       help=f"{split} node ids: 1-D integer .npy")
-    p.add_argument("--src-col", dest="src_col", default="src",
-                   help="source id column (Parquet/CSV; default: %(default)s)")
-    p.add_argument("--dst-col", dest="dst_col", default="dst",
-                   help="destination id column (Parquet/CSV; default: %(default)s)")
-    p.add_argument("--undirected", action="store_true", help="add the reverse of every edge")
-    p.add_argument("--dedup", action="store_true", help="keep one copy of repeated edges")
-    p.add_argument("--drop-self-loops", dest="drop_self_loops", action="store_true",
-                   help="drop edges (v, v)")
-    p.add_argument("--num-nodes", dest="num_nodes", type=int, metavar="N",
-                   help="node count (default: feature rows, else largest edge id + 1)")
-    p.add_argument("--chunk-rows", dest="chunk_rows", type=int, default=1 << 20,
-                   metavar="ROWS", help="edges read per chunk (default: %(default)s)")
-    p.add_argument("--overwrite", action="store_true", help="replace DIR if it exists")
-    _add_progress(p)
-    p.set_defaults(func=_run_ingest)
+        _option(p, f"--{split}", C, split, type=Path, metavar="IDS.npy",
+                help=f"{split} node ids: 1-D integer .npy")
+    _option(p, "--src-col", C, "src_col", help="source id column (Parquet/CSV; default: "
+            "%(default)s)")
+    _option(p, "--dst-col", C, "dst_col", help="destination id column (Parquet/CSV; "
+            "default: %(default)s)")
+    _option(p, "--undirected", C, "undirected", action="store_true",
+            help="add the reverse of every edge")
+    _option(p, "--dedup", C, "dedup", action="store_true",
+            help="keep one copy of repeated edges")
+    _option(p, "--drop-self-loops", C, "drop_self_loops", action="store_true",
+            help="drop edges (v, v)")
+    _option(p, "--num-nodes", C, "num_nodes", type=int, metavar="N",
+            help="node count (default: feature rows, else largest edge id + 1)")
+    _option(p, "--chunk-rows", C, "chunk_rows", type=int, metavar="ROWS",
+            help="edges read per chunk (default: %(default)s)")
+    _option(p, "--overwrite", C, "overwrite", action="store_true",
+            help="replace DIR if it exists")
+    _add_progress(p, C)
+
+
+def _ingest_configs(args: argparse.Namespace) -> dict:
+    from disktrain.ingest import IngestConfig
+
+    return {"": _config(IngestConfig, args)}
 
 
 def _run_ingest(args: argparse.Namespace) -> int:
-    from disktrain.ingest import IngestConfig, ingest
+    from disktrain.ingest import ingest
 
-    out = ingest(_config(IngestConfig, args))
+    out = ingest(configs(args)[""])
     _print_summary(out)
     return 0
 
 
 # synth
 
-def _add_synth(subparsers) -> None:
+def _add_synth(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
         "synth", help="generate a synthetic dataset (R-MAT graph, planted classes)",
         description="Generate a synthetic dataset: an R-MAT graph with planted homophilous "
         "classes, noisy class-centroid features and train/val/test splits.")
-    p.add_argument("--out", type=Path, required=True, metavar="DIR",
-                   help="dataset directory to create")
-    p.add_argument("--nodes", dest="num_nodes", type=int, required=True, metavar="N",
-                   help="number of nodes")
-    p.add_argument("--avg-degree", dest="avg_degree", type=float, default=10.0, metavar="D",
-                   help="mean in-degree (default: %(default)s)")
-    p.add_argument("--feature-dim", dest="feature_dim", type=int, default=128, metavar="F",
-                   help="features per node (default: %(default)s)")
-    p.add_argument("--classes", dest="num_classes", type=int, default=10, metavar="C",
-                   help="number of classes (default: %(default)s)")
-    p.add_argument("--seed", type=int, default=0, metavar="S",
-                   help="random seed (default: %(default)s)")
-    for split, default in (("train", 0.6), ("val", 0.2), ("test", 0.2)):
-        p.add_argument(f"--{split}-fraction", dest=f"{split}_fraction", type=float,
-                       default=default, metavar="P",
-                       help=f"share of the nodes in the {split} split (default: %(default)s)")
-    p.add_argument("--feature-dtype", dest="feature_dtype", choices=("float32", "float16"),
-                   default="float32", help="stored feature type (default: %(default)s)")
-    p.add_argument("--overwrite", action="store_true", help="replace DIR if it exists")
-    _add_progress(p)
-    p.set_defaults(func=_run_synth)
+    p.set_defaults(func=_run_synth, configs=_synth_configs)
+    return p
+
+
+def _synth_options(p: argparse.ArgumentParser) -> None:
+    from disktrain.synth import FEATURE_DTYPES
+    from disktrain.synth import SynthConfig as C
+
+    _option(p, "--out", C, "out", type=Path, required=True, metavar="DIR",
+            help="dataset directory to create")
+    _option(p, "--nodes", C, "num_nodes", type=int, required=True, metavar="N",
+            help="number of nodes")
+    _option(p, "--avg-degree", C, "avg_degree", type=float, metavar="D",
+            help="mean in-degree (default: %(default)s)")
+    _option(p, "--feature-dim", C, "feature_dim", type=int, metavar="F",
+            help="features per node (default: %(default)s)")
+    _option(p, "--classes", C, "num_classes", type=int, metavar="C",
+            help="number of classes (default: %(default)s)")
+    _option(p, "--seed", C, "seed", type=int, metavar="S",
+            help="random seed (default: %(default)s)")
+    for split in ("train", "val", "test"):
+        _option(p, f"--{split}-fraction", C, f"{split}_fraction", type=float, metavar="P",
+                help=f"share of the nodes in the {split} split (default: %(default)s)")
+    _option(p, "--feature-dtype", C, "feature_dtype", choices=FEATURE_DTYPES,
+            help="stored feature type (default: %(default)s)")
+    _option(p, "--overwrite", C, "overwrite", action="store_true",
+            help="replace DIR if it exists")
+    _add_progress(p, C)
+
+
+def _synth_configs(args: argparse.Namespace) -> dict:
+    from disktrain.synth import SynthConfig
+
+    return {"": _config(SynthConfig, args)}
 
 
 def _run_synth(args: argparse.Namespace) -> int:
-    from disktrain.synth import SynthConfig, synthesize
+    from disktrain.synth import synthesize
 
-    out = synthesize(_config(SynthConfig, args))
+    out = synthesize(configs(args)[""])
     _print_summary(out)
     return 0
 
 
 # info
 
-def _add_info(subparsers) -> None:
+def _add_info(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser("info", help="print a dataset's attributes",
                               description="Print a dataset's attributes and arrays.")
     p.add_argument("path", type=Path, metavar="DIR", help="dataset directory")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=_run_info)
+    return p
 
 
 def dataset_info(path: str | Path) -> dict:
@@ -230,7 +334,7 @@ def _print_summary(path: Path) -> None:
 
 # verify
 
-def _add_verify(subparsers) -> None:
+def _add_verify(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
         "verify", help="check every stored byte of a dataset and its prepared stores",
         description="Check every chunk file of every array of a dataset and of its sample "
@@ -241,6 +345,7 @@ def _add_verify(subparsers) -> None:
     p.add_argument("--json", action="store_true", help="print one JSON object")
     _add_progress(p)
     p.set_defaults(func=_run_verify)
+    return p
 
 
 def _run_verify(args: argparse.Namespace) -> int:
@@ -253,31 +358,44 @@ def _run_verify(args: argparse.Namespace) -> int:
 
 # prepare
 
-def _add_prepare(subparsers) -> None:
+def _add_prepare(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
         "prepare", help="pre-sample every batch and pack its features",
         description="Offline neighbor sampling of every mini-batch of every epoch "
         "(DATASET/samples), then tiering and packing of the features each batch reads "
         "(DATASET/packed). Resumes an interrupted run with the same settings.")
+    p.set_defaults(func=_run_prepare, configs=_prepare_configs)
+    return p
+
+
+def _prepare_options(p: argparse.ArgumentParser) -> None:
+    from disktrain.pack import PackConfig as P
+    from disktrain.sample import SampleConfig as S
+
     p.add_argument("dataset", type=Path, metavar="DATASET", help="dataset directory")
-    p.add_argument("--fanouts", type=parse_fanouts, default=(15, 10, 5), metavar="F1,F2,..",
-                   help="neighbors per hop from the seeds; -1 = all; write --fanouts=-1,-1 when the "
-                   "list starts with -1 (default: 15,10,5)")
-    p.add_argument("--batch-size", dest="batch_size", type=int, default=1024,
-                   help="seeds per batch (default: %(default)s)")
-    p.add_argument("--epochs", type=int, default=1,
-                   help="epochs of batches to pre-sample (default: %(default)s)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
-    p.add_argument("--group-size", dest="group_size", type=int, default=16,
-                   help="batches per sampling task (default: %(default)s)")
-    p.add_argument("--gpu-cache-bytes", dest="gpu_cache_bytes", type=parse_bytes, default=0,
-                   metavar="BYTES", help="GPU cache for the hottest rows, e.g. 2G (default: 0)")
-    p.add_argument("--cpu-cache-bytes", dest="cpu_cache_bytes", type=parse_bytes, default=0,
-                   metavar="BYTES", help="CPU cache for the next hottest rows (default: 0)")
-    p.add_argument("--max-packed-bytes", dest="max_packed_bytes", type=parse_bytes,
-                   metavar="BYTES", help="refuse to pack more than this; says what would fit")
-    p.add_argument("--chunk-bytes", dest="chunk_bytes", type=parse_bytes, default=256 << 10,
-                   metavar="BYTES", help="bytes per packed chunk file (default: 256K)")
+    fanouts = ",".join(map(str, _default(S, "fanouts")))
+    _option(p, "--fanouts", S, "fanouts", "sample.", type=parse_fanouts, metavar="F1,F2,..",
+            help="neighbors per hop from the seeds; -1 = all; write --fanouts=-1,-1 when the "
+            f"list starts with -1 (default: {fanouts})")
+    _option(p, "--batch-size", S, "batch_size", "sample.", type=int,
+            help="seeds per batch (default: %(default)s)")
+    _option(p, "--epochs", S, "epochs", "sample.", type=int,
+            help="epochs of batches to pre-sample (default: %(default)s)")
+    _option(p, "--seed", S, "seed", "sample.", type=int,
+            help="random seed (default: %(default)s)")
+    _option(p, "--group-size", S, "group_size", "sample.", type=int,
+            help="batches per sampling task (default: %(default)s)")
+    _option(p, "--gpu-cache-bytes", P, "gpu_cache_bytes", "pack.", type=parse_bytes,
+            metavar="BYTES", help="GPU cache for the hottest rows, e.g. 2G (default: "
+            f"{format_bytes(_default(P, 'gpu_cache_bytes'))})")
+    _option(p, "--cpu-cache-bytes", P, "cpu_cache_bytes", "pack.", type=parse_bytes,
+            metavar="BYTES", help="CPU cache for the next hottest rows (default: "
+            f"{format_bytes(_default(P, 'cpu_cache_bytes'))})")
+    _option(p, "--max-packed-bytes", P, "max_packed_bytes", "pack.", type=parse_bytes,
+            metavar="BYTES", help="refuse to pack more than this; says what would fit")
+    _option(p, "--chunk-bytes", P, "chunk_bytes", "pack.", type=parse_bytes,
+            metavar="BYTES", help="bytes per packed chunk file (default: "
+            f"{format_bytes(_default(P, 'chunk_bytes'))})")
     p.add_argument("--eval", dest="evaluation", action=argparse.BooleanOptionalAction,
                    default=True, help="also sample the val and test seeds once and pack their "
                    "rows (DATASET/eval/), so training evaluates on the packed path "
@@ -288,15 +406,22 @@ def _add_prepare(subparsers) -> None:
                    help="run sampling and packing groups as Ray tasks on this cluster "
                    "('auto' inside a Ray job)")
     _add_progress(p)
-    p.set_defaults(func=_run_prepare)
+
+
+def _prepare_configs(args: argparse.Namespace) -> dict:
+    from disktrain.pack import PackConfig
+    from disktrain.sample import SampleConfig
+
+    return {"sample.": _config(SampleConfig, args, "sample."),
+            "pack.": _config(PackConfig, args, "pack.")}
 
 
 def _run_prepare(args: argparse.Namespace) -> int:
-    from disktrain.pack import PackConfig, pack_dataset
-    from disktrain.prepare import prepare_eval
-    from disktrain.sample import SampleConfig, SampleStore, sample_dataset
+    from disktrain.prepare import prepare_dataset
+    from disktrain.sample import SampleStore
 
-    sample_cfg, pack_cfg = _config(SampleConfig, args), _config(PackConfig, args)
+    built = configs(args)
+    sample_cfg, pack_cfg = built["sample."], built["pack."]
     if args.eval_batch_size is not None and args.eval_batch_size < 1:
         raise ConfigError(f"--eval-batch-size must be >= 1, got {args.eval_batch_size}")
     if args.ray_address:
@@ -307,10 +432,10 @@ def _run_prepare(args: argparse.Namespace) -> int:
                                             evaluation=args.evaluation,
                                             eval_batch_size=args.eval_batch_size)
     else:
-        sample_dataset(args.dataset, sample_cfg, progress=args.progress)
-        packed = pack_dataset(args.dataset, pack_cfg, progress=args.progress)
-        evaluation = (prepare_eval(args.dataset, args.eval_batch_size, args.progress)
-                      if args.evaluation else {})
+        packed, evaluation = prepare_dataset(args.dataset, sample_cfg, pack_cfg,
+                                             evaluation=args.evaluation,
+                                             eval_batch_size=args.eval_batch_size,
+                                             progress=args.progress)
     # the stores just made (opening the packed store again would re-check all of `slots`)
     print(json.dumps({"samples": SampleStore(args.dataset).info(), "packed": packed.info(),
                       "eval": {split: store.info() for split, store in evaluation.items()}}))
@@ -319,88 +444,118 @@ def _run_prepare(args: argparse.Namespace) -> int:
 
 # train
 
-def _add_train(subparsers) -> None:
+def _add_train(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
         "train", help="train a GNN on a prepared dataset",
         description="Train on the pre-sampled, packed batches of a prepared dataset through "
         "the staged read -> assemble -> copy -> compute pipeline. Runs alone, under torchrun "
         "(RANK/LOCAL_RANK/WORLD_SIZE), or on Ray Train with --workers. The last line of "
         "standard output is one JSON object (epochs, val_acc, test_acc, epoch_time_s, ...).")
+    p.set_defaults(func=_run_train, configs=_train_configs)
+    return p
+
+
+def _train_options(p: argparse.ArgumentParser) -> None:
+    from disktrain.cluster.ray_train import RayTrainConfig as R
+    from disktrain.loader import PLAN_REUSE
+    from disktrain.models import MODELS
+    from disktrain.robust import AGGREGATORS
+    from disktrain.train.config import EVAL_MODES, ON_NONFINITE
+    from disktrain.train.config import TrainConfig as T
+
     p.add_argument("dataset", type=str, metavar="DATASET", help="prepared dataset directory")
-    p.add_argument("--model", default="sage", choices=("sage", "gcn", "gat", "mlp"))
-    p.add_argument("--epochs", type=int, default=10)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--hidden", type=int, default=128)
-    p.add_argument("--heads", type=int, default=4, help="attention heads (gat)")
-    p.add_argument("--dropout", type=float, default=0.5)
-    p.add_argument("--input-dropout", dest="input_dropout", type=float, default=0.0)
-    p.add_argument("--lr", type=float, default=0.01)
-    p.add_argument("--weight-decay", dest="weight_decay", type=float, default=5e-4)
-    p.add_argument("--plan-reuse", dest="plan_reuse", choices=("fresh", "cycle", "pool"),
-                   default="fresh", help="epochs beyond the E pre-sampled ones. fresh: each "
-                   "is sampled and packed in the background while the one before trains; "
-                   "cycle: epoch e reuses pre-sampled epoch e mod E; pool: each epoch draws "
-                   "from every pre-sampled batch (default: %(default)s)")
-    p.add_argument("--prepare-ahead", dest="prepare_ahead", type=int, default=1, metavar="K",
-                   help="with --plan-reuse fresh: epochs prepared ahead of the one training, "
-                   "each on disk until trained (default: %(default)s)")
-    p.add_argument("--eval", dest="evaluation", choices=("auto", "packed", "online"),
-                   default="auto", help="packed: val/test batches as `prepare` packed them; "
-                   "online: sampled now, features read from the raw array; auto: packed "
-                   "where prepared (default: %(default)s)")
-    p.add_argument("--eval-every", dest="eval_every", type=int, default=1)
-    p.add_argument("--eval-batch-size", dest="eval_batch_size", type=int, default=4096,
-                   help="seeds per batch of online evaluation (default: %(default)s)")
-    p.add_argument("--device", default="cpu", help="cpu, cuda (this worker's GPU), cuda:N")
-    p.add_argument("--prefetch", type=int, default=2, help="batches in flight per stage")
-    p.add_argument("--read-threads", dest="read_threads", type=int, default=2)
-    p.add_argument("--compute-threads", dest="compute_threads", type=int, default=0,
-                   help="torch threads for compute (default 0: on a CPU every core, but one "
-                   "while fresh epochs are prepared in the background)")
-    p.add_argument("--aggregator", default="mean",
-                   choices=("mean", "median", "trimmed-mean", "krum", "multi-krum", "geomed",
-                            "flag"),
-                   help="how workers' gradients combine: mean, or a Byzantine-robust rule")
-    p.add_argument("--byzantine-f", dest="byzantine_f", type=int, default=0,
-                   help="faulty workers the robust rule tolerates")
-    p.add_argument("--flag-subspace", dest="flag_subspace", type=int, default=0,
-                   help="the flag aggregator's subspace dimension (default: the workers)")
-    p.add_argument("--checkpoint-dir", dest="checkpoint_dir",
-                   help="default: DATASET/checkpoints")
-    p.add_argument("--checkpoint-every", dest="checkpoint_every", type=int, default=0,
-                   help="also checkpoint every N batches (default: epoch ends only)")
-    p.add_argument("--keep-checkpoints", dest="keep_checkpoints", type=int, default=2,
-                   metavar="K", help="checkpoint files kept, newest first (default: "
-                   "%(default)s, the newest and one to fall back on)")
-    p.add_argument("--resume", action="store_true",
-                   help="continue from the newest checkpoint that loads")
-    p.add_argument("--on-nonfinite", dest="on_nonfinite", choices=("stop", "skip"),
-                   default="stop", help="a step with a non-finite loss or gradient: stop with "
-                   "an error (default) or skip it (no update; counted as skipped_steps)")
-    p.add_argument("--metrics", help="append one JSON record per epoch to this file")
-    p.add_argument("--max-batches", dest="max_batches", type=int,
-                   help="at most this many batches per epoch")
-    p.add_argument("--workers", type=int, default=1,
-                   help="train on Ray Train with this many workers (default: 1, this process)")
-    p.add_argument("--gpus-per-worker", dest="gpus_per_worker", type=float, default=0)
-    p.add_argument("--ray-address", dest="ray_address",
-                   help="Ray cluster to use with --workers (default: start a local one)")
-    _add_progress(p)
-    p.set_defaults(func=_run_train)
+    _option(p, "--model", T, "model.model", choices=MODELS,
+            help="the node classifier; mlp: a features-only baseline (default: %(default)s)")
+    _option(p, "--epochs", T, "epochs", type=int, help="training epochs (default: %(default)s)")
+    _option(p, "--seed", T, "seed", type=int,
+            help="seeds initialization, dropout and the batch order (default: %(default)s)")
+    _option(p, "--hidden", T, "model.hidden", type=int,
+            help="hidden units per layer; for gat all heads together, a multiple of --heads "
+            "(default: %(default)s)")
+    _option(p, "--heads", T, "model.heads", type=int,
+            help="attention heads (gat; default: %(default)s)")
+    _option(p, "--dropout", T, "model.dropout", type=float,
+            help="dropout between layers (default: %(default)s)")
+    _option(p, "--input-dropout", T, "model.input_dropout", type=float,
+            help="dropout on the input features (default: %(default)s)")
+    _option(p, "--lr", T, "lr", type=float, help="Adam learning rate (default: %(default)s)")
+    _option(p, "--weight-decay", T, "weight_decay", type=float,
+            help="Adam weight decay (default: %(default)s)")
+    _option(p, "--plan-reuse", T, "plan_reuse", choices=PLAN_REUSE,
+            help="epochs beyond the E pre-sampled ones. fresh: each is sampled and packed in "
+            "the background while the one before trains; cycle: epoch e reuses pre-sampled "
+            "epoch e mod E; pool: each epoch draws from every pre-sampled batch (default: "
+            "%(default)s)")
+    _option(p, "--prepare-ahead", T, "prepare_ahead", type=int, metavar="K",
+            help="with --plan-reuse fresh: epochs prepared ahead of the one training, each on "
+            "disk until trained (default: %(default)s)")
+    _option(p, "--eval", T, "evaluation", choices=EVAL_MODES,
+            help="packed: val/test batches as `prepare` packed them; online: sampled now, "
+            "features read from the raw array; auto: packed where prepared (default: "
+            "%(default)s)")
+    _option(p, "--eval-every", T, "eval_every", type=int,
+            help="evaluate every N epochs and after the last (default: %(default)s)")
+    _option(p, "--eval-batch-size", T, "eval_batch_size", type=int,
+            help="seeds per batch of online evaluation (default: %(default)s)")
+    _option(p, "--device", T, "loader.device",
+            help="cpu, cuda (this worker's GPU), cuda:N (default: %(default)s)")
+    _option(p, "--prefetch", T, "loader.prefetch", type=int,
+            help="batches in flight per stage (default: %(default)s)")
+    _option(p, "--read-threads", T, "loader.read_threads", type=int,
+            help="threads reading packed ranges (default: %(default)s)")
+    _option(p, "--compute-threads", T, "compute_threads", type=int,
+            help="torch threads for compute (default 0: on a CPU every core, but one while "
+            "fresh epochs are prepared in the background)")
+    _option(p, "--aggregator", T, "robust.aggregator", choices=tuple(AGGREGATORS),
+            help="how workers' gradients combine: mean, or a Byzantine-robust rule "
+            "(default: %(default)s)")
+    _option(p, "--byzantine-f", T, "robust.f", type=int,
+            help="faulty workers the robust rule tolerates (default: %(default)s)")
+    _option(p, "--flag-subspace", T, "robust.subspace", type=int,
+            help="the flag aggregator's subspace dimension (default 0: the workers)")
+    _option(p, "--checkpoint-dir", T, "checkpoint.dir", help="default: DATASET/checkpoints")
+    _option(p, "--checkpoint-every", T, "checkpoint.every", type=int,
+            help="also checkpoint every N batches (default 0: epoch ends only)")
+    _option(p, "--keep-checkpoints", T, "checkpoint.keep", type=int, metavar="K",
+            help="checkpoint files kept, newest first (default: %(default)s, the newest and "
+            "one to fall back on)")
+    _option(p, "--resume", T, "checkpoint.resume", action="store_true",
+            help="continue from the newest checkpoint that loads")
+    _option(p, "--on-nonfinite", T, "on_nonfinite", choices=ON_NONFINITE,
+            help="a step with a non-finite loss or gradient: stop with an error or skip it "
+            "(no update; counted as skipped_steps) (default: %(default)s)")
+    _option(p, "--metrics", T, "metrics", help="append one JSON record per epoch to this file")
+    _option(p, "--max-batches", T, "max_batches", type=int,
+            help="at most this many batches per epoch")
+    _option(p, "--workers", R, "workers", "ray.", type=int,
+            help="train on Ray Train with this many workers (default: %(default)s, this "
+            "process)")
+    _option(p, "--gpus-per-worker", R, "gpus_per_worker", "ray.", type=float,
+            help="GPUs per Ray worker (default: %(default)s)")
+    _option(p, "--ray-address", R, "address", "ray.",
+            help="Ray cluster to use with --workers (default: start a local one)")
+    _add_progress(p, T)
+
+
+def _train_configs(args: argparse.Namespace) -> dict:
+    from disktrain.cluster.ray_train import RayTrainConfig
+    from disktrain.train import TrainConfig
+
+    return {"": _config(TrainConfig, args), "ray.": _config(RayTrainConfig, args, "ray.")}
 
 
 def _run_train(args: argparse.Namespace) -> int:
-    from disktrain.cluster.ray_train import RayTrainConfig, fit_on_ray
-    from disktrain.train import TrainConfig, train
+    from disktrain.train import train
 
-    cfg = _config(TrainConfig, args)
-    ray_cfg = _config(RayTrainConfig, workers=args.workers,
-                      gpus_per_worker=args.gpus_per_worker, address=args.ray_address)
+    built = configs(args)
+    cfg, ray_cfg = built[""], built["ray."]
     if ray_cfg.workers > 1 or ray_cfg.address:
+        from disktrain.cluster.ray_train import fit_on_ray
+
         cfg.check_world_size(ray_cfg.workers)
-        if cfg.device.startswith("cuda") and not ray_cfg.gpus_per_worker:
-            raise ConfigError(f"device {cfg.device!r} with --workers needs --gpus-per-worker "
-                              "> 0 (Ray gives each worker its GPU)")
+        if cfg.loader.device.startswith("cuda") and not ray_cfg.gpus_per_worker:
+            raise ConfigError(f"device {cfg.loader.device!r} with --workers needs "
+                              "--gpus-per-worker > 0 (Ray gives each worker its GPU)")
         result = fit_on_ray(cfg, ray_cfg)
     else:
         result = train(cfg)
@@ -411,21 +566,42 @@ def _run_train(args: argparse.Namespace) -> int:
 
 # demo
 
-def _add_demo(subparsers) -> None:
+def _add_demo(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
         "demo", help="the whole path on a small built-in synthetic graph",
         description="Generate a small synthetic graph, prepare it (offline sampling and "
         "packing) and train GraphSAGE and a features-only MLP on it; report both.")
-    p.add_argument("--out", type=Path, metavar="DIR",
-                   help="keep the dataset here (default: a temporary directory, deleted)")
-    p.add_argument("--nodes", dest="num_nodes", type=int, default=20_000)
-    p.add_argument("--epochs", type=int, default=3)
-    _add_progress(p)
-    p.set_defaults(func=_run_demo)
+    p.set_defaults(func=_run_demo, configs=_demo_configs)
+    return p
+
+
+def _demo_options(p: argparse.ArgumentParser) -> None:
+    from disktrain.demo import DemoConfig as C
+
+    _option(p, "--out", C, "out", type=Path, metavar="DIR",
+            help="keep the dataset here (default: a temporary directory, deleted)")
+    _option(p, "--nodes", C, "num_nodes", type=int,
+            help="nodes of the synthetic graph (default: %(default)s)")
+    _option(p, "--epochs", C, "epochs", type=int,
+            help="training epochs of each model (default: %(default)s)")
+    _add_progress(p, C)
+
+
+def _demo_configs(args: argparse.Namespace) -> dict:
+    from disktrain.demo import DemoConfig
+
+    return {"": _config(DemoConfig, args)}
 
 
 def _run_demo(args: argparse.Namespace) -> int:
-    from disktrain.demo import DemoConfig, run_demo
+    from disktrain.demo import run_demo
 
-    print(json.dumps(run_demo(_config(DemoConfig, args))))
+    print(json.dumps(run_demo(configs(args)[""])))
     return 0
+
+
+_COMMANDS = {"ingest": (_add_ingest, _ingest_options), "synth": (_add_synth, _synth_options),
+             "info": (_add_info, None), "verify": (_add_verify, None),
+             "prepare": (_add_prepare, _prepare_options), "train": (_add_train, _train_options),
+             "demo": (_add_demo, _demo_options)}
+"""Subcommand -> (declares it, declares its options (None: in the first)), in help order."""

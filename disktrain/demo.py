@@ -9,11 +9,13 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from disktrain.models import ModelConfig
 from disktrain.pack import PackConfig, pack_dataset
 from disktrain.prepare import prepare_eval
 from disktrain.sample import SampleConfig, sample_dataset
 from disktrain.synth import SynthConfig, synthesize
 from disktrain.train import TrainConfig, train
+from disktrain.train.checkpoint import CheckpointConfig
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -61,10 +63,11 @@ def run_demo(cfg: DemoConfig) -> dict:
         for model in ("sage", "mlp"):
             t = time.perf_counter()
             _log(f"training {model} for {cfg.epochs} epochs")
-            results[model] = train(TrainConfig(dataset=str(path), model=model,
-                                               epochs=cfg.epochs, hidden=64, seed=0,
-                                               progress=cfg.progress,
-                                               checkpoint_dir=str(path / f"ckpt-{model}")))
+            ckpt = CheckpointConfig(dir=str(path / f"ckpt-{model}"))
+            results[model] = train(TrainConfig(dataset=str(path),
+                                               model=ModelConfig(model=model, hidden=64),
+                                               epochs=cfg.epochs, seed=0, checkpoint=ckpt,
+                                               progress=cfg.progress))
             times[f"train_{model}_s"] = time.perf_counter() - t
         info = packed.info()
         return {"dataset": str(path) if cfg.out else "temporary (deleted)",

@@ -54,9 +54,10 @@ def packed_bytes(store, batch_ids) -> dict[str, int]:
 class Loader:
     """Iterate the pre-sampled mini-batches of ``split`` of a prepared dataset.
 
-    ``device``/``dtype``: where the batch tensors go and the feature dtype (float32 by
-    default, whatever is stored). ``shuffle``: a new seeded order every epoch (default: for
-    train). ``rank``/``world_size``: this process's share (default: torch.distributed's when
+    ``device``/``dtype``: where the batch tensors go (default: ``config.device``, "cpu"
+    unless set) and the feature dtype (float32 by default, whatever is stored).
+    ``shuffle``: a new seeded order every epoch (default: for train).
+    ``rank``/``world_size``: this process's share (default: torch.distributed's when
     it is initialized, else everything); train shares are equal (the remainder is dropped),
     evaluation shares cover every batch. ``plan_reuse`` and ``epochs`` (the number of
     epochs that will run; bounds the fresh epochs prepared ahead): see the module docstring.
@@ -68,7 +69,7 @@ class Loader:
     """
 
     def __init__(self, dataset_dir: str | Path, split: str = "train", *,
-                 device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
+                 device: str | torch.device | None = None, dtype: torch.dtype = torch.float32,
                  shuffle: bool | None = None, seed: int = 0, rank: int | None = None,
                  world_size: int | None = None, plan_reuse: str = "fresh",
                  epochs: int | None = None, prepare_ahead: int = 1,
@@ -105,8 +106,9 @@ class Loader:
             self._source = share._source.sibling(root)
         else:
             cfg = config or LoaderConfig()
-            self._source = PackedLoader(dataset_dir, replace(cfg, device=str(device)),
-                                        root=root)
+            if device is not None:
+                cfg = replace(cfg, device=str(device))
+            self._source = PackedLoader(dataset_dir, cfg, root=root)
         self.device = self._source.device
         samples = self._source.samples
         self.batches_per_epoch = samples.batches_per_epoch

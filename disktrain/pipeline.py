@@ -27,10 +27,14 @@ import numpy as np
 import torch
 
 from disktrain.dataset import Dataset
+from disktrain.device import DeviceAssembler
 from disktrain.kernels.gather import gather_rows
 from disktrain.models.block import Block
 from disktrain.pack.store import DIRECT_ALIGN, PackedStore
 from disktrain.sample.store import SampleStore
+
+DEVICE_TYPES = ("cpu", "cuda")
+"""Device types batches can go to."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -42,11 +46,14 @@ class LoaderConfig:
     read_threads: int = 2
     """Threads reading packed ranges."""
     device: str = "cpu"
-    """Where batches end up ("cpu", "cuda", "cuda:1", ...)."""
+    """Where batches end up: "cpu", "cuda" or "cuda:N" (in training, "cuda" is the GPU of
+    the worker's LOCAL_RANK)."""
     degrees: bool = False
-    """Attach whole-graph in-degrees to every block (GCN normalizes with them)."""
+    """Attach whole-graph in-degrees to every block (training sets it when the model's
+    layers declare ``needs_degrees``, as GCN's do)."""
     assemble_threads: int = 0
-    """Numba threads of the assembly kernels (0: Numba's default, one per core)."""
+    """Numba threads of the assembly kernels (0: Numba's default, one per core; training
+    gives them the cores compute leaves free)."""
     verify: bool = True
     """Check the crc32c of every packed chunk and sample group read (off only to measure what
     the checks cost: ``scripts/bench_integrity.py``)."""
@@ -57,6 +64,13 @@ class LoaderConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.assemble_threads < 0:
             raise ValueError(f"assemble_threads must be >= 0, got {self.assemble_threads}")
+        try:
+            device = torch.device(self.device)
+        except RuntimeError:
+            device = None
+        if device is None or device.type not in DEVICE_TYPES or (device.type == "cpu"
+                                                                 and device.index is not None):
+            raise ValueError(f"device must be cpu, cuda or cuda:N, got {self.device!r}")
 
 
 @dataclass
@@ -104,7 +118,7 @@ class FeatureCaches:
         self.tiers_id = packed.tiers_id
         """Packed stores with this ``tiers_id`` are served by these caches."""
         rows = np.asarray(packed.cache_rows())
-        self.gpu = torch.from_numpy(np.array(rows[:packed.n_gpu])).to(device)
+        self.gpu = DeviceAssembler(rows[:packed.n_gpu], device)
         self.cpu = np.array(rows[packed.n_gpu:])
         if device.type == "cuda":
             self.cpu = torch.from_numpy(self.cpu).pin_memory().numpy()
@@ -216,13 +230,9 @@ class PackedLoader:
     def to_device(self, host: _HostBatch) -> tuple[torch.Tensor, list[Block], torch.Tensor]:
         """Stage 3: copy to the device, then fill the rows the GPU cache serves there."""
         nb = self._pin
-        x = host.x.to(self.device, non_blocking=nb)
+        x = self.caches.gpu.assemble(host.x, host.gpu_pos, host.gpu_slot)
         blocks = [blk.to(self.device, non_blocking=nb) for blk in host.blocks]
         labels = None if host.labels is None else host.labels.to(self.device, non_blocking=nb)
-        if len(host.gpu_pos):
-            pos = torch.from_numpy(host.gpu_pos).to(self.device, non_blocking=nb)
-            slot = torch.from_numpy(host.gpu_slot).to(self.device, non_blocking=nb)
-            x[pos] = self.caches.gpu[slot]
         return x, blocks, labels
 
 

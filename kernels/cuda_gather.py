@@ -1,49 +1,172 @@
 """Batch feature assembly on the GPU: the CUDA twin of :mod:`disktrain.kernels.gather`.
 
-The host assembles the rows it holds (CPU cache, packed reads) into ``host_rows`` and copies
-them to the device; this kernel then builds the batch's feature matrix ``out`` in one launch:
+The host assembles the rows it holds (CPU cache, packed reads) and copies them to the device;
+this kernel then builds the batch's feature matrix ``out`` in one launch:
 
     out[gpu_pos[k]]  = gpu_cache[gpu_slot[k]]   for every row served by the GPU cache
     out[host_pos[k]] = host_rows[k]             for every row assembled on the host
 
+(With the host rows copied straight into ``out``, ``host_rows`` and ``host_pos`` are empty and
+the launch fills only the GPU-cache rows.) :func:`scatter_gather_host` is its CPU twin.
+
+Rows move as wide unsigned words: each lane of a warp copies 16 bytes (one ``ld.v4.u32`` and one
+``st.v4.u32``) when every row's width, every row stride and every array's address are multiples
+of 16 bytes, else 8, 4 or 2 bytes (:func:`lane_bytes`). A 512 B row is one warp of 32 lanes x
+16 B; narrower rows share a warp, wider ones loop. Copies are bit-identical (NaN payloads
+survive).
+
 Arrays may be anything with ``__cuda_array_interface__`` (torch CUDA tensors, CuPy, Numba
-device arrays); under Numba's CUDA simulator (``NUMBA_ENABLE_CUDASIM=1``) they are NumPy
-arrays. Copies are bit-identical (bits are moved as unsigned integers of the same width).
+device arrays), taken zero-copy; under Numba's CUDA simulator (``NUMBA_ENABLE_CUDASIM=1``) they
+are NumPy arrays, and the 16-byte moves are emulated word by word.
 """
 
 import math
 
 import numpy as np
-from numba import cuda
+from numba import config, cuda
 
 _BITS = {
     np.dtype(np.float16): np.uint16,
     np.dtype(np.float32): np.uint32,
     np.dtype(np.float64): np.uint64,
 }
-# One warp across a row's columns, several rows per block; grid-stride loops cover the rest.
-_THREADS = (32, 8)
-_MAX_BLOCKS = (32, 65535)
+_WORDS = {2: np.uint16, 4: np.uint32, 8: np.uint64}
+"""Lane width in bytes -> the word moved per lane (16 bytes: four uint32, one vector)."""
+_BLOCK = 256
+"""Threads per block: 256 / lanes-per-row rows at a time."""
+_MAX_BLOCKS = 65535
+"""Grid cap; grid-stride loops cover the remaining rows."""
 
 
-@cuda.jit
-def _scatter_gather_kernel(out, gpu_cache, gpu_pos, gpu_slot, host_rows, host_pos):
-    col0, row0 = cuda.grid(2)
-    col_step, row_step = cuda.gridsize(2)
-    num_gpu = gpu_pos.shape[0]
-    num_rows = num_gpu + host_pos.shape[0]
-    width = out.shape[1]
-    for r in range(row0, num_rows, row_step):
-        if r < num_gpu:
-            dst = gpu_pos[r]
-            src = gpu_slot[r]
-            for j in range(col0, width, col_step):
-                out[dst, j] = gpu_cache[src, j]
-        else:
-            k = r - num_gpu
-            dst = host_pos[k]
-            for j in range(col0, width, col_step):
-                out[dst, j] = host_rows[k, j]
+if config.ENABLE_CUDASIM:
+    def _load16(arr, row, col):
+        return (arr[row, col], arr[row, col + 1], arr[row, col + 2], arr[row, col + 3])
+
+    def _store16(arr, row, col, value):
+        for t in range(4):
+            arr[row, col + t] = value[t]
+else:
+    from llvmlite import ir
+    from numba.cuda import cgutils, types
+    from numba.cuda.extending import intrinsic
+
+    _VEC4 = ir.VectorType(ir.IntType(32), 4)
+    _WORDS4 = types.UniTuple(types.uint32, 4)
+
+    def _vec4_pointer(context, builder, sig, args):
+        """Pointer to ``arr[row, col:col + 4]`` as one 16-byte-aligned ``<4 x i32>``."""
+        arr_ty, row_ty, col_ty = sig.args[:3]
+        ary = context.make_array(arr_ty)(context, builder, args[0])
+        index = [context.cast(builder, args[1], row_ty, types.intp),
+                 context.cast(builder, args[2], col_ty, types.intp)]
+        ptr = cgutils.get_item_pointer(context, builder, arr_ty, ary, index, wraparound=False)
+        return builder.bitcast(ptr, _VEC4.as_pointer())
+
+    def _is_word_matrix(arr, row, col) -> bool:
+        return (isinstance(arr, types.Array) and arr.ndim == 2 and arr.dtype == types.uint32
+                and isinstance(row, types.Integer) and isinstance(col, types.Integer))
+
+    @intrinsic
+    def _load16(typingctx, arr, row, col):
+        """``arr[row, col:col + 4]`` (uint32, 16-byte aligned) in one vector load."""
+        if not _is_word_matrix(arr, row, col):
+            return None
+
+        def codegen(context, builder, sig, args):
+            vec = builder.load(_vec4_pointer(context, builder, sig, args), align=16)
+            words = [builder.extract_element(vec, ir.Constant(ir.IntType(32), t))
+                     for t in range(4)]
+            return context.make_tuple(builder, _WORDS4, words)
+
+        return _WORDS4(arr, row, col), codegen
+
+    @intrinsic
+    def _store16(typingctx, arr, row, col, value):
+        """``arr[row, col:col + 4] = value`` (four uint32, 16-byte aligned) in one store."""
+        if not (_is_word_matrix(arr, row, col) and value == _WORDS4):
+            return None
+
+        def codegen(context, builder, sig, args):
+            vec = ir.Constant(_VEC4, ir.Undefined)
+            for t in range(4):
+                word = builder.extract_value(args[3], t)
+                vec = builder.insert_element(vec, word, ir.Constant(ir.IntType(32), t))
+            builder.store(vec, _vec4_pointer(context, builder, sig, args), align=16)
+            return context.get_dummy_value()
+
+        return types.void(arr, row, col, value), codegen
+
+
+@cuda.jit(device=True)
+def _load1(arr, row, col):
+    return arr[row, col]
+
+
+@cuda.jit(device=True)
+def _store1(arr, row, col, value):
+    arr[row, col] = value
+
+
+@cuda.jit(device=True)
+def _row_ends(r, num_rows, num_gpu, gpu_pos, gpu_slot, host_pos):
+    """(row of ``out``, row of its source) of the ``r``-th row to move; (-1, -1) past the end.
+    Rows below ``num_gpu`` come from the GPU cache, the others from the host rows."""
+    if r >= num_rows:
+        return np.int64(-1), np.int64(-1)
+    if r < num_gpu:
+        return np.int64(gpu_pos[r]), np.int64(gpu_slot[r])
+    return np.int64(host_pos[r - num_gpu]), np.int64(r - num_gpu)
+
+
+def _make_kernel(load, store, words: int):
+    """The scatter kernel moving ``words`` array elements per lane with ``load``/``store``.
+
+    Each row gets ``2**lane_shift`` consecutive lanes (a warp holds ``32 >> lane_shift`` rows);
+    a lane handles every ``2**lane_shift``-th word group of its row, two groups in flight. The
+    next row's positions are loaded before the current row moves, so that their latency
+    overlaps its copy rather than preceding the next one.
+    """
+
+    @cuda.jit(device=True)
+    def copy_row(dst, dst_row, src, src_row, lane, lanes, width):
+        step = lanes * words
+        col = lane * words
+        while col + step < width:
+            first = load(src, src_row, col)
+            second = load(src, src_row, col + step)
+            store(dst, dst_row, col, first)
+            store(dst, dst_row, col + step, second)
+            col += 2 * step
+        if col < width:
+            store(dst, dst_row, col, load(src, src_row, col))
+
+    @cuda.jit
+    def kernel(out, gpu_cache, gpu_pos, gpu_slot, host_rows, host_pos, lane_shift):
+        lanes = 1 << lane_shift
+        tid = cuda.threadIdx.x
+        rows_per_block = cuda.blockDim.x >> lane_shift
+        row_step = cuda.gridDim.x * rows_per_block
+        lane = tid & (lanes - 1)
+        num_gpu = gpu_pos.shape[0]
+        num_rows = num_gpu + host_pos.shape[0]
+        width = out.shape[1]
+        r = cuda.blockIdx.x * rows_per_block + (tid >> lane_shift)
+        dst, src = _row_ends(r, num_rows, num_gpu, gpu_pos, gpu_slot, host_pos)
+        while r < num_rows:
+            following = r + row_step
+            next_dst, next_src = _row_ends(following, num_rows, num_gpu, gpu_pos, gpu_slot,
+                                           host_pos)
+            if r < num_gpu:
+                copy_row(out, dst, gpu_cache, src, lane, lanes, width)
+            else:
+                copy_row(out, dst, host_rows, src, lane, lanes, width)
+            r, dst, src = following, next_dst, next_src
+
+    return kernel
+
+
+_KERNEL_16 = _make_kernel(_load16, _store16, 4)
+_KERNEL_1 = _make_kernel(_load1, _store1, 1)
 
 
 def scatter_gather_device(out, gpu_cache, gpu_pos, gpu_slot, host_rows, host_pos, *,
@@ -60,27 +183,86 @@ def scatter_gather_device(out, gpu_cache, gpu_pos, gpu_slot, host_rows, host_pos
     asynchronous on that stream and does not synchronize the streams the inputs came from.
     """
     out, gpu_cache, gpu_pos, gpu_slot, host_rows, host_pos = (
-        _as_device(a) for a in (out, gpu_cache, gpu_pos, gpu_slot, host_rows, host_pos)
+        as_device_array(a) for a in (out, gpu_cache, gpu_pos, gpu_slot, host_rows, host_pos)
     )
-    bits = _check_rows("out", out, out)
-    _check_rows("gpu_cache", gpu_cache, out)
-    _check_rows("host_rows", host_rows, out)
-    _check_index("gpu_pos", gpu_pos, gpu_pos.shape[0])
-    _check_index("gpu_slot", gpu_slot, gpu_pos.shape[0])
-    _check_index("host_pos", host_pos, host_rows.shape[0])
+    _check_all(out, gpu_cache, gpu_pos, gpu_slot, host_rows, host_pos)
     num_rows = gpu_pos.shape[0] + host_pos.shape[0]
     if num_rows == 0 or out.shape[1] == 0:
         return
-    blocks = (
-        min(math.ceil(out.shape[1] / _THREADS[0]), _MAX_BLOCKS[0]),
-        min(math.ceil(num_rows / _THREADS[1]), _MAX_BLOCKS[1]),
-    )
-    launch = _scatter_gather_kernel[blocks, _THREADS, _as_stream(stream)]
-    launch(out.view(bits), gpu_cache.view(bits), gpu_pos, gpu_slot, host_rows.view(bits),
-           host_pos)
+    rows = (out, gpu_cache, host_rows)
+    lane = lane_bytes(*rows)
+    word = np.uint32 if lane == 16 else _WORDS[lane]
+    out, gpu_cache, host_rows = (_words(a, word) for a in rows)
+    units = out.shape[1] // (4 if lane == 16 else 1)
+    lane_shift = min(5, max(0, math.ceil(math.log2(units))))
+    blocks = min(math.ceil(num_rows / (_BLOCK >> lane_shift)), _MAX_BLOCKS)
+    kernel = _KERNEL_16 if lane == 16 else _KERNEL_1
+    kernel[blocks, _BLOCK, as_stream(stream)](out, gpu_cache, gpu_pos, gpu_slot, host_rows,
+                                               host_pos, lane_shift)
 
 
-def _as_device(arr):
+def scatter_gather_host(out: np.ndarray, gpu_cache: np.ndarray, gpu_pos: np.ndarray,
+                        gpu_slot: np.ndarray, host_rows: np.ndarray,
+                        host_pos: np.ndarray) -> None:
+    """The CPU twin of :func:`scatter_gather_device`: same arguments (NumPy arrays), same bits.
+
+    Positions are checked here (cheap on the host): a position or slot out of range raises
+    ``ValueError`` naming the array and the value.
+    """
+    _check_all(out, gpu_cache, gpu_pos, gpu_slot, host_rows, host_pos)
+    for name, idx, bound in (("gpu_pos", gpu_pos, out.shape[0]),
+                             ("gpu_slot", gpu_slot, gpu_cache.shape[0]),
+                             ("host_pos", host_pos, out.shape[0])):
+        if idx.size and (idx.min() < 0 or idx.max() >= bound):
+            bad = int(np.flatnonzero((idx < 0) | (idx >= bound))[0])
+            raise ValueError(f"{name}[{bad}] = {int(idx[bad])} is out of range [0, {bound})")
+    bits = _BITS[np.dtype(out.dtype)]
+    dst = out.view(bits)
+    dst[gpu_pos] = gpu_cache.view(bits)[gpu_slot]
+    dst[host_pos] = host_rows.view(bits)
+
+
+def lane_bytes(*arrays) -> int:
+    """Bytes each lane moves at once for these 2-D row arrays: 16, 8, 4 or 2.
+
+    The widest width dividing the row's byte width, and, for every array holding rows, its
+    address and row stride; rows must be contiguous (a strided last axis keeps the element
+    width).
+    """
+    item = np.dtype(arrays[0].dtype).itemsize
+    if any(a.shape[0] and a.shape[1] > 1 and a.strides[1] != item for a in arrays):
+        return item
+    sizes = [arrays[0].shape[1] * item]
+    for a in arrays:
+        if a.shape[0]:
+            sizes += [_address(a), a.strides[0] if a.shape[0] > 1 else 0]
+    for lane in (16, 8, 4, 2):
+        if lane >= item and all(size % lane == 0 for size in sizes):
+            return lane
+    return item
+
+
+def _words(arr, word):
+    """``arr`` (2-D, rows contiguous) viewed as rows of ``word``: zero-copy, same addresses."""
+    if np.dtype(word).itemsize == np.dtype(arr.dtype).itemsize:
+        return arr.view(word)
+    if isinstance(arr, np.ndarray):
+        return arr.view(word)  # NumPy allows it with a contiguous last axis
+    from numba.cuda.cudadrv.devicearray import DeviceNDArray  # not in the simulator
+
+    word = np.dtype(word)
+    row_words = arr.shape[1] * np.dtype(arr.dtype).itemsize // word.itemsize
+    return DeviceNDArray(shape=(arr.shape[0], row_words), strides=(arr.strides[0], word.itemsize),
+                         dtype=word, stream=arr.stream, gpu_data=arr.gpu_data)
+
+
+def _address(arr) -> int:
+    if isinstance(arr, np.ndarray):
+        return arr.ctypes.data
+    return arr.__cuda_array_interface__["data"][0]
+
+
+def as_device_array(arr):
     """A Numba view of a CUDA-array-interface object; other arrays (NumPy) pass through."""
     if hasattr(arr, "__cuda_array_interface__"):
         # sync=False: ordering comes from the launch stream, not a host-side wait.
@@ -88,13 +270,29 @@ def _as_device(arr):
     return arr
 
 
-def _as_stream(stream):
+def device_context(index: int):
+    """Numba's context manager making GPU ``index`` current in this thread (torch and Numba
+    share its primary context): launches and stream handles then refer to that GPU."""
+    return cuda.gpus[index]
+
+
+def as_stream(stream):
+    """A Numba stream for a Numba stream or a raw ``cudaStream_t`` handle (0: default)."""
     if isinstance(stream, int):
         return cuda.default_stream() if stream == 0 else cuda.external_stream(stream)
     return stream
 
 
-def _check_rows(name: str, arr, out) -> type:
+def _check_all(out, gpu_cache, gpu_pos, gpu_slot, host_rows, host_pos) -> None:
+    _check_rows("out", out, out)
+    _check_rows("gpu_cache", gpu_cache, out)
+    _check_rows("host_rows", host_rows, out)
+    _check_index("gpu_pos", gpu_pos, gpu_pos.shape[0])
+    _check_index("gpu_slot", gpu_slot, gpu_pos.shape[0])
+    _check_index("host_pos", host_pos, host_rows.shape[0])
+
+
+def _check_rows(name: str, arr, out) -> None:
     if arr.ndim != 2 or np.dtype(arr.dtype) not in _BITS:
         raise ValueError(
             f"{name} must be a 2-D float16/float32/float64 array, got "
@@ -105,7 +303,6 @@ def _check_rows(name: str, arr, out) -> type:
             f"{name} must match out's dtype and width {out.dtype}[*, {out.shape[1]}], "
             f"got {arr.dtype}{list(arr.shape)}"
         )
-    return _BITS[np.dtype(arr.dtype)]
 
 
 def _check_index(name: str, arr, length: int) -> None:

@@ -60,10 +60,12 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run(args: argparse.Namespace, root: Path) -> dict:
+    from disktrain.models import ModelConfig
     from disktrain.pack import PackConfig, pack_dataset
     from disktrain.sample import SampleConfig, sample_dataset
     from disktrain.synth import SynthConfig, synthesize
     from disktrain.train import TrainConfig, train
+    from disktrain.train.checkpoint import CheckpointConfig
 
     t = time.perf_counter()
     path = synthesize(SynthConfig(out=root / "synth", num_nodes=args.nodes,
@@ -75,11 +77,12 @@ def run(args: argparse.Namespace, root: Path) -> dict:
                              progress=False)
     pack_dataset(path, PackConfig(), progress=False)
     prepare_s = time.perf_counter() - t
-    cfg = TrainConfig(dataset=str(path), model="sage", epochs=args.epochs, hidden=args.hidden,
-                      eval_every=args.epochs, progress=False,
-                      checkpoint_dir=str(root / "ck-plain"))
+    cfg = TrainConfig(dataset=str(path), model=ModelConfig(model="sage", hidden=args.hidden),
+                      epochs=args.epochs, eval_every=args.epochs, progress=False,
+                      checkpoint=CheckpointConfig(dir=str(root / "ck-plain")))
     # warm up: JIT caches, page cache
-    train(replace(cfg, epochs=1, max_batches=2, checkpoint_dir=str(root / "ck-warm")))
+    train(replace(cfg, epochs=1, max_batches=2,
+                  checkpoint=CheckpointConfig(dir=str(root / "ck-warm"))))
 
     def seeds_per_s(summary: dict) -> float:
         per_worker = samples.batches_per_epoch // summary["world_size"]
@@ -105,7 +108,7 @@ def run(args: argparse.Namespace, root: Path) -> dict:
     try:
         for n in args.workers:
             t = time.perf_counter()
-            s = fit_on_ray(replace(cfg, checkpoint_dir=str(root / f"ck-ray{n}")),
+            s = fit_on_ray(replace(cfg, checkpoint=CheckpointConfig(dir=str(root / f"ck-ray{n}"))),
                            RayTrainConfig(workers=n, storage_path=str(root / "ray_results")))
             out[f"ray_{n}"] = {"seeds_per_s": round(seeds_per_s(s), 1),
                                "wall_s": round(time.perf_counter() - t, 2),

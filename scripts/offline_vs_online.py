@@ -26,13 +26,14 @@ import torch.nn.functional as F
 from disktrain.dataset import Dataset
 from disktrain.kernels.sampling import sample_batches
 from disktrain.models.block import Block
-from disktrain.models.gnn import GNNConfig, build_model
+from disktrain.models.gnn import GNNConfig, ModelConfig, build_model
 from disktrain.pack import PackConfig, pack_dataset
 from disktrain.sample import SampleConfig, sample_dataset
 from disktrain.sample.plan import sampling_key
 from disktrain.sample.store import unpack_batch
 from disktrain.synth import SynthConfig, synthesize
 from disktrain.train import TrainConfig, train
+from disktrain.train.checkpoint import CheckpointConfig
 from disktrain.train.evaluate import evaluate
 
 FANOUTS, BATCH, HIDDEN = (10, 10), 512, 64
@@ -70,9 +71,10 @@ def train_offline(path: Path, epochs: int, seed: int, sampled_epochs: int, work:
     sample_dataset(path, SampleConfig(fanouts=FANOUTS, batch_size=BATCH,
                                       epochs=sampled_epochs, seed=seed), progress=False)
     pack_dataset(path, PackConfig(), progress=False)
-    out = train(TrainConfig(dataset=str(path), model="sage", epochs=epochs, hidden=HIDDEN,
-                            seed=seed, eval_every=epochs, progress=False,
-                            checkpoint_dir=str(work / f"ck-{seed}-{sampled_epochs}")))
+    ckpt = CheckpointConfig(dir=str(work / f"ck-{seed}-{sampled_epochs}"))
+    out = train(TrainConfig(dataset=str(path), model=ModelConfig(model="sage", hidden=HIDDEN),
+                            epochs=epochs, seed=seed, eval_every=epochs, progress=False,
+                            checkpoint=ckpt))
     return out["test_acc"]
 
 

@@ -1,15 +1,28 @@
-"""The command line: help texts, option-to-config mapping, info, synth wiring."""
+"""The command line: help texts, options mapped onto the configs (each option reaches its
+field, the defaults and choices are the configs'), info, synth wiring."""
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
-from disktrain.cli import build_parser, main
+from disktrain.cli import build_parser, configs, main, parse_bytes, parse_fanouts
+from disktrain.cluster.ray_train import RayTrainConfig
+from disktrain.demo import DemoConfig
 from disktrain.ingest import IngestConfig
+from disktrain.loader import PLAN_REUSE
+from disktrain.models import MODELS
+from disktrain.pack import PackConfig
+from disktrain.robust import AGGREGATORS
+from disktrain.sample import SampleConfig
+from disktrain.synth import SynthConfig
+from disktrain.train import TrainConfig
+from disktrain.train.config import EVAL_MODES, ON_NONFINITE
 
 
 @pytest.mark.parametrize("command", [[], ["ingest"], ["synth"], ["info"], ["verify"]])
@@ -20,19 +33,111 @@ def test_help(capsys, command):
     assert capsys.readouterr().out.startswith(f"usage: disktrain {' '.join(command)}".rstrip())
 
 
-def _option_dests(command: str) -> set[str]:
-    parser = build_parser()
+def _options(command: str) -> list[argparse.Action]:
+    parser = build_parser(command)
     sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-    return {a.dest for a in sub.choices[command]._actions if a.dest != "help"}
+    return [a for a in sub.choices[command]._actions if a.option_strings and a.dest != "help"]
 
 
-def test_ingest_options_are_config_fields():
-    assert _option_dests("ingest") <= {f.name for f in dataclasses.fields(IngestConfig)}
+BASE = {"train": ["train", "DS"], "prepare": ["prepare", "DS"], "demo": ["demo"],
+        "synth": ["synth", "--out", "o", "--nodes", "100"],
+        "ingest": ["ingest", "--edges", "e.npy", "--out", "o"]}
+"""Each command's smallest valid command line."""
+CONTEXT = {"--byzantine-f": ["--aggregator", "krum"], "--flag-subspace": ["--aggregator", "flag"],
+           "--ogb": ["--out", "o"], "--ogb-split": ["--out", "o", "--ogb", "d"]}
+"""Options whose non-default value is valid only with others (instead of BASE's options)."""
+CLI_ONLY = {("prepare", "evaluation"), ("prepare", "eval_batch_size"),
+            ("prepare", "ray_address"), ("prepare", "progress")}
+"""Options that are settings of the command itself, not of a config."""
 
 
-def test_synth_options_are_config_fields():
-    synth = pytest.importorskip("disktrain.synth")
-    assert _option_dests("synth") <= {f.name for f in dataclasses.fields(synth.SynthConfig)}
+def _other_value(action: argparse.Action) -> tuple[list[str], object]:
+    """A command-line value of ``action`` other than its default, and what it parses to."""
+    flag, default = action.option_strings[0], action.default
+    if action.nargs == 0:  # store_true, store_false, --no-eval
+        flag = next((f for f in action.option_strings if f.startswith("--no-")), flag)
+        return [flag], not default
+    if action.choices:
+        value = next(c for c in action.choices if c != default)
+        return [flag, value], value
+    if action.type is parse_fanouts:
+        return [f"{flag}=3,2"], (3, 2)
+    if action.type is parse_bytes:
+        return [flag, "3K"], 3072
+    if action.type is int:
+        value = default + 1 if default else 300
+        return [flag, str(value)], value
+    if action.type is float:
+        value = default / 2 if default else 0.25
+        return [flag, str(value)], value
+    if action.type is Path:
+        return [flag, "p/x"], Path("p/x")
+    return [flag, "cuda:1" if flag == "--device" else "x"], "cuda:1" if flag == "--device" else "x"
+
+
+def _field(built: dict, dest: str):
+    """The value the config field that ``dest`` names holds in ``configs(args)``."""
+    prefix = max((p for p in built if dest.startswith(p)), key=len)
+    value = built[prefix]
+    for part in dest[len(prefix):].split("."):
+        value = getattr(value, part)
+    return value
+
+
+@pytest.mark.parametrize("command", sorted(BASE))
+def test_every_option_reaches_its_config_field(command):
+    checked = 0
+    for action in _options(command):
+        argv, value = _other_value(action)
+        assert value != action.default, action.option_strings
+        base = BASE[command]
+        if action.option_strings[0] in CONTEXT:
+            base = base[:2] if command != "ingest" else ["ingest"]
+            base = [*base, *CONTEXT[action.option_strings[0]]]
+        args = build_parser(command).parse_args([*base, *argv])
+        assert getattr(args, action.dest) == value, action.option_strings
+        if (command, action.dest) in CLI_ONLY:
+            continue
+        assert _field(configs(args), action.dest) == value, action.option_strings
+        checked += 1
+    assert checked >= {"train": 30, "prepare": 9, "demo": 3, "synth": 10, "ingest": 17}[command]
+
+
+@pytest.mark.parametrize(("command", "defaults"), [
+    ("train", lambda: {"": TrainConfig(dataset="DS"), "ray.": RayTrainConfig()}),
+    ("prepare", lambda: {"sample.": SampleConfig(), "pack.": PackConfig()}),
+    ("synth", lambda: {"": SynthConfig(out=Path("o"), num_nodes=100)}),
+    ("ingest", lambda: {"": IngestConfig(edges=Path("e.npy"), out=Path("o"))}),
+    ("demo", lambda: {"": DemoConfig()}),
+])
+def test_the_command_line_defaults_are_the_configs(command, defaults):
+    assert configs(build_parser(command).parse_args(BASE[command])) == defaults()
+
+
+def test_choices_are_the_configs_lists():
+    choices = {a.dest: tuple(a.choices) for a in _options("train") if a.choices}
+    assert choices == {"model.model": MODELS, "plan_reuse": PLAN_REUSE,
+                       "evaluation": EVAL_MODES, "robust.aggregator": tuple(AGGREGATORS),
+                       "on_nonfinite": ON_NONFINITE}
+
+
+def test_bad_model_options_fail_before_anything_loads(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", str(tmp_path / "nowhere"), "--model", "gat", "--hidden", "130"])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err == (
+        "disktrain: error: ModelConfig.hidden must be divisible by heads for model 'gat', got "
+        "hidden=130, heads=4\n")
+
+
+def test_help_and_info_do_not_import_torch(tiny_dataset):
+    code = ("import sys\nfrom disktrain.cli import main\n"
+            f"main(['info', {str(tiny_dataset)!r}])\n"
+            "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
+            "assert 'torch' not in sys.modules, 'torch imported'\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          check=False)
+    assert proc.returncode == 0, proc.stderr
 
 
 def test_info(tiny_dataset, capsys):

@@ -13,10 +13,11 @@ import pytest
 from tinygraphs import make_dataset
 
 from disktrain.errors import CheckpointError
+from disktrain.models import ModelConfig
 from disktrain.pack import PackConfig, pack_dataset
 from disktrain.sample import SampleConfig, SampleStore, sample_dataset
 from disktrain.train import TrainConfig, train
-from disktrain.train.checkpoint import checkpoint_name, load_checkpoint
+from disktrain.train.checkpoint import CheckpointConfig, checkpoint_name, load_checkpoint
 from disktrain.train.loop import params_digest
 from disktrain.train.schedule import epoch_batches, worker_share
 
@@ -25,30 +26,35 @@ pytestmark = pytest.mark.dist
 TORCHRUN = Path(sys.executable).with_name("torchrun")
 WORKER = textwrap.dedent("""
     import json, os, sys
+    from disktrain.models import ModelConfig
     from disktrain.train import TrainConfig, train
+    from disktrain.train.checkpoint import CheckpointConfig
 
     dataset, out = sys.argv[1], sys.argv[2]
-    summary = train(TrainConfig(dataset=dataset, model="sage", epochs=3, hidden=16, seed=1,
-                                dropout=0.0, lr=0.02, progress=False, eval_every=3,
-                                checkpoint_dir=os.path.join(out, "ck"),
+    summary = train(TrainConfig(dataset=dataset, epochs=3, seed=1, lr=0.02, progress=False,
+                                model=ModelConfig(model="sage", hidden=16, dropout=0.0),
+                                eval_every=3,
+                                checkpoint=CheckpointConfig(dir=os.path.join(out, "ck")),
                                 metrics=os.path.join(out, "metrics.jsonl")))
     with open(os.path.join(out, f"rank{os.environ['RANK']}.json"), "w") as f:
         json.dump(summary, f)
 """)
 RESUME_WORKER = textwrap.dedent("""
     import json, os, sys
+    from disktrain.models import ModelConfig
     from disktrain.train import TrainConfig, train
+    from disktrain.train.checkpoint import CheckpointConfig as Ck
 
     dataset, out = sys.argv[1], sys.argv[2]
     rank = os.environ["RANK"]
-    base = dict(dataset=dataset, model="sage", hidden=16, seed=1, dropout=0.3, progress=False,
-                max_batches=3)
+    base = dict(dataset=dataset, model=ModelConfig(model="sage", hidden=16, dropout=0.3),
+                seed=1, progress=False, max_batches=3)
     own = os.path.join(out, f"ck-rank{rank}")  # node-local storage: only rank 0 writes
-    train(TrainConfig(**base, epochs=1, checkpoint_dir=own))
+    train(TrainConfig(**base, epochs=1, checkpoint=Ck(dir=own)))
     listing = sorted(os.listdir(own)) if os.path.isdir(own) else []
-    resumed = train(TrainConfig(**base, epochs=2, checkpoint_dir=own, resume=True))
+    resumed = train(TrainConfig(**base, epochs=2, checkpoint=Ck(dir=own, resume=True)))
     straight = train(TrainConfig(**base, epochs=2,
-                                 checkpoint_dir=os.path.join(out, f"straight-rank{rank}")))
+                                 checkpoint=Ck(dir=os.path.join(out, f"straight-rank{rank}"))))
     with open(os.path.join(out, f"rank{rank}.json"), "w") as f:
         json.dump({"listing": listing, "resumed": resumed, "straight": straight}, f)
 """)
@@ -57,7 +63,9 @@ NAN_WORKER = textwrap.dedent("""
     import json, os, sys
     import torch.nn.functional as F
     from disktrain.errors import NonFiniteError
+    from disktrain.models import ModelConfig
     from disktrain.train import TrainConfig, train
+    from disktrain.train.checkpoint import CheckpointConfig
 
     dataset, out = sys.argv[1], sys.argv[2]
     rank = int(os.environ["RANK"])
@@ -69,8 +77,9 @@ NAN_WORKER = textwrap.dedent("""
         return loss + float("nan") if rank == 1 and calls[0] == 3 else loss
 
     F.cross_entropy = cross_entropy
-    base = dict(dataset=dataset, model="sage", hidden=16, seed=1, progress=False, epochs=1,
-                max_batches=3, checkpoint_dir=os.path.join(out, f"ck{rank}"))
+    base = dict(dataset=dataset, model=ModelConfig(model="sage", hidden=16), seed=1,
+                progress=False, epochs=1, max_batches=3,
+                checkpoint=CheckpointConfig(dir=os.path.join(out, f"ck{rank}")))
     skipped = train(TrainConfig(**base, on_nonfinite="skip"))
     calls[0] = 0
     try:
@@ -159,7 +168,8 @@ def test_cli_aggregator_choices_match_the_registry():
 
     parser = build_parser()
     for name in AGGREGATORS:
-        assert parser.parse_args(["train", "x", "--aggregator", name]).aggregator == name
+        args = parser.parse_args(["train", "x", "--aggregator", name])
+        assert getattr(args, "robust.aggregator") == name
     with pytest.raises(SystemExit):
         parser.parse_args(["train", "x", "--aggregator", "average"])
 
@@ -188,13 +198,14 @@ def test_every_rank_resumes_from_rank_0s_checkpoint(resumed_pair):
 def test_a_changed_world_size_is_refused_on_every_rank(prepared, resumed_pair, tmp_path):
     # 2 ranks' checkpoint, 1 process
     with pytest.raises(CheckpointError, match="written by 2 worker\\(s\\); resuming with 1"):
-        train(TrainConfig(dataset=str(prepared), hidden=16, epochs=2, max_batches=3,
-                          progress=False, resume=True,
-                          checkpoint_dir=str(resumed_pair / "ck-rank0")))
+        train(TrainConfig(dataset=str(prepared), model=ModelConfig(hidden=16), epochs=2,
+                          max_batches=3, progress=False,
+                          checkpoint=CheckpointConfig(dir=str(resumed_pair / "ck-rank0"),
+                                                      resume=True)))
     # 1 process's checkpoint, 2 ranks: both stop with the error, neither hangs
     ck = tmp_path / "ck"
-    train(TrainConfig(dataset=str(prepared), hidden=16, epochs=1, max_batches=3,
-                      progress=False, checkpoint_dir=str(ck)))
+    train(TrainConfig(dataset=str(prepared), model=ModelConfig(hidden=16), epochs=1,
+                      max_batches=3, progress=False, checkpoint=CheckpointConfig(dir=str(ck))))
     proc = torchrun("-m", "disktrain.train", str(prepared), "--hidden", "16", "--epochs", "2",
                     "--max-batches", "3", "--resume", "--checkpoint-dir", str(ck), ok=False)
     said = "checkpoint written by 1 worker(s); resuming with 2 would change the run"

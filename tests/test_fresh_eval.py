@@ -14,6 +14,7 @@ from disktrain.dataset import Dataset
 from disktrain.errors import DataError
 from disktrain.layout import epoch_root, eval_root, is_prepared
 from disktrain.loader import Loader, packed_bytes
+from disktrain.models import ModelConfig
 from disktrain.models.block import Block
 from disktrain.models.gnn import GNNConfig, build_model
 from disktrain.pack import PackConfig, PackedStore, pack_dataset
@@ -21,6 +22,7 @@ from disktrain.pipeline import PackedLoader
 from disktrain.prepare import prepare_epoch, prepare_eval, serve_epochs
 from disktrain.sample import SampleConfig, SamplePlan, SampleStore, sample_dataset
 from disktrain.train import TrainConfig, train
+from disktrain.train.checkpoint import CheckpointConfig
 from disktrain.train.evaluate import Evaluator, evaluate_packed
 
 SAMPLE = {"fanouts": (4, 3), "batch_size": 32, "seed": 0, "group_size": 2}
@@ -40,9 +42,10 @@ def one_epoch(tmp_path_factory):
     return _prepare(make_dataset(tmp_path_factory.mktemp("fresh") / "g"), epochs=1)
 
 
-def _run(path, tmp_path, **kw):
-    base = {"dataset": str(path), "epochs": 3, "hidden": 16, "seed": 1, "progress": False,
-            "dropout": 0.0, "checkpoint_dir": str(tmp_path / "ck")}
+def _run(path, tmp_path, resume=False, **kw):
+    base = {"dataset": str(path), "epochs": 3, "seed": 1, "progress": False,
+            "model": ModelConfig(hidden=16, dropout=0.0),
+            "checkpoint": CheckpointConfig(dir=str(tmp_path / "ck"), resume=resume)}
     return train(TrainConfig(**{**base, **kw}))
 
 

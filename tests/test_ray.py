@@ -35,10 +35,11 @@ from disktrain.cluster.head import (
 from disktrain.cluster.job import job_argv
 from disktrain.cluster.ray_prepare import prepare_on_ray, split_runs
 from disktrain.cluster.ray_train import FAIL_AT_ENV, RayTrainConfig, fit_on_ray
+from disktrain.models import ModelConfig
 from disktrain.pack import PackConfig, PackedStore, pack_dataset
 from disktrain.sample import SampleConfig, SampleStore, sample_dataset
 from disktrain.train import TrainConfig
-from disktrain.train.checkpoint import load_checkpoint
+from disktrain.train.checkpoint import CheckpointConfig, load_checkpoint
 from disktrain.train.loop import params_digest
 from disktrain.train.schedule import epoch_batches, worker_share
 
@@ -267,8 +268,9 @@ def test_prepare_on_ray_matches_single_process(cluster, prepared, tmp_path):
 
 
 def _train_cfg(dataset: Path, ckpt: Path) -> TrainConfig:
-    return TrainConfig(dataset=str(dataset), model="sage", epochs=2, hidden=16, seed=1,
-                       dropout=0.0, progress=False, checkpoint_dir=str(ckpt))
+    return TrainConfig(dataset=str(dataset), epochs=2, seed=1, progress=False,
+                       model=ModelConfig(model="sage", hidden=16, dropout=0.0),
+                       checkpoint=CheckpointConfig(dir=str(ckpt)))
 
 
 def _expected_steps(dataset: Path, cfg: TrainConfig, world_size: int) -> int:

@@ -16,6 +16,8 @@ from disktrain.robust import (
     RobustConfig,
     aggregate,
     alie,
+    bulyan,
+    centered_clipping,
     coordinate_median,
     craft,
     flag_aggregate,
@@ -24,6 +26,7 @@ from disktrain.robust import (
     ipm,
     krum,
     krum_scores,
+    meamed,
     mean,
     multi_krum,
     sign_flip,
@@ -86,13 +89,16 @@ def test_flag_by_hand_unit_mean_times_median_norm():
 
 
 def test_aggregate_dispatches_every_registered_rule():
-    assert set(AGGREGATORS) == {"mean", "median", "trimmed-mean", "krum", "multi-krum", "geomed",
-                                "flag"}
-    want = {"mean": mean(K5), "median": coordinate_median(K5), "trimmed-mean": trimmed_mean(K5, 1),
-            "krum": K5[3], "multi-krum": multi_krum(K5, 1, 4),
-            "geomed": geometric_median(K5), "flag": flag_aggregate(K5, 5)}
+    assert set(AGGREGATORS) == {"mean", "median", "trimmed-mean", "meamed", "krum", "multi-krum",
+                                "bulyan", "geomed", "centered-clipping", "flag"}
+    x = torch.cat([K5, K5 + 0.5])  # 10 workers: bulyan needs n >= 4f + 3
+    want = {"mean": mean(x), "median": coordinate_median(x), "trimmed-mean": trimmed_mean(x, 1),
+            "meamed": meamed(x, 1), "krum": krum(x, 1), "multi-krum": multi_krum(x, 1, 9),
+            "bulyan": bulyan(x, 1), "geomed": geometric_median(x),
+            "centered-clipping": centered_clipping(x, 1, 100.0),
+            "flag": flag_aggregate(x, 2)}  # the default subspace: f + 1
     for name, expected in want.items():
-        assert torch.equal(aggregate(K5, RobustConfig(aggregator=name, f=1)), expected), name
+        assert torch.equal(aggregate(x, RobustConfig(aggregator=name, f=1)), expected), name
     got = aggregate(K5, RobustConfig(aggregator="multi-krum", f=1, m=3))
     assert torch.equal(got, multi_krum(K5, 1, 3))
 

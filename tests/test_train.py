@@ -9,10 +9,11 @@ import pytest
 import torch
 from tinygraphs import make_dataset
 
+from disktrain.models import ModelConfig
 from disktrain.pack import PackConfig, pack_dataset
 from disktrain.sample import SampleConfig, sample_dataset
 from disktrain.train import TrainConfig, train
-from disktrain.train.checkpoint import load_checkpoint
+from disktrain.train.checkpoint import CheckpointConfig, load_checkpoint
 from disktrain.train.schedule import epoch_batches, worker_share
 
 
@@ -56,9 +57,9 @@ def prepared(tiny_dataset):
 @pytest.mark.parametrize("model", ["sage", "gcn", "gat"])
 def test_train_runs_and_reports(prepared, tmp_path, model):
     metrics = tmp_path / "m.jsonl"
-    out = train(TrainConfig(dataset=str(prepared), model=model, epochs=2, hidden=16,
-                            metrics=str(metrics), progress=False,
-                            checkpoint_dir=str(tmp_path / "ck")))
+    out = train(TrainConfig(dataset=str(prepared), model=ModelConfig(model=model, hidden=16),
+                            epochs=2, metrics=str(metrics), progress=False,
+                            checkpoint=CheckpointConfig(dir=str(tmp_path / "ck"))))
     assert out["epochs"] == 2 and 0.0 <= out["test_acc"] <= 1.0 and out["epoch_time_s"] > 0
     records = [json.loads(line) for line in metrics.read_text().splitlines()]
     assert [r["epoch"] for r in records] == [0, 1]
@@ -68,8 +69,9 @@ def test_train_runs_and_reports(prepared, tmp_path, model):
 
 def test_compute_threads_apply_to_the_run_only(prepared, tmp_path):
     before = torch.get_num_threads()
-    out = train(TrainConfig(dataset=str(prepared), epochs=1, hidden=16, progress=False,
-                            compute_threads=before + 1, checkpoint_dir=str(tmp_path / "ck")))
+    out = train(TrainConfig(dataset=str(prepared), epochs=1, model=ModelConfig(hidden=16),
+                            progress=False, compute_threads=before + 1,
+                            checkpoint=CheckpointConfig(dir=str(tmp_path / "ck"))))
     assert out["compute_threads"] == before + 1
     assert torch.get_num_threads() == before
 
@@ -79,9 +81,9 @@ def _params(directory):
 
 
 def test_resume_mid_epoch_matches_uninterrupted(prepared, tmp_path):
-    base = {"dataset": str(prepared), "model": "sage", "epochs": 3, "hidden": 16, "seed": 3,
-                "progress": False, "dropout": 0.3}
-    train(TrainConfig(**base, checkpoint_dir=str(tmp_path / "full")))
+    base = {"dataset": str(prepared), "epochs": 3, "seed": 3, "progress": False,
+            "model": ModelConfig(model="sage", hidden=16, dropout=0.3)}
+    train(TrainConfig(**base, checkpoint=CheckpointConfig(dir=str(tmp_path / "full"))))
 
     class Stop(Exception):
         pass
@@ -95,12 +97,13 @@ def test_resume_mid_epoch_matches_uninterrupted(prepared, tmp_path):
             raise Stop
 
     with pytest.raises(Stop):
-        train(TrainConfig(**base, checkpoint_dir=str(tmp_path / "cut"), checkpoint_every=2),
+        train(TrainConfig(**base, checkpoint=CheckpointConfig(dir=str(tmp_path / "cut"),
+                                                              every=2)),
               grad_sync=dying_sync)
     state = load_checkpoint(tmp_path / "cut")
     assert state["epoch"] == 1 and state["cursor"] > 0
-    train(TrainConfig(**base, checkpoint_dir=str(tmp_path / "cut"), checkpoint_every=2,
-                      resume=True))
+    train(TrainConfig(**base, checkpoint=CheckpointConfig(dir=str(tmp_path / "cut"), every=2,
+                                                          resume=True)))
     full, cut = _params(tmp_path / "full"), _params(tmp_path / "cut")
     for k in full:
         assert torch.equal(full[k], cut[k]), k
@@ -110,8 +113,8 @@ def test_float16_features_train(tmp_path):
     path = make_dataset(tmp_path / "f16", dtype=np.float16)
     sample_dataset(path, SampleConfig(fanouts=(3, 2), batch_size=32, seed=0), progress=False)
     pack_dataset(path, PackConfig(cpu_cache_bytes=512), progress=False)
-    out = train(TrainConfig(dataset=str(path), model="gcn", epochs=1, hidden=8,
-                            progress=False))
+    out = train(TrainConfig(dataset=str(path), model=ModelConfig(model="gcn", hidden=8),
+                            epochs=1, progress=False))
     assert 0.0 <= out["test_acc"] <= 1.0
 
 
@@ -120,8 +123,8 @@ def test_batches_of_one_seed_and_one_hop(tmp_path):
     sample_dataset(path, SampleConfig(fanouts=(3,), batch_size=1, seed=0, group_size=64),
                    progress=False)
     pack_dataset(path, PackConfig(), progress=False)
-    out = train(TrainConfig(dataset=str(path), epochs=1, hidden=8, max_batches=20,
-                            progress=False))
+    out = train(TrainConfig(dataset=str(path), epochs=1, model=ModelConfig(hidden=8),
+                            max_batches=20, progress=False))
     assert out["steps"] == 20
 
 

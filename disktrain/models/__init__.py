@@ -1,13 +1,15 @@
 """GNN layers and node classifiers over sampled blocks (plain PyTorch ops).
 
-``Block`` is one message-flow layer; ``build_model(GNNConfig(...))`` gives a module called as
-``model(x, blocks)`` that returns logits for ``blocks[-1]``'s dst nodes (the seeds).
+``Block`` is one message-flow layer; ``build_model(GNNConfig(...))``, or
+``build_model(ModelConfig(...).sized(in_dim=.., num_classes=.., num_layers=..))``, gives a
+module called as ``model(x, blocks)`` that returns logits for ``blocks[-1]``'s dst nodes (the
+seeds).
 """
 
 from disktrain.models.block import Block
 from disktrain.models.gat import GATConv
 from disktrain.models.gcn import GCNConv
-from disktrain.models.gnn import GNN, MLP, MODELS, GNNConfig, build_model
+from disktrain.models.gnn import GNN, MLP, MODELS, GNNConfig, ModelConfig, build_model
 from disktrain.models.sage import SAGEConv
 
 __all__ = [
@@ -18,6 +20,7 @@ __all__ = [
     "GATConv",
     "GCNConv",
     "GNNConfig",
+    "ModelConfig",
     "SAGEConv",
     "build_model",
 ]

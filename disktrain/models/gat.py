@@ -1,5 +1,7 @@
 """Graph attention convolution (Velickovic et al.), multi-head."""
 
+from typing import ClassVar
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -17,6 +19,9 @@ class GATConv(nn.Module):
     ``out_d = sum_s alpha_sd h_s``. Heads are concatenated (``heads * out_dim`` outputs) or,
     with ``concat=False`` as in a last layer, averaged (``out_dim`` outputs); then ``+ b``.
     """
+
+    needs_degrees: ClassVar[bool] = False
+    """Reads no whole-graph degrees from its blocks."""
 
     def __init__(self, in_dim: int, out_dim: int, *, heads: int = 1, concat: bool = True,
                  negative_slope: float = 0.2, attn_dropout: float = 0.0,

@@ -1,5 +1,7 @@
 """Graph convolution (Kipf & Welling) with symmetric normalization on a block."""
 
+from typing import ClassVar
+
 import torch
 from torch import nn
 
@@ -22,6 +24,10 @@ class GCNConv(nn.Module):
     by (its degree / neighbors sampled): an unbiased estimate of the full-graph layer, and
     exactly Kipf's layer when every neighbor was sampled.
     """
+
+    needs_degrees: ClassVar[bool] = True
+    """Normalizes with whole-graph in-degrees (``Block.src_degree``) when its blocks carry them:
+    a model of these layers asks the loader to attach them."""
 
     def __init__(self, in_dim: int, out_dim: int, *, bias: bool = True) -> None:
         super().__init__()

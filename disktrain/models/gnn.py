@@ -1,5 +1,6 @@
 """Node classifiers over a list of sampled blocks, and an MLP baseline that ignores the graph."""
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -16,19 +17,14 @@ MODELS = ("sage", "gcn", "gat", "mlp")
 
 
 @dataclass(frozen=True, kw_only=True)
-class GNNConfig:
-    """Architecture of a node classifier; see :func:`build_model`."""
+class ModelConfig:
+    """Which node classifier to train and its architecture; the sizes that come from the
+    data (input width, classes, layers = sampled hops) are given to :meth:`sized`."""
 
     model: str = "sage"
     """One of ``MODELS``: "sage", "gcn", "gat", or "mlp" (baseline that ignores edges)."""
-    in_dim: int
-    """Width of the input node features."""
-    hidden: int = 256
+    hidden: int = 128
     """Width of every hidden layer's output (for GAT: all heads together)."""
-    num_classes: int
-    """Number of output logits per seed node."""
-    num_layers: int = 2
-    """Number of layers; a GNN consumes one block per layer."""
     dropout: float = 0.5
     """Dropout probability on hidden activations, between layers."""
     input_dropout: float = 0.0
@@ -39,19 +35,51 @@ class GNNConfig:
     """GAT dropout probability on attention weights. Ignored by other models."""
 
     def __post_init__(self) -> None:
+        name = type(self).__name__
         if self.model not in MODELS:
-            raise ValueError(f"GNNConfig.model must be one of {MODELS}, got {self.model!r}")
-        for name in ("in_dim", "hidden", "num_classes", "num_layers", "heads"):
-            value = getattr(self, name)
+            raise ValueError(f"{name}.model must be one of {MODELS}, got {self.model!r}")
+        for field in self._positive_ints():
+            value = getattr(self, field)
             if not isinstance(value, int) or value < 1:
-                raise ValueError(f"GNNConfig.{name} must be an int >= 1, got {value!r}")
-        for name in ("dropout", "input_dropout", "attn_dropout"):
-            value = getattr(self, name)
+                raise ValueError(f"{name}.{field} must be an int >= 1, got {value!r}")
+        for field in ("dropout", "input_dropout", "attn_dropout"):
+            value = getattr(self, field)
             if not 0.0 <= value < 1.0:
-                raise ValueError(f"GNNConfig.{name} must be in [0, 1), got {value!r}")
+                raise ValueError(f"{name}.{field} must be in [0, 1), got {value!r}")
         if self.model == "gat" and self.hidden % self.heads:
-            raise ValueError(f"GNNConfig.hidden must be divisible by heads for model 'gat', "
+            raise ValueError(f"{name}.hidden must be divisible by heads for model 'gat', "
                              f"got hidden={self.hidden}, heads={self.heads}")
+
+    def _positive_ints(self) -> tuple[str, ...]:
+        return ("hidden", "heads")
+
+    @property
+    def needs_degrees(self) -> bool:
+        """Whether the model's layers read whole-graph in-degrees from their blocks
+        (``Block.src_degree``), so the loader must attach them."""
+        return self.model in _CONVS and _CONVS[self.model][0].needs_degrees
+
+    def sized(self, *, in_dim: int, num_classes: int, num_layers: int) -> "GNNConfig":
+        """This architecture for features of width ``in_dim``, ``num_classes`` logits and
+        ``num_layers`` blocks (one per sampled hop); :func:`build_model` builds it."""
+        fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(ModelConfig)}
+        return GNNConfig(**fields, in_dim=in_dim, num_classes=num_classes,
+                         num_layers=num_layers)
+
+
+@dataclass(frozen=True, kw_only=True)
+class GNNConfig(ModelConfig):
+    """A :class:`ModelConfig` with the sizes the data decides; see :func:`build_model`."""
+
+    in_dim: int
+    """Width of the input node features."""
+    num_classes: int
+    """Number of output logits per seed node."""
+    num_layers: int = 2
+    """Number of layers; a GNN consumes one block per layer."""
+
+    def _positive_ints(self) -> tuple[str, ...]:
+        return ("in_dim", "hidden", "num_classes", "num_layers", "heads")
 
     @property
     def dims(self) -> list[int]:
@@ -74,7 +102,7 @@ class GNN(nn.Module):
 
     def __init__(self, cfg: GNNConfig) -> None:
         super().__init__()
-        make = _CONVS[cfg.model]
+        make = _CONVS[cfg.model][1]
         dims = cfg.dims
         self.convs = nn.ModuleList(
             make(cfg, dims[i], dims[i + 1], i == cfg.num_layers - 1)
@@ -128,7 +156,9 @@ def _gat(cfg: GNNConfig, in_dim: int, out_dim: int, last: bool) -> nn.Module:
                    attn_dropout=cfg.attn_dropout)
 
 
-_CONVS = {"sage": _sage, "gcn": _gcn, "gat": _gat}
+_CONVS = {"sage": (SAGEConv, _sage), "gcn": (GCNConv, _gcn), "gat": (GATConv, _gat)}
+"""Model name -> (its convolution class, which declares ``needs_degrees``; a factory
+``(cfg, in_dim, out_dim, last) -> layer``)."""
 
 
 def _check_blocks(blocks: Sequence[Block], num_layers: int) -> None:

@@ -1,23 +1,62 @@
-"""Byzantine-robust gradient aggregation: rules, simulated attacks and the grad-sync step."""
+"""Byzantine-robust aggregation: rules and pre-aggregators, attacks (simulated in the
+aggregation step or run by real attacking workers), the grad-sync step, replica digests.
 
-from disktrain.robust.aggregators import (
+Modules: stack (shared checks, non-finite rows), select (order statistics), rules, flag,
+preagg, config (RobustConfig, registries, aggregate), attacks, sync (RobustAggregate), worker
+(ByzantineWorker, label flipping), digest (replica consistency).
+"""
+
+from disktrain.robust.attacks import (
+    ATTACKS,
+    OMNISCIENT,
+    alie,
+    craft,
+    gaussian,
+    inf,
+    ipm,
+    mimic,
+    nan,
+    opt_alie,
+    opt_ipm,
+    sign_flip,
+)
+from disktrain.robust.config import (
     AGGREGATORS,
+    PRE_AGGREGATORS,
+    Aggregator,
     RobustConfig,
     aggregate,
+)
+from disktrain.robust.digest import ReplicaDivergenceError, check_replicas, replica_digest
+from disktrain.robust.flag import default_subspace, flag_aggregate, flag_basis
+from disktrain.robust.preagg import bucketing, clip, nnm
+from disktrain.robust.rules import (
+    bulyan,
+    centered_clipping,
     coordinate_median,
-    flag_aggregate,
     geometric_median,
     krum,
     krum_scores,
+    meamed,
     mean,
     multi_krum,
     trimmed_mean,
 )
-from disktrain.robust.attacks import ATTACKS, alie, craft, gaussian, ipm, sign_flip
 from disktrain.robust.sync import RobustAggregate
+from disktrain.robust.worker import (
+    LABEL_FLIP,
+    WORKER_ATTACKS,
+    AttackConfig,
+    ByzantineWorker,
+    flip_labels,
+)
 
 __all__ = [
-    "AGGREGATORS", "ATTACKS", "RobustAggregate", "RobustConfig", "aggregate", "alie",
-    "coordinate_median", "craft", "flag_aggregate", "gaussian", "geometric_median", "ipm", "krum",
-    "krum_scores", "mean", "multi_krum", "sign_flip", "trimmed_mean",
+    "AGGREGATORS", "ATTACKS", "LABEL_FLIP", "OMNISCIENT", "PRE_AGGREGATORS", "WORKER_ATTACKS",
+    "Aggregator", "AttackConfig", "ByzantineWorker", "ReplicaDivergenceError", "RobustAggregate",
+    "RobustConfig", "aggregate", "alie", "bucketing", "bulyan", "centered_clipping",
+    "check_replicas", "clip", "coordinate_median", "craft", "default_subspace",
+    "flag_aggregate", "flag_basis", "flip_labels", "gaussian", "geometric_median", "inf", "ipm",
+    "krum", "krum_scores", "meamed", "mean", "mimic", "multi_krum", "nan", "nnm", "opt_alie",
+    "opt_ipm", "replica_digest", "sign_flip", "trimmed_mean",
 ]

@@ -8,18 +8,21 @@ import torch
 import torch.distributed as dist
 
 from disktrain.grads import flat_grads, set_flat_grads
-from disktrain.robust.aggregators import RobustConfig, aggregate
 from disktrain.robust.attacks import ATTACKS, craft
+from disktrain.robust.attacks import attack_params as known_params
+from disktrain.robust.config import Aggregator, RobustConfig, aggregate
 
 
 class RobustAggregate:
     """Grad-sync step (like AllReduceMean): every rank gathers the (n, d) stack of flat
-    gradients, applies the same deterministic rule and writes the result into each p.grad.
+    gradients, applies the same deterministic pre-aggregators and rule (an Aggregator: the
+    step count and the previous aggregate carry over) and writes the result into each p.grad.
 
-    `byzantine` and `attack` exist only for simulation: after the gather, the rows of the
-    byzantine ranks are replaced by `attack` computed from the honest rows (with
-    `attack_params`; the gaussian attack draws from a generator seeded by `seed` and the step
-    count), so every rank sees the same attacked stack.
+    `byzantine` and `attack` exist only for simulation (disktrain.robust.worker runs real
+    attacking workers): after the gather, the rows of the byzantine ranks are replaced by
+    `attack` computed from the honest rows (with `attack_params`; the gaussian attack draws
+    from a generator seeded by `seed` and the step count; opt-ipm and opt-alie search against
+    this step's rule), so every rank sees the same attacked stack.
     """
 
     def __init__(self, cfg: RobustConfig, *, byzantine: Iterable[int] = (),
@@ -37,15 +40,21 @@ class RobustAggregate:
             raise ValueError(f"seed must be >= 0, got {seed}")
         self.attack = attack
         self.attack_params = dict(attack_params or {})
+        if attack is not None and (unknown := set(self.attack_params) - known_params(attack)):
+            raise ValueError(f"attack {attack!r} takes no parameter {', '.join(sorted(unknown))}")
         self.seed = seed
-        self.steps = 0
+        self.aggregator = Aggregator(cfg)
+
+    @property
+    def steps(self) -> int:
+        """Aggregation steps taken."""
+        return self.aggregator.step
 
     def __call__(self, params: list[torch.nn.Parameter]) -> None:
         if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
             return
         stack = self.attacked(gather(flat_grads(params)))
-        self.steps += 1
-        set_flat_grads(params, aggregate(stack, self.cfg))
+        set_flat_grads(params, self.aggregator(stack))
 
     def attacked(self, stack: torch.Tensor) -> torch.Tensor:
         """The gathered stack with the byzantine rows replaced (unchanged without attackers)."""
@@ -57,9 +66,12 @@ class RobustAggregate:
         honest = [r for r in range(n) if r not in self.byzantine]
         if not honest:
             raise ValueError("every rank is byzantine: no honest gradient to attack from")
-        generator = torch.Generator().manual_seed(self.seed * 2**32 + self.steps)
+        step = self.steps
+        generator = torch.Generator().manual_seed((self.seed << 32) + step)
         bad = craft(self.attack, stack[honest], n_total=n, f=len(self.byzantine),
-                    generator=generator, **self.attack_params)
+                    generator=generator,
+                    aggregate=lambda x: aggregate(x, self.cfg, step=step),
+                    **self.attack_params)
         stack = stack.clone()
         stack[sorted(self.byzantine)] = bad
         return stack

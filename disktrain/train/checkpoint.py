@@ -15,6 +15,7 @@ import io
 import re
 import sys
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -24,6 +25,33 @@ from disktrain.errors import CheckpointError, NonFiniteError
 from disktrain.train.health import nonfinite_tensors
 
 NAME = re.compile(r"ckpt-e(\d+)-b(\d+)\.pt")
+
+
+@dataclass(frozen=True, kw_only=True)
+class CheckpointConfig:
+    """Where a training run checkpoints, how often, how many files it keeps, and whether it
+    resumes."""
+
+    dir: str | None = None
+    """Where checkpoints go (default: DATASET/checkpoints; see :meth:`directory`)."""
+    every: int = 0
+    """Also checkpoint every this many batches inside an epoch (0: at epoch ends only)."""
+    keep: int = 2
+    """Checkpoint files kept, newest first: the newest and, by default, one to fall back on
+    when the newest cannot be read."""
+    resume: bool = False
+    """Continue from the newest checkpoint in rank 0's directory that loads (every rank
+    resumes from it; refused when written by another number of workers)."""
+
+    def __post_init__(self) -> None:
+        if self.every < 0:
+            raise ValueError(f"CheckpointConfig.every must be >= 0, got {self.every}")
+        if self.keep < 1:
+            raise ValueError(f"CheckpointConfig.keep must be >= 1, got {self.keep}")
+
+    def directory(self, dataset: str | Path) -> Path:
+        """The checkpoint directory of a run on ``dataset``."""
+        return Path(self.dir) if self.dir else Path(dataset) / "checkpoints"
 
 
 def checkpoint_name(epoch: int, cursor: int) -> str:

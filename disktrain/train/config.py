@@ -1,42 +1,54 @@
-"""Configuration of a training run."""
+"""Configuration of a training run: the run's own settings, composed with the configs of the
+model, the loader, the gradient aggregation and the checkpoints (each defined, with its
+defaults and validation, next to the code it configures)."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
 from disktrain.errors import ConfigError
-from disktrain.models.gnn import MODELS
+from disktrain.loader import PLAN_REUSE
+from disktrain.models.gnn import ModelConfig
+from disktrain.pipeline import LoaderConfig
 from disktrain.robust import RobustConfig, aggregate
+from disktrain.train.checkpoint import CheckpointConfig
 
-PLAN_REUSE = ("fresh", "cycle", "pool")
 ON_NONFINITE = ("stop", "skip")
 EVAL_MODES = ("auto", "packed", "online")
-DEVICE_TYPES = ("cpu", "cuda")
 
 
 @dataclass(frozen=True, kw_only=True)
 class TrainConfig:
-    """One training run over a prepared dataset."""
+    """One training run over a prepared dataset.
+
+        TrainConfig(dataset="papers", epochs=20, model=ModelConfig(model="gat", hidden=256),
+                    loader=LoaderConfig(device="cuda"), robust=RobustConfig(aggregator="krum",
+                    f=1), checkpoint=CheckpointConfig(every=500))
+    """
 
     dataset: str
     """Dataset directory, prepared by `disktrain prepare`."""
-    model: str = "sage"
-    """One of sage, gcn, gat (mlp: a features-only baseline)."""
+    model: ModelConfig = field(default_factory=ModelConfig)
+    """The node classifier (its input width, classes and layers come from the dataset and
+    the sampled fanouts)."""
+    loader: LoaderConfig = field(default_factory=LoaderConfig)
+    """The read pipeline, and the device of the run (``loader.device``: "cuda" picks
+    LOCAL_RANK's GPU). Training sets ``degrees`` when the model needs them and, when
+    ``assemble_threads`` is 0, gives assembly the cores compute leaves free."""
+    robust: RobustConfig = field(default_factory=RobustConfig)
+    """How workers' gradients combine: mean (all-reduce) or a Byzantine-robust rule from
+    disktrain.robust (median, trimmed-mean, krum, multi-krum, geomed, flag) tolerating
+    ``f`` faulty workers."""
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    """Where and how often to checkpoint, and whether to resume."""
     epochs: int = 10
     """Training epochs."""
     seed: int = 0
     """Seeds initialization, dropout and the batch order."""
-    hidden: int = 128
-    """Hidden units per layer (for gat: all heads together; must divide by heads)."""
-    heads: int = 4
-    """Attention heads (gat only)."""
-    dropout: float = 0.5
-    """Dropout between layers."""
-    input_dropout: float = 0.0
-    """Dropout on the input features."""
     lr: float = 0.01
     """Adam learning rate."""
     weight_decay: float = 5e-4
@@ -57,33 +69,10 @@ class TrainConfig:
     from the raw array; auto: packed where prepared, else online."""
     eval_batch_size: int = 4096
     """Seeds per batch of online evaluation."""
-    device: str = "cpu"
-    """Torch device of this worker ("cuda" picks LOCAL_RANK's GPU)."""
-    prefetch: int = 2
-    """Batches in flight between pipeline stages."""
-    read_threads: int = 2
-    """Threads reading packed ranges."""
     compute_threads: int = 0
     """Torch intra-op threads for compute (0: on a CPU every core, but one while fresh
     epochs are prepared in the background; on a GPU, or under a launcher's OMP_NUM_THREADS,
     torch's default)."""
-    aggregator: str = "mean"
-    """How workers' gradients combine: mean (all-reduce) or a Byzantine-robust rule from
-    disktrain.robust (median, trimmed-mean, krum, multi-krum, geomed, flag)."""
-    byzantine_f: int = 0
-    """Faulty workers the robust rule tolerates (trimmed-mean and krum drop that many)."""
-    flag_subspace: int = 0
-    """The flag aggregator's subspace dimension r (0: the number of workers)."""
-    checkpoint_dir: str | None = None
-    """Where checkpoints go (default: DATASET/checkpoints)."""
-    checkpoint_every: int = 0
-    """Also checkpoint every this many batches inside an epoch (0: at epoch ends only)."""
-    keep_checkpoints: int = 2
-    """Checkpoint files kept, newest first: the newest and, by default, one to fall back on
-    when the newest cannot be read."""
-    resume: bool = False
-    """Continue from the newest checkpoint in rank 0's checkpoint_dir that loads (every rank
-    resumes from it; refused when written by another number of workers)."""
     metrics: str | None = None
     """JSON-lines file receiving one record per epoch."""
     max_batches: int | None = None
@@ -95,63 +84,52 @@ class TrainConfig:
     """Show a progress bar per epoch (rank 0)."""
 
     def __post_init__(self):
-        if self.model not in MODELS:
-            raise ValueError(f"model must be one of {MODELS}, got {self.model!r}")
+        for f in dataclasses.fields(self):
+            kind = _COMPONENTS.get(f.name)
+            if kind is not None and not isinstance(getattr(self, f.name), kind):
+                raise ValueError(f"TrainConfig.{f.name} must be a {kind.__name__}, got "
+                                 f"{getattr(self, f.name)!r}")
         for name, allowed in (("plan_reuse", PLAN_REUSE), ("on_nonfinite", ON_NONFINITE),
                               ("evaluation", EVAL_MODES)):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
-        for name in ("epochs", "hidden", "heads", "eval_every", "eval_batch_size", "prefetch",
-                     "read_threads", "keep_checkpoints", "prepare_ahead"):
+        for name in ("epochs", "eval_every", "eval_batch_size", "prepare_ahead"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.model == "gat" and self.hidden % self.heads:
-            raise ValueError(f"hidden must be divisible by heads for model 'gat', got "
-                             f"hidden={self.hidden}, heads={self.heads}")
-        for name in ("dropout", "input_dropout"):
-            if not 0.0 <= getattr(self, name) < 1.0:
-                raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}")
         if not 0 < self.lr < math.inf:
             raise ValueError(f"lr must be a finite number > 0, got {self.lr}")
         if not 0 <= self.weight_decay < math.inf:
             raise ValueError(f"weight_decay must be a finite number >= 0, got {self.weight_decay}")
-        for name in ("seed", "byzantine_f", "flag_subspace", "compute_threads",
-                     "checkpoint_every"):
+        for name in ("seed", "compute_threads"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.max_batches is not None and self.max_batches < 1:
             raise ValueError(f"max_batches must be >= 1, got {self.max_batches}")
-        self.robust()  # validates the aggregator name
-        if self.byzantine_f and self.aggregator == "mean":
-            raise ValueError(f"byzantine_f={self.byzantine_f} needs a robust aggregator "
-                             "(the mean tolerates no faulty worker); pick one with aggregator")
-        if self.flag_subspace and self.aggregator != "flag":
-            raise ValueError(f"flag_subspace={self.flag_subspace} applies to aggregator 'flag' "
-                             f"only, got aggregator {self.aggregator!r}")
-        try:
-            device = torch.device(self.device)
-        except RuntimeError:
-            device = None
-        if device is None or device.type not in DEVICE_TYPES or (device.type == "cpu"
-                                                                 and device.index is not None):
-            raise ValueError(f"device must be cpu, cuda or cuda:N, got {self.device!r}")
-
-    def robust(self) -> RobustConfig:
-        """The gradient aggregation this run asks for."""
-        return RobustConfig(aggregator=self.aggregator, f=self.byzantine_f,
-                            subspace=self.flag_subspace)
+        robust = self.robust
+        if robust.f and robust.aggregator == "mean":
+            raise ValueError(f"robust f={robust.f} (byzantine workers) needs a robust "
+                             "aggregator (the mean tolerates no faulty worker); pick one")
+        if robust.subspace and robust.aggregator != "flag":
+            raise ValueError(f"robust subspace={robust.subspace} applies to aggregator 'flag' "
+                             f"only, got aggregator {robust.aggregator!r}")
 
     def check_world_size(self, world_size: int) -> None:
         """Refuse (ConfigError) an aggregation ``world_size`` workers cannot run: a robust rule
         on one process, or more faulty workers than the rule tolerates among ``world_size``."""
-        if self.aggregator == "mean":
+        aggregator = self.robust.aggregator
+        if aggregator == "mean":
             return
         if world_size < 2:
-            raise ConfigError(f"aggregator {self.aggregator!r} combines the gradients of several "
+            raise ConfigError(f"aggregator {aggregator!r} combines the gradients of several "
                               "workers and needs >= 2 (torchrun --nproc_per_node, or --workers); "
                               "one process would train with the plain mean")
         try:  # the rule's own requirement check (n against f), on a stack of zeros
-            aggregate(torch.zeros((world_size, 1)), self.robust())
+            aggregate(torch.zeros((world_size, 1)), self.robust)
         except ValueError as e:
-            raise ConfigError(f"aggregator {self.aggregator!r} with byzantine_f="
-                              f"{self.byzantine_f} on {world_size} workers: {e}") from e
+            raise ConfigError(f"aggregator {aggregator!r} with f={self.robust.f} on "
+                              f"{world_size} workers: {e}") from e
+
+
+_COMPONENTS = {"model": ModelConfig, "loader": LoaderConfig, "robust": RobustConfig,
+               "checkpoint": CheckpointConfig}
+"""TrainConfig's fields that hold another component's config, and its class."""

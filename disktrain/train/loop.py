@@ -18,6 +18,7 @@ import json
 import sys
 import time
 from contextlib import closing
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +30,7 @@ from tqdm.auto import tqdm
 
 from disktrain.errors import CheckpointError, DataError, NonFiniteError
 from disktrain.loader import Loader
-from disktrain.models.gnn import GNNConfig, build_model
+from disktrain.models.gnn import build_model
 from disktrain.pipeline import LoaderConfig
 from disktrain.robust import RobustAggregate
 from disktrain.threads import compute_threads, loader_threads, torch_threads
@@ -126,19 +127,28 @@ def _prepares_fresh_epochs(cfg: TrainConfig) -> bool:
         return False
 
 
+def loader_config(cfg: TrainConfig, device: torch.device, assemble_threads: int) -> LoaderConfig:
+    """The read pipeline of the run ``cfg``: ``cfg.loader`` on this worker's ``device``, with
+    whole-graph degrees when the model's layers need them, and ``assemble_threads`` unless
+    ``cfg.loader`` names its own."""
+    return replace(cfg.loader, device=str(device),
+                   degrees=cfg.loader.degrees or cfg.model.needs_degrees,
+                   assemble_threads=cfg.loader.assemble_threads or assemble_threads)
+
+
 def train(cfg: TrainConfig, grad_sync=None, on_epoch=None) -> dict:
     """Train ``cfg.model`` on the prepared dataset ``cfg.dataset``; return the summary.
 
     ``grad_sync(params)``, called after backward, replaces the gradient synchronization
     (default: DistributedDataParallel's mean when distributed, or the robust rule
-    ``cfg.aggregator``; give it on every rank or on none); ``on_epoch(record,
+    ``cfg.robust``; give it on every rank or on none); ``on_epoch(record,
     checkpoint_dir)`` is called on every rank after each epoch (Ray Train reports through
     it). On a CPU device compute takes every core, but one while fresh epochs are prepared
     in the background, unless ``cfg.compute_threads`` says otherwise (``disktrain.threads``).
     """
     env = DistEnv.from_env()
     cfg.check_world_size(env.world_size)
-    device = env.device(cfg.device)
+    device = env.device(cfg.loader.device)
     threads = compute_threads(cfg.compute_threads, device,
                               reserved=1 if _prepares_fresh_epochs(cfg) else 0)
     with torch_threads(threads):
@@ -149,13 +159,10 @@ def _train(cfg: TrainConfig, env: DistEnv, device: torch.device, assemble_thread
            grad_sync, on_epoch) -> dict:
     _init_distributed(env, device)
     torch.manual_seed(cfg.seed)
-    loader = Loader(cfg.dataset, "train", device=device, seed=cfg.seed, rank=env.rank,
+    loader = Loader(cfg.dataset, "train", seed=cfg.seed, rank=env.rank,
                     world_size=env.world_size, plan_reuse=cfg.plan_reuse, epochs=cfg.epochs,
                     prepare_ahead=cfg.prepare_ahead, max_batches=cfg.max_batches,
-                    reuse_buffers=True,
-                    config=LoaderConfig(prefetch=cfg.prefetch, read_threads=cfg.read_threads,
-                                        degrees=cfg.model == "gcn",
-                                        assemble_threads=assemble_threads))
+                    reuse_buffers=True, config=loader_config(cfg, device, assemble_threads))
     try:
         return _fit(cfg, env, device, loader, grad_sync, on_epoch)
     finally:
@@ -172,24 +179,23 @@ def _fit(cfg: TrainConfig, env: DistEnv, device: torch.device, loader: Loader, g
         raise DataError(f"{cfg.dataset}: the dataset has no labels to train on; ingest it "
                         "with --labels (or train your own model with disktrain.Loader)")
     fanouts = loader.fanouts
-    model = build_model(GNNConfig(model=cfg.model, in_dim=meta.feature_dim, hidden=cfg.hidden,
-                                  num_classes=meta.num_classes, num_layers=len(fanouts),
-                                  dropout=cfg.dropout, input_dropout=cfg.input_dropout,
-                                  heads=cfg.heads)).to(device)
+    model = build_model(cfg.model.sized(in_dim=meta.feature_dim, num_classes=meta.num_classes,
+                                        num_layers=len(fanouts))).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     # the mean under several workers: DistributedDataParallel (bucketed all-reduces that
     # overlap backward); a robust rule or a given grad_sync: after backward, on every gradient
-    use_ddp = grad_sync is None and cfg.aggregator == "mean" and env.world_size > 1
-    sync = grad_sync or (AllReduceMean() if cfg.aggregator == "mean"
-                         else RobustAggregate(cfg.robust()))
+    mean = cfg.robust.aggregator == "mean"
+    use_ddp = grad_sync is None and mean and env.world_size > 1
+    sync = grad_sync or (AllReduceMean() if mean else RobustAggregate(cfg.robust))
     params = [p for p in model.parameters() if p.requires_grad]
-    ckpt_dir = Path(cfg.checkpoint_dir or Path(cfg.dataset) / "checkpoints")
-    writer = CheckpointWriter(ckpt_dir, cfg.keep_checkpoints)
+    ckpt_dir = cfg.checkpoint.directory(cfg.dataset)
+    writer = CheckpointWriter(ckpt_dir, cfg.checkpoint.keep)
 
     if env.world_size > 1:
         torch.manual_seed(cfg.seed + env.rank)  # same init (broadcast), own dropout masks
     start_epoch, cursor, steps, skipped, history, resumed_at = 0, 0, 0, 0, [], None
-    if cfg.resume and (state := _resume_state(ckpt_dir, writer, env, device)) is not None:
+    state = _resume_state(ckpt_dir, writer, env, device) if cfg.checkpoint.resume else None
+    if state is not None:
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         # a row of the stack has a storage offset, which set_rng_state misreads: clone it
@@ -268,7 +274,7 @@ def _fit(cfg: TrainConfig, env: DistEnv, device: torch.device, loader: Loader, g
                 t_wait = time.perf_counter()
                 seconds["compute"] += t_wait - t0
                 bar.update()
-                if cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0:
+                if cfg.checkpoint.every and (step + 1) % cfg.checkpoint.every == 0:
                     checkpoint(epoch, step + 1)
         bar.close()
         cursor = 0
@@ -304,7 +310,7 @@ def _fit(cfg: TrainConfig, env: DistEnv, device: torch.device, loader: Loader, g
             "epoch_time_s": float(np.mean([r["epoch_time_s"] for r in history]))
             if history else None,
             "loss": history[-1]["loss"] if history else None,
-            "model": cfg.model, "world_size": env.world_size, "steps": steps,
+            "model": cfg.model.model, "world_size": env.world_size, "steps": steps,
             "skipped_steps": sum(r["skipped_steps"] for r in history),
             "resumed_at": resumed_at,
             "compute_threads": torch.get_num_threads(),

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 
 import disktrain
-from disktrain.models import GNNConfig, build_model
+from disktrain.models import ModelConfig, build_model
 
 
 def evaluate(model: torch.nn.Module, loader: disktrain.Loader) -> float:
@@ -63,9 +63,9 @@ def main() -> None:
                              epochs=args.epochs)
     val = disktrain.Loader(args.dataset, split="val", share=train)
     meta = train.dataset.meta
-    model = build_model(GNNConfig(model="sage", in_dim=meta.feature_dim, hidden=args.hidden,
-                                  num_classes=meta.num_classes,
-                                  num_layers=len(train.fanouts))).to(device)
+    arch = ModelConfig(model="sage", hidden=args.hidden)  # one layer per sampled hop:
+    model = build_model(arch.sized(in_dim=meta.feature_dim, num_classes=meta.num_classes,
+                                   num_layers=len(train.fanouts))).to(device)
     model = DistributedDataParallel(model) if dist.is_initialized() else model
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
 
