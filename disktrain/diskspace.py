@@ -104,17 +104,24 @@ def _array_bytes(chunk_bytes: int, num_chunks: int = 1, dirs_per_chunk: int = 0)
 
 
 def dataset_bytes(*, num_nodes: int, num_edges: int, feature_dim: int, feature_itemsize: int,
-                  labels: bool, split_sizes: Sequence[int], dedup: bool = False) -> int:
-    """What ``ingest`` or ``synth`` writes at most (see docs/FORMAT.md for the arrays).
+                  labels: bool, split_sizes: Sequence[int],
+                  csr_spill: bool = True) -> int:
+    """What ``ingest`` or ``synth`` holds on disk at most (see docs/FORMAT.md for the arrays).
 
-    ``num_edges`` counts the edges stored before dedup (reverse edges included); with
-    ``dedup`` the CSR build's temporary indices array coexists with the final one.
+    ``num_edges`` counts the edges stored before dedup (reverse edges included). With
+    ``csr_spill`` the CSR build's temporary spill file counts too
+    (:func:`disktrain.csr.spill_bytes`, default build settings): ``ingest`` writes the
+    features first, so the spill file is on disk with the whole dataset but the labels and
+    splits. Dedup needs no room of its own (the build keeps no second indices array).
     """
-    # dataset imports this module (preallocate), so its layout constants come lazily.
+    # dataset and csr import this module (preallocate), so what they define comes lazily.
+    from disktrain.csr import spill_bytes
     from disktrain.dataset import FEATURE_CHUNK_BYTES, index_dtype
 
     indices = _array_bytes(num_edges * index_dtype(num_nodes).itemsize)
-    total = _array_bytes((num_nodes + 1) * 8) + indices * (2 if dedup else 1)
+    total = _array_bytes((num_nodes + 1) * 8) + indices
+    if csr_spill:
+        total += _array_bytes(spill_bytes(num_nodes, num_edges))
     row_bytes = feature_dim * feature_itemsize
     if row_bytes:
         rows = max(1, min(num_nodes, FEATURE_CHUNK_BYTES // row_bytes))

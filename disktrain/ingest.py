@@ -182,8 +182,7 @@ def write_dataset(out: Path, inputs: Inputs, csr: CSRConfig, *, overwrite: bool 
                          feature_dim=features.dim if features else 0,
                          feature_itemsize=features.dtype.itemsize if features else 4,
                          labels=labels is not None,
-                         split_sizes=[ids.size for ids in inputs.splits.values()],
-                         dedup=csr.dedup)
+                         split_sizes=[ids.size for ids in inputs.splits.values()])
     require_free(out, need, "ingest")
     with atomic_dir(out, overwrite=overwrite) as tmp:
         group = zarr.open_group(tmp, mode="w")

@@ -1,10 +1,9 @@
 """Synthetic datasets: an R-MAT graph with planted, homophilous classes and noisy features.
 
 Edges: edge ``e`` is a pure function of ``(seed, e)`` (counter-based splitmix64 hashes), so
-each chunk is regenerated bit for bit for the CSR build's second pass, whatever the chunk
-size and the Numba thread count. A fraction ``1 - homophily`` of edges are Graph500-style
-R-MAT (a, b, c, d = 0.57, 0.19, 0.19, 0.05; scale = ceil(log2 N); pairs with an id >= N are
-redrawn); the rest join an R-MAT source to a uniformly random node of the source's planted
+the graph does not depend on the chunk size or the Numba thread count. A fraction
+``1 - homophily`` of edges are Graph500-style R-MAT (a, b, c, d = 0.57, 0.19, 0.19, 0.05;
+scale = ceil(log2 N); pairs with an id >= N are redrawn); the rest join an R-MAT source to a uniformly random node of the source's planted
 class. Node ids are then shuffled by a seeded hash permutation (cycle-walked to [0, N)), so
 degree does not follow id and nothing of size N is held in memory.
 
@@ -13,8 +12,14 @@ distance ~sqrt(2)) plus Gaussian noise of std ``noise`` per dimension: with the 
 node's features are ambiguous but the mean over its neighbors is informative, so a GNN that
 aggregates neighbors beats an MLP on features alone. Splits are seeded, disjoint, and sorted.
 
-Memory: the CSR build's two int64 arrays of length N plus one edge chunk; features, labels
-and splits are written chunk by chunk.
+Writing: the edges are generated once, bucketed by row into a temporary file and the CSR
+built bucket by bucket in cache (:mod:`disktrain.csr`). Features are generated in blocks of
+rows (in parallel) and written chunk file by chunk file
+(:class:`~disktrain.chunkfile.ChunkFilePool`: converted, checksummed and written past the
+page cache on two threads while the next block is generated); labels and splits are
+written front to back (:class:`~disktrain.chunkfile.ChunkFileWriter`). Every output byte is
+written once; the spill file, about 1.5x the size of ``indices``, is written once and read
+once.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -30,13 +36,13 @@ import zarr
 from tqdm.auto import tqdm
 
 from disktrain.atomic import atomic_dir
-from disktrain.csr import CSRConfig, build_csr
+from disktrain.chunkfile import ChunkFilePool, create_flat
+from disktrain.csr import CSRConfig, build_csr, spill_bytes
 from disktrain.dataset import (
     SPLITS,
     DatasetMeta,
+    chunk_file,
     create_features,
-    create_flat_array,
-    finish_flat_array,
     index_dtype,
     provenance,
     write_small_array,
@@ -88,12 +94,18 @@ class SynthConfig:
     """Fraction of nodes in the test split (the three may sum to less than 1)."""
     chunk_edges: int = 1 << 22
     """Edges generated per chunk (bounds memory; the output does not depend on it)."""
+    csr_bucket_rows: int = CSRConfig.bucket_rows
+    """Rows the CSR build makes at once (:attr:`CSRConfig.bucket_rows`; the output does not
+    depend on it)."""
+    csr_memory_bytes: int = CSRConfig.memory_bytes
+    """Edges the CSR build reads back at once (:attr:`CSRConfig.memory_bytes`; the output
+    does not depend on it)."""
     feature_dtype: str = "float32"
     """float32 or float16."""
     undirected: bool = True
     """Store every generated edge in both directions."""
     dedup: bool = False
-    """Drop repeated edges and self-loops (an extra pass over the indices)."""
+    """Drop repeated edges and self-loops (as the CSR build makes each row)."""
     overwrite: bool = False
     """Replace ``out`` if it exists."""
     progress: bool = True
@@ -101,6 +113,11 @@ class SynthConfig:
 
     def __post_init__(self):
         _check_int("num_nodes", self.num_nodes, 2, MAX_NODES)
+        _check_int("csr_memory_bytes", self.csr_memory_bytes, 1)
+        _check_int("csr_bucket_rows", self.csr_bucket_rows, 1)
+        if self.csr_bucket_rows & (self.csr_bucket_rows - 1):
+            raise ValueError(f"csr_bucket_rows must be a power of two, "
+                             f"got {self.csr_bucket_rows}")
         _check_int("num_classes", self.num_classes, 2, self.num_nodes)
         _check_int("feature_dim", self.feature_dim, 1)
         _check_int("seed", self.seed, 0, _MASK64)
@@ -188,18 +205,12 @@ class EdgeGenerator:
         return src, dst
 
     def __call__(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """All edges in chunks of ``chunk_edges``; the next chunk is generated in a background
-        thread (the kernels release the GIL) while the caller consumes the current one."""
+        """All edges in chunks of ``chunk_edges``, one at a time: the generator takes every
+        core, then the caller's kernels do (Numba's parallel regions do not share cores
+        well)."""
         total, step = self.cfg.num_input_edges, self.cfg.chunk_edges
-        pending = None
-        with ThreadPoolExecutor(1, thread_name_prefix="synth-edges") as pool:
-            for start in range(0, total, step):
-                job = pool.submit(self.chunk, start, min(start + step, total))
-                if pending is not None:
-                    yield pending.result()
-                pending = job
-            if pending is not None:
-                yield pending.result()
+        for start in range(0, total, step):
+            yield self.chunk(start, min(start + step, total))
 
 
 def node_labels(cfg: SynthConfig, start: int, stop: int) -> np.ndarray:
@@ -238,15 +249,12 @@ def split_codes(cfg: SynthConfig, start: int, stop: int) -> np.ndarray:
 def synthesize(cfg: SynthConfig) -> Path:
     """Generate the dataset ``cfg`` describes into ``cfg.out`` (atomically); return its path."""
     with atomic_dir(cfg.out, overwrite=cfg.overwrite) as tmp:
-        need = dataset_bytes(num_nodes=cfg.num_nodes,
-                             num_edges=cfg.num_input_edges * (2 if cfg.undirected else 1),
-                             feature_dim=cfg.feature_dim,
-                             feature_itemsize=np.dtype(cfg.feature_dtype).itemsize,
-                             labels=True, split_sizes=cfg.split_sizes(), dedup=cfg.dedup)
-        require_free(cfg.out, need, "synth")
-        group = zarr.open_group(tmp, mode="w", zarr_format=3)
         csr_cfg = CSRConfig(undirected=cfg.undirected, dedup=cfg.dedup,
-                            drop_self_loops=cfg.dedup, progress=cfg.progress)
+                            drop_self_loops=cfg.dedup, progress=cfg.progress,
+                            bucket_rows=cfg.csr_bucket_rows,
+                            memory_bytes=cfg.csr_memory_bytes)
+        require_free(cfg.out, _disk_need(cfg, csr_cfg), "synth")
+        group = zarr.open_group(tmp, mode="w", zarr_format=3)
         num_edges = build_csr(group, EdgeGenerator(cfg), cfg.num_nodes, cfg.num_input_edges,
                               csr_cfg)
         _write_features(group, cfg)
@@ -260,49 +268,81 @@ def synthesize(cfg: SynthConfig) -> Path:
     return Path(cfg.out)
 
 
+def _disk_need(cfg: SynthConfig, csr_cfg: CSRConfig) -> int:
+    """The most disk space synth holds at once: the dataset, or, while the CSR is built
+    (first), the CSR and its temporary spill file."""
+    num_edges = cfg.num_input_edges * (2 if cfg.undirected else 1)
+    dataset = dataset_bytes(num_nodes=cfg.num_nodes, num_edges=num_edges,
+                            feature_dim=cfg.feature_dim,
+                            feature_itemsize=np.dtype(cfg.feature_dtype).itemsize, labels=True,
+                            split_sizes=cfg.split_sizes(), csr_spill=False)
+    csr = dataset_bytes(num_nodes=cfg.num_nodes, num_edges=num_edges, feature_dim=0,
+                        feature_itemsize=1, labels=False, split_sizes=(), csr_spill=False)
+    return max(dataset, csr + spill_bytes(cfg.num_nodes, num_edges, csr_cfg))
+
+
 def _sources(cfg: SynthConfig) -> dict[str, str]:
     params = {k: str(v) for k, v in asdict(cfg).items()
-              if k not in ("out", "overwrite", "progress", "chunk_edges")}
+              if k not in ("out", "overwrite", "progress", "chunk_edges", "csr_bucket_rows",
+                           "csr_memory_bytes")}
     return {"generator": "rmat", "rmat_probs": str(RMAT_PROBS), **params}
 
 
 def _write_features(group: zarr.Group, cfg: SynthConfig) -> None:
+    """Generate the features in blocks of whole chunks (parallel kernel), convert each
+    chunk to the stored dtype in a buffer of the writer pool (two threads), and let the
+    pool write the chunk files while the next block is generated (the pool holds the
+    buffers of two blocks: a block takes all of its own before submitting any)."""
     features = create_features(group, cfg.num_nodes, cfg.feature_dim, cfg.feature_dtype)
     rows = features.chunks[0]
-    rows *= max(1, FEATURE_BLOCK_BYTES // (rows * cfg.feature_dim * 4))
+    per_block = max(1, FEATURE_BLOCK_BYTES // (rows * cfg.feature_dim * 4))
+    step = rows * per_block
+    dtype = np.dtype(cfg.feature_dtype).newbyteorder("<")
+    array_dir = Path(group.store.root) / group.path / "features"
     centroids = class_centroids(cfg)
-    with tqdm(total=cfg.num_nodes, desc="synth: features", unit="row", unit_scale=True,
-              disable=not cfg.progress) as bar:
-        for a in range(0, cfg.num_nodes, rows):
-            b = min(a + rows, cfg.num_nodes)
-            features[a:b] = node_features(cfg, a, b, centroids).astype(cfg.feature_dtype,
-                                                                         copy=False)
+    with ChunkFilePool(rows * cfg.feature_dim * dtype.itemsize, depth=2 * per_block) as pool, \
+            ThreadPoolExecutor(2, thread_name_prefix="synth-convert") as convert, \
+            tqdm(total=cfg.num_nodes, desc="synth: features", unit="row", unit_scale=True,
+                 disable=not cfg.progress) as bar:
+        for a in range(0, cfg.num_nodes, step):
+            b = min(a + step, cfg.num_nodes)
+            block = node_features(cfg, a, b, centroids)
+            parts = [(block[c - a:c - a + rows], pool.buffer()) for c in range(a, b, rows)]
+            list(convert.map(lambda p: _store_rows(*p, pool.chunk_bytes, dtype), parts))
+            for c, (_, buf) in zip(range(a, b, rows), parts):
+                pool.submit(chunk_file(array_dir, c // rows, 0), buf)
             bar.update(b - a)
+
+
+def _store_rows(rows: np.ndarray, buf: np.ndarray, chunk_bytes: int, dtype: np.dtype) -> None:
+    """``rows`` as ``dtype`` at the start of ``buf``, zeros after them up to ``chunk_bytes``
+    (Zarr stores a partial edge chunk full-size, padded with the fill value)."""
+    nbytes = rows.size * dtype.itemsize
+    np.copyto(buf[:nbytes].view(dtype).reshape(rows.shape), rows, casting="same_kind")
+    buf[nbytes:chunk_bytes] = 0
 
 
 def _write_labels_and_splits(group: zarr.Group, cfg: SynthConfig) -> None:
-    labels = create_flat_array(group, "labels", (cfg.num_nodes,), np.int64)
+    """Labels and the split id arrays, front to back in node chunks."""
     sizes = cfg.split_sizes()
-    splits = [_create_ids(group, name, size) for name, size in zip(SPLITS, sizes)]
-    offsets = [0] * len(SPLITS)
-    with tqdm(total=cfg.num_nodes, desc="synth: labels, splits", unit="node",
-              unit_scale=True, disable=not cfg.progress) as bar:
-        for a in range(0, cfg.num_nodes, NODE_CHUNK):
-            b = min(a + NODE_CHUNK, cfg.num_nodes)
-            labels[a:b] = node_labels(cfg, a, b)
-            codes = split_codes(cfg, a, b)
-            for k, ids in enumerate(splits):
-                chosen = np.flatnonzero(codes == k) + a
-                ids[offsets[k]:offsets[k] + chosen.size] = chosen
-                offsets[k] += chosen.size
-            bar.update(b - a)
-    assert offsets == list(sizes), (offsets, sizes)
-    for arr in (labels, *splits):
-        finish_flat_array(arr)
-
-
-def _create_ids(group: zarr.Group, name: str, size: int) -> np.ndarray:
-    if size == 0:
-        write_small_array(group, name, np.zeros(0, np.int64))
-        return np.zeros(0, np.int64)
-    return create_flat_array(group, name, (size,), np.int64)
+    with ExitStack() as stack:
+        labels = stack.enter_context(create_flat(group, "labels", (cfg.num_nodes,), np.int64))
+        splits = []
+        for name, size in zip(SPLITS, sizes):
+            if size:
+                splits.append(stack.enter_context(create_flat(group, name, (size,), np.int64)))
+            else:
+                write_small_array(group, name, np.zeros(0, np.int64))
+                splits.append(None)
+        with tqdm(total=cfg.num_nodes, desc="synth: labels, splits", unit="node",
+                  unit_scale=True, disable=not cfg.progress) as bar:
+            for a in range(0, cfg.num_nodes, NODE_CHUNK):
+                b = min(a + NODE_CHUNK, cfg.num_nodes)
+                labels.write(node_labels(cfg, a, b))
+                codes = split_codes(cfg, a, b)
+                for k, writer in enumerate(splits):
+                    if writer is not None:
+                        writer.write(np.flatnonzero(codes == k) + a)
+                bar.update(b - a)
+        written = [w.nbytes // 8 if w is not None else 0 for w in splits]
+        assert written == list(sizes), (written, sizes)

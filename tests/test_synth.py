@@ -1,5 +1,6 @@
 """Synthetic R-MAT datasets: determinism, graph shape, planted classes, splits, config checks."""
 
+import google_crc32c
 import numba
 import numpy as np
 import pytest
@@ -29,6 +30,12 @@ def _arrays(path):
     out["features"] = np.asarray(ds.features[...])
     out.update({s: np.array(ds.split(s)) for s in ("train", "val", "test")})
     return out
+
+
+def _chunk_files(path):
+    """Every file of the dataset but the group's zarr.json (which holds its id and time)."""
+    return {str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*"))
+            if p.is_file() and p != path / "zarr.json"}
 
 
 def _edges(cfg):
@@ -72,6 +79,46 @@ def test_thread_count_does_not_change_output(tmp_path):
         numba.set_num_threads(before)
     for x, y in zip(one, two):
         np.testing.assert_array_equal(x, y)
+
+
+@pytest.mark.parametrize("kw", [{"feature_dtype": "float16"}, {"dedup": True},
+                                {"undirected": False, "feature_dim": 5}])
+def test_memory_budget_and_threads_do_not_change_output(tmp_path, kw):
+    """The CSR built a row at a time, in buckets of a few rows read in groups, or in one
+    bucket, on 1 or 2 threads: the same files, byte for byte."""
+    kw = {"num_nodes": 300, "num_classes": 3, **kw}
+    ref = _chunk_files(synthesize(_cfg(tmp_path, "ref", **kw)))
+    before = numba.get_num_threads()
+    try:
+        for k, (rows, budget, threads) in enumerate([(1, 1, 2), (4, 200, 1), (32, 2000, 2),
+                                                     (1 << 16, 1 << 20, 1)]):
+            numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
+            out = synthesize(_cfg(tmp_path, f"b{k}", csr_bucket_rows=rows,
+                                  csr_memory_bytes=budget, **kw))
+            assert _chunk_files(out) == ref, (rows, budget, threads)
+            assert sorted(p.name for p in out.iterdir()) == sorted(
+                ["zarr.json", "indptr", "indices", "features", "labels", "train", "val",
+                 "test"])  # no spill or partial file left
+    finally:
+        numba.set_num_threads(before)
+
+
+def test_feature_chunks_written_whole_with_crc(tmp_path):
+    """A partial last chunk is stored full-size, zero-padded, with its crc32c (what Zarr
+    writes), so zarr reads the features back."""
+    cfg = _cfg(tmp_path, num_nodes=70_000, feature_dim=40, feature_dtype="float16")
+    out = synthesize(cfg)
+    arr = zarr.open_array(out / "features", mode="r")
+    rows = arr.chunks[0]
+    assert cfg.num_nodes % rows and cfg.num_nodes // rows >= 1
+    np.testing.assert_array_equal(arr[...], node_features(cfg, 0, cfg.num_nodes)
+                                  .astype(np.float16))
+    last = out / "features" / "c" / str(cfg.num_nodes // rows) / "0"
+    data = last.read_bytes()
+    assert len(data) == rows * 40 * 2 + 4
+    tail = np.frombuffer(data[:-4], np.float16)[(cfg.num_nodes % rows) * 40:]
+    assert tail.size and not tail.any()
+    assert int.from_bytes(data[-4:], "little") == google_crc32c.value(data[:-4])
 
 
 @pytest.mark.parametrize("n", [2, 3, 5, 64, 1000, 4097])
@@ -163,6 +210,8 @@ def test_refuses_existing_output(tmp_path):
     {"feature_dim": 0}, {"seed": -1}, {"chunk_edges": 0}, {"avg_degree": 0.0},
     {"avg_degree": float("nan")}, {"homophily": 1.5}, {"noise": -1.0},
     {"train_fraction": -0.1}, {"test_fraction": 1.2}, {"feature_dtype": "int8"},
+    {"csr_memory_bytes": 0}, {"csr_bucket_rows": 0},
+    {"csr_bucket_rows": 12},
 ])
 def test_config_errors_name_parameter_and_value(tmp_path, bad):
     (name, value), = bad.items()
@@ -174,3 +223,13 @@ def test_config_errors_name_parameter_and_value(tmp_path, bad):
 def test_config_error_fractions_sum(tmp_path):
     with pytest.raises(ValueError, match="train_fraction \\+ val_fraction"):
         _cfg(tmp_path, train_fraction=0.7, val_fraction=0.2, test_fraction=0.2)
+
+
+def test_wide_feature_rows_fill_many_chunks_per_block(tmp_path):
+    """Rows of 2.4 MB: a chunk is one row and a generated block holds 13 chunks, more than
+    the pool's default depth; every chunk is written and checks."""
+    cfg = _cfg(tmp_path, num_nodes=20, avg_degree=2.0, feature_dim=600_000, num_classes=2)
+    out = synthesize(cfg)
+    arr = zarr.open_array(out / "features", mode="r")
+    assert arr.chunks == (1, 600_000)
+    np.testing.assert_array_equal(arr[...], node_features(cfg, 0, cfg.num_nodes))

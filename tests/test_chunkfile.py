@@ -1,0 +1,113 @@
+"""Chunk files written front to back: bytes + crc32c as Zarr writes them, any piece sizes,
+O_DIRECT or not; errors and aborts leave nothing behind."""
+
+from __future__ import annotations
+
+import errno
+
+import google_crc32c
+import numpy as np
+import pytest
+import zarr
+
+from disktrain import chunkfile
+from disktrain.chunkfile import BLOCK, ChunkFilePool, ChunkFileWriter, create_flat, page_buffer
+from disktrain.dataset import chunk_file, open_flat_array
+from disktrain.errors import DiskSpaceError
+
+
+def _expected(data: bytes) -> bytes:
+    return data + google_crc32c.value(data).to_bytes(4, "little")
+
+
+@pytest.mark.parametrize("direct", [True, False])
+@pytest.mark.parametrize("sizes", [[], [1], [BLOCK - 1], [BLOCK, 3], [5, 8191, 3 * BLOCK + 7],
+                                   [2 * BLOCK] * 5, [11 * BLOCK + 5]])
+def test_writer_bytes_and_crc(tmp_path, direct, sizes):
+    rng = np.random.default_rng(len(sizes))
+    pieces = [rng.integers(0, 256, n, dtype=np.uint8) for n in sizes]
+    path = tmp_path / "chunk"
+    with ChunkFileWriter(path, reserve=sum(sizes) + 100, block_bytes=2 * BLOCK,
+                         direct=direct) as writer:
+        for piece in pieces:
+            writer.write(piece)
+    assert writer.nbytes == sum(sizes)
+    assert path.read_bytes() == _expected(b"".join(p.tobytes() for p in pieces))
+
+
+def test_writer_takes_any_dtype_and_abort_removes_the_file(tmp_path):
+    path = tmp_path / "chunk"
+    values = np.arange(5000, dtype=np.int64)
+    with ChunkFileWriter(path, block_bytes=BLOCK) as writer:
+        writer.write(values[:1234])
+        writer.write(values[1234:])
+    assert path.read_bytes() == _expected(values.tobytes())
+    with pytest.raises(RuntimeError, match="boom"), ChunkFileWriter(path) as writer:
+        writer.write(values)
+        raise RuntimeError("boom")
+    assert not path.exists()
+
+
+def test_full_disk_in_the_thread_is_raised_naming_the_file(tmp_path, monkeypatch):
+    def full(*_):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(chunkfile, "_pwrite_all", full)
+    path = tmp_path / "chunk"
+    for blocks in (1, 8):  # met by close, or by a later write
+        with pytest.raises(DiskSpaceError, match="chunk"), ChunkFileWriter(
+                path, block_bytes=BLOCK) as writer:
+            for _ in range(blocks):
+                writer.write(np.zeros(BLOCK, np.uint8))
+        assert not path.exists()
+
+
+def test_block_bytes_checked(tmp_path):
+    with pytest.raises(ValueError, match="block_bytes"):
+        ChunkFileWriter(tmp_path / "x", block_bytes=BLOCK + 1)
+
+
+def test_create_flat_readable_by_zarr_and_dataset(tmp_path):
+    group = zarr.open_group(tmp_path, mode="w")
+    values = np.arange(10_000, dtype=np.int32) * 7
+    with create_flat(group, "ids", values.shape, np.int32) as writer:
+        writer.write(values)
+    np.testing.assert_array_equal(zarr.open_array(tmp_path / "ids")[...], values)
+    np.testing.assert_array_equal(open_flat_array(tmp_path, "ids", verify=True), values)
+    assert create_flat(group, "empty", (0,), np.int64) is None
+    assert zarr.open_array(tmp_path / "empty").shape == (0,)
+
+
+@pytest.mark.parametrize("direct", [True, False])
+def test_pool_writes_chunk_files_zarr_reads(tmp_path, direct):
+    group = zarr.open_group(tmp_path, mode="w")
+    rows, dim = 300, 7
+    arr = group.create_array("x", shape=(1000, dim), dtype=np.float16, chunks=(rows, dim),
+                             compressors=(zarr.codecs.Crc32cCodec(),), fill_value=0)
+    data = np.random.default_rng(0).standard_normal((1000, dim)).astype(np.float16)
+    chunk_bytes = rows * dim * 2
+    with ChunkFilePool(chunk_bytes, depth=2, direct=direct) as pool:
+        for c in range(0, 1000, rows):
+            buf = pool.buffer()
+            part = data[c:c + rows].view(np.uint8).reshape(-1)
+            buf[:part.size] = part
+            buf[part.size:chunk_bytes] = 0
+            pool.submit(chunk_file(tmp_path / "x", c // rows, 0), buf)
+    np.testing.assert_array_equal(arr[...], data)
+    last = chunk_file(tmp_path / "x", 3, 0).read_bytes()
+    assert len(last) == chunk_bytes + 4
+
+
+def test_pool_error_raised_on_close(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_bytes(b"")
+    pool = ChunkFilePool(BLOCK)
+    pool.submit(blocker / "c" / "0", pool.buffer())  # a parent that is a file
+    with pytest.raises(OSError):
+        pool.close()
+
+
+def test_page_buffer_aligned_and_zeroed():
+    for n in (1, BLOCK, 3 * BLOCK + 5):
+        buf = page_buffer(n, hugepages=True)
+        assert buf.size == n and buf.ctypes.data % BLOCK == 0 and not buf.any()
