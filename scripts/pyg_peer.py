@@ -142,7 +142,7 @@ def train_epoch(model, opt, phase: Phase) -> float:
     loss_sum = 0.0
     for batch in phase:
         opt.zero_grad(set_to_none=True)
-        out = model(batch.x, batch.adj_t)[:batch.batch_size]
+        out = model(batch.x.float(), batch.adj_t)[:batch.batch_size]  # float16 features
         loss = F.cross_entropy(out, batch.y[:batch.batch_size])
         loss.backward()
         opt.step()
@@ -155,7 +155,7 @@ def accuracy(model, phase: Phase) -> float:
     model.eval()
     correct = total = 0
     for batch in phase:
-        pred = model(batch.x, batch.adj_t)[:batch.batch_size].argmax(-1)
+        pred = model(batch.x.float(), batch.adj_t)[:batch.batch_size].argmax(-1)
         correct += int((pred == batch.y[:batch.batch_size]).sum())
         total += batch.batch_size
     return correct / total if total else float("nan")
