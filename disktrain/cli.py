@@ -14,7 +14,9 @@ fast.
 Users' errors (bad data, missing or existing files, invalid settings, a run stopped on a
 non-finite loss) print ``disktrain: error: <message>`` and exit with status 2, without a
 traceback. They are the classes in USER_ERRORS; a config's validation ``ValueError`` becomes
-a ConfigError in :func:`_config`. Any other exception is a bug and keeps its traceback.
+a ConfigError in :func:`_config`; a training run whose replicas diverged
+(disktrain.robust.ReplicaDivergenceError) is one too. Any other exception is a bug and keeps
+its traceback.
 """
 
 from __future__ import annotations
@@ -38,9 +40,18 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser(command).parse_args(argv)
     try:
         return args.func(args) or 0
-    except USER_ERRORS as e:
+    except Exception as e:
+        if not isinstance(e, _user_errors()):
+            raise
         print(f"disktrain: error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
+
+
+def _user_errors() -> tuple[type[Exception], ...]:
+    """USER_ERRORS, and ReplicaDivergenceError once its module (which imports torch) is
+    loaded: an error a module not loaded cannot have been raised."""
+    digest = sys.modules.get("disktrain.robust.digest")
+    return USER_ERRORS if digest is None else (*USER_ERRORS, digest.ReplicaDivergenceError)
 
 
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
@@ -142,6 +153,40 @@ def parse_fanouts(text: str) -> tuple[int, ...]:
     except ValueError:
         raise argparse.ArgumentTypeError(
             f"fanouts must be comma-separated integers like 15,10,5, got {text!r}") from None
+
+
+def parse_names(text: str) -> tuple[str, ...]:
+    """``"nnm,clip"`` -> ("nnm", "clip"); ``""`` -> ()."""
+    return tuple(name.strip() for name in text.split(",") if name.strip())
+
+
+def parse_ranks(text: str) -> tuple[int, ...]:
+    """``"0,3"`` -> (0, 3)."""
+    try:
+        return tuple(int(r) for r in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"ranks must be comma-separated integers like 0,3, got {text!r}") from None
+
+
+def parse_param(text: str) -> tuple[str, float]:
+    """``"eps=4"`` -> ("eps", 4.0)."""
+    name, sep, value = text.partition("=")
+    try:
+        if not (sep and name.strip()):
+            raise ValueError
+        return name.strip(), float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"an attack parameter must be NAME=NUMBER like eps=4, got {text!r}") from None
+
+
+class _ParamsAction(argparse.Action):
+    """A repeatable NAME=NUMBER option collected into one dict (a copy of the default)."""
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        name, value = values
+        setattr(namespace, self.dest, {**(getattr(namespace, self.dest) or {}), name: value})
 
 
 def format_bytes(n: int) -> str:
@@ -459,7 +504,8 @@ def _train_options(p: argparse.ArgumentParser) -> None:
     from disktrain.cluster.ray_train import RayTrainConfig as R
     from disktrain.loader import PLAN_REUSE
     from disktrain.models import MODELS
-    from disktrain.robust import AGGREGATORS
+    from disktrain.robust import AGGREGATORS, PRE_AGGREGATORS, WORKER_ATTACKS
+    from disktrain.robust import AttackConfig as A
     from disktrain.train.config import EVAL_MODES, ON_NONFINITE
     from disktrain.train.config import TrainConfig as T
 
@@ -512,7 +558,31 @@ def _train_options(p: argparse.ArgumentParser) -> None:
     _option(p, "--byzantine-f", T, "robust.f", type=int,
             help="faulty workers the robust rule tolerates (default: %(default)s)")
     _option(p, "--flag-subspace", T, "robust.subspace", type=int,
-            help="the flag aggregator's subspace dimension (default 0: the workers)")
+            help="the flag aggregator's subspace dimension r (default 0: f + 1)")
+    _option(p, "--flag-lambda", T, "robust.flag_lambda", type=float,
+            help="the flag aggregator's weight of the pairwise-difference terms (default: "
+            "%(default)s, none)")
+    _option(p, "--pre-aggregate", T, "robust.pre_aggregate", type=parse_names,
+            metavar="NAMES", help="pre-aggregators applied in order before the rule, "
+            f"comma-separated, from {', '.join(PRE_AGGREGATORS)} (default: none)")
+    _option(p, "--bucket-size", T, "robust.bucket_size", type=int,
+            help="bucketing's gradients averaged per bucket (default: %(default)s)")
+    _option(p, "--clip-norm", T, "robust.clip_norm", type=float,
+            help="static clipping's norm threshold (default: %(default)s)")
+    _option(p, "--cc-tau", T, "robust.cc_tau", type=float,
+            help="centered clipping's radius (default: %(default)s)")
+    _option(p, "--cc-iters", T, "robust.cc_iters", type=int,
+            help="centered clipping's iterations (default: %(default)s)")
+    _option(p, "--attack", A, "attack", "attack.", choices=WORKER_ATTACKS,
+            help="run real attacking workers: the ranks --byzantine-ranks send this attack "
+            "instead of their gradient (label-flip: train on flipped labels)")
+    _option(p, "--byzantine-ranks", A, "ranks", "attack.", type=parse_ranks, metavar="RANKS",
+            help="with --attack: the attacking ranks, comma-separated, e.g. 0,3")
+    _option(p, "--attack-param", A, "params", "attack.", type=parse_param,
+            action=_ParamsAction, metavar="NAME=VALUE",
+            help="with --attack: a parameter of the attack (repeatable), e.g. eps=4 for ipm")
+    _option(p, "--attack-seed", A, "seed", "attack.", type=int,
+            help="with --attack: seed of the gaussian attack's noise (default: %(default)s)")
     _option(p, "--checkpoint-dir", T, "checkpoint.dir", help="default: DATASET/checkpoints")
     _option(p, "--checkpoint-every", T, "checkpoint.every", type=int,
             help="also checkpoint every N batches (default 0: epoch ends only)")
@@ -539,9 +609,25 @@ def _train_options(p: argparse.ArgumentParser) -> None:
 
 def _train_configs(args: argparse.Namespace) -> dict:
     from disktrain.cluster.ray_train import RayTrainConfig
+    from disktrain.robust import AttackConfig
     from disktrain.train import TrainConfig
 
-    return {"": _config(TrainConfig, args), "ray.": _config(RayTrainConfig, args, "ray.")}
+    values = vars(args)
+    attack = None
+    if values["attack.attack"] is not None:
+        if values["attack.ranks"] is None:
+            raise ConfigError(f"--attack {values['attack.attack']} needs --byzantine-ranks "
+                              "(the attacking ranks, e.g. 0,3)")
+        attack = _config(AttackConfig, args, "attack.")
+    else:
+        present = {"--byzantine-ranks": values["attack.ranks"] is not None,
+                   "--attack-param": bool(values["attack.params"]),
+                   "--attack-seed": values["attack.seed"] != _default(AttackConfig, "seed")}
+        if given := [flag for flag, used in present.items() if used]:
+            raise ConfigError(f"{', '.join(given)} apply only with --attack NAME")
+    rest = argparse.Namespace(**{k: v for k, v in values.items()
+                                 if not k.startswith("attack.")}, attack=attack)
+    return {"": _config(TrainConfig, rest), "ray.": _config(RayTrainConfig, args, "ray.")}
 
 
 def _run_train(args: argparse.Namespace) -> int:

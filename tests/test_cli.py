@@ -11,14 +11,23 @@ from pathlib import Path
 
 import pytest
 
-from disktrain.cli import build_parser, configs, main, parse_bytes, parse_fanouts
+from disktrain.cli import (
+    build_parser,
+    configs,
+    main,
+    parse_bytes,
+    parse_fanouts,
+    parse_names,
+    parse_param,
+    parse_ranks,
+)
 from disktrain.cluster.ray_train import RayTrainConfig
 from disktrain.demo import DemoConfig
 from disktrain.ingest import IngestConfig
 from disktrain.loader import PLAN_REUSE
 from disktrain.models import MODELS
 from disktrain.pack import PackConfig
-from disktrain.robust import AGGREGATORS
+from disktrain.robust import AGGREGATORS, WORKER_ATTACKS
 from disktrain.sample import SampleConfig
 from disktrain.synth import SynthConfig
 from disktrain.train import TrainConfig
@@ -44,6 +53,10 @@ BASE = {"train": ["train", "DS"], "prepare": ["prepare", "DS"], "demo": ["demo"]
         "ingest": ["ingest", "--edges", "e.npy", "--out", "o"]}
 """Each command's smallest valid command line."""
 CONTEXT = {"--byzantine-f": ["--aggregator", "krum"], "--flag-subspace": ["--aggregator", "flag"],
+           "--flag-lambda": ["--aggregator", "flag"], "--attack": ["--byzantine-ranks", "1"],
+           "--byzantine-ranks": ["--attack", "sign-flip"],
+           "--attack-param": ["--attack", "ipm", "--byzantine-ranks", "1"],
+           "--attack-seed": ["--attack", "gaussian", "--byzantine-ranks", "1"],
            "--ogb": ["--out", "o"], "--ogb-split": ["--out", "o", "--ogb", "d"]}
 """Options whose non-default value is valid only with others (instead of BASE's options)."""
 CLI_ONLY = {("prepare", "evaluation"), ("prepare", "eval_batch_size"),
@@ -64,6 +77,12 @@ def _other_value(action: argparse.Action) -> tuple[list[str], object]:
         return [f"{flag}=3,2"], (3, 2)
     if action.type is parse_bytes:
         return [flag, "3K"], 3072
+    if action.type is parse_names:
+        return [flag, "nnm,clip"], ("nnm", "clip")
+    if action.type is parse_ranks:
+        return [flag, "0,2"], (0, 2)
+    if action.type is parse_param:
+        return [flag, "eps=2.5"], {"eps": 2.5}
     if action.type is int:
         value = default + 1 if default else 300
         return [flag, str(value)], value
@@ -100,7 +119,7 @@ def test_every_option_reaches_its_config_field(command):
             continue
         assert _field(configs(args), action.dest) == value, action.option_strings
         checked += 1
-    assert checked >= {"train": 30, "prepare": 9, "demo": 3, "synth": 10, "ingest": 17}[command]
+    assert checked >= {"train": 40, "prepare": 9, "demo": 3, "synth": 10, "ingest": 17}[command]
 
 
 @pytest.mark.parametrize(("command", "defaults"), [
@@ -118,7 +137,7 @@ def test_choices_are_the_configs_lists():
     choices = {a.dest: tuple(a.choices) for a in _options("train") if a.choices}
     assert choices == {"model.model": MODELS, "plan_reuse": PLAN_REUSE,
                        "evaluation": EVAL_MODES, "robust.aggregator": tuple(AGGREGATORS),
-                       "on_nonfinite": ON_NONFINITE}
+                       "on_nonfinite": ON_NONFINITE, "attack.attack": WORKER_ATTACKS}
 
 
 def test_bad_model_options_fail_before_anything_loads(tmp_path, capsys):

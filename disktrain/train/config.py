@@ -14,7 +14,7 @@ from disktrain.errors import ConfigError
 from disktrain.loader import PLAN_REUSE
 from disktrain.models.gnn import ModelConfig
 from disktrain.pipeline import LoaderConfig
-from disktrain.robust import RobustConfig, aggregate
+from disktrain.robust import AttackConfig, RobustConfig, aggregate
 from disktrain.train.checkpoint import CheckpointConfig
 
 ON_NONFINITE = ("stop", "skip")
@@ -41,8 +41,13 @@ class TrainConfig:
     ``assemble_threads`` is 0, gives assembly the cores compute leaves free."""
     robust: RobustConfig = field(default_factory=RobustConfig)
     """How workers' gradients combine: mean (all-reduce) or a Byzantine-robust rule from
-    disktrain.robust (median, trimmed-mean, krum, multi-krum, geomed, flag) tolerating
-    ``f`` faulty workers."""
+    disktrain.robust (median, trimmed-mean, meamed, krum, multi-krum, bulyan, geomed,
+    centered-clipping, flag) tolerating ``f`` faulty workers, after the pre-aggregators
+    ``pre_aggregate`` (nnm, bucketing, clip)."""
+    attack: AttackConfig | None = None
+    """Real attacking workers (disktrain.robust.worker): the ranks ``attack.ranks`` replace
+    their gradient before communication (or, with label-flip, train on flipped labels).
+    None: every worker is honest."""
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     """Where and how often to checkpoint, and whether to resume."""
     epochs: int = 10
@@ -85,10 +90,11 @@ class TrainConfig:
 
     def __post_init__(self):
         for f in dataclasses.fields(self):
-            kind = _COMPONENTS.get(f.name)
-            if kind is not None and not isinstance(getattr(self, f.name), kind):
+            kind, value = _COMPONENTS.get(f.name), getattr(self, f.name)
+            if kind is not None and not isinstance(value, kind) and \
+                    not (value is None and f.name in _OPTIONAL):
                 raise ValueError(f"TrainConfig.{f.name} must be a {kind.__name__}, got "
-                                 f"{getattr(self, f.name)!r}")
+                                 f"{value!r}")
         for name, allowed in (("plan_reuse", PLAN_REUSE), ("on_nonfinite", ON_NONFINITE),
                               ("evaluation", EVAL_MODES)):
             if getattr(self, name) not in allowed:
@@ -109,13 +115,21 @@ class TrainConfig:
         if robust.f and robust.aggregator == "mean":
             raise ValueError(f"robust f={robust.f} (byzantine workers) needs a robust "
                              "aggregator (the mean tolerates no faulty worker); pick one")
-        if robust.subspace and robust.aggregator != "flag":
-            raise ValueError(f"robust subspace={robust.subspace} applies to aggregator 'flag' "
-                             f"only, got aggregator {robust.aggregator!r}")
+        for name in ("subspace", "flag_lambda"):
+            if getattr(robust, name) and robust.aggregator != "flag":
+                raise ValueError(f"robust {name}={getattr(robust, name)} applies to aggregator "
+                                 f"'flag' only, got aggregator {robust.aggregator!r}")
 
     def check_world_size(self, world_size: int) -> None:
-        """Refuse (ConfigError) an aggregation ``world_size`` workers cannot run: a robust rule
-        on one process, or more faulty workers than the rule tolerates among ``world_size``."""
+        """Refuse (ConfigError) what ``world_size`` workers cannot run: attacking ranks that
+        do not exist or leave no honest one, a robust rule on one process, or more faulty
+        workers than the rule tolerates among ``world_size``."""
+        if self.attack is not None:
+            try:
+                self.attack.check_world_size(world_size)
+            except ValueError as e:
+                raise ConfigError(f"byzantine ranks (--byzantine-ranks, attack.ranks) "
+                                  f"{','.join(map(str, self.attack.ranks))}: {e}") from e
         aggregator = self.robust.aggregator
         if aggregator == "mean":
             return
@@ -131,5 +145,7 @@ class TrainConfig:
 
 
 _COMPONENTS = {"model": ModelConfig, "loader": LoaderConfig, "robust": RobustConfig,
-               "checkpoint": CheckpointConfig}
+               "attack": AttackConfig, "checkpoint": CheckpointConfig}
 """TrainConfig's fields that hold another component's config, and its class."""
+_OPTIONAL = {"attack"}
+"""The components that may be None."""

@@ -9,10 +9,17 @@ when only rank 0's (node-local) checkpoint directory has it.
 Every step is checked before the optimizer step (``disktrain.train.health``): a non-finite
 loss or synchronized gradient stops the run with NonFiniteError naming the epoch and batch,
 or, with ``on_nonfinite="skip"``, drops the step and counts it.
+
+With ``cfg.attack``, every rank runs a ByzantineWorker (disktrain.robust.worker): the attacking
+ranks train on flipped labels or replace their gradient before the grad-sync step. After each
+epoch's batches, every rank compares a digest of its parameters with the others'
+(disktrain.robust.check_replicas) and stops with ReplicaDivergenceError, naming the ranks,
+when they differ.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import sys
@@ -32,7 +39,7 @@ from disktrain.errors import CheckpointError, DataError, NonFiniteError
 from disktrain.loader import Loader
 from disktrain.models.gnn import build_model
 from disktrain.pipeline import LoaderConfig
-from disktrain.robust import RobustAggregate
+from disktrain.robust import LABEL_FLIP, ByzantineWorker, RobustAggregate, check_replicas
 from disktrain.threads import compute_threads, loader_threads, torch_threads
 from disktrain.train.checkpoint import CheckpointWriter, checkpoint_name, load_bytes, read_newest
 from disktrain.train.config import TrainConfig
@@ -140,10 +147,10 @@ def train(cfg: TrainConfig, grad_sync=None, on_epoch=None) -> dict:
     """Train ``cfg.model`` on the prepared dataset ``cfg.dataset``; return the summary.
 
     ``grad_sync(params)``, called after backward, replaces the gradient synchronization
-    (default: DistributedDataParallel's mean when distributed, or the robust rule
-    ``cfg.robust``; give it on every rank or on none); ``on_epoch(record,
-    checkpoint_dir)`` is called on every rank after each epoch (Ray Train reports through
-    it). On a CPU device compute takes every core, but one while fresh epochs are prepared
+    (default: DistributedDataParallel's mean when distributed, or RobustAggregate with
+    ``cfg.robust`` for a robust rule, a pre-aggregator or a gradient attack; give it on every
+    rank or on none); ``on_epoch(record, checkpoint_dir)`` is called on every rank after each
+    epoch (Ray Train reports through it). On a CPU device compute takes every core, but one while fresh epochs are prepared
     in the background, unless ``cfg.compute_threads`` says otherwise (``disktrain.threads``).
     """
     env = DistEnv.from_env()
@@ -183,10 +190,18 @@ def _fit(cfg: TrainConfig, env: DistEnv, device: torch.device, loader: Loader, g
                                         num_layers=len(fanouts))).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     # the mean under several workers: DistributedDataParallel (bucketed all-reduces that
-    # overlap backward); a robust rule or a given grad_sync: after backward, on every gradient
-    mean = cfg.robust.aggregator == "mean"
-    use_ddp = grad_sync is None and mean and env.world_size > 1
-    sync = grad_sync or (AllReduceMean() if mean else RobustAggregate(cfg.robust))
+    # overlap backward); a robust rule or a given grad_sync: after backward, on every gradient.
+    # A gradient attack or a pre-aggregator must act between backward and the sync, which
+    # DistributedDataParallel's averaging during backward leaves no room for: RobustAggregate
+    # then runs even the mean
+    worker = None if cfg.attack is None else ByzantineWorker(
+        cfg.attack, cfg.robust, rank=env.rank, world_size=env.world_size,
+        num_classes=meta.num_classes)
+    after_backward = bool(cfg.robust.pre_aggregate) or \
+        (cfg.attack is not None and cfg.attack.attack != LABEL_FLIP)
+    plain_mean = cfg.robust.aggregator == "mean" and not after_backward
+    use_ddp = grad_sync is None and plain_mean and env.world_size > 1
+    sync = grad_sync or (AllReduceMean() if plain_mean else RobustAggregate(cfg.robust))
     params = [p for p in model.parameters() if p.requires_grad]
     ckpt_dir = cfg.checkpoint.directory(cfg.dataset)
     writer = CheckpointWriter(ckpt_dir, cfg.checkpoint.keep)
@@ -253,13 +268,16 @@ def _fit(cfg: TrainConfig, env: DistEnv, device: torch.device, loader: Loader, g
                 t0 = time.perf_counter()
                 seconds["wait"] += t0 - t_wait
                 opt.zero_grad(set_to_none=True)
-                loss = F.cross_entropy(forward(mb.x, mb.blocks), mb.seed_labels)
-                if use_ddp:
+                labels = mb.seed_labels if worker is None else worker.labels(mb.seed_labels)
+                loss = F.cross_entropy(forward(mb.x, mb.blocks), labels)
+                if use_ddp:  # (of the attacks, label flipping alone: its worker sends nothing)
                     poisoned_loss(loss).backward()  # gradients averaged during backward
                 else:
                     loss.backward()
                     if env.world_size > 1:
                         poison_gradients(loss, params)
+                    if worker is not None:
+                        worker(params)  # every rank: omniscient attacks gather the gradients
                     sync(params)
                 if step_is_finite(loss, params):
                     opt.step()
@@ -277,6 +295,7 @@ def _fit(cfg: TrainConfig, env: DistEnv, device: torch.device, loader: Loader, g
                 if cfg.checkpoint.every and (step + 1) % cfg.checkpoint.every == 0:
                     checkpoint(epoch, step + 1)
         bar.close()
+        check_replicas(model.state_dict().values(), f"epoch {epoch}")  # every rank joins
         cursor = 0
         prepare_wait = loader.prepare_wait_s  # inside the wait for the epoch's first batch
         seconds["wait"] = max(0.0, seconds["wait"] - prepare_wait)
@@ -311,6 +330,8 @@ def _fit(cfg: TrainConfig, env: DistEnv, device: torch.device, loader: Loader, g
             if history else None,
             "loss": history[-1]["loss"] if history else None,
             "model": cfg.model.model, "world_size": env.world_size, "steps": steps,
+            "robust": dataclasses.asdict(cfg.robust),
+            "attack": None if cfg.attack is None else dataclasses.asdict(cfg.attack),
             "skipped_steps": sum(r["skipped_steps"] for r in history),
             "resumed_at": resumed_at,
             "compute_threads": torch.get_num_threads(),

@@ -1,0 +1,312 @@
+"""Worst-case test accuracy of every aggregation rule under Byzantine attacks (ByzFL's protocol),
+through real attacking workers under torchrun (gloo, CPU).
+
+Usage: python scripts/bench_robust.py [--datasets cora,synth] [--workers 8] [--f 1,2,3]
+           [--seeds 0,1,2] [--epochs 8] [--rules mean,trimmed-mean,...] [--pre-aggregate ,nnm]
+           [--attacks sign-flip,ipm,...] [--out DIR]
+
+For each dataset and seed, one torchrun job of n = --workers processes (OMP_NUM_THREADS=1, one
+torch thread each) trains GraphSAGE once per (rule, pre-aggregation, f, attack) with
+`disktrain.train.train`: the last f ranks are ByzantineWorkers that send the attack (or train
+on flipped labels) through the real all-gather, and the rule tolerates f. Each job also trains
+the attack-free baseline (the plain mean, no attacker) and, with --attack-free, every rule
+without attackers. Steps whose aggregate is not finite are skipped (the mean under a NaN
+attack then never updates). A (rule, f) the rule cannot tolerate among n (e.g. Bulyan's
+n >= 4f + 3) is left out and listed; the mean is run without NNM (its f is 0, so NNM would
+mix all n rows).
+
+Datasets: cora (../shared/datasets/cora, the public split, ingested as in the README) and
+synth (a small planted-class graph of disktrain.synth). Accuracy per attack is the mean over
+seeds; a rule's worst case is the minimum of those over the attacks (ByzFL's "worst-case
+accuracy"). Writes DIR/runs.jsonl (one record per training run), DIR/bench_robust.json (the
+summary, also printed) and DIR/bench_robust.png (a heatmap of worst-case accuracy, rules x f,
+one panel per dataset).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+CORA = ROOT.parent / "shared" / "datasets" / "cora"
+DEFAULT_RULES = "mean,trimmed-mean,geomed,flag"
+DEFAULT_ATTACKS = "sign-flip,alie,inf,label-flip"
+TORCHRUN = Path(sys.executable).with_name("torchrun")
+
+
+def prepare(name: str, work: Path, epochs: int, batch_size: int) -> Path:
+    """Dataset ``name`` ingested or generated under ``work``, sampled for ``epochs`` epochs and
+    packed (val and test too)."""
+    from disktrain.pack import PackConfig
+    from disktrain.prepare import prepare_dataset
+    from disktrain.sample import SampleConfig
+
+    path = work / name
+    if name == "cora":
+        from disktrain.ingest import IngestConfig, ingest
+
+        if not CORA.exists():
+            raise SystemExit(f"{CORA}: the Cora files are missing (drop cora from --datasets)")
+        ingest(IngestConfig(edges=CORA / "edges.parquet", out=path,
+                            features=CORA / "features.npy", labels=CORA / "labels.npy",
+                            train=CORA / "train_idx.npy", val=CORA / "val_idx.npy",
+                            test=CORA / "test_idx.npy", progress=False))
+    elif name == "synth":
+        from disktrain.synth import SynthConfig, synthesize
+
+        synthesize(SynthConfig(out=path, num_nodes=3000, avg_degree=8, feature_dim=32,
+                               num_classes=6, seed=0, train_fraction=0.05, val_fraction=0.2,
+                               test_fraction=0.3, progress=False))
+    else:
+        raise SystemExit(f"--datasets: unknown {name!r}; choose from cora, synth")
+    prepare_dataset(path, SampleConfig(fanouts=(10, 10), batch_size=batch_size, epochs=epochs,
+                                       seed=0), PackConfig(), progress=False)
+    return path
+
+
+def jobs(args) -> tuple[list[dict], list[dict]]:
+    """(the training runs of one dataset and seed, the (rule, f) left out and why)."""
+    from disktrain.errors import ConfigError
+    from disktrain.robust import AttackConfig, RobustConfig
+    from disktrain.train import TrainConfig
+
+    n = args.workers
+    runs = [{"rule": "mean", "pre_aggregate": [], "f": 0, "attack": "none"}]
+    skipped = []
+    for f in args.f:
+        ranks = tuple(range(n - f, n))
+        for rule in args.rules:
+            for chain in args.pre_aggregate:
+                if rule == "mean" and chain:
+                    continue
+                robust = RobustConfig(aggregator=rule, f=0 if rule == "mean" else f,
+                                      pre_aggregate=chain)
+                try:
+                    TrainConfig(dataset="-", robust=robust,
+                                attack=AttackConfig(attack="nan", ranks=ranks)
+                                ).check_world_size(n)
+                except ConfigError as e:
+                    skipped.append({"rule": rule, "pre_aggregate": list(chain), "f": f,
+                                    "why": str(e)})
+                    continue
+                for attack in (["none"] if args.attack_free else []) + args.attacks:
+                    runs.append({"rule": rule, "pre_aggregate": list(chain), "f": f,
+                                 "attack": attack})
+    return runs, skipped
+
+
+def worker(spec_path: str) -> None:
+    """One rank of a torchrun job: train every run of the spec; rank 0 appends the records."""
+    from disktrain.models import ModelConfig
+    from disktrain.robust import AttackConfig, RobustConfig
+    from disktrain.train import TrainConfig, train
+    from disktrain.train.checkpoint import CheckpointConfig
+
+    spec = json.loads(Path(spec_path).read_text())
+    rank, n = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    for i, run in enumerate(spec["runs"]):
+        f = run["f"]
+        attack = None if run["attack"] == "none" else AttackConfig(
+            attack=run["attack"], ranks=tuple(range(n - f, n)), seed=spec["seed"])
+        cfg = TrainConfig(
+            dataset=spec["dataset"], epochs=spec["epochs"], seed=spec["seed"], lr=spec["lr"],
+            model=ModelConfig(model="sage", hidden=spec["hidden"], dropout=0.5),
+            robust=RobustConfig(aggregator=run["rule"], f=0 if run["rule"] == "mean" else f,
+                                pre_aggregate=tuple(run["pre_aggregate"])),
+            attack=attack, plan_reuse="cycle", eval_every=spec["epochs"],
+            on_nonfinite="skip", compute_threads=1, progress=False,
+            checkpoint=CheckpointConfig(dir=os.path.join(spec["scratch"], f"ck{i}")))
+        t0 = time.perf_counter()
+        summary = train(cfg)
+        if rank == 0:
+            record = {**run, "dataset": spec["name"], "seed": spec["seed"],
+                      "test_acc": summary["test_acc"], "val_acc": summary["val_acc"],
+                      "loss": summary["loss"], "steps": summary["steps"],
+                      "skipped_steps": summary["skipped_steps"],
+                      "seconds": time.perf_counter() - t0}
+            with open(spec["records"], "a") as out:
+                out.write(json.dumps(record) + "\n")
+            shutil.rmtree(os.path.join(spec["scratch"], f"ck{i}"), ignore_errors=True)
+            print(f"{spec['name']} seed {spec['seed']} f={f} {run['rule']}"
+                  f"{'+' + '+'.join(run['pre_aggregate']) if run['pre_aggregate'] else ''} "
+                  f"{run['attack']}: test {summary['test_acc']:.3f} "
+                  f"({record['seconds']:.1f} s)", flush=True)
+
+
+def launch(spec: dict, work: Path, n: int) -> None:
+    """Run ``spec`` as one torchrun job of ``n`` processes."""
+    spec_path = work / f"spec-{spec['name']}-{spec['seed']}.json"
+    spec_path.write_text(json.dumps(spec))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cmd = [str(TORCHRUN), "--nnodes=1", f"--nproc_per_node={n}", "--master_addr=127.0.0.1",
+           f"--master_port={port}", str(Path(__file__).resolve()), "--worker", str(spec_path)]
+    subprocess.run(cmd, check=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+
+def variant(record: dict) -> str:
+    """A rule and its pre-aggregators, e.g. "flag+nnm"."""
+    return "+".join([record["rule"], *record["pre_aggregate"]])
+
+
+def summarize(records: list[dict], skipped: list[dict], args) -> dict:
+    """Per dataset: the attack-free baseline, and per rule variant and f the seed-mean accuracy
+    under each attack and the worst case over the attacks."""
+    out = {}
+    for name in args.datasets:
+        mine = [r for r in records if r["dataset"] == name]
+        base = [r["test_acc"] for r in mine if r["attack"] == "none" and r["rule"] == "mean"
+                and r["f"] == 0]
+        table: dict[str, dict[str, dict]] = {}
+        for r in mine:
+            if r["f"] == 0:
+                continue
+            cell = table.setdefault(variant(r), {}).setdefault(str(r["f"]), {})
+            cell.setdefault(r["attack"], []).append(r["test_acc"])
+        for cells in table.values():
+            for f, cell in cells.items():
+                means = {a: sum(v) / len(v) for a, v in cell.items()}
+                attacked = {a: v for a, v in means.items() if a != "none"}
+                worst = min(attacked, key=attacked.get) if attacked else None
+                cells[f] = {"accuracy": means, "worst": attacked.get(worst),
+                            "worst_attack": worst}
+        out[name] = {"attack_free_mean": sum(base) / len(base) if base else None,
+                     "rules": table}
+    return {"workers": args.workers, "f": args.f, "seeds": args.seeds, "epochs": args.epochs,
+            "rules": args.rules, "pre_aggregate": [list(c) for c in args.pre_aggregate],
+            "attacks": args.attacks, "datasets": out, "left_out": skipped}
+
+
+def heatmap(summary: dict, path: Path) -> None:
+    """Worst-case accuracy, rule variants x f, one panel per dataset."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    names = list(summary["datasets"])
+    fs = [str(f) for f in summary["f"]]
+    rows = sorted({v for d in summary["datasets"].values() for v in d["rules"]},
+                  key=lambda v: (v.split("+")[0] != "mean", v))
+    fig, axes = plt.subplots(1, len(names), figsize=((2.4 + 0.8 * len(fs)) * len(names),
+                                                    1.2 + 0.4 * len(rows)), squeeze=False)
+    for ax, name in zip(axes[0], names, strict=True):
+        data = summary["datasets"][name]
+        grid = np.full((len(rows), len(fs)), np.nan)
+        for i, v in enumerate(rows):
+            for j, f in enumerate(fs):
+                worst = data["rules"].get(v, {}).get(f, {}).get("worst")
+                grid[i, j] = np.nan if worst is None else worst
+        ax.imshow(grid, vmin=0, vmax=1, cmap="viridis", aspect="auto")
+        for i in range(len(rows)):
+            for j in range(len(fs)):
+                text = "n/a" if np.isnan(grid[i, j]) else f"{grid[i, j]:.2f}"
+                ax.text(j, i, text, ha="center", va="center", fontsize=8,
+                        color="white" if np.isnan(grid[i, j]) or grid[i, j] < 0.6 else "black")
+        ax.set_xticks(range(len(fs)), [f"f={f}" for f in fs])
+        ax.set_yticks(range(len(rows)), rows)
+        base = data["attack_free_mean"]
+        ax.set_title(f"{name}, n={summary['workers']}\nattack-free mean "
+                     f"{'n/a' if base is None else f'{base:.2f}'}", fontsize=9)
+    fig.suptitle("worst-case test accuracy over attacks", fontsize=10)
+    fig.tight_layout()
+    tmp = path.with_name(path.name + ".tmp.png")
+    fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+    tmp.replace(path)
+
+
+def write_json(data: dict, path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=1))
+    tmp.replace(path)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    from disktrain.robust import AGGREGATORS, PRE_AGGREGATORS, WORKER_ATTACKS
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--datasets", default="cora,synth")
+    ap.add_argument("--workers", type=int, default=8)
+    ap.add_argument("--f", default="1,2,3", help="attacking workers, each tried (default: "
+                    "%(default)s)")
+    ap.add_argument("--seeds", default="0,1,2")
+    ap.add_argument("--epochs", type=int, default=8)
+    ap.add_argument("--batch-size", type=int, default=4, help="seeds per batch: Cora trains "
+                    "140 nodes, so 8 workers take 4 steps an epoch at 4 (default: %(default)s)")
+    ap.add_argument("--hidden", type=int, default=16)
+    ap.add_argument("--lr", type=float, default=0.01)
+    ap.add_argument("--rules", default=DEFAULT_RULES,
+                    help=f"from {', '.join(AGGREGATORS)} (default: %(default)s)")
+    ap.add_argument("--pre-aggregate", default=",nnm",
+                    help="pre-aggregation chains, comma-separated, each a '+'-joined list of "
+                    f"{', '.join(PRE_AGGREGATORS)}; empty: none (default: '%(default)s': "
+                    "without, and with NNM)")
+    ap.add_argument("--attacks", default=DEFAULT_ATTACKS,
+                    help=f"from {', '.join(WORKER_ATTACKS)} (default: %(default)s)")
+    ap.add_argument("--attack-free", action="store_true",
+                    help="also train every rule and f without attackers")
+    ap.add_argument("--out", type=Path, default=Path("bench_robust"),
+                    help="output directory (default: %(default)s)")
+    args = ap.parse_args(argv)
+    args.datasets = args.datasets.split(",")
+    args.f = [int(f) for f in args.f.split(",")]
+    args.seeds = [int(s) for s in args.seeds.split(",")]
+    args.rules = args.rules.split(",")
+    args.attacks = args.attacks.split(",")
+    args.pre_aggregate = [tuple(p for p in chain.split("+") if p)
+                          for chain in args.pre_aggregate.split(",")]
+    for name, given, known in (("--rules", args.rules, AGGREGATORS),
+                               ("--attacks", args.attacks, WORKER_ATTACKS),
+                               ("--pre-aggregate", [p for c in args.pre_aggregate for p in c],
+                                PRE_AGGREGATORS)):
+        if unknown := [g for g in given if g not in known]:
+            ap.error(f"{name}: unknown {', '.join(unknown)}; choose from {', '.join(known)}")
+    if min(args.f) < 1 or max(args.f) >= args.workers:
+        ap.error(f"--f must be in [1, {args.workers}), got {args.f}")
+    return args
+
+
+def main() -> None:
+    if sys.argv[1:2] == ["--worker"]:
+        worker(sys.argv[2])
+        return
+    args = parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    records_path = args.out / "runs.jsonl"
+    records_path.unlink(missing_ok=True)
+    work = Path(tempfile.mkdtemp(prefix="bench-robust-"))
+    t0 = time.perf_counter()
+    try:
+        runs, skipped = jobs(args)
+        for name in args.datasets:
+            path = prepare(name, work, args.epochs, args.batch_size)
+            for seed in args.seeds:
+                scratch = work / f"scratch-{name}-{seed}"
+                launch({"name": name, "dataset": str(path), "seed": seed, "runs": runs,
+                        "epochs": args.epochs, "hidden": args.hidden, "lr": args.lr,
+                        "records": str(records_path.resolve()), "scratch": str(scratch)},
+                       work, args.workers)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    records = [json.loads(line) for line in records_path.read_text().splitlines()]
+    summary = {**summarize(records, skipped, args), "runs": len(records),
+               "wall_s": time.perf_counter() - t0, "threads": os.cpu_count()}
+    write_json(summary, args.out / "bench_robust.json")
+    heatmap(summary, args.out / "bench_robust.png")
+    print(json.dumps(summary))
+
+
+if __name__ == "__main__":
+    main()
