@@ -1,13 +1,50 @@
-"""The batch the public loader yields: PyG's NeighborLoader layout and our blocks, one object."""
+"""The batches of the data path: :class:`MiniBatch`, which the loader's stages fill one after
+another, and :class:`Batch`, the public batch built from it (PyG's NeighborLoader layout and
+our blocks, one object)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from disktrain.models.block import Block
+
+if TYPE_CHECKING:
+    from disktrain.pipeline import CopyEvent
+    from disktrain.rowlayout import RowLayout
+
+
+@dataclass(eq=False)
+class MiniBatch:
+    """One pre-sampled batch on its way through the loader's stages
+    (:mod:`disktrain.pipeline`), each filling its fields: read fills ``buffer``; assemble
+    ``x`` (a view of ``buffer``), ``blocks``, ``labels``, ``input_nodes`` and ``layout`` on
+    the host; copy moves ``x``, ``blocks`` and ``labels`` to the device and sets ``copied``.
+    The consumer gets it after the copy."""
+
+    index: int
+    """The pre-sampled batch this is (its id in its sample store)."""
+    x: torch.Tensor | None = None
+    """(num_rows, F) features of ``input_nodes``, in the stored dtype (on the host after
+    assemble, on the device after copy)."""
+    blocks: list[Block] = field(default_factory=list)
+    """Per layer, input layer first; block 0's source ids are rows of ``x``."""
+    labels: torch.Tensor | None = None
+    """The seeds' labels (None for a dataset without labels)."""
+    input_nodes: np.ndarray | None = None
+    """Global id of each row of ``x`` (the sample store's order, last hop reordered: see
+    :mod:`disktrain.rowlayout`)."""
+    seconds: dict[str, float] = field(default_factory=dict)
+    """Time this batch spent in each stage (read, assemble, copy)."""
+    buffer: torch.Tensor | None = field(default=None, repr=False)
+    """The loader's host buffer the batch is read and assembled in (reused after it)."""
+    layout: RowLayout | None = field(default=None, repr=False)
+    """Where each input row came from and went."""
+    copied: CopyEvent | None = field(default=None, repr=False)
+    """Recorded on the copy stream after the batch's copy (None on a CPU)."""
 
 
 @dataclass(eq=False)
@@ -46,6 +83,20 @@ class Batch:
     """The pre-sampled batch this is (its id in its sample store)."""
     seconds: dict[str, float] = field(default_factory=dict)
     """Time the batch spent in the loader's stages."""
+
+    @classmethod
+    def of(cls, mb: MiniBatch, x: torch.Tensor | None = None,
+           y: torch.Tensor | None = None) -> Batch:
+        """The batch of the loader's ``mb``, sharing its tensors (its blocks, its global ids);
+        ``x``: the features to carry instead of ``mb.x`` (e.g. a copy in another dtype);
+        ``y``: the labels of every row (None: none)."""
+        x = mb.x if x is None else x
+        edge_index, nodes, edges = pyg_layout(mb.blocks)
+        n_id = torch.from_numpy(np.asarray(mb.input_nodes).astype(np.int64, copy=False))
+        return cls(x=x, edge_index=edge_index, n_id=n_id.to(x.device),
+                   batch_size=mb.blocks[-1].num_dst if mb.blocks else x.shape[0],
+                   num_sampled_nodes=nodes, num_sampled_edges=edges, blocks=mb.blocks, y=y,
+                   index=mb.index, seconds=mb.seconds)
 
     @property
     def num_nodes(self) -> int:

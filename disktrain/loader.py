@@ -28,11 +28,11 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from disktrain.batch import Batch, pyg_layout
+from disktrain.batch import Batch, MiniBatch
 from disktrain.checksum import CRC_BYTES
 from disktrain.errors import DataError
 from disktrain.layout import eval_root, is_prepared, train_root
-from disktrain.pipeline import LoaderConfig, MiniBatch, PackedLoader
+from disktrain.pipeline import LoaderConfig, PackedLoader
 from disktrain.sample.plan import SPLITS
 from disktrain.train.fresh import FreshEpochs
 from disktrain.train.schedule import epoch_batches, worker_share
@@ -209,15 +209,9 @@ class Loader:
             x = x.to(self.dtype)
         elif x.device.type == "cpu" and not self.reuse_buffers:
             x = x.clone()  # the pipeline reuses its buffer for a later batch
-        edge_index, nodes, edges = pyg_layout(mb.blocks)
-        y = None
-        if self._labels is not None:
-            y = torch.from_numpy(self._labels[mb.input_nodes]).to(self.device)
-        return Batch(x=x, edge_index=edge_index,
-                     n_id=torch.from_numpy(mb.input_nodes.astype(np.int64)).to(self.device),
-                     batch_size=mb.blocks[-1].num_dst if mb.blocks else x.shape[0],
-                     num_sampled_nodes=nodes, num_sampled_edges=edges, blocks=mb.blocks,
-                     y=y, index=mb.index, seconds=mb.seconds)
+        y = (None if self._labels is None
+             else torch.from_numpy(self._labels[mb.input_nodes]).to(self.device))
+        return Batch.of(mb, x, y)
 
     def state_dict(self) -> dict:
         """Where iteration stands (epoch, batches consumed), to resume mid-epoch."""

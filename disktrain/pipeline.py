@@ -1,7 +1,10 @@
 """The staged loader: read packed ranges -> assemble features and blocks -> copy -> compute.
 
-Stages run in their own threads, joined by bounded queues (depth ``prefetch``), so an epoch
-costs about the slowest stage rather than the sum. Reads release the GIL (``os.preadv``),
+The stages are small objects (:class:`ReadStage`, :class:`AssembleStage`,
+:class:`CopyStage`), each a call taking and returning one
+:class:`~disktrain.batch.MiniBatch` whose fields it fills. They run in their own threads,
+joined by bounded queues (depth ``prefetch``), so an epoch costs about the slowest stage
+rather than the sum. Reads release the GIL (``os.preadv``),
 assembly runs Numba kernels without it. An exception in any stage is re-raised by the
 consumer; closing the iterator (``with contextlib.closing(loader(ids)) as batches``, so that
 Ctrl-C in the consumer closes it too) stops every thread.
@@ -18,7 +21,8 @@ import time
 import weakref
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from contextlib import nullcontext
+from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar, Protocol
 
@@ -26,11 +30,12 @@ import numba
 import numpy as np
 import torch
 
+from disktrain.batch import MiniBatch
 from disktrain.dataset import Dataset
 from disktrain.device import DeviceAssembler
-from disktrain.kernels.gather import gather_rows
 from disktrain.models.block import Block
 from disktrain.pack.store import DIRECT_ALIGN, PackedStore
+from disktrain.rowlayout import RowLayout
 from disktrain.sample.store import SampleStore
 
 DEVICE_TYPES = ("cpu", "cuda")
@@ -73,35 +78,6 @@ class LoaderConfig:
             raise ValueError(f"device must be cpu, cuda or cuda:N, got {self.device!r}")
 
 
-@dataclass
-class MiniBatch:
-    """One batch ready for compute: features, blocks and seed labels on the device."""
-
-    index: int
-    x: torch.Tensor
-    blocks: list[Block]
-    labels: torch.Tensor | None
-    """The seeds' labels (None for a dataset without labels)."""
-    input_nodes: np.ndarray
-    """Global id of each row of ``x`` (the sample store's order, last hop reordered)."""
-    seconds: dict[str, float] = field(default_factory=dict)
-    """Time this batch spent in each stage (read, assemble, copy)."""
-
-
-@dataclass
-class _HostBatch:
-    """A batch assembled on the host, before the copy to the device."""
-
-    x: torch.Tensor
-    gpu_pos: np.ndarray
-    """Rows of ``x`` the GPU cache fills on the device ..."""
-    gpu_slot: np.ndarray
-    """... from these GPU-cache rows."""
-    blocks: list[Block]
-    labels: torch.Tensor | None
-    input_nodes: np.ndarray
-
-
 class _Stop(Exception):
     """Raised inside stage threads when the consumer has gone away."""
 
@@ -124,6 +100,88 @@ class FeatureCaches:
             self.cpu = torch.from_numpy(self.cpu).pin_memory().numpy()
 
 
+class ReadStage:
+    """Stage 1: read a batch's packed rows into its feature buffer.
+
+    The packed range is read (crc-checked) straight into the buffer at the batch's first
+    last-hop-only row: those rows (most of a batch) are then in place, no copy needed (see
+    :mod:`disktrain.rowlayout`). A buffer from the pool is first slid so that this row starts
+    on a 4 KiB boundary: the range then comes from the disk past the page cache
+    (``O_DIRECT``).
+    """
+
+    def __init__(self, samples: SampleStore, packed: PackedStore):
+        self.samples, self.packed = samples, packed
+
+    def __call__(self, batch: MiniBatch) -> MiniBatch:
+        t = time.perf_counter()
+        b, buf = batch.index, batch.buffer
+        inner = self.samples.inner_count(b)
+        _BufferPool.align(buf, inner)  # a pool's buffer: the packed rows start page-aligned
+        self.packed.read_packed(b, buf.numpy()[inner:inner + _padded_rows(self.packed, b)])
+        batch.seconds["read"] = time.perf_counter() - t
+        return batch
+
+
+class AssembleStage:
+    """Stage 2: complete the feature matrix from the CPU cache and the inner packed rows, and
+    build blocks and labels, as the batch's :class:`~disktrain.rowlayout.RowLayout` says.
+
+    ``labels``: every node's label (None: none); ``degrees``: the dataset whose in-degrees
+    every block carries (None: no degrees).
+    """
+
+    def __init__(self, samples: SampleStore, packed: PackedStore, cpu_cache: np.ndarray,
+                 labels: torch.Tensor | None, degrees: Dataset | None):
+        self.samples, self.packed, self.cpu_cache = samples, packed, cpu_cache
+        self.labels, self.degrees = labels, degrees
+
+    def __call__(self, batch: MiniBatch) -> MiniBatch:
+        t = time.perf_counter()
+        b = batch.index
+        sampled = self.samples.batch(b)
+        layout = RowLayout.of(sampled.input_nodes, self.samples.inner_count(b),
+                              np.asarray(self.packed.slots(b)), self.packed.n_cpu)
+        layout.gather(batch.buffer.numpy(), self.cpu_cache)
+        degree = (None if self.degrees is None
+                  else layout.place(self.degrees.in_degrees(sampled.input_nodes)))
+        batch.blocks = [Block.from_numpy(layout.relabel(src) if layer == 0 else src, dst,
+                                         num_src, num_dst, degree)
+                        for layer, (src, dst, num_src, num_dst) in enumerate(sampled.blocks)]
+        batch.labels = (None if self.labels is None
+                        else self.labels[torch.from_numpy(sampled.seeds.astype(np.int64))])
+        batch.x, batch.input_nodes = batch.buffer[:layout.num_rows], layout.input_nodes
+        batch.layout = layout
+        batch.seconds["assemble"] = time.perf_counter() - t
+        return batch
+
+
+class CopyStage:
+    """Stage 3: copy a batch to the device (non-blocking from pinned memory, on ``stream``
+    when given), fill the rows the GPU cache serves there, and record a ``new_event()``
+    after the copy (none without ``new_event``)."""
+
+    def __init__(self, gpu: DeviceAssembler, device: torch.device,
+                 stream: torch.cuda.Stream | None = None,
+                 new_event: Callable[[], CopyEvent] | None = None):
+        self.gpu, self.device, self.stream, self.new_event = gpu, device, stream, new_event
+        self.non_blocking = device.type == "cuda"
+
+    def __call__(self, batch: MiniBatch) -> MiniBatch:
+        t = time.perf_counter()
+        with torch.cuda.stream(self.stream) if self.stream is not None else nullcontext():
+            nb = self.non_blocking
+            batch.x = self.gpu.assemble(batch.x, batch.layout.gpu_pos, batch.layout.gpu_slot)
+            batch.blocks = [blk.to(self.device, non_blocking=nb) for blk in batch.blocks]
+            if batch.labels is not None:
+                batch.labels = batch.labels.to(self.device, non_blocking=nb)
+        if self.new_event is not None:
+            batch.copied = self.new_event()
+            batch.copied.record(self.stream)  # after the copy of the buffer, on that stream
+        batch.seconds["copy"] = time.perf_counter() - t
+        return batch
+
+
 class PackedLoader:
     """Iterate pre-sampled batches of a prepared dataset through the staged pipeline.
 
@@ -136,24 +194,29 @@ class PackedLoader:
         self.cfg = cfg
         self.device = torch.device(cfg.device)
         self.dataset = Dataset(dataset_path)
-        self.samples = SampleStore(dataset_path, verify=cfg.verify, root=root)
-        self.packed = PackedStore(dataset_path, verify=cfg.verify, root=root)
-        self.caches = FeatureCaches(self.packed, self.device)
         self.labels = (torch.from_numpy(np.asarray(self.dataset.labels, np.int64))
                        if "labels" in self.dataset.group else None)
         """Every node's label, on the host (None: the dataset has none)."""
-        self._pin = self.device.type == "cuda"
+        self._open(dataset_path, root, None)
+
+    def _open(self, dataset_path: str | Path, root: str | Path | None,
+              caches: FeatureCaches | None) -> None:
+        """Open the stores at ``root`` and their stages; reuse ``caches`` if they serve them."""
+        self.samples = SampleStore(dataset_path, verify=self.cfg.verify, root=root)
+        self.packed = PackedStore(dataset_path, verify=self.cfg.verify, root=root)
+        self.caches = (caches if caches is not None and caches.tiers_id == self.packed.tiers_id
+                       else FeatureCaches(self.packed, self.device))
+        self.read = ReadStage(self.samples, self.packed)
+        self.assemble = AssembleStage(self.samples, self.packed, self.caches.cpu, self.labels,
+                                      self.dataset if self.cfg.degrees else None)
 
     def sibling(self, root: str | Path) -> PackedLoader:
         """A loader of the stores at ``root`` (same dataset and config) sharing this one's
         dataset, labels and, when the stores have the same cache rows, its caches."""
         other = object.__new__(PackedLoader)
         other.cfg, other.device, other.dataset = self.cfg, self.device, self.dataset
-        other.labels, other._pin = self.labels, self._pin
-        other.samples = SampleStore(self.dataset.path, verify=self.cfg.verify, root=root)
-        other.packed = PackedStore(self.dataset.path, verify=self.cfg.verify, root=root)
-        other.caches = (self.caches if other.packed.tiers_id == self.caches.tiers_id
-                        else FeatureCaches(other.packed, self.device))
+        other.labels = self.labels
+        other._open(self.dataset.path, root, self.caches)
         return other
 
     @property
@@ -170,70 +233,13 @@ class PackedLoader:
 
     def buffer_rows(self, b: int) -> int:
         """Rows of the feature buffer batch ``b`` is read and assembled in."""
-        padded = int(self.packed.batch_rows[b + 1] - self.packed.batch_rows[b])
-        return max(len(self.samples.input_nodes(b)), self.samples.inner_count(b) + padded)
+        return RowLayout.buffer_rows(len(self.samples.input_nodes(b)),
+                                     self.samples.inner_count(b), _padded_rows(self.packed, b))
 
-    def read(self, b: int, buf: torch.Tensor) -> torch.Tensor:
-        """Stage 1: read batch ``b``'s packed rows into the feature buffer ``buf``.
 
-        The packed range is read (crc-checked) straight into the buffer at the batch's first
-        last-hop-only row: those rows (most of a batch) are then in place, no copy needed. A
-        buffer from the pool is first slid so that this row starts on a 4 KiB boundary: the
-        range then comes from the disk past the page cache (``O_DIRECT``).
-        """
-        inner = self.samples.inner_count(b)
-        padded = int(self.packed.batch_rows[b + 1] - self.packed.batch_rows[b])
-        _BufferPool.align(buf, inner)  # a pool's buffer: the packed rows start page-aligned
-        self.packed.read_packed(b, buf.numpy()[inner:inner + padded])
-        return buf
-
-    def assemble(self, b: int, buf: torch.Tensor) -> _HostBatch:
-        """Stage 2: complete the feature matrix from the CPU cache and the inner packed rows,
-        and build blocks and labels.
-
-        The last-hop-only rows are reordered as stored (packed rows as read, then cached
-        ones) and the first block's source ids relabelled to match; the order of a block's
-        source nodes is free, so the model computes the same thing.
-        """
-        sampled = self.samples.batch(b)
-        nodes, inner = sampled.input_nodes, self.samples.inner_count(b)
-        slots = np.asarray(self.packed.slots(b))
-        n, n_cpu = len(nodes), self.packed.n_cpu
-        outer = slots[inner:]
-        packed_outer = outer >= n_cpu
-        n_read = int(packed_outer.sum())
-        cached = np.flatnonzero(~packed_outer)
-        newpos = np.arange(n)
-        newpos[inner:][packed_outer] = inner + outer[packed_outer] - n_cpu
-        newpos[inner + cached] = inner + n_read + np.arange(len(cached))
-        x = buf.numpy()
-        packed_rows = x[inner:inner + int(self.packed.batch_packed[b])]
-        gather_rows(x[:inner], self.caches.cpu, packed_rows, np.ascontiguousarray(slots[:inner]))
-        gather_rows(x[inner + n_read:n], self.caches.cpu, packed_rows[:0], outer[cached])
-        on_gpu = np.flatnonzero(slots < 0)
-        input_nodes = np.empty_like(nodes)
-        input_nodes[newpos] = nodes
-        degree = None
-        if self.cfg.degrees:
-            degree = np.empty(n, np.int64)
-            degree[newpos] = self.dataset.in_degrees(nodes)
-        blocks = []
-        for layer, (src, dst, num_src, num_dst) in enumerate(sampled.blocks):
-            if layer == 0:
-                src = newpos[src]
-            blocks.append(Block.from_numpy(src, dst, num_src, num_dst, degree))
-        labels = (None if self.labels is None
-                  else self.labels[torch.from_numpy(sampled.seeds.astype(np.int64))])
-        return _HostBatch(buf[:n], newpos[on_gpu], -1 - slots[on_gpu], blocks, labels,
-                          input_nodes)
-
-    def to_device(self, host: _HostBatch) -> tuple[torch.Tensor, list[Block], torch.Tensor]:
-        """Stage 3: copy to the device, then fill the rows the GPU cache serves there."""
-        nb = self._pin
-        x = self.caches.gpu.assemble(host.x, host.gpu_pos, host.gpu_slot)
-        blocks = [blk.to(self.device, non_blocking=nb) for blk in host.blocks]
-        labels = None if host.labels is None else host.labels.to(self.device, non_blocking=nb)
-        return x, blocks, labels
+def _padded_rows(packed: PackedStore, b: int) -> int:
+    """Rows of batch ``b``'s packed range, chunk padding included."""
+    return int(packed.batch_rows[b + 1] - packed.batch_rows[b])
 
 
 def _consume_on_current_stream(batch: MiniBatch, event: torch.cuda.Event) -> None:
@@ -322,10 +328,13 @@ class _BufferPool:
 
 
 class _Run:
-    """One pass over a list of batches: the threads and queues of the pipeline.
+    """One pass over a list of batches: the stages joined by threads and bounded queues.
 
-    ``new_event`` makes the event recorded after each batch's copy (default: a CUDA event
-    on a GPU, none on a CPU; tests pass fakes).
+    A reader thread takes a buffer per batch and hands the batch to ``read_threads`` reading
+    threads (futures queued in order); an assembler thread assembles and copies each batch
+    in order; the consumer gets them in order and gives their buffers back. ``new_event``
+    makes the event recorded after each batch's copy (default: a CUDA event on a GPU, none
+    on a CPU; tests pass fakes).
     """
 
     def __init__(self, loader: PackedLoader, batch_ids: list[int],
@@ -336,10 +345,13 @@ class _Run:
         self.stop = threading.Event()
         self.read_q: queue.Queue = queue.Queue(depth)
         self.ready_q: queue.Queue = queue.Queue(depth)
-        self.buffers = _BufferPool(loader.packed.feature_dim, loader.packed.dtype, loader._pin)
+        self.buffers = _BufferPool(loader.packed.feature_dim, loader.packed.dtype,
+                                   loader.device.type == "cuda")
         self.stream = (torch.cuda.Stream(loader.device) if loader.device.type == "cuda"
                        else None)
-        self.new_event = new_event or (torch.cuda.Event if self.stream is not None else None)
+        self.copy = CopyStage(loader.caches.gpu, loader.device, self.stream,
+                              new_event or (torch.cuda.Event if self.stream is not None
+                                            else None))
 
     def _put(self, q: queue.Queue, item) -> None:
         while not self.stop.is_set():
@@ -358,19 +370,14 @@ class _Run:
                 continue
         raise _Stop
 
-    def _timed_read(self, b: int, buf: torch.Tensor):
-        t = time.perf_counter()
-        self.loader.read(b, buf)
-        return buf, time.perf_counter() - t
-
     def _reader(self) -> None:
         """Submit reads in order to the pool; hand futures on in order."""
         with ThreadPoolExecutor(self.loader.cfg.read_threads,
                                 thread_name_prefix="disktrain-read") as pool:
             try:
                 for b in self.batch_ids:
-                    buf = self.buffers.take(self.loader.buffer_rows(b))
-                    self._put(self.read_q, (b, pool.submit(self._timed_read, b, buf)))
+                    batch = MiniBatch(b, buffer=self.buffers.take(self.loader.buffer_rows(b)))
+                    self._put(self.read_q, pool.submit(self.loader.read, batch))
                 self._put(self.read_q, None)
             except _Stop:
                 pass
@@ -386,24 +393,7 @@ class _Run:
                 if isinstance(item, _Failure):
                     self._put(self.ready_q, item)
                     return
-                b, future = item
-                buf, t_read = future.result()
-                t0 = time.perf_counter()
-                host = self.loader.assemble(b, buf)
-                t1 = time.perf_counter()
-                if self.stream is not None:
-                    with torch.cuda.stream(self.stream):
-                        x, blocks, labels = self.loader.to_device(host)
-                else:
-                    x, blocks, labels = self.loader.to_device(host)
-                event = None
-                if self.new_event is not None:
-                    event = self.new_event()
-                    event.record(self.stream)  # after the copy of `buf`, on the copy stream
-                t2 = time.perf_counter()
-                batch = MiniBatch(b, x, blocks, labels, host.input_nodes,
-                                  {"read": t_read, "assemble": t1 - t0, "copy": t2 - t1})
-                self._put(self.ready_q, (batch, event, buf))
+                self._put(self.ready_q, self.copy(self.loader.assemble(item.result())))
             self._put(self.ready_q, None)
         except _Stop:
             pass
@@ -423,14 +413,13 @@ class _Run:
         for t in threads:
             t.start()
         try:
-            while (item := self._get(self.ready_q)) is not None:
-                if isinstance(item, _Failure):
-                    raise item.error
-                batch, event, buf = item
+            while (batch := self._get(self.ready_q)) is not None:
+                if isinstance(batch, _Failure):
+                    raise batch.error
                 if self.stream is not None:
-                    _consume_on_current_stream(batch, event)
+                    _consume_on_current_stream(batch, batch.copied)
                 yield batch
-                self.buffers.give(buf, event)  # the consumer is done with the batch
+                self.buffers.give(batch.buffer, batch.copied)  # the consumer is done with it
         finally:
             self.stop.set()
             for t in threads:

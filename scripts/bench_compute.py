@@ -176,11 +176,11 @@ def loader_alone(loader: PackedLoader, batches, files: list[Path], mode: str) ->
     """One pass of the loader with nothing consuming, the packed files evicted first."""
     loader.packed.direct, loader.packed.verify = READ_MODES[mode]
     read_cpu: list[float] = []
-    real_read = PackedLoader.read
+    real_read = loader.read
 
-    def timed_read(b, buf):
+    def timed_read(batch):
         t = time.thread_time()
-        out = real_read(loader, b, buf)
+        out = real_read(batch)
         read_cpu.append(time.thread_time() - t)
         return out
 
@@ -191,7 +191,7 @@ def loader_alone(loader: PackedLoader, batches, files: list[Path], mode: str) ->
         for _ in loader(batches):
             pass
     finally:
-        del loader.read
+        loader.read = real_read
     wall, cpu = time.perf_counter() - t, process_cpu() - cpu
     n = len(batches)
     still_direct = loader.packed.direct

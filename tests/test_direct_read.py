@@ -178,9 +178,10 @@ def test_loader_batches_are_exact_with_aligned_packed_rows(tmp_path, dim):
     starts = []
     real_read = loader.read
 
-    def read(b, buf):
-        out = real_read(b, buf)
-        starts.append(buf[loader.samples.inner_count(b)].data_ptr() % DIRECT_ALIGN)
+    def read(batch):
+        out = real_read(batch)
+        inner = loader.samples.inner_count(batch.index)
+        starts.append(batch.buffer[inner].data_ptr() % DIRECT_ALIGN)
         return out
 
     loader.read = read

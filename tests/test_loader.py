@@ -135,6 +135,17 @@ def test_batches_stay_valid_and_dtype_is_asked_for(tmp_path):
     assert kept[0].x.dtype == torch.float16
 
 
+def test_the_public_batch_shares_the_pipeline_batch_tensors(ds):
+    from disktrain.pipeline import PackedLoader
+
+    for mb in PackedLoader(ds)(range(3)):
+        batch = disktrain.Batch.of(mb)
+        assert batch.x is mb.x and batch.blocks is mb.blocks and batch.index == mb.index
+        assert batch.n_id.numpy().ctypes.data == mb.input_nodes.ctypes.data  # not copied
+        assert batch.batch_size == len(mb.labels) and batch.y is None
+        assert batch.num_sampled_nodes[0] == batch.batch_size
+
+
 def test_unlabelled_dataset_and_missing_eval(tmp_path):
     path = _prepare(tmp_path / "g")
     shutil.rmtree(path / "labels")

@@ -29,29 +29,54 @@ def test_batches_come_in_the_requested_order(loader):
     assert not _pipeline_threads()
 
 
-@pytest.mark.parametrize("stage", ["read", "assemble", "to_device"])
+@pytest.mark.parametrize("stage", ["read", "assemble", "copy"])
 def test_an_exception_in_any_stage_reaches_the_consumer(loader, monkeypatch, stage):
-    real = getattr(loader, stage)
+    from disktrain import pipeline
 
-    def failing(b, *args):
-        if b == 5:
+    real = pipeline.CopyStage.__call__ if stage == "copy" else getattr(loader, stage)
+
+    def failing(*args):
+        batch = args[-1]
+        if batch.index == 5:
             raise RuntimeError(f"boom in {stage}")
-        return real(b, *args)
+        return real(*args)
 
-    def failing_copy(host):
-        if failing_copy.calls == 5:
-            raise RuntimeError(f"boom in {stage}")
-        failing_copy.calls += 1
-        return real(host)
-
-    failing_copy.calls = 0
-    monkeypatch.setattr(loader, stage, failing_copy if stage == "to_device" else failing)
+    if stage == "copy":  # made per pass over the batches: replaced in its class
+        monkeypatch.setattr(pipeline.CopyStage, "__call__", failing)
+    else:
+        monkeypatch.setattr(loader, stage, failing)
     seen = []
     with pytest.raises(RuntimeError, match=f"boom in {stage}"):
         for mb in loader(range(loader.num_batches)):
             seen.append(mb.index)
     assert seen == list(range(5))
     assert not _pipeline_threads()
+
+
+def test_each_stage_fills_its_fields_of_the_one_batch(loader):
+    import numpy as np
+    import torch
+
+    from disktrain.batch import MiniBatch
+    from disktrain.pipeline import CopyStage
+
+    b = 3
+    buf = torch.zeros((loader.buffer_rows(b), loader.packed.feature_dim),
+                      dtype=torch.float32)
+    batch = MiniBatch(b, buffer=buf)
+    assert loader.read(batch) is batch and set(batch.seconds) == {"read"}
+    assert batch.x is None and batch.layout is None
+    assert loader.assemble(batch) is batch
+    n = len(loader.samples.input_nodes(b))
+    assert batch.x.shape[0] == n and batch.x.data_ptr() == buf.data_ptr()  # no copy
+    assert np.array_equal(batch.input_nodes, batch.layout.input_nodes)
+    assert len(batch.blocks) == 2 and batch.labels.shape == (loader.samples.batch(b).num_seeds,)
+    host_x = batch.x
+    assert CopyStage(loader.caches.gpu, loader.device)(batch) is batch
+    assert set(batch.seconds) == {"read", "assemble", "copy"} and batch.copied is None
+    raw = loader.dataset.feature_rows(0, loader.dataset.num_nodes)
+    assert torch.equal(batch.x, torch.from_numpy(raw[batch.input_nodes]))
+    assert batch.x.data_ptr() == host_x.data_ptr()  # on a CPU the matrix is the buffer
 
 
 @pytest.mark.parametrize("error", [None, KeyboardInterrupt])

@@ -39,7 +39,8 @@ from disktrain.dataset import (
 from disktrain.diskspace import disk_full_errors, packed_store_bytes, require_free
 from disktrain.errors import DataError
 from disktrain.pack.store import ROWS_KEY_ENCODING, STORE, ChunkWriter, PackedStore, packed_ref
-from disktrain.pack.tiers import NOT_CACHED, Tiers, assign_tiers, cache_rows_to_fit, rows_for_bytes
+from disktrain.pack.tiers import Tiers, assign_tiers, cache_rows_to_fit, rows_for_bytes
+from disktrain.rowlayout import NOT_CACHED, pack_slots
 from disktrain.sample.store import SampleStore, group_name
 
 
@@ -68,25 +69,6 @@ class PackConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.max_packed_bytes is not None and self.max_packed_bytes < 0:
             raise ValueError(f"max_packed_bytes must be >= 0, got {self.max_packed_bytes}")
-
-
-def _batch_slots(codes: np.ndarray, nodes: np.ndarray, inner: int,
-                 n_cpu: int) -> tuple[np.ndarray, list[np.ndarray]]:
-    """Slots of a batch's input rows, and the node ids it packs as two ascending runs.
-
-    Packed rows are the uncached last-hop-only nodes (positions ``inner`` on) in ascending id,
-    then the uncached inner nodes in ascending id: the loader reads the first run straight
-    into the feature matrix (reordering the last-hop segment to match), and gathers only the
-    second.
-    """
-    slots = codes[nodes]
-    runs = []
-    for lo, hi in ((inner, len(nodes)), (0, inner)):
-        pos = lo + np.flatnonzero(slots[lo:hi] == NOT_CACHED)
-        runs.append(pos[np.argsort(nodes[pos], kind="stable")])
-    order = np.concatenate(runs)
-    slots[order] = n_cpu + np.arange(len(order))
-    return slots, [nodes[run] for run in runs]
 
 
 def _sorted_unique(runs: list[np.ndarray],
@@ -192,8 +174,8 @@ class GroupPacker:
         the rows each batch packs, to be written through ``chunks``."""
         slots, runs = [], []
         for b in self.groups[group]:
-            s, (outer, inner) = _batch_slots(self.codes, self.samples.input_nodes(b),
-                                             self.samples.inner_count(b), self.n_cpu)
+            s, (outer, inner) = pack_slots(self.codes, self.samples.input_nodes(b),
+                                           self.samples.inner_count(b), self.n_cpu)
             slots.append(s)
             writer = _BatchWriter(chunks, int(self.batch_rows[b]) // self.chunk_rows,
                                   len(outer) + len(inner), self.chunk_rows, self.dim,

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-NOT_CACHED = np.iinfo(np.int64).max
+from disktrain.rowlayout import NOT_CACHED, gpu_code
 
 
 @dataclass(frozen=True)
@@ -19,9 +19,10 @@ class Tiers:
     """Next hottest rows, ascending ids."""
 
     def codes(self, num_nodes: int) -> np.ndarray:
-        """Per node: -1-slot for the GPU cache, slot for the CPU cache, else NOT_CACHED."""
+        """Per node: its tier code (:mod:`disktrain.rowlayout`): the GPU cache row's code,
+        the CPU cache row, else NOT_CACHED."""
         code = np.full(num_nodes, NOT_CACHED, np.int64)
-        code[self.gpu_nodes] = -1 - np.arange(len(self.gpu_nodes))
+        code[self.gpu_nodes] = gpu_code(np.arange(len(self.gpu_nodes)))
         code[self.cpu_nodes] = np.arange(len(self.cpu_nodes))
         return code
 

@@ -1,5 +1,7 @@
 """Accuracy on the val and test splits: from their packed batches (read through the same
-pipeline as training), or sampling neighborhoods online with the offline sampler's kernels.
+pipeline as training), or sampling neighborhoods online with the offline sampler's kernels
+(on a GPU, with their CUDA twins over a device copy of the CSR when it fits: the same
+neighbors, :func:`disktrain.device.sample_on_device`).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import torch.distributed as dist
 import zarr
 
 from disktrain.dataset import Dataset
+from disktrain.device import sample_on_device
 from disktrain.errors import DataError
 from disktrain.kernels.sampling import sample_batches
 from disktrain.layout import EVAL_SPLITS, eval_root, is_prepared
@@ -36,6 +39,7 @@ class Evaluator:
         if mode not in EVAL_MODES:
             raise ValueError(f"eval mode must be one of {EVAL_MODES}, got {mode!r}")
         self.train, self.batch_size, self.seed = train, batch_size, seed
+        self._graph: tuple[torch.Tensor, torch.Tensor] | None | bool = False  # not made yet
         dataset = train.dataset
         self.packed: dict[str, Loader] = {}
         stale = []
@@ -76,8 +80,11 @@ class Evaluator:
             if split in self.packed:
                 acc = evaluate_packed(model, self.packed[split])
             else:
+                if self._graph is False:
+                    self._graph = device_graph(train.dataset, train.device)
                 acc = evaluate(model, train.dataset, split, train.fanouts, self.batch_size,
-                               self.seed, train.device, train.rank, train.world_size)
+                               self.seed, train.device, train.rank, train.world_size,
+                               graph=self._graph)
             out[f"{split}_acc"] = acc
         return out
 
@@ -113,11 +120,13 @@ def evaluate_packed(model: torch.nn.Module, loader: Loader) -> float:
 @torch.no_grad()
 def evaluate(model: torch.nn.Module, dataset: Dataset, split: str, fanouts: tuple[int, ...],
              batch_size: int, seed: int, device: torch.device, rank: int = 0,
-             world_size: int = 1) -> float:
+             world_size: int = 1, graph: tuple[torch.Tensor, torch.Tensor] | None = None
+             ) -> float:
     """Accuracy of ``model`` on ``split`` (features read from the raw array, in order).
 
     With ``world_size`` > 1 each rank evaluates every ``world_size``-th node and the counts
-    are summed over the process group.
+    are summed over the process group. ``graph``: ``(indptr, indices)`` tensors (from
+    :func:`device_graph`) to sample with the device kernels; the samples are the same.
     """
     everything = np.asarray(dataset.split(split), np.int64)
     if len(everything) == 0:
@@ -129,15 +138,12 @@ def evaluate(model: torch.nn.Module, dataset: Dataset, split: str, fanouts: tupl
     labels = np.asarray(dataset.labels)
     for start in range(0, len(ids), batch_size):
         seeds = ids[start:start + batch_size]
-        out = sample_batches(dataset.indptr, dataset.indices, seeds,
-                             np.array([0, len(seeds)], np.int64),
-                             np.asarray(fanouts, np.int64), sampling_key(seed, 1 << 30))
-        batch = unpack_batch(vars(out), 0, 0)
-        uniq, inverse = np.unique(batch.input_nodes, return_inverse=True)
+        input_nodes, sampled = _sample(dataset, seeds, fanouts, sampling_key(seed, 1 << 30),
+                                       graph)
+        uniq, inverse = np.unique(input_nodes, return_inverse=True)
         x = torch.from_numpy(dataset.gather_sorted(uniq)[inverse]).to(device).float()
-        degree = dataset.in_degrees(batch.input_nodes)
-        blocks = [Block.from_numpy(s, d, ns, nd, degree).to(device)
-                  for s, d, ns, nd in batch.blocks]
+        degree = dataset.in_degrees(input_nodes)
+        blocks = [Block.from_numpy(s, d, ns, nd, degree).to(device) for s, d, ns, nd in sampled]
         pred = model(x, blocks).argmax(dim=1).cpu().numpy()
         correct += int((pred == labels[seeds]).sum())
     model.train(was_training)
@@ -146,3 +152,52 @@ def evaluate(model: torch.nn.Module, dataset: Dataset, split: str, fanouts: tupl
         dist.all_reduce(counts)
         correct = int(counts.item())
     return correct / len(everything)
+
+
+def _sample(dataset: Dataset, seeds: np.ndarray, fanouts: tuple[int, ...], key: int,
+            graph: tuple[torch.Tensor, torch.Tensor] | None) -> tuple[np.ndarray, list]:
+    """One batch's input nodes and blocks ``(src, dst, num_src, num_dst)``, last layer's
+    first as the model takes them: by the CPU kernels, or the device ones over ``graph``."""
+    if graph is None:
+        out = sample_batches(dataset.indptr, dataset.indices, seeds,
+                             np.array([0, len(seeds)], np.int64),
+                             np.asarray(fanouts, np.int64), key)
+        batch = unpack_batch(vars(out), 0, 0)
+        return batch.input_nodes, batch.blocks
+    indptr, indices = graph
+    s = sample_on_device(indptr, indices, torch.from_numpy(seeds).to(indptr.device), fanouts,
+                         key)
+    off, hops = s.edge_offsets, s.hop_counts
+    blocks = [(s.edge_src[off[layer]:off[layer + 1]].cpu().numpy(),
+               s.edge_dst[off[layer]:off[layer + 1]].cpu().numpy(),
+               int(hops[layer + 1]), int(hops[layer])) for layer in reversed(range(len(fanouts)))]
+    return s.nodes.cpu().numpy(), blocks
+
+
+DEVICE_GRAPH_SHARE = 0.5
+"""Online evaluation samples on the GPU when the CSR takes at most this share of its free
+memory."""
+
+
+def device_graph(dataset: Dataset, device: torch.device, force: bool = False
+                 ) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """The dataset's CSR ``(indptr, indices)`` copied to ``device`` (in 64 MiB slices) for
+    sampling there: on a GPU where it takes at most :data:`DEVICE_GRAPH_SHARE` of the free
+    memory (``force``: on any device, e.g. a CPU to run the kernels' twins); else None."""
+    if not force:
+        if device.type != "cuda":
+            return None
+        free, _ = torch.cuda.mem_get_info(device)
+        if dataset.indptr.nbytes + dataset.indices.nbytes > DEVICE_GRAPH_SHARE * free:
+            return None
+    return tuple(_copy_to(np.asarray(a), device) for a in (dataset.indptr, dataset.indices))
+
+
+def _copy_to(array: np.ndarray, device: torch.device, step_bytes: int = 64 << 20
+             ) -> torch.Tensor:
+    out = torch.empty(array.shape, dtype=torch.from_numpy(array[:0].copy()).dtype,
+                      device=device)
+    step = max(1, step_bytes // max(1, array.itemsize))
+    for a in range(0, len(array), step):
+        out[a:a + step].copy_(torch.from_numpy(np.array(array[a:a + step])))
+    return out
