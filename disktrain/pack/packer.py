@@ -56,9 +56,11 @@ class PackConfig:
     """Refuse to write more packed bytes than this; the error says what cache would fit."""
     chunk_bytes: int = 256 << 10
     """Target bytes per packed chunk (one checksummed file); batches pad to whole chunks."""
-    group_bytes: int = 256 << 20
+    group_bytes: int = 1 << 30
     """Memory of one packing group (per batch: its packed ids and one chunk buffer); a
-    group's batches share one ascending pass over the raw features."""
+    group's batches share one ascending pass over the raw features, so each group more is one
+    more read of (most of) the raw feature file (at 256 MiB, packing 23 GB of rows of a
+    billion-edge graph with 8.6 GB of features read 56 GB)."""
 
     def __post_init__(self):
         for name in ("gpu_cache_bytes", "cpu_cache_bytes"):
