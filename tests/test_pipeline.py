@@ -3,10 +3,11 @@
 import threading
 from contextlib import closing
 
+import numpy as np
 import pytest
 
 from disktrain.pack import PackConfig, pack_dataset
-from disktrain.pipeline import LoaderConfig, PackedLoader
+from disktrain.pipeline import LoaderConfig, PackedLoader, copy_out
 from disktrain.sample import SampleConfig, sample_dataset
 
 
@@ -200,3 +201,17 @@ def test_each_buffer_returns_with_the_event_recorded_after_its_copy(loader):
     assert len(events) == loader.num_batches and all(e.recorded for e in events)
     assert len(handed_out) == loader.num_batches and all(handed_out)
     assert any(e.waits for e in events)  # buffers were reused, each after its copy
+
+
+def test_copy_out_copies_memory_mapped_rows_exactly(tmp_path):
+    path = tmp_path / "rows.npy"
+    rows = np.lib.format.open_memmap(path, mode="w+", dtype=np.float16, shape=(1000, 7))
+    rows[:] = np.arange(7000, dtype=np.float16).reshape(1000, 7)
+    rows.flush()
+    del rows
+    mapped = np.load(path, mmap_mode="r")  # the data starts past the .npy header
+    for start, stop, step in ((0, 1000, 1 << 20), (3, 1000, 100), (17, 401, 7 * 2 * 3), (5, 5, 64)):
+        out = copy_out(mapped, start, stop, step_bytes=step)
+        assert out.flags.writeable and np.array_equal(out, mapped[start:stop])
+    plain = np.arange(12, dtype=np.float32).reshape(4, 3)  # not a memory map: a plain copy
+    assert np.array_equal(copy_out(plain, 1, 4), plain[1:])
