@@ -27,13 +27,6 @@ import numpy as np
 import torch
 
 from disktrain.errors import ConfigError
-from disktrain.kernels.cuda_gather import device_context, scatter_gather_device, scatter_gather_host
-from disktrain.kernels.cuda_sampling import (
-    hop_key,
-    sample_neighbors_device,
-    sample_neighbors_host,
-    sampled_degrees_device,
-)
 
 CHUNK_BYTES = 64 << 20
 """Bytes of cache rows staged on the host at a time while the cache is filled."""
@@ -66,12 +59,8 @@ class DeviceAssembler:
                 raise ConfigError(
                     f"the GPU cache needs {nbytes} B but {self.device} has {free} B free "
                     "(prepare again with a smaller --gpu-cache-bytes)")
-        self.cache = torch.empty(rows.shape, dtype=_torch_dtype(rows.dtype), device=self.device)
+        self.cache = copy_to_device(rows, self.device, chunk_bytes)
         """The GPU tier on the device: row ``s`` serves every input row with slot ``-1-s``."""
-        step = max(1, chunk_bytes // max(1, row_bytes))
-        for start in range(0, rows.shape[0], step):
-            stop = min(start + step, rows.shape[0])
-            self.cache[start:stop].copy_(torch.from_numpy(np.array(rows[start:stop])))
 
     def assemble(self, host_x: torch.Tensor, gpu_pos: np.ndarray, gpu_slot: np.ndarray, *,
                  host_pos: np.ndarray | None = None, num_rows: int | None = None,
@@ -108,17 +97,22 @@ class DeviceAssembler:
             host_pos = _NO_POS
         gpu_pos, gpu_slot, host_pos = (np.ascontiguousarray(a, np.int64)
                                        for a in (gpu_pos, gpu_slot, host_pos))
-        if self.device.type != "cuda":
-            scatter_gather_host(x.numpy(), self.cache.numpy(), gpu_pos, gpu_slot,
-                                host_rows.numpy(), host_pos)
-            return
         if len(gpu_pos) + len(host_pos) == 0:
+            return
+        # imported here: the kernels' module imports numba.cuda (a quarter of a second), which
+        # a CPU run without a GPU tier never needs
+        from disktrain.kernels import cuda_gather
+
+        if self.device.type != "cuda":
+            cuda_gather.scatter_gather_host(x.numpy(), self.cache.numpy(), gpu_pos, gpu_slot,
+                                            host_rows.numpy(), host_pos)
             return
         pos, slot, hpos = (torch.from_numpy(a).to(self.device, non_blocking=True)
                            for a in (gpu_pos, gpu_slot, host_pos))
-        with device_context(_gpu_index(self.device)):
+        with cuda_gather.device_context(_gpu_index(self.device)):
             stream = torch.cuda.current_stream(self.device).cuda_stream
-            scatter_gather_device(x, self.cache, pos, slot, host_rows, hpos, stream=stream)
+            cuda_gather.scatter_gather_device(x, self.cache, pos, slot, host_rows, hpos,
+                                              stream=stream)
 
 
 @dataclass(frozen=True)
@@ -146,6 +140,8 @@ def sample_on_device(indptr: torch.Tensor, indices: torch.Tensor, seeds: torch.T
     ``indptr`` int64 (N+1,) and ``indices`` (int32 or int64) are the in-neighbor CSR, on the
     device; ``seeds`` int64, distinct. One host synchronization per hop (the hop's size).
     """
+    from disktrain.kernels.cuda_sampling import hop_key  # numba.cuda: see fill
+
     device = seeds.device
     nodes = seeds.to(torch.int64)
     if len(torch.unique(nodes)) != len(nodes):
@@ -174,23 +170,38 @@ def sample_on_device(indptr: torch.Tensor, indices: torch.Tensor, seeds: torch.T
 
 def _sample_hop(indptr, indices, nodes, fanout: int, key) -> tuple[torch.Tensor, torch.Tensor]:
     """Per node of ``nodes``, its sample size and, concatenated, the sampled global ids."""
+    from disktrain.kernels import cuda_gather, cuda_sampling  # numba.cuda: see fill
+
     if nodes.device.type != "cuda":
-        eptr, ids = sample_neighbors_host(indptr.numpy(), indices.numpy(), nodes.numpy(),
-                                          fanout, key)
+        eptr, ids = cuda_sampling.sample_neighbors_host(indptr.numpy(), indices.numpy(),
+                                                        nodes.numpy(), fanout, key)
         return torch.from_numpy(np.diff(eptr)), torch.from_numpy(ids)
     counts = torch.empty(len(nodes), dtype=torch.int64, device=nodes.device)
     eptr = torch.zeros(len(nodes) + 1, dtype=torch.int64, device=nodes.device)
-    with device_context(_gpu_index(nodes.device)):
+    with cuda_gather.device_context(_gpu_index(nodes.device)):
         stream = torch.cuda.current_stream(nodes.device).cuda_stream
-        sampled_degrees_device(indptr, nodes, fanout, counts, stream=stream)
+        cuda_sampling.sampled_degrees_device(indptr, nodes, fanout, counts, stream=stream)
         torch.cumsum(counts, 0, out=eptr[1:])
         ids = torch.empty(int(eptr[-1]), dtype=torch.int64, device=nodes.device)
-        sample_neighbors_device(indptr, indices, nodes, eptr, key, ids, stream=stream)
+        cuda_sampling.sample_neighbors_device(indptr, indices, nodes, eptr, key, ids,
+                                              stream=stream)
     return counts, ids
 
 
 def _gpu_index(device: torch.device) -> int:
     return device.index if device.index is not None else torch.cuda.current_device()
+
+
+def copy_to_device(array: np.ndarray, device: torch.device,
+                   chunk_bytes: int = CHUNK_BYTES) -> torch.Tensor:
+    """``array`` (e.g. a memory map) as a tensor on ``device``, copied ``chunk_bytes`` at a
+    time, so the host never holds a second copy of it."""
+    out = torch.empty(array.shape, dtype=_torch_dtype(array.dtype), device=device)
+    row_bytes = int(np.prod(array.shape[1:], dtype=np.int64)) * array.dtype.itemsize
+    step = max(1, chunk_bytes // max(1, row_bytes))
+    for start in range(0, array.shape[0], step):
+        out[start:start + step].copy_(torch.from_numpy(np.array(array[start:start + step])))
+    return out
 
 
 def _torch_dtype(dtype: np.dtype) -> torch.dtype:

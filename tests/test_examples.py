@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -14,6 +13,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from test_distributed import free_port
 
 from disktrain.pack import PackConfig, pack_dataset
 from disktrain.prepare import prepare_eval
@@ -57,12 +57,6 @@ def test_pyg_sage(tmp_path):
     assert out["mean_test_acc"] == pytest.approx(np.mean(out["test_acc"]), abs=1e-4)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.dist
 def test_custom_loop_under_torchrun(tiny_dataset):
     sample_dataset(tiny_dataset, SampleConfig(fanouts=(3, 2), batch_size=16, epochs=2),
@@ -70,7 +64,7 @@ def test_custom_loop_under_torchrun(tiny_dataset):
     pack_dataset(tiny_dataset, PackConfig(), progress=False)
     prepare_eval(tiny_dataset, progress=False)
     proc = _run([str(TORCHRUN), "--nnodes=1", "--nproc_per_node=2", "--master_addr=127.0.0.1",
-                 f"--master_port={_free_port()}", str(EXAMPLES / "custom_loop.py"),
+                 f"--master_port={free_port()}", str(EXAMPLES / "custom_loop.py"),
                  str(tiny_dataset), "--epochs", "2", "--hidden", "8"])
     records = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
     assert [r["epoch"] for r in records] == [0, 1]  # rank 0 alone prints

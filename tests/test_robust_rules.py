@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from test_robust import X5
 
 from disktrain.robust import (
     AGGREGATORS,
@@ -28,12 +29,6 @@ from disktrain.robust import (
     trimmed_mean,
 )
 from disktrain.robust.select import batcher_pairs, median, order_stats
-
-X5 = torch.tensor([[1.0, 10.0, -3.0],
-                   [2.0, 20.0, -1.0],
-                   [3.0, 30.0, 0.0],
-                   [4.0, 40.0, 2.0],
-                   [100.0, -50.0, 9.0]])
 
 
 def cos(a: torch.Tensor, b: torch.Tensor) -> float:

@@ -3,13 +3,12 @@ ranks)."""
 
 from __future__ import annotations
 
-import socket
-
 import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
+from test_distributed import free_port
 
 from disktrain.grads import flat_grads
 from disktrain.robust import (
@@ -221,12 +220,6 @@ def _worker(rank: int, port: int, out: str) -> None:
         torch.save({"sent": sent, "synced": synced, "diverged": diverged}, f"{out}/rank{rank}.pt")
     finally:
         dist.destroy_process_group()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ import torch.distributed as dist
 import zarr
 
 from disktrain.dataset import Dataset
-from disktrain.device import sample_on_device
+from disktrain.device import copy_to_device, sample_on_device
 from disktrain.errors import DataError
 from disktrain.kernels.sampling import sample_batches
 from disktrain.layout import EVAL_SPLITS, eval_root, is_prepared
@@ -190,14 +190,4 @@ def device_graph(dataset: Dataset, device: torch.device, force: bool = False
         free, _ = torch.cuda.mem_get_info(device)
         if dataset.indptr.nbytes + dataset.indices.nbytes > DEVICE_GRAPH_SHARE * free:
             return None
-    return tuple(_copy_to(np.asarray(a), device) for a in (dataset.indptr, dataset.indices))
-
-
-def _copy_to(array: np.ndarray, device: torch.device, step_bytes: int = 64 << 20
-             ) -> torch.Tensor:
-    out = torch.empty(array.shape, dtype=torch.from_numpy(array[:0].copy()).dtype,
-                      device=device)
-    step = max(1, step_bytes // max(1, array.itemsize))
-    for a in range(0, len(array), step):
-        out[a:a + step].copy_(torch.from_numpy(np.array(array[a:a + step])))
-    return out
+    return tuple(copy_to_device(a, device) for a in (dataset.indptr, dataset.indices))
