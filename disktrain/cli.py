@@ -506,7 +506,7 @@ def _train_options(p: argparse.ArgumentParser) -> None:
     from disktrain.models import MODELS
     from disktrain.robust import AGGREGATORS, PRE_AGGREGATORS, WORKER_ATTACKS
     from disktrain.robust import AttackConfig as A
-    from disktrain.train.config import EVAL_MODES, ON_NONFINITE
+    from disktrain.train.config import EVAL_MODES, ON_NONFINITE, OPTIMIZERS
     from disktrain.train.config import TrainConfig as T
 
     p.add_argument("dataset", type=str, metavar="DATASET", help="prepared dataset directory")
@@ -524,9 +524,13 @@ def _train_options(p: argparse.ArgumentParser) -> None:
             help="dropout between layers (default: %(default)s)")
     _option(p, "--input-dropout", T, "model.input_dropout", type=float,
             help="dropout on the input features (default: %(default)s)")
-    _option(p, "--lr", T, "lr", type=float, help="Adam learning rate (default: %(default)s)")
+    _option(p, "--optimizer", T, "optimizer", choices=OPTIMIZERS,
+            help="adam, or sgd with --momentum (default: %(default)s)")
+    _option(p, "--lr", T, "lr", type=float, help="learning rate (default: %(default)s)")
+    _option(p, "--momentum", T, "momentum", type=float,
+            help="SGD momentum (--optimizer sgd; default: %(default)s)")
     _option(p, "--weight-decay", T, "weight_decay", type=float,
-            help="Adam weight decay (default: %(default)s)")
+            help="weight decay (default: %(default)s)")
     _option(p, "--plan-reuse", T, "plan_reuse", choices=PLAN_REUSE,
             help="epochs beyond the E pre-sampled ones. fresh: each is sampled and packed in "
             "the background while the one before trains; cycle: epoch e reuses pre-sampled "

@@ -73,10 +73,21 @@ def prepare(name: str, work: Path, epochs: int, batch_size: int) -> Path:
     return path
 
 
+def robust_config(rule: str, f: int, chain):
+    """The RobustConfig of rule spec ``rule`` ("flag", or "flag/r=8" for Flag with subspace
+    dimension 8: r = n makes its projection the identity, leaving the normalized mean) under
+    ``f`` attackers, after the pre-aggregators ``chain`` (the mean tolerates f = 0)."""
+    from disktrain.robust import RobustConfig
+
+    name, _, sub = rule.partition("/r=")
+    return RobustConfig(aggregator=name, f=0 if name == "mean" else f,
+                        pre_aggregate=tuple(chain), subspace=int(sub) if sub else 0)
+
+
 def jobs(args) -> tuple[list[dict], list[dict]]:
     """(the training runs of one dataset and seed, the (rule, f) left out and why)."""
     from disktrain.errors import ConfigError
-    from disktrain.robust import AttackConfig, RobustConfig
+    from disktrain.robust import AttackConfig
     from disktrain.train import TrainConfig
 
     n = args.workers
@@ -88,8 +99,7 @@ def jobs(args) -> tuple[list[dict], list[dict]]:
             for chain in args.pre_aggregate:
                 if rule == "mean" and chain:
                     continue
-                robust = RobustConfig(aggregator=rule, f=0 if rule == "mean" else f,
-                                      pre_aggregate=chain)
+                robust = robust_config(rule, f, chain)
                 try:
                     TrainConfig(dataset="-", robust=robust,
                                 attack=AttackConfig(attack="nan", ranks=ranks)
@@ -107,7 +117,7 @@ def jobs(args) -> tuple[list[dict], list[dict]]:
 def worker(spec_path: str) -> None:
     """One rank of a torchrun job: train every run of the spec; rank 0 appends the records."""
     from disktrain.models import ModelConfig
-    from disktrain.robust import AttackConfig, RobustConfig
+    from disktrain.robust import AttackConfig
     from disktrain.train import TrainConfig, train
     from disktrain.train.checkpoint import CheckpointConfig
 
@@ -119,9 +129,9 @@ def worker(spec_path: str) -> None:
             attack=run["attack"], ranks=tuple(range(n - f, n)), seed=spec["seed"])
         cfg = TrainConfig(
             dataset=spec["dataset"], epochs=spec["epochs"], seed=spec["seed"], lr=spec["lr"],
+            optimizer=spec["optimizer"], momentum=spec["momentum"],
             model=ModelConfig(model="sage", hidden=spec["hidden"], dropout=0.5),
-            robust=RobustConfig(aggregator=run["rule"], f=0 if run["rule"] == "mean" else f,
-                                pre_aggregate=tuple(run["pre_aggregate"])),
+            robust=robust_config(run["rule"], f, run["pre_aggregate"]),
             attack=attack, plan_reuse="cycle", eval_every=spec["epochs"],
             on_nonfinite="skip", compute_threads=1, progress=False,
             checkpoint=CheckpointConfig(dir=os.path.join(spec["scratch"], f"ck{i}")))
@@ -183,7 +193,8 @@ def summarize(records: list[dict], skipped: list[dict], args) -> dict:
         out[name] = {"attack_free_mean": sum(base) / len(base) if base else None,
                      "rules": table}
     return {"workers": args.workers, "f": args.f, "seeds": args.seeds, "epochs": args.epochs,
-            "rules": args.rules, "pre_aggregate": [list(c) for c in args.pre_aggregate],
+            "optimizer": args.optimizer, "lr": args.lr, "momentum": args.momentum,
+            "batch_size": args.batch_size, "rules": args.rules, "pre_aggregate": [list(c) for c in args.pre_aggregate],
             "attacks": args.attacks, "datasets": out, "left_out": skipped}
 
 
@@ -246,9 +257,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--batch-size", type=int, default=4, help="seeds per batch: Cora trains "
                     "140 nodes, so 8 workers take 4 steps an epoch at 4 (default: %(default)s)")
     ap.add_argument("--hidden", type=int, default=16)
-    ap.add_argument("--lr", type=float, default=0.01)
+    ap.add_argument("--optimizer", choices=("sgd", "adam"), default="sgd",
+                    help="sgd (with --momentum), as the robustness literature trains, or adam "
+                    "(default: %(default)s)")
+    ap.add_argument("--lr", type=float, default=0.05)
+    ap.add_argument("--momentum", type=float, default=0.9, help="SGD momentum (default: "
+                    "%(default)s)")
     ap.add_argument("--rules", default=DEFAULT_RULES,
-                    help=f"from {', '.join(AGGREGATORS)} (default: %(default)s)")
+                    help=f"from {', '.join(AGGREGATORS)}; flag/r=K sets Flag's subspace "
+                    "dimension (default r = f + 1; r = n: the normalized mean alone) "
+                    "(default: %(default)s)")
     ap.add_argument("--pre-aggregate", default=",nnm",
                     help="pre-aggregation chains, comma-separated, each a '+'-joined list of "
                     f"{', '.join(PRE_AGGREGATORS)}; empty: none (default: '%(default)s': "
@@ -267,7 +285,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.attacks = args.attacks.split(",")
     args.pre_aggregate = [tuple(p for p in chain.split("+") if p)
                           for chain in args.pre_aggregate.split(",")]
-    for name, given, known in (("--rules", args.rules, AGGREGATORS),
+    for name, given, known in (("--rules", [r.partition("/r=")[0] for r in args.rules],
+                                AGGREGATORS),
                                ("--attacks", args.attacks, WORKER_ATTACKS),
                                ("--pre-aggregate", [p for c in args.pre_aggregate for p in c],
                                 PRE_AGGREGATORS)):
@@ -296,6 +315,8 @@ def main() -> None:
                 scratch = work / f"scratch-{name}-{seed}"
                 launch({"name": name, "dataset": str(path), "seed": seed, "runs": runs,
                         "epochs": args.epochs, "hidden": args.hidden, "lr": args.lr,
+                        "optimizer": args.optimizer,
+                        "momentum": args.momentum if args.optimizer == "sgd" else 0.0,
                         "records": str(records_path.resolve()), "scratch": str(scratch)},
                        work, args.workers)
     finally:

@@ -31,7 +31,7 @@ from disktrain.robust import AGGREGATORS, WORKER_ATTACKS
 from disktrain.sample import SampleConfig
 from disktrain.synth import SynthConfig
 from disktrain.train import TrainConfig
-from disktrain.train.config import EVAL_MODES, ON_NONFINITE
+from disktrain.train.config import EVAL_MODES, ON_NONFINITE, OPTIMIZERS
 
 
 @pytest.mark.parametrize("command", [[], ["ingest"], ["synth"], ["info"], ["verify"]])
@@ -57,7 +57,7 @@ CONTEXT = {"--byzantine-f": ["--aggregator", "krum"], "--flag-subspace": ["--agg
            "--byzantine-ranks": ["--attack", "sign-flip"],
            "--attack-param": ["--attack", "ipm", "--byzantine-ranks", "1"],
            "--attack-seed": ["--attack", "gaussian", "--byzantine-ranks", "1"],
-           "--ogb": ["--out", "o"], "--ogb-split": ["--out", "o", "--ogb", "d"]}
+           "--momentum": ["--optimizer", "sgd"], "--ogb": ["--out", "o"], "--ogb-split": ["--out", "o", "--ogb", "d"]}
 """Options whose non-default value is valid only with others (instead of BASE's options)."""
 CLI_ONLY = {("prepare", "evaluation"), ("prepare", "eval_batch_size"),
             ("prepare", "ray_address"), ("prepare", "progress")}
@@ -137,7 +137,8 @@ def test_choices_are_the_configs_lists():
     choices = {a.dest: tuple(a.choices) for a in _options("train") if a.choices}
     assert choices == {"model.model": MODELS, "plan_reuse": PLAN_REUSE,
                        "evaluation": EVAL_MODES, "robust.aggregator": tuple(AGGREGATORS),
-                       "on_nonfinite": ON_NONFINITE, "attack.attack": WORKER_ATTACKS}
+                       "on_nonfinite": ON_NONFINITE, "attack.attack": WORKER_ATTACKS,
+                       "optimizer": OPTIMIZERS}
 
 
 def test_bad_model_options_fail_before_anything_loads(tmp_path, capsys):

@@ -101,3 +101,19 @@ def test_robust_cross_checks_name_the_setting():
     with pytest.raises(ValueError, match="subspace=2 applies to aggregator 'flag' only, got "
                                          "aggregator 'krum'"):
         TrainConfig(dataset="x", robust=RobustConfig(aggregator="krum", subspace=2))
+
+
+def test_the_optimizer_is_the_configs():
+    params = [torch.nn.Parameter(torch.zeros(3))]
+    adam = TrainConfig(dataset="x", lr=0.1).make_optimizer(params)
+    assert type(adam) is torch.optim.Adam and adam.defaults["lr"] == 0.1
+    sgd = TrainConfig(dataset="x", optimizer="sgd", momentum=0.9, weight_decay=0.0,
+                      lr=0.5).make_optimizer(params)
+    assert type(sgd) is torch.optim.SGD
+    assert (sgd.defaults["lr"], sgd.defaults["momentum"]) == (0.5, 0.9)
+    with pytest.raises(ValueError, match="momentum=0.9 applies to optimizer 'sgd' only"):
+        TrainConfig(dataset="x", momentum=0.9)
+    with pytest.raises(ValueError, match="momentum must be in"):
+        TrainConfig(dataset="x", optimizer="sgd", momentum=1.0)
+    with pytest.raises(ValueError, match="optimizer must be one of"):
+        TrainConfig(dataset="x", optimizer="lbfgs")

@@ -19,6 +19,7 @@ from disktrain.train.checkpoint import CheckpointConfig
 
 ON_NONFINITE = ("stop", "skip")
 EVAL_MODES = ("auto", "packed", "online")
+OPTIMIZERS = ("adam", "sgd")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -54,10 +55,16 @@ class TrainConfig:
     """Training epochs."""
     seed: int = 0
     """Seeds initialization, dropout and the batch order."""
+    optimizer: str = "adam"
+    """adam, or sgd (plain SGD with ``momentum``: the optimizer of the Byzantine-robustness
+    literature, whose step follows the aggregate's scale; Adam normalizes each coordinate's
+    step, which blunts attacks that only rescale or reverse the mean)."""
     lr: float = 0.01
-    """Adam learning rate."""
+    """Learning rate."""
+    momentum: float = 0.0
+    """SGD momentum (optimizer sgd only), applied to the aggregated gradient."""
     weight_decay: float = 5e-4
-    """Adam weight decay."""
+    """Weight decay (L2, added to the aggregated gradient by the optimizer)."""
     plan_reuse: str = "fresh"
     """Epochs beyond the E that `disktrain prepare` sampled. fresh: each is sampled and
     packed afresh while the one before trains (``disktrain.train.fresh``), so every epoch
@@ -96,7 +103,7 @@ class TrainConfig:
                 raise ValueError(f"TrainConfig.{f.name} must be a {kind.__name__}, got "
                                  f"{value!r}")
         for name, allowed in (("plan_reuse", PLAN_REUSE), ("on_nonfinite", ON_NONFINITE),
-                              ("evaluation", EVAL_MODES)):
+                              ("evaluation", EVAL_MODES), ("optimizer", OPTIMIZERS)):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
         for name in ("epochs", "eval_every", "eval_batch_size", "prepare_ahead"):
@@ -104,6 +111,11 @@ class TrainConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if not 0 < self.lr < math.inf:
             raise ValueError(f"lr must be a finite number > 0, got {self.lr}")
+        if not 0 <= self.momentum < 1:
+            raise ValueError(f"momentum must be in [0, 1), got {self.momentum}")
+        if self.momentum and self.optimizer != "sgd":
+            raise ValueError(f"momentum={self.momentum} applies to optimizer 'sgd' only, got "
+                             f"optimizer {self.optimizer!r}")
         if not 0 <= self.weight_decay < math.inf:
             raise ValueError(f"weight_decay must be a finite number >= 0, got {self.weight_decay}")
         for name in ("seed", "compute_threads"):
@@ -119,6 +131,13 @@ class TrainConfig:
             if getattr(robust, name) and robust.aggregator != "flag":
                 raise ValueError(f"robust {name}={getattr(robust, name)} applies to aggregator "
                                  f"'flag' only, got aggregator {robust.aggregator!r}")
+
+    def make_optimizer(self, params) -> torch.optim.Optimizer:
+        """The optimizer this config names, over ``params``."""
+        if self.optimizer == "sgd":
+            return torch.optim.SGD(params, lr=self.lr, momentum=self.momentum,
+                                   weight_decay=self.weight_decay)
+        return torch.optim.Adam(params, lr=self.lr, weight_decay=self.weight_decay)
 
     def check_world_size(self, world_size: int) -> None:
         """Refuse (ConfigError) what ``world_size`` workers cannot run: attacking ranks that

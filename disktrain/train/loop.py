@@ -188,7 +188,7 @@ def _fit(cfg: TrainConfig, env: DistEnv, device: torch.device, loader: Loader, g
     fanouts = loader.fanouts
     model = build_model(cfg.model.sized(in_dim=meta.feature_dim, num_classes=meta.num_classes,
                                         num_layers=len(fanouts))).to(device)
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    opt = cfg.make_optimizer(model.parameters())
     # the mean under several workers: DistributedDataParallel (bucketed all-reduces that
     # overlap backward); a robust rule or a given grad_sync: after backward, on every gradient.
     # A gradient attack or a pre-aggregator must act between backward and the sync, which
