@@ -1,0 +1,53 @@
+"""scripts/bench_robust.py: rule specs, the grid of runs and what it leaves out, the summary's
+worst case over attacks."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+import bench_robust as bench
+
+from disktrain.robust import RobustConfig
+
+
+def test_rule_specs_set_flags_subspace_and_the_means_f():
+    assert bench.robust_config("flag/r=8", 2, ["nnm"]) == RobustConfig(
+        aggregator="flag", f=2, subspace=8, pre_aggregate=("nnm",))
+    assert bench.robust_config("flag", 3, []) == RobustConfig(aggregator="flag", f=3)
+    assert bench.robust_config("mean", 2, []) == RobustConfig()
+
+
+def test_the_grid_leaves_out_what_a_rule_cannot_tolerate():
+    args = bench.parse_args(["--rules", "mean,bulyan,flag/r=8", "--f", "1,2",
+                             "--attacks", "alie,inf", "--pre-aggregate", ",nnm"])
+    runs, skipped = bench.jobs(args)
+    assert runs[0] == {"rule": "mean", "pre_aggregate": [], "f": 0, "attack": "none"}
+    keys = {(r["rule"], tuple(r["pre_aggregate"]), r["f"]) for r in runs[1:]}
+    # the mean runs without NNM only; Bulyan needs n >= 4f + 3 (8 workers: f = 1 only)
+    assert keys == {("mean", (), 1), ("mean", (), 2), ("bulyan", (), 1), ("bulyan", ("nnm",), 1),
+                    ("flag/r=8", (), 1), ("flag/r=8", ("nnm",), 1), ("flag/r=8", (), 2),
+                    ("flag/r=8", ("nnm",), 2)}
+    assert len(runs) == 1 + 2 * len(keys)
+    assert {(s["rule"], s["f"]) for s in skipped} == {("bulyan", 2)}
+
+
+def test_unknown_rules_are_refused(capsys):
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--rules", "flagg/r=3"])
+    assert "--rules: unknown flagg" in capsys.readouterr().err
+
+
+def test_the_worst_case_is_the_least_seed_mean_over_attacks():
+    args = bench.parse_args(["--datasets", "cora", "--f", "1", "--seeds", "0,1"])
+    records = [{"dataset": "cora", "rule": "mean", "pre_aggregate": [], "f": 0, "attack": "none",
+                "test_acc": 0.8}]
+    for seed, accs in enumerate(({"alie": 0.7, "inf": 0.5}, {"alie": 0.5, "inf": 0.6})):
+        records += [{"dataset": "cora", "rule": "flag", "pre_aggregate": ["nnm"], "f": 1,
+                     "attack": a, "test_acc": acc, "seed": seed} for a, acc in accs.items()]
+    cell = bench.summarize(records, [], args)["datasets"]["cora"]["rules"]["flag+nnm"]["1"]
+    assert cell["worst_attack"] == "inf" and cell["worst"] == pytest.approx(0.55)
+    assert cell["accuracy"]["alie"] == pytest.approx(0.6)
