@@ -24,6 +24,7 @@ once.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -226,6 +227,11 @@ def class_centroids(cfg: SynthConfig) -> np.ndarray:
     return rng.standard_normal((cfg.num_classes, cfg.feature_dim)) / math.sqrt(cfg.feature_dim)
 
 
+@functools.cache
+def _quantiles() -> np.ndarray:
+    return krmat.normal_quantiles()
+
+
 def node_features(cfg: SynthConfig, start: int, stop: int,
                   centroids: np.ndarray | None = None) -> np.ndarray:
     """Features (float32) of nodes [start, stop)."""
@@ -233,7 +239,7 @@ def node_features(cfg: SynthConfig, start: int, stop: int,
         centroids = class_centroids(cfg)
     out = np.empty((stop - start, cfg.feature_dim), np.float32)
     krmat.class_features(start, out, centroids, float(cfg.noise), cfg.num_classes,
-                         _key(cfg.seed, "classes"), _key(cfg.seed, "features"))
+                         _key(cfg.seed, "classes"), _key(cfg.seed, "features"), _quantiles())
     return out
 
 

@@ -10,6 +10,8 @@ Key arrays (built by the caller from a seed):
   multipliers. :func:`permute` restricts it to ``[0, n)`` by cycle-walking.
 """
 
+from statistics import NormalDist
+
 import numba as nb
 import numpy as np
 
@@ -149,19 +151,27 @@ def split_codes(start, out, num_nodes, perm, bits, bounds):
 
 
 @nb.njit(parallel=True, nogil=True, cache=True)
-def class_features(start, out, centroids, noise, num_classes, class_key, feature_key):
-    """out[i] = centroids[class(v)] + noise * N(0, 1) per element, v = start + i (Box-Muller)."""
+def class_features(start, out, centroids, noise, num_classes, class_key, feature_key, quantiles):
+    """out[i] = centroids[class(v)] + noise * z per element, v = start + i, z a standard
+    normal draw by inverse CDF: each 16 bits of a counter-based hash index ``quantiles``
+    (the normal's quantiles at (k + 0.5) / 2**16, :func:`normal_quantiles`), four draws per
+    hash and no transcendental function (a quarter of the Box-Muller kernel's time)."""
     dim = out.shape[1]
     for i in nb.prange(out.shape[0]):
         v = start + i
         c = node_class(v, num_classes, class_key)
         row_key = draw(feature_key, v)
-        for j in range(0, dim, 2):
-            x = draw(row_key, j // 2)
-            u1 = (float(x >> _U32) + 0.5) * _INV32
-            u2 = float(x & _LOW32) * _INV32
-            r = np.sqrt(-2.0 * np.log(u1))
-            t = 2.0 * np.pi * u2
-            out[i, j] = centroids[c, j] + noise * r * np.cos(t)
-            if j + 1 < dim:
-                out[i, j + 1] = centroids[c, j + 1] + noise * r * np.sin(t)
+        for j in range(0, dim, 4):
+            x = draw(row_key, j // 4)
+            for k in range(min(4, dim - j)):
+                z = quantiles[np.int64(x & _LOW16)]
+                out[i, j + k] = centroids[c, j + k] + noise * z
+                x = x >> _U16
+
+
+def normal_quantiles(bits: int = 16) -> np.ndarray:
+    """float64 (2**bits,): the standard normal's quantiles at (k + 0.5) / 2**bits (|z| up to
+    4.3 at 16 bits), the table :func:`class_features` draws from."""
+    n = 1 << bits
+    inv = NormalDist().inv_cdf
+    return np.array([inv((k + 0.5) / n) for k in range(n)])

@@ -13,6 +13,7 @@ from disktrain.synth import (
     SynthConfig,
     class_centroids,
     node_features,
+    node_labels,
     synthesize,
 )
 
@@ -233,3 +234,18 @@ def test_wide_feature_rows_fill_many_chunks_per_block(tmp_path):
     arr = zarr.open_array(out / "features", mode="r")
     assert arr.chunks == (1, 600_000)
     np.testing.assert_array_equal(arr[...], node_features(cfg, 0, cfg.num_nodes))
+
+
+def test_feature_noise_is_normal_with_the_configured_std(tmp_path):
+    q = krmat.normal_quantiles()
+    assert q.shape == (65536,) and np.all(np.diff(q) > 0)
+    np.testing.assert_allclose(q, -q[::-1], atol=1e-12)  # symmetric about 0
+    cfg = _cfg(tmp_path, num_nodes=20_000, feature_dim=64, noise=0.5)
+    noise = (node_features(cfg, 0, cfg.num_nodes)
+             - class_centroids(cfg)[node_labels(cfg, 0, cfg.num_nodes)]) / cfg.noise
+    assert noise.mean() == pytest.approx(0, abs=0.01)
+    assert noise.std() == pytest.approx(1, abs=0.01)
+    assert (np.abs(noise) < 1).mean() == pytest.approx(0.6827, abs=0.005)
+    assert (np.abs(noise) < 2).mean() == pytest.approx(0.9545, abs=0.003)
+    # neighbouring columns of a row are not correlated (four draws share one hash)
+    assert abs(np.corrcoef(noise[:, 0], noise[:, 1])[0, 1]) < 0.03
