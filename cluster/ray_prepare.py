@@ -97,7 +97,8 @@ def _sample_groups(dataset_path: str, cfg: SampleConfig, groups: list[int],
     from disktrain.sample import SamplePlan
     from disktrain.sample.store import sample_group
 
-    dataset = Dataset(dataset_path)
+    # mapped, never copied: the tasks of a node share the page cache, not one copy each
+    dataset = Dataset(dataset_path, csr="map")
     plan = SamplePlan.of(dataset, cfg)
     for g in groups:
         sample_group(dataset, plan, g, Path(groups_dir))

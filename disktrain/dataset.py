@@ -48,6 +48,13 @@ from disktrain.checksum import (
 )
 from disktrain.diskspace import preallocate
 from disktrain.errors import CorruptDataError, DataError
+from disktrain.residency import (
+    PMD_MAPPED_ENOUGH,
+    RESIDENCIES,
+    csr_budget,
+    load_checked,
+    pmd_mapped_share,
+)
 
 FORMAT_VERSION = 2
 FEATURE_CHUNK_BYTES = 4 << 20
@@ -324,15 +331,27 @@ class DatasetMeta:
 
 
 class Dataset:
-    """A dataset directory opened read-only: CSR memmaps, features, labels, splits.
+    """A dataset directory opened read-only: CSR, features, labels, splits.
 
+    The CSR (``indptr`` and ``indices``) is memory-mapped or read into huge-page memory, as
+    policy ``csr`` (one of :data:`~disktrain.residency.RESIDENCIES`) says, within
+    ``csr_budget`` bytes for both (default: :data:`~disktrain.residency.DEFAULT_CSR_SHARE` of
+    the memory available when first used); see :mod:`disktrain.residency`.
     Every read is checked against the chunks' crc32c: ``indptr`` and ``indices`` once per
-    process, on first use; ``labels`` and the splits when loaded; each feature chunk when
-    read (:meth:`feature_rows`).
+    process, on first use (before they are mapped, or as they are read into memory);
+    ``labels`` and the splits when loaded; each feature chunk when read
+    (:meth:`feature_rows`).
     """
 
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, *, csr: str = "auto", csr_budget: int | None = None):
         self.path = Path(path)
+        if csr not in RESIDENCIES:
+            raise ValueError(f"csr must be one of {RESIDENCIES}, got {csr!r}")
+        if csr_budget is not None and csr_budget < 0:
+            raise ValueError(f"csr_budget must be >= 0 bytes, got {csr_budget}")
+        self.csr = csr
+        self.csr_budget = csr_budget
+        self._csr_in_memory = False
         if not (self.path / "zarr.json").exists():
             raise DataError(f"{self.path}: not a dataset directory (no zarr.json)")
         self.group = zarr.open_group(self.path, mode="r")
@@ -351,23 +370,47 @@ class Dataset:
 
     @property
     def indptr(self) -> np.ndarray:
-        """int64 (N+1,), memory-mapped; crc-checked once per process on first use."""
+        """int64 (N+1,), in memory or memory-mapped; crc-checked once per process on first
+        use."""
         return self._csr("indptr")
 
     @property
     def indices(self) -> np.ndarray:
-        """Sources of each row's in-edges, memory-mapped; checked like :attr:`indptr`."""
+        """Sources of each row's in-edges, held like :attr:`indptr`; checked like it."""
         return self._csr("indices")
+
+    @property
+    def csr_in_memory(self) -> bool:
+        """Whether the CSR was read into memory rather than memory-mapped (opens it)."""
+        self._csr("indices")
+        return self._csr_in_memory
 
     def _csr(self, name: str) -> np.ndarray:
         array = self._flat.get(name)
         if array is None:
             with self._lock:
                 if name not in self._flat:
-                    verify_flat_once(self.path, name, self.ref)
-                    self._flat[name] = open_flat_array(self.path, name, ref=self.ref)
+                    self._flat.update(self._open_csr())
                 array = self._flat[name]
         return array
+
+    def _open_csr(self) -> dict[str, np.ndarray]:
+        """``indptr`` and ``indices``, placed by the residency policy, checked."""
+        metas = {name: read_array_meta(self.path / name, self.ref, name)
+                 for name in ("indptr", "indices")}
+        fits = self.csr != "map" and \
+            sum(m.chunk_bytes for m in metas.values()) <= csr_budget(self.csr_budget)
+        if not fits or self.csr == "auto":
+            maps = {}
+            for name in metas:
+                verify_flat_once(self.path, name, self.ref)
+                maps[name] = open_flat_array(self.path, name, ref=self.ref)
+            if not fits or all(pmd_mapped_share(a) >= PMD_MAPPED_ENOUGH for a in maps.values()):
+                return maps
+        self._csr_in_memory = True
+        return {name: load_checked(chunk_file(self.path / name, 0), meta.chunk_bytes,
+                                   meta.dtype, meta.shape, self.ref, name) if meta.size else
+                np.zeros(meta.shape, meta.dtype) for name, meta in metas.items()}
 
     def _load(self, name: str) -> np.ndarray:
         if name not in self._small:

@@ -6,6 +6,9 @@ Needs the bench extras (torch-geometric, torch-sparse wheels) for the peer; prin
     .venv/bin/python scripts/bench_sampling.py --graph uniform --num-edges 30000000
     /usr/bin/time -v .venv/bin/python scripts/bench_sampling.py --dataset /work/big/rmat1b --epoch \
         --group 64 --progress
+    # the CSR memory-mapped, page cache evicted first, seeds sorted within each batch
+    .venv/bin/python scripts/bench_sampling.py --dataset DIR --epoch --csr map --cold \
+        --seed-order sorted --passes 2
 
 Both samplers get the same CSR and the same seeds. torch_sparse (what PyG's NeighborLoader
 runs) samples each node once, at the hop after it is reached; ours does that with
@@ -16,7 +19,10 @@ runs) samples each node once, at the hop after it is reached; ours does that wit
 from __future__ import annotations
 
 import argparse
+import ctypes
 import json
+import mmap
+import os
 import resource
 import sys
 import time
@@ -27,6 +33,7 @@ import numba
 import numpy as np
 
 from disktrain.kernels.sampling import SampledBatches, sample_batches
+from disktrain.residency import RESIDENCIES
 
 
 def rmat_edges(scale: int, num_edges: int, gen: np.random.Generator,
@@ -180,41 +187,99 @@ def compare(args) -> dict:
     }
 
 
+MADVICE = {"random": mmap.MADV_RANDOM, "willneed": mmap.MADV_WILLNEED,
+           "sequential": mmap.MADV_SEQUENTIAL}
+
+
+def evict(dataset: Path) -> None:
+    """Drop the CSR chunk files from the page cache (``POSIX_FADV_DONTNEED``)."""
+    os.sync()
+    for name in ("indptr", "indices"):
+        fd = os.open(dataset / name / "c" / "0", os.O_RDONLY)
+        try:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
+
+
+def advise(array: np.ndarray, advice: int) -> None:
+    """``madvise`` the pages of a memory-mapped array."""
+    addr = array.ctypes.data
+    start = addr - addr % mmap.PAGESIZE
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.madvise(ctypes.c_void_p(start), ctypes.c_size_t(addr + array.nbytes - start),
+                    advice) != 0:
+        raise OSError(ctypes.get_errno(), "madvise failed")
+
+
+def faults() -> tuple[int, int, float, float]:
+    """(minor, major) page faults and (user, system) CPU seconds of this process so far."""
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_minflt, r.ru_majflt, r.ru_utime, r.ru_stime
+
+
 def epoch(args) -> dict:
-    """Sample one full epoch over a dataset's train ids, discarding the results."""
+    """Sample one full epoch over a dataset's train ids (``--passes`` times), discarding the
+    results; the CSR's open (crc check, read into memory) is timed apart."""
     from disktrain.dataset import Dataset
 
-    ds = Dataset(args.dataset)
+    if args.cold:
+        evict(Path(args.dataset))
+    ds = Dataset(args.dataset, csr=args.csr)
     train = ds.split("train")
     ids = np.random.default_rng(args.seed).permutation(train)
     seeds, offsets = cut_batches(ids, args.batch_size)
+    if args.seed_order == "sorted":
+        for b in range(offsets.size - 1):
+            seeds[offsets[b]:offsets[b + 1]].sort()
     epoch_batches = offsets.size - 1
     num_batches = min(epoch_batches, args.max_batches or epoch_batches)
-    sample_batches(ds.indptr, ds.indices, seeds[:8], np.array([0, 8], np.int64), args.fanouts,
+    f0, t0 = faults(), time.perf_counter()
+    indptr, indices = ds.indptr, ds.indices
+    open_s, open_faults = time.perf_counter() - t0, np.subtract(faults(), f0)
+    if args.madvise != "none":
+        if ds.csr_in_memory:
+            raise SystemExit("--madvise applies to a memory-mapped CSR (--csr map)")
+        for a in (indptr, indices):
+            advise(a, MADVICE[args.madvise])
+    sample_batches(indptr, indices, seeds[:8], np.array([0, 8], np.int64), args.fanouts,
                    0, frontier_only=args.frontier_only)  # compile / load the cache
-    edges = nodes = 0
-    start = time.perf_counter()
-    for g in range(0, num_batches, args.group):
-        stop = min(g + args.group, num_batches)
-        lo, hi = offsets[g], offsets[stop]
-        res = sample_batches(ds.indptr, ds.indices, seeds[lo:hi], offsets[g:stop + 1] - lo,
-                             args.fanouts, args.key, frontier_only=args.frontier_only)
-        edges += int(res.edge_offsets[-1])
-        nodes += int(res.hop_counts[:, -1].sum())
-        if args.progress:
-            print(f"{min(g + args.group, num_batches)}/{num_batches} batches, "
-                  f"{time.perf_counter() - start:.1f} s", file=sys.stderr, flush=True)
-    seconds = time.perf_counter() - start
-    return {"dataset": str(args.dataset), "num_nodes": int(ds.indptr.size - 1),
-            "num_edges": int(ds.indices.size), "index_dtype": str(ds.indices.dtype),
+    passes = []
+    for _ in range(args.passes):
+        edges = nodes = 0
+        f0, start = faults(), time.perf_counter()
+        for g in range(0, num_batches, args.group):
+            stop = min(g + args.group, num_batches)
+            lo, hi = offsets[g], offsets[stop]
+            res = sample_batches(indptr, indices, seeds[lo:hi], offsets[g:stop + 1] - lo,
+                                 args.fanouts, args.key, frontier_only=args.frontier_only)
+            edges += int(res.edge_offsets[-1])
+            nodes += int(res.hop_counts[:, -1].sum())
+            if args.progress:
+                print(f"{min(g + args.group, num_batches)}/{num_batches} batches, "
+                      f"{time.perf_counter() - start:.1f} s", file=sys.stderr, flush=True)
+        seconds = time.perf_counter() - start
+        minor, major, user, system = np.subtract(faults(), f0)
+        passes.append({"seconds": round(seconds, 2), "edges_per_s": round(edges / seconds),
+                       "user_s": round(user, 2), "sys_s": round(system, 2),
+                       "minor_faults": int(minor), "major_faults": int(major),
+                       "loadavg_1min": os.getloadavg()[0]})
+    seconds = passes[0]["seconds"]
+    return {"dataset": str(args.dataset), "num_nodes": int(indptr.size - 1),
+            "num_edges": int(indices.size), "index_dtype": str(indices.dtype),
+            "csr": args.csr, "csr_in_memory": ds.csr_in_memory, "cold": args.cold,
+            "madvise": args.madvise, "seed_order": args.seed_order,
+            "open_s": round(open_s, 2), "open_minor_faults": int(open_faults[0]),
+            "open_major_faults": int(open_faults[1]), "open_cpu_s": round(open_faults[2:].sum(), 2),
             "train_ids": int(train.size), "epoch_batches": epoch_batches,
             "batches": num_batches,
             "batch_size": args.batch_size, "fanouts": args.fanouts, "group": args.group,
             "frontier_only": args.frontier_only, "numba_threads": numba.get_num_threads(),
-            "seconds": round(seconds, 2),
+            "seconds": seconds,
             "epoch_s": round(seconds * epoch_batches / num_batches, 2),
             "epoch_s_extrapolated": num_batches < epoch_batches, "sampled_edges": edges,
-            "edges_per_s": round(edges / seconds), "mean_input_nodes": nodes / num_batches,
+            "edges_per_s": passes[0]["edges_per_s"], "passes": passes,
+            "mean_input_nodes": nodes / num_batches,
             "peak_rss_gib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2),
             **rss_now()}
 
@@ -226,8 +291,13 @@ def rss_now() -> dict:
     except OSError:
         return {}
     fields = dict(line.split(":", 1) for line in lines if ":" in line)
+    try:
+        lines = Path("/proc/self/smaps_rollup").read_text().splitlines()
+    except OSError:
+        lines = []
+    fields.update(line.split(":", 1) for line in lines[1:] if ":" in line)
     return {f"{k.lower()}_gib": round(int(fields[k].split()[0]) / 2**20, 2)
-            for k in ("RssAnon", "RssFile") if k in fields}
+            for k in ("RssAnon", "RssFile", "AnonHugePages", "FilePmdMapped") if k in fields}
 
 
 def main(argv=None) -> None:
@@ -252,6 +322,15 @@ def main(argv=None) -> None:
     p.add_argument("--frontier-only", action="store_true", help="with --epoch: PyG semantics")
     p.add_argument("--max-batches", type=int, default=0,
                    help="with --epoch: stop after this many batches and extrapolate (0: all)")
+    p.add_argument("--csr", choices=RESIDENCIES, default="auto",
+                   help="with --epoch: the CSR residency policy (disktrain.residency)")
+    p.add_argument("--cold", action="store_true",
+                   help="with --epoch: evict the CSR files from the page cache first")
+    p.add_argument("--madvise", choices=("none", *MADVICE), default="none",
+                   help="with --epoch --csr map: advice for the mapped CSR")
+    p.add_argument("--seed-order", choices=("shuffled", "sorted"), default="shuffled",
+                   help="with --epoch: sort the seeds within each batch")
+    p.add_argument("--passes", type=int, default=1, help="with --epoch: timed epochs")
     p.add_argument("--progress", action="store_true")
     args = p.parse_args(argv)
     if args.epoch != bool(args.dataset):

@@ -1,0 +1,150 @@
+"""Where a dataset's CSR lives while it is sampled: memory-mapped from its chunk files, or
+read into anonymous memory backed by 2 MiB pages.
+
+Sampling reads ``indptr`` and ``indices`` at random, so what it costs depends on the size of
+the pages they are mapped with. Where the page cache holds the files in 2 MiB folios (Linux
+6.16+ on ext4, 5.18+ on XFS, after a sequential read or write), the kernel maps them with
+2 MiB entries and the memory map samples as fast as a copy in memory; where it holds them in
+4 KiB pages (older kernels, files written through a memory map, pages read back at random),
+nearly every read misses the TLB and the first read of each page faults: measured 1.15-2x the
+CPU time per sampled edge on a 1B-edge graph. A copy in transparent huge pages
+(``MADV_HUGEPAGE``) avoids that whatever the page cache holds, but costs a second pass over the
+files and the allocation of its pages (1-12 CPU seconds for 4.8 GB on a VM), and cannot be
+reclaimed. Hence the policies of :data:`RESIDENCIES`; the copy is read in one sequential pass
+that also checks the chunk file's crc32c, and only within a budget, by default
+:data:`DEFAULT_CSR_SHARE` of the memory available. It counts in the process's resident memory
+as the map's touched pages do.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import re
+import threading
+import weakref
+from pathlib import Path
+
+import google_crc32c
+import numpy as np
+
+from disktrain.checksum import CRC_BYTES, SLICE_BYTES, StoreRef
+
+HUGE_PAGE = 2 << 20
+DEFAULT_CSR_SHARE = 0.5
+"""Default budget of :func:`csr_budget`: this share of ``MemAvailable``."""
+RESIDENCIES = ("auto", "map", "memory")
+"""``map``: always memory-mapped. ``memory``: read into huge-page memory when within the
+budget, else mapped. ``auto``: mapped, unless the kernel maps it in 4 KiB pages (checked by
+:func:`pmd_mapped_share` after the first touch), then read into memory within the budget."""
+PMD_MAPPED_ENOUGH = 0.9
+"""``auto`` keeps a map of which at least this share is mapped with 2 MiB entries."""
+_MAPPING = re.compile(r"^[0-9a-f]+-[0-9a-f]+ ", re.MULTILINE)
+_FILE_PMD = re.compile(r"^FilePmdMapped:\s+(\d+) kB", re.MULTILINE)
+
+_LOADED: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
+"""Loaded chunk files by identity, shared by every dataset of the process that reads them."""
+_LOADED_LOCK = threading.Lock()
+
+
+def mem_available() -> int:
+    """``MemAvailable`` of ``/proc/meminfo`` in bytes (0 where unknown)."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+def csr_budget(budget: int | None) -> int:
+    """Bytes the CSR may take in memory: ``budget``, or by default (None)
+    :data:`DEFAULT_CSR_SHARE` of the memory available now."""
+    return int(DEFAULT_CSR_SHARE * mem_available()) if budget is None else budget
+
+
+def pmd_mapped_share(array: np.ndarray) -> float:
+    """Share of memory-mapped ``array`` (a whole mapping, e.g. an ``np.memmap`` at offset 0)
+    that the kernel maps with 2 MiB entries, after reading one byte of every 2 MiB of it
+    (``FilePmdMapped`` of its mapping in ``/proc/self/smaps``; 0 where unknown)."""
+    if array.nbytes < HUGE_PAGE:
+        return 1.0
+    raw = array.reshape(-1).view(np.uint8)
+    int(raw[::HUGE_PAGE].sum())  # fault every 2 MiB in
+    try:
+        with open("/proc/self/smaps") as f:
+            smaps = "\n" + f.read()
+    except OSError:
+        return 0.0
+    at = smaps.find(f"\n{array.ctypes.data:x}-")
+    if at < 0:
+        return 0.0
+    after = _MAPPING.search(smaps, at + 2)
+    found = _FILE_PMD.search(smaps, at, after.start() if after else len(smaps))
+    return int(found.group(1)) * 1024 / array.nbytes if found else 0.0
+
+
+def huge_page_buffer(nbytes: int) -> np.ndarray:
+    """``nbytes`` of zeroed anonymous memory (uint8), 2 MiB-aligned and advised
+    ``MADV_HUGEPAGE``; unmapped once the array and its views are gone."""
+    area = mmap.mmap(-1, nbytes + HUGE_PAGE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    if hasattr(mmap, "MADV_HUGEPAGE"):
+        area.madvise(mmap.MADV_HUGEPAGE)
+    whole = np.frombuffer(area, np.uint8)
+    start = -whole.ctypes.data % HUGE_PAGE
+    return whole[start:start + nbytes]
+
+
+def _identity(path: Path) -> tuple | None:
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return None
+    return str(path.resolve()), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
+
+
+def load_checked(path: Path, nbytes: int, dtype: np.dtype, shape: tuple[int, ...],
+                 ref: StoreRef, array: str) -> np.ndarray:
+    """The data of chunk file ``path`` (``nbytes`` + its crc32c) in a :func:`huge_page_buffer`,
+    read-only, checked while read; a file this process already loaded (same path, inode, size and
+    modification time) and still holds is shared, not read again. Errors name ``path``."""
+    key = _identity(path)
+    if key is None:
+        raise ref.corrupt(array, path, "is missing")
+    with _LOADED_LOCK:
+        data = _LOADED.get(key)
+        if data is None:
+            data = _read(path, nbytes, ref, array).view(dtype).reshape(shape)
+            data.flags.writeable = False
+            _LOADED[key] = data
+    return data
+
+
+def _read(path: Path, nbytes: int, ref: StoreRef, array: str) -> np.ndarray:
+    """Read and crc-check the data of ``path`` in one sequential pass of bounded slices."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        raise ref.corrupt(array, path, "is missing") from None
+    try:
+        size = os.fstat(fd).st_size
+        if size != nbytes + CRC_BYTES:
+            raise ref.corrupt(array, path, f"has {size} bytes, expected "
+                              f"{nbytes + CRC_BYTES} (truncated or overwritten)")
+        os.posix_fadvise(fd, 0, size, os.POSIX_FADV_SEQUENTIAL)
+        data = huge_page_buffer(nbytes)
+        crc, pos = 0, 0
+        while pos < nbytes:
+            n = os.preadv(fd, [data[pos:pos + SLICE_BYTES]], pos)
+            if n == 0:
+                raise ref.corrupt(array, path, f"shrank while read (at byte {pos})")
+            crc = google_crc32c.extend(crc, data[pos:pos + n])
+            pos += n
+        stored = os.pread(fd, CRC_BYTES, nbytes)
+    finally:
+        os.close(fd)
+    if crc != int.from_bytes(stored, "little"):
+        raise ref.corrupt(array, path, "failed its crc32c check (corrupted)")
+    return data

@@ -1,0 +1,126 @@
+"""Where a dataset's CSR lives (disktrain.residency): read into huge-page memory or memory-mapped,
+the same arrays and samples either way, checked either way, chosen by policy and budget."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from tinygraphs import make_dataset
+
+from disktrain import dataset as dataset_mod
+from disktrain.dataset import Dataset, chunk_file
+from disktrain.errors import CorruptDataError
+from disktrain.kernels.sampling import sample_batches
+from disktrain.residency import HUGE_PAGE, huge_page_buffer, pmd_mapped_share
+
+BIG = 1 << 40
+"""A budget every test CSR fits."""
+
+
+@pytest.fixture(scope="module")
+def graph(tmp_path_factory) -> Path:
+    return make_dataset(tmp_path_factory.mktemp("residency") / "d", num_nodes=400,
+                        num_edges=5000)
+
+
+def csr_bytes(path: Path) -> int:
+    ds = Dataset(path, csr="map")
+    return ds.indptr.nbytes + ds.indices.nbytes
+
+
+def sample(ds: Dataset):
+    seeds = ds.split("train")[:64].astype(np.int64)
+    return sample_batches(ds.indptr, ds.indices, seeds, np.array([0, 32, 64], np.int64),
+                          [5, 3], 7)
+
+
+def test_loaded_and_mapped_csr_are_equal_and_sample_alike(graph):
+    mapped = Dataset(graph, csr="map")
+    loaded = Dataset(graph, csr="memory", csr_budget=BIG)
+    assert not mapped.csr_in_memory and isinstance(mapped.indices, np.memmap)
+    assert loaded.csr_in_memory and not isinstance(loaded.indices, np.memmap)
+    for name in ("indptr", "indices"):
+        a, b = getattr(mapped, name), getattr(loaded, name)
+        assert a.dtype == b.dtype and np.array_equal(a, b)
+    x, y = sample(mapped), sample(loaded)
+    for field in ("nodes", "node_offsets", "hop_counts", "edge_src", "edge_dst",
+                  "edge_offsets"):
+        assert np.array_equal(getattr(x, field), getattr(y, field)), field
+
+
+def test_loaded_csr_is_in_aligned_memory_and_shared(graph):
+    a = Dataset(graph, csr="memory", csr_budget=BIG)
+    b = Dataset(graph, csr="memory", csr_budget=BIG)
+    assert a.indices is b.indices  # one copy per process while someone holds it
+    assert not a.indices.flags.writeable  # read-only, as the map is
+    assert huge_page_buffer(5 * HUGE_PAGE + 7).ctypes.data % HUGE_PAGE == 0
+
+
+@pytest.mark.parametrize("name", ["indptr", "indices"])
+def test_corrupted_chunk_is_named_on_the_loaded_path(graph, tmp_path, name):
+    d = Path(shutil.copytree(graph, tmp_path / "d"))
+    f = chunk_file(d / name, 0)
+    data = bytearray(f.read_bytes())
+    data[5] ^= 0x10
+    f.write_bytes(bytes(data))
+    with pytest.raises(CorruptDataError, match=rf"dataset {d}: array '{name}': chunk file "
+                       rf"{f} failed its crc32c check.*re-create the dataset"):
+        getattr(Dataset(d, csr="memory", csr_budget=BIG), name)
+
+
+def test_truncated_chunk_is_named_on_the_loaded_path(graph, tmp_path):
+    d = Path(shutil.copytree(graph, tmp_path / "d"))
+    f = chunk_file(d / "indices", 0)
+    f.write_bytes(f.read_bytes()[:-9])
+    with pytest.raises(CorruptDataError, match=rf"chunk file {f} has \d+ bytes, expected"):
+        assert Dataset(d, csr="memory", csr_budget=BIG).indices is None  # raises first
+
+
+def test_csr_over_budget_is_mapped(graph):
+    need = csr_bytes(graph)
+    over = Dataset(graph, csr="memory", csr_budget=need - 1)
+    assert not over.csr_in_memory and isinstance(over.indptr, np.memmap)
+    fits = Dataset(graph, csr="memory", csr_budget=need)
+    assert fits.csr_in_memory
+
+
+def test_default_budget_is_a_share_of_available_memory(graph, monkeypatch):
+    from disktrain import residency
+
+    need = csr_bytes(graph)
+    monkeypatch.setattr(residency, "mem_available", lambda: 2 * need - 2)
+    assert not Dataset(graph, csr="memory").csr_in_memory
+    monkeypatch.setattr(residency, "mem_available", lambda: 2 * need)
+    assert Dataset(graph, csr="memory").csr_in_memory
+
+
+@pytest.mark.parametrize("share, in_memory", [(1.0, False), (0.0, True)])
+def test_auto_reads_into_memory_what_the_kernel_maps_in_small_pages(graph, monkeypatch, share,
+                                                                    in_memory):
+    monkeypatch.setattr(dataset_mod, "pmd_mapped_share", lambda array: share)
+    ds = Dataset(graph)
+    assert ds.csr_in_memory is in_memory
+    assert np.array_equal(ds.indices, Dataset(graph, csr="map").indices)
+
+
+def test_auto_maps_what_is_over_budget(graph, monkeypatch):
+    monkeypatch.setattr(dataset_mod, "pmd_mapped_share", lambda array: 0.0)
+    assert not Dataset(graph, csr_budget=csr_bytes(graph) - 1).csr_in_memory
+
+
+def test_pmd_mapped_share_of_a_map(tmp_path):
+    f = tmp_path / "x"
+    f.write_bytes(np.arange(3 * HUGE_PAGE // 8, dtype=np.int64).tobytes())
+    share = pmd_mapped_share(np.memmap(f, np.int64, "r"))
+    assert 0.0 <= share <= 1.0
+    assert pmd_mapped_share(np.zeros(10)) == 1.0  # smaller than one huge page
+
+
+@pytest.mark.parametrize("kwargs, match", [({"csr": "ram"}, r"csr must be one of .*'ram'"),
+                                           ({"csr_budget": -1}, r"csr_budget .* got -1")])
+def test_bad_residency_arguments_are_named(graph, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        Dataset(graph, **kwargs)
