@@ -19,8 +19,8 @@ Datasets: cora (../shared/datasets/cora, the public split, ingested as in the RE
 synth (a small planted-class graph of disktrain.synth). Accuracy per attack is the mean over
 seeds; a rule's worst case is the minimum of those over the attacks (ByzFL's "worst-case
 accuracy"). Writes DIR/runs.jsonl (one record per training run), DIR/bench_robust.json (the
-summary, also printed) and DIR/bench_robust.png (a heatmap of worst-case accuracy, rules x f,
-one panel per dataset).
+summary, also printed), DIR/bench_robust.png (a heatmap of worst-case accuracy, rules x f,
+one panel per dataset) and DIR/bench_robust.md (the same as a Markdown table).
 """
 
 from __future__ import annotations
@@ -238,6 +238,28 @@ def heatmap(summary: dict, path: Path) -> None:
     tmp.replace(path)
 
 
+def markdown(summary: dict) -> str:
+    """The worst-case table as Markdown: one row per rule variant, per dataset and f the
+    worst-case accuracy and the attack that reached it; the attack-free mean first."""
+    names, fs = list(summary["datasets"]), [str(f) for f in summary["f"]]
+    rows = sorted({v for d in summary["datasets"].values() for v in d["rules"]},
+                  key=lambda v: (v.split("+")[0] != "mean", v))
+    head = [f"{name} f={f}" for name in names for f in fs]
+    lines = ["| rule | " + " | ".join(head) + " |", "| --- |" + " --- |" * len(head)]
+    base = [summary["datasets"][name]["attack_free_mean"] for name in names]
+    lines.append("| attack-free mean | " + " | ".join(
+        "n/a" if b is None else f"{b:.3f}" for b in base for _ in fs) + " |")
+    for v in rows:
+        cells = []
+        for name in names:
+            for f in fs:
+                cell = summary["datasets"][name]["rules"].get(v, {}).get(f)
+                cells.append("n/a" if not cell or cell["worst"] is None else
+                             f"{cell['worst']:.3f} ({cell['worst_attack']})")
+        lines.append(f"| {v} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def write_json(data: dict, path: Path) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(data, indent=1))
@@ -326,6 +348,7 @@ def main() -> None:
                "wall_s": time.perf_counter() - t0, "threads": os.cpu_count()}
     write_json(summary, args.out / "bench_robust.json")
     heatmap(summary, args.out / "bench_robust.png")
+    (args.out / "bench_robust.md").write_text(markdown(summary))
     print(json.dumps(summary))
 
 

@@ -51,3 +51,17 @@ def test_the_worst_case_is_the_least_seed_mean_over_attacks():
     cell = bench.summarize(records, [], args)["datasets"]["cora"]["rules"]["flag+nnm"]["1"]
     assert cell["worst_attack"] == "inf" and cell["worst"] == pytest.approx(0.55)
     assert cell["accuracy"]["alie"] == pytest.approx(0.6)
+
+
+def test_the_markdown_table_names_the_worst_attack():
+    args = bench.parse_args(["--datasets", "cora", "--f", "1,2"])
+    records = [{"dataset": "cora", "rule": "mean", "pre_aggregate": [], "f": 0,
+                "attack": "none", "test_acc": 0.8},
+               {"dataset": "cora", "rule": "flag", "pre_aggregate": [], "f": 1,
+                "attack": "alie", "test_acc": 0.75},
+               {"dataset": "cora", "rule": "flag", "pre_aggregate": [], "f": 1,
+                "attack": "inf", "test_acc": 0.5}]
+    table = bench.markdown(bench.summarize(records, [], args)).splitlines()
+    assert table[0] == "| rule | cora f=1 | cora f=2 |"
+    assert table[2] == "| attack-free mean | 0.800 | 0.800 |"
+    assert table[3] == "| flag | 0.500 (inf) | n/a |"
