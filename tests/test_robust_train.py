@@ -37,6 +37,9 @@ RUNS = {  # name -> train options after COMMON
                      "2", "--pre-aggregate", "nnm", "--aggregator", "median", "--byzantine-f",
                      "1"],
     "label-flip": ["--attack", "label-flip", "--byzantine-ranks", "1"],  # the mean: DDP
+    # rank 2's first loss is made infinite (WORKER): median drops its poisoned row, so every
+    # rank steps on the same finite aggregate (rank 2 must not skip on its own loss)
+    "inf-loss": ["--aggregator", "median", "--byzantine-f", "1", "--on-nonfinite", "skip"],
 }
 WORKER = textwrap.dedent("""
     import json, os, sys
@@ -52,9 +55,15 @@ WORKER = textwrap.dedent("""
     seen = {"true": [], "trained": []}  # labels before ByzantineWorker.labels, and the loss's
     ce, labels = F.cross_entropy, ByzantineWorker.labels
 
+    poison = {"next": False}  # make the next loss infinite
+
     def spy_ce(logits, target, *args, **kwargs):
         seen["trained"].append(target.tolist())
-        return ce(logits, target, *args, **kwargs)
+        loss = ce(logits, target, *args, **kwargs)
+        if poison["next"]:
+            poison["next"] = False
+            return loss * float("inf")
+        return loss
 
     def spy_labels(self, y):
         seen["true"].append(y.tolist())
@@ -64,6 +73,7 @@ WORKER = textwrap.dedent("""
     results = {}
     for name, argv in runs.items():
         seen["true"].clear(), seen["trained"].clear()
+        poison["next"] = name == "inf-loss" and rank == 2
         args = build_parser("train").parse_args(["train", dataset, *argv])
         summary = train(configs(args)[""])
         results[name] = {**summary, "true": list(seen["true"]),
@@ -121,6 +131,13 @@ def test_the_mean_is_turned_around_where_trimmed_mean_holds(runs):
     assert trimmed["test_acc"] > 0.5
     assert mean["test_acc"] < trimmed["test_acc"] - 0.2
     assert mean["loss"] > trimmed["loss"]
+
+
+def test_a_ranks_non_finite_loss_is_a_dropped_row_not_a_skipped_step(runs):
+    summaries = [r["inf-loss"] for r in runs]
+    assert [s["skipped_steps"] for s in summaries] == [0] * WORLD
+    assert len({s["steps"] for s in summaries}) == 1
+    assert len({s["params_sha256"] for s in summaries}) == 1
 
 
 def test_nnm_before_median_survives_loud_noise(runs):

@@ -36,15 +36,16 @@ def poisoned_loss(loss: torch.Tensor) -> torch.Tensor:
     return loss * torch.where(torch.isfinite(loss.detach()), 1.0, math.nan)
 
 
-def step_is_finite(loss: torch.Tensor, params: list[torch.nn.Parameter]) -> bool:
-    """Whether ``loss`` and every gradient of ``params`` are finite.
+def step_is_finite(loss: torch.Tensor | None, params: list[torch.nn.Parameter]) -> bool:
+    """Whether ``loss`` (unless None) and every gradient of ``params`` are finite.
 
     Checks the loss and each gradient's minimum and maximum (NaN propagates through them),
     a few values instead of an elementwise test of every gradient.
     """
-    values = [loss.detach().reshape(1), *(torch.stack(p.grad.aminmax()) for p in params
-                                          if p.grad is not None and p.grad.numel())]
-    return bool(torch.cat(values).isfinite().all())
+    values = [*([] if loss is None else [loss.detach().reshape(1)]),
+              *(torch.stack(p.grad.aminmax()) for p in params
+                if p.grad is not None and p.grad.numel())]
+    return not values or bool(torch.cat(values).isfinite().all())
 
 
 def nonfinite_tensors(tensors: Mapping[str, torch.Tensor]) -> list[str]:

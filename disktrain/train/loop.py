@@ -256,7 +256,8 @@ def _fit(cfg: TrainConfig, env: DistEnv, device: torch.device, loader: Loader, g
             loader.load_state_dict({**loader.state_dict(), "cursor": cursor})
         num_batches = len(loader)
         seconds = dict.fromkeys((*STAGES, "compute", "wait"), 0.0)
-        loss_sum = torch.zeros((), device=device)  # summed on the device
+        loss_sum = torch.zeros((), device=device)  # this rank's finite losses, on the device
+        losses = torch.zeros((), device=device)  # how many
         updates = 0  # optimizer steps of this epoch in this run
         model.train()
         t_epoch = time.perf_counter()
@@ -279,10 +280,15 @@ def _fit(cfg: TrainConfig, env: DistEnv, device: torch.device, loader: Loader, g
                     if worker is not None:
                         worker(params)  # every rank: omniscient attacks gather the gradients
                     sync(params)
-                if step_is_finite(loss, params):
+                # several ranks decide on the synced gradients alone, alike: a rank's own
+                # non-finite loss is in them already (poisoned row), which a robust rule may
+                # drop; an attacking rank's loss does not count at all
+                if step_is_finite(loss if env.world_size == 1 else None, params):
                     opt.step()
                     steps, updates = steps + 1, updates + 1
-                    loss_sum += loss.detach()
+                    finite = torch.isfinite(loss.detach())  # not where this rank's was not
+                    loss_sum += torch.where(finite, loss.detach(), 0.0)
+                    losses += finite
                 elif cfg.on_nonfinite == "skip":
                     skipped += 1
                 else:
@@ -300,7 +306,7 @@ def _fit(cfg: TrainConfig, env: DistEnv, device: torch.device, loader: Loader, g
         prepare_wait = loader.prepare_wait_s  # inside the wait for the epoch's first batch
         seconds["wait"] = max(0.0, seconds["wait"] - prepare_wait)
         record = {"epoch": epoch,
-                  "loss": float(loss_sum) / updates if updates else float("nan"),
+                  "loss": float(loss_sum / losses) if float(losses) else float("nan"),
                   "batches": num_batches, "skipped_steps": skipped,
                   "epoch_time_s": time.perf_counter() - t_epoch - prepare_wait,
                   **{f"{k}_s": v for k, v in seconds.items()},
