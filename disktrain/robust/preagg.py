@@ -18,8 +18,10 @@ from disktrain.robust.stack import check_stack, finite_mask, require, squared_di
 
 
 def _split(x: Tensor) -> tuple[Tensor, Tensor]:
-    """The finite rows of x and the others."""
+    """The finite rows of x and the others (x itself, no copy, when every row is finite)."""
     keep = finite_mask(x)
+    if bool(keep.all()):
+        return x, x[:0]
     return x[keep], x[~keep]
 
 
@@ -39,7 +41,8 @@ def nnm(x: Tensor, f: int) -> Tensor:
     keep = m - max(f - bad.shape[0], 0)
     near = torch.sort(squared_distances(y), dim=1, stable=True).indices[:, :keep]
     mix = torch.zeros((m, m), dtype=y.dtype).scatter_(1, near, 1 / keep)  # a matrix product:
-    return torch.cat([mix.to(y.device) @ y, bad])  # no (n, n - f, d) gather
+    mixed = mix.to(y.device) @ y  # no (n, n - f, d) gather
+    return torch.cat([mixed, bad]) if bad.shape[0] else mixed
 
 
 def bucketing(x: Tensor, s: int, generator: torch.Generator | None = None) -> Tensor:
