@@ -649,9 +649,20 @@ def _run_train(args: argparse.Namespace) -> int:
         result = fit_on_ray(cfg, ray_cfg)
     else:
         result = train(cfg)
+        _close_process_group()
     if int(os.environ.get("RANK", "0")) == 0:
         print(json.dumps(result))
     return 0
+
+
+def _close_process_group() -> None:
+    """Destroy the process group that training set up (under torchrun), so that the rank
+    exits with gloo's threads stopped, not torn down while the interpreter exits (which once
+    aborted a rank after its run: "terminate called without an active exception")."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 # demo
