@@ -31,6 +31,7 @@ from pathlib import Path
 
 import numba
 import numpy as np
+from _benchlib import evict
 
 from disktrain.kernels.sampling import SampledBatches, sample_batches
 from disktrain.residency import RESIDENCIES
@@ -191,17 +192,6 @@ MADVICE = {"random": mmap.MADV_RANDOM, "willneed": mmap.MADV_WILLNEED,
            "sequential": mmap.MADV_SEQUENTIAL}
 
 
-def evict(dataset: Path) -> None:
-    """Drop the CSR chunk files from the page cache (``POSIX_FADV_DONTNEED``)."""
-    os.sync()
-    for name in ("indptr", "indices"):
-        fd = os.open(dataset / name / "c" / "0", os.O_RDONLY)
-        try:
-            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-        finally:
-            os.close(fd)
-
-
 def advise(array: np.ndarray, advice: int) -> None:
     """``madvise`` the pages of a memory-mapped array."""
     addr = array.ctypes.data
@@ -224,7 +214,7 @@ def epoch(args) -> dict:
     from disktrain.dataset import Dataset
 
     if args.cold:
-        evict(Path(args.dataset))
+        evict([Path(args.dataset) / name for name in ("indptr", "indices")])
     ds = Dataset(args.dataset, csr=args.csr)
     train = ds.split("train")
     ids = np.random.default_rng(args.seed).permutation(train)

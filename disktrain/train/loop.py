@@ -258,7 +258,6 @@ def _fit(cfg: TrainConfig, env: DistEnv, device: torch.device, loader: Loader, g
         seconds = dict.fromkeys((*STAGES, "compute", "wait"), 0.0)
         loss_sum = torch.zeros((), device=device)  # this rank's finite losses, on the device
         losses = torch.zeros((), device=device)  # how many
-        updates = 0  # optimizer steps of this epoch in this run
         model.train()
         t_epoch = time.perf_counter()
         bar = tqdm(total=num_batches, initial=cursor, desc=f"epoch {epoch}", unit="batch",
@@ -285,7 +284,7 @@ def _fit(cfg: TrainConfig, env: DistEnv, device: torch.device, loader: Loader, g
                 # drop; an attacking rank's loss does not count at all
                 if step_is_finite(loss if env.world_size == 1 else None, params):
                     opt.step()
-                    steps, updates = steps + 1, updates + 1
+                    steps += 1
                     finite = torch.isfinite(loss.detach())  # not where this rank's was not
                     loss_sum += torch.where(finite, loss.detach(), 0.0)
                     losses += finite
