@@ -529,6 +529,10 @@ def _train_options(p: argparse.ArgumentParser) -> None:
     _option(p, "--lr", T, "lr", type=float, help="learning rate (default: %(default)s)")
     _option(p, "--momentum", T, "momentum", type=float,
             help="SGD momentum (--optimizer sgd; default: %(default)s)")
+    _option(p, "--worker-momentum", T, "worker_momentum", type=float, metavar="BETA",
+            help="each worker sends the running average of its gradients (beta 0.9 in the "
+            "Byzantine-robustness literature, with --optimizer sgd --momentum 0) instead of "
+            "the gradient; 0: off (default: %(default)s)")
     _option(p, "--weight-decay", T, "weight_decay", type=float,
             help="weight decay (default: %(default)s)")
     _option(p, "--plan-reuse", T, "plan_reuse", choices=PLAN_REUSE,

@@ -132,20 +132,26 @@ def worker(spec_path: str) -> None:
             optimizer=spec["optimizer"], momentum=spec["momentum"],
             model=ModelConfig(model="sage", hidden=spec["hidden"], dropout=0.5),
             robust=robust_config(run["rule"], f, run["pre_aggregate"]),
-            attack=attack, plan_reuse="cycle", eval_every=spec["epochs"],
+            worker_momentum=spec["worker_momentum"], weight_decay=spec["weight_decay"],
+            attack=attack, plan_reuse="cycle", eval_every=spec["eval_every"],
             on_nonfinite="skip", compute_threads=1, progress=False,
+            metrics=os.path.join(spec["scratch"], f"metrics{i}.jsonl"),
             checkpoint=CheckpointConfig(dir=os.path.join(spec["scratch"], f"ck{i}")))
         t0 = time.perf_counter()
         summary = train(cfg)
         if rank == 0:
+            metrics = Path(cfg.metrics)
+            curve = [[r["epoch"] + 1, r["test_acc"]] for r in map(
+                json.loads, metrics.read_text().splitlines()) if "test_acc" in r]
             record = {**run, "dataset": spec["name"], "seed": spec["seed"],
                       "test_acc": summary["test_acc"], "val_acc": summary["val_acc"],
                       "loss": summary["loss"], "steps": summary["steps"],
-                      "skipped_steps": summary["skipped_steps"],
+                      "skipped_steps": summary["skipped_steps"], "curve": curve,
                       "seconds": time.perf_counter() - t0}
             with open(spec["records"], "a") as out:
                 out.write(json.dumps(record) + "\n")
             shutil.rmtree(os.path.join(spec["scratch"], f"ck{i}"), ignore_errors=True)
+            metrics.unlink()
             print(f"{spec['name']} seed {spec['seed']} f={f} {run['rule']}"
                   f"{'+' + '+'.join(run['pre_aggregate']) if run['pre_aggregate'] else ''} "
                   f"{run['attack']}: test {summary['test_acc']:.3f} "
@@ -169,37 +175,63 @@ def variant(record: dict) -> str:
     return "+".join([record["rule"], *record["pre_aggregate"]])
 
 
+MEASURES = {"final": "test accuracy after the last epoch",
+            "best": "best test accuracy over the evaluations (ByzFL's measure: the maximum, "
+                    "over evaluation points, of the seed-mean accuracy)"}
+
+
+def accuracy(records: list[dict]) -> dict[str, float]:
+    """The seed-mean final test accuracy of ``records`` (one per seed) and the best over the
+    evaluation points of the seed-mean curve (a record without a curve: its final one)."""
+    curves: dict[int, list[float]] = {}
+    for r in records:
+        for epoch, acc in r.get("curve") or [[-1, r["test_acc"]]]:
+            curves.setdefault(epoch, []).append(acc)
+    return {"final": sum(r["test_acc"] for r in records) / len(records),
+            "best": max(sum(v) / len(v) for v in curves.values())}
+
+
 def summarize(records: list[dict], skipped: list[dict], args) -> dict:
     """Per dataset: the attack-free baseline, and per rule variant and f the seed-mean accuracy
-    under each attack and the worst case over the attacks."""
+    under each attack and the worst case over the attacks, in both MEASURES."""
     out = {}
     for name in args.datasets:
         mine = [r for r in records if r["dataset"] == name]
-        base = [r["test_acc"] for r in mine if r["attack"] == "none" and r["rule"] == "mean"
-                and r["f"] == 0]
+        base = [r for r in mine if r["attack"] == "none" and r["rule"] == "mean" and r["f"] == 0]
         table: dict[str, dict[str, dict]] = {}
         for r in mine:
             if r["f"] == 0:
                 continue
             cell = table.setdefault(variant(r), {}).setdefault(str(r["f"]), {})
-            cell.setdefault(r["attack"], []).append(r["test_acc"])
+            cell.setdefault(r["attack"], []).append(r)
         for cells in table.values():
             for f, cell in cells.items():
-                means = {a: sum(v) / len(v) for a, v in cell.items()}
-                attacked = {a: v for a, v in means.items() if a != "none"}
-                worst = min(attacked, key=attacked.get) if attacked else None
-                cells[f] = {"accuracy": means, "worst": attacked.get(worst),
-                            "worst_attack": worst}
-        out[name] = {"attack_free_mean": sum(base) / len(base) if base else None,
-                     "rules": table}
+                acc = {a: accuracy(v) for a, v in cell.items()}
+                cells[f] = {}
+                for m in MEASURES:
+                    attacked = {a: v[m] for a, v in acc.items() if a != "none"}
+                    worst = min(attacked, key=attacked.get) if attacked else None
+                    cells[f][m] = {"accuracy": {a: v[m] for a, v in acc.items()},
+                                   "worst": attacked.get(worst), "worst_attack": worst}
+        out[name] = {"attack_free_mean": accuracy(base) if base else None, "rules": table}
     return {"workers": args.workers, "f": args.f, "seeds": args.seeds, "epochs": args.epochs,
+            "sampled_epochs": args.sampled_epochs, "eval_every": args.eval_every,
             "optimizer": args.optimizer, "lr": args.lr, "momentum": args.momentum,
-            "batch_size": args.batch_size, "rules": args.rules, "pre_aggregate": [list(c) for c in args.pre_aggregate],
-            "attacks": args.attacks, "datasets": out, "left_out": skipped}
+            "worker_momentum": args.worker_momentum, "weight_decay": args.weight_decay,
+            "batch_size": args.batch_size, "rules": args.rules,
+            "pre_aggregate": [list(c) for c in args.pre_aggregate], "attacks": args.attacks,
+            "measures": MEASURES, "datasets": out, "left_out": skipped}
+
+
+def rule_rows(summary: dict) -> list[str]:
+    """The rule variants of ``summary``, the mean first."""
+    return sorted({v for d in summary["datasets"].values() for v in d["rules"]},
+                  key=lambda v: (v.split("+")[0] != "mean", v))
 
 
 def heatmap(summary: dict, path: Path) -> None:
-    """Worst-case accuracy, rule variants x f, one panel per dataset."""
+    """Worst-case accuracy, rule variants x f: a row of panels per measure, a column per
+    dataset."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -208,28 +240,30 @@ def heatmap(summary: dict, path: Path) -> None:
 
     names = list(summary["datasets"])
     fs = [str(f) for f in summary["f"]]
-    rows = sorted({v for d in summary["datasets"].values() for v in d["rules"]},
-                  key=lambda v: (v.split("+")[0] != "mean", v))
-    fig, axes = plt.subplots(1, len(names), figsize=((2.4 + 0.8 * len(fs)) * len(names),
-                                                    1.2 + 0.4 * len(rows)), squeeze=False)
-    for ax, name in zip(axes[0], names, strict=True):
-        data = summary["datasets"][name]
-        grid = np.full((len(rows), len(fs)), np.nan)
-        for i, v in enumerate(rows):
-            for j, f in enumerate(fs):
-                worst = data["rules"].get(v, {}).get(f, {}).get("worst")
-                grid[i, j] = np.nan if worst is None else worst
-        ax.imshow(grid, vmin=0, vmax=1, cmap="viridis", aspect="auto")
-        for i in range(len(rows)):
-            for j in range(len(fs)):
-                text = "n/a" if np.isnan(grid[i, j]) else f"{grid[i, j]:.2f}"
-                ax.text(j, i, text, ha="center", va="center", fontsize=8,
-                        color="white" if np.isnan(grid[i, j]) or grid[i, j] < 0.6 else "black")
-        ax.set_xticks(range(len(fs)), [f"f={f}" for f in fs])
-        ax.set_yticks(range(len(rows)), rows)
-        base = data["attack_free_mean"]
-        ax.set_title(f"{name}, n={summary['workers']}\nattack-free mean "
-                     f"{'n/a' if base is None else f'{base:.2f}'}", fontsize=9)
+    rows = rule_rows(summary)
+    fig, axes = plt.subplots(len(MEASURES), len(names), squeeze=False,
+                             figsize=((2.4 + 0.8 * len(fs)) * len(names),
+                                      (1.2 + 0.4 * len(rows)) * len(MEASURES)))
+    for m, panels in zip(MEASURES, axes, strict=True):
+        for ax, name in zip(panels, names, strict=True):
+            data = summary["datasets"][name]
+            grid = np.full((len(rows), len(fs)), np.nan)
+            for i, v in enumerate(rows):
+                for j, f in enumerate(fs):
+                    worst = data["rules"].get(v, {}).get(f, {}).get(m, {}).get("worst")
+                    grid[i, j] = np.nan if worst is None else worst
+            ax.imshow(grid, vmin=0, vmax=1, cmap="viridis", aspect="auto")
+            for i in range(len(rows)):
+                for j in range(len(fs)):
+                    text = "n/a" if np.isnan(grid[i, j]) else f"{grid[i, j]:.2f}"
+                    ax.text(j, i, text, ha="center", va="center", fontsize=8,
+                            color="white" if np.isnan(grid[i, j]) or grid[i, j] < 0.6
+                            else "black")
+            ax.set_xticks(range(len(fs)), [f"f={f}" for f in fs])
+            ax.set_yticks(range(len(rows)), rows)
+            base = data["attack_free_mean"]
+            ax.set_title(f"{name}, n={summary['workers']}, {m}\nattack-free mean "
+                         f"{'n/a' if base is None else f'{base[m]:.2f}'}", fontsize=9)
     fig.suptitle("worst-case test accuracy over attacks", fontsize=10)
     fig.tight_layout()
     tmp = path.with_name(path.name + ".tmp.png")
@@ -239,25 +273,27 @@ def heatmap(summary: dict, path: Path) -> None:
 
 
 def markdown(summary: dict) -> str:
-    """The worst-case table as Markdown: one row per rule variant, per dataset and f the
-    worst-case accuracy and the attack that reached it; the attack-free mean first."""
+    """The worst-case tables as Markdown, one per measure: a row per rule variant, per dataset
+    and f the worst-case accuracy and the attack that reached it; the attack-free mean first."""
     names, fs = list(summary["datasets"]), [str(f) for f in summary["f"]]
-    rows = sorted({v for d in summary["datasets"].values() for v in d["rules"]},
-                  key=lambda v: (v.split("+")[0] != "mean", v))
     head = [f"{name} f={f}" for name in names for f in fs]
-    lines = ["| rule | " + " | ".join(head) + " |", "| --- |" + " --- |" * len(head)]
-    base = [summary["datasets"][name]["attack_free_mean"] for name in names]
-    lines.append("| attack-free mean | " + " | ".join(
-        "n/a" if b is None else f"{b:.3f}" for b in base for _ in fs) + " |")
-    for v in rows:
-        cells = []
-        for name in names:
-            for f in fs:
-                cell = summary["datasets"][name]["rules"].get(v, {}).get(f)
-                cells.append("n/a" if not cell or cell["worst"] is None else
-                             f"{cell['worst']:.3f} ({cell['worst_attack']})")
-        lines.append(f"| {v} | " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+    out = []
+    for m, says in MEASURES.items():
+        lines = [f"Worst case over attacks, {says}:", "",
+                 "| rule | " + " | ".join(head) + " |", "| --- |" + " --- |" * len(head)]
+        base = [summary["datasets"][name]["attack_free_mean"] for name in names]
+        lines.append("| attack-free mean | " + " | ".join(
+            "n/a" if b is None else f"{b[m]:.3f}" for b in base for _ in fs) + " |")
+        for v in rule_rows(summary):
+            cells = []
+            for name in names:
+                for f in fs:
+                    cell = summary["datasets"][name]["rules"].get(v, {}).get(f, {}).get(m)
+                    cells.append("n/a" if not cell or cell["worst"] is None else
+                                 f"{cell['worst']:.3f} ({cell['worst_attack']})")
+            lines.append(f"| {v} | " + " | ".join(cells) + " |")
+        out.append("\n".join(lines) + "\n")
+    return "\n".join(out)
 
 
 def write_json(data: dict, path: Path) -> None:
@@ -276,6 +312,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                     "%(default)s)")
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--epochs", type=int, default=8)
+    ap.add_argument("--sampled-epochs", type=int, default=0, help="epochs sampled and packed; "
+                    "training cycles through them (default: 0, as many as --epochs)")
+    ap.add_argument("--eval-every", type=int, default=0, help="evaluate every this many "
+                    "epochs (and after the last); the 'best' measure is the maximum over them "
+                    "(default: 0, after the last epoch only)")
     ap.add_argument("--batch-size", type=int, default=4, help="seeds per batch: Cora trains "
                     "140 nodes, so 8 workers take 4 steps an epoch at 4 (default: %(default)s)")
     ap.add_argument("--hidden", type=int, default=16)
@@ -285,6 +326,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--lr", type=float, default=0.05)
     ap.add_argument("--momentum", type=float, default=0.9, help="SGD momentum (default: "
                     "%(default)s)")
+    ap.add_argument("--worker-momentum", type=float, default=0.0, help="each worker sends "
+                    "the running average of its gradients with this beta (ByzFL: 0.9, with "
+                    "--momentum 0) (default: %(default)s)")
+    ap.add_argument("--weight-decay", type=float, default=5e-4)
     ap.add_argument("--rules", default=DEFAULT_RULES,
                     help=f"from {', '.join(AGGREGATORS)}; flag/r=K sets Flag's subspace "
                     "dimension (default r = f + 1; r = n: the normalized mean alone) "
@@ -301,6 +346,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                     help="output directory (default: %(default)s)")
     args = ap.parse_args(argv)
     args.datasets = args.datasets.split(",")
+    args.sampled_epochs = args.sampled_epochs or args.epochs
+    args.eval_every = args.eval_every or args.epochs
     args.f = [int(f) for f in args.f.split(",")]
     args.seeds = [int(s) for s in args.seeds.split(",")]
     args.rules = args.rules.split(",")
@@ -332,13 +379,15 @@ def main() -> None:
     try:
         runs, skipped = jobs(args)
         for name in args.datasets:
-            path = prepare(name, work, args.epochs, args.batch_size)
+            path = prepare(name, work, args.sampled_epochs, args.batch_size)
             for seed in args.seeds:
                 scratch = work / f"scratch-{name}-{seed}"
                 launch({"name": name, "dataset": str(path), "seed": seed, "runs": runs,
-                        "epochs": args.epochs, "hidden": args.hidden, "lr": args.lr,
-                        "optimizer": args.optimizer,
+                        "epochs": args.epochs, "eval_every": args.eval_every,
+                        "hidden": args.hidden, "lr": args.lr, "optimizer": args.optimizer,
                         "momentum": args.momentum if args.optimizer == "sgd" else 0.0,
+                        "worker_momentum": args.worker_momentum,
+                        "weight_decay": args.weight_decay,
                         "records": str(records_path.resolve()), "scratch": str(scratch)},
                        work, args.workers)
     finally:

@@ -3,7 +3,8 @@ aggregation step or run by real attacking workers), the grad-sync step, replica 
 
 Modules: stack (shared checks, non-finite rows), select (order statistics), rules, flag,
 preagg, config (RobustConfig, registries, aggregate), attacks, sync (RobustAggregate), worker
-(ByzantineWorker, label flipping), digest (replica consistency).
+(ByzantineWorker, label flipping), momentum (WorkerMomentum: workers send the average of
+their gradients), digest (replica consistency).
 """
 
 from disktrain.robust.attacks import (
@@ -29,6 +30,7 @@ from disktrain.robust.config import (
 )
 from disktrain.robust.digest import ReplicaDivergenceError, check_replicas, replica_digest
 from disktrain.robust.flag import default_subspace, flag_aggregate, flag_basis
+from disktrain.robust.momentum import WorkerMomentum
 from disktrain.robust.preagg import bucketing, clip, nnm
 from disktrain.robust.rules import (
     bulyan,
@@ -54,8 +56,8 @@ from disktrain.robust.worker import (
 __all__ = [
     "AGGREGATORS", "ATTACKS", "LABEL_FLIP", "OMNISCIENT", "PRE_AGGREGATORS", "WORKER_ATTACKS",
     "Aggregator", "AttackConfig", "ByzantineWorker", "ReplicaDivergenceError", "RobustAggregate",
-    "RobustConfig", "aggregate", "alie", "bucketing", "bulyan", "centered_clipping",
-    "check_replicas", "clip", "coordinate_median", "craft", "default_subspace",
+    "RobustConfig", "WorkerMomentum", "aggregate", "alie", "bucketing", "bulyan",
+    "centered_clipping", "check_replicas", "clip", "coordinate_median", "craft", "default_subspace",
     "flag_aggregate", "flag_basis", "flip_labels", "gaussian", "geometric_median", "inf", "ipm",
     "krum", "krum_scores", "meamed", "mean", "mimic", "multi_krum", "nan", "nnm", "opt_alie",
     "opt_ipm", "replica_digest", "sign_flip", "trimmed_mean",

@@ -63,6 +63,12 @@ class TrainConfig:
     """Learning rate."""
     momentum: float = 0.0
     """SGD momentum (optimizer sgd only), applied to the aggregated gradient."""
+    worker_momentum: float = 0.0
+    """Each worker sends the running average of its gradients, m = beta m + (1 - beta) g, with
+    this beta, instead of the gradient (disktrain.robust.momentum; 0: off). A robust rule over
+    these averages withstands attacks it cannot over single gradients; the Byzantine-robustness
+    literature and ByzFL's benchmark train with beta 0.9 and an SGD without momentum of its
+    own. Checkpointed per worker."""
     weight_decay: float = 5e-4
     """Weight decay (L2, added to the aggregated gradient by the optimizer)."""
     plan_reuse: str = "fresh"
@@ -113,6 +119,8 @@ class TrainConfig:
             raise ValueError(f"lr must be a finite number > 0, got {self.lr}")
         if not 0 <= self.momentum < 1:
             raise ValueError(f"momentum must be in [0, 1), got {self.momentum}")
+        if not 0 <= self.worker_momentum < 1:
+            raise ValueError(f"worker_momentum must be in [0, 1), got {self.worker_momentum}")
         if self.momentum and self.optimizer != "sgd":
             raise ValueError(f"momentum={self.momentum} applies to optimizer 'sgd' only, got "
                              f"optimizer {self.optimizer!r}")

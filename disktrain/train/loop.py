@@ -36,10 +36,18 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from disktrain.errors import CheckpointError, DataError, NonFiniteError
+from disktrain.grads import flat_grads
 from disktrain.loader import Loader
 from disktrain.models.gnn import build_model
 from disktrain.pipeline import LoaderConfig
-from disktrain.robust import LABEL_FLIP, ByzantineWorker, RobustAggregate, check_replicas
+from disktrain.robust import (
+    LABEL_FLIP,
+    ByzantineWorker,
+    RobustAggregate,
+    WorkerMomentum,
+    check_replicas,
+)
+from disktrain.robust.sync import gather
 from disktrain.threads import compute_threads, loader_threads, torch_threads
 from disktrain.train.checkpoint import CheckpointWriter, checkpoint_name, load_bytes, read_newest
 from disktrain.train.config import TrainConfig
@@ -86,6 +94,22 @@ def _rng_states(env: DistEnv, device: torch.device) -> dict[str, torch.Tensor]:
         dist.all_gather(parts, mine)
         out[key] = torch.stack(parts).cpu()
     return out
+
+
+def _stacked(mine: torch.Tensor, env: DistEnv) -> torch.Tensor:
+    """Every rank's ``mine`` stacked in rank order, on the CPU (a collective when distributed)."""
+    return (gather(mine) if env.world_size > 1 else mine[None]).cpu()
+
+
+def _resume_momentum(momentum: WorkerMomentum, state: dict, env: DistEnv,
+                     device: torch.device) -> None:
+    """Give this rank its checkpointed worker-momentum average; a checkpoint of a run without
+    worker momentum starts every average at zero (said on stderr)."""
+    if "worker_momentum" in state:
+        momentum.load(state["worker_momentum"][env.rank].to(device))
+    elif env.is_main:
+        print("disktrain: warning: the checkpoint holds no worker-momentum averages (written "
+              "by a run without --worker-momentum); they start at zero", file=sys.stderr)
 
 
 def _resume_state(ckpt_dir: Path, writer: CheckpointWriter, env: DistEnv,
@@ -197,7 +221,8 @@ def _fit(cfg: TrainConfig, env: DistEnv, device: torch.device, loader: Loader, g
     worker = None if cfg.attack is None else ByzantineWorker(
         cfg.attack, cfg.robust, rank=env.rank, world_size=env.world_size,
         num_classes=meta.num_classes)
-    after_backward = bool(cfg.robust.pre_aggregate) or \
+    momentum = WorkerMomentum(cfg.worker_momentum) if cfg.worker_momentum else None
+    after_backward = bool(cfg.robust.pre_aggregate) or momentum is not None or \
         (cfg.attack is not None and cfg.attack.attack != LABEL_FLIP)
     plain_mean = cfg.robust.aggregator == "mean" and not after_backward
     use_ddp = grad_sync is None and plain_mean and env.world_size > 1
@@ -217,6 +242,8 @@ def _fit(cfg: TrainConfig, env: DistEnv, device: torch.device, loader: Loader, g
         torch.set_rng_state(state["rng"][env.rank].clone())
         if device.type == "cuda" and "cuda_rng" in state:
             torch.cuda.set_rng_state(state["cuda_rng"][env.rank].clone(), device)
+        if momentum is not None:
+            _resume_momentum(momentum, state, env, device)
         start_epoch, cursor = int(state["epoch"]), int(state["cursor"])
         steps, skipped = int(state["steps"]), int(state["skipped"])
         history = json.loads(state["history"])
@@ -235,9 +262,11 @@ def _fit(cfg: TrainConfig, env: DistEnv, device: torch.device, loader: Loader, g
             raise NonFiniteError(f"epoch {epoch}, batch {at}: parameters {', '.join(bad)} are "
                                  f"not finite; no checkpoint written, {ckpt_dir} keeps the "
                                  "last good one")
-        rng = _rng_states(env, device)  # every rank takes part
+        per_rank = _rng_states(env, device)  # every rank takes part
+        if momentum is not None:  # every rank's average, (world_size, d)
+            per_rank["worker_momentum"] = _stacked(momentum.state(flat_grads(params)), env)
         if env.is_main:
-            writer.save({"model": weights, "optimizer": opt.state_dict(), **rng,
+            writer.save({"model": weights, "optimizer": opt.state_dict(), **per_rank,
                          "epoch": epoch, "cursor": at, "steps": steps, "skipped": skipped,
                          "history": json.dumps(history)})
 
@@ -276,6 +305,8 @@ def _fit(cfg: TrainConfig, env: DistEnv, device: torch.device, loader: Loader, g
                     loss.backward()
                     if env.world_size > 1:
                         poison_gradients(loss, params)
+                    if momentum is not None:
+                        momentum(params)
                     if worker is not None:
                         worker(params)  # every rank: omniscient attacks gather the gradients
                     sync(params)
