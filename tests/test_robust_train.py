@@ -213,3 +213,44 @@ def test_a_diverged_replica_is_a_user_error(monkeypatch, tmp_path, capsys):
     assert exit_info.value.code == 2
     assert capsys.readouterr().err == \
         "disktrain: error: epoch 0: parameter replicas diverged: rank(s) 2 differ\n"
+
+
+MOMENTUM_WORKER = textwrap.dedent("""
+    import json, os, sys
+    from disktrain.cli import build_parser, configs
+    from disktrain.train import train
+    from disktrain.train.checkpoint import load_checkpoint
+
+    dataset, out = sys.argv[1], sys.argv[2]
+    rank = os.environ["RANK"]
+    base = ["train", dataset, "--model", "sage", "--hidden", "16", "--dropout", "0",
+            "--optimizer", "sgd", "--lr", "0.5", "--worker-momentum", "0.9",
+            "--aggregator", "median", "--byzantine-f", "1", "--eval-every", "9",
+            "--max-batches", "3", "--no-progress", "--seed", "1"]
+    run = lambda *argv: train(configs(build_parser("train").parse_args([*base, *argv]))[""])
+    ck = os.path.join(out, "ck")
+    run("--epochs", "1", "--checkpoint-dir", ck)
+    saved = load_checkpoint(ck)["worker_momentum"] if rank == "0" else None
+    resumed = run("--epochs", "2", "--checkpoint-dir", ck, "--resume")
+    straight = run("--epochs", "2", "--checkpoint-dir", os.path.join(out, f"straight{rank}"))
+    with open(os.path.join(out, f"rank{rank}.json"), "w") as f:
+        json.dump({"resumed": resumed, "straight": straight,
+                   "saved": None if saved is None else saved.tolist()}, f)
+""")
+
+
+def test_worker_momentum_resumes_every_ranks_own_average(learnable, tmp_path):
+    """Three ranks train with worker momentum under median, resume mid-run from rank 0's
+    checkpoint, and end where a straight run ends: every rank's average was saved and
+    restored (restarting the averages at zero changes the parameters)."""
+    script = tmp_path / "worker.py"
+    script.write_text(MOMENTUM_WORKER)
+    torchrun(str(script), str(learnable), str(tmp_path))
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(WORLD)]
+    saved = ranks[0]["saved"]
+    assert len(saved) == WORLD and len({tuple(row) for row in saved}) == WORLD
+    assert all(any(row) for row in saved)
+    for r in ranks:
+        assert r["resumed"]["resumed_at"] == [1, 0]
+        assert r["resumed"]["steps"] == r["straight"]["steps"] == 6
+    assert len({r[run]["params_sha256"] for r in ranks for run in ("resumed", "straight")}) == 1

@@ -7,8 +7,9 @@ Karimireddy, He and Jaggi ("Learning from History for Byzantine Robust Optimizat
 single-step gradients cannot: averaging over about 1 / (1 - beta) steps shrinks the honest
 workers' spread, which is the room that time-coupled attacks such as ALIE hide in. ByzFL's
 benchmark trains this way (honest clients, beta 0.9; the server's SGD then has no momentum of
-its own). Under the plain mean it is the same as the server's SGD momentum with dampening beta
-(the mean of averages is the average of means); under a robust rule it is not.
+its own). Under the plain mean it takes the same steps as the server's SGD with momentum beta
+and the learning rate scaled by 1 - beta (the mean of averages is the average of means: lr 1.0
+with beta 0.9 here is torch's SGD with momentum 0.9 and lr 0.1); under a robust rule it is not.
 
 A non-finite gradient (a worker whose loss overflowed) is sent as is, for the rule to drop,
 and leaves the worker's average unchanged, so one bad step does not poison every later one.
