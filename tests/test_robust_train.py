@@ -225,7 +225,9 @@ MOMENTUM_WORKER = textwrap.dedent("""
     rank = os.environ["RANK"]
     base = ["train", dataset, "--model", "sage", "--hidden", "16", "--dropout", "0",
             "--optimizer", "sgd", "--lr", "0.5", "--worker-momentum", "0.9",
-            "--aggregator", "median", "--byzantine-f", "1", "--eval-every", "9",
+            "--pre-aggregate", "bucketing", "--aggregator", "centered-clipping",
+            "--byzantine-f", "0", "--attack", "gaussian", "--byzantine-ranks", "2",
+            "--eval-every", "9",
             "--max-batches", "3", "--no-progress", "--seed", "1"]
     run = lambda *argv: train(configs(build_parser("train").parse_args([*base, *argv]))[""])
     ck = os.path.join(out, "ck")
@@ -239,10 +241,11 @@ MOMENTUM_WORKER = textwrap.dedent("""
 """)
 
 
-def test_worker_momentum_resumes_every_ranks_own_average(learnable, tmp_path):
-    """Three ranks train with worker momentum under median, resume mid-run from rank 0's
-    checkpoint, and end where a straight run ends: every rank's average was saved and
-    restored (restarting the averages at zero changes the parameters)."""
+def test_a_resumed_robust_run_goes_on_where_it_stopped(learnable, tmp_path):
+    """Three ranks train with worker momentum, bucketing, centered clipping and a gaussian
+    attacker, resume mid-run from rank 0's checkpoint, and end where a straight run ends:
+    every rank's average, the aggregator's step (bucketing's permutation) and center, and the
+    attack's step (its noise) were saved and restored; restarting any changes the run."""
     script = tmp_path / "worker.py"
     script.write_text(MOMENTUM_WORKER)
     torchrun(str(script), str(learnable), str(tmp_path))

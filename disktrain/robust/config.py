@@ -146,8 +146,9 @@ def aggregate(x: Tensor, cfg: RobustConfig, *, step: int = 0,
 
 class Aggregator:
     """aggregate() across training steps: counts the steps (bucketing's permutations) and keeps
-    the last finite aggregate (the `previous` of the next step: centered clipping's center). Every rank holds one and calls it
-    on the same stacks, so all stay identical. A resumed run starts from step 0 and center 0."""
+    the last finite aggregate (the `previous` of the next step: centered clipping's center).
+    Every rank holds one and calls it on the same stacks, so all stay identical; a checkpoint
+    carries its state_dict, so a resumed run goes on with the same step and center."""
 
     def __init__(self, cfg: RobustConfig) -> None:
         self.cfg = cfg
@@ -160,3 +161,14 @@ class Aggregator:
         if bool(torch.isfinite(out).all()):
             self.previous = out
         return out
+
+    def state_dict(self) -> dict:
+        """The step count and the last finite aggregate (an empty tensor before one)."""
+        return {"step": self.step,
+                "previous": torch.empty(0) if self.previous is None else self.previous.cpu()}
+
+    def load_state_dict(self, state: dict, device: torch.device | str = "cpu") -> None:
+        """Go on from ``state`` (of :meth:`state_dict`), the center on ``device``."""
+        self.step = int(state["step"])
+        prev = state["previous"]
+        self.previous = prev.to(device) if prev.numel() else None

@@ -1,4 +1,6 @@
-"""Checkpoints: model, optimizer, epoch, batch cursor and RNG state; the newest k kept.
+"""Checkpoints: model, optimizer, epoch, batch cursor, RNG states and the robust state
+(every rank's worker-momentum average, the aggregator's step and center, the attack's step);
+the newest k kept.
 
 Each checkpoint is one file named by the position training resumes at,
 ``ckpt-e{EPOCH}-b{BATCH}.pt`` (the checkpoint at the end of epoch 2 is

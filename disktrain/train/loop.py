@@ -244,6 +244,10 @@ def _fit(cfg: TrainConfig, env: DistEnv, device: torch.device, loader: Loader, g
             torch.cuda.set_rng_state(state["cuda_rng"][env.rank].clone(), device)
         if momentum is not None:
             _resume_momentum(momentum, state, env, device)
+        if isinstance(sync, RobustAggregate) and "aggregator" in state:
+            sync.aggregator.load_state_dict(state["aggregator"], device)
+        if worker is not None and "attack_steps" in state:
+            worker.steps = int(state["attack_steps"])
         start_epoch, cursor = int(state["epoch"]), int(state["cursor"])
         steps, skipped = int(state["steps"]), int(state["skipped"])
         history = json.loads(state["history"])
@@ -262,11 +266,15 @@ def _fit(cfg: TrainConfig, env: DistEnv, device: torch.device, loader: Loader, g
             raise NonFiniteError(f"epoch {epoch}, batch {at}: parameters {', '.join(bad)} are "
                                  f"not finite; no checkpoint written, {ckpt_dir} keeps the "
                                  "last good one")
-        per_rank = _rng_states(env, device)  # every rank takes part
+        saved = _rng_states(env, device)  # every rank takes part (RNG states per rank)
         if momentum is not None:  # every rank's average, (world_size, d)
-            per_rank["worker_momentum"] = _stacked(momentum.state(flat_grads(params)), env)
+            saved["worker_momentum"] = _stacked(momentum.state(flat_grads(params)), env)
+        if isinstance(sync, RobustAggregate):  # step count and center, alike on every rank
+            saved["aggregator"] = sync.aggregator.state_dict()
+        if worker is not None:  # the attack's step count (seeds the gaussian attack)
+            saved["attack_steps"] = worker.steps
         if env.is_main:
-            writer.save({"model": weights, "optimizer": opt.state_dict(), **per_rank,
+            writer.save({"model": weights, "optimizer": opt.state_dict(), **saved,
                          "epoch": epoch, "cursor": at, "steps": steps, "skipped": skipped,
                          "history": json.dumps(history)})
 
