@@ -2,8 +2,16 @@
 through real attacking workers under torchrun (gloo, CPU).
 
 Usage: python scripts/bench_robust.py [--datasets cora,synth] [--workers 8] [--f 1,2,3]
-           [--seeds 0,1,2] [--epochs 8] [--rules mean,trimmed-mean,...] [--pre-aggregate ,nnm]
-           [--attacks sign-flip,ipm,...] [--out DIR]
+           [--seeds 0,1,2] [--epochs 25] [--sampled-epochs 8] [--eval-every 5]
+           [--optimizer sgd] [--lr 1.0] [--momentum 0] [--worker-momentum 0.9]
+           [--rules mean,trimmed-mean,...] [--pre-aggregate ,nnm] [--attacks sign-flip,ipm,...]
+           [--out DIR]
+
+The defaults are ByzFL's benchmark as run for the README: honest workers send the running
+average of their gradients (beta 0.9) and the server's SGD has no momentum of its own; Cora's
+140 training nodes in batches of 4 give 8 workers 4 steps an epoch, 100 in 25 epochs.
+`--worker-momentum 0 --momentum 0.9 --lr 0.2 --epochs 8 --sampled-epochs 0 --eval-every 0`
+is the earlier protocol (server momentum, 32 steps).
 
 For each dataset and seed, one torchrun job of n = --workers processes (OMP_NUM_THREADS=1, one
 torch thread each) trains GraphSAGE once per (rule, pre-aggregation, f, attack) with
@@ -17,10 +25,12 @@ mix all n rows).
 
 Datasets: cora (../shared/datasets/cora, the public split, ingested as in the README) and
 synth (a small planted-class graph of disktrain.synth). Accuracy per attack is the mean over
-seeds; a rule's worst case is the minimum of those over the attacks (ByzFL's "worst-case
-accuracy"). Writes DIR/runs.jsonl (one record per training run), DIR/bench_robust.json (the
-summary, also printed), DIR/bench_robust.png (a heatmap of worst-case accuracy, rules x f,
-one panel per dataset) and DIR/bench_robust.md (the same as a Markdown table).
+seeds, in two measures: "final" (after the last epoch) and "best" (ByzFL's: the maximum over
+the evaluation points, every --eval-every epochs, of the seed-mean accuracy); a rule's worst
+case is the minimum of those over the attacks (ByzFL's "worst-case accuracy"). Writes
+DIR/runs.jsonl (one record per training run, with its accuracy curve), DIR/bench_robust.json
+(the summary, also printed), DIR/bench_robust.png (heatmaps of worst-case accuracy, rules x f,
+a row per measure, a column per dataset) and DIR/bench_robust.md (the same as Markdown tables).
 """
 
 from __future__ import annotations
@@ -311,24 +321,25 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--f", default="1,2,3", help="attacking workers, each tried (default: "
                     "%(default)s)")
     ap.add_argument("--seeds", default="0,1,2")
-    ap.add_argument("--epochs", type=int, default=8)
-    ap.add_argument("--sampled-epochs", type=int, default=0, help="epochs sampled and packed; "
-                    "training cycles through them (default: 0, as many as --epochs)")
-    ap.add_argument("--eval-every", type=int, default=0, help="evaluate every this many "
+    ap.add_argument("--epochs", type=int, default=25)
+    ap.add_argument("--sampled-epochs", type=int, default=8, help="epochs sampled and packed; "
+                    "training cycles through them (0: as many as --epochs; default: "
+                    "%(default)s)")
+    ap.add_argument("--eval-every", type=int, default=5, help="evaluate every this many "
                     "epochs (and after the last); the 'best' measure is the maximum over them "
-                    "(default: 0, after the last epoch only)")
+                    "(0: after the last epoch only; default: %(default)s)")
     ap.add_argument("--batch-size", type=int, default=4, help="seeds per batch: Cora trains "
                     "140 nodes, so 8 workers take 4 steps an epoch at 4 (default: %(default)s)")
     ap.add_argument("--hidden", type=int, default=16)
     ap.add_argument("--optimizer", choices=("sgd", "adam"), default="sgd",
                     help="sgd (with --momentum), as the robustness literature trains, or adam "
                     "(default: %(default)s)")
-    ap.add_argument("--lr", type=float, default=0.05)
-    ap.add_argument("--momentum", type=float, default=0.9, help="SGD momentum (default: "
-                    "%(default)s)")
-    ap.add_argument("--worker-momentum", type=float, default=0.0, help="each worker sends "
+    ap.add_argument("--lr", type=float, default=1.0)
+    ap.add_argument("--momentum", type=float, default=0.0, help="the server's SGD momentum "
+                    "(default: %(default)s)")
+    ap.add_argument("--worker-momentum", type=float, default=0.9, help="each worker sends "
                     "the running average of its gradients with this beta (ByzFL: 0.9, with "
-                    "--momentum 0) (default: %(default)s)")
+                    "--momentum 0; 0: off) (default: %(default)s)")
     ap.add_argument("--weight-decay", type=float, default=5e-4)
     ap.add_argument("--rules", default=DEFAULT_RULES,
                     help=f"from {', '.join(AGGREGATORS)}; flag/r=K sets Flag's subspace "
