@@ -6,6 +6,7 @@ Usage: python scripts/bench_robust.py [--datasets cora,synth] [--workers 8] [--f
            [--optimizer sgd] [--lr 1.0] [--momentum 0] [--worker-momentum 0.9]
            [--rules mean,trimmed-mean,...] [--pre-aggregate ,nnm] [--attacks sign-flip,ipm,...]
            [--out DIR]
+       python scripts/bench_robust.py --merge DIR1,DIR2 --out DIR   (one summary of parts)
 
 The defaults are ByzFL's benchmark as run for the README: honest workers send the running
 average of their gradients (beta 0.9) and the server's SGD has no momentum of its own; Cora's
@@ -355,7 +356,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                     help="also train every rule and f without attackers")
     ap.add_argument("--out", type=Path, default=Path("bench_robust"),
                     help="output directory (default: %(default)s)")
+    ap.add_argument("--merge", default="", help="train nothing: summarize these earlier "
+                    "--out directories (comma-separated, same settings) as one, in --out")
     args = ap.parse_args(argv)
+    args.merge = [Path(d) for d in args.merge.split(",") if d]
     args.datasets = args.datasets.split(",")
     args.sampled_epochs = args.sampled_epochs or args.epochs
     args.eval_every = args.eval_every or args.epochs
@@ -377,11 +381,54 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+SETTINGS = ("workers", "epochs", "sampled_epochs", "eval_every", "optimizer", "lr", "momentum",
+            "worker_momentum", "weight_decay", "batch_size")
+"""What runs merged into one summary must share."""
+
+
+def merge(args) -> None:
+    """Summarize the runs of earlier outputs (``args.merge``: directories with runs.jsonl and
+    bench_robust.json) as one, in ``args.out``: a grid run in parts (e.g. f = 2, then f = 3)
+    gives one table and heatmap. Refused when their settings (SETTINGS) differ."""
+    records, wall, first = [], 0.0, None
+    for d in args.merge:
+        summary = json.loads((d / "bench_robust.json").read_text())
+        settings = {k: summary.get(k) for k in SETTINGS}
+        if first is not None and (diff := [k for k in SETTINGS if settings[k] != first[k]]):
+            raise SystemExit(f"--merge: {d} was run with other settings than {args.merge[0]} "
+                             f"({', '.join(f'{k} {settings[k]} vs {first[k]}' for k in diff)})")
+        first = first or settings
+        wall += summary.get("wall_s", 0.0)
+        records += [json.loads(line) for line in (d / "runs.jsonl").read_text().splitlines()]
+    vars(args).update(first)
+    args.datasets = sorted({r["dataset"] for r in records})
+    args.f = sorted({r["f"] for r in records if r["f"]})
+    args.seeds = sorted({r["seed"] for r in records})
+    args.rules = sorted({r["rule"] for r in records})
+    args.pre_aggregate = sorted({tuple(r["pre_aggregate"]) for r in records})
+    args.attacks = sorted({r["attack"] for r in records if r["attack"] != "none"})
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "runs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    write_outputs({**summarize(records, jobs(args)[1], args), "runs": len(records),
+                   "wall_s": wall, "threads": os.cpu_count()}, args.out)
+
+
+def write_outputs(summary: dict, out: Path) -> None:
+    """The summary's JSON, heatmap and Markdown tables in ``out``; the JSON printed."""
+    write_json(summary, out / "bench_robust.json")
+    heatmap(summary, out / "bench_robust.png")
+    (out / "bench_robust.md").write_text(markdown(summary))
+    print(json.dumps(summary))
+
+
 def main() -> None:
     if sys.argv[1:2] == ["--worker"]:
         worker(sys.argv[2])
         return
     args = parse_args()
+    if args.merge:
+        merge(args)
+        return
     args.out.mkdir(parents=True, exist_ok=True)
     records_path = args.out / "runs.jsonl"
     records_path.unlink(missing_ok=True)
@@ -404,12 +451,8 @@ def main() -> None:
     finally:
         shutil.rmtree(work, ignore_errors=True)
     records = [json.loads(line) for line in records_path.read_text().splitlines()]
-    summary = {**summarize(records, skipped, args), "runs": len(records),
-               "wall_s": time.perf_counter() - t0, "threads": os.cpu_count()}
-    write_json(summary, args.out / "bench_robust.json")
-    heatmap(summary, args.out / "bench_robust.png")
-    (args.out / "bench_robust.md").write_text(markdown(summary))
-    print(json.dumps(summary))
+    write_outputs({**summarize(records, skipped, args), "runs": len(records),
+                   "wall_s": time.perf_counter() - t0, "threads": os.cpu_count()}, args.out)
 
 
 if __name__ == "__main__":

@@ -83,3 +83,40 @@ def test_the_markdown_table_names_the_worst_attack():
     assert table[4] == "| attack-free mean | 0.800 | 0.800 |"
     assert table[5] == "| flag | 0.500 (inf) | n/a |"
     assert table[7].startswith("Worst case over attacks, best test accuracy")
+
+
+def fake_output(path: Path, f: int, lr: float) -> Path:
+    """A bench output directory: its settings and two runs (baseline, flag under alie)."""
+    import json
+
+    path.mkdir()
+    settings = {k: 0 for k in bench.SETTINGS}
+    (path / "bench_robust.json").write_text(json.dumps({**settings, "workers": 8, "lr": lr,
+                                                        "wall_s": 10.0}))
+    runs = [{"dataset": "cora", "rule": "mean", "pre_aggregate": [], "f": 0, "attack": "none",
+             "test_acc": 0.8, "seed": 0},
+            {"dataset": "cora", "rule": "flag", "pre_aggregate": ["nnm"], "f": f,
+             "attack": "alie", "test_acc": 0.7 - f / 10, "seed": 0}]
+    (path / "runs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in runs))
+    return path
+
+
+def test_outputs_run_in_parts_merge_into_one_summary(tmp_path, capsys):
+    import json
+
+    a, b = fake_output(tmp_path / "f2", 2, 1.0), fake_output(tmp_path / "f3", 3, 1.0)
+    bench.merge(bench.parse_args(["--merge", f"{a},{b}", "--out", str(tmp_path / "all")]))
+    summary = json.loads((tmp_path / "all" / "bench_robust.json").read_text())
+    assert summary["f"] == [2, 3] and summary["runs"] == 4 and summary["wall_s"] == 20.0
+    cells = summary["datasets"]["cora"]["rules"]["flag+nnm"]
+    assert cells["2"]["final"]["worst"] == pytest.approx(0.5)
+    assert cells["3"]["final"]["worst"] == pytest.approx(0.4)
+    assert (tmp_path / "all" / "bench_robust.png").stat().st_size > 0
+    assert len((tmp_path / "all" / "runs.jsonl").read_text().splitlines()) == 4
+    capsys.readouterr()
+
+
+def test_outputs_of_other_settings_are_not_merged(tmp_path):
+    a, b = fake_output(tmp_path / "f2", 2, 1.0), fake_output(tmp_path / "f3", 3, 0.5)
+    with pytest.raises(SystemExit, match="other settings than .*f2 \\(lr 0.5 vs 1.0\\)"):
+        bench.merge(bench.parse_args(["--merge", f"{a},{b}", "--out", str(tmp_path / "all")]))
