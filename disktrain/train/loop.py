@@ -11,10 +11,11 @@ loss or synchronized gradient stops the run with NonFiniteError naming the epoch
 or, with ``on_nonfinite="skip"``, drops the step and counts it.
 
 With ``cfg.attack``, every rank runs a ByzantineWorker (disktrain.robust.worker): the attacking
-ranks train on flipped labels or replace their gradient before the grad-sync step. After each
-epoch's batches, every rank compares a digest of its parameters with the others'
-(disktrain.robust.check_replicas) and stops with ReplicaDivergenceError, naming the ranks,
-when they differ.
+ranks train on flipped labels or replace their gradient before the grad-sync step; with
+``cfg.worker_momentum``, every rank first replaces its gradient by the running average of its
+gradients (disktrain.robust.momentum). After each epoch's batches, every rank compares a
+digest of its parameters with the others' (disktrain.robust.check_replicas) and stops with
+ReplicaDivergenceError, naming the ranks, when they differ.
 """
 
 from __future__ import annotations
