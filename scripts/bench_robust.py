@@ -18,8 +18,9 @@ For each dataset and seed, one torchrun job of n = --workers processes (OMP_NUM_
 torch thread each) trains GraphSAGE once per (rule, pre-aggregation, f, attack) with
 `disktrain.train.train`: the last f ranks are ByzantineWorkers that send the attack (or train
 on flipped labels) through the real all-gather, and the rule tolerates f. Each job also trains
-the attack-free baseline (the plain mean, no attacker) and, with --attack-free, every rule
-without attackers. Steps whose aggregate is not finite are skipped (the mean under a NaN
+the attack-free baseline (the plain mean, no attacker), per f ByzFL's attack-free baseline
+(the last f ranks send nothing: the mean of the n - f honest workers, on the honest data alone)
+and, with --attack-free, every rule without attackers. Steps whose aggregate is not finite are skipped (the mean under a NaN
 attack then never updates). A (rule, f) the rule cannot tolerate among n (e.g. Bulyan's
 n >= 4f + 3) is left out and listed; the mean is run without NNM (its f is 0, so NNM would
 mix all n rows).
@@ -103,6 +104,7 @@ def jobs(args) -> tuple[list[dict], list[dict]]:
 
     n = args.workers
     runs = [{"rule": "mean", "pre_aggregate": [], "f": 0, "attack": "none"}]
+    runs += [{"rule": "mean", "pre_aggregate": [], "f": f, "attack": ABSENT} for f in args.f]
     skipped = []
     for f in args.f:
         ranks = tuple(range(n - f, n))
@@ -125,6 +127,25 @@ def jobs(args) -> tuple[list[dict], list[dict]]:
     return runs, skipped
 
 
+ABSENT = "absent"
+"""The baseline "attack" of ByzFL's attack-free runs: the last f ranks train but send nothing;
+the step is the mean of the n - f honest workers' vectors (the honest data alone)."""
+
+
+class HonestMean:
+    """Grad-sync step of the ABSENT baseline: every rank gathers the flat gradients and averages
+    the rows of ``honest`` ranks."""
+
+    def __init__(self, honest: list[int]) -> None:
+        self.honest = honest
+
+    def __call__(self, params) -> None:
+        from disktrain.grads import flat_grads, set_flat_grads
+        from disktrain.robust.sync import gather
+
+        set_flat_grads(params, gather(flat_grads(params))[self.honest].mean(dim=0))
+
+
 def worker(spec_path: str) -> None:
     """One rank of a torchrun job: train every run of the spec; rank 0 appends the records."""
     from disktrain.models import ModelConfig
@@ -136,7 +157,7 @@ def worker(spec_path: str) -> None:
     rank, n = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     for i, run in enumerate(spec["runs"]):
         f = run["f"]
-        attack = None if run["attack"] == "none" else AttackConfig(
+        attack = None if run["attack"] in ("none", ABSENT) else AttackConfig(
             attack=run["attack"], ranks=tuple(range(n - f, n)), seed=spec["seed"])
         cfg = TrainConfig(
             dataset=spec["dataset"], epochs=spec["epochs"], seed=spec["seed"], lr=spec["lr"],
@@ -149,7 +170,8 @@ def worker(spec_path: str) -> None:
             metrics=os.path.join(spec["scratch"], f"metrics{i}.jsonl"),
             checkpoint=CheckpointConfig(dir=os.path.join(spec["scratch"], f"ck{i}")))
         t0 = time.perf_counter()
-        summary = train(cfg)
+        summary = train(cfg, grad_sync=HonestMean(list(range(n - f)))
+                        if run["attack"] == ABSENT else None)
         if rank == 0:
             metrics = Path(cfg.metrics)
             curve = [[r["epoch"] + 1, r["test_acc"]] for r in map(
@@ -209,9 +231,13 @@ def summarize(records: list[dict], skipped: list[dict], args) -> dict:
     for name in args.datasets:
         mine = [r for r in records if r["dataset"] == name]
         base = [r for r in mine if r["attack"] == "none" and r["rule"] == "mean" and r["f"] == 0]
+        honest = {}
+        for r in mine:
+            if r["attack"] == ABSENT:
+                honest.setdefault(str(r["f"]), []).append(r)
         table: dict[str, dict[str, dict]] = {}
         for r in mine:
-            if r["f"] == 0:
+            if r["f"] == 0 or r["attack"] == ABSENT:
                 continue
             cell = table.setdefault(variant(r), {}).setdefault(str(r["f"]), {})
             cell.setdefault(r["attack"], []).append(r)
@@ -224,7 +250,9 @@ def summarize(records: list[dict], skipped: list[dict], args) -> dict:
                     worst = min(attacked, key=attacked.get) if attacked else None
                     cells[f][m] = {"accuracy": {a: v[m] for a, v in acc.items()},
                                    "worst": attacked.get(worst), "worst_attack": worst}
-        out[name] = {"attack_free_mean": accuracy(base) if base else None, "rules": table}
+        out[name] = {"attack_free_mean": accuracy(base) if base else None,
+                     "honest_only_mean": {f: accuracy(v) for f, v in honest.items()},
+                     "rules": table}
     return {"workers": args.workers, "f": args.f, "seeds": args.seeds, "epochs": args.epochs,
             "sampled_epochs": args.sampled_epochs, "eval_every": args.eval_every,
             "optimizer": args.optimizer, "lr": args.lr, "momentum": args.momentum,
@@ -273,8 +301,11 @@ def heatmap(summary: dict, path: Path) -> None:
             ax.set_xticks(range(len(fs)), [f"f={f}" for f in fs])
             ax.set_yticks(range(len(rows)), rows)
             base = data["attack_free_mean"]
+            honest = ", ".join(f"f={f}: {h[m]:.2f}"
+                               for f, h in sorted(data.get("honest_only_mean", {}).items()))
             ax.set_title(f"{name}, n={summary['workers']}, {m}\nattack-free mean "
-                         f"{'n/a' if base is None else f'{base[m]:.2f}'}", fontsize=9)
+                         f"{'n/a' if base is None else f'{base[m]:.2f}'}"
+                         + (f"\nhonest only {honest}" if honest else ""), fontsize=9)
     fig.suptitle("worst-case test accuracy over attacks", fontsize=10)
     fig.tight_layout()
     tmp = path.with_name(path.name + ".tmp.png")
@@ -285,7 +316,8 @@ def heatmap(summary: dict, path: Path) -> None:
 
 def markdown(summary: dict) -> str:
     """The worst-case tables as Markdown, one per measure: a row per rule variant, per dataset
-    and f the worst-case accuracy and the attack that reached it; the attack-free mean first."""
+    and f the worst-case accuracy and the attack that reached it; the attack-free means first
+    (all n workers, and the n - f honest ones alone)."""
     names, fs = list(summary["datasets"]), [str(f) for f in summary["f"]]
     head = [f"{name} f={f}" for name in names for f in fs]
     out = []
@@ -295,6 +327,11 @@ def markdown(summary: dict) -> str:
         base = [summary["datasets"][name]["attack_free_mean"] for name in names]
         lines.append("| attack-free mean | " + " | ".join(
             "n/a" if b is None else f"{b[m]:.3f}" for b in base for _ in fs) + " |")
+        honest = [summary["datasets"][name].get("honest_only_mean", {}).get(f)
+                  for name in names for f in fs]
+        if any(honest):
+            lines.append("| attack-free mean, honest workers only | " + " | ".join(
+                "n/a" if h is None else f"{h[m]:.3f}" for h in honest) + " |")
         for v in rule_rows(summary):
             cells = []
             for name in names:
@@ -366,7 +403,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.f = [int(f) for f in args.f.split(",")]
     args.seeds = [int(s) for s in args.seeds.split(",")]
     args.rules = args.rules.split(",")
-    args.attacks = args.attacks.split(",")
+    args.attacks = [a for a in args.attacks.split(",") if a]
     args.pre_aggregate = [tuple(p for p in chain.split("+") if p)
                           for chain in args.pre_aggregate.split(",")]
     for name, given, known in (("--rules", [r.partition("/r=")[0] for r in args.rules],
@@ -400,13 +437,15 @@ def merge(args) -> None:
         first = first or settings
         wall += summary.get("wall_s", 0.0)
         records += [json.loads(line) for line in (d / "runs.jsonl").read_text().splitlines()]
-    vars(args).update(first)
+    key = ("dataset", "seed", "rule", "pre_aggregate", "f", "attack")  # a run in two parts:
+    records = list({json.dumps([r[k] for k in key]): r for r in reversed(records)}.values())
+    records.reverse()  # the first of each kept, in order    vars(args).update(first)
     args.datasets = sorted({r["dataset"] for r in records})
     args.f = sorted({r["f"] for r in records if r["f"]})
     args.seeds = sorted({r["seed"] for r in records})
     args.rules = sorted({r["rule"] for r in records})
     args.pre_aggregate = sorted({tuple(r["pre_aggregate"]) for r in records})
-    args.attacks = sorted({r["attack"] for r in records if r["attack"] != "none"})
+    args.attacks = sorted({r["attack"] for r in records} - {"none", ABSENT})
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "runs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
     write_outputs({**summarize(records, jobs(args)[1], args), "runs": len(records),

@@ -26,12 +26,15 @@ def test_the_grid_leaves_out_what_a_rule_cannot_tolerate():
                              "--attacks", "alie,inf", "--pre-aggregate", ",nnm"])
     runs, skipped = bench.jobs(args)
     assert runs[0] == {"rule": "mean", "pre_aggregate": [], "f": 0, "attack": "none"}
-    keys = {(r["rule"], tuple(r["pre_aggregate"]), r["f"]) for r in runs[1:]}
+    # ByzFL's attack-free baseline per f: the honest workers alone
+    assert runs[1:3] == [{"rule": "mean", "pre_aggregate": [], "f": f, "attack": "absent"}
+                         for f in (1, 2)]
+    keys = {(r["rule"], tuple(r["pre_aggregate"]), r["f"]) for r in runs[3:]}
     # the mean runs without NNM only; Bulyan needs n >= 4f + 3 (8 workers: f = 1 only)
     assert keys == {("mean", (), 1), ("mean", (), 2), ("bulyan", (), 1), ("bulyan", ("nnm",), 1),
                     ("flag/r=8", (), 1), ("flag/r=8", ("nnm",), 1), ("flag/r=8", (), 2),
                     ("flag/r=8", ("nnm",), 2)}
-    assert len(runs) == 1 + 2 * len(keys)
+    assert len(runs) == 3 + 2 * len(keys)
     assert {(s["rule"], s["f"]) for s in skipped} == {("bulyan", 2)}
 
 
@@ -85,6 +88,23 @@ def test_the_markdown_table_names_the_worst_attack():
     assert table[7].startswith("Worst case over attacks, best test accuracy")
 
 
+def test_the_honest_only_baseline_is_apart_from_the_attacks():
+    args = bench.parse_args(["--datasets", "cora", "--f", "1,2"])
+    records = [{"dataset": "cora", "rule": "mean", "pre_aggregate": [], "f": 0,
+                "attack": "none", "test_acc": 0.8},
+               {"dataset": "cora", "rule": "mean", "pre_aggregate": [], "f": 2,
+                "attack": "absent", "test_acc": 0.78},
+               {"dataset": "cora", "rule": "mean", "pre_aggregate": [], "f": 2,
+                "attack": "inf", "test_acc": 0.1}]
+    summary = bench.summarize(records, [], args)
+    data = summary["datasets"]["cora"]
+    assert data["honest_only_mean"]["2"]["final"] == pytest.approx(0.78)
+    assert data["rules"]["mean"]["2"]["final"]["accuracy"] == {"inf": pytest.approx(0.1)}
+    table = bench.markdown(summary).splitlines()
+    assert table[5] == "| attack-free mean, honest workers only | n/a | 0.780 |"
+    assert table[6] == "| mean | n/a | 0.100 (inf) |"
+
+
 def fake_output(path: Path, f: int, lr: float) -> Path:
     """A bench output directory: its settings and two runs (baseline, flag under alie)."""
     import json
@@ -107,12 +127,13 @@ def test_outputs_run_in_parts_merge_into_one_summary(tmp_path, capsys):
     a, b = fake_output(tmp_path / "f2", 2, 1.0), fake_output(tmp_path / "f3", 3, 1.0)
     bench.merge(bench.parse_args(["--merge", f"{a},{b}", "--out", str(tmp_path / "all")]))
     summary = json.loads((tmp_path / "all" / "bench_robust.json").read_text())
-    assert summary["f"] == [2, 3] and summary["runs"] == 4 and summary["wall_s"] == 20.0
+    # the baseline both parts ran is counted once
+    assert summary["f"] == [2, 3] and summary["runs"] == 3 and summary["wall_s"] == 20.0
     cells = summary["datasets"]["cora"]["rules"]["flag+nnm"]
     assert cells["2"]["final"]["worst"] == pytest.approx(0.5)
     assert cells["3"]["final"]["worst"] == pytest.approx(0.4)
     assert (tmp_path / "all" / "bench_robust.png").stat().st_size > 0
-    assert len((tmp_path / "all" / "runs.jsonl").read_text().splitlines()) == 4
+    assert len((tmp_path / "all" / "runs.jsonl").read_text().splitlines()) == 3
     capsys.readouterr()
 
 
