@@ -30,6 +30,13 @@ prefix sum, the picks, a prefetching gather of the picked ids, then relabeling t
 open-addressing hash table that lives for the whole batch). No barrier joins the threads, which
 keeps both cores busy on a machine shared with other work; fork-join ``prange`` passes (two
 barriers per pass and hop) measured 2-3x slower there than a single thread.
+
+Memory: a thread writes its batches one after another into work buffers (the hash table, the
+node list, the edge lists, ...) that outlive the batch and the call: a finished call leaves them
+to the next one (up to ``_IDLE_BYTES``), so sampling writes into memory already paged in, and
+the result's arrays are filled by one copy, sized from the counts. Fresh arrays per batch, grown
+hop by hop, then concatenated, spent a quarter to a third of the sampler's CPU in the kernel
+faulting in and zeroing fresh pages (2 MiB ones for NumPy's arrays of 4 MiB and more).
 """
 
 from __future__ import annotations
@@ -52,7 +59,14 @@ _SMALL_FANOUT = 32
 _EMPTY = -1
 _AHEAD = 16
 """Prefetch distance (loop iterations) of the random CSR and hash-table reads."""
-_NO_BUFFER = np.empty(0, np.int64)
+_NO_BUFFERS = (np.empty(0, np.int64),) * 4 + (np.empty(0, np.int32),) * 2
+"""Empty work buffers ``(table, ids, rows, nodes, src, dst)`` (see :func:`_sample_batch`)."""
+_IDLE_BYTES = 512 << 20
+"""At most this many bytes of work buffers wait between calls for the next one: enough for two
+threads' share of 64 batches of 1024 seeds, fanouts 15,10,5 (about 230 MiB each)."""
+_idle: list = []
+"""Work buffer sets left by finished calls."""
+_idle_lock = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -149,29 +163,56 @@ def sample_batches(indptr: np.ndarray, indices: np.ndarray, seeds: np.ndarray,
                         np.uint64)
     num_batches = seed_offsets.shape[0] - 1
     results: list = [None] * num_batches
-    scratch = threading.local()  # per thread: the hash table and id buffer, reused
+    spools: dict = {}  # per thread: [work buffers, where its next batch's nodes, edges go]
 
     def run(b: int) -> None:
-        out = _sample_batch(indptr, indices, seeds[seed_offsets[b]:seed_offsets[b + 1]],
-                            fanouts, hop_keys, frontier_only,
-                            getattr(scratch, "table", _NO_BUFFER),
-                            getattr(scratch, "ids", _NO_BUFFER))
-        results[b] = out[:-2]
-        scratch.table, scratch.ids = out[-2:]
+        spool = spools.get(threading.get_ident())
+        if spool is None:
+            spool = spools[threading.get_ident()] = [_take_buffers(), 0, 0]
+        buffers, node_base, edge_base = spool
+        *out, spool[0] = _sample_batch(indptr, indices,
+                                       seeds[seed_offsets[b]:seed_offsets[b + 1]], fanouts,
+                                       hop_keys, frontier_only, buffers, node_base, edge_base)
+        results[b] = (*out, spool, node_base, edge_base)
+        spool[1] += out[0][-1]  # hop_counts[-1]: the batch's nodes
+        spool[2] += out[1][-1]  # and edges
 
-    num_threads = min(nb.get_num_threads(), num_batches)
-    if num_threads <= 1:
-        for b in range(num_batches):
-            run(b)
-    else:
-        with ThreadPoolExecutor(num_threads, thread_name_prefix="sample_batches") as pool:
-            list(pool.map(run, range(num_batches)))
-    return _assemble(results, fanouts.shape[0])
+    try:
+        num_threads = min(nb.get_num_threads(), num_batches)
+        if num_threads <= 1:
+            for b in range(num_batches):
+                run(b)
+        else:
+            with ThreadPoolExecutor(num_threads, thread_name_prefix="sample_batches") as pool:
+                list(pool.map(run, range(num_batches)))
+        return _assemble(results, fanouts.shape[0])
+    finally:
+        _leave_buffers([spool[0] for spool in spools.values()])
+
+
+def _take_buffers() -> tuple:
+    """Work buffers left by an earlier call, or empty ones."""
+    with _idle_lock:
+        return _idle.pop() if _idle else _NO_BUFFERS
+
+
+def _leave_buffers(sets: list) -> None:
+    """Leave work buffer sets to later calls, as many as a call can use, within the budget."""
+    with _idle_lock:
+        total = sum(a.nbytes for kept in _idle for a in kept)
+        for buffers in sets:
+            size = sum(a.nbytes for a in buffers)
+            if len(_idle) < nb.config.NUMBA_NUM_THREADS and total + size <= _IDLE_BYTES:
+                _idle.append(buffers)
+                total += size
 
 
 def _assemble(results: list, num_hops: int) -> SampledBatches:
-    """Concatenate the per-batch kernel outputs into the flat batch-major layout."""
-    for b, (*_, duplicate, too_big) in enumerate(results):
+    """Copy the batches out of the threads' work buffers into the flat batch-major layout.
+
+    The large arrays come from :func:`_empty` (4 KiB pages, see there), sized from the counts.
+    """
+    for b, (_, _, duplicate, too_big, *_) in enumerate(results):
         if duplicate >= 0:
             raise ValueError(f"seeds: batch {b} repeats seed {duplicate} "
                              "(seeds must be unique within a batch)")
@@ -181,7 +222,7 @@ def _assemble(results: list, num_hops: int) -> SampledBatches:
     num_batches = len(results)
     hop_counts = np.zeros((num_batches, num_hops + 1), np.int64)
     per_hop = np.zeros((num_batches, num_hops), np.int64)
-    for b, (_, counts, _, _, hop_offsets, *_) in enumerate(results):
+    for b, (counts, hop_offsets, *_) in enumerate(results):
         hop_counts[b] = counts
         per_hop[b] = np.diff(hop_offsets)
     node_offsets = np.zeros(num_batches + 1, np.int64)
@@ -189,12 +230,17 @@ def _assemble(results: list, num_hops: int) -> SampledBatches:
     edge_offsets = np.zeros(num_batches * num_hops + 1, np.int64)
     np.cumsum(per_hop.reshape(-1), out=edge_offsets[1:])
 
-    def cat(i: int, dtype) -> np.ndarray:
-        return np.concatenate([r[i] for r in results]) if results else np.empty(0, dtype)
-
-    return SampledBatches(nodes=cat(0, np.int64), node_offsets=node_offsets,
-                          hop_counts=hop_counts, edge_src=cat(2, np.int32),
-                          edge_dst=cat(3, np.int32), edge_offsets=edge_offsets)
+    nodes = _empty(node_offsets[-1], np.int64)
+    edge_src = _empty(edge_offsets[-1], np.int32)
+    edge_dst = _empty(edge_offsets[-1], np.int32)
+    for b, (*_, (buffers, *_), node_base, edge_base) in enumerate(results):
+        lo, hi = node_offsets[b], node_offsets[b + 1]
+        nodes[lo:hi] = buffers[3][node_base:node_base + hi - lo]
+        lo, hi = edge_offsets[b * num_hops], edge_offsets[(b + 1) * num_hops]
+        edge_src[lo:hi] = buffers[4][edge_base:edge_base + hi - lo]
+        edge_dst[lo:hi] = buffers[5][edge_base:edge_base + hi - lo]
+    return SampledBatches(nodes=nodes, node_offsets=node_offsets, hop_counts=hop_counts,
+                          edge_src=edge_src, edge_dst=edge_dst, edge_offsets=edge_offsets)
 
 
 # Validation -----------------------------------------------------------------------------------
@@ -307,6 +353,19 @@ def _floyd_hashed(stream, d, k, picks, table, shift, slots):
 
 
 @nb.njit(nogil=True, cache=True)
+def _empty(size, dtype):
+    """``np.empty(size, dtype)`` from Numba's allocator (``malloc``), without NumPy's advice.
+
+    NumPy advises allocations of 4 MiB and more ``MADV_HUGEPAGE``. A large call's result arrays
+    (above glibc's largest mmap threshold, 32 MiB) are fresh mappings every call, and faulting
+    them in as zeroed 2 MiB pages cost 1.5x the system time of 4 KiB ones (64 batches of 1024
+    a call; at 16 a call, served from reused heap memory, huge pages were slightly cheaper).
+    The arrays are written once, in order: huge pages buy them nothing.
+    """
+    return np.empty(size, dtype)
+
+
+@nb.njit(nogil=True, cache=True)
 def _grow(arr, size, keep):
     """``arr`` if it holds ``size`` items, else a larger copy of its first ``keep`` items."""
     if arr.shape[0] >= size:
@@ -334,24 +393,29 @@ def _insert_known(table, bits, nodes, n):
 
 
 @nb.njit(nogil=True, cache=True)
-def _sample_batch(indptr, indices, seeds, fanouts, hop_keys, frontier_only, table, ids):
-    """Sample and relabel one batch, every hop.
+def _sample_batch(indptr, indices, seeds, fanouts, hop_keys, frontier_only, buffers,
+                  node_base, edge_base):
+    """Sample and relabel one batch, every hop, into work buffers reused across batches.
 
-    ``table`` ((global id, local id) pairs, open addressing, linear probing) and ``ids``
-    (picked CSR offsets, then the ids at them) are scratch buffers reused across batches; they
-    come back, possibly grown, as the last two results. Returns ``(nodes, hop_counts,
-    edge_src, edge_dst, hop_edge_offsets, repeated seed or -1, hop whose local ids would
-    overflow int32 or 0, table, ids)``.
+    ``buffers`` are ``(table, ids, rows, nodes, src, dst)``: the hash table ((global id, local
+    id) pairs, open addressing, linear probing), the picked CSR offsets and then the ids at
+    them, the per-hop row starts, lengths and sampled-degree prefix sums, and where the batch's
+    node list goes (from ``nodes[node_base]``) and its edges (from ``src[edge_base]`` and
+    ``dst[edge_base]``); what lies before the bases is kept (earlier batches), nothing else in
+    them is read. Returns ``(hop_counts, hop_edge_offsets, repeated seed or -1, hop whose local
+    ids would overflow int32 or 0, buffers)``, the buffers possibly grown.
     """
+    table, ids, rows, node_buf, src_buf, dst_buf = buffers
     num_hops = fanouts.shape[0]
     n = seeds.shape[0]
     hop_counts = np.zeros(num_hops + 1, np.int64)
     hop_counts[0] = n
     hop_offsets = np.zeros(num_hops + 1, np.int64)
-    nodes = np.empty(max(n, 16), np.int64)
+    node_buf = _grow(node_buf, node_base + n, node_base)
+    nodes = node_buf[node_base:]
     nodes[:n] = seeds
-    src = np.empty(16, np.int32)
-    dst = np.empty(16, np.int32)
+    src = src_buf[edge_base:]
+    dst = dst_buf[edge_base:]
     num_edges = 0
     duplicate = -1
     too_big = 0
@@ -369,9 +433,10 @@ def _sample_batch(indptr, indices, seeds, fanouts, hop_keys, frontier_only, tabl
         lo = hop_counts[hop - 2] if frontier_only and hop > 1 else 0
         m = n - lo
         # sampled degrees of the dst nodes nodes[lo:n], and their prefix sum
-        row_start = np.empty(m, np.int64)
-        row_len = np.empty(m, np.int64)
-        eptr = np.empty(m + 1, np.int64)
+        rows = _grow(rows, 3 * m + 1, 0)
+        row_start = rows[:m]
+        row_len = rows[m:2 * m]
+        eptr = rows[2 * m:]
         eptr[0] = 0
         for i in range(m):
             if i + _AHEAD < m:
@@ -387,9 +452,12 @@ def _sample_batch(indptr, indices, seeds, fanouts, hop_keys, frontier_only, tabl
             too_big = hop
             break
         ids = _grow(ids, e, 0)
-        src = _grow(src, num_edges + e, num_edges)
-        dst = _grow(dst, num_edges + e, num_edges)
-        nodes = _grow(nodes, n + e, n)
+        src_buf = _grow(src_buf, edge_base + num_edges + e, edge_base + num_edges)
+        dst_buf = _grow(dst_buf, edge_base + num_edges + e, edge_base + num_edges)
+        node_buf = _grow(node_buf, node_base + n + e, node_base + n)
+        nodes = node_buf[node_base:]
+        src = src_buf[edge_base:]
+        dst = dst_buf[edge_base:]
         # the hash table stays at most half full; rebuilt from the known nodes when it grows
         if (1 << bits) < 2 * (n + e):
             bits = 4
@@ -448,5 +516,5 @@ def _sample_batch(indptr, indices, seeds, fanouts, hop_keys, frontier_only, tabl
         num_edges += e
         hop_counts[hop] = n
         hop_offsets[hop] = num_edges
-    return (nodes[:n], hop_counts, src[:num_edges], dst[:num_edges], hop_offsets, duplicate,
-            too_big, table, ids)
+    return hop_counts, hop_offsets, duplicate, too_big, (table, ids, rows, node_buf, src_buf,
+                                                         dst_buf)

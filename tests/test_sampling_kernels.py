@@ -8,6 +8,7 @@ import pytest
 from scipy.stats import chisquare
 
 from disktrain.kernels import rng as krng
+from disktrain.kernels import sampling
 from disktrain.kernels.sampling import SampledBatches, sample_batches
 
 
@@ -238,14 +239,80 @@ def test_same_result_however_batches_are_grouped(graph, frontier_only):
         alone = sample_batches(indptr, indices, seeds[offsets[b]:offsets[b + 1]],
                                np.array([0, size], np.int64), [3, 5], key=21,
                                frontier_only=frontier_only)
-        assert_same(alone, SampledBatches(
-            nodes=together.batch(b).nodes,
-            node_offsets=np.array([0, together.hop_counts[b, -1]]),
-            hop_counts=together.hop_counts[b:b + 1],
-            edge_src=together.batch(b).edge_src,
-            edge_dst=together.batch(b).edge_dst,
-            edge_offsets=together.batch(b).edge_offsets,
-        ))
+        assert_same(alone, batch_alone(together, b))
+
+
+def batch_alone(res: SampledBatches, b: int) -> SampledBatches:
+    """Batch ``b`` of ``res`` as the result of a call that sampled it alone."""
+    one = res.batch(b)
+    return SampledBatches(nodes=one.nodes, node_offsets=np.array([0, one.nodes.size]),
+                          hop_counts=res.hop_counts[b:b + 1], edge_src=one.edge_src,
+                          edge_dst=one.edge_dst, edge_offsets=one.edge_offsets)
+
+
+@pytest.mark.parametrize("frontier_only", [False, True])
+def test_reused_work_buffers_change_nothing(frontier_only, monkeypatch):
+    """Batches of very different sizes in one call, so that each thread's work buffers, grown
+    by a big batch, serve the small ones after it (and grow again), and calls reuse the
+    buffers of earlier calls: each batch equals the batch sampled alone with fresh buffers, on
+    one thread and on two."""
+    num_nodes = 3000
+    gen = np.random.default_rng(4)
+    pairs = np.unique(gen.integers(0, num_nodes, (60000, 2)), axis=0)
+    indptr, indices = csr_from_edges(pairs[:, 0], pairs[:, 1], num_nodes)
+    sizes = [1, 400, 0, 3, 250, 2, 700, 1, 5]
+    seeds, offsets = batches(num_nodes, sizes, seed=5)
+    fanouts = [6, 40, 3]  # 40 > 32: the hashed pick set too
+    with monkeypatch.context() as m:  # no buffers left between these calls: fresh ones
+        m.setattr(sampling, "_idle", [])
+        m.setattr(sampling, "_IDLE_BYTES", 0)
+        alone = [sample_batches(indptr, indices, seeds[offsets[b]:offsets[b + 1]],
+                                np.array([0, size], np.int64), fanouts, key=31,
+                                frontier_only=frontier_only) for b, size in enumerate(sizes)]
+        assert not sampling._idle
+    edges = [int(a.edge_offsets[-1]) for a in alone]
+    assert min(edges[:2]) > 0 and max(edges) > 50 * min(edges[:2])  # small and big batches
+    before = numba.get_num_threads()
+    try:
+        for threads in sorted({1, min(2, numba.config.NUMBA_NUM_THREADS)}) * 2:
+            numba.set_num_threads(threads)  # the second call of each reuses the first's buffers
+            together = sample_batches(indptr, indices, seeds, offsets, fanouts, key=31,
+                                      frontier_only=frontier_only)
+            assert sampling._idle, "no work buffers left for the next call"
+            for b, one in enumerate(alone):
+                assert_same(one, batch_alone(together, b))
+    finally:
+        numba.set_num_threads(before)
+
+
+def test_kernel_never_reads_stale_work_buffers(graph):
+    """The batch kernel's output does not depend on what its reused work buffers held, and
+    it keeps what lies before the bases (the thread's earlier batches)."""
+    from disktrain.kernels.sampling import _NO_BUFFERS, _sample_batch
+
+    indptr, indices = graph
+    seeds, _ = batches(300, [40])
+    fanouts = np.array([5, 40, 3], np.int64)  # 40 > 32: the hashed pick set too
+    hop_keys = np.array([krng.stream_key(np.uint64(9), hop) for hop in (1, 2, 3)], np.uint64)
+    gen = np.random.default_rng(2)
+    # ids of this graph and local ids alike, large enough that no buffer grows
+    stale = tuple(gen.integers(0, 300, 1 << 16).astype(a.dtype) for a in _NO_BUFFERS)
+    node_base, edge_base = 100, 50
+    for frontier_only in (False, True):
+        *fresh, fresh_buffers = _sample_batch(indptr, indices, seeds, fanouts, hop_keys,
+                                              frontier_only, _NO_BUFFERS, 0, 0)
+        *reused, buffers = _sample_batch(indptr, indices, seeds, fanouts, hop_keys,
+                                         frontier_only, tuple(a.copy() for a in stale),
+                                         node_base, edge_base)
+        for name, a, b in zip(("hop_counts", "hop_offsets", "duplicate", "too_big"), fresh,
+                              reused):
+            np.testing.assert_array_equal(a, b, err_msg=name)
+        assert [a.shape for a in buffers] == [a.shape for a in stale], "a buffer grew"
+        n, e = fresh[0][-1], fresh[1][-1]
+        assert n > 200 and e > 500
+        for i, base, size in ((3, node_base, n), (4, edge_base, e), (5, edge_base, e)):
+            np.testing.assert_array_equal(buffers[i][base:base + size], fresh_buffers[i][:size])
+            np.testing.assert_array_equal(buffers[i][:base], stale[i][:base])
 
 
 def test_int32_int64_and_memmap_inputs_agree(graph, tmp_path):
