@@ -254,6 +254,6 @@ def test_a_resumed_robust_run_goes_on_where_it_stopped(learnable, tmp_path):
     assert len(saved) == WORLD and len({tuple(row) for row in saved}) == WORLD
     assert all(any(row) for row in saved)
     for r in ranks:
-        assert r["resumed"]["resumed_at"] == [1, 0]
+        assert r["resumed"]["resumed_at"] == [1, 0] and r["resumed"]["worker_momentum"] == 0.9
         assert r["resumed"]["steps"] == r["straight"]["steps"] == 6
     assert len({r[run]["params_sha256"] for r in ranks for run in ("resumed", "straight")}) == 1

@@ -377,6 +377,7 @@ def _fit(cfg: TrainConfig, env: DistEnv, device: torch.device, loader: Loader, g
             "model": cfg.model.model, "world_size": env.world_size, "steps": steps,
             "robust": dataclasses.asdict(cfg.robust),
             "attack": None if cfg.attack is None else dataclasses.asdict(cfg.attack),
+            "worker_momentum": cfg.worker_momentum,
             "skipped_steps": sum(r["skipped_steps"] for r in history),
             "resumed_at": resumed_at,
             "compute_threads": torch.get_num_threads(),
