@@ -16,14 +16,14 @@ is the earlier protocol (server momentum, 32 steps).
 
 For each dataset and seed, one torchrun job of n = --workers processes (OMP_NUM_THREADS=1, one
 torch thread each) trains GraphSAGE once per (rule, pre-aggregation, f, attack) with
-`disktrain.train.train`: the last f ranks are ByzantineWorkers that send the attack (or train
-on flipped labels) through the real all-gather, and the rule tolerates f. Each job also trains
-the attack-free baseline (the plain mean, no attacker), per f ByzFL's attack-free baseline
-(the last f ranks send nothing: the mean of the n - f honest workers, on the honest data alone)
-and, with --attack-free, every rule without attackers. Steps whose aggregate is not finite are skipped (the mean under a NaN
-attack then never updates). A (rule, f) the rule cannot tolerate among n (e.g. Bulyan's
-n >= 4f + 3) is left out and listed; the mean is run without NNM (its f is 0, so NNM would
-mix all n rows).
+`disktrain.train.train`: the last f ranks are ByzantineWorkers that send the attack (or train on
+flipped labels) through the real all-gather, and the rule tolerates f. Each job also trains the
+attack-free baseline (the plain mean, no attacker), per f ByzFL's attack-free baseline (the last
+f ranks send nothing: the mean of the n - f honest workers, on the honest data alone) and, with
+--attack-free, every rule without attackers. Steps whose aggregate is not finite are skipped
+(the mean under a NaN attack then never updates). A (rule, f) the rule cannot tolerate among n
+(e.g. Bulyan's n >= 4f + 3) is left out and listed; the mean is run without NNM (its f is 0, so
+NNM would mix all n rows).
 
 Datasets: cora (../shared/datasets/cora, the public split, ingested as in the README) and
 synth (a small planted-class graph of disktrain.synth). Accuracy per attack is the mean over
@@ -437,9 +437,15 @@ def merge(args) -> None:
         first = first or settings
         wall += summary.get("wall_s", 0.0)
         records += [json.loads(line) for line in (d / "runs.jsonl").read_text().splitlines()]
-    key = ("dataset", "seed", "rule", "pre_aggregate", "f", "attack")  # a run in two parts:
-    records = list({json.dumps([r[k] for k in key]): r for r in reversed(records)}.values())
-    records.reverse()  # the first of each kept, in order    vars(args).update(first)
+    seen, unique = set(), []  # a run two parts share (their baseline) counts once
+    for r in records:
+        key = json.dumps([r[k] for k in ("dataset", "seed", "rule", "pre_aggregate", "f",
+                                         "attack")])
+        if key not in seen:
+            seen.add(key)
+            unique.append(r)
+    records = unique
+    vars(args).update(first)
     args.datasets = sorted({r["dataset"] for r in records})
     args.f = sorted({r["f"] for r in records if r["f"]})
     args.seeds = sorted({r["seed"] for r in records})

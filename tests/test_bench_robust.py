@@ -124,9 +124,10 @@ def fake_output(path: Path, f: int, lr: float) -> Path:
 def test_outputs_run_in_parts_merge_into_one_summary(tmp_path, capsys):
     import json
 
-    a, b = fake_output(tmp_path / "f2", 2, 1.0), fake_output(tmp_path / "f3", 3, 1.0)
+    a, b = fake_output(tmp_path / "f2", 2, 0.5), fake_output(tmp_path / "f3", 3, 0.5)
     bench.merge(bench.parse_args(["--merge", f"{a},{b}", "--out", str(tmp_path / "all")]))
     summary = json.loads((tmp_path / "all" / "bench_robust.json").read_text())
+    assert summary["lr"] == 0.5 and summary["epochs"] == 0  # the parts' settings, not defaults
     # the baseline both parts ran is counted once
     assert summary["f"] == [2, 3] and summary["runs"] == 3 and summary["wall_s"] == 20.0
     cells = summary["datasets"]["cora"]["rules"]["flag+nnm"]
