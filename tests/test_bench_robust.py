@@ -44,13 +44,20 @@ def test_unknown_rules_are_refused(capsys):
     assert "--rules: unknown flagg" in capsys.readouterr().err
 
 
+def run(rule: str, f: int, attack: str, acc: float, pre=(), seed: int = 0, **extra) -> dict:
+    """A runs.jsonl record on Cora."""
+    return {"dataset": "cora", "rule": rule, "pre_aggregate": list(pre), "f": f,
+            "attack": attack, "test_acc": acc, "seed": seed, **extra}
+
+
+BASELINE = run("mean", 0, "none", 0.8)
+
+
 def test_the_worst_case_is_the_least_seed_mean_over_attacks():
     args = bench.parse_args(["--datasets", "cora", "--f", "1", "--seeds", "0,1"])
-    records = [{"dataset": "cora", "rule": "mean", "pre_aggregate": [], "f": 0, "attack": "none",
-                "test_acc": 0.8}]
+    records = [BASELINE]
     for seed, accs in enumerate(({"alie": 0.7, "inf": 0.5}, {"alie": 0.5, "inf": 0.6})):
-        records += [{"dataset": "cora", "rule": "flag", "pre_aggregate": ["nnm"], "f": 1,
-                     "attack": a, "test_acc": acc, "seed": seed} for a, acc in accs.items()]
+        records += [run("flag", 1, a, acc, ["nnm"], seed) for a, acc in accs.items()]
     cell = bench.summarize(records, [], args)["datasets"]["cora"]["rules"]["flag+nnm"]["1"]
     assert cell["final"]["worst_attack"] == "inf" and cell["final"]["worst"] == pytest.approx(0.55)
     assert cell["final"]["accuracy"]["alie"] == pytest.approx(0.6)
@@ -60,11 +67,8 @@ def test_the_best_measure_is_the_peak_of_the_seed_mean_curve():
     args = bench.parse_args(["--datasets", "cora", "--f", "1", "--seeds", "0,1"])
     # seed-mean curve under alie: 0.5, 0.7, 0.6 (the peak, 0.7, is no seed's own peak pair)
     curves = ([[1, 0.4], [2, 0.8], [3, 0.6]], [[1, 0.6], [2, 0.6], [3, 0.6]])
-    records = [{"dataset": "cora", "rule": "mean", "pre_aggregate": [], "f": 0,
-                "attack": "none", "test_acc": 0.8, "curve": [[1, 0.7], [3, 0.8]]}]
-    records += [{"dataset": "cora", "rule": "flag", "pre_aggregate": [], "f": 1,
-                 "attack": "alie", "test_acc": c[-1][1], "curve": c, "seed": i}
-                for i, c in enumerate(curves)]
+    records = [run("mean", 0, "none", 0.8, curve=[[1, 0.7], [3, 0.8]])]
+    records += [run("flag", 1, "alie", c[-1][1], seed=i, curve=c) for i, c in enumerate(curves)]
     data = bench.summarize(records, [], args)["datasets"]["cora"]
     assert data["attack_free_mean"] == {"final": 0.8, "best": 0.8}
     cell = data["rules"]["flag"]["1"]
@@ -74,12 +78,7 @@ def test_the_best_measure_is_the_peak_of_the_seed_mean_curve():
 
 def test_the_markdown_table_names_the_worst_attack():
     args = bench.parse_args(["--datasets", "cora", "--f", "1,2"])
-    records = [{"dataset": "cora", "rule": "mean", "pre_aggregate": [], "f": 0,
-                "attack": "none", "test_acc": 0.8},
-               {"dataset": "cora", "rule": "flag", "pre_aggregate": [], "f": 1,
-                "attack": "alie", "test_acc": 0.75},
-               {"dataset": "cora", "rule": "flag", "pre_aggregate": [], "f": 1,
-                "attack": "inf", "test_acc": 0.5}]
+    records = [BASELINE, run("flag", 1, "alie", 0.75), run("flag", 1, "inf", 0.5)]
     table = bench.markdown(bench.summarize(records, [], args)).splitlines()
     assert table[0].startswith("Worst case over attacks, test accuracy after the last")
     assert table[2] == "| rule | cora f=1 | cora f=2 |"
@@ -90,12 +89,7 @@ def test_the_markdown_table_names_the_worst_attack():
 
 def test_the_honest_only_baseline_is_apart_from_the_attacks():
     args = bench.parse_args(["--datasets", "cora", "--f", "1,2"])
-    records = [{"dataset": "cora", "rule": "mean", "pre_aggregate": [], "f": 0,
-                "attack": "none", "test_acc": 0.8},
-               {"dataset": "cora", "rule": "mean", "pre_aggregate": [], "f": 2,
-                "attack": "absent", "test_acc": 0.78},
-               {"dataset": "cora", "rule": "mean", "pre_aggregate": [], "f": 2,
-                "attack": "inf", "test_acc": 0.1}]
+    records = [BASELINE, run("mean", 2, "absent", 0.78), run("mean", 2, "inf", 0.1)]
     summary = bench.summarize(records, [], args)
     data = summary["datasets"]["cora"]
     assert data["honest_only_mean"]["2"]["final"] == pytest.approx(0.78)
@@ -113,10 +107,7 @@ def fake_output(path: Path, f: int, lr: float) -> Path:
     settings = {k: 0 for k in bench.SETTINGS}
     (path / "bench_robust.json").write_text(json.dumps({**settings, "workers": 8, "lr": lr,
                                                         "wall_s": 10.0}))
-    runs = [{"dataset": "cora", "rule": "mean", "pre_aggregate": [], "f": 0, "attack": "none",
-             "test_acc": 0.8, "seed": 0},
-            {"dataset": "cora", "rule": "flag", "pre_aggregate": ["nnm"], "f": f,
-             "attack": "alie", "test_acc": 0.7 - f / 10, "seed": 0}]
+    runs = [BASELINE, run("flag", f, "alie", 0.7 - f / 10, ["nnm"])]
     (path / "runs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in runs))
     return path
 

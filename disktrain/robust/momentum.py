@@ -41,9 +41,11 @@ class WorkerMomentum:
         self.buffer.mul_(self.beta).add_(g, alpha=1 - self.beta)
         set_flat_grads(params, self.buffer)
 
-    def state(self, like: torch.Tensor) -> torch.Tensor:
-        """The average to checkpoint (zeros shaped like ``like`` before the first step)."""
-        return torch.zeros_like(like) if self.buffer is None else self.buffer
+    def state(self, params: list[torch.nn.Parameter]) -> torch.Tensor:
+        """The average to checkpoint (zeros the size of ``params`` before the first step)."""
+        if self.buffer is not None:
+            return self.buffer
+        return params[0].new_zeros(sum(p.numel() for p in params))
 
     def load(self, buffer: torch.Tensor) -> None:
         """Resume from a checkpointed average."""

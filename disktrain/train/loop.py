@@ -37,7 +37,6 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from disktrain.errors import CheckpointError, DataError, NonFiniteError
-from disktrain.grads import flat_grads
 from disktrain.loader import Loader
 from disktrain.models.gnn import build_model
 from disktrain.pipeline import LoaderConfig
@@ -269,7 +268,7 @@ def _fit(cfg: TrainConfig, env: DistEnv, device: torch.device, loader: Loader, g
                                  "last good one")
         saved = _rng_states(env, device)  # every rank takes part (RNG states per rank)
         if momentum is not None:  # every rank's average, (world_size, d)
-            saved["worker_momentum"] = _stacked(momentum.state(flat_grads(params)), env)
+            saved["worker_momentum"] = _stacked(momentum.state(params), env)
         if isinstance(sync, RobustAggregate):  # step count and center, alike on every rank
             saved["aggregator"] = sync.aggregator.state_dict()
         if worker is not None:  # the attack's step count (seeds the gaussian attack)
