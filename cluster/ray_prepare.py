@@ -21,7 +21,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from disktrain.pack import PackConfig, PackedStore, pack_dataset
-from disktrain.prepare import prepare_eval
+from disktrain.pack.prepare import prepare_eval
 from disktrain.sample import SampleConfig, sample_dataset
 
 from .head import init_ray
@@ -93,9 +93,9 @@ def _run(task_fn, what: str, progress: bool, dataset_path: Path, cfg, groups: li
 def _sample_groups(dataset_path: str, cfg: SampleConfig, groups: list[int],
                    groups_dir: str) -> int:
     """Ray task: sample ``groups`` into the partial sample store's ``groups_dir``."""
-    from disktrain.dataset import Dataset
     from disktrain.sample import SamplePlan
     from disktrain.sample.store import sample_group
+    from disktrain.storage.dataset import Dataset
 
     # mapped, never copied: the tasks of a node share the page cache, not one copy each
     dataset = Dataset(dataset_path, csr="map")

@@ -14,15 +14,15 @@ def __getattr__(name: str):
     """``disktrain.Loader`` and ``disktrain.Batch``, imported on first use (they import
     torch; the command line's --help stays fast)."""
     if name == "Loader":
-        from disktrain.loader import Loader
+        from disktrain.loader.loader import Loader
 
         return Loader
     if name == "Batch":
-        from disktrain.batch import Batch
+        from disktrain.loader.batch import Batch
 
         return Batch
     if name == "from_pyg":
-        from disktrain.importers import from_pyg
+        from disktrain.ingest.importers import from_pyg
 
         return from_pyg
     raise AttributeError(f"module 'disktrain' has no attribute {name!r}")

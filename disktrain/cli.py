@@ -222,7 +222,7 @@ def _add_ingest(subparsers) -> argparse.ArgumentParser:
 
 
 def _ingest_options(p: argparse.ArgumentParser) -> None:
-    from disktrain.ingest import IngestConfig as C
+    from disktrain.ingest.inputs import IngestConfig as C
 
     source = p.add_mutually_exclusive_group(required=True)
     _option(source, "--edges", C, "edges", type=Path, metavar="PATH",
@@ -264,7 +264,7 @@ def _ingest_options(p: argparse.ArgumentParser) -> None:
 
 
 def _ingest_configs(args: argparse.Namespace) -> dict:
-    from disktrain.ingest import IngestConfig
+    from disktrain.ingest.inputs import IngestConfig
 
     return {"": _config(IngestConfig, args)}
 
@@ -289,8 +289,8 @@ def _add_synth(subparsers) -> argparse.ArgumentParser:
 
 
 def _synth_options(p: argparse.ArgumentParser) -> None:
-    from disktrain.synth import FEATURE_DTYPES
-    from disktrain.synth import SynthConfig as C
+    from disktrain.ingest.synth import FEATURE_DTYPES
+    from disktrain.ingest.synth import SynthConfig as C
 
     _option(p, "--out", C, "out", type=Path, required=True, metavar="DIR",
             help="dataset directory to create")
@@ -315,13 +315,13 @@ def _synth_options(p: argparse.ArgumentParser) -> None:
 
 
 def _synth_configs(args: argparse.Namespace) -> dict:
-    from disktrain.synth import SynthConfig
+    from disktrain.ingest.synth import SynthConfig
 
     return {"": _config(SynthConfig, args)}
 
 
 def _run_synth(args: argparse.Namespace) -> int:
-    from disktrain.synth import synthesize
+    from disktrain.ingest.synth import synthesize
 
     out = synthesize(configs(args)[""])
     _print_summary(out)
@@ -341,9 +341,9 @@ def _add_info(subparsers) -> argparse.ArgumentParser:
 
 def dataset_info(path: str | Path) -> dict:
     """Everything ``disktrain info`` reports: the dataset, its sample and packed stores."""
-    from disktrain.dataset import Dataset
     from disktrain.pack import PackedStore
     from disktrain.sample import SampleStore
+    from disktrain.storage.dataset import Dataset
 
     info = Dataset(path).info()
     for name, store in (("samples", SampleStore), ("packed", PackedStore)):
@@ -462,7 +462,7 @@ def _prepare_configs(args: argparse.Namespace) -> dict:
 
 
 def _run_prepare(args: argparse.Namespace) -> int:
-    from disktrain.prepare import prepare_dataset
+    from disktrain.pack.prepare import prepare_dataset
     from disktrain.sample import SampleStore
 
     built = configs(args)
@@ -502,7 +502,7 @@ def _add_train(subparsers) -> argparse.ArgumentParser:
 
 def _train_options(p: argparse.ArgumentParser) -> None:
     from disktrain.cluster.ray_train import RayTrainConfig as R
-    from disktrain.loader import PLAN_REUSE
+    from disktrain.loader.loader import PLAN_REUSE
     from disktrain.models import MODELS
     from disktrain.robust import AGGREGATORS, PRE_AGGREGATORS, WORKER_ATTACKS
     from disktrain.robust import AttackConfig as A

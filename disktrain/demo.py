@@ -9,11 +9,11 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from disktrain.ingest.synth import SynthConfig, synthesize
 from disktrain.models import ModelConfig
 from disktrain.pack import PackConfig, pack_dataset
-from disktrain.prepare import prepare_eval
+from disktrain.pack.prepare import prepare_eval
 from disktrain.sample import SampleConfig, sample_dataset
-from disktrain.synth import SynthConfig, synthesize
 from disktrain.train import TrainConfig, train
 from disktrain.train.checkpoint import CheckpointConfig
 

@@ -26,12 +26,12 @@ import google_crc32c
 import numpy as np
 from tqdm.auto import tqdm
 
-from disktrain.checksum import CRC_BYTES, StoreRef
-from disktrain.dataset import FORMAT_VERSION, SPLITS, dataset_ref
 from disktrain.errors import DataError
-from disktrain.layout import EVAL_SPLITS, epoch_root, eval_root
 from disktrain.pack.store import packed_ref
 from disktrain.sample.store import samples_ref
+from disktrain.storage.checksum import CRC_BYTES, StoreRef
+from disktrain.storage.dataset import FORMAT_VERSION, SPLITS, dataset_ref
+from disktrain.storage.roots import EVAL_SPLITS, epoch_root, eval_root
 
 SLICE_BYTES = 32 << 20
 """Bytes read at a time (bounds memory whatever the chunk size)."""

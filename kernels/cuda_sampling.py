@@ -13,7 +13,7 @@ node's sample size; the caller turns them into offsets ``eptr`` (an exclusive pr
 e.g. ``torch.cumsum``, whose total sizes the output); :func:`sample_neighbors_device` writes
 node ``i``'s sampled neighbors (global ids) to ``out[eptr[i]:eptr[i + 1]]``.
 :func:`sample_neighbors_host` is the CPU twin of both. Relabeling into local ids is left to
-the caller (see :mod:`disktrain.device`).
+the caller (see :mod:`disktrain.loader.device`).
 
 Arrays as in :mod:`disktrain.kernels.cuda_gather`: ``__cuda_array_interface__`` objects,
 zero-copy, or NumPy arrays under the CUDA simulator.

@@ -107,7 +107,7 @@ def export_parquet(dataset: Path, out: Path, files: int = 16) -> int:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from disktrain.dataset import Dataset
+    from disktrain.storage.dataset import Dataset
 
     ds = Dataset(dataset)
     indptr, indices = ds.indptr, ds.indices
@@ -124,7 +124,7 @@ def export_parquet(dataset: Path, out: Path, files: int = 16) -> int:
 
 def export_arrays(dataset: Path, out: Path) -> list[str]:
     """The ingest flags that give the synth dataset's features, labels and splits."""
-    from disktrain.dataset import Dataset
+    from disktrain.storage.dataset import Dataset
 
     ds = Dataset(dataset)
     out.mkdir(parents=True, exist_ok=True)
@@ -153,7 +153,7 @@ def in_child(func, *args):
 
 
 def same_csr(a: Path, b: Path) -> bool:
-    from disktrain.dataset import Dataset
+    from disktrain.storage.dataset import Dataset
 
     x, y = Dataset(a), Dataset(b)
     step = 1 << 26
@@ -199,7 +199,7 @@ def main() -> int:
                                    "--classes", "16", "--train-fraction", "0.01",
                                    "--val-fraction", "0.001", "--test-fraction", "0.001",
                                    "--no-progress"], work))
-        from disktrain.dataset import Dataset
+        from disktrain.storage.dataset import Dataset
 
         num_edges = int(Dataset(ds).meta.num_edges)
         result["edges"] = num_edges

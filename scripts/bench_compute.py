@@ -51,13 +51,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from disktrain.ingest.synth import SynthConfig, synthesize
+from disktrain.loader.pipeline import LoaderConfig, MiniBatch, PackedLoader
 from disktrain.models.gnn import GNNConfig, build_model
 from disktrain.pack import PackConfig, pack_dataset
 from disktrain.pack.store import chunk_path
-from disktrain.pipeline import LoaderConfig, MiniBatch, PackedLoader
 from disktrain.sample import SampleConfig, sample_dataset
-from disktrain.synth import SynthConfig, synthesize
-from disktrain.threads import available_cores, loader_threads, torch_threads
+from disktrain.train.threads import available_cores, loader_threads, torch_threads
 
 QUIET = 0.05
 """A round is quiet when other processes took less than this share of the CPU."""

@@ -2,7 +2,7 @@
 
     python scripts/bench_distributed.py [--nodes 100000] [--epochs 2] [--workers 1 2]
 
-Generates a synthetic graph (``disktrain.synth``), samples and packs it, then trains the
+Generates a synthetic graph (``disktrain.ingest.synth``), samples and packs it, then trains the
 same configuration (a) in this process with :func:`disktrain.train.train` and (b) on a
 local Ray (started here, bound to 127.0.0.1) with :func:`fit_on_ray` for each worker count.
 Prints one JSON line:
@@ -60,10 +60,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run(args: argparse.Namespace, root: Path) -> dict:
+    from disktrain.ingest.synth import SynthConfig, synthesize
     from disktrain.models import ModelConfig
     from disktrain.pack import PackConfig, pack_dataset
     from disktrain.sample import SampleConfig, sample_dataset
-    from disktrain.synth import SynthConfig, synthesize
     from disktrain.train import TrainConfig, train
     from disktrain.train.checkpoint import CheckpointConfig
 

@@ -292,7 +292,7 @@ def part_pyg(args) -> dict:
         return {"skipped": f"torch_geometric is not importable: {e}"}
     if not (WITH_PYG_LIB or WITH_TORCH_SPARSE):
         return {"skipped": "NeighborLoader needs pyg-lib or torch-sparse; neither is importable"}
-    from disktrain.dataset import Dataset
+    from disktrain.storage.dataset import Dataset
 
     if not (dataset_dir(args) / "zarr.json").exists():
         return {"skipped": f"no graph at {dataset_dir(args)}: the epoch part builds it"}

@@ -27,12 +27,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from disktrain.ingest.synth import SynthConfig, synthesize
+from disktrain.loader.pipeline import LoaderConfig, PackedLoader
 from disktrain.models.gnn import GNNConfig, build_model
 from disktrain.pack import PackConfig, pack_dataset
-from disktrain.pipeline import LoaderConfig, PackedLoader
 from disktrain.sample import SampleConfig, sample_dataset
-from disktrain.synth import SynthConfig, synthesize
-from disktrain.threads import compute_threads, loader_threads, torch_threads
+from disktrain.train.threads import compute_threads, loader_threads, torch_threads
 from disktrain.verify import verify
 
 

@@ -3,7 +3,7 @@
 Usage: python scripts/bench_packing.py [--nodes 1000000] [--avg-degree 10] [--dim 128]
                                        [--batches 40] [--workdir DIR] [--keep]
 
-Builds a synthetic graph (disktrain.synth), samples one epoch (fanouts 10,10, batch 1024),
+Builds a synthetic graph (disktrain.ingest.synth), samples one epoch (fanouts 10,10, batch 1024),
 packs it with no caches (the worst case for duplication), then measures, for the same batches,
 with the page cache of the feature files evicted before every batch (features far larger than
 memory):
@@ -28,11 +28,11 @@ from pathlib import Path
 
 import numpy as np
 
-from disktrain.dataset import Dataset
+from disktrain.ingest.synth import SynthConfig, synthesize
 from disktrain.pack import PackConfig, PackedStore, pack_dataset
 from disktrain.pack.store import chunk_path
 from disktrain.sample import SampleConfig, SampleStore, sample_dataset
-from disktrain.synth import SynthConfig, synthesize
+from disktrain.storage.dataset import Dataset
 
 
 def read_bytes() -> int:

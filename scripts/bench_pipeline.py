@@ -31,13 +31,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from disktrain.ingest.synth import SynthConfig, synthesize
+from disktrain.loader.pipeline import LoaderConfig, MiniBatch, PackedLoader
 from disktrain.models.gnn import GNNConfig, build_model
 from disktrain.pack import PackConfig, pack_dataset
 from disktrain.pack.store import aligned_empty, chunk_path
-from disktrain.pipeline import LoaderConfig, MiniBatch, PackedLoader
 from disktrain.sample import SampleConfig, sample_dataset
-from disktrain.synth import SynthConfig, synthesize
-from disktrain.threads import available_cores, compute_threads, loader_threads, torch_threads
+from disktrain.train.threads import available_cores, compute_threads, loader_threads, torch_threads
 
 
 def evict_packed(loader: PackedLoader, batches) -> None:

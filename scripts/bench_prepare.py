@@ -6,7 +6,7 @@ Usage: python scripts/bench_prepare.py [--nodes 1000000] [--avg-degree 10] [--di
                                        [--disk-bytes 4G] [--no-epochs] [--one-file]
                                        [--profile N] [--data DATASET] [--workdir DIR] [--keep]
 
-Builds a synthetic graph (disktrain.synth; the defaults make ~1 GB of float32 features), then
+Builds a synthetic graph (disktrain.ingest.synth; the defaults make ~1 GB of float32 features), then
 on the same filesystem:
   - measures the disk: writes a ``--disk-bytes`` file of random bytes with 16 MiB writes
     (through the page cache then fsync, with ``O_DIRECT``, and uncached with
@@ -59,14 +59,14 @@ from pathlib import Path
 
 import numpy as np
 
-from disktrain.checksum import crc_bytes
 from disktrain.cli import parse_bytes, parse_fanouts
-from disktrain.layout import epoch_root
+from disktrain.ingest.synth import SynthConfig, synthesize
 from disktrain.pack import PackConfig, pack_dataset
 from disktrain.pack import store as pack_store
-from disktrain.prepare import prepare_epoch
+from disktrain.pack.prepare import prepare_epoch
 from disktrain.sample import SampleConfig, sample_dataset
-from disktrain.synth import SynthConfig, synthesize
+from disktrain.storage.checksum import crc_bytes
+from disktrain.storage.roots import epoch_root
 
 IO_BLOCK = 16 << 20
 RWF_DONTCACHE = getattr(os, "RWF_DONTCACHE", 0x80)

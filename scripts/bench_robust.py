@@ -26,7 +26,7 @@ f ranks send nothing: the mean of the n - f honest workers, on the honest data a
 NNM would mix all n rows).
 
 Datasets: cora (../shared/datasets/cora, the public split, ingested as in the README) and
-synth (a small planted-class graph of disktrain.synth). Accuracy per attack is the mean over
+synth (a small planted-class graph of disktrain.ingest.synth). Accuracy per attack is the mean over
 seeds, in two measures: "final" (after the last epoch) and "best" (ByzFL's: the maximum over
 the evaluation points, every --eval-every epochs, of the seed-mean accuracy); a rule's worst
 case is the minimum of those over the attacks (ByzFL's "worst-case accuracy"). Writes
@@ -59,7 +59,7 @@ def prepare(name: str, work: Path, epochs: int, batch_size: int) -> Path:
     """Dataset ``name`` ingested or generated under ``work``, sampled for ``epochs`` epochs and
     packed (val and test too)."""
     from disktrain.pack import PackConfig
-    from disktrain.prepare import prepare_dataset
+    from disktrain.pack.prepare import prepare_dataset
     from disktrain.sample import SampleConfig
 
     path = work / name
@@ -73,7 +73,7 @@ def prepare(name: str, work: Path, epochs: int, batch_size: int) -> Path:
                             train=CORA / "train_idx.npy", val=CORA / "val_idx.npy",
                             test=CORA / "test_idx.npy", progress=False))
     elif name == "synth":
-        from disktrain.synth import SynthConfig, synthesize
+        from disktrain.ingest.synth import SynthConfig, synthesize
 
         synthesize(SynthConfig(out=path, num_nodes=3000, avg_degree=8, feature_dim=32,
                                num_classes=6, seed=0, train_fraction=0.05, val_fraction=0.2,
@@ -140,7 +140,7 @@ class HonestMean:
         self.honest = honest
 
     def __call__(self, params) -> None:
-        from disktrain.grads import flat_grads, set_flat_grads
+        from disktrain.robust.grads import flat_grads, set_flat_grads
         from disktrain.robust.sync import gather
 
         set_flat_grads(params, gather(flat_grads(params))[self.honest].mean(dim=0))

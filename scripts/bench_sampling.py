@@ -34,7 +34,7 @@ import numpy as np
 from _benchlib import evict
 
 from disktrain.kernels.sampling import SampledBatches, sample_batches
-from disktrain.residency import RESIDENCIES
+from disktrain.storage.residency import RESIDENCIES
 
 
 def rmat_edges(scale: int, num_edges: int, gen: np.random.Generator,
@@ -211,7 +211,7 @@ def faults() -> tuple[int, int, float, float]:
 def epoch(args) -> dict:
     """Sample one full epoch over a dataset's train ids (``--passes`` times), discarding the
     results; the CSR's open (crc check, read into memory) is timed apart."""
-    from disktrain.dataset import Dataset
+    from disktrain.storage.dataset import Dataset
 
     if args.cold:
         evict([Path(args.dataset) / name for name in ("indptr", "indices")])
@@ -313,7 +313,7 @@ def main(argv=None) -> None:
     p.add_argument("--max-batches", type=int, default=0,
                    help="with --epoch: stop after this many batches and extrapolate (0: all)")
     p.add_argument("--csr", choices=RESIDENCIES, default="auto",
-                   help="with --epoch: the CSR residency policy (disktrain.residency)")
+                   help="with --epoch: the CSR residency policy (disktrain.storage.residency)")
     p.add_argument("--cold", action="store_true",
                    help="with --epoch: evict the CSR files from the page cache first")
     p.add_argument("--madvise", choices=("none", *MADVICE), default="none",

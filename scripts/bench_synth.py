@@ -15,7 +15,7 @@ disk, stored edges/s and MB/s of output. ``--ingest`` exports synth's stored edg
 Parquet (not timed) and times ``disktrain ingest --edges`` on them, checking the CSR equals
 synth's. ``--feature-write`` times the feature write alone: the same rows stored through
 Zarr (``array[a:b] = rows``, the old way) and as chunk files
-(:class:`disktrain.chunkfile.ChunkFilePool`). ``--python-path DIR`` puts a checkout of
+(:class:`disktrain.storage.chunkfile.ChunkFilePool`). ``--python-path DIR`` puts a checkout of
 another version first on ``PYTHONPATH`` (before and after on one machine).
 ``NUMBA_NUM_THREADS`` in the environment reaches the steps.
 """
@@ -109,9 +109,9 @@ def feature_write(work: Path, nodes: int, dim: int, dtype: str) -> dict:
 
     import zarr
 
-    from disktrain.chunkfile import ChunkFilePool
-    from disktrain.dataset import chunk_file, create_features
-    from disktrain.synth import FEATURE_BLOCK_BYTES, SynthConfig, _store_rows, node_features
+    from disktrain.ingest.synth import FEATURE_BLOCK_BYTES, SynthConfig, _store_rows, node_features
+    from disktrain.storage.chunkfile import ChunkFilePool
+    from disktrain.storage.dataset import chunk_file, create_features
 
     stored = np.dtype(dtype).newbyteorder("<")
     out = {}
@@ -185,13 +185,13 @@ def main() -> int:
                       "--feature-dtype", args.feature_dtype, "--classes", "16",
                       "--train-fraction", "0.01", "--val-fraction", "0.001",
                       "--test-fraction", "0.001", "--no-progress"],
-            work, ds, "synth", [("csr", "build_csr"), ("features", "_write_features")]))
+            work, ds, "ingest.synth", [("csr", "build_csr"), ("features", "_write_features")]))
         if args.ingest:
             export_parquet(ds, work / "parquet")
             result["steps"].append(step(
                 "ingest", ["ingest", "--edges", str(work / "parquet"), "--out",
                            str(work / "ingested"), "--num-nodes", str(nodes), "--no-progress"],
-                work, work / "ingested", "ingest", [("csr", "build_csr")]))
+                work, work / "ingested", "ingest.inputs", [("csr", "build_csr")]))
             result["steps"][-1]["csr_equal"] = same_csr(ds, work / "ingested")
             shutil.rmtree(work / "parquet")
             shutil.rmtree(work / "ingested")

@@ -23,15 +23,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from disktrain.dataset import Dataset
+from disktrain.ingest.synth import SynthConfig, synthesize
 from disktrain.kernels.sampling import sample_batches
-from disktrain.models.block import Block
+from disktrain.loader.block import Block
 from disktrain.models.gnn import GNNConfig, ModelConfig, build_model
 from disktrain.pack import PackConfig, pack_dataset
 from disktrain.sample import SampleConfig, sample_dataset
 from disktrain.sample.plan import sampling_key
 from disktrain.sample.store import unpack_batch
-from disktrain.synth import SynthConfig, synthesize
+from disktrain.storage.dataset import Dataset
 from disktrain.train import TrainConfig, train
 from disktrain.train.checkpoint import CheckpointConfig
 from disktrain.train.evaluate import evaluate

@@ -65,7 +65,7 @@ def open_features(path: Path, advice: str) -> torch.Tensor:
 
 def export_features(dataset: Path, npy: Path) -> None:
     """Write ``dataset``'s features to ``npy`` (via a temporary name), chunk by chunk."""
-    from disktrain.dataset import Dataset
+    from disktrain.storage.dataset import Dataset
 
     ds = Dataset(dataset)
     tmp = npy.with_name(npy.name + f".tmp-{os.getpid()}")
@@ -85,7 +85,7 @@ def build_data(dataset: Path, features: Path, advice: str):
     from torch_geometric.data import Data
     from torch_sparse import SparseTensor
 
-    from disktrain.dataset import Dataset
+    from disktrain.storage.dataset import Dataset
 
     ds = Dataset(dataset)
     n = ds.num_nodes

@@ -25,13 +25,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from disktrain.grads import flat_grads, set_flat_grads
+from disktrain.ingest.synth import SynthConfig, synthesize
+from disktrain.loader.pipeline import PackedLoader
 from disktrain.models.gnn import GNNConfig, build_model
 from disktrain.pack import PackConfig, pack_dataset
-from disktrain.pipeline import PackedLoader
 from disktrain.robust import RobustConfig, aggregate, craft
+from disktrain.robust.grads import flat_grads, set_flat_grads
 from disktrain.sample import SampleConfig, sample_dataset
-from disktrain.synth import SynthConfig, synthesize
 from disktrain.train.evaluate import evaluate
 
 ATTACK_PARAMS = {"sign-flip": {}, "ipm": {"eps": 4.0}, "alie": {}, "gaussian": {"std": 1.0}}

@@ -19,7 +19,7 @@ import _benchlib
 import bench_vs_pyg as bench
 import pyg_peer
 
-from disktrain.synth import SynthConfig
+from disktrain.ingest.synth import SynthConfig
 
 
 def fake_run(system, setting, regime, job, epoch, *, ok=True, extrapolated=False, acc=0.8):

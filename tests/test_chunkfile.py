@@ -10,10 +10,16 @@ import numpy as np
 import pytest
 import zarr
 
-from disktrain import chunkfile
-from disktrain.chunkfile import BLOCK, ChunkFilePool, ChunkFileWriter, create_flat, page_buffer
-from disktrain.dataset import chunk_file, open_flat_array
 from disktrain.errors import DiskSpaceError
+from disktrain.storage import chunkfile
+from disktrain.storage.chunkfile import (
+    BLOCK,
+    ChunkFilePool,
+    ChunkFileWriter,
+    create_flat,
+    page_buffer,
+)
+from disktrain.storage.dataset import chunk_file, open_flat_array
 
 
 def _expected(data: bytes) -> bytes:

@@ -23,13 +23,13 @@ from disktrain.cli import (
 )
 from disktrain.cluster.ray_train import RayTrainConfig
 from disktrain.demo import DemoConfig
-from disktrain.ingest import IngestConfig
-from disktrain.loader import PLAN_REUSE
+from disktrain.ingest.inputs import IngestConfig
+from disktrain.ingest.synth import SynthConfig
+from disktrain.loader.loader import PLAN_REUSE
 from disktrain.models import MODELS
 from disktrain.pack import PackConfig
 from disktrain.robust import AGGREGATORS, WORKER_ATTACKS
 from disktrain.sample import SampleConfig
-from disktrain.synth import SynthConfig
 from disktrain.train import TrainConfig
 from disktrain.train.config import EVAL_MODES, ON_NONFINITE, OPTIMIZERS
 
@@ -178,7 +178,7 @@ def test_info_not_a_dataset(tmp_path, capsys):
 
 
 def test_synth(tmp_path, capsys):
-    pytest.importorskip("disktrain.synth")
+    pytest.importorskip("disktrain.ingest.synth")
     out = tmp_path / "syn"
     assert main(["synth", "--out", str(out), "--nodes", "64", "--avg-degree", "4",
                  "--feature-dim", "8", "--classes", "3", "--seed", "1", "--no-progress"]) == 0

@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from disktrain.loader.pipeline import LoaderConfig
 from disktrain.models import MODELS, GATConv, GCNConv, GNNConfig, ModelConfig, SAGEConv
 from disktrain.pack import PackConfig, pack_dataset
-from disktrain.pipeline import LoaderConfig
-from disktrain.prepare import prepare_eval
+from disktrain.pack.prepare import prepare_eval
 from disktrain.robust import RobustConfig
 from disktrain.sample import SampleConfig, sample_dataset
 from disktrain.train import TrainConfig, train

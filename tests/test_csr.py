@@ -14,8 +14,8 @@ import zarr
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from disktrain.csr import CSRConfig, build_csr, plan_groups
-from disktrain.dataset import open_flat_array
+from disktrain.ingest.csr import CSRConfig, build_csr, plan_groups
+from disktrain.storage.dataset import open_flat_array
 
 LAYOUTS = ({"bucket_rows": 1, "memory_bytes": 1}, {"bucket_rows": 2, "memory_bytes": 40},
            {"bucket_rows": 4, "memory_bytes": 1 << 20}, {})
@@ -142,7 +142,7 @@ def test_config_checked(bad):
 def test_spill_bytes_is_the_spill_file_size(monkeypatch, undirected):
     """What synth reserves for the temporary spill file is what the build writes there
     (6 bytes per stored edge), and the file is gone afterwards."""
-    from disktrain import csr
+    from disktrain.ingest import csr
 
     sizes = []
     finish = csr._Spill.finish
@@ -165,7 +165,7 @@ def test_spill_bytes_is_the_spill_file_size(monkeypatch, undirected):
 def test_error_removes_spill_and_partial_files(tmp_path, monkeypatch, fail_at):
     """An error while bucketing (the edge source) or filling (a bucket) propagates and
     leaves neither the spill file nor the partial indices behind."""
-    from disktrain import csr
+    from disktrain.ingest import csr
 
     group = zarr.open_group(tmp_path, mode="w")
     src = np.arange(100, dtype=np.int64) % 10

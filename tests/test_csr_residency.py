@@ -1,4 +1,4 @@
-"""Where a dataset's CSR lives (disktrain.residency): read into huge-page memory or memory-mapped,
+"""Where a dataset's CSR lives (disktrain.storage.residency): read into huge-page memory or memory-mapped,
 the same arrays and samples either way, checked either way, chosen by policy and budget."""
 
 from __future__ import annotations
@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 from tinygraphs import make_dataset
 
-from disktrain import dataset as dataset_mod
-from disktrain.dataset import Dataset, chunk_file
 from disktrain.errors import CorruptDataError
 from disktrain.kernels.sampling import sample_batches
-from disktrain.residency import HUGE_PAGE, huge_page_buffer, pmd_mapped_share
+from disktrain.storage import dataset as dataset_mod
+from disktrain.storage.dataset import Dataset, chunk_file
+from disktrain.storage.residency import HUGE_PAGE, huge_page_buffer, pmd_mapped_share
 
 BIG = 1 << 40
 """A budget every test CSR fits."""
@@ -88,7 +88,7 @@ def test_csr_over_budget_is_mapped(graph):
 
 
 def test_default_budget_is_a_share_of_available_memory(graph, monkeypatch):
-    from disktrain import residency
+    from disktrain.storage import residency
 
     need = csr_bytes(graph)
     monkeypatch.setattr(residency, "mem_available", lambda: 2 * need - 2)

@@ -17,11 +17,11 @@ import numpy as np
 import pytest
 import torch
 
-from disktrain.device import DeviceAssembler, sample_on_device
 from disktrain.errors import ConfigError
 from disktrain.kernels.cuda_gather import lane_bytes, scatter_gather_host
 from disktrain.kernels.cuda_sampling import hop_key, sample_neighbors_host
 from disktrain.kernels.sampling import sample_batches
+from disktrain.loader.device import DeviceAssembler, sample_on_device
 
 UINT = {np.dtype(np.float16): np.uint16, np.dtype(np.float32): np.uint32,
         np.dtype(np.float64): np.uint64}

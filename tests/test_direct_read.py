@@ -12,12 +12,12 @@ import pytest
 import torch
 from tinygraphs import make_dataset
 
-from disktrain.dataset import Dataset
 from disktrain.errors import CorruptDataError
+from disktrain.loader.pipeline import LoaderConfig, PackedLoader, _BufferPool
 from disktrain.pack import PackConfig, pack_dataset
 from disktrain.pack.store import DIRECT_ALIGN, aligned_empty, chunk_path, direct_span
-from disktrain.pipeline import LoaderConfig, PackedLoader, _BufferPool
 from disktrain.sample import SampleConfig, SampleStore, sample_dataset
+from disktrain.storage.dataset import Dataset
 
 O_DIRECT = getattr(os, "O_DIRECT", 0)
 pytestmark = pytest.mark.skipif(not O_DIRECT, reason="no O_DIRECT on this platform")

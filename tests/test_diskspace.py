@@ -17,24 +17,19 @@ import pyarrow as pa
 import pyarrow.csv as pcsv
 import pytest
 
-from disktrain import atomic
-from disktrain.atomic import atomic_dir, atomic_write_bytes, remove_stale, temporary_name
-from disktrain.dataset import Dataset
-from disktrain.diskspace import (
-    batch_bound,
-    disk_full_errors,
-    packed_store_bytes,
-    preallocate,
-    require_free,
-    sample_store_bytes,
-)
-from disktrain.edges import open_edges
 from disktrain.errors import DiskSpaceError
 from disktrain.ingest import IngestConfig, ingest
+from disktrain.ingest.edges import open_edges
+from disktrain.ingest.synth import SynthConfig, synthesize
 from disktrain.pack import PackConfig, PackedStore, pack_dataset
+from disktrain.pack.store import packed_store_bytes
 from disktrain.sample import SampleConfig, SampleStore, sample_dataset
 from disktrain.sample.plan import SamplePlan
-from disktrain.synth import SynthConfig, synthesize
+from disktrain.sample.store import batch_bound, sample_store_bytes
+from disktrain.storage import atomic
+from disktrain.storage.atomic import atomic_dir, atomic_write_bytes, remove_stale, temporary_name
+from disktrain.storage.dataset import Dataset
+from disktrain.storage.diskspace import disk_full_errors, preallocate, require_free
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -163,7 +158,7 @@ def recorded_need(monkeypatch, module) -> list[int]:
 def recorded_peak(monkeypatch) -> list[int]:
     """Disk use of the dataset being written just before the CSR build removes its spill
     file (when, with the spill file, the most is on disk): filled in by the build."""
-    from disktrain import csr
+    from disktrain.ingest import csr
 
     peaks = []
     real = csr._Spill.__exit__
@@ -180,7 +175,7 @@ def recorded_peak(monkeypatch) -> list[int]:
 def test_synth_estimate_bounds_what_it_writes(tmp_path, monkeypatch, dedup):
     """The estimate bounds the most synth holds on disk: the CSR and its spill file while
     it is built, or the whole dataset."""
-    import disktrain.synth as synth_mod
+    import disktrain.ingest.synth as synth_mod
 
     needs, peaks = recorded_need(monkeypatch, synth_mod), recorded_peak(monkeypatch)
     out = synthesize(SynthConfig(out=tmp_path / "ds", num_nodes=20_000, feature_dim=16,
@@ -190,7 +185,7 @@ def test_synth_estimate_bounds_what_it_writes(tmp_path, monkeypatch, dedup):
 
 
 def test_ingest_estimate_bounds_what_it_writes(tmp_path, monkeypatch):
-    import disktrain.ingest as ingest_mod
+    import disktrain.ingest.inputs as ingest_mod
 
     rng = np.random.default_rng(0)
     n, e = 20_000, 150_000
@@ -277,7 +272,7 @@ def test_killed_writer_leaves_temporary_that_next_write_removes(tmp_path, capsys
     final = tmp_path / "ds"
     script = textwrap.dedent(f"""
         import os, signal
-        from disktrain.atomic import atomic_dir
+        from disktrain.storage.atomic import atomic_dir
         with atomic_dir({str(final)!r}) as tmp:
             (tmp / "half").write_bytes(b"x" * 1000)
             os.kill(os.getpid(), signal.SIGKILL)
@@ -370,7 +365,7 @@ def test_prepare_refused_up_front_on_small_filesystem(tmpfs, size, step):
 
 FILL_AFTER_CHECK = """
 import sys
-import disktrain.diskspace as diskspace
+import disktrain.storage.diskspace as diskspace
 
 _real = diskspace.require_free
 

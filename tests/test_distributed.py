@@ -13,13 +13,13 @@ import pytest
 from tinygraphs import make_dataset
 
 from disktrain.errors import CheckpointError
+from disktrain.loader.schedule import epoch_batches, worker_share
 from disktrain.models import ModelConfig
 from disktrain.pack import PackConfig, pack_dataset
 from disktrain.sample import SampleConfig, SampleStore, sample_dataset
 from disktrain.train import TrainConfig, train
 from disktrain.train.checkpoint import CheckpointConfig, checkpoint_name, load_checkpoint
 from disktrain.train.loop import params_digest
-from disktrain.train.schedule import epoch_batches, worker_share
 
 pytestmark = pytest.mark.dist
 

@@ -6,9 +6,9 @@ import pytest
 import torch
 from tinygraphs import make_dataset
 
-from disktrain.dataset import Dataset
 from disktrain.models.gnn import GNNConfig, build_model
 from disktrain.sample.plan import sampling_key
+from disktrain.storage.dataset import Dataset
 from disktrain.train.evaluate import _sample, device_graph, evaluate
 
 

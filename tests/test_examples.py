@@ -16,7 +16,7 @@ import pytest
 from test_distributed import free_port
 
 from disktrain.pack import PackConfig, pack_dataset
-from disktrain.prepare import prepare_eval
+from disktrain.pack.prepare import prepare_eval
 from disktrain.sample import SampleConfig, SampleStore, sample_dataset
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "scripts" / "examples"

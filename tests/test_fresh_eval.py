@@ -10,17 +10,17 @@ import torch
 from tinygraphs import make_dataset
 
 from disktrain.cli import main
-from disktrain.dataset import Dataset
 from disktrain.errors import DataError
-from disktrain.layout import epoch_root, eval_root, is_prepared
-from disktrain.loader import Loader, packed_bytes
+from disktrain.loader.block import Block
+from disktrain.loader.loader import Loader, packed_bytes
+from disktrain.loader.pipeline import PackedLoader
 from disktrain.models import ModelConfig
-from disktrain.models.block import Block
 from disktrain.models.gnn import GNNConfig, build_model
 from disktrain.pack import PackConfig, PackedStore, pack_dataset
-from disktrain.pipeline import PackedLoader
-from disktrain.prepare import prepare_epoch, prepare_eval, serve_epochs
+from disktrain.pack.prepare import prepare_epoch, prepare_eval, serve_epochs
 from disktrain.sample import SampleConfig, SamplePlan, SampleStore, sample_dataset
+from disktrain.storage.dataset import Dataset
+from disktrain.storage.roots import epoch_root, eval_root, is_prepared
 from disktrain.train import TrainConfig, train
 from disktrain.train.checkpoint import CheckpointConfig
 from disktrain.train.evaluate import Evaluator, evaluate_packed

@@ -12,10 +12,10 @@ import pytest
 import torch
 
 import disktrain
-from disktrain import importers
 from disktrain.cli import main
-from disktrain.dataset import Dataset
 from disktrain.errors import DataError
+from disktrain.ingest import importers
+from disktrain.storage.dataset import Dataset
 
 # 6 nodes, a repeated edge and a self loop; node 5 has no edges.
 SRC = np.array([0, 1, 2, 3, 4, 0, 2, 1, 3], np.int64)

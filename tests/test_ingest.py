@@ -11,8 +11,9 @@ import pytest
 import scipy.sparse as sp
 
 from disktrain.cli import main
-from disktrain.dataset import Dataset
-from disktrain.ingest import IngestConfig, ingest, rechunk
+from disktrain.ingest import IngestConfig, ingest
+from disktrain.ingest.inputs import rechunk
+from disktrain.storage.dataset import Dataset
 
 CORA = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "cora"
 

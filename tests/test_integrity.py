@@ -17,13 +17,13 @@ import pytest
 import zarr
 from tinygraphs import make_dataset
 
-from disktrain.dataset import Dataset, chunk_file
 from disktrain.errors import CorruptDataError, DataError
+from disktrain.loader.pipeline import PackedLoader
 from disktrain.pack import PackConfig, PackedStore, pack_dataset
 from disktrain.pack.store import chunk_path
-from disktrain.pipeline import PackedLoader
 from disktrain.sample import SampleConfig, SampleStore, sample_dataset
 from disktrain.sample import store as store_mod
+from disktrain.storage.dataset import Dataset, chunk_file
 
 SAMPLE_CFG = SampleConfig(fanouts=(3, 2), batch_size=16, epochs=2, seed=4, group_size=2)
 PACK_CFG = PackConfig(gpu_cache_bytes=640, cpu_cache_bytes=1280, chunk_bytes=256)
@@ -81,7 +81,7 @@ def test_dataset_arrays(prepared, name):
 
 
 def test_csr_is_checked_once_per_process(prepared, monkeypatch):
-    from disktrain import dataset as dataset_mod
+    from disktrain.storage import dataset as dataset_mod
 
     calls = []
     real = dataset_mod.check_file
@@ -96,7 +96,7 @@ def test_csr_is_checked_once_per_process(prepared, monkeypatch):
 
 
 def test_feature_chunks_are_checked_and_read_once(tmp_path, monkeypatch):
-    from disktrain import dataset as dataset_mod
+    from disktrain.storage import dataset as dataset_mod
 
     monkeypatch.setattr(dataset_mod, "FEATURE_CHUNK_BYTES", 16 * 16 * 4)  # 16-row chunks
     path = make_dataset(tmp_path / "d")
@@ -120,7 +120,7 @@ def test_feature_chunks_are_checked_and_read_once(tmp_path, monkeypatch):
 def test_every_chunk_has_a_file(tmp_path):
     """All-zero chunks are written too (a missing chunk is damage, never the fill value);
     flat arrays are created at their full size, room for the crc included."""
-    from disktrain.dataset import create_features, create_flat_array
+    from disktrain.storage.dataset import create_features, create_flat_array
 
     group = zarr.open_group(tmp_path / "g", mode="w")
     feats = create_features(group, 10, 3, np.float32)
@@ -332,7 +332,7 @@ resource.setrlimit(resource.RLIMIT_NOFILE, (256, 256))
 from pathlib import Path
 from tinygraphs import make_dataset
 from disktrain.pack import PackConfig, pack_dataset
-from disktrain.pipeline import LoaderConfig, PackedLoader
+from disktrain.loader.pipeline import LoaderConfig, PackedLoader
 from disktrain.sample import SampleConfig, SampleStore, sample_dataset
 
 path = make_dataset(Path(sys.argv[1]) / "d", num_nodes=200, num_edges=800)

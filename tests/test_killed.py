@@ -17,10 +17,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from disktrain.dataset import SPLITS, Dataset
+from disktrain.ingest.synth import SynthConfig, synthesize
 from disktrain.pack import PackedStore
 from disktrain.sample import SampleStore
-from disktrain.synth import SynthConfig, synthesize
+from disktrain.storage.dataset import SPLITS, Dataset
 
 ROOT = Path(__file__).resolve().parents[1]
 PREPARE = ("--fanouts", "5,5", "--batch-size", "128", "--epochs", "2", "--group-size", "2",

@@ -8,11 +8,11 @@ import torch
 from tinygraphs import make_dataset
 
 import disktrain
-from disktrain.dataset import Dataset
 from disktrain.errors import DataError
 from disktrain.pack import PackConfig, pack_dataset
-from disktrain.prepare import prepare_eval
+from disktrain.pack.prepare import prepare_eval
 from disktrain.sample import SampleConfig, SampleStore, sample_dataset
+from disktrain.storage.dataset import Dataset
 
 SAMPLE = {"fanouts": (4, 3), "batch_size": 24, "seed": 0, "group_size": 2}
 
@@ -136,7 +136,7 @@ def test_batches_stay_valid_and_dtype_is_asked_for(tmp_path):
 
 
 def test_the_public_batch_shares_the_pipeline_batch_tensors(ds):
-    from disktrain.pipeline import PackedLoader
+    from disktrain.loader.pipeline import PackedLoader
 
     for mb in PackedLoader(ds)(range(3)):
         batch = disktrain.Batch.of(mb)

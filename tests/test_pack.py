@@ -7,13 +7,13 @@ import torch
 import zarr
 from tinygraphs import make_dataset
 
-from disktrain.dataset import Dataset
 from disktrain.errors import CorruptDataError, DataError
+from disktrain.loader.pipeline import LoaderConfig, PackedLoader
 from disktrain.pack import PackConfig, assign_tiers, pack_dataset
 from disktrain.pack.store import chunk_path
 from disktrain.pack.tiers import NOT_CACHED, cache_rows_to_fit
-from disktrain.pipeline import LoaderConfig, PackedLoader
 from disktrain.sample import SampleConfig, sample_dataset
+from disktrain.storage.dataset import Dataset
 
 
 def test_assign_tiers_table():
@@ -128,7 +128,7 @@ def test_resume_keeps_finished_groups(tmp_path, monkeypatch):
 
 def test_one_group_reads_the_raw_features_once_in_order(tmp_path, monkeypatch):
     path = tmp_path / "d"
-    monkeypatch.setattr("disktrain.dataset.FEATURE_CHUNK_BYTES", 1024)  # 16-row chunks
+    monkeypatch.setattr("disktrain.storage.dataset.FEATURE_CHUNK_BYTES", 1024)  # 16-row chunks
     make_dataset(path)
     sample_dataset(path, SampleConfig(fanouts=(4, 3), batch_size=24, epochs=2, seed=2),
                    progress=False)
@@ -205,8 +205,8 @@ def test_chunk_writer_hands_on_the_first_error(tmp_path, monkeypatch):
 
 def test_write_chunk_layout(tmp_path):
     """Aligned (O_DIRECT) and unaligned buffers make the same file: data then crc32c."""
-    from disktrain.checksum import crc_bytes
     from disktrain.pack.store import chunk_buffer, write_chunk
+    from disktrain.storage.checksum import crc_bytes
 
     data = np.random.default_rng(0).integers(0, 256, 3 * 4096 + 100, np.uint8)
     aligned = chunk_buffer(len(data))

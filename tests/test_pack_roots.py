@@ -4,13 +4,13 @@ import pytest
 import torch
 from tinygraphs import make_dataset
 
-from disktrain.dataset import Dataset
-from disktrain.layout import eval_root
+from disktrain.loader.pipeline import LoaderConfig, PackedLoader
 from disktrain.pack import PackConfig
 from disktrain.pack.packer import _groups
-from disktrain.pipeline import LoaderConfig, PackedLoader
-from disktrain.prepare import prepare_dataset, prepare_eval
+from disktrain.pack.prepare import prepare_dataset, prepare_eval
 from disktrain.sample import SampleConfig
+from disktrain.storage.dataset import Dataset
+from disktrain.storage.roots import eval_root
 from disktrain.verify import verify
 
 SAMPLE = SampleConfig(fanouts=(4, 3), batch_size=24, epochs=2, seed=3, group_size=3)

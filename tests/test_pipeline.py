@@ -6,8 +6,8 @@ from contextlib import closing
 import numpy as np
 import pytest
 
+from disktrain.loader.pipeline import LoaderConfig, PackedLoader, copy_out
 from disktrain.pack import PackConfig, pack_dataset
-from disktrain.pipeline import LoaderConfig, PackedLoader, copy_out
 from disktrain.sample import SampleConfig, sample_dataset
 
 
@@ -32,7 +32,7 @@ def test_batches_come_in_the_requested_order(loader):
 
 @pytest.mark.parametrize("stage", ["read", "assemble", "copy"])
 def test_an_exception_in_any_stage_reaches_the_consumer(loader, monkeypatch, stage):
-    from disktrain import pipeline
+    from disktrain.loader import pipeline
 
     real = pipeline.CopyStage.__call__ if stage == "copy" else getattr(loader, stage)
 
@@ -58,8 +58,8 @@ def test_each_stage_fills_its_fields_of_the_one_batch(loader):
     import numpy as np
     import torch
 
-    from disktrain.batch import MiniBatch
-    from disktrain.pipeline import CopyStage
+    from disktrain.loader.batch import MiniBatch
+    from disktrain.loader.pipeline import CopyStage
 
     b = 3
     buf = torch.zeros((loader.buffer_rows(b), loader.packed.feature_dim),
@@ -97,7 +97,7 @@ def test_reordered_last_hop_keeps_every_edge_and_the_model_output(loader):
     import numpy as np
     import torch
 
-    from disktrain.models.block import Block
+    from disktrain.loader.block import Block
     from disktrain.models.gnn import GNNConfig, build_model
 
     raw = loader.dataset.feature_rows(0, loader.dataset.num_nodes)
@@ -155,7 +155,7 @@ class FakeEvent:
 def test_buffer_pool_hands_out_only_buffers_whose_copy_completed():
     import numpy as np
 
-    from disktrain.pipeline import _BufferPool
+    from disktrain.loader.pipeline import _BufferPool
 
     pool = _BufferPool(4, np.dtype(np.float32), pin=False)
     a, b = pool.take(10), pool.take(10)
@@ -174,7 +174,7 @@ def test_buffer_pool_hands_out_only_buffers_whose_copy_completed():
 
 
 def test_each_buffer_returns_with_the_event_recorded_after_its_copy(loader):
-    from disktrain.pipeline import _Run
+    from disktrain.loader.pipeline import _Run
 
     events = []
 

@@ -16,15 +16,15 @@ import torch
 import zarr
 from tinygraphs import make_dataset
 
-from disktrain import dataset as dataset_mod
-from disktrain.checksum import crc_bytes
-from disktrain.dataset import Dataset, chunk_file
 from disktrain.errors import CorruptDataError
+from disktrain.loader.pipeline import PackedLoader
 from disktrain.pack import PackConfig, pack_dataset
 from disktrain.pack import store as store_mod
 from disktrain.pack.store import chunk_buffer, chunk_path, write_chunk
-from disktrain.pipeline import PackedLoader
 from disktrain.sample import SampleConfig, sample_dataset
+from disktrain.storage import dataset as dataset_mod
+from disktrain.storage.checksum import crc_bytes
+from disktrain.storage.dataset import Dataset, chunk_file
 from disktrain.verify import verify
 
 ROWS = 16  # feature rows per chunk in these tests

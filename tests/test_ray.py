@@ -35,13 +35,13 @@ from disktrain.cluster.head import (
 from disktrain.cluster.job import job_argv
 from disktrain.cluster.ray_prepare import prepare_on_ray, split_runs
 from disktrain.cluster.ray_train import FAIL_AT_ENV, RayTrainConfig, fit_on_ray
+from disktrain.loader.schedule import epoch_batches, worker_share
 from disktrain.models import ModelConfig
 from disktrain.pack import PackConfig, PackedStore, pack_dataset
 from disktrain.sample import SampleConfig, SampleStore, sample_dataset
 from disktrain.train import TrainConfig
 from disktrain.train.checkpoint import CheckpointConfig, load_checkpoint
 from disktrain.train.loop import params_digest
-from disktrain.train.schedule import epoch_batches, worker_share
 
 REPO = Path(__file__).resolve().parents[1]
 RAY = Path(sys.executable).with_name("ray")

@@ -14,10 +14,10 @@ from test_distributed import TORCHRUN, free_port
 
 from disktrain.cli import build_parser, configs, main
 from disktrain.errors import ConfigError
+from disktrain.ingest.synth import SynthConfig, synthesize
 from disktrain.pack import PackConfig, pack_dataset
 from disktrain.robust import AttackConfig, RobustConfig
 from disktrain.sample import SampleConfig, sample_dataset
-from disktrain.synth import SynthConfig, synthesize
 from disktrain.train import TrainConfig
 
 pytestmark = pytest.mark.dist

@@ -10,7 +10,6 @@ import torch.multiprocessing as mp
 import torch.nn.functional as F
 from test_distributed import free_port
 
-from disktrain.grads import flat_grads
 from disktrain.robust import (
     AttackConfig,
     ByzantineWorker,
@@ -31,6 +30,7 @@ from disktrain.robust import (
 )
 from disktrain.robust.attacks import alie, line_search
 from disktrain.robust.digest import divergent_ranks
+from disktrain.robust.grads import flat_grads
 
 HONEST = torch.tensor([[1.0, 2.0], [3.0, 2.0], [2.0, 5.0]])
 

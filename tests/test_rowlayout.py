@@ -7,9 +7,9 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from disktrain.device import DeviceAssembler
+from disktrain.loader.device import DeviceAssembler
+from disktrain.pack.slots import NOT_CACHED, RowLayout, gpu_code, pack_slots
 from disktrain.pack.tiers import Tiers
-from disktrain.rowlayout import NOT_CACHED, RowLayout, gpu_code, pack_slots
 
 G0, G1, C1, P = -1, -2, 1, NOT_CACHED  # GPU rows 0 and 1, CPU row 1, not cached
 

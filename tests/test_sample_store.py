@@ -3,10 +3,10 @@
 import numpy as np
 import pytest
 
-from disktrain.dataset import Dataset
 from disktrain.errors import DataError
 from disktrain.sample import SampleConfig, SamplePlan, SampleStore, sample_dataset
 from disktrain.sample import store as store_mod
+from disktrain.storage.dataset import Dataset
 
 
 def test_plan_is_a_pure_function_of_config():

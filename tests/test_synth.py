@@ -6,9 +6,7 @@ import numpy as np
 import pytest
 import zarr
 
-from disktrain.dataset import Dataset
-from disktrain.kernels import rmat as krmat
-from disktrain.synth import (
+from disktrain.ingest.synth import (
     EdgeGenerator,
     SynthConfig,
     class_centroids,
@@ -16,6 +14,8 @@ from disktrain.synth import (
     node_labels,
     synthesize,
 )
+from disktrain.kernels import rmat as krmat
+from disktrain.storage.dataset import Dataset
 
 
 def _cfg(tmp_path, name="ds", **kw):

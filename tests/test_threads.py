@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from disktrain import threads
-from disktrain.threads import compute_threads, loader_threads, torch_threads
+from disktrain.train import threads
+from disktrain.train.threads import compute_threads, loader_threads, torch_threads
 
 CPU, GPU = torch.device("cpu"), torch.device("cuda")
 

@@ -9,12 +9,12 @@ import pytest
 import torch
 from tinygraphs import make_dataset
 
+from disktrain.loader.schedule import epoch_batches, worker_share
 from disktrain.models import ModelConfig
 from disktrain.pack import PackConfig, pack_dataset
 from disktrain.sample import SampleConfig, sample_dataset
 from disktrain.train import TrainConfig, train
 from disktrain.train.checkpoint import CheckpointConfig, load_checkpoint
-from disktrain.train.schedule import epoch_batches, worker_share
 
 
 def test_epoch_batches_table():

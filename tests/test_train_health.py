@@ -13,9 +13,10 @@ from tinygraphs import make_dataset
 
 from disktrain.cli import main
 from disktrain.errors import ConfigError, NonFiniteError
+from disktrain.loader.pipeline import LoaderConfig
+from disktrain.loader.schedule import epoch_batches
 from disktrain.models import ModelConfig
 from disktrain.pack import PackConfig, pack_dataset
-from disktrain.pipeline import LoaderConfig
 from disktrain.robust import RobustConfig
 from disktrain.sample import SampleConfig, SampleStore, sample_dataset
 from disktrain.train import TrainConfig, loop, train
@@ -26,7 +27,6 @@ from disktrain.train.checkpoint import (
     checkpoint_name,
     load_checkpoint,
 )
-from disktrain.train.schedule import epoch_batches
 
 BATCHES = 4  # max_batches: each epoch trains the first 4 of its batches
 

@@ -12,8 +12,8 @@ import zarr
 
 from disktrain import verify as verify_module
 from disktrain.cli import main
-from disktrain.dataset import write_small_array
 from disktrain.sample import SampleConfig, sample_dataset
+from disktrain.storage.dataset import write_small_array
 from disktrain.verify import verify
 
 GROUP_SIZE = 2
@@ -295,7 +295,7 @@ def test_progress_on_stderr(prepared, capsys):
 def test_evaluation_and_fresh_epoch_stores(prepared):
     """The val/test stores and a fresh epoch's are checked like the training stores, and
     must use the training store's caches."""
-    from disktrain.prepare import prepare_epoch
+    from disktrain.pack.prepare import prepare_epoch
 
     root = prepare_epoch(prepared, 1)
     assert "epoch 1 packed store" in verify(prepared).stores

@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from disktrain.cli import build_parser, configs
-from disktrain.grads import flat_grads
 from disktrain.robust import WorkerMomentum
+from disktrain.robust.grads import flat_grads
 from disktrain.train import TrainConfig
 
 

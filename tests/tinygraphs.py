@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import zarr
 
-from disktrain.atomic import atomic_dir
-from disktrain.csr import CSRConfig, build_csr
-from disktrain.dataset import DatasetMeta, create_features, write_small_array
+from disktrain.ingest.csr import CSRConfig, build_csr
+from disktrain.storage.atomic import atomic_dir
+from disktrain.storage.dataset import DatasetMeta, create_features, write_small_array
 
 
 def make_dataset(path: Path, num_nodes: int = 300, num_edges: int = 3000, dim: int = 16,

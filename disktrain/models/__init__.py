@@ -6,7 +6,7 @@ module called as ``model(x, blocks)`` that returns logits for ``blocks[-1]``'s d
 seeds).
 """
 
-from disktrain.models.block import Block
+from disktrain.loader.block import Block
 from disktrain.models.gat import GATConv
 from disktrain.models.gcn import GCNConv
 from disktrain.models.gnn import GNN, MLP, MODELS, GNNConfig, ModelConfig, build_model

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from disktrain.models.block import Block, check_features, self_loop_edges
+from disktrain.loader.block import Block, check_features, self_loop_edges
 
 
 class GATConv(nn.Module):

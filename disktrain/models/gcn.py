@@ -5,7 +5,7 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from disktrain.models.block import Block, check_features, self_loop_edges
+from disktrain.loader.block import Block, check_features, self_loop_edges
 
 
 class GCNConv(nn.Module):

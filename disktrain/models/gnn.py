@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from disktrain.models.block import Block
+from disktrain.loader.block import Block
 from disktrain.models.gat import GATConv
 from disktrain.models.gcn import GCNConv
 from disktrain.models.sage import SAGEConv

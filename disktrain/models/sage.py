@@ -5,7 +5,7 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from disktrain.models.block import Block, check_features
+from disktrain.loader.block import Block, check_features
 
 
 class SAGEConv(nn.Module):

@@ -22,8 +22,20 @@ import numpy as np
 import zarr
 from tqdm.auto import tqdm
 
-from disktrain.atomic import replace_dir
-from disktrain.dataset import (
+from disktrain.errors import DataError
+from disktrain.pack.slots import NOT_CACHED, pack_slots
+from disktrain.pack.store import (
+    ROWS_KEY_ENCODING,
+    STORE,
+    ChunkWriter,
+    PackedStore,
+    packed_ref,
+    packed_store_bytes,
+)
+from disktrain.pack.tiers import Tiers, assign_tiers, cache_rows_to_fit, rows_for_bytes
+from disktrain.sample.store import SampleStore, group_name
+from disktrain.storage.atomic import replace_dir
+from disktrain.storage.dataset import (
     CHECKSUM,
     Dataset,
     chunk_file,
@@ -36,12 +48,7 @@ from disktrain.dataset import (
     seal_flat_array,
     write_small_array,
 )
-from disktrain.diskspace import disk_full_errors, packed_store_bytes, require_free
-from disktrain.errors import DataError
-from disktrain.pack.store import ROWS_KEY_ENCODING, STORE, ChunkWriter, PackedStore, packed_ref
-from disktrain.pack.tiers import Tiers, assign_tiers, cache_rows_to_fit, rows_for_bytes
-from disktrain.rowlayout import NOT_CACHED, pack_slots
-from disktrain.sample.store import SampleStore, group_name
+from disktrain.storage.diskspace import disk_full_errors, require_free
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -299,7 +306,7 @@ def pack_dataset(dataset_path: str | Path, cfg: PackConfig = PackConfig(),
     """Assign tiers from the sample store's access counts and write ``ROOT/packed``.
 
     ``root``: the directory of the sample store and the packed store (default: the
-    dataset's; see :mod:`disktrain.layout`). ``tiers_from``: use that packed store's caches
+    dataset's; see :mod:`disktrain.storage.roots`). ``tiers_from``: use that packed store's caches
     (same rows; its cache files are linked, not rewritten) instead of assigning tiers, so a
     loader keeps the caches it holds (``cfg``'s cache sizes are then ignored).
     Resumes an interrupted run with the same configuration (finished groups are kept).

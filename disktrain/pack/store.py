@@ -37,11 +37,11 @@ import google_crc32c
 import numpy as np
 import zarr
 
-from disktrain.checksum import CRC_BYTES, StoreRef, crc_bytes
-from disktrain.dataset import open_flat_array, read_small_array
-from disktrain.diskspace import disk_full_errors
 from disktrain.errors import DataError
 from disktrain.sample.store import SampleStore
+from disktrain.storage.checksum import CRC_BYTES, StoreRef, crc_bytes
+from disktrain.storage.dataset import open_flat_array, read_small_array
+from disktrain.storage.diskspace import BLOCK_BYTES, array_bytes, disk_full_errors
 
 STORE = "packed"
 
@@ -416,3 +416,18 @@ class PackedStore:
         keys = ("n_gpu", "n_cpu", "packed_rows", "padded_rows", "distinct_packed_rows",
                 "duplication_factor", "packed_bytes", "chunk_rows", "pack_config")
         return {k: self.attrs[k] for k in keys if k in self.attrs}
+
+
+def packed_store_bytes(*, padded_rows: int, row_bytes: int, chunk_rows: int, num_slots: int,
+                       num_cache_rows: int, num_batches: int) -> int:
+    """What ``pack_dataset`` writes (exact but for metadata and block rounding):
+    ``padded_rows`` packed rows in chunks of ``chunk_rows``, the slots, the cache rows and
+    the per-batch offsets. For a resumed run pass only the padded rows still to write (and
+    zeros for the rest, which already exist)."""
+    chunk_bytes = chunk_rows * row_bytes
+    return (array_bytes(chunk_bytes, -(-padded_rows // chunk_rows), dirs_per_chunk=1)
+            + array_bytes(num_slots * 8)
+            + array_bytes(num_cache_rows * row_bytes)
+            + 3 * array_bytes((num_batches + 1) * 8)
+            + 2 * array_bytes(num_cache_rows * 8)
+            + 3 * BLOCK_BYTES)  # the group's metadata and directory, the done/ directory

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from disktrain.rowlayout import NOT_CACHED, gpu_code
+from disktrain.pack.slots import NOT_CACHED, gpu_code
 
 
 @dataclass(frozen=True)
@@ -19,7 +19,7 @@ class Tiers:
     """Next hottest rows, ascending ids."""
 
     def codes(self, num_nodes: int) -> np.ndarray:
-        """Per node: its tier code (:mod:`disktrain.rowlayout`): the GPU cache row's code,
+        """Per node: its tier code (:mod:`disktrain.pack.slots`): the GPU cache row's code,
         the CPU cache row, else NOT_CACHED."""
         code = np.full(num_nodes, NOT_CACHED, np.int64)
         code[self.gpu_nodes] = gpu_code(np.arange(len(self.gpu_nodes)))

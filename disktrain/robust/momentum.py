@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import torch
 
-from disktrain.grads import flat_grads, set_flat_grads
+from disktrain.robust.grads import flat_grads, set_flat_grads
 
 
 class WorkerMomentum:

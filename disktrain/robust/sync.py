@@ -7,10 +7,10 @@ from collections.abc import Iterable, Mapping
 import torch
 import torch.distributed as dist
 
-from disktrain.grads import flat_grads, set_flat_grads
 from disktrain.robust.attacks import ATTACKS, craft
 from disktrain.robust.attacks import attack_params as known_params
 from disktrain.robust.config import Aggregator, RobustConfig, aggregate
+from disktrain.robust.grads import flat_grads, set_flat_grads
 
 
 class RobustAggregate:

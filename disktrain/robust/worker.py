@@ -31,9 +31,9 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from disktrain.grads import flat_grads, set_flat_grads
 from disktrain.robust.attacks import ATTACKS, OMNISCIENT, attack_params, craft
 from disktrain.robust.config import RobustConfig, aggregate
+from disktrain.robust.grads import flat_grads, set_flat_grads
 from disktrain.robust.sync import gather
 
 LABEL_FLIP = "label-flip"

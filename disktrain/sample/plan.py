@@ -70,7 +70,7 @@ class SamplePlan:
 
     @classmethod
     def of(cls, dataset, config: SampleConfig) -> SamplePlan:
-        """The plan of ``config`` over ``dataset`` (a :class:`~disktrain.dataset.Dataset`)."""
+        """The plan of ``config`` over ``dataset`` (a :class:`~disktrain.storage.dataset.Dataset`)."""
         return cls(config, dataset.split(config.split))
 
     @property

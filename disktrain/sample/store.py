@@ -21,9 +21,11 @@ dataset is an error.
 
 from __future__ import annotations
 
+import math
 import shutil
 import threading
 from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,9 +33,12 @@ import numpy as np
 import zarr
 from tqdm.auto import tqdm
 
-from disktrain.atomic import atomic_dir, replace_dir
-from disktrain.checksum import StoreRef
-from disktrain.dataset import (
+from disktrain.errors import DataError
+from disktrain.kernels.sampling import sample_batches
+from disktrain.sample.plan import SampleConfig, SamplePlan, sampling_key
+from disktrain.storage.atomic import atomic_dir, replace_dir
+from disktrain.storage.checksum import StoreRef
+from disktrain.storage.dataset import (
     Dataset,
     create_flat_array,
     finish_flat_array,
@@ -42,13 +47,10 @@ from disktrain.dataset import (
     read_small_array,
     write_small_array,
 )
-from disktrain.diskspace import disk_full_errors, require_free, sample_store_bytes
-from disktrain.errors import DataError
-from disktrain.kernels.sampling import sample_batches
-from disktrain.sample.plan import SampleConfig, SamplePlan, sampling_key
+from disktrain.storage.diskspace import BLOCK_BYTES, array_bytes, disk_full_errors, require_free
 
 STORE = "samples"
-"""The store's directory name inside its root (see :mod:`disktrain.layout`)."""
+"""The store's directory name inside its root (see :mod:`disktrain.storage.roots`)."""
 _ARRAYS = ("nodes", "node_offsets", "hop_counts", "edge_src", "edge_dst", "edge_offsets")
 
 
@@ -107,7 +109,7 @@ def sample_dataset(dataset_path: str | Path, cfg: SampleConfig, progress: bool =
     """Pre-sample every batch of ``cfg.epochs`` epochs into ``ROOT/samples``.
 
     ``root``: the directory of the prepared stores (default: the dataset's; see
-    :mod:`disktrain.layout`). Resumes a previous interrupted run with the same config.
+    :mod:`disktrain.storage.roots`). Resumes a previous interrupted run with the same config.
     ``run_groups(dataset_path, cfg, groups, groups_dir)`` may replace the local loop (e.g.
     with Ray tasks).
     """
@@ -366,3 +368,70 @@ class SampleStore:
     def info(self) -> dict:
         return {k: self.attrs[k] for k in ("config", "num_batches", "batches_per_epoch",
                                              "num_groups", "store_id", "dataset_id")}
+
+
+# Disk-space estimate: an upper bound of what sample_dataset writes.
+
+_MARGIN = 1.1
+"""Headroom on sizes measured from a sample of the work (the probe batches)."""
+
+
+def batch_bound(num_seeds: int, fanouts: Sequence[int], num_nodes: int,
+                num_edges: int) -> tuple[int, int]:
+    """The most input nodes and edges a batch of ``num_seeds`` seeds can have.
+
+    Every node known at a hop samples up to ``fanout`` of its in-neighbors (all with -1);
+    the nodes of a batch are distinct, so their rows hold at most ``num_edges`` edges.
+    """
+    nodes, edges = num_seeds, 0
+    for fanout in fanouts:
+        hop = num_edges if fanout == -1 else min(nodes * fanout, num_edges)
+        edges += hop
+        nodes = min(num_nodes, nodes + hop)
+    return nodes, edges
+
+
+def _batch_bytes(nodes: int, edges: int, num_layers: int) -> int:
+    """Sample-store bytes of one batch: node ids (int64), edge src and dst (int32), and its
+    node offset, hop counts and edge offsets (int64)."""
+    return nodes * 8 + edges * 8 + (1 + (num_layers + 1) + num_layers) * 8
+
+
+def sample_store_bytes(dataset, plan, num_groups: int | None = None, probes: int = 8) -> int:
+    """What ``sample_dataset`` writes at most for ``plan`` (a ``SamplePlan``) over
+    ``dataset`` (a ``Dataset``): ``num_groups`` groups of batches (default: all of them) and
+    the access counts.
+
+    A batch's size is measured on ``probes`` batches of epoch 0 sampled for real, plus 10%,
+    and capped by what the fanouts allow (:func:`batch_bound`).
+    """
+    cfg, num_layers = plan.config, len(plan.config.fanouts)
+    indptr = dataset.indptr
+    num_edges = int(indptr[-1])
+    order = plan.epoch_order(plan.config.first_epoch)
+    picks = np.unique(np.linspace(0, plan.batches_per_epoch - 1, probes).round().astype(int))
+    seeds = [plan.batch_seeds(int(b), order) for b in picks]
+    offsets = np.zeros(len(seeds) + 1, np.int64)
+    np.cumsum([len(s) for s in seeds], out=offsets[1:])
+    got = sample_batches(indptr, dataset.indices, np.concatenate(seeds).astype(np.int64),
+                         offsets, np.asarray(cfg.fanouts, np.int64),
+                         sampling_key(cfg.seed, 0))
+    scale = cfg.batch_size / np.diff(offsets) * _MARGIN  # measured sizes, per full batch
+    measured = (math.ceil((np.diff(got.node_offsets) * scale).max()),
+                math.ceil((np.diff(got.edge_offsets[::num_layers]) * scale).max()))
+
+    def batch(num_seeds: int) -> int:
+        most = batch_bound(num_seeds, cfg.fanouts, dataset.num_nodes, num_edges)
+        return _batch_bytes(min(most[0], measured[0]), min(most[1], measured[1]), num_layers)
+
+    full, last = batch(cfg.batch_size), len(plan.train_ids) % cfg.batch_size
+    if num_groups is None or num_groups >= plan.num_groups:
+        num_groups = plan.num_groups  # every epoch's last batch may be smaller
+        data = plan.num_batches * full - (cfg.epochs * (full - batch(last)) if last else 0)
+    else:
+        data = min(plan.num_batches, num_groups * cfg.group_size) * full
+    # Per group: six arrays (block rounding, metadata), the row directory of the 2-D
+    # hop_counts, the group's metadata and directory.
+    per_group = 6 * array_bytes(0) + 3 * BLOCK_BYTES
+    return (data + num_groups * per_group + array_bytes(dataset.num_nodes * 4)
+            + 3 * BLOCK_BYTES)  # the store's metadata, directory and groups/ directory

@@ -22,8 +22,8 @@ from pathlib import Path
 
 import torch
 
-from disktrain.atomic import atomic_write_bytes
 from disktrain.errors import CheckpointError, NonFiniteError
+from disktrain.storage.atomic import atomic_write_bytes
 from disktrain.train.health import nonfinite_tensors
 
 NAME = re.compile(r"ckpt-e(\d+)-b(\d+)\.pt")

@@ -11,9 +11,9 @@ from dataclasses import dataclass, field
 import torch
 
 from disktrain.errors import ConfigError
-from disktrain.loader import PLAN_REUSE
+from disktrain.loader.loader import PLAN_REUSE
+from disktrain.loader.pipeline import LoaderConfig
 from disktrain.models.gnn import ModelConfig
-from disktrain.pipeline import LoaderConfig
 from disktrain.robust import AttackConfig, RobustConfig, aggregate
 from disktrain.train.checkpoint import CheckpointConfig
 
@@ -73,7 +73,7 @@ class TrainConfig:
     """Weight decay (L2, added to the aggregated gradient by the optimizer)."""
     plan_reuse: str = "fresh"
     """Epochs beyond the E that `disktrain prepare` sampled. fresh: each is sampled and
-    packed afresh while the one before trains (``disktrain.train.fresh``), so every epoch
+    packed afresh while the one before trains (``disktrain.loader.fresh``), so every epoch
     sees new samples; cycle: epoch e reuses pre-sampled epoch e mod E; pool: every epoch
     draws its batches from the whole pre-sampled pool (as DiskGNN)."""
     prepare_ahead: int = 1

@@ -1,7 +1,7 @@
 """Accuracy on the val and test splits: from their packed batches (read through the same
 pipeline as training), or sampling neighborhoods online with the offline sampler's kernels
 (on a GPU, with their CUDA twins over a device copy of the CSR when it fits: the same
-neighbors, :func:`disktrain.device.sample_on_device`).
+neighbors, :func:`disktrain.loader.device.sample_on_device`).
 """
 
 from __future__ import annotations
@@ -13,15 +13,15 @@ import torch
 import torch.distributed as dist
 import zarr
 
-from disktrain.dataset import Dataset
-from disktrain.device import copy_to_device, sample_on_device
 from disktrain.errors import DataError
 from disktrain.kernels.sampling import sample_batches
-from disktrain.layout import EVAL_SPLITS, eval_root, is_prepared
-from disktrain.loader import Loader
-from disktrain.models.block import Block
+from disktrain.loader.block import Block
+from disktrain.loader.device import copy_to_device, sample_on_device
+from disktrain.loader.loader import Loader
 from disktrain.sample.plan import sampling_key
 from disktrain.sample.store import unpack_batch
+from disktrain.storage.dataset import Dataset
+from disktrain.storage.roots import EVAL_SPLITS, eval_root, is_prepared
 from disktrain.train.config import EVAL_MODES
 
 
@@ -29,7 +29,7 @@ class Evaluator:
     """Accuracy of a model on val and test, the way ``mode`` asks.
 
     packed: each split's packed batches (``disktrain prepare`` made them with the training
-    store), read by :class:`~disktrain.loader.Loader` with the training loader's caches;
+    store), read by :class:`~disktrain.loader.loader.Loader` with the training loader's caches;
     online: neighborhoods sampled now, features read from the raw array; auto: packed where
     prepared, else online (with a warning when those batches were made with another
     training store).

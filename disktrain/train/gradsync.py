@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 
-from disktrain.grads import flat_grads, set_flat_grads
+from disktrain.robust.grads import flat_grads, set_flat_grads
 
 
 class AllReduceMean:

@@ -37,9 +37,10 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from disktrain.errors import CheckpointError, DataError, NonFiniteError
-from disktrain.loader import Loader
+from disktrain.loader.dist import DistEnv, broadcast_bytes
+from disktrain.loader.loader import Loader
+from disktrain.loader.pipeline import LoaderConfig
 from disktrain.models.gnn import build_model
-from disktrain.pipeline import LoaderConfig
 from disktrain.robust import (
     LABEL_FLIP,
     ByzantineWorker,
@@ -48,10 +49,8 @@ from disktrain.robust import (
     check_replicas,
 )
 from disktrain.robust.sync import gather
-from disktrain.threads import compute_threads, loader_threads, torch_threads
 from disktrain.train.checkpoint import CheckpointWriter, checkpoint_name, load_bytes, read_newest
 from disktrain.train.config import TrainConfig
-from disktrain.train.dist import DistEnv, broadcast_bytes
 from disktrain.train.evaluate import Evaluator
 from disktrain.train.gradsync import AllReduceMean
 from disktrain.train.health import (
@@ -61,6 +60,7 @@ from disktrain.train.health import (
     poisoned_loss,
     step_is_finite,
 )
+from disktrain.train.threads import compute_threads, loader_threads, torch_threads
 
 STAGES = ("read", "assemble", "copy")
 
@@ -175,7 +175,7 @@ def train(cfg: TrainConfig, grad_sync=None, on_epoch=None) -> dict:
     ``cfg.robust`` for a robust rule, a pre-aggregator or a gradient attack; give it on every
     rank or on none); ``on_epoch(record, checkpoint_dir)`` is called on every rank after each
     epoch (Ray Train reports through it). On a CPU device compute takes every core, but one while fresh epochs are prepared
-    in the background, unless ``cfg.compute_threads`` says otherwise (``disktrain.threads``).
+    in the background, unless ``cfg.compute_threads`` says otherwise (``disktrain.train.threads``).
     """
     env = DistEnv.from_env()
     cfg.check_world_size(env.world_size)

@@ -28,7 +28,7 @@ from pathlib import Path
 import google_crc32c
 import numpy as np
 
-from disktrain.checksum import CRC_BYTES, SLICE_BYTES, StoreRef
+from disktrain.storage.checksum import CRC_BYTES, SLICE_BYTES, StoreRef
 
 HUGE_PAGE = 2 << 20
 DEFAULT_CSR_SHARE = 0.5

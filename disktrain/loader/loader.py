@@ -28,14 +28,14 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from disktrain.batch import Batch, MiniBatch
-from disktrain.checksum import CRC_BYTES
 from disktrain.errors import DataError
-from disktrain.layout import eval_root, is_prepared, train_root
-from disktrain.pipeline import LoaderConfig, PackedLoader
+from disktrain.loader.batch import Batch, MiniBatch
+from disktrain.loader.fresh import FreshEpochs
+from disktrain.loader.pipeline import LoaderConfig, PackedLoader
+from disktrain.loader.schedule import epoch_batches, worker_share
 from disktrain.sample.plan import SPLITS
-from disktrain.train.fresh import FreshEpochs
-from disktrain.train.schedule import epoch_batches, worker_share
+from disktrain.storage.checksum import CRC_BYTES
+from disktrain.storage.roots import eval_root, is_prepared, train_root
 
 STATE_VERSION = 1
 PLAN_REUSE = ("fresh", "cycle", "pool")
@@ -124,7 +124,7 @@ class Loader:
 
     @property
     def dataset(self):
-        """The :class:`~disktrain.dataset.Dataset` read."""
+        """The :class:`~disktrain.storage.dataset.Dataset` read."""
         return self._source.dataset
 
     @property

@@ -31,12 +31,18 @@ import google_crc32c
 import numpy as np
 import zarr
 
-from disktrain.checksum import CRC_BYTES
-from disktrain.dataset import CHECKSUM, chunk_file
-from disktrain.diskspace import disk_full_errors, preallocate
+from disktrain.storage.checksum import CRC_BYTES
+from disktrain.storage.diskspace import disk_full_errors, preallocate
 
 BLOCK = 4096
 """Alignment of ``O_DIRECT`` buffers, file offsets and write sizes."""
+CHECKSUM = (zarr.codecs.Crc32cCodec(),)
+"""The codec after ``bytes`` of every array: a crc32c per chunk."""
+
+
+def chunk_file(array_dir: str | Path, *index: int) -> Path:
+    """Path of the chunk at grid ``index`` under Zarr v3's default chunk key encoding."""
+    return Path(array_dir).joinpath("c", *(str(i) for i in index))
 
 
 def page_buffer(nbytes: int, hugepages: bool = False) -> np.ndarray:

@@ -6,7 +6,7 @@ Memory beyond the output memory maps is O(num_nodes) (degrees, labels, split mar
 one chunk. The dataset is written under a temporary name and renamed into place at the end,
 so a failure leaves nothing behind that looks like a dataset.
 
-Every source (these files, OGB's layout and in-memory PyG data in :mod:`disktrain.importers`)
+Every source (these files, OGB's layout and in-memory PyG data in :mod:`disktrain.ingest.importers`)
 becomes :class:`Inputs` (sizes, labels and splits checked; edges and features still to
 stream), which :func:`write_dataset` writes.
 """
@@ -23,27 +23,26 @@ import pyarrow.compute as pc
 import zarr
 from tqdm.auto import tqdm
 
-from disktrain.atomic import atomic_dir
-from disktrain.csr import CSRConfig, EdgeChunks, build_csr
-from disktrain.dataset import (
+from disktrain.errors import DataError
+from disktrain.ingest.csr import CSRConfig, EdgeChunks, build_csr, spill_bytes
+from disktrain.ingest.edges import (
+    PARQUET_SUFFIXES,
+    EdgeReader,
+    NpyRows,
+    parquet_fragments,
+    scan_edges,
+)
+from disktrain.storage.atomic import atomic_dir
+from disktrain.storage.dataset import (
     SPLITS,
     DatasetMeta,
     create_features,
+    dataset_bytes,
     index_dtype,
     provenance,
     write_small_array,
 )
-from disktrain.diskspace import dataset_bytes, require_free
-from disktrain.edges import (
-    PARQUET_SUFFIXES,
-    EdgeReader,
-    NpyRows,
-    checked_chunks,
-    open_edges,
-    parquet_fragments,
-    scan_edges,
-)
-from disktrain.errors import DataError
+from disktrain.storage.diskspace import require_free
 
 _INPUTS = ("edges", "features", "labels", *SPLITS, "ogb")
 
@@ -60,7 +59,7 @@ class IngestConfig:
     Required unless ``ogb`` is given."""
     ogb: Path | None = None
     """Instead of ``edges`` and the other files: an OGB node property prediction dataset
-    directory (``raw/``, ``split/``; see :func:`disktrain.importers.read_ogb`)."""
+    directory (``raw/``, ``split/``; see :func:`disktrain.ingest.importers.read_ogb`)."""
     ogb_split: str | None = None
     """Which ``split/<name>/`` of ``ogb`` to use; default: its only one."""
     features: Path | None = None
@@ -147,42 +146,19 @@ class Inputs:
     """Input name -> where it came from (recorded in the provenance)."""
 
 
-def ingest(cfg: IngestConfig) -> Path:
-    """Validate the inputs named by ``cfg`` and write the dataset directory ``cfg.out``."""
-    for name, path in cfg.sources().items():
-        if not Path(path).exists():
-            raise FileNotFoundError(f"{name} file not found: {path}")
-    if cfg.out.exists() and not cfg.overwrite:
-        raise FileExistsError(f"{cfg.out} already exists (pass overwrite to replace it)")
-    if cfg.ogb is not None:
-        from disktrain.importers import read_ogb
-
-        return write_dataset(cfg.out, read_ogb(cfg), cfg.csr_config(),
-                             overwrite=cfg.overwrite, importer="ogb")
-    edges = open_edges(cfg.edges, cfg.src_col, cfg.dst_col, cfg.chunk_rows)
-    features = open_features(cfg.features) if cfg.features else None
-    num_nodes, origin = _num_nodes(cfg, edges, features)
-    labels = read_labels(cfg.labels, num_nodes, origin) if cfg.labels else None
-    splits = read_splits({s: getattr(cfg, s) for s in SPLITS if getattr(cfg, s)}, num_nodes)
-    inputs = Inputs(num_nodes=num_nodes, num_nodes_from=origin,
-                    edges=lambda: checked_chunks(edges, num_nodes),
-                    num_input_edges=edges.num_rows or 0, edges_estimate=edges.estimate_rows(),
-                    features=features, labels=labels, splits=splits, sources=cfg.sources())
-    return write_dataset(cfg.out, inputs, cfg.csr_config(), overwrite=cfg.overwrite)
-
-
 def write_dataset(out: Path, inputs: Inputs, csr: CSRConfig, *, overwrite: bool = False,
                   importer: str | None = None) -> Path:
     """Write ``inputs`` as the dataset directory ``out`` (under a temporary name, renamed
     into place when complete), after checking the disk has room; ``importer`` is recorded in
     the provenance."""
     features, labels, num_nodes = inputs.features, inputs.labels, inputs.num_nodes
-    need = dataset_bytes(num_nodes=num_nodes,
-                         num_edges=inputs.edges_estimate * (2 if csr.undirected else 1),
+    edges_bound = inputs.edges_estimate * (2 if csr.undirected else 1)
+    need = dataset_bytes(num_nodes=num_nodes, num_edges=edges_bound,
                          feature_dim=features.dim if features else 0,
                          feature_itemsize=features.dtype.itemsize if features else 4,
                          labels=labels is not None,
-                         split_sizes=[ids.size for ids in inputs.splits.values()])
+                         split_sizes=[ids.size for ids in inputs.splits.values()],
+                         spill=spill_bytes(num_nodes, edges_bound))
     require_free(out, need, "ingest")
     with atomic_dir(out, overwrite=overwrite) as tmp:
         group = zarr.open_group(tmp, mode="w")
@@ -208,7 +184,7 @@ def write_dataset(out: Path, inputs: Inputs, csr: CSRConfig, *, overwrite: bool 
     return out
 
 
-def _num_nodes(cfg: IngestConfig, edges: EdgeReader,
+def count_nodes(cfg: IngestConfig, edges: EdgeReader,
                features: FeatureSource | None) -> tuple[int, str]:
     """The node count and where it came from (for error messages)."""
     if cfg.num_nodes is not None:
@@ -374,7 +350,7 @@ def _parquet_features(path: Path) -> FeatureSource:
                                              batch_readahead=1, fragment_readahead=1):
                 file = Path(fragment.path)
                 block = (_list_block(batch.column(0), dim, file, start) if is_list else
-                         _columns_block(batch, file, start))
+                         columns_block(batch, file, start))
                 yield start, block
                 start += batch.num_rows
 
@@ -390,7 +366,7 @@ def _first_null(column: pa.Array) -> int | None:
     return int(np.flatnonzero(pc.is_null(column).to_numpy(zero_copy_only=False))[0])
 
 
-def _columns_block(batch: pa.RecordBatch, file: Path, start: int) -> np.ndarray:
+def columns_block(batch: pa.RecordBatch, file: Path, start: int) -> np.ndarray:
     for name, column in zip(batch.schema.names, batch.columns, strict=True):
         row = _first_null(column)
         if row is not None:

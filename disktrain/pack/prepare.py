@@ -1,5 +1,5 @@
 """`disktrain prepare` as library calls: the training batches, the evaluation batches, and
-the fresh epochs training prepares ahead of itself (roots: :mod:`disktrain.layout`)."""
+the fresh epochs training prepares ahead of itself (roots: :mod:`disktrain.storage.roots`)."""
 
 from __future__ import annotations
 
@@ -9,10 +9,10 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from disktrain.dataset import Dataset
-from disktrain.layout import EVAL_SPLITS, epoch_root, eval_root
 from disktrain.pack import PackConfig, PackedStore, pack_dataset, pack_roots
 from disktrain.sample import SampleConfig, SampleStore, sample_dataset
+from disktrain.storage.dataset import Dataset
+from disktrain.storage.roots import EVAL_SPLITS, epoch_root, eval_root
 
 
 def eval_config(train: SampleConfig, split: str, batch_size: int | None = None) -> SampleConfig:
@@ -104,8 +104,8 @@ NICE = 10
 def serve_epochs(dataset_path: str | Path, lines=sys.stdin, out=sys.stdout) -> None:
     """Prepare each epoch number read from ``lines`` (one per line) with
     :func:`prepare_epoch`, at a lower CPU priority; answer one line ``EPOCH<TAB>ERROR`` per
-    epoch (ERROR empty when done). Run as ``python -m disktrain.prepare --serve-epochs
-    DATASET`` by training (:mod:`disktrain.train.fresh`)."""
+    epoch (ERROR empty when done). Run as ``python -m disktrain.pack.prepare --serve-epochs
+    DATASET`` by training (:mod:`disktrain.loader.fresh`)."""
     os.nice(NICE)
     for line in lines:
         epoch = int(line)

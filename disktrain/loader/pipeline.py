@@ -2,14 +2,14 @@
 
 The stages are small objects (:class:`ReadStage`, :class:`AssembleStage`,
 :class:`CopyStage`), each a call taking and returning one
-:class:`~disktrain.batch.MiniBatch` whose fields it fills. They run in their own threads,
+:class:`~disktrain.loader.batch.MiniBatch` whose fields it fills. They run in their own threads,
 joined by bounded queues (depth ``prefetch``), so an epoch costs about the slowest stage
 rather than the sum. Reads release the GIL (``os.preadv``),
 assembly runs Numba kernels without it. An exception in any stage is re-raised by the
 consumer; closing the iterator (``with contextlib.closing(loader(ids)) as batches``, so that
 Ctrl-C in the consumer closes it too) stops every thread.
 
-The public face of this pipeline is :class:`disktrain.loader.Loader` (``disktrain.Loader``),
+The public face of this pipeline is :class:`disktrain.loader.loader.Loader` (``disktrain.Loader``),
 which ``disktrain train`` uses too.
 """
 
@@ -25,19 +25,19 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar, Protocol
+from typing import ClassVar
 
 import numba
 import numpy as np
 import torch
 
-from disktrain.batch import MiniBatch
-from disktrain.dataset import Dataset
-from disktrain.device import DeviceAssembler
-from disktrain.models.block import Block
+from disktrain.loader.batch import CopyEvent, MiniBatch
+from disktrain.loader.block import Block
+from disktrain.loader.device import DeviceAssembler
+from disktrain.pack.slots import RowLayout
 from disktrain.pack.store import DIRECT_ALIGN, PackedStore
-from disktrain.rowlayout import RowLayout
 from disktrain.sample.store import SampleStore
+from disktrain.storage.dataset import Dataset
 
 DEVICE_TYPES = ("cpu", "cuda")
 """Device types batches can go to."""
@@ -106,7 +106,7 @@ class ReadStage:
 
     The packed range is read (crc-checked) straight into the buffer at the batch's first
     last-hop-only row: those rows (most of a batch) are then in place, no copy needed (see
-    :mod:`disktrain.rowlayout`). A buffer from the pool is first slid so that this row starts
+    :mod:`disktrain.pack.slots`). A buffer from the pool is first slid so that this row starts
     on a 4 KiB boundary: the range then comes from the disk past the page cache
     (``O_DIRECT``).
     """
@@ -126,7 +126,7 @@ class ReadStage:
 
 class AssembleStage:
     """Stage 2: complete the feature matrix from the CPU cache and the inner packed rows, and
-    build blocks and labels, as the batch's :class:`~disktrain.rowlayout.RowLayout` says.
+    build blocks and labels, as the batch's :class:`~disktrain.pack.slots.RowLayout` says.
 
     ``labels``: every node's label (None: none); ``degrees``: the dataset whose in-degrees
     every block carries (None: no degrees).
@@ -207,7 +207,7 @@ class PackedLoader:
     """Iterate pre-sampled batches of a prepared dataset through the staged pipeline.
 
     ``root``: the directory of the sample and packed stores read (default: the dataset's
-    training batches; see :mod:`disktrain.layout`).
+    training batches; see :mod:`disktrain.storage.roots`).
     """
 
     def __init__(self, dataset_path: str | Path, cfg: LoaderConfig = LoaderConfig(),
@@ -275,14 +275,6 @@ def _consume_on_current_stream(batch: MiniBatch, event: torch.cuda.Event) -> Non
 
 def _torch_dtype(dtype: np.dtype) -> torch.dtype:
     return torch.from_numpy(np.zeros(0, dtype)).dtype
-
-
-class CopyEvent(Protocol):
-    """What the buffer pool needs of a ``torch.cuda.Event`` recorded after a buffer's copy."""
-
-    def record(self, stream=None) -> None: ...
-    def query(self) -> bool: ...
-    def synchronize(self) -> None: ...
 
 
 class _BufferPool:

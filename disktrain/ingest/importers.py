@@ -1,6 +1,7 @@
-"""Importers: OGB's node property prediction files and in-memory PyG data to a dataset.
+"""Every way into a dataset: edge/feature files (:func:`ingest`), OGB's node property
+prediction files and in-memory PyG data.
 
-Both go through :func:`disktrain.ingest.write_dataset`, as ``disktrain ingest`` does, so they
+All go through :func:`disktrain.ingest.inputs.write_dataset`, as ``disktrain ingest`` does, so they
 get its checks, its disk-space estimate and its atomic write.
 
 - :func:`read_ogb` (``disktrain ingest --ogb DIR``): OGB's raw layout, every file a headerless,
@@ -30,19 +31,23 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pcsv
 
-from disktrain.csr import CSRConfig
-from disktrain.dataset import SPLITS
-from disktrain.edges import CsvEdges, _check_ids, checked_chunks
 from disktrain.errors import DataError
-from disktrain.ingest import (
+from disktrain.ingest.csr import CSRConfig
+from disktrain.ingest.edges import CsvEdges, check_ids, checked_chunks, open_edges
+from disktrain.ingest.inputs import (
     FeatureSource,
     IngestConfig,
     Inputs,
-    _columns_block,
     check_labels,
     check_splits,
+    columns_block,
+    count_nodes,
+    open_features,
+    read_labels,
+    read_splits,
     write_dataset,
 )
+from disktrain.storage.dataset import SPLITS
 
 OGB_SPLIT_FILES = {"train": "train.csv.gz", "val": "valid.csv.gz", "test": "test.csv.gz"}
 """Our split name -> OGB's file in ``split/<name>/``."""
@@ -50,10 +55,32 @@ _CSV_BLOCK_BYTES = 1 << 20
 """Text per record batch: Arrow holds a few dozen blocks at once, so this bounds memory."""
 
 
+def ingest(cfg: IngestConfig) -> Path:
+    """Validate the inputs named by ``cfg`` and write the dataset directory ``cfg.out``."""
+    for name, path in cfg.sources().items():
+        if not Path(path).exists():
+            raise FileNotFoundError(f"{name} file not found: {path}")
+    if cfg.out.exists() and not cfg.overwrite:
+        raise FileExistsError(f"{cfg.out} already exists (pass overwrite to replace it)")
+    if cfg.ogb is not None:
+        return write_dataset(cfg.out, read_ogb(cfg), cfg.csr_config(),
+                             overwrite=cfg.overwrite, importer="ogb")
+    edges = open_edges(cfg.edges, cfg.src_col, cfg.dst_col, cfg.chunk_rows)
+    features = open_features(cfg.features) if cfg.features else None
+    num_nodes, origin = count_nodes(cfg, edges, features)
+    labels = read_labels(cfg.labels, num_nodes, origin) if cfg.labels else None
+    splits = read_splits({s: getattr(cfg, s) for s in SPLITS if getattr(cfg, s)}, num_nodes)
+    inputs = Inputs(num_nodes=num_nodes, num_nodes_from=origin,
+                    edges=lambda: checked_chunks(edges, num_nodes),
+                    num_input_edges=edges.num_rows or 0, edges_estimate=edges.estimate_rows(),
+                    features=features, labels=labels, splits=splits, sources=cfg.sources())
+    return write_dataset(cfg.out, inputs, cfg.csr_config(), overwrite=cfg.overwrite)
+
+
 # OGB
 
 def read_ogb(cfg: IngestConfig) -> Inputs:
-    """The :class:`~disktrain.ingest.Inputs` of the OGB dataset directory ``cfg.ogb``: node
+    """The :class:`~disktrain.ingest.inputs.Inputs` of the OGB dataset directory ``cfg.ogb``: node
     count, labels and splits read and checked, edges and features ready to stream.
 
     ``cfg.ogb_split`` picks ``split/<name>/`` (default: the only one). ``cfg.num_nodes``, if
@@ -282,7 +309,7 @@ def csv_features(path: Path, num_nodes: int, origin: str = "") -> FeatureSource:
             if end > num_nodes:
                 raise DataError(f"{path}: more than {num_nodes} rows, but num_nodes is "
                                 f"{num_nodes}" + (f" ({origin})" if origin else ""))
-            yield start, _columns_block(batch, path, start)
+            yield start, columns_block(batch, path, start)
         if end != num_nodes:
             raise DataError(f"{path}: {end} rows, but num_nodes is {num_nodes}"
                             + (f" ({origin})" if origin else ""))
@@ -313,7 +340,7 @@ class OgbEdges(CsvEdges):
         return self.table.error_at(start, error)
 
     def checked(self, num_nodes: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """Validated chunks, as :func:`disktrain.edges.checked_chunks`, and the count
+        """Validated chunks, as :func:`disktrain.ingest.edges.checked_chunks`, and the count
         checked against ``num-edge-list.csv.gz``."""
         count = 0
         for src, dst in checked_chunks(self, num_nodes):
@@ -366,7 +393,7 @@ def from_pyg(data, out_dir: str | Path, *, splits: dict | None = None,
     x = _attribute(data, "x", keep_tensor=True)
     num_nodes, origin = _pyg_num_nodes(data, x, edge_index)
     for row, name in enumerate(("source", "target")):
-        _, bad = _check_ids(edge_index[row], num_nodes)
+        _, bad = check_ids(edge_index[row], num_nodes)
         if bad:
             raise DataError(f"data.edge_index[{row}, {bad[0]}] ({name} of edge {bad[0]}): "
                             f"{bad[1]} (num_nodes from {origin})")

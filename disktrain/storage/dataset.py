@@ -30,6 +30,7 @@ import sys
 import threading
 import uuid
 from collections import deque
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -37,7 +38,8 @@ from pathlib import Path
 import numpy as np
 import zarr
 
-from disktrain.checksum import (
+from disktrain.errors import CorruptDataError, DataError
+from disktrain.storage.checksum import (
     CRC_BYTES,
     StoreRef,
     append_crc,
@@ -46,9 +48,9 @@ from disktrain.checksum import (
     crc_bytes,
     read_chunk,
 )
-from disktrain.diskspace import preallocate
-from disktrain.errors import CorruptDataError, DataError
-from disktrain.residency import (
+from disktrain.storage.chunkfile import CHECKSUM, chunk_file
+from disktrain.storage.diskspace import BLOCK_BYTES, array_bytes, preallocate
+from disktrain.storage.residency import (
     PMD_MAPPED_ENOUGH,
     RESIDENCIES,
     csr_budget,
@@ -59,8 +61,6 @@ from disktrain.residency import (
 FORMAT_VERSION = 2
 FEATURE_CHUNK_BYTES = 4 << 20
 SPLITS = ("train", "val", "test")
-CHECKSUM = (zarr.codecs.Crc32cCodec(),)
-"""The codec after ``bytes`` of every array: a crc32c per chunk."""
 RERUN_DATASET = "re-create the dataset (disktrain ingest / disktrain synth)"
 
 
@@ -77,11 +77,6 @@ def new_id() -> str:
 def index_dtype(num_nodes: int) -> np.dtype:
     """int32 node ids while they fit, else int64."""
     return np.dtype(np.int32) if num_nodes < 2**31 else np.dtype(np.int64)
-
-
-def chunk_file(array_dir: str | Path, *index: int) -> Path:
-    """Path of the chunk at grid ``index`` under Zarr v3's default chunk key encoding."""
-    return Path(array_dir).joinpath("c", *(str(i) for i in index))
 
 
 @dataclass(frozen=True)
@@ -334,9 +329,9 @@ class Dataset:
     """A dataset directory opened read-only: CSR, features, labels, splits.
 
     The CSR (``indptr`` and ``indices``) is memory-mapped or read into huge-page memory, as
-    policy ``csr`` (one of :data:`~disktrain.residency.RESIDENCIES`) says, within
-    ``csr_budget`` bytes for both (default: :data:`~disktrain.residency.DEFAULT_CSR_SHARE` of
-    the memory available when first used); see :mod:`disktrain.residency`.
+    policy ``csr`` (one of :data:`~disktrain.storage.residency.RESIDENCIES`) says, within
+    ``csr_budget`` bytes for both (default: :data:`~disktrain.storage.residency.DEFAULT_CSR_SHARE` of
+    the memory available when first used); see :mod:`disktrain.storage.residency`.
     Every read is checked against the chunks' crc32c: ``indptr`` and ``indices`` once per
     process, on first use (before they are mapped, or as they are read into memory);
     ``labels`` and the splits when loaded; each feature chunk when read
@@ -602,3 +597,29 @@ class Dataset:
         out["path"] = str(self.path)
         out["splits"] = {s: int(self.group[s].shape[0]) for s in SPLITS if s in self.group}
         return out
+
+
+def dataset_bytes(*, num_nodes: int, num_edges: int, feature_dim: int, feature_itemsize: int,
+                  labels: bool, split_sizes: Sequence[int], spill: int = 0) -> int:
+    """What ``ingest`` or ``synth`` holds on disk at most (see docs/FORMAT.md for the arrays).
+
+    ``num_edges`` counts the edges stored before dedup (reverse edges included). ``spill``:
+    the bytes of the CSR build's temporary spill file, if it is on disk with the dataset
+    (:func:`disktrain.ingest.csr.spill_bytes`; ``ingest`` writes the features first, so the
+    spill file is on disk with the whole dataset but the labels and splits). Dedup needs no
+    room of its own (the build keeps no second indices array).
+    """
+    indices = array_bytes(num_edges * index_dtype(num_nodes).itemsize)
+    total = array_bytes((num_nodes + 1) * 8) + indices
+    if spill:
+        total += array_bytes(spill)
+    row_bytes = feature_dim * feature_itemsize
+    if row_bytes:
+        rows = max(1, min(num_nodes, FEATURE_CHUNK_BYTES // row_bytes))
+        total += array_bytes(rows * row_bytes, -(-num_nodes // rows), dirs_per_chunk=1)
+    else:
+        total += array_bytes(0, 0)
+    if labels:
+        total += array_bytes(num_nodes * 8)
+    total += sum(array_bytes(size * 8) for size in split_sizes)
+    return total + 2 * BLOCK_BYTES  # the group's metadata and directory

@@ -1,8 +1,8 @@
 """Fresh epochs prepared while training runs: a bounded window of epoch roots on disk.
 
 Epochs beyond those `disktrain prepare` sampled are sampled and packed, one root each
-(:func:`disktrain.prepare.prepare_epoch`), by one background process of rank 0
-(:func:`disktrain.prepare.serve_epochs`) while the epochs before them train, at a lower CPU
+(:func:`disktrain.pack.prepare.prepare_epoch`), by one background process of rank 0
+(:func:`disktrain.pack.prepare.serve_epochs`) while the epochs before them train, at a lower CPU
 priority so that compute keeps its cores. At most
 ``ahead`` epochs are prepared ahead of the one training; each root is deleted once its epoch
 has trained. Every rank reads the root rank 0 prepared, so the ranks must share the
@@ -22,8 +22,8 @@ from pathlib import Path
 import torch
 
 from disktrain.errors import DataError
-from disktrain.layout import epoch_root
-from disktrain.train.dist import broadcast_bytes
+from disktrain.loader.dist import broadcast_bytes
+from disktrain.storage.roots import epoch_root
 
 
 class FreshEpochs:
@@ -49,7 +49,7 @@ class FreshEpochs:
         # a fresh interpreter (not multiprocessing: it would re-run the user's __main__)
         env = {**os.environ, "NUMBA_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}
         self._proc = subprocess.Popen(
-            [sys.executable, "-m", "disktrain.prepare", "--serve-epochs", str(self.dataset)],
+            [sys.executable, "-m", "disktrain.pack.prepare", "--serve-epochs", str(self.dataset)],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1, env=env)
         self._results: queue.Queue = queue.Queue()
         threading.Thread(target=self._collect, args=(self._proc.stdout,), daemon=True,

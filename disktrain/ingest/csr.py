@@ -9,7 +9,7 @@
    thread) and its rows built in cache: counts, offsets, fill, per-row sort and dedup
    (:func:`disktrain.kernels.csr.fill_bucket`, buckets in parallel). ``indptr`` and
    ``indices`` are appended front to back, past the page cache, their crc32c accumulated on
-   the way (:class:`~disktrain.chunkfile.ChunkFileWriter`).
+   the way (:class:`~disktrain.storage.chunkfile.ChunkFileWriter`).
 
 Every output byte is written once and nothing is read back; the spill file is written once
 and read once, mostly from the page cache. Whether it reaches the disk depends on how long
@@ -36,10 +36,10 @@ import numpy as np
 import zarr
 from tqdm.auto import tqdm
 
-from disktrain.chunkfile import ChunkFileWriter, create_flat
-from disktrain.dataset import CHECKSUM, chunk_file, index_dtype
-from disktrain.diskspace import disk_full_errors, preallocate
 from disktrain.kernels import csr as kcsr
+from disktrain.storage.chunkfile import ChunkFileWriter, create_flat
+from disktrain.storage.dataset import CHECKSUM, chunk_file, index_dtype
+from disktrain.storage.diskspace import disk_full_errors, preallocate
 
 EdgeChunks = Callable[[], Iterable[tuple[np.ndarray, np.ndarray]]]
 """A function returning a fresh iterator of (src, dst) int64 chunks each time it is called."""

@@ -5,22 +5,29 @@ our blocks, one object)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 import torch
 
-from disktrain.models.block import Block
+from disktrain.loader.block import Block
 
 if TYPE_CHECKING:
-    from disktrain.pipeline import CopyEvent
-    from disktrain.rowlayout import RowLayout
+    from disktrain.pack.slots import RowLayout
+
+
+class CopyEvent(Protocol):
+    """What the buffer pool needs of a ``torch.cuda.Event`` recorded after a buffer's copy."""
+
+    def record(self, stream=None) -> None: ...
+    def query(self) -> bool: ...
+    def synchronize(self) -> None: ...
 
 
 @dataclass(eq=False)
 class MiniBatch:
     """One pre-sampled batch on its way through the loader's stages
-    (:mod:`disktrain.pipeline`), each filling its fields: read fills ``buffer``; assemble
+    (:mod:`disktrain.loader.pipeline`), each filling its fields: read fills ``buffer``; assemble
     ``x`` (a view of ``buffer``), ``blocks``, ``labels``, ``input_nodes`` and ``layout`` on
     the host; copy moves ``x``, ``blocks`` and ``labels`` to the device and sets ``copied``.
     The consumer gets it after the copy."""
@@ -36,7 +43,7 @@ class MiniBatch:
     """The seeds' labels (None for a dataset without labels)."""
     input_nodes: np.ndarray | None = None
     """Global id of each row of ``x`` (the sample store's order, last hop reordered: see
-    :mod:`disktrain.rowlayout`)."""
+    :mod:`disktrain.pack.slots`)."""
     seconds: dict[str, float] = field(default_factory=dict)
     """Time this batch spent in each stage (read, assemble, copy)."""
     buffer: torch.Tensor | None = field(default=None, repr=False)
@@ -55,7 +62,7 @@ class Batch:
     replacement) makes them: ``x`` holds the rows of ``n_id`` (seeds first, then each hop's
     new nodes), ``edge_index`` the sampled edges source -> target in local ids, hop by hop
     (the seeds' in-edges first; each node's in-edges from one sample, see
-    :func:`pyg_layout`), so ``model(batch.x, batch.edge_index)[:batch.batch_size]`` works for
+    :func:`pyg_edge_index`), so ``model(batch.x, batch.edge_index)[:batch.batch_size]`` works for
     any PyG model and PyG's ``trim_to_layer`` works with ``num_sampled_nodes`` /
     ``num_sampled_edges``. ``blocks`` are the sampled edges per layer (input layer first;
     every layer samples all its dst nodes, as DGL) for disktrain's own models:
@@ -91,7 +98,7 @@ class Batch:
         ``x``: the features to carry instead of ``mb.x`` (e.g. a copy in another dtype);
         ``y``: the labels of every row (None: none)."""
         x = mb.x if x is None else x
-        edge_index, nodes, edges = pyg_layout(mb.blocks)
+        edge_index, nodes, edges = pyg_edge_index(mb.blocks)
         n_id = torch.from_numpy(np.asarray(mb.input_nodes).astype(np.int64, copy=False))
         return cls(x=x, edge_index=edge_index, n_id=n_id.to(x.device),
                    batch_size=mb.blocks[-1].num_dst if mb.blocks else x.shape[0],
@@ -121,7 +128,7 @@ class Batch:
         return data
 
 
-def pyg_layout(blocks: list[Block]) -> tuple[torch.Tensor, list[int], list[int]]:
+def pyg_edge_index(blocks: list[Block]) -> tuple[torch.Tensor, list[int], list[int]]:
     """(edge_index, num_sampled_nodes, num_sampled_edges) of a batch's blocks.
 
     A block's dst nodes are the first ``num_dst`` of its src nodes, so block ids are already

@@ -13,11 +13,11 @@ node's features are ambiguous but the mean over its neighbors is informative, so
 aggregates neighbors beats an MLP on features alone. Splits are seeded, disjoint, and sorted.
 
 Writing: the edges are generated once, bucketed by row into a temporary file and the CSR
-built bucket by bucket in cache (:mod:`disktrain.csr`). Features are generated in blocks of
+built bucket by bucket in cache (:mod:`disktrain.ingest.csr`). Features are generated in blocks of
 rows (in parallel) and written chunk file by chunk file
-(:class:`~disktrain.chunkfile.ChunkFilePool`: converted, checksummed and written past the
+(:class:`~disktrain.storage.chunkfile.ChunkFilePool`: converted, checksummed and written past the
 page cache on two threads while the next block is generated); labels and splits are
-written front to back (:class:`~disktrain.chunkfile.ChunkFileWriter`). Every output byte is
+written front to back (:class:`~disktrain.storage.chunkfile.ChunkFileWriter`). Every output byte is
 written once; the spill file, about 1.5x the size of ``indices``, is written once and read
 once.
 """
@@ -36,21 +36,22 @@ import numpy as np
 import zarr
 from tqdm.auto import tqdm
 
-from disktrain.atomic import atomic_dir
-from disktrain.chunkfile import ChunkFilePool, create_flat
-from disktrain.csr import CSRConfig, build_csr, spill_bytes
-from disktrain.dataset import (
+from disktrain.ingest.csr import CSRConfig, build_csr, spill_bytes
+from disktrain.kernels import rmat as krmat
+from disktrain.kernels.rng import derive_key
+from disktrain.storage.atomic import atomic_dir
+from disktrain.storage.chunkfile import ChunkFilePool, create_flat
+from disktrain.storage.dataset import (
     SPLITS,
     DatasetMeta,
     chunk_file,
     create_features,
+    dataset_bytes,
     index_dtype,
     provenance,
     write_small_array,
 )
-from disktrain.diskspace import dataset_bytes, require_free
-from disktrain.kernels import rmat as krmat
-from disktrain.kernels.rng import derive_key
+from disktrain.storage.diskspace import require_free
 
 RMAT_PROBS = (0.57, 0.19, 0.19, 0.05)
 """Graph500 R-MAT quadrant probabilities (a, b, c, d)."""
@@ -281,9 +282,9 @@ def _disk_need(cfg: SynthConfig, csr_cfg: CSRConfig) -> int:
     dataset = dataset_bytes(num_nodes=cfg.num_nodes, num_edges=num_edges,
                             feature_dim=cfg.feature_dim,
                             feature_itemsize=np.dtype(cfg.feature_dtype).itemsize, labels=True,
-                            split_sizes=cfg.split_sizes(), csr_spill=False)
+                            split_sizes=cfg.split_sizes())
     csr = dataset_bytes(num_nodes=cfg.num_nodes, num_edges=num_edges, feature_dim=0,
-                        feature_itemsize=1, labels=False, split_sizes=(), csr_spill=False)
+                        feature_itemsize=1, labels=False, split_sizes=())
     return max(dataset, csr + spill_bytes(cfg.num_nodes, num_edges, csr_cfg))
 
 

@@ -3,7 +3,7 @@
 Every reader yields :class:`EdgeBatch` chunks of bounded size, each tagged with the file it
 came from and the global row number of its first edge, and can be iterated any number of
 times (the CSR build reads the edges twice). :func:`checked_chunks` turns a reader into the
-validated ``(src, dst)`` int64 chunks that :func:`disktrain.csr.build_csr` consumes.
+validated ``(src, dst)`` int64 chunks that :func:`disktrain.ingest.csr.build_csr` consumes.
 
 Rows are numbered from 0 over the whole edge list (all files of a directory, in sorted path
 order; CSV rows exclude the header line).
@@ -288,7 +288,7 @@ def _check_columns(file: Path, schema: pa.Schema, wanted: tuple[str, ...],
                             "expected integer node ids")
 
 
-def _check_ids(values: pa.Array | np.ndarray, num_nodes: int | None
+def check_ids(values: pa.Array | np.ndarray, num_nodes: int | None
                ) -> tuple[np.ndarray, tuple[int, str] | None]:
     """``values`` as int64, and (row, problem) for the first id not in ``[0, num_nodes)``.
 
@@ -322,8 +322,8 @@ def checked_chunks(reader: EdgeReader, num_nodes: int | None = None
     """
     num_rows = 0
     for batch in reader.batches():
-        src, src_bad = _check_ids(batch.src, num_nodes)
-        dst, dst_bad = _check_ids(batch.dst, num_nodes)
+        src, src_bad = check_ids(batch.src, num_nodes)
+        dst, dst_bad = check_ids(batch.dst, num_nodes)
         found = [(bad[0], label, bad[1]) for bad, label in ((src_bad, reader.src_label),
                                                              (dst_bad, reader.dst_label)) if bad]
         if found:
