@@ -22,14 +22,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-import google_crc32c
 import numpy as np
 from tqdm.auto import tqdm
 
 from disktrain.errors import DataError
 from disktrain.pack.store import packed_ref
 from disktrain.sample.store import samples_ref
-from disktrain.storage.checksum import CRC_BYTES, StoreRef
+from disktrain.storage.chunkfile import CRC_BYTES, StoreRef, check_chunk
 from disktrain.storage.dataset import FORMAT_VERSION, SPLITS, dataset_ref
 from disktrain.storage.roots import EVAL_SPLITS, epoch_root, eval_root
 
@@ -240,14 +239,13 @@ class _Checker:
     def run(self, progress: bool) -> None:
         """Check every chunk file of every queued array, in order."""
         total = sum(math.prod(a.grid) * a.file_bytes for a in self.arrays if a.checksummed)
-        buf = np.empty(min(SLICE_BYTES, max(1, total)) + CRC_BYTES, np.uint8)
         t0 = time.perf_counter()
         with tqdm(total=total, desc="verify", unit="B", unit_scale=True,
                   disable=not progress) as bar:
             for array in self.arrays:
                 for index in itertools.product(*map(range, array.grid)):
                     path = array.key(index)
-                    problem, read = _check_file(path, array, buf)
+                    problem, read = _check_file(path, array)
                     self.report.chunks += 1
                     self.report.bytes += read
                     bar.update(read)
@@ -266,49 +264,19 @@ class _Checker:
                 self.report.problems[i] = replace(p, batches=array.batches(array, index))
 
 
-def _check_file(path: Path, array: _Array, buf: np.ndarray) -> tuple[str | None, int]:
+def _check_file(path: Path, array: _Array) -> tuple[str | None, int]:
     """(what is wrong with one chunk file or None, bytes read): missing, size, crc32c."""
     try:
-        fd = os.open(path, os.O_RDONLY)
+        if array.checksummed:
+            return check_chunk(path, array.file_bytes - CRC_BYTES, slice_bytes=SLICE_BYTES)
+        size = path.stat().st_size
     except FileNotFoundError:
         return "is missing", 0
     except OSError as e:
-        return f"cannot be opened ({e.strerror})", 0
-    try:
-        size = os.fstat(fd).st_size
-        if size != array.file_bytes:
-            return (f"has {size} bytes, expected {array.file_bytes} (truncated or "
-                    "overwritten)"), 0
-        if not array.checksummed:
-            return None, 0
-        return _check_crc(fd, size - CRC_BYTES, buf)
-    except OSError as e:
         return f"cannot be read ({e.strerror})", 0
-    finally:
-        os.close(fd)
-
-
-def _check_crc(fd: int, nbytes: int, buf: np.ndarray) -> tuple[str | None, int]:
-    """Compare the crc32c of the first ``nbytes`` of ``fd`` with the 4 bytes after them,
-    reading ``len(buf) - 4`` bytes at a time (the stored crc with the last slice)."""
-    step = len(buf) - CRC_BYTES
-    crc, pos = 0, 0
-    while True:
-        n = min(step, nbytes - pos)
-        last = pos + n == nbytes
-        view = buf[:n + CRC_BYTES * last]
-        got = 0
-        while got < len(view):  # a read may return less than asked
-            more = os.preadv(fd, [view[got:]], pos + got)
-            if more == 0:
-                return f"shrank while being read (at byte {pos + got})", pos + got
-            got += more
-        crc = google_crc32c.extend(crc, view[:n])
-        pos += n
-        if last:
-            if crc != int.from_bytes(view[n:].tobytes(), "little"):
-                return "failed its crc32c check (corrupted)", pos + CRC_BYTES
-            return None, pos + CRC_BYTES
+    if size != array.file_bytes:
+        return f"has {size} bytes, expected {array.file_bytes} (truncated or overwritten)", 0
+    return None, 0
 
 
 def _group_attrs(path: Path) -> dict:

@@ -35,8 +35,9 @@ from disktrain.ingest.synth import SynthConfig, synthesize
 from disktrain.loader.pipeline import LoaderConfig, MiniBatch, PackedLoader
 from disktrain.models.gnn import GNNConfig, build_model
 from disktrain.pack import PackConfig, pack_dataset
-from disktrain.pack.store import aligned_empty, chunk_path
+from disktrain.pack.store import chunk_path
 from disktrain.sample import SampleConfig, sample_dataset
+from disktrain.storage.io import aligned_buffer
 from disktrain.train.threads import available_cores, compute_threads, loader_threads, torch_threads
 
 
@@ -54,7 +55,7 @@ def read_alone(loader: PackedLoader, batches) -> float:
     p = loader.packed
     threads = loader.cfg.read_threads
     row_bytes = p.feature_dim * p.dtype.itemsize  # page-aligned: read with O_DIRECT
-    bufs = [aligned_empty(p.max_padded_rows * row_bytes).view(p.dtype)
+    bufs = [aligned_buffer(p.max_padded_rows * row_bytes).view(p.dtype)
             .reshape(-1, p.feature_dim) for _ in range(threads)]
     t = time.perf_counter()
     with ThreadPoolExecutor(threads) as pool:

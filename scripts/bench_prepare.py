@@ -65,7 +65,7 @@ from disktrain.pack import PackConfig, pack_dataset
 from disktrain.pack import store as pack_store
 from disktrain.pack.prepare import prepare_epoch
 from disktrain.sample import SampleConfig, sample_dataset
-from disktrain.storage.checksum import crc_bytes
+from disktrain.storage.chunkfile import crc_bytes
 from disktrain.storage.roots import epoch_root
 
 IO_BLOCK = 16 << 20

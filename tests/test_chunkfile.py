@@ -12,14 +12,9 @@ import zarr
 
 from disktrain.errors import DiskSpaceError
 from disktrain.storage import chunkfile
-from disktrain.storage.chunkfile import (
-    BLOCK,
-    ChunkFilePool,
-    ChunkFileWriter,
-    create_flat,
-    page_buffer,
-)
-from disktrain.storage.dataset import chunk_file, open_flat_array
+from disktrain.storage.chunkfile import ChunkFilePool, ChunkFileWriter, chunk_file, create_flat
+from disktrain.storage.dataset import open_flat_array
+from disktrain.storage.io import BLOCK, aligned_buffer
 
 
 def _expected(data: bytes) -> bytes:
@@ -58,7 +53,7 @@ def test_full_disk_in_the_thread_is_raised_naming_the_file(tmp_path, monkeypatch
     def full(*_):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(chunkfile, "_pwrite_all", full)
+    monkeypatch.setattr(chunkfile, "pwrite_all", full)
     path = tmp_path / "chunk"
     for blocks in (1, 8):  # met by close, or by a later write
         with pytest.raises(DiskSpaceError, match="chunk"), ChunkFileWriter(
@@ -113,7 +108,8 @@ def test_pool_error_raised_on_close(tmp_path):
         pool.close()
 
 
-def test_page_buffer_aligned_and_zeroed():
-    for n in (1, BLOCK, 3 * BLOCK + 5):
-        buf = page_buffer(n, hugepages=True)
-        assert buf.size == n and buf.ctypes.data % BLOCK == 0 and not buf.any()
+@pytest.mark.parametrize("align", [BLOCK, 2 << 20])
+def test_aligned_buffer_aligned_and_zeroed(align):
+    for n in (0, 1, BLOCK, 3 * BLOCK + 5):
+        buf = aligned_buffer(n, align, hugepages=True)
+        assert buf.size == n and buf.ctypes.data % align == 0 and not buf.any()

@@ -15,9 +15,10 @@ from tinygraphs import make_dataset
 from disktrain.errors import CorruptDataError
 from disktrain.loader.pipeline import LoaderConfig, PackedLoader, _BufferPool
 from disktrain.pack import PackConfig, pack_dataset
-from disktrain.pack.store import DIRECT_ALIGN, aligned_empty, chunk_path, direct_span
+from disktrain.pack.store import chunk_path
 from disktrain.sample import SampleConfig, SampleStore, sample_dataset
 from disktrain.storage.dataset import Dataset
+from disktrain.storage.io import BLOCK, aligned_buffer, direct_span
 
 O_DIRECT = getattr(os, "O_DIRECT", 0)
 pytestmark = pytest.mark.skipif(not O_DIRECT, reason="no O_DIRECT on this platform")
@@ -46,7 +47,7 @@ def _padded_buffer(packed, b, skip=0):
     """An uninitialized buffer of batch ``b``'s padded rows, ``skip`` bytes past 4 KiB."""
     rows = int(packed.batch_rows[b + 1] - packed.batch_rows[b])
     nbytes = rows * packed.feature_dim * packed.dtype.itemsize
-    return aligned_empty(nbytes + skip)[skip:].view(packed.dtype).reshape(rows, -1)
+    return aligned_buffer(nbytes + skip)[skip:].view(packed.dtype).reshape(rows, -1)
 
 
 @pytest.mark.parametrize(("address", "nbytes", "expected"), [
@@ -70,7 +71,7 @@ def test_direct_and_buffered_reads_give_identical_rows(tmp_path, direct_opens, d
         got = packed.read_packed(b, _padded_buffer(packed, b)).copy()
         # chunk k lies k * chunk_bytes into the aligned buffer: read directly where that is
         # aligned, if the chunk holds a whole block
-        assert direct_opens == [chunk_bytes >= DIRECT_ALIGN and k * chunk_bytes % DIRECT_ALIGN
+        assert direct_opens == [chunk_bytes >= BLOCK and k * chunk_bytes % BLOCK
                                 == 0 for k in range(len(direct_opens))]
         assert np.array_equal(got[packed.slots(b)], raw[samples.input_nodes(b)])
         packed.direct = False
@@ -151,12 +152,12 @@ def test_the_pool_aligns_any_row_without_moving_foreign_tensors(dim, dtype):
     pool = _BufferPool(dim, np.dtype(dtype), pin=False)
     buf = pool.take(100)
     rows, base = buf.shape[0], buf.untyped_storage().data_ptr()
-    assert buf.data_ptr() % DIRECT_ALIGN == 0
+    assert buf.data_ptr() % BLOCK == 0
     for row in (0, 1, 3, 7, 41, rows - 1):
         _BufferPool.align(buf, row)
-        assert buf[row].data_ptr() % DIRECT_ALIGN == 0
+        assert buf[row].data_ptr() % BLOCK == 0
         assert buf.shape[0] == rows and buf.is_contiguous()
-        assert 0 <= buf.data_ptr() - base < DIRECT_ALIGN  # within the allocation's slack
+        assert 0 <= buf.data_ptr() - base < BLOCK  # within the allocation's slack
         buf.numpy()[-1] = 1  # the whole view is writable memory
     pool.give(buf)
     assert pool.take(rows) is buf
@@ -181,7 +182,7 @@ def test_loader_batches_are_exact_with_aligned_packed_rows(tmp_path, dim):
     def read(batch):
         out = real_read(batch)
         inner = loader.samples.inner_count(batch.index)
-        starts.append(batch.buffer[inner].data_ptr() % DIRECT_ALIGN)
+        starts.append(batch.buffer[inner].data_ptr() % BLOCK)
         return out
 
     loader.read = read
@@ -253,6 +254,6 @@ def test_pinned_buffers_are_aligned_and_read_directly(tmp_path, direct_opens):
     padded = int(packed.batch_rows[b + 1] - packed.batch_rows[b])
     buf = pool.take(padded + 3)
     _BufferPool.align(buf, 3)
-    assert buf.is_pinned() and buf[3].data_ptr() % DIRECT_ALIGN == 0
+    assert buf.is_pinned() and buf[3].data_ptr() % BLOCK == 0
     got = packed.read_packed(b, buf.numpy()[3:3 + padded])
     assert all(direct_opens) and np.array_equal(got, packed.read_packed(b))

@@ -29,7 +29,8 @@ from disktrain.sample.store import batch_bound, sample_store_bytes
 from disktrain.storage import atomic
 from disktrain.storage.atomic import atomic_dir, atomic_write_bytes, remove_stale, temporary_name
 from disktrain.storage.dataset import Dataset
-from disktrain.storage.diskspace import disk_full_errors, preallocate, require_free
+from disktrain.storage.diskspace import require_free
+from disktrain.storage.io import disk_full_errors, preallocate
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -105,7 +105,8 @@ def test_feature_chunks_are_checked_and_read_once(tmp_path, monkeypatch):
     want = np.asarray(zarr.open_array(path / "features", mode="r")[...])
     reads = []
     real = dataset_mod.read_chunk
-    monkeypatch.setattr(dataset_mod, "read_chunk", lambda p, *a: (reads.append(p), real(p, *a))[1])
+    monkeypatch.setattr(dataset_mod, "read_chunk",
+                        lambda p, *a, **k: (reads.append(p), real(p, *a, **k))[1])
     ids = np.unique(np.random.default_rng(0).integers(0, ds.num_nodes, 120))
     assert np.array_equal(ds.gather_sorted(ids), want[ids])
     assert len(reads) == len(set(reads)) == len(np.unique(ids // 16))  # each chunk read once

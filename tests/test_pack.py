@@ -205,11 +205,12 @@ def test_chunk_writer_hands_on_the_first_error(tmp_path, monkeypatch):
 
 def test_write_chunk_layout(tmp_path):
     """Aligned (O_DIRECT) and unaligned buffers make the same file: data then crc32c."""
-    from disktrain.pack.store import chunk_buffer, write_chunk
-    from disktrain.storage.checksum import crc_bytes
+    from disktrain.pack.store import write_chunk
+    from disktrain.storage.chunkfile import crc_bytes
+    from disktrain.storage.io import aligned_buffer
 
     data = np.random.default_rng(0).integers(0, 256, 3 * 4096 + 100, np.uint8)
-    aligned = chunk_buffer(len(data))
+    aligned = aligned_buffer(len(data))
     aligned[:] = data
     write_chunk(tmp_path / "a", 3, aligned)
     write_chunk(tmp_path / "b", 3, data[1:])

@@ -39,7 +39,7 @@ from tqdm.auto import tqdm
 from disktrain.kernels import csr as kcsr
 from disktrain.storage.chunkfile import ChunkFileWriter, create_flat
 from disktrain.storage.dataset import CHECKSUM, chunk_file, index_dtype
-from disktrain.storage.diskspace import disk_full_errors, preallocate
+from disktrain.storage.io import disk_full_errors, pread_full, preallocate, pwrite_all
 
 EdgeChunks = Callable[[], Iterable[tuple[np.ndarray, np.ndarray]]]
 """A function returning a fresh iterator of (src, dst) int64 chunks each time it is called."""
@@ -286,11 +286,7 @@ class _Spill:
 
     def _write(self, arrays: list[np.ndarray], offset: int) -> None:
         with disk_full_errors(self.path):
-            for array in arrays:
-                view = memoryview(array).cast("B")
-                while len(view):
-                    n = os.pwrite(self._fd, view, offset)
-                    view, offset = view[n:], offset + n
+            pwrite_all(self._fd, arrays, offset)
 
     def groups(self, memory_bytes: int) -> Iterator[tuple]:
         """Yield ``(b0, b1, rows, cols, segments)`` for consecutive groups of buckets: the
@@ -322,10 +318,7 @@ class _Spill:
         return rows, cols, segments
 
     def _pread(self, out: np.ndarray, offset: int) -> None:
-        view, got = memoryview(out).cast("B"), 0
-        while got < len(view):
-            n = os.preadv(self._fd, [view[got:]], offset + got)
-            if n == 0:
-                raise OSError(f"{self.path}: spill file shorter than written (at byte "
-                              f"{offset + got})")
-            got += n
+        got = pread_full(self._fd, [out], offset)
+        if got < out.nbytes:
+            raise OSError(f"{self.path}: spill file shorter than written (at byte "
+                          f"{offset + got})")

@@ -34,7 +34,7 @@ from disktrain.loader.fresh import FreshEpochs
 from disktrain.loader.pipeline import LoaderConfig, PackedLoader
 from disktrain.loader.schedule import epoch_batches, worker_share
 from disktrain.sample.plan import SPLITS
-from disktrain.storage.checksum import CRC_BYTES
+from disktrain.storage.chunkfile import CRC_BYTES
 from disktrain.storage.roots import eval_root, is_prepared, train_root
 
 STATE_VERSION = 1

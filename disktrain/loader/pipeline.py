@@ -35,9 +35,10 @@ from disktrain.loader.batch import CopyEvent, MiniBatch
 from disktrain.loader.block import Block
 from disktrain.loader.device import DeviceAssembler
 from disktrain.pack.slots import RowLayout
-from disktrain.pack.store import DIRECT_ALIGN, PackedStore
+from disktrain.pack.store import PackedStore
 from disktrain.sample.store import SampleStore
 from disktrain.storage.dataset import Dataset
+from disktrain.storage.io import BLOCK
 
 DEVICE_TYPES = ("cpu", "cuda")
 """Device types batches can go to."""
@@ -284,7 +285,7 @@ class _BufferPool:
     (None on a CPU): it is handed out again only once that copy has completed, so a read
     never overwrites rows still being copied.
 
-    Each buffer views an allocation :data:`DIRECT_ALIGN` bytes larger than itself, so
+    Each buffer views an allocation :data:`BLOCK` bytes larger than itself, so
     :meth:`align` can slide it to put any row on a 4 KiB boundary: the packed rows of a batch
     then go from the disk straight into the buffer (``O_DIRECT``, see
     :meth:`PackedStore.read_packed`).
@@ -314,7 +315,7 @@ class _BufferPool:
 
     def _new(self, rows: int) -> torch.Tensor:
         nbytes = rows * self.dim * self.dtype.itemsize
-        raw = torch.empty(nbytes + DIRECT_ALIGN, dtype=torch.uint8, pin_memory=self.pin)
+        raw = torch.empty(nbytes + BLOCK, dtype=torch.uint8, pin_memory=self.pin)
         buf = torch.empty(0, dtype=self.dtype).set_(raw.untyped_storage(), 0,
                                                     (rows, self.dim), (self.dim, 1))
         self._slack[id(buf)] = buf
@@ -324,13 +325,13 @@ class _BufferPool:
     @classmethod
     def align(cls, buf: torch.Tensor, row: int) -> None:
         """Slide ``buf``, a pool's buffer, in place within its allocation so that its row
-        ``row`` starts on a :data:`DIRECT_ALIGN` boundary; any other tensor is left as is.
+        ``row`` starts on a :data:`BLOCK` boundary; any other tensor is left as is.
         Only while no view of ``buf`` is in use: autograd sees the move as an in-place
         change."""
         if cls._slack.get(id(buf)) is not buf:
             return
         storage, item = buf.untyped_storage(), buf.element_size()
-        skip = -(storage.data_ptr() + row * buf.stride(0) * item) % DIRECT_ALIGN
+        skip = -(storage.data_ptr() + row * buf.stride(0) * item) % BLOCK
         if skip != buf.storage_offset() * item:
             buf.set_(storage, skip // item, buf.shape, buf.stride())
 

@@ -48,7 +48,8 @@ from disktrain.storage.dataset import (
     seal_flat_array,
     write_small_array,
 )
-from disktrain.storage.diskspace import disk_full_errors, require_free
+from disktrain.storage.diskspace import require_free
+from disktrain.storage.io import disk_full_errors
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -24,24 +24,29 @@ are checked once when a :class:`PackedStore` opens them, the small arrays when r
 
 from __future__ import annotations
 
-import errno
-import fcntl
-import mmap
 import os
 import queue
 import threading
 from pathlib import Path
 from typing import Self
 
-import google_crc32c
 import numpy as np
 import zarr
 
 from disktrain.errors import DataError
 from disktrain.sample.store import SampleStore
-from disktrain.storage.checksum import CRC_BYTES, StoreRef, crc_bytes
+from disktrain.storage.chunkfile import StoreRef, crc_bytes, read_chunk
 from disktrain.storage.dataset import open_flat_array, read_small_array
-from disktrain.storage.diskspace import BLOCK_BYTES, array_bytes, disk_full_errors
+from disktrain.storage.diskspace import array_bytes
+from disktrain.storage.io import (
+    BLOCK,
+    aligned_buffer,
+    disk_full_errors,
+    open_write,
+    pwrite_all,
+    write_direct,
+    write_uncached,
+)
 
 STORE = "packed"
 
@@ -60,101 +65,26 @@ def chunk_path(root: Path, chunk: int) -> Path:
     return root / "rows" / f"c.{chunk}.0"
 
 
-DIRECT_ALIGN = 4096
-"""Alignment of the buffers, offsets and sizes written with ``O_DIRECT``."""
-RWF_DONTCACHE = getattr(os, "RWF_DONTCACHE", 0x80)
-"""``pwritev2`` flag (Linux 6.14+, ext4/XFS/btrfs): a buffered write whose pages the kernel
-starts writing back at once and drops when written."""
-
-
-def chunk_buffer(nbytes: int) -> np.ndarray:
-    """A page-aligned uint8 buffer of ``nbytes``: :func:`write_chunk` can write such a buffer
-    with ``O_DIRECT``, past the page cache."""
-    return np.frombuffer(mmap.mmap(-1, max(1, nbytes)), np.uint8)[:nbytes]
-
-
 def write_chunk(root: Path, chunk: int, data: np.ndarray) -> None:
     """Write one packed chunk as Zarr's bytes + crc32c codecs would.
 
-    Data and crc go out in one uncached write (:data:`RWF_DONTCACHE`): its writeback starts
+    Data and crc go out in one uncached write (``RWF_DONTCACHE``): its writeback starts
     at once and runs while the caller goes on, and no page stays cached or dirty. Where the
     kernel or filesystem lacks it, the data's whole 4 KiB blocks go straight to the disk
-    (``O_DIRECT``) when ``data`` is page-aligned (see :func:`chunk_buffer`) and the
+    (``O_DIRECT``) when ``data`` is page-aligned (see :func:`aligned_buffer`) and the
     filesystem allows it, the rest and the crc through the page cache.
     """
     raw = np.ascontiguousarray(data).view(np.uint8).reshape(-1)
     crc = crc_bytes(raw)
     path = chunk_path(root, chunk)
     with disk_full_errors(path):
-        fd = _open_for_write(path)
+        fd = open_write(path)
         try:
-            if _write_uncached(fd, [raw, crc]):
-                return
-            direct = len(raw) - len(raw) % DIRECT_ALIGN
-            direct = _write_direct(fd, raw[:direct]) if raw.ctypes.data % DIRECT_ALIGN == 0 else 0
-            _pwrite_all(fd, [raw[direct:], crc], direct)
+            if not write_uncached(fd, [raw, crc], 0):
+                direct = write_direct(fd, raw, 0)
+                pwrite_all(fd, [raw[direct:], crc], direct)
         finally:
             os.close(fd)
-
-
-def _open_for_write(path: Path) -> int:
-    """Create (or truncate) ``path`` for writing, making its directory if missing (a store
-    not laid out by ``pack_dataset``)."""
-    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
-    try:
-        return os.open(path, flags, 0o644)
-    except FileNotFoundError:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        return os.open(path, flags, 0o644)
-
-
-def _write_uncached(fd: int, buffers: list) -> bool:
-    """Write ``buffers`` from offset 0 of ``fd`` with :data:`RWF_DONTCACHE`; False (nothing
-    written) where the kernel or the filesystem does not support it."""
-    try:
-        _pwrite_all(fd, buffers, 0, RWF_DONTCACHE)
-    except OSError as e:
-        if e.errno not in (errno.EOPNOTSUPP, errno.ENOSYS):
-            raise
-        return False
-    return True
-
-
-def _write_direct(fd: int, data: np.ndarray) -> int:
-    """Write ``data`` (page-aligned, whole 4 KiB blocks) at offset 0 of ``fd`` with
-    ``O_DIRECT``, set for this write only; the bytes written (0 where the filesystem or the
-    device refuses ``O_DIRECT`` or the alignment)."""
-    if not len(data) or not hasattr(os, "O_DIRECT"):
-        return 0
-    flags = fcntl.fcntl(fd, fcntl.F_GETFL)
-    try:
-        fcntl.fcntl(fd, fcntl.F_SETFL, flags | os.O_DIRECT)
-    except OSError as e:
-        if e.errno != errno.EINVAL:  # e.g. tmpfs
-            raise
-        return 0
-    try:
-        _pwrite_all(fd, [data], 0)
-        written = len(data)
-    except OSError as e:
-        if e.errno != errno.EINVAL:
-            raise
-        written = 0
-    fcntl.fcntl(fd, fcntl.F_SETFL, flags)
-    return written
-
-
-def _pwrite_all(fd: int, buffers: list, offset: int, flags: int = 0) -> None:
-    """Write ``buffers`` one after the other from ``offset`` (``pwritev2`` ``flags``),
-    resuming short writes."""
-    views = [memoryview(b).cast("B") for b in buffers]
-    while views:
-        n = os.pwritev(fd, views, offset, flags)
-        offset += n
-        while views and n >= len(views[0]):
-            n -= len(views.pop(0))
-        if views:
-            views[0] = views[0][n:]
 
 
 class ChunkWriter:
@@ -180,7 +110,7 @@ class ChunkWriter:
         try:
             return self._free.pop()
         except IndexError:
-            return chunk_buffer(self.chunk_bytes)
+            return aligned_buffer(self.chunk_bytes)
 
     def submit(self, chunk: int, buf: np.ndarray) -> None:
         """Queue ``buf`` (from :meth:`buffer`, not to be touched again) as chunk ``chunk``."""
@@ -216,85 +146,6 @@ class ChunkWriter:
                 except BaseException as e:  # noqa: BLE001 - handed to the caller
                     self._error = e
             self._free.append(item[1])
-
-
-_O_DIRECT = getattr(os, "O_DIRECT", 0)
-
-
-def direct_span(address: int, nbytes: int) -> int:
-    """Bytes at the start of ``nbytes`` bytes at memory ``address`` that one ``O_DIRECT``
-    read from file offset 0 can fill: their whole :data:`DIRECT_ALIGN` blocks when
-    ``address`` is aligned, else none."""
-    return nbytes - nbytes % DIRECT_ALIGN if address % DIRECT_ALIGN == 0 else 0
-
-
-def aligned_empty(nbytes: int) -> np.ndarray:
-    """An uninitialized uint8 buffer of ``nbytes`` starting on a :data:`DIRECT_ALIGN`
-    boundary (so :func:`read_chunk` reads into it with ``O_DIRECT``)."""
-    raw = np.empty(nbytes + DIRECT_ALIGN, np.uint8)
-    skip = -raw.ctypes.data % DIRECT_ALIGN
-    return raw[skip:skip + nbytes]
-
-
-def read_chunk(path: str, data: np.ndarray, crc: bytearray, direct: bool) -> tuple[int, bool]:
-    """Read chunk file ``path`` (data, then its crc) into ``data`` (uint8) and ``crc``.
-
-    Returns the bytes read (``len(data) + CRC_BYTES`` unless the file is short) and whether
-    the filesystem refused ``O_DIRECT`` (``EINVAL`` at open or read; tmpfs on older
-    kernels, some network and FUSE filesystems): then this read went through the page cache
-    and the caller should stop asking for ``direct``.
-
-    With ``direct``, the whole blocks of ``data`` (:func:`direct_span`) come straight from
-    the device into ``data``: no copy through the page cache and no page-cache growth (which
-    a memory cgroup counts). The partial last block and the crc come in the same read through
-    a small aligned bounce buffer. Without, or where ``data`` is not aligned: one ordinary
-    read. ``FileNotFoundError`` is the caller's to report.
-    """
-    whole = direct_span(data.ctypes.data, len(data)) if direct and _O_DIRECT else 0
-    fd, refused = _open_for_read(path, direct=whole > 0)
-    try:
-        got = None
-        if whole and not refused:
-            got = _read_direct(fd, data, whole, crc)
-            if got is None:  # the device refused the read: through the page cache instead
-                refused = True
-                fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~_O_DIRECT)
-        if got is None:
-            got = os.preadv(fd, [data, crc], 0)
-    finally:
-        os.close(fd)
-    return got, refused
-
-
-def _open_for_read(path: str, direct: bool) -> tuple[int, bool]:
-    """Open ``path`` read-only, with ``O_DIRECT`` when asked; the descriptor and whether
-    the filesystem refused ``O_DIRECT`` (``EINVAL``: then opened without)."""
-    if direct:
-        try:
-            return os.open(path, os.O_RDONLY | _O_DIRECT), False
-        except OSError as e:
-            if e.errno != errno.EINVAL:
-                raise
-    return os.open(path, os.O_RDONLY), direct
-
-
-def _read_direct(fd: int, data: np.ndarray, whole: int, crc: bytearray) -> int | None:
-    """One ``O_DIRECT`` read of a chunk file into ``data[:whole]``, the rest of the data and
-    the crc through a bounce buffer; the bytes read (capped at the chunk file's size), or
-    None when the device refused the read (``EINVAL``)."""
-    size = len(data) + CRC_BYTES
-    bounce = aligned_empty(2 * DIRECT_ALIGN)  # the rest of the data < 1 block, crc 4 bytes
-    try:
-        got = min(os.preadv(fd, [data[:whole], bounce], 0), size)
-    except OSError as e:
-        if e.errno != errno.EINVAL:
-            raise
-        return None
-    if got == size:
-        rest = len(data) - whole
-        data[whole:] = bounce[:rest]
-        crc[:] = bounce[rest:rest + CRC_BYTES].tobytes()
-    return got
 
 
 class PackedStore:
@@ -388,28 +239,18 @@ class PackedStore:
         """
         start, stop = int(self.batch_rows[b]), int(self.batch_rows[b + 1])
         if out is None:
-            out = aligned_empty((stop - start) * self.feature_dim * self.dtype.itemsize)
+            out = aligned_buffer((stop - start) * self.feature_dim * self.dtype.itemsize)
             out = out.view(self.dtype).reshape(stop - start, self.feature_dim)
         if out.shape[0] < stop - start or not out.flags.c_contiguous:
             raise ValueError(f"out must be C-contiguous with >= {stop - start} rows")
         flat = out.reshape(-1).view(np.uint8)
-        crc = bytearray(CRC_BYTES)
         first = start // self.chunk_rows
         for i, chunk in enumerate(range(first, stop // self.chunk_rows)):
             path = f"{self._chunk_prefix}{chunk}.0"  # chunk_path, without pathlib per chunk
             view = flat[i * self._chunk_bytes:(i + 1) * self._chunk_bytes]
-            try:
-                got, refused = read_chunk(path, view, crc, self.direct)
-            except FileNotFoundError:
-                raise self.ref.corrupt("rows", path, "is missing", range(b, b + 1)) from None
-            if refused:
+            if read_chunk(path, view, self.ref, "rows", range(b, b + 1), verify=self.verify,
+                          direct=self.direct):
                 self.direct = False
-            if got != self._chunk_bytes + CRC_BYTES:
-                raise self.ref.corrupt("rows", path, f"is truncated ({got} of "
-                                       f"{self._chunk_bytes + CRC_BYTES} bytes)", range(b, b + 1))
-            if self.verify and google_crc32c.value(view) != int.from_bytes(crc, "little"):
-                raise self.ref.corrupt("rows", path, "failed its crc32c check (corrupted)",
-                                       range(b, b + 1))
         return out[:int(self.batch_packed[b])]
 
     def info(self) -> dict:
@@ -430,4 +271,4 @@ def packed_store_bytes(*, padded_rows: int, row_bytes: int, chunk_rows: int, num
             + array_bytes(num_cache_rows * row_bytes)
             + 3 * array_bytes((num_batches + 1) * 8)
             + 2 * array_bytes(num_cache_rows * 8)
-            + 3 * BLOCK_BYTES)  # the group's metadata and directory, the done/ directory
+            + 3 * BLOCK)  # the group's metadata and directory, the done/ directory

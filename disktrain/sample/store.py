@@ -37,7 +37,7 @@ from disktrain.errors import DataError
 from disktrain.kernels.sampling import sample_batches
 from disktrain.sample.plan import SampleConfig, SamplePlan, sampling_key
 from disktrain.storage.atomic import atomic_dir, replace_dir
-from disktrain.storage.checksum import StoreRef
+from disktrain.storage.chunkfile import StoreRef
 from disktrain.storage.dataset import (
     Dataset,
     create_flat_array,
@@ -47,7 +47,8 @@ from disktrain.storage.dataset import (
     read_small_array,
     write_small_array,
 )
-from disktrain.storage.diskspace import BLOCK_BYTES, array_bytes, disk_full_errors, require_free
+from disktrain.storage.diskspace import array_bytes, require_free
+from disktrain.storage.io import BLOCK, disk_full_errors
 
 STORE = "samples"
 """The store's directory name inside its root (see :mod:`disktrain.storage.roots`)."""
@@ -432,6 +433,6 @@ def sample_store_bytes(dataset, plan, num_groups: int | None = None, probes: int
         data = min(plan.num_batches, num_groups * cfg.group_size) * full
     # Per group: six arrays (block rounding, metadata), the row directory of the 2-D
     # hop_counts, the group's metadata and directory.
-    per_group = 6 * array_bytes(0) + 3 * BLOCK_BYTES
+    per_group = 6 * array_bytes(0) + 3 * BLOCK
     return (data + num_groups * per_group + array_bytes(dataset.num_nodes * 4)
-            + 3 * BLOCK_BYTES)  # the store's metadata, directory and groups/ directory
+            + 3 * BLOCK)  # the store's metadata, directory and groups/ directory

@@ -24,7 +24,7 @@ from collections.abc import Iterator
 from functools import cache
 from pathlib import Path
 
-from disktrain.storage.diskspace import disk_full_errors
+from disktrain.storage.io import disk_full_errors
 
 _TEMPORARY = re.compile(r"\.(?P<kind>tmp|old)-(?P<host>[0-9a-f]{8})-(?P<pid>[0-9]+)-"
                         r"(?P<start>[0-9a-f]{8})-[0-9a-f]{8}$")

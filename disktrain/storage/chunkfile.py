@@ -1,29 +1,34 @@
-"""Chunk files written front to back, past the page cache: data, then its crc32c.
+"""Chunk files: a chunk's raw little-endian bytes, then their crc32c; written, read and checked.
 
-A chunk file is what Zarr's ``bytes`` + ``crc32c`` codecs write: the chunk's raw
-little-endian bytes, then their crc32c. The writers here build the file from page-aligned
-buffers of whole 4 KiB blocks, written with ``O_DIRECT`` where the filesystem allows it (else
-ordinary writes): each byte goes to the disk once, no dirty page is left to write back, and a
-large output does not push the page cache out. The crc is computed from the buffers as they
-are written (the file is never read back); the last block is padded and the file truncated to
-its size.
+A chunk file is what Zarr's ``bytes`` + ``crc32c`` codecs write (crc32c: Castagnoli,
+little-endian uint32), so ``zarr.open`` reads the same files. Every store reads and writes
+its chunk files here, on the file I/O of :mod:`disktrain.storage.io`; every read checks the
+file's size and its crc32c, and errors name the store, the array, the file and the batches
+(:class:`StoreRef`).
+
+The writers build the file from page-aligned buffers of whole 4 KiB blocks, written with
+``O_DIRECT`` where the filesystem allows it (else ordinary writes): each byte goes to the
+disk once, no dirty page is left to write back, and a large output does not push the page
+cache out. The crc is computed from the buffers as they are written (the file is never read
+back); the last block is padded and the file truncated to its size.
 
 * :class:`ChunkFileWriter`: one large chunk file (``indices``, ``indptr``, ``labels``) from
   pieces of any size, written from a background thread while the caller computes the next.
 * :class:`ChunkFilePool`: many small chunk files (feature chunks), each filled by the
   caller in a buffer of the pool, then checksummed and written by the pool's threads.
 * :func:`create_flat` makes a single-chunk array of a Zarr group and its writer.
+* :func:`read_chunk` reads one chunk file whole (past the page cache where asked),
+  :func:`check_chunk` streams through one in bounded slices.
 """
 
 from __future__ import annotations
 
-import errno
 import math
-import mmap
 import os
 import queue
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Self
 
@@ -31,13 +36,58 @@ import google_crc32c
 import numpy as np
 import zarr
 
-from disktrain.storage.checksum import CRC_BYTES
-from disktrain.storage.diskspace import disk_full_errors, preallocate
+from disktrain.errors import CorruptDataError
+from disktrain.storage.io import (
+    BLOCK,
+    aligned_buffer,
+    direct_span,
+    disk_full_errors,
+    open_direct,
+    open_write,
+    pread_full,
+    preallocate,
+    pwrite_all,
+    read_direct,
+    round_up,
+    set_direct,
+)
 
-BLOCK = 4096
-"""Alignment of ``O_DIRECT`` buffers, file offsets and write sizes."""
+CRC_BYTES = 4
+SLICE_BYTES = 64 << 20
+"""Bytes read at a time when checksumming a large file (bounds memory)."""
 CHECKSUM = (zarr.codecs.Crc32cCodec(),)
 """The codec after ``bytes`` of every array: a crc32c per chunk."""
+
+
+@dataclass(frozen=True)
+class StoreRef:
+    """A store, for error messages: what it is, where it is, and the step that rewrites it."""
+
+    kind: str
+    """"dataset", "sample store" or "packed store"."""
+    path: Path
+    rerun: str
+    """What the user should do when an array of the store is damaged."""
+
+    def corrupt(self, array: str, path: str | os.PathLike, problem: str,
+                batches: range | None = None) -> CorruptDataError:
+        """The error for chunk file ``path`` of ``array``: store, array, file, batches, fix."""
+        where = f"{self.kind} {self.path}: array {array!r}"
+        if batches is not None and len(batches) == 1:
+            where += f" (batch {batches.start})"
+        elif batches is not None and len(batches):
+            where += f" (batches {batches.start}..{batches.stop - 1})"
+        return CorruptDataError(f"{where}: chunk file {path} {problem}; {self.rerun}")
+
+
+def crc32c(data) -> int:
+    """crc32c of a bytes-like object (numpy arrays included)."""
+    return google_crc32c.value(data)
+
+
+def crc_bytes(data) -> bytes:
+    """The 4 bytes stored after ``data``."""
+    return crc32c(data).to_bytes(CRC_BYTES, "little")
 
 
 def chunk_file(array_dir: str | Path, *index: int) -> Path:
@@ -45,38 +95,106 @@ def chunk_file(array_dir: str | Path, *index: int) -> Path:
     return Path(array_dir).joinpath("c", *(str(i) for i in index))
 
 
-def page_buffer(nbytes: int, hugepages: bool = False) -> np.ndarray:
-    """A zeroed, page-aligned uint8 buffer of ``nbytes`` in anonymous memory, returned to the
-    system when the last view of it goes. ``hugepages`` asks for transparent huge pages
-    (fewer TLB misses for random access to a large buffer)."""
-    buf = mmap.mmap(-1, max(1, nbytes))
-    if hugepages and hasattr(mmap, "MADV_HUGEPAGE"):
-        buf.madvise(mmap.MADV_HUGEPAGE)
-    return np.frombuffer(buf, np.uint8)[:nbytes]
+def _size_problem(size: int, nbytes: int) -> str:
+    return f"has {size} bytes, expected {nbytes + CRC_BYTES} (truncated or overwritten)"
 
 
-def _round_up(n: int) -> int:
-    return -(-n // BLOCK) * BLOCK
+def read_chunk(path: str | os.PathLike, data: np.ndarray, ref: StoreRef, array: str,
+               batches: range | None = None, *, verify: bool = True,
+               direct: bool = False) -> bool:
+    """Read chunk file ``path`` into ``data`` (uint8, its data bytes) after checking its
+    size, and check its crc32c (unless not ``verify``); errors name ``ref``'s store,
+    ``array``, ``path`` and ``batches``.
+
+    With ``direct``, the whole blocks of ``data`` (:func:`~disktrain.storage.io.direct_span`)
+    come straight from the device into it, the rest and the crc in the same read through a
+    small bounce buffer. Without, or where ``data`` is not aligned: one ordinary read.
+    Returns whether the filesystem refused ``O_DIRECT`` (then this read went through the
+    page cache and the caller should stop asking for ``direct``).
+    """
+    want = len(data) + CRC_BYTES
+    direct = direct and direct_span(data.ctypes.data, len(data)) > 0
+    try:
+        fd, refused = open_direct(path, os.O_RDONLY, direct)
+    except FileNotFoundError:
+        raise ref.corrupt(array, path, "is missing", batches) from None
+    crc = bytearray(CRC_BYTES)
+    try:
+        size = got = os.fstat(fd).st_size
+        if size == want:
+            got = None
+            if direct and not refused:
+                got = read_direct(fd, [data, crc], 0, size)
+                if got is None:  # the device refused the read: through the page cache
+                    refused = True
+                    set_direct(fd, False)
+            if got is None:
+                got = pread_full(fd, [data, crc], 0)
+    finally:
+        os.close(fd)
+    if got != want:
+        raise ref.corrupt(array, path, _size_problem(got, len(data)), batches)
+    if verify and crc32c(data) != int.from_bytes(crc, "little"):
+        raise ref.corrupt(array, path, "failed its crc32c check (corrupted)", batches)
+    return refused
 
 
-def _open(path: Path, direct: bool) -> int:
-    """Create (truncate) ``path`` for writing, with ``O_DIRECT`` if asked and allowed."""
-    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
-    if direct and hasattr(os, "O_DIRECT"):
-        try:
-            return os.open(path, flags | os.O_DIRECT, 0o644)
-        except OSError as e:  # EINVAL: a filesystem without O_DIRECT (tmpfs)
-            if e.errno != errno.EINVAL:
-                raise
-    return os.open(path, flags, 0o644)
+def check_chunk(path: str | os.PathLike, nbytes: int, into: np.ndarray | None = None,
+                slice_bytes: int = SLICE_BYTES) -> tuple[str | None, int]:
+    """What is wrong with chunk file ``path`` of ``nbytes`` data bytes (None: nothing) and the
+    bytes read: missing, size, crc32c. The file is read once, sequentially, ``slice_bytes``
+    at a time, or into ``into`` (``nbytes``, kept) when given. Other ``OSError`` s are
+    raised."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return "is missing", 0
+    try:
+        size = os.fstat(fd).st_size
+        if size != nbytes + CRC_BYTES:
+            return _size_problem(size, nbytes), 0
+        os.posix_fadvise(fd, 0, size, os.POSIX_FADV_SEQUENTIAL)
+        buf = np.empty(min(nbytes, slice_bytes), np.uint8) if into is None else into
+        crc, pos = 0, 0
+        while pos < nbytes:
+            view = buf[:min(slice_bytes, nbytes - pos)] if into is None else \
+                into[pos:pos + slice_bytes]
+            got = pread_full(fd, [view], pos)
+            crc = google_crc32c.extend(crc, view[:got])
+            if got < len(view):
+                return f"shrank while being read (at byte {pos + got})", pos + got
+            pos += got
+        stored = os.pread(fd, CRC_BYTES, nbytes)
+    finally:
+        os.close(fd)
+    if crc != int.from_bytes(stored, "little"):
+        return "failed its crc32c check (corrupted)", size
+    return None, size
 
 
-def _pwrite_all(fd: int, data: np.ndarray, offset: int) -> None:
-    """Write ``data`` at ``offset``, resuming short writes."""
-    view = memoryview(data).cast("B")
-    while len(view):
-        n = os.pwrite(fd, view, offset)
-        view, offset = view[n:], offset + n
+def check_file(path: str | os.PathLike, nbytes: int, ref: StoreRef, array: str) -> None:
+    """Check the size and crc32c of a large chunk file of ``nbytes`` data bytes, streaming."""
+    problem, _ = check_chunk(path, nbytes)
+    if problem:
+        raise ref.corrupt(array, path, problem)
+
+
+def append_crc(path: str | os.PathLike, nbytes: int) -> None:
+    """Write the crc32c of the first ``nbytes`` of ``path`` right after them (the file was
+    sized ``nbytes + CRC_BYTES`` when created)."""
+    fd = os.open(path, os.O_RDWR)
+    try:
+        buf, crc, pos = np.empty(min(nbytes, SLICE_BYTES), np.uint8), 0, 0
+        while pos < nbytes:
+            view = buf[:min(SLICE_BYTES, nbytes - pos)]
+            if pread_full(fd, [view], pos) != len(view):
+                raise OSError(f"{path}: file shrank while being read (at byte {pos})")
+            crc = google_crc32c.extend(crc, view)
+            pos += len(view)
+        os.pwrite(fd, crc.to_bytes(CRC_BYTES, "little"), nbytes)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _finish(fd: int, block: np.ndarray, used: int, offset: int, crc: int) -> int:
@@ -86,9 +204,9 @@ def _finish(fd: int, block: np.ndarray, used: int, offset: int, crc: int) -> int
     Returns the file size."""
     block[used:used + CRC_BYTES] = np.frombuffer(crc.to_bytes(CRC_BYTES, "little"), np.uint8)
     end = used + CRC_BYTES
-    padded = _round_up(end)
+    padded = round_up(end)
     block[end:padded] = 0
-    _pwrite_all(fd, block[:padded], offset)
+    pwrite_all(fd, [block[:padded]], offset)
     os.ftruncate(fd, offset + end)
     return offset + end
 
@@ -114,7 +232,7 @@ class ChunkFileWriter:
         """Data bytes written so far."""
         self._block_bytes = block_bytes
         with disk_full_errors(self.path):
-            self._fd = _open(self.path, direct)
+            self._fd = open_write(self.path, direct)
             try:
                 preallocate(self._fd, reserve + CRC_BYTES if reserve else 0, self.path)
             except BaseException:
@@ -122,7 +240,7 @@ class ChunkFileWriter:
                 raise
         self._crc = 0
         self._offset = 0
-        self._free = [page_buffer(block_bytes + BLOCK) for _ in range(2)]
+        self._free = [aligned_buffer(block_bytes + BLOCK) for _ in range(2)]
         self._block, self._used = self._free.pop(), 0
         self._queue: queue.Queue = queue.Queue(maxsize=depth)
         self._error: BaseException | None = None
@@ -186,7 +304,7 @@ class ChunkFileWriter:
         with self._lock:
             if self._free:
                 return self._free.pop()
-        return page_buffer(self._block_bytes + BLOCK)
+        return aligned_buffer(self._block_bytes + BLOCK)
 
     def _run(self) -> None:
         while (block := self._queue.get()) is not None:
@@ -196,7 +314,7 @@ class ChunkFileWriter:
                 data = block[:self._block_bytes]
                 self._crc = google_crc32c.extend(self._crc, data)
                 with disk_full_errors(self.path):
-                    _pwrite_all(self._fd, data, self._offset)
+                    pwrite_all(self._fd, [data], self._offset)
                 self._offset += self._block_bytes
             except BaseException as e:  # noqa: BLE001 - raised in the caller's thread
                 self._error = e
@@ -242,7 +360,7 @@ class ChunkFilePool:
         self._pool = ThreadPoolExecutor(threads, thread_name_prefix="chunk-files")
         self._free: queue.Queue = queue.Queue()
         for _ in range(depth):
-            self._free.put(page_buffer(_round_up(chunk_bytes + CRC_BYTES)))
+            self._free.put(aligned_buffer(round_up(chunk_bytes + CRC_BYTES)))
         self._pending: list[Future] = []
 
     def buffer(self) -> np.ndarray:
@@ -279,8 +397,7 @@ class ChunkFilePool:
         try:
             crc = google_crc32c.value(buf[:self.chunk_bytes])
             with disk_full_errors(path):
-                path.parent.mkdir(parents=True, exist_ok=True)
-                fd = _open(path, self.direct)
+                fd = open_write(path, self.direct)
                 try:
                     _finish(fd, buf, self.chunk_bytes, 0, crc)
                 finally:

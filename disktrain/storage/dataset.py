@@ -22,7 +22,6 @@ import errno
 import getpass
 import json
 import math
-import mmap
 import os
 import shlex
 import shutil
@@ -39,17 +38,18 @@ import numpy as np
 import zarr
 
 from disktrain.errors import CorruptDataError, DataError
-from disktrain.storage.checksum import (
+from disktrain.storage.chunkfile import (
+    CHECKSUM,
     CRC_BYTES,
     StoreRef,
     append_crc,
     check_file,
-    crc32c,
+    chunk_file,
     crc_bytes,
     read_chunk,
 )
-from disktrain.storage.chunkfile import CHECKSUM, chunk_file
-from disktrain.storage.diskspace import BLOCK_BYTES, array_bytes, preallocate
+from disktrain.storage.diskspace import array_bytes
+from disktrain.storage.io import BLOCK, aligned_buffer, preallocate
 from disktrain.storage.residency import (
     PMD_MAPPED_ENOUGH,
     RESIDENCIES,
@@ -269,8 +269,9 @@ def read_small_array(root: str | Path, name: str, ref: StoreRef,
     if meta.chunks != meta.shape:
         raise DataError(f"{ref.kind} {ref.path}: array {name!r} has chunks {meta.chunks}, "
                         f"expected one chunk of {meta.shape}; {ref.rerun}")
-    path = chunk_file(Path(root) / name, *[0] * len(meta.shape))
-    data = read_chunk(path, meta.chunk_bytes, ref, name, batches, verify)
+    data = np.empty(meta.chunk_bytes, np.uint8)
+    read_chunk(chunk_file(Path(root) / name, *[0] * len(meta.shape)), data, ref, name, batches,
+               verify=verify)
     return data.view(meta.dtype).reshape(meta.shape)
 
 
@@ -452,14 +453,11 @@ class Dataset:
         """Feature chunk ``c`` (all its rows), checked; the last one read is kept."""
         last, chunk = self._last_chunk
         if last != c or chunk is None:
-            data = read_chunk(chunk_file(self.path / "features", c, 0),
-                              self._features.chunk_bytes, self.ref, "features")
+            data = np.empty(self._features.chunk_bytes, np.uint8)
+            read_chunk(chunk_file(self.path / "features", c, 0), data, self.ref, "features")
             chunk = data.view(self._features.dtype).reshape(self._features.chunks)
             self._last_chunk = (c, chunk)
         return chunk
-
-    _DIRECT_ALIGN = 4096
-    """Block size that ``O_DIRECT`` reads are rounded to (buffers are page-aligned)."""
 
     def iter_sorted(self, ids: np.ndarray, max_read_bytes: int = 64 << 20):
         """Read the feature rows of ascending ``ids`` in one ordered pass, each chunk once.
@@ -521,9 +519,7 @@ class Dataset:
             return
         nbytes, shape = self._features.chunk_bytes, self._features.chunks
         depth = min(depth, len(chunks))
-        size = -(-(nbytes + CRC_BYTES) // self._DIRECT_ALIGN) * self._DIRECT_ALIGN
-        buffers = [np.frombuffer(mmap.mmap(-1, size), np.uint8) if direct else None
-                   for _ in range(depth)]
+        buffers = [aligned_buffer(nbytes) if direct else None for _ in range(depth)]
         todo = iter(chunks.tolist())
         pending: deque = deque()
         pool = ThreadPoolExecutor(2, thread_name_prefix="feature-read")
@@ -547,49 +543,12 @@ class Dataset:
 
     def _read_feature_chunk(self, c: int, buf: np.ndarray | None) -> tuple[np.ndarray, object]:
         """Feature chunk ``c``'s data bytes, checked, and ``buf``: read into ``buf``
-        (page-aligned, whole 4 KiB blocks; see :meth:`_read_into`) or, without one, through
-        the page cache (:func:`read_chunk`)."""
-        path = chunk_file(self.path / "features", c, 0)
-        nbytes = self._features.chunk_bytes
-        if buf is None:
-            return read_chunk(path, nbytes, self.ref, "features"), None
-        want = nbytes + CRC_BYTES
-        try:
-            size, got = self._read_into(path, buf, want)
-        except FileNotFoundError:
-            raise self.ref.corrupt("features", path, "is missing") from None
-        if size != want or got != want:
-            raise self.ref.corrupt("features", path, f"has {got if size == want else size} "
-                                   f"bytes, expected {want} (truncated or overwritten)")
-        if crc32c(buf[:nbytes]) != int.from_bytes(buf[nbytes:want].tobytes(), "little"):
-            raise self.ref.corrupt("features", path, "failed its crc32c check (corrupted)")
-        return buf[:nbytes], buf
-
-    @staticmethod
-    def _read_into(path: Path, buf: np.ndarray, want: int) -> tuple[int, int]:
-        """The size of file ``path`` and, if it is ``want``, the bytes read from it into
-        ``buf``: with ``O_DIRECT`` (whole blocks from block-aligned offsets; the last read is
-        short) where the filesystem and the device allow it (``EINVAL`` where not), else
-        through the page cache."""
-        direct = getattr(os, "O_DIRECT", 0)
-        for flags in ((os.O_RDONLY | direct, os.O_RDONLY) if direct else (os.O_RDONLY,)):
-            try:
-                fd = os.open(path, flags)
-            except OSError as e:
-                if e.errno != errno.EINVAL or flags == os.O_RDONLY:
-                    raise
-                continue
-            try:
-                size, got = os.fstat(fd).st_size, 0
-                while size == want and got < want and (n := os.preadv(fd, [buf[got:]], got)):
-                    got += n
-                return size, got
-            except OSError as e:
-                if e.errno != errno.EINVAL or flags == os.O_RDONLY:
-                    raise
-            finally:
-                os.close(fd)
-        raise AssertionError("unreachable: the buffered read returns or raises")
+        (page-aligned) past the page cache where the filesystem allows or, without one,
+        through the page cache (:func:`read_chunk`)."""
+        data = np.empty(self._features.chunk_bytes, np.uint8) if buf is None else buf
+        read_chunk(chunk_file(self.path / "features", c, 0), data, self.ref, "features",
+                   direct=buf is not None)
+        return data, buf
 
     def info(self) -> dict:
         """The dataset's attributes plus the arrays present."""
@@ -622,4 +581,4 @@ def dataset_bytes(*, num_nodes: int, num_edges: int, feature_dim: int, feature_i
     if labels:
         total += array_bytes(num_nodes * 8)
     total += sum(array_bytes(size * 8) for size in split_sizes)
-    return total + 2 * BLOCK_BYTES  # the group's metadata and directory
+    return total + 2 * BLOCK  # the group's metadata and directory

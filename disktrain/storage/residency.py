@@ -18,17 +18,15 @@ as the map's touched pages do.
 
 from __future__ import annotations
 
-import mmap
-import os
 import re
 import threading
 import weakref
 from pathlib import Path
 
-import google_crc32c
 import numpy as np
 
-from disktrain.storage.checksum import CRC_BYTES, SLICE_BYTES, StoreRef
+from disktrain.storage.chunkfile import StoreRef, check_chunk
+from disktrain.storage.io import aligned_buffer
 
 HUGE_PAGE = 2 << 20
 DEFAULT_CSR_SHARE = 0.5
@@ -86,17 +84,6 @@ def pmd_mapped_share(array: np.ndarray) -> float:
     return int(found.group(1)) * 1024 / array.nbytes if found else 0.0
 
 
-def huge_page_buffer(nbytes: int) -> np.ndarray:
-    """``nbytes`` of zeroed anonymous memory (uint8), 2 MiB-aligned and advised
-    ``MADV_HUGEPAGE``; unmapped once the array and its views are gone."""
-    area = mmap.mmap(-1, nbytes + HUGE_PAGE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
-    if hasattr(mmap, "MADV_HUGEPAGE"):
-        area.madvise(mmap.MADV_HUGEPAGE)
-    whole = np.frombuffer(area, np.uint8)
-    start = -whole.ctypes.data % HUGE_PAGE
-    return whole[start:start + nbytes]
-
-
 def _identity(path: Path) -> tuple | None:
     try:
         st = path.stat()
@@ -107,9 +94,10 @@ def _identity(path: Path) -> tuple | None:
 
 def load_checked(path: Path, nbytes: int, dtype: np.dtype, shape: tuple[int, ...],
                  ref: StoreRef, array: str) -> np.ndarray:
-    """The data of chunk file ``path`` (``nbytes`` + its crc32c) in a :func:`huge_page_buffer`,
-    read-only, checked while read; a file this process already loaded (same path, inode, size and
-    modification time) and still holds is shared, not read again. Errors name ``path``."""
+    """The data of chunk file ``path`` (``nbytes`` + its crc32c) in 2 MiB-aligned memory
+    advised ``MADV_HUGEPAGE``, read-only, checked while read; a file this process already
+    loaded (same path, inode, size and modification time) and still holds is shared, not read
+    again. Errors name ``path``."""
     key = _identity(path)
     if key is None:
         raise ref.corrupt(array, path, "is missing")
@@ -124,27 +112,8 @@ def load_checked(path: Path, nbytes: int, dtype: np.dtype, shape: tuple[int, ...
 
 def _read(path: Path, nbytes: int, ref: StoreRef, array: str) -> np.ndarray:
     """Read and crc-check the data of ``path`` in one sequential pass of bounded slices."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except FileNotFoundError:
-        raise ref.corrupt(array, path, "is missing") from None
-    try:
-        size = os.fstat(fd).st_size
-        if size != nbytes + CRC_BYTES:
-            raise ref.corrupt(array, path, f"has {size} bytes, expected "
-                              f"{nbytes + CRC_BYTES} (truncated or overwritten)")
-        os.posix_fadvise(fd, 0, size, os.POSIX_FADV_SEQUENTIAL)
-        data = huge_page_buffer(nbytes)
-        crc, pos = 0, 0
-        while pos < nbytes:
-            n = os.preadv(fd, [data[pos:pos + SLICE_BYTES]], pos)
-            if n == 0:
-                raise ref.corrupt(array, path, f"shrank while read (at byte {pos})")
-            crc = google_crc32c.extend(crc, data[pos:pos + n])
-            pos += n
-        stored = os.pread(fd, CRC_BYTES, nbytes)
-    finally:
-        os.close(fd)
-    if crc != int.from_bytes(stored, "little"):
-        raise ref.corrupt(array, path, "failed its crc32c check (corrupted)")
+    data = aligned_buffer(nbytes, HUGE_PAGE, hugepages=True)
+    problem, _ = check_chunk(path, nbytes, into=data)
+    if problem:
+        raise ref.corrupt(array, path, problem)
     return data

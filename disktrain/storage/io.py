@@ -1,0 +1,227 @@
+"""File I/O beneath every store: aligned buffers, whole reads and writes, past the page cache
+where the system allows, and a full disk reported as a :class:`DiskSpaceError`.
+
+``O_DIRECT`` moves whole :data:`BLOCK` s between the device and aligned memory at aligned
+file offsets: no copy through the page cache and no page-cache growth (which a memory cgroup
+counts). A filesystem or device that refuses it (``EINVAL``: tmpfs on older kernels, some
+network and FUSE filesystems) is read and written through the page cache instead.
+``RWF_DONTCACHE`` is a buffered write whose writeback starts at once and whose pages are
+dropped when written; where the kernel or filesystem lacks it (``EOPNOTSUPP``, ``ENOSYS``) the
+caller falls back.
+
+A write through a memory map into a full filesystem kills the process with SIGBUS; a file
+preallocated with ``posix_fallocate`` (:func:`preallocate`) has its blocks reserved, so a full
+disk surfaces as an ``ENOSPC`` error before anything is written. Ordinary writes that still
+meet a full disk are turned into a :class:`DiskSpaceError` naming the file by
+:func:`disk_full_errors`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import mmap
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+
+from disktrain.errors import DiskSpaceError
+
+BLOCK = 4096
+"""Alignment of ``O_DIRECT`` buffers, file offsets and sizes, and the filesystem block the
+disk-space estimates assume (ext4, XFS and tmpfs use 4 KiB blocks)."""
+O_DIRECT = getattr(os, "O_DIRECT", 0)
+RWF_DONTCACHE = getattr(os, "RWF_DONTCACHE", 0x80)
+"""``pwritev2`` flag (Linux 6.14+, ext4/XFS/btrfs): a buffered write whose pages the kernel
+starts writing back at once and drops when written."""
+_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
+def round_up(nbytes: int, align: int = BLOCK) -> int:
+    """``nbytes`` rounded up to whole ``align`` s."""
+    return -(-nbytes // align) * align
+
+
+def aligned_buffer(nbytes: int, align: int = BLOCK, hugepages: bool = False) -> np.ndarray:
+    """``nbytes`` of zeroed anonymous memory (uint8) starting on an ``align`` boundary,
+    returned to the system once the array and its views are gone. ``hugepages`` advises
+    transparent huge pages (fewer TLB misses for random access to a large buffer)."""
+    area = mmap.mmap(-1, max(1, nbytes) + max(0, align - mmap.PAGESIZE),
+                     flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    if hugepages and hasattr(mmap, "MADV_HUGEPAGE"):
+        area.madvise(mmap.MADV_HUGEPAGE)
+    whole = np.frombuffer(area, np.uint8)
+    skip = -whole.ctypes.data % align
+    return whole[skip:skip + nbytes]
+
+
+def direct_span(address: int, nbytes: int) -> int:
+    """Bytes at the start of ``nbytes`` bytes at memory ``address`` that one ``O_DIRECT``
+    read or write can move: their whole :data:`BLOCK` s when ``address`` is aligned, else
+    none."""
+    return nbytes - nbytes % BLOCK if address % BLOCK == 0 else 0
+
+
+def _existing(path: Path) -> Path:
+    """``path`` or its closest existing parent (where the filesystem can be asked)."""
+    path = Path(path).absolute()
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def free_bytes(path: str | os.PathLike) -> int:
+    """Bytes available to this user on the filesystem that holds (or will hold) ``path``."""
+    return shutil.disk_usage(_existing(Path(path))).free
+
+
+@contextlib.contextmanager
+def disk_full_errors(path: str | os.PathLike) -> Iterator[None]:
+    """Turn a full disk (``ENOSPC``, or ``EDQUOT``: quota exceeded) met in the block into a
+    :class:`DiskSpaceError` naming the file (``path``, what is being written, when the
+    error names none)."""
+    try:
+        yield
+    except OSError as e:
+        if e.errno not in _FULL:
+            raise
+        raise DiskSpaceError(f"{e.filename or path}: no space left on the device "
+                             f"({free_bytes(path)} bytes free there)") from e
+
+
+def preallocate(fd: int, nbytes: int, path: str | os.PathLike) -> None:
+    """Reserve ``nbytes`` for the open file ``fd`` (named ``path`` in errors)."""
+    if nbytes <= 0:
+        return
+    try:
+        os.posix_fallocate(fd, 0, nbytes)
+    except OSError as e:
+        if e.errno in _FULL:
+            raise DiskSpaceError(f"{path}: no space left on the device to reserve {nbytes} "
+                                 f"bytes ({free_bytes(path)} bytes free)") from None
+        if e.errno in (errno.EOPNOTSUPP, errno.EINVAL):  # filesystem without fallocate
+            os.ftruncate(fd, nbytes)
+            return
+        raise
+
+
+def open_write(path: str | os.PathLike, direct: bool = False) -> int:
+    """Create (or truncate) ``path`` for writing, with ``O_DIRECT`` if asked and allowed,
+    making its directory if missing."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
+    try:
+        return open_direct(path, flags, direct)[0]
+    except FileNotFoundError:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        return open_direct(path, flags, direct)[0]
+
+
+def open_direct(path: str | os.PathLike, flags: int, direct: bool) -> tuple[int, bool]:
+    """Open ``path`` with ``flags`` and, if asked, ``O_DIRECT``; the descriptor and whether
+    the filesystem refused ``O_DIRECT`` (``EINVAL``: then opened without)."""
+    if direct and O_DIRECT:
+        try:
+            return os.open(path, flags | O_DIRECT, 0o644), False
+        except OSError as e:
+            if e.errno != errno.EINVAL:
+                raise
+    return os.open(path, flags, 0o644), direct
+
+
+def set_direct(fd: int, on: bool) -> bool:
+    """Turn ``O_DIRECT`` on or off for ``fd``; False where the filesystem refuses it."""
+    flags = fcntl.fcntl(fd, fcntl.F_GETFL)
+    try:
+        fcntl.fcntl(fd, fcntl.F_SETFL, flags | O_DIRECT if on else flags & ~O_DIRECT)
+    except OSError as e:
+        if e.errno != errno.EINVAL:  # e.g. tmpfs
+            raise
+        return False
+    return True
+
+
+def pwrite_all(fd: int, buffers: list, offset: int, flags: int = 0) -> None:
+    """Write ``buffers`` one after the other from ``offset`` (``pwritev2`` ``flags``),
+    resuming short writes."""
+    views = [memoryview(b).cast("B") for b in buffers]
+    while views:
+        n = os.pwritev(fd, views, offset, flags)
+        offset += n
+        while views and n >= len(views[0]):
+            n -= len(views.pop(0))
+        if views:
+            views[0] = views[0][n:]
+
+
+def pread_full(fd: int, buffers: list, offset: int) -> int:
+    """Fill ``buffers`` one after the other from ``offset``, resuming short reads, until
+    they are full or the file ends; the bytes read."""
+    views = [memoryview(b).cast("B") for b in buffers if len(b)]
+    got = 0
+    while views:
+        n = os.preadv(fd, views, offset + got)
+        if n == 0:
+            break
+        got += n
+        while views and n >= len(views[0]):
+            n -= len(views.pop(0))
+        if views:
+            views[0] = views[0][n:]
+    return got
+
+
+def write_uncached(fd: int, buffers: list, offset: int) -> bool:
+    """Write ``buffers`` at ``offset`` of ``fd`` with :data:`RWF_DONTCACHE`; False (nothing
+    written) where the kernel or the filesystem does not support it."""
+    try:
+        pwrite_all(fd, buffers, offset, RWF_DONTCACHE)
+    except OSError as e:
+        if e.errno not in (errno.EOPNOTSUPP, errno.ENOSYS):
+            raise
+        return False
+    return True
+
+
+def write_direct(fd: int, data: np.ndarray, offset: int) -> int:
+    """Write the whole :data:`BLOCK` s of ``data`` at ``offset`` (aligned) of ``fd`` with
+    ``O_DIRECT``, set for this write only; the bytes written (0 where ``data`` is not
+    aligned, or the filesystem or the device refuses ``O_DIRECT``)."""
+    whole = direct_span(data.ctypes.data, len(data))
+    if not whole or not O_DIRECT or not set_direct(fd, True):
+        return 0
+    try:
+        pwrite_all(fd, [data[:whole]], offset)
+    except OSError as e:
+        if e.errno != errno.EINVAL:
+            raise
+        whole = 0
+    set_direct(fd, False)
+    return whole
+
+
+def read_direct(fd: int, buffers: list, offset: int, size: int) -> int | None:
+    """Fill ``buffers`` one after the other from ``offset`` (aligned) of ``fd`` (opened with
+    ``O_DIRECT``), a file of ``size`` bytes, in one ``O_DIRECT`` read: the whole blocks of the
+    first buffer straight into it (where it is aligned), the rest through a small aligned
+    bounce buffer. The bytes read, or None when the device refused the read (``EINVAL``)."""
+    views = [np.frombuffer(b, np.uint8) for b in buffers]
+    whole = direct_span(views[0].ctypes.data, len(views[0]))
+    rest = [views[0][whole:], *views[1:]]
+    bounce = aligned_buffer(round_up(sum(len(r) for r in rest)))
+    try:
+        got = os.preadv(fd, [views[0][:whole], bounce], offset)
+    except OSError as e:
+        if e.errno != errno.EINVAL:
+            raise
+        return None
+    got = min(got, size - offset, whole + len(bounce))
+    at = 0
+    for r in rest:
+        n = max(0, min(len(r), got - whole - at))
+        r[:n] = bounce[at:at + n]
+        at += n
+    return min(got, whole + at)
