@@ -2,7 +2,9 @@
 
 Works from what is on disk alone: each array's ``zarr.json`` (shape, chunk grid, data type,
 codecs) says which chunk files must exist and how large each is; every file is read once,
-sequentially, in bounded slices, and its trailing crc32c compared (docs/FORMAT.md). The
+sequentially, in bounded slices, and its trailing crc32c compared (docs/FORMAT.md). A shard
+file (Zarr's ``sharding_indexed`` codec) has its index checked, then each chunk the index
+places in it. The
 stores' attributes are checked against each other: the sample store and the packed store
 must have been made from this dataset and from each other (``dataset_id``, ``samples_id``),
 and must agree on their batches.
@@ -26,19 +28,22 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from disktrain.errors import DataError
+from disktrain.pack.store import FORMAT_VERSION as PACKED_FORMAT_VERSION
 from disktrain.pack.store import packed_ref
 from disktrain.sample.store import samples_ref
-from disktrain.storage.chunkfile import CRC_BYTES, StoreRef, check_chunk
+from disktrain.storage.chunkfile import CRC_BYTES, StoreRef, check_chunk, check_region, crc32c
 from disktrain.storage.dataset import FORMAT_VERSION, SPLITS, dataset_ref
 from disktrain.storage.roots import EVAL_SPLITS, epoch_root, eval_root
+from disktrain.storage.shards import EMPTY
 
 SLICE_BYTES = 32 << 20
 """Bytes read at a time (bounds memory whatever the chunk size)."""
 CHECKSUM_CODECS = ["bytes", "crc32c"]
 GROUP_ARRAYS = ("nodes", "node_offsets", "hop_counts", "edge_src", "edge_dst", "edge_offsets")
 
-BatchMap = Callable[["_Array", tuple[int, ...]], range | None]
-"""(array, chunk grid index) -> the batches whose data the chunk holds (None: unknown)."""
+BatchMap = Callable[["_Array", int, int], range | None]
+"""(array, first-axis elements [lo, hi) of a chunk) -> the batches whose data the chunk holds
+(None: unknown)."""
 
 
 @dataclass(frozen=True)
@@ -135,25 +140,30 @@ class _Array:
     dtype: np.dtype
     checksummed: bool
     key: Callable[[tuple[int, ...]], Path]
-    """Chunk grid index -> chunk file."""
+    """File grid index -> chunk or shard file."""
     batches: BatchMap | None
+    shard: tuple[int, ...] | None = None
+    """The shape of a shard file's chunks together (None: a file per chunk)."""
 
     @property
     def file_bytes(self) -> int:
-        """Size of every chunk file (edge chunks are full-size)."""
+        """Size of every chunk file, or of every chunk in a shard (edge chunks are
+        full-size)."""
         return math.prod(self.chunks) * self.dtype.itemsize + CRC_BYTES * self.checksummed
 
     @property
     def grid(self) -> tuple[int, ...]:
-        """Chunks along each axis (no chunk at all for a zero-size array)."""
+        """Files along each axis (none at all for a zero-size array)."""
         if math.prod(self.shape) == 0:
             return (0,)
-        return tuple(-(-s // c) for s, c in zip(self.shape, self.chunks))
+        return tuple(-(-s // c) for s, c in zip(self.shape, self.shard or self.chunks))
 
-    def span(self, index: tuple[int, ...]) -> tuple[int, int]:
-        """The first-axis elements ``[lo, hi)`` of chunk ``index``."""
-        lo = index[0] * self.chunks[0]
-        return lo, min(lo + self.chunks[0], self.shape[0])
+    def span(self, index: tuple[int, ...], chunk: bool = False) -> tuple[int, int]:
+        """The first-axis elements ``[lo, hi)`` of file ``index`` (``chunk``: of chunk
+        ``index`` of the array's chunk grid)."""
+        rows = (self.chunks if chunk or self.shard is None else self.shard)[0]
+        lo = index[0] * rows
+        return lo, min(lo + rows, self.shape[0])
 
 
 def _parse(ref: StoreRef, name: str, meta: dict, batches: BatchMap | None) -> _Array:
@@ -164,14 +174,25 @@ def _parse(ref: StoreRef, name: str, meta: dict, batches: BatchMap | None) -> _A
     chunks = tuple(int(c) for c in meta["chunk_grid"]["configuration"]["chunk_shape"])
     if len(chunks) != len(shape) or (math.prod(shape) and any(c < 1 for c in chunks)):
         raise ValueError(f"chunk shape {chunks} does not fit shape {shape}")
-    codecs = meta["codecs"]
+    codecs, shard = meta["codecs"], None
+    if [c.get("name") for c in codecs] == ["sharding_indexed"]:
+        config = codecs[0]["configuration"]
+        shard, chunks = chunks, tuple(int(c) for c in config["chunk_shape"])
+        if len(chunks) != len(shard) or any(c < 1 or s % c for s, c in zip(shard, chunks)):
+            raise ValueError(f"inner chunk shape {chunks} does not divide shard shape {shard}")
+        index = [c.get("name") for c in config["index_codecs"]]
+        if index != CHECKSUM_CODECS or config.get("index_location", "end") != "end":
+            raise ValueError(f"shard index codecs {index} at the "
+                             f"{config.get('index_location')}: not checked by disktrain")
+        codecs = config["codecs"]
     dtype = np.dtype(meta["data_type"])
     endian = (codecs[0].get("configuration") or {}).get("endian", "little")
     if dtype.itemsize > 1 and endian != "little":
         raise ValueError(f"{endian}-endian chunks")
     checksummed = [c.get("name") for c in codecs] == CHECKSUM_CODECS
     key = _chunk_key(ref.path / name, meta.get("chunk_key_encoding") or {})
-    return _Array(ref, name, shape, chunks, dtype.newbyteorder("<"), checksummed, key, batches)
+    return _Array(ref, name, shape, chunks, dtype.newbyteorder("<"), checksummed, key, batches,
+                  shard)
 
 
 def _chunk_key(path: Path, encoding: dict) -> Callable[[tuple[int, ...]], Path]:
@@ -194,7 +215,7 @@ class _Checker:
         self.arrays: list[_Array] = []
         self.damaged: set[tuple[Path, str]] = set()
         """(store path, array) of every array with a problem."""
-        self._chunk_problems: list[tuple[int, _Array, tuple[int, ...]]] = []
+        self._chunk_problems: list[tuple[int, _Array, tuple[int, int]]] = []
 
     def problem(self, ref: StoreRef, problem: str, array: str | None = None,
                 file: Path | None = None) -> None:
@@ -232,36 +253,42 @@ class _Checker:
             self.problem(ref, f"has codecs {codecs}, not {CHECKSUM_CODECS}: unverifiable "
                          "(written by an older disktrain or another tool)", name)
             if codecs != ["bytes"]:
-                return None  # chunk sizes unknown
+                return None  # chunk sizes unknown (or a shard's chunks unchecked)
         self.arrays.append(array)
         return array
 
     def run(self, progress: bool) -> None:
         """Check every chunk file of every queued array, in order."""
-        total = sum(math.prod(a.grid) * a.file_bytes for a in self.arrays if a.checksummed)
+        total = sum(math.prod(a.grid) * a.file_bytes * (math.prod(
+            s // c for s, c in zip(a.shard, a.chunks)) if a.shard else 1)
+            for a in self.arrays if a.checksummed)
         t0 = time.perf_counter()
         with tqdm(total=total, desc="verify", unit="B", unit_scale=True,
                   disable=not progress) as bar:
             for array in self.arrays:
                 for index in itertools.product(*map(range, array.grid)):
                     path = array.key(index)
-                    problem, read = _check_file(path, array)
+                    if array.shard is None:
+                        problem, read = _check_file(path, array)
+                        problems = [(problem, array.span(index))] if problem else []
+                    else:
+                        problems, read = _check_shard(path, array, index)
                     self.report.chunks += 1
                     self.report.bytes += read
                     bar.update(read)
-                    if problem:
+                    for problem, span in problems:
                         self.problem(array.ref, problem, array.name, path)
                         self._chunk_problems.append((len(self.report.problems) - 1, array,
-                                                     index))
+                                                     span))
         self.report.seconds += time.perf_counter() - t0
 
     def name_batches(self) -> None:
         """Add the batches of each damaged chunk (once every array has been checked, so
         that only offsets that checked clean are used)."""
-        for i, array, index in self._chunk_problems:
+        for i, array, (lo, hi) in self._chunk_problems:
             if array.batches is not None:
                 p = self.report.problems[i]
-                self.report.problems[i] = replace(p, batches=array.batches(array, index))
+                self.report.problems[i] = replace(p, batches=array.batches(array, lo, hi))
 
 
 def _check_file(path: Path, array: _Array) -> tuple[str | None, int]:
@@ -277,6 +304,53 @@ def _check_file(path: Path, array: _Array) -> tuple[str | None, int]:
     if size != array.file_bytes:
         return f"has {size} bytes, expected {array.file_bytes} (truncated or overwritten)", 0
     return None, 0
+
+
+def _check_shard(path: Path, array: _Array, index: tuple[int, ...]) -> tuple[list, int]:
+    """(what is wrong with one shard file, each with the first-axis elements it concerns;
+    bytes read): missing, its index (size, crc32c), then each chunk the index places in it
+    (place, size, crc32c)."""
+    grid = tuple(s // c for s, c in zip(array.shard, array.chunks))
+    index_bytes = 16 * math.prod(grid) + CRC_BYTES
+    whole = array.span(index)
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return [("is missing", whole)], 0
+    except OSError as e:
+        return [(f"cannot be read ({e.strerror})", whole)], 0
+    try:
+        size = os.fstat(fd).st_size
+        raw = os.pread(fd, index_bytes, size - index_bytes) if size >= index_bytes else b""
+        if len(raw) != index_bytes:
+            return [(f"has {size} bytes, too few for its shard index (truncated)", whole)], 0
+        if crc32c(raw[:-CRC_BYTES]) != int.from_bytes(raw[-CRC_BYTES:], "little"):
+            return [("has a shard index that failed its crc32c check (corrupted)", whole)], \
+                index_bytes
+        problems, read = [], index_bytes
+        entries = np.frombuffer(raw[:-CRC_BYTES], "<u8").reshape(-1, 2)
+        for j, (offset, nbytes) in enumerate(entries.tolist()):
+            inner = tuple(i * g + int(k) for i, g, k in zip(index, grid,
+                                                           np.unravel_index(j, grid)))
+            if any(k * c >= s for k, c, s in zip(inner, array.chunks, array.shape)):
+                continue  # past the array's end: none expected
+            if (offset, nbytes) == (EMPTY, EMPTY):
+                problem = f"has no chunk {j} in its index"
+            elif nbytes != array.file_bytes or offset + nbytes > size - index_bytes:
+                problem = (f"places chunk {j} ({nbytes} bytes at byte {offset}) past its end "
+                           f"or at another size than {array.file_bytes} bytes")
+            else:
+                problem, got = check_region(fd, offset, nbytes - CRC_BYTES,
+                                            slice_bytes=SLICE_BYTES)
+                read += got
+                problem = problem and f"holds chunk {j} (at byte {offset}), which {problem}"
+            if problem:
+                problems.append((problem, array.span(inner, chunk=True)))
+        return problems, read
+    except OSError as e:
+        return [(f"cannot be read ({e.strerror})", whole)], 0
+    finally:
+        os.close(fd)
 
 
 def _group_attrs(path: Path) -> dict:
@@ -315,14 +389,13 @@ def _link(check: _Checker, ref: StoreRef, attrs: dict, key: str, source: StoreRe
                       f"the {source_key} {theirs!r} of {source.kind} {source.path}")
 
 
-def _per_element(array: _Array, index: tuple[int, ...]) -> range:
+def _per_element(array: _Array, lo: int, hi: int) -> range:
     """Element ``i`` belongs to batch ``i`` (batch_packed)."""
-    return range(*array.span(index))
+    return range(lo, hi)
 
 
-def _bounds(array: _Array, index: tuple[int, ...]) -> range:
+def _bounds(array: _Array, lo: int, hi: int) -> range:
     """Element ``i`` bounds batches ``i - 1`` and ``i`` (batch_rows, slot_offsets)."""
-    lo, hi = array.span(index)
     return range(max(lo - 1, 0), min(hi, array.shape[0] - 1))
 
 
@@ -342,12 +415,11 @@ class _Offsets:
             self._values = np.fromfile(a.key((0,)), a.dtype, count=a.shape[0])
         return self._values if usable else None
 
-    def __call__(self, array: _Array, index: tuple[int, ...]) -> range | None:
-        """Batches ``b`` whose ``[offsets[b], offsets[b+1])`` meets chunk ``index``."""
+    def __call__(self, array: _Array, lo: int, hi: int) -> range | None:
+        """Batches ``b`` whose ``[offsets[b], offsets[b+1])`` meets elements ``[lo, hi)``."""
         values = self.values()
         if values is None:
             return None
-        lo, hi = array.span(index)
         first = max(0, int(np.searchsorted(values, lo, side="right")) - 1)
         last = min(len(values) - 2, int(np.searchsorted(values, hi, side="left")) - 1)
         return range(first, last + 1)
@@ -407,7 +479,7 @@ def _check_samples(check: _Checker, ref: StoreRef, dataset: StoreRef,
                   "edge_offsets": (nb * num_layers + 1,)}
         for name in GROUP_ARRAYS:
             check.add(ref, f"groups/g{g:06d}/{name}", shapes.get(name, (None,)),
-                      lambda _array, _index, batches=batches: batches)
+                      lambda _array, _lo, _hi, batches=batches: batches)
     return attrs
 
 
@@ -419,6 +491,10 @@ def _check_packed(check: _Checker, ref: StoreRef, dataset: StoreRef, dataset_att
     if attrs is None:
         return None
     _link(check, ref, attrs, "dataset_id", dataset, "dataset_id", dataset_attrs)
+    version = attrs.get("format_version", 1)
+    if version != PACKED_FORMAT_VERSION:
+        check.problem(ref, f"has format version {version}, not {PACKED_FORMAT_VERSION} "
+                      "(written by another disktrain version)")
     num_batches = num_inputs = None
     if samples_attrs is not None:
         _link(check, ref, attrs, "samples_id", samples, "store_id", samples_attrs)

@@ -55,7 +55,6 @@ from disktrain.ingest.synth import SynthConfig, synthesize
 from disktrain.loader.pipeline import LoaderConfig, MiniBatch, PackedLoader
 from disktrain.models.gnn import GNNConfig, build_model
 from disktrain.pack import PackConfig, pack_dataset
-from disktrain.pack.store import chunk_path
 from disktrain.sample import SampleConfig, sample_dataset
 from disktrain.train.threads import available_cores, loader_threads, torch_threads
 
@@ -68,10 +67,11 @@ READ_MODES = {"buffered": (False, True), "direct": (True, True), "direct_nocrc":
 # -- page cache ------------------------------------------------------------------------------
 
 def chunk_files(loader: PackedLoader, batches) -> list[Path]:
+    """The shard files holding the packed rows of ``batches``."""
     p = loader.packed
-    return [chunk_path(p.path, c) for b in batches
-            for c in range(int(p.batch_rows[b]) // p.chunk_rows,
-                           int(p.batch_rows[b + 1]) // p.chunk_rows)]
+    return sorted({p.layout.place(c)[0] for b in batches
+                   for c in range(int(p.batch_rows[b]) // p.chunk_rows,
+                                  int(p.batch_rows[b + 1]) // p.chunk_rows)})
 
 
 def evict(files: list[Path]) -> None:

@@ -30,7 +30,6 @@ import numpy as np
 
 from disktrain.ingest.synth import SynthConfig, synthesize
 from disktrain.pack import PackConfig, PackedStore, pack_dataset
-from disktrain.pack.store import chunk_path
 from disktrain.sample import SampleConfig, SampleStore, sample_dataset
 from disktrain.storage.dataset import Dataset
 
@@ -60,7 +59,7 @@ def packed_epoch(store: PackedStore, batches) -> dict:
     for b in batches:
         first, stop = store.batch_rows[b] // store.chunk_rows, store.batch_rows[b + 1] // \
             store.chunk_rows
-        evict([chunk_path(store.path, c) for c in range(first, stop)])
+        evict({store.layout.place(c)[0] for c in range(first, stop)})
         r0 = read_bytes()
         rows = store.read_packed(b, buf)
         read += read_bytes() - r0

@@ -35,7 +35,6 @@ from disktrain.ingest.synth import SynthConfig, synthesize
 from disktrain.loader.pipeline import LoaderConfig, MiniBatch, PackedLoader
 from disktrain.models.gnn import GNNConfig, build_model
 from disktrain.pack import PackConfig, pack_dataset
-from disktrain.pack.store import chunk_path
 from disktrain.sample import SampleConfig, sample_dataset
 from disktrain.storage.io import aligned_buffer
 from disktrain.train.threads import available_cores, compute_threads, loader_threads, torch_threads
@@ -44,11 +43,12 @@ from disktrain.train.threads import available_cores, compute_threads, loader_thr
 def evict_packed(loader: PackedLoader, batches) -> None:
     p = loader.packed
     os.sync()
-    for b in batches:
-        for c in range(p.batch_rows[b] // p.chunk_rows, p.batch_rows[b + 1] // p.chunk_rows):
-            fd = os.open(chunk_path(p.path, c), os.O_RDONLY)
-            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-            os.close(fd)
+    shards = {p.layout.place(c)[0] for b in batches
+              for c in range(p.batch_rows[b] // p.chunk_rows, p.batch_rows[b + 1] // p.chunk_rows)}
+    for path in shards:
+        fd = os.open(path, os.O_RDONLY)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        os.close(fd)
 
 
 def read_alone(loader: PackedLoader, batches) -> float:

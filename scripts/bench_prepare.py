@@ -3,7 +3,7 @@
 Usage: python scripts/bench_prepare.py [--nodes 1000000] [--avg-degree 10] [--dim 256]
                                        [--train-fraction 0.2] [--fanouts 10,10]
                                        [--batch-size 1024] [--chunk-bytes 256K]
-                                       [--disk-bytes 4G] [--no-epochs] [--one-file]
+                                       [--disk-bytes 4G] [--no-epochs]
                                        [--profile N] [--data DATASET] [--workdir DIR] [--keep]
 
 Builds a synthetic graph (disktrain.ingest.synth; the defaults make ~1 GB of float32 features), then
@@ -28,9 +28,6 @@ on the same filesystem:
                minutes when it allocates one, so a file created soon after many were deleted
                nearby costs up to ~1 ms of sys time instead of ~20 us (so leave minutes
                between runs: each deletes what it wrote)
-      pack_one_file (``--one-file``, a prototype of another format, not a valid store)
-               `pack_dataset` with every chunk written at its offset in one file instead of
-               one file per chunk (same bytes, same uncached writes, same crc).
 
 For each stage, ``disk_fraction`` = (read_bytes / read bandwidth + write_bytes / write
 bandwidth) / (wall + final sync): the share of the stage's time the disk would need to move
@@ -62,15 +59,12 @@ import numpy as np
 from disktrain.cli import parse_bytes, parse_fanouts
 from disktrain.ingest.synth import SynthConfig, synthesize
 from disktrain.pack import PackConfig, pack_dataset
-from disktrain.pack import store as pack_store
 from disktrain.pack.prepare import prepare_epoch
 from disktrain.sample import SampleConfig, sample_dataset
-from disktrain.storage.chunkfile import crc_bytes
+from disktrain.storage.io import RWF_DONTCACHE
 from disktrain.storage.roots import epoch_root
 
 IO_BLOCK = 16 << 20
-RWF_DONTCACHE = getattr(os, "RWF_DONTCACHE", 0x80)
-"""pwritev2 flag of uncached buffered writes (Linux 6.14+)."""
 
 
 def proc_io() -> dict[str, int]:
@@ -177,23 +171,6 @@ def summary(seconds: float, wall: float, read: int, written: int, user: float, s
     }
 
 
-def one_file_write_chunk():
-    """A stand-in for ``write_chunk`` (prototype of another format): chunk ``k`` of a store is
-    written, data + crc as ever, uncached, at offset ``k * (its bytes + 4)`` of one file
-    ``rows/all`` instead of into a file of its own. Returns it and its open files."""
-    files: dict[Path, int] = {}
-
-    def write(root: Path, chunk: int, data: np.ndarray) -> None:
-        raw = np.ascontiguousarray(data).view(np.uint8).reshape(-1)
-        if root not in files:
-            (root / "rows").mkdir(parents=True, exist_ok=True)
-            files[root] = os.open(root / "rows" / "all", os.O_WRONLY | os.O_CREAT, 0o644)
-        os.pwritev(files[root], [raw, crc_bytes(raw)], chunk * (len(raw) + 4),
-                   RWF_DONTCACHE)
-
-    return write, files
-
-
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--nodes", type=int, default=1_000_000)
@@ -206,8 +183,6 @@ def main() -> int:
     ap.add_argument("--disk-bytes", type=parse_bytes, default=4 << 30)
     ap.add_argument("--no-epochs", action="store_true",
                     help="skip the fresh-epoch stages (prepare_epoch)")
-    ap.add_argument("--one-file", action="store_true",
-                    help="also time packing into one file per store (a format prototype)")
     ap.add_argument("--profile", type=int, default=0, metavar="N",
                     help="print packing's N costliest functions (cProfile) to stderr")
     ap.add_argument("--data", type=Path,
@@ -245,19 +220,6 @@ def main() -> int:
             stages["epoch_after_delete"] = measure(lambda: prepare_epoch(data, 2), data, disk)
             shutil.rmtree(data / "epochs")
         info = json.loads((data / "packed" / "zarr.json").read_text())["attributes"]
-        if args.one_file:
-            shutil.move(data / "packed", tmp / "packed")  # kept: nothing deleted before
-            real, (write, files) = pack_store.write_chunk, one_file_write_chunk()
-            pack_store.write_chunk = write
-            try:
-                stages["pack_one_file"] = measure(
-                    lambda: pack_dataset(data, pack_cfg, progress=False), data, disk)
-            finally:
-                pack_store.write_chunk = real
-                for fd in files.values():
-                    os.close(fd)
-                shutil.rmtree(data / "packed", ignore_errors=True)  # not a valid store
-                shutil.move(tmp / "packed", data / "packed")
         both = {k: stages["sample"][k] + stages["pack"][k] for k in ("read_bytes",
                                                                       "write_bytes")}
         seconds = sum(stages[s]["wall_s"] + stages[s]["sync_s"] for s in ("sample", "pack"))

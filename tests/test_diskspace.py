@@ -253,7 +253,8 @@ def test_packed_store_estimate_matches_what_it_writes(prepared):
     store = PackedStore(prepared[0])
     estimate = packed_store_bytes(
         padded_rows=store.attrs["padded_rows"], row_bytes=16 * 4,
-        chunk_rows=store.chunk_rows, num_slots=int(store.slot_offsets[-1]),
+        chunk_rows=store.chunk_rows, shard_bytes=PackConfig().shard_bytes,
+        num_slots=int(store.slot_offsets[-1]),
         num_cache_rows=store.n_gpu + store.n_cpu, num_batches=store.num_batches)
     written = disk_use(store.path)
     assert store.n_cpu == 500 and written <= estimate <= 1.05 * written

@@ -49,25 +49,34 @@ def prepared(prepared_once, tmp_path, capsys) -> Path:
     return path
 
 
+def _rows_chunk(ds: Path) -> tuple[int, int]:
+    """The first chunk of batch 3 in the (single) shard file of packed rows, and its offset."""
+    batch_rows = np.frombuffer((ds / "packed/batch_rows/c/0").read_bytes()[:-4], "<i8")
+    meta = json.loads((ds / "packed/rows/zarr.json").read_bytes())
+    rows, dim = meta["codecs"][0]["configuration"]["chunk_shape"]
+    chunk = int(batch_rows[3]) // rows
+    return chunk, chunk * (-(-(rows * dim * 4 + 4) // 4096) * 4096)
+
+
 def _chunk(ds: Path, array: str) -> Path:
-    """The chunk file a test damages: for packed rows, the first chunk of batch 3."""
+    """The chunk file a test damages: for packed rows, the shard file."""
     if array.startswith("groups/") or array == "access_counts":
         store = ds / "samples"
     else:
         store = ds / "packed" if (ds / "packed" / array).exists() else ds
     if array == "rows":
-        batch_rows = np.frombuffer((ds / "packed/batch_rows/c/0").read_bytes()[:-4], "<i8")
-        chunk_rows = json.loads((store / "rows/zarr.json").read_bytes())[
-            "chunk_grid"]["configuration"]["chunk_shape"][0]
-        return store / "rows" / f"c.{int(batch_rows[3]) // chunk_rows}.0"
+        return store / "rows" / "c.0.0"
     (path,) = [p for p in (store / array / "c").rglob("*") if p.is_file()]
     return path
 
 
 def _flip(path: Path, count: int = 1) -> None:
-    """Flip a bit in ``count`` bytes from the middle of the chunk's data."""
+    """Flip a bit in ``count`` bytes from the middle of the chunk's data (for packed rows:
+    of the first chunk of batch 3)."""
     data = bytearray(path.read_bytes())
     at = (len(data) - 4) // 2
+    if path.parent.name == "rows":
+        at = _rows_chunk(path.parents[2])[1] + 5
     for i in range(at, min(at + count, len(data) - 4)):
         data[i] ^= 0x10
     path.write_bytes(bytes(data))
@@ -107,8 +116,11 @@ def _assert_both_stop(ds: Path, tmp_path: Path, capsys, array: str, path: Path,
 def test_flipped_byte(prepared, tmp_path, capsys, array):
     path = _chunk(prepared, array)
     _flip(path)
-    _assert_both_stop(prepared, tmp_path, capsys, array, path,
-                      "failed its crc32c check (corrupted)")
+    problem = "failed its crc32c check (corrupted)"
+    if array == "rows":
+        chunk, at = _rows_chunk(prepared)
+        problem = f"holds chunk {chunk} (at byte {at}), which {problem}"
+    _assert_both_stop(prepared, tmp_path, capsys, array, path, problem)
 
 
 def test_sixteen_bytes_of_cache_rows(prepared, tmp_path, capsys):

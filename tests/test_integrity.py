@@ -20,7 +20,6 @@ from tinygraphs import make_dataset
 from disktrain.errors import CorruptDataError, DataError
 from disktrain.loader.pipeline import PackedLoader
 from disktrain.pack import PackConfig, PackedStore, pack_dataset
-from disktrain.pack.store import chunk_path
 from disktrain.sample import SampleConfig, SampleStore, sample_dataset
 from disktrain.sample import store as store_mod
 from disktrain.storage.dataset import Dataset, chunk_file
@@ -182,10 +181,11 @@ def test_packed_rows_name_the_batch(prepared):
     packed = PackedStore(prepared)
     b = int(np.flatnonzero(packed.batch_packed)[-1])
     chunk = int(packed.batch_rows[b]) // packed.chunk_rows
-    f = chunk_path(packed.path, chunk)
-    flip(f)
+    f, at = packed.layout.place(chunk)
+    flip(f, at + 3)
     with pytest.raises(CorruptDataError, match=rf"packed store {packed.path}: array 'rows' "
-                       rf"\(batch {b}\): chunk file {f} failed its crc32c check.*remove "
+                       rf"\(batch {b}\): chunk file {f} holds chunk {chunk % packed.layout.per_shard} "
+                       rf"\(at byte {at}\), which failed its crc32c check.*remove "
                        rf"{packed.path} and rerun disktrain prepare"):
         packed.read_packed(b)
 

@@ -1,6 +1,8 @@
 """Tiers, batched packing and the packed store: exact assembly, integrity, budget."""
 
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -9,11 +11,11 @@ from tinygraphs import make_dataset
 
 from disktrain.errors import CorruptDataError, DataError
 from disktrain.loader.pipeline import LoaderConfig, PackedLoader
-from disktrain.pack import PackConfig, assign_tiers, pack_dataset
-from disktrain.pack.store import chunk_path
+from disktrain.pack import PackConfig, PackedStore, assign_tiers, pack_dataset
 from disktrain.pack.tiers import NOT_CACHED, cache_rows_to_fit
 from disktrain.sample import SampleConfig, sample_dataset
 from disktrain.storage.dataset import Dataset
+from disktrain.storage.shards import ShardWriter
 
 
 def test_assign_tiers_table():
@@ -72,16 +74,21 @@ def test_corrupted_or_truncated_chunk_names_batch_and_file(tmp_path):
     packed = _prepare(path, PackConfig(chunk_bytes=128))
     b = 3
     chunk = int(packed.batch_rows[b]) // packed.chunk_rows
-    f = chunk_path(packed.path, chunk)
-    data = bytearray(f.read_bytes())
-    data[5] ^= 0xFF
+    f, at = packed.layout.place(chunk)
+    clean = f.read_bytes()
+    data = bytearray(clean)
+    data[at + 5] ^= 0xFF
     f.write_bytes(bytes(data))
     with pytest.raises(CorruptDataError, match=rf"packed store .*'rows' \(batch {b}\): chunk "
-                       rf"file .*c\.{chunk}\.0 failed its crc32c.*rerun disktrain prepare"):
+                       rf"file .*c\.0\.0 holds chunk {chunk} .*failed its crc32c.*rerun "
+                       "disktrain prepare"):
         packed.read_packed(b)
-    f.write_bytes(bytes(data[:-10]))
+    f.write_bytes(clean[:at + 10])
     with pytest.raises(CorruptDataError, match="truncated"):
         packed.read_packed(b)
+    with pytest.raises(CorruptDataError, match=r"'rows' \(batches 0\.\.\d+\): .*expected"):
+        PackedStore(path)  # the shard's index is cut off: every batch in it is named
+    f.write_bytes(bytes(data))
     loader = PackedLoader(path)
     with pytest.raises(CorruptDataError, match=rf"\(batch {b}\)"):
         for _ in loader(range(loader.num_batches)):
@@ -103,22 +110,20 @@ def test_resume_keeps_finished_groups(tmp_path, monkeypatch):
     cfg = PackConfig(chunk_bytes=128, group_bytes=2000)
     make_dataset(path)
     sample_dataset(path, SampleConfig(fanouts=(4, 3), batch_size=24, seed=2), progress=False)
-    from disktrain.pack import store
-
-    real = store.write_chunk
+    real = ShardWriter._write
     n = {"calls": 0}
 
-    def dying(root, chunk, data):
+    def dying(self, chunk, buf):
         n["calls"] += 1
         if n["calls"] == 12:
             raise OSError("disk full")
-        real(root, chunk, data)
+        real(self, chunk, buf)
 
-    monkeypatch.setattr(store, "write_chunk", dying)
+    monkeypatch.setattr(ShardWriter, "_write", dying)
     with pytest.raises(OSError):
         pack_dataset(path, cfg, progress=False)
     assert not (path / "packed").exists() and (path / "packed.partial").exists()
-    monkeypatch.setattr(store, "write_chunk", real)
+    monkeypatch.setattr(ShardWriter, "_write", real)
     packed = pack_dataset(path, cfg, progress=False)
     raw = Dataset(path).feature_rows(0, Dataset(path).num_nodes)
     loader = PackedLoader(path)
@@ -187,33 +192,39 @@ def test_chunks_written_past_the_page_cache_read_back_and_verify(tmp_path, chunk
     assert verify(path).clean
 
 
-def test_chunk_writer_hands_on_the_first_error(tmp_path, monkeypatch):
-    from disktrain.pack import store
-
-    calls = []
-
-    def failing(root, chunk, data):
-        calls.append(chunk)
-        raise OSError(f"cannot write chunk {chunk}")
-
-    monkeypatch.setattr(store, "write_chunk", failing)
-    with pytest.raises(OSError, match="chunk 0"), store.ChunkWriter(tmp_path, 4096, 2) as w:
-        for k in range(50):
-            w.submit(k, w.buffer())
-    assert calls == [0]  # later chunks are dropped, never written
+def test_shard_files_do_not_grow_with_batches(tmp_path):
+    """Three times the epochs, three times the batches and rows: as many shard files."""
+    counts = []
+    for epochs in (1, 3):
+        path = tmp_path / f"e{epochs}"
+        make_dataset(path)
+        sample_dataset(path, SampleConfig(fanouts=(4, 3), batch_size=24, epochs=epochs, seed=2),
+                       progress=False)
+        packed = pack_dataset(path, PackConfig(chunk_bytes=128), progress=False)
+        counts.append((packed.num_batches, len(list((packed.path / "rows").glob("c.*")))))
+    assert counts[1][0] >= 3 * counts[0][0] > 0 and counts[0][1] == counts[1][1] == 1
 
 
-def test_write_chunk_layout(tmp_path):
-    """Aligned (O_DIRECT) and unaligned buffers make the same file: data then crc32c."""
-    from disktrain.pack.store import write_chunk
-    from disktrain.storage.chunkfile import crc_bytes
-    from disktrain.storage.io import aligned_buffer
+def test_old_format_is_refused_and_repacked(tmp_path):
+    path = tmp_path / "d"
+    _prepare(path, PackConfig(chunk_bytes=128))
+    meta = json.loads((path / "packed" / "zarr.json").read_text())
+    del meta["attributes"]["format_version"]  # as version 1 wrote it
+    (path / "packed" / "zarr.json").write_text(json.dumps(meta))
+    with pytest.raises(DataError, match=rf"packed store {path / 'packed'} has format version 1, "
+                       rf"not 2 .*re-create it: remove {path / 'packed'} and rerun disktrain "
+                       "prepare"):
+        PackedStore(path)
+    assert pack_dataset(path, PackConfig(chunk_bytes=128), progress=False).num_batches > 0
 
-    data = np.random.default_rng(0).integers(0, 256, 3 * 4096 + 100, np.uint8)
-    aligned = aligned_buffer(len(data))
-    aligned[:] = data
-    write_chunk(tmp_path / "a", 3, aligned)
-    write_chunk(tmp_path / "b", 3, data[1:])
-    assert chunk_path(tmp_path / "a", 3).read_bytes() == data.tobytes() + crc_bytes(data)
-    assert chunk_path(tmp_path / "b", 3).read_bytes() == data[1:].tobytes() + \
-        crc_bytes(data[1:])
+
+def test_decoded_rows_are_the_same_whatever_the_shard_size(tmp_path):
+    """A shard per chunk, or all chunks in one shard: zarr decodes the same rows."""
+    path = tmp_path / "d"
+    _prepare(path, PackConfig(chunk_bytes=200, shard_bytes=1))
+    one_per_chunk = zarr.open_group(path / "packed", mode="r")["rows"][...]
+    assert len(list((path / "packed" / "rows").glob("c.*"))) == \
+        -(-len(one_per_chunk) // PackedStore(path).chunk_rows) > 1
+    pack_dataset(path, PackConfig(chunk_bytes=200), progress=False)
+    assert np.array_equal(zarr.open_group(path / "packed", mode="r")["rows"][...],
+                          one_per_chunk)

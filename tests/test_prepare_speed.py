@@ -1,6 +1,6 @@
 """The fast preparation paths keep their results and their checks: feature chunks read ahead
-on threads (``O_DIRECT`` where the filesystem allows), packed chunks written uncached
-(``RWF_DONTCACHE``) with the ``O_DIRECT`` and buffered fallbacks, all byte-identical."""
+on threads (``O_DIRECT`` where the filesystem allows), packed exactly (the write paths of
+packed chunks: tests/test_shards.py)."""
 
 from __future__ import annotations
 
@@ -19,13 +19,10 @@ from tinygraphs import make_dataset
 from disktrain.errors import CorruptDataError
 from disktrain.loader.pipeline import PackedLoader
 from disktrain.pack import PackConfig, pack_dataset
-from disktrain.pack import store as store_mod
-from disktrain.pack.store import chunk_path, write_chunk
 from disktrain.sample import SampleConfig, sample_dataset
 from disktrain.storage import dataset as dataset_mod
-from disktrain.storage.chunkfile import chunk_file, crc_bytes
+from disktrain.storage.chunkfile import chunk_file
 from disktrain.storage.dataset import Dataset
-from disktrain.storage.io import aligned_buffer
 from disktrain.verify import verify
 
 ROWS = 16  # feature rows per chunk in these tests
@@ -148,42 +145,6 @@ def test_iter_sorted_when_the_device_refuses_o_direct_reads(chunked, monkeypatch
     rows = np.concatenate([r.copy() for _, _, r in Dataset(chunked).iter_sorted(ids)])
     assert np.array_equal(rows, _raw(chunked)[ids])
     assert len(refused) in (0, len(np.unique(ids // ROWS)))  # 0: refused at open already
-
-
-def _written(tmp_path: Path, name: str, data: np.ndarray) -> bytes:
-    write_chunk(tmp_path / name, 3, data)
-    return chunk_path(tmp_path / name, 3).read_bytes()
-
-
-def test_write_chunk_fallbacks_make_the_same_file(tmp_path, monkeypatch):
-    """Uncached (where the kernel has it), O_DIRECT and buffered writes: data then crc32c."""
-    data = np.random.default_rng(0).integers(0, 256, 3 * 4096 + 100, np.uint8)
-    aligned = aligned_buffer(len(data))
-    aligned[:] = data
-    want = data.tobytes() + crc_bytes(data)
-    assert _written(tmp_path, "uncached", aligned) == want
-    real_pwritev = os.pwritev
-
-    def no_dontcache(fd, buffers, offset, flags=0):
-        if flags:
-            raise OSError(errno.EOPNOTSUPP, "Operation not supported")
-        return real_pwritev(fd, buffers, offset)
-
-    monkeypatch.setattr(store_mod.os, "pwritev", no_dontcache)
-    assert _written(tmp_path, "direct", aligned) == want
-    assert _written(tmp_path, "buffered", data[1:]) == data[1:].tobytes() + crc_bytes(data[1:])
-    refused = []
-
-    def no_direct_writes(fd, buffers, offset, flags=0):  # the device refuses O_DIRECT
-        if fcntl.fcntl(fd, fcntl.F_GETFL) & getattr(os, "O_DIRECT", 0):
-            refused.append(sum(len(b) for b in buffers))
-            raise OSError(errno.EINVAL, "Invalid argument")
-        return no_dontcache(fd, buffers, offset, flags)
-
-    monkeypatch.setattr(store_mod.os, "pwritev", no_direct_writes)
-    assert _written(tmp_path, "refused", aligned) == want
-    assert refused in ([], [3 * 4096])  # the whole blocks were offered to O_DIRECT
-    assert _written(tmp_path, "empty", np.zeros(0, np.uint8)) == crc_bytes(b"")
 
 
 def test_packing_many_feature_chunks_is_exact(chunked):

@@ -13,6 +13,7 @@ import zarr
 from disktrain import verify as verify_module
 from disktrain.cli import main
 from disktrain.sample import SampleConfig, sample_dataset
+from disktrain.storage.chunkfile import crc32c
 from disktrain.storage.dataset import write_small_array
 from disktrain.verify import verify
 
@@ -59,14 +60,22 @@ def _chunk_files(array_dir: Path) -> list[Path]:
     return sorted(p for p in array_dir.rglob("*") if p.is_file() and p.name != "zarr.json")
 
 
+def _rows_chunk(ds: Path) -> tuple[int, int]:
+    """The first chunk of batch 3 in the (single) shard of packed rows, and its offset."""
+    batch_rows = np.frombuffer((ds / "packed/batch_rows/c/0").read_bytes()[:-4], "<i8")
+    meta = json.loads((ds / "packed/rows/zarr.json").read_bytes())
+    rows, dim = meta["codecs"][0]["configuration"]["chunk_shape"]
+    chunk = int(batch_rows[3]) // rows
+    return chunk, chunk * (-(-(rows * dim * 4 + 4) // 4096) * 4096)
+
+
 def _target(ds: Path, array: str) -> tuple[Path, range | None]:
-    """The chunk file of ``array`` a test damages, and the batches verify should name."""
+    """The chunk file of ``array`` a test damages, and the batches verify should name (for
+    ``rows``: the shard file, and the batch whose first chunk :func:`_flip` damages)."""
     array_dir = ds / _store(array)[1] / array
-    if array == "rows":  # the first chunk of batch 3
-        batch_rows = np.frombuffer((ds / "packed/batch_rows/c/0").read_bytes()[:-4], "<i8")
-        chunk_rows = json.loads((array_dir / "zarr.json").read_bytes())[
-            "chunk_grid"]["configuration"]["chunk_shape"][0]
-        return array_dir / f"c.{int(batch_rows[3]) // chunk_rows}.0", range(3, 4)
+    if array == "rows":
+        assert len(_chunk_files(array_dir)) == 1
+        return array_dir / "c.0.0", range(3, 4)
     files = _chunk_files(array_dir)
     assert len(files) == 1, files
     num_batches = json.loads((ds / "samples/zarr.json").read_bytes())["attributes"]["num_batches"]
@@ -80,8 +89,11 @@ def _target(ds: Path, array: str) -> tuple[Path, range | None]:
 
 
 def _flip(path: Path, at: int | None = None) -> None:
-    """Flip one bit of one byte of ``path`` (default: the middle of its data)."""
+    """Flip one bit of one byte of ``path`` (default: the middle of its data; in a shard of
+    packed rows, of the chunk of :func:`_rows_chunk`)."""
     data = bytearray(path.read_bytes())
+    if at is None and path.parent.name == "rows":
+        at = _rows_chunk(path.parents[2])[1] + 5
     at = (len(data) - 4) // 2 if at is None else at
     data[at] ^= 0x10
     path.write_bytes(bytes(data))
@@ -89,6 +101,18 @@ def _flip(path: Path, at: int | None = None) -> None:
 
 ALL_ARRAYS = [*DATASET_ARRAYS, "access_counts", *(f"groups/g000001/{a}" for a in GROUP_ARRAYS),
               *PACKED_ARRAYS]
+
+
+def _checked_bytes(path: Path) -> int:
+    """The bytes verify reads of a chunk file: all; of a shard: its index and its chunks."""
+    if path.parent.name != "rows":
+        return path.stat().st_size
+    meta = json.loads((path.parent / "zarr.json").read_bytes())
+    inner = meta["codecs"][0]["configuration"]["chunk_shape"]
+    chunk_bytes = inner[0] * inner[1] * 4 + 4
+    index = 16 * (meta["chunk_grid"]["configuration"]["chunk_shape"][0] // inner[0]) + 4
+    chunks = (path.stat().st_size - index) // (-(-chunk_bytes // 4096) * 4096)
+    return index + chunks * chunk_bytes
 
 
 def _verify_cli(ds: Path, capsys, *extra: str) -> tuple[int, str]:
@@ -108,7 +132,7 @@ def test_clean(prepared, capsys):
     assert report.arrays == len(DATASET_ARRAYS) + 3 * (1 + len(PACKED_ARRAYS)) + 6 * groups
     chunk_files = [p for p in prepared.rglob("*") if p.is_file() and p.name != "zarr.json"]
     assert report.chunks == len(chunk_files)
-    assert report.bytes == sum(p.stat().st_size for p in chunk_files)
+    assert report.bytes == sum(_checked_bytes(p) for p in chunk_files)
     assert report.seconds > 0 and report.gb_per_s > 0
 
     code, out = _verify_cli(prepared, capsys)
@@ -136,8 +160,12 @@ def test_one_flipped_byte(prepared, capsys, array):
     path, batches = _target(prepared, array)
     _flip(path)
     report = verify(prepared)
+    problem = "failed its crc32c check (corrupted)"
+    if array == "rows":
+        chunk, at = _rows_chunk(prepared)
+        problem = f"holds chunk {chunk} (at byte {at}), which {problem}"
     assert [(p.array, p.file, p.problem, p.batches) for p in report.problems] == [
-        (array, str(path), "failed its crc32c check (corrupted)", batches)]
+        (array, str(path), problem, batches)]
     kind, store = _store(array)
     problem = report.problems[0]
     assert (problem.store, problem.store_path) == (kind, str(prepared / store))
@@ -167,9 +195,16 @@ def test_flipped_crc_bytes(prepared):
         "failed its crc32c check (corrupted)"]
 
 
+def _shard_batches(ds: Path) -> range:
+    """The batches of the (single) shard of packed rows: every batch with packed rows."""
+    batch_rows = np.frombuffer((ds / "packed/batch_rows/c/0").read_bytes()[:-4], "<i8")
+    return range(int(np.searchsorted(batch_rows, 0, side="right")) - 1, len(batch_rows) - 1)
+
+
 @pytest.mark.parametrize("array", ["features", "groups/g000001/edge_dst", "rows", "slots"])
 def test_missing_chunk_file(prepared, array):
     path, batches = _target(prepared, array)
+    batches = _shard_batches(prepared) if array == "rows" else batches
     path.unlink()
     assert [(p.array, p.file, p.problem, p.batches) for p in verify(prepared).problems] == [
         (array, str(path), "is missing", batches)]
@@ -181,9 +216,12 @@ def test_truncated_chunk_file(prepared, array):
     size = path.stat().st_size
     with open(path, "r+b") as f:
         f.truncate(size - 3)
+    problem = f"has {size - 3} bytes, expected {size} (truncated or overwritten)"
+    if array == "rows":  # the index, read from the end, no longer checks
+        problem = "has a shard index that failed its crc32c check (corrupted)"
+        batches = _shard_batches(prepared)
     assert [(p.array, p.file, p.problem, p.batches) for p in verify(prepared).problems] == [
-        (array, str(path), f"has {size - 3} bytes, expected {size} (truncated or overwritten)",
-         batches)]
+        (array, str(path), problem, batches)]
 
 
 def test_missing_array(prepared):
@@ -312,3 +350,27 @@ def test_evaluation_and_fresh_epoch_stores(prepared):
     assert truncated.store_path == str(root / "packed")
     assert relinked.store_path == str(evaluation)
     assert "was made from another packed store: its tiers_from '000" in relinked.problem
+
+
+def test_shard_index_damage_names_the_batches(prepared):
+    """A shard index rewritten (valid crc) without batch 3's first chunk, then a store of
+    the older format: each reported with what it concerns."""
+    path, batches = _target(prepared, "rows")
+    chunk, _ = _rows_chunk(prepared)
+    raw = path.read_bytes()
+    meta = json.loads((path.parent / "zarr.json").read_bytes())
+    per_shard = (meta["chunk_grid"]["configuration"]["chunk_shape"][0]
+                 // meta["codecs"][0]["configuration"]["chunk_shape"][0])
+    index_bytes = 16 * per_shard + 4
+    entries = np.frombuffer(raw[-index_bytes:-4], "<u8").copy()
+    entries[2 * chunk:2 * chunk + 2] = 2**64 - 1
+    path.write_bytes(raw[:-index_bytes] + entries.tobytes() + crc32c(entries).to_bytes(4, "little"))
+    assert [(p.array, p.file, p.problem, p.batches) for p in verify(prepared).problems] == [
+        ("rows", str(path), f"has no chunk {chunk} in its index", batches)]
+    path.write_bytes(raw)
+    meta_path = prepared / "packed" / "zarr.json"
+    meta = json.loads(meta_path.read_bytes())
+    meta["attributes"]["format_version"] = 1
+    meta_path.write_text(json.dumps(meta))
+    assert [(p.store, p.problem) for p in verify(prepared).problems] == [
+        ("packed store", "has format version 1, not 2 (written by another disktrain version)")]

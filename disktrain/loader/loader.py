@@ -34,7 +34,6 @@ from disktrain.loader.fresh import FreshEpochs
 from disktrain.loader.pipeline import LoaderConfig, PackedLoader
 from disktrain.loader.schedule import epoch_batches, worker_share
 from disktrain.sample.plan import SPLITS
-from disktrain.storage.chunkfile import CRC_BYTES
 from disktrain.storage.roots import eval_root, is_prepared, train_root
 
 STATE_VERSION = 1
@@ -43,12 +42,13 @@ PLAN_REUSE = ("fresh", "cycle", "pool")
 
 def packed_bytes(store, batch_ids) -> dict[str, int]:
     """Bytes of packed feature rows batches ``batch_ids`` of ``store`` (a PackedStore) need,
-    and the bytes their reads take from storage (whole chunks: padding and crc included)."""
+    and the bytes their reads take from storage (whole chunks: padding, crc and the chunks'
+    block padding included)."""
     ids = np.asarray(batch_ids, np.int64)
     row = store.feature_dim * store.dtype.itemsize
     padded = store.batch_rows[ids + 1] - store.batch_rows[ids]
     return {"needed": int(store.batch_packed[ids].sum()) * row,
-            "read": int(padded.sum()) * row + int((padded // store.chunk_rows).sum()) * CRC_BYTES}
+            "read": int((padded // store.chunk_rows).sum()) * store.layout.stride}
 
 
 class Loader:

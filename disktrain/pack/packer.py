@@ -4,8 +4,9 @@ A group of batches is packed in one ascending pass over the raw features. Each b
 its uncached rows as two runs, each in ascending node id (the last-hop-only rows, then the
 rest), so every raw range read extends each run that needs rows from it, and a batch's
 chunks are finished as they fill: rows are gathered straight into page-aligned chunk
-buffers, which a :class:`~disktrain.pack.store.ChunkWriter` thread checksums and writes
-(past the page cache where it can) while the next raw range is read. Memory per batch: its
+buffers, which a :class:`~disktrain.storage.shards.ShardWriter` thread checksums and writes
+into the store's shard files (past the page cache where it can) while the next raw range is
+read. Memory per batch: its
 packed ids and at most two chunk buffers, plus the writer's bounded queue.
 """
 
@@ -25,9 +26,8 @@ from tqdm.auto import tqdm
 from disktrain.errors import DataError
 from disktrain.pack.slots import NOT_CACHED, pack_slots
 from disktrain.pack.store import (
-    ROWS_KEY_ENCODING,
+    FORMAT_VERSION,
     STORE,
-    ChunkWriter,
     PackedStore,
     packed_ref,
     packed_store_bytes,
@@ -36,7 +36,6 @@ from disktrain.pack.tiers import Tiers, assign_tiers, cache_rows_to_fit, rows_fo
 from disktrain.sample.store import SampleStore, group_name
 from disktrain.storage.atomic import replace_dir
 from disktrain.storage.dataset import (
-    CHECKSUM,
     Dataset,
     chunk_file,
     create_flat_array,
@@ -50,6 +49,7 @@ from disktrain.storage.dataset import (
 )
 from disktrain.storage.diskspace import require_free
 from disktrain.storage.io import disk_full_errors
+from disktrain.storage.shards import ShardLayout, ShardWriter, create_sharded
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -63,7 +63,10 @@ class PackConfig:
     max_packed_bytes: int | None = None
     """Refuse to write more packed bytes than this; the error says what cache would fit."""
     chunk_bytes: int = 256 << 10
-    """Target bytes per packed chunk (one checksummed file); batches pad to whole chunks."""
+    """Target bytes per packed chunk (checksummed, read whole); batches pad to whole chunks."""
+    shard_bytes: int = 1 << 30
+    """Target bytes per shard file of packed chunks (many chunks per file, so the number of
+    files does not grow with the number of batches)."""
     group_bytes: int = 1 << 30
     """Memory of one packing group (per batch: its packed ids and one chunk buffer); a
     group's batches share one ascending pass over the raw features, so each group more is one
@@ -74,7 +77,7 @@ class PackConfig:
         for name in ("gpu_cache_bytes", "cpu_cache_bytes"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
-        for name in ("chunk_bytes", "group_bytes"):
+        for name in ("chunk_bytes", "shard_bytes", "group_bytes"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.max_packed_bytes is not None and self.max_packed_bytes < 0:
@@ -119,11 +122,11 @@ def _groups(batch_packed: np.ndarray, chunk_bytes: int, group_bytes: int) -> lis
 class _BatchWriter:
     """Gathers one batch's packed rows, arriving as runs at any offsets, into chunk buffers.
 
-    A chunk is handed to the :class:`ChunkWriter` once all its real rows have arrived (its
+    A chunk is handed to the :class:`ShardWriter` once all its real rows have arrived (its
     padding rows are zeroed then).
     """
 
-    def __init__(self, chunks: ChunkWriter, first_chunk: int, num_rows: int, chunk_rows: int,
+    def __init__(self, chunks: ShardWriter, first_chunk: int, num_rows: int, chunk_rows: int,
                  dim: int, dtype):
         self.chunks, self.first, self.num_rows = chunks, first_chunk, num_rows
         self.chunk_rows, self.shape, self.dtype = chunk_rows, (chunk_rows, dim), dtype
@@ -137,7 +140,8 @@ class _BatchWriter:
             entry = self.pending.get(k)
             if entry is None:
                 buf = self.chunks.buffer()
-                entry = self.pending[k] = [buf, buf.view(self.dtype).reshape(self.shape), 0]
+                rows = buf[:self.chunks.layout.chunk_bytes].view(self.dtype).reshape(self.shape)
+                entry = self.pending[k] = [buf, rows, 0]
             np.take(source, take[:n], axis=0, out=entry[1][r0:r0 + n], mode="clip")
             entry[2] += n
             real = min(self.chunk_rows, self.num_rows - k * self.chunk_rows)
@@ -153,7 +157,8 @@ class GroupPacker:
 
     Everything it needs is read back from the dataset, the sample store and the partial
     store, so any process that sees the same files (a Ray task on another node) can pack any
-    group; groups write disjoint chunk files and disjoint byte ranges of ``slots``.
+    group; groups write disjoint chunks of the laid-out shard files and disjoint byte ranges
+    of ``slots``.
     """
 
     def __init__(self, dataset_path: str | Path, cfg: PackConfig, partial: str | Path):
@@ -171,6 +176,7 @@ class GroupPacker:
         self.codes = Tiers(small["gpu_nodes"], small["cpu_nodes"]).codes(self.dataset.num_nodes)
         self.batch_packed = small["batch_packed"]
         self.chunk_bytes = self.chunk_rows * self.dim * np.dtype(self.dtype).itemsize
+        self.layout = ShardLayout.of(rows, self.partial / "rows")
         self.groups = _groups(self.batch_packed, self.chunk_bytes, cfg.group_bytes)
         open_flat_array(self.partial, "slots", ref=ref)  # validates its size
         self._slots_file = chunk_file(self.partial / "slots", 0)
@@ -179,7 +185,7 @@ class GroupPacker:
         """Write group ``group``'s chunks and slots, then its ``done`` marker."""
         pack_pass(self.dataset, [(self, group)])
 
-    def open(self, group: int, chunks: ChunkWriter) -> tuple[list, np.ndarray]:
+    def open(self, group: int, chunks: ShardWriter) -> tuple[list, np.ndarray]:
         """Group ``group``'s slots and its runs ``(writer, first row, ascending node ids)``:
         the rows each batch packs, to be written through ``chunks``."""
         slots, runs = [], []
@@ -212,7 +218,7 @@ def pack_pass(dataset: Dataset, work: list[tuple[GroupPacker, int]]) -> None:
     with ExitStack() as stack:
         runs = []  # (writer, first row, ascending ids -> their positions in `needed`)
         for packer, group in work:
-            chunks = stack.enter_context(ChunkWriter(packer.partial, packer.chunk_bytes))
+            chunks = stack.enter_context(ShardWriter(packer.layout))
             group_runs, slots = packer.open(group, chunks)
             runs += group_runs
             finished.append((packer, group, slots))
@@ -237,18 +243,16 @@ def pack_group(dataset_path: str | Path, cfg: PackConfig, group: int,
 
 
 def _lay_out(partial: Path, attrs: dict, dataset: Dataset, tiers, rows_shape: tuple[int, int],
-             chunk_rows: int, batch_rows: np.ndarray, n_packed: np.ndarray,
+             chunk_rows: int, shard_bytes: int, batch_rows: np.ndarray, n_packed: np.ndarray,
              slot_offsets: np.ndarray, tiers_from: TierSource | None) -> None:
-    """Create the partial packed store: every array but the packed rows and the slots
-    (written by the groups), the cache rows filled (linked from ``tiers_from`` when its
+    """Create the partial packed store: every array, the shard files of the packed rows and
+    the slots laid out (written by the groups), the cache rows filled (linked from ``tiers_from`` when its
     tiers are used); ``done/`` last, once all is in place."""
     n_gpu, n_cpu, dim = len(tiers.gpu_nodes), len(tiers.cpu_nodes), rows_shape[1]
     feat_dtype = np.dtype(dataset.features.dtype)
     root = zarr.open_group(partial, mode="w")
     root.attrs.update(attrs)
-    root.create_array("rows", shape=rows_shape, dtype=feat_dtype,
-                      chunks=(chunk_rows, dim), fill_value=0, compressors=CHECKSUM,
-                      chunk_key_encoding=ROWS_KEY_ENCODING)
+    create_sharded(root, "rows", rows_shape, feat_dtype, chunk_rows, shard_bytes)
     write_small_array(root, "batch_rows", batch_rows)
     write_small_array(root, "batch_packed", n_packed)
     write_small_array(root, "slot_offsets", slot_offsets)
@@ -376,6 +380,7 @@ def _plan(dataset: Dataset, cfg: PackConfig, root: Path,
     chunk_rows = max(1, rows_for_bytes(cfg.chunk_bytes, row_bytes))
 
     attrs = {
+        "format_version": FORMAT_VERSION,
         "pack_config": asdict(cfg),
         "sample_config": samples.config.to_attrs(),
         "n_gpu": n_gpu, "n_cpu": n_cpu,
@@ -416,21 +421,16 @@ def _plan(dataset: Dataset, cfg: PackConfig, root: Path,
     np.cumsum(padded, out=batch_rows[1:])
     groups = _groups(n_packed, chunk_rows * row_bytes, cfg.group_bytes)
     pending = [g for g in range(len(groups)) if not (partial / "done" / group_name(g)).exists()]
-    if partial.exists():  # resumed: only the pending groups' rows are still to write
-        need = packed_store_bytes(
-            padded_rows=sum(int(padded[groups[g].start:groups[g].stop].sum()) for g in pending),
-            row_bytes=row_bytes, chunk_rows=chunk_rows, num_slots=0, num_cache_rows=0,
-            num_batches=0)
-    else:
+    if not partial.exists():  # (a resumed run's files are laid out, their blocks reserved)
         need = packed_store_bytes(padded_rows=total_padded, row_bytes=row_bytes,
-                                  chunk_rows=chunk_rows, num_slots=int(slot_offsets[-1]),
-                                  num_cache_rows=n_gpu + n_cpu, num_batches=samples.num_batches)
-    require_free(root, need, "prepare: packing")
-    if not partial.exists():
+                                  chunk_rows=chunk_rows, shard_bytes=cfg.shard_bytes,
+                                  num_slots=int(slot_offsets[-1]), num_cache_rows=n_gpu + n_cpu,
+                                  num_batches=samples.num_batches)
+        require_free(root, need, "prepare: packing")
         with disk_full_errors(partial):
             _lay_out(partial, {**attrs, "complete": False, "store_id": new_id()}, dataset,
-                     tiers, (total_padded, dim), chunk_rows, batch_rows, n_packed,
-                     slot_offsets, tiers_from)
+                     tiers, (total_padded, dim), chunk_rows, cfg.shard_bytes, batch_rows,
+                     n_packed, slot_offsets, tiers_from)
     store_id = str(zarr.open_group(partial, mode="r").attrs["store_id"])
     return _Packing(root=root, partial=partial, attrs=attrs, groups=groups, pending=pending,
                     n_packed=n_packed, total_padded=total_padded, distinct=distinct,

@@ -2,12 +2,13 @@
 
 Layout (a Zarr v3 group at ``DATASET/packed``)::
 
-    zarr.json       attrs: configs, counts, duplication factor, complete, store_id and the
-                    samples_id / dataset_id of the sample store and dataset it was made from
-    rows            (R, F) packed rows; chunks of ``chunk_rows`` rows with a crc32c codec,
-                    files ``rows/c.K.0`` (Zarr's default key encoding with separator ".":
-                    no directory per chunk); every batch starts on a chunk boundary, so one
-                    batch = whole chunks
+    zarr.json       attrs: format_version, configs, counts, duplication factor, complete,
+                    store_id and the samples_id / dataset_id of the sample store and dataset
+                    it was made from
+    rows            (R, F) packed rows; chunks of ``chunk_rows`` rows with a crc32c codec
+                    in shard files ``rows/c.K.0`` of many chunks each (Zarr's
+                    ``sharding_indexed`` codec, see :mod:`disktrain.storage.shards`);
+                    every batch starts on a chunk boundary, so one batch = whole chunks
     batch_rows      int64 (B+1,) first packed row of each batch (chunk-aligned)
     batch_packed    int64 (B,)   real (unpadded) packed rows of each batch
     slots           int64        per input row of every batch: -1-s = GPU cache row s,
@@ -17,135 +18,35 @@ Layout (a Zarr v3 group at ``DATASET/packed``)::
     gpu_nodes, cpu_nodes   node ids of the cache rows
 
 Every chunk of every array carries a crc32c. The trainer reads a batch's ``rows`` chunks
-itself (one sequential range, every crc checked on every read); ``slots`` and ``cache_rows``
-are checked once when a :class:`PackedStore` opens them, the small arrays when read.
+itself (one sequential range, every crc checked on every read); the shard indexes, ``slots``
+and ``cache_rows`` are checked once when a :class:`PackedStore` opens them, the small arrays
+when read.
 ``zarr.open`` reads the same store.
 """
 
 from __future__ import annotations
 
-import os
-import queue
-import threading
 from pathlib import Path
-from typing import Self
 
 import numpy as np
 import zarr
 
 from disktrain.errors import DataError
 from disktrain.sample.store import SampleStore
-from disktrain.storage.chunkfile import StoreRef, crc_bytes, read_chunk
+from disktrain.storage.chunkfile import CRC_BYTES, StoreRef
 from disktrain.storage.dataset import open_flat_array, read_small_array
 from disktrain.storage.diskspace import array_bytes
-from disktrain.storage.io import (
-    BLOCK,
-    aligned_buffer,
-    disk_full_errors,
-    open_write,
-    pwrite_all,
-    write_direct,
-    write_uncached,
-)
+from disktrain.storage.io import BLOCK, aligned_buffer, round_up
+from disktrain.storage.shards import ShardLayout
 
 STORE = "packed"
+FORMAT_VERSION = 2
+"""Version 2: ``rows`` in shard files of many chunks (version 1: a file per chunk)."""
 
 
 def packed_ref(path: str | Path) -> StoreRef:
     """The packed store at ``path``, for error messages."""
     return StoreRef("packed store", Path(path), f"remove {path} and rerun disktrain prepare")
-
-
-ROWS_KEY_ENCODING = {"name": "default", "configuration": {"separator": "."}}
-"""Packed chunks are files ``rows/c.K.0`` side by side: one file per chunk, no directory."""
-
-
-def chunk_path(root: Path, chunk: int) -> Path:
-    """The file of packed chunk ``chunk`` (rows ``chunk * chunk_rows`` onwards)."""
-    return root / "rows" / f"c.{chunk}.0"
-
-
-def write_chunk(root: Path, chunk: int, data: np.ndarray) -> None:
-    """Write one packed chunk as Zarr's bytes + crc32c codecs would.
-
-    Data and crc go out in one uncached write (``RWF_DONTCACHE``): its writeback starts
-    at once and runs while the caller goes on, and no page stays cached or dirty. Where the
-    kernel or filesystem lacks it, the data's whole 4 KiB blocks go straight to the disk
-    (``O_DIRECT``) when ``data`` is page-aligned (see :func:`aligned_buffer`) and the
-    filesystem allows it, the rest and the crc through the page cache.
-    """
-    raw = np.ascontiguousarray(data).view(np.uint8).reshape(-1)
-    crc = crc_bytes(raw)
-    path = chunk_path(root, chunk)
-    with disk_full_errors(path):
-        fd = open_write(path)
-        try:
-            if not write_uncached(fd, [raw, crc], 0):
-                direct = write_direct(fd, raw, 0)
-                pwrite_all(fd, [raw[direct:], crc], direct)
-        finally:
-            os.close(fd)
-
-
-class ChunkWriter:
-    """Writes packed chunks on a background thread, so file creation and writes (which
-    release the GIL) overlap the caller's reading and gathering of rows.
-
-    :meth:`buffer` hands out page-aligned chunk buffers (reused once written);
-    :meth:`submit` queues one, blocking while ``depth`` are queued. :meth:`close` waits for
-    every chunk and raises the first error the thread met (also raised by a later
-    :meth:`submit`). Memory: the buffers the caller holds plus at most ``depth + 1``.
-    """
-
-    def __init__(self, root: Path, chunk_bytes: int, depth: int = 16):
-        self.root, self.chunk_bytes = Path(root), chunk_bytes
-        self._queue: queue.Queue = queue.Queue(maxsize=depth)
-        self._free: list[np.ndarray] = []
-        self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, name="chunk-writer", daemon=True)
-        self._thread.start()
-
-    def buffer(self) -> np.ndarray:
-        """A page-aligned uint8 buffer of ``chunk_bytes`` (contents undefined)."""
-        try:
-            return self._free.pop()
-        except IndexError:
-            return aligned_buffer(self.chunk_bytes)
-
-    def submit(self, chunk: int, buf: np.ndarray) -> None:
-        """Queue ``buf`` (from :meth:`buffer`, not to be touched again) as chunk ``chunk``."""
-        if self._error is not None:
-            raise self._error
-        self._queue.put((chunk, buf))
-
-    def close(self) -> None:
-        """Wait for every queued chunk; raise the first error met."""
-        self._join()
-        if self._error is not None:
-            raise self._error
-
-    def _join(self) -> None:
-        if self._thread.is_alive():
-            self._queue.put(None)
-            self._thread.join()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        if exc is None:
-            self.close()
-        else:  # the caller's error wins; still wait for the thread
-            self._join()
-
-    def _run(self) -> None:
-        while (item := self._queue.get()) is not None:
-            if self._error is None:
-                try:
-                    write_chunk(self.root, *item)
-                except BaseException as e:  # noqa: BLE001 - handed to the caller
-                    self._error = e
-            self._free.append(item[1])
 
 
 class PackedStore:
@@ -167,6 +68,11 @@ class PackedStore:
         if not self.attrs.get("complete"):
             raise DataError(f"{self.path}: packed store is incomplete")
         rows = group["rows"]
+        version = self.attrs.get("format_version", 1)
+        if version != FORMAT_VERSION or rows.shards is None:
+            raise DataError(f"packed store {self.path} has format version {version}, not "
+                            f"{FORMAT_VERSION} (written by another disktrain version); "
+                            f"re-create it: {self.ref.rerun}")
         self.chunk_rows = int(rows.chunks[0])
         self.feature_dim = int(rows.shape[1])
         self.dtype = np.dtype(rows.dtype)
@@ -192,8 +98,10 @@ class PackedStore:
         self._check_made_from(SampleStore(dataset_path, root=root))
         self._slots = open_flat_array(self.path, "slots", verify=True, ref=self.ref)
         self._cache_rows: np.ndarray | None = None
-        self._chunk_bytes = self.chunk_rows * self.feature_dim * self.dtype.itemsize
-        self._chunk_prefix = str(chunk_path(self.path, 0))[:-len("0.0")]
+        self.layout = ShardLayout.of(rows, self.path / "rows")
+        """Where each packed chunk lies in the shard files."""
+        for shard in range(self.layout.num_shards):
+            self.layout.check_index(shard, self.ref, "rows", self.shard_batches(shard))
 
     def _check_made_from(self, samples: SampleStore) -> None:
         """Refuse a packed store that was not made from ``samples`` (and its dataset)."""
@@ -209,6 +117,13 @@ class PackedStore:
                 f"packed store {self.path} holds {self.num_batches} batches of "
                 f"{int(self.slot_offsets[-1])} input rows, but sample store {samples.path} "
                 f"holds {samples.num_batches} batches of {inputs}; {self.ref.rerun}")
+
+    def shard_batches(self, shard: int) -> range:
+        """The batches with packed rows in shard file ``shard``."""
+        lo = shard * self.layout.per_shard * self.chunk_rows
+        hi = lo + self.layout.chunks_in(shard) * self.chunk_rows
+        return range(int(np.searchsorted(self.batch_rows, lo, side="right")) - 1,
+                     int(np.searchsorted(self.batch_rows, hi, side="left")))
 
     @property
     def max_padded_rows(self) -> int:
@@ -226,16 +141,17 @@ class PackedStore:
         return self._slots[self.slot_offsets[b]:self.slot_offsets[b + 1]]
 
     direct = True
-    """Read the whole 4 KiB blocks of packed chunks with ``O_DIRECT``, straight into the
-    caller's buffer, wherever it is aligned (:func:`read_chunk`); False (per store) reads
-    through the page cache. Turns itself off when the filesystem refuses ``O_DIRECT``."""
+    """Read packed chunks with ``O_DIRECT``, straight into the caller's buffer, where it is
+    aligned (:meth:`ShardLayout.read`); False (per store) reads through the page cache.
+    Turns itself off when the filesystem refuses ``O_DIRECT``."""
 
     def read_packed(self, b: int, out: np.ndarray | None = None) -> np.ndarray:
-        """Read batch ``b``'s packed rows (one sequential range) and verify every checksum.
+        """Read batch ``b``'s packed rows (one sequential range, one ``preadv`` per shard
+        file it is in) and verify every chunk's checksum.
 
-        ``out`` (at least the batch's padded rows, C-contiguous) is reused when given; a
-        chunk whose place in it starts on a 4 KiB boundary is read past the page cache (see
-        :attr:`direct`). Returns the real rows, a view of ``out``.
+        ``out`` (at least the batch's padded rows, C-contiguous) is reused when given; where
+        it starts on a 4 KiB boundary and chunks are whole blocks, it is read past the page
+        cache (see :attr:`direct`). Returns the real rows, a view of ``out``.
         """
         start, stop = int(self.batch_rows[b]), int(self.batch_rows[b + 1])
         if out is None:
@@ -243,14 +159,10 @@ class PackedStore:
             out = out.view(self.dtype).reshape(stop - start, self.feature_dim)
         if out.shape[0] < stop - start or not out.flags.c_contiguous:
             raise ValueError(f"out must be C-contiguous with >= {stop - start} rows")
-        flat = out.reshape(-1).view(np.uint8)
-        first = start // self.chunk_rows
-        for i, chunk in enumerate(range(first, stop // self.chunk_rows)):
-            path = f"{self._chunk_prefix}{chunk}.0"  # chunk_path, without pathlib per chunk
-            view = flat[i * self._chunk_bytes:(i + 1) * self._chunk_bytes]
-            if read_chunk(path, view, self.ref, "rows", range(b, b + 1), verify=self.verify,
-                          direct=self.direct):
-                self.direct = False
+        flat = out.reshape(-1).view(np.uint8)[:out[:stop - start].nbytes]
+        if self.layout.read(start // self.chunk_rows, flat, self.ref, "rows", range(b, b + 1),
+                            verify=self.verify, direct=self.direct):
+            self.direct = False
         return out[:int(self.batch_packed[b])]
 
     def info(self) -> dict:
@@ -259,14 +171,16 @@ class PackedStore:
         return {k: self.attrs[k] for k in keys if k in self.attrs}
 
 
-def packed_store_bytes(*, padded_rows: int, row_bytes: int, chunk_rows: int, num_slots: int,
-                       num_cache_rows: int, num_batches: int) -> int:
-    """What ``pack_dataset`` writes (exact but for metadata and block rounding):
-    ``padded_rows`` packed rows in chunks of ``chunk_rows``, the slots, the cache rows and
-    the per-batch offsets. For a resumed run pass only the padded rows still to write (and
-    zeros for the rest, which already exist)."""
+def packed_store_bytes(*, padded_rows: int, row_bytes: int, chunk_rows: int, shard_bytes: int,
+                       num_slots: int, num_cache_rows: int, num_batches: int) -> int:
+    """What ``pack_dataset`` writes (exact but for metadata): ``padded_rows`` packed rows in
+    chunks of ``chunk_rows``, in shard files of about ``shard_bytes``, the slots, the cache
+    rows and the per-batch offsets. For a resumed run pass zeros (its files are laid out,
+    their blocks reserved)."""
     chunk_bytes = chunk_rows * row_bytes
-    return (array_bytes(chunk_bytes, -(-padded_rows // chunk_rows), dirs_per_chunk=1)
+    per_shard = max(1, shard_bytes // round_up(chunk_bytes + CRC_BYTES))
+    rows = ShardLayout(Path(), 2, chunk_bytes, per_shard, -(-padded_rows // chunk_rows))
+    return (rows.disk_bytes() + 3 * BLOCK
             + array_bytes(num_slots * 8)
             + array_bytes(num_cache_rows * row_bytes)
             + 3 * array_bytes((num_batches + 1) * 8)

@@ -18,7 +18,8 @@ back); the last block is padded and the file truncated to its size.
   caller in a buffer of the pool, then checksummed and written by the pool's threads.
 * :func:`create_flat` makes a single-chunk array of a Zarr group and its writer.
 * :func:`read_chunk` reads one chunk file whole (past the page cache where asked),
-  :func:`check_chunk` streams through one in bounded slices.
+  :func:`check_chunk` streams through one in bounded slices (:func:`check_region`: a chunk
+  anywhere in a file).
 """
 
 from __future__ import annotations
@@ -142,8 +143,7 @@ def read_chunk(path: str | os.PathLike, data: np.ndarray, ref: StoreRef, array: 
 def check_chunk(path: str | os.PathLike, nbytes: int, into: np.ndarray | None = None,
                 slice_bytes: int = SLICE_BYTES) -> tuple[str | None, int]:
     """What is wrong with chunk file ``path`` of ``nbytes`` data bytes (None: nothing) and the
-    bytes read: missing, size, crc32c. The file is read once, sequentially, ``slice_bytes``
-    at a time, or into ``into`` (``nbytes``, kept) when given. Other ``OSError`` s are
+    bytes read: missing, size, crc32c (see :func:`check_region`). Other ``OSError`` s are
     raised."""
     try:
         fd = os.open(path, os.O_RDONLY)
@@ -154,22 +154,30 @@ def check_chunk(path: str | os.PathLike, nbytes: int, into: np.ndarray | None = 
         if size != nbytes + CRC_BYTES:
             return _size_problem(size, nbytes), 0
         os.posix_fadvise(fd, 0, size, os.POSIX_FADV_SEQUENTIAL)
-        buf = np.empty(min(nbytes, slice_bytes), np.uint8) if into is None else into
-        crc, pos = 0, 0
-        while pos < nbytes:
-            view = buf[:min(slice_bytes, nbytes - pos)] if into is None else \
-                into[pos:pos + slice_bytes]
-            got = pread_full(fd, [view], pos)
-            crc = google_crc32c.extend(crc, view[:got])
-            if got < len(view):
-                return f"shrank while being read (at byte {pos + got})", pos + got
-            pos += got
-        stored = os.pread(fd, CRC_BYTES, nbytes)
+        return check_region(fd, 0, nbytes, into, slice_bytes)
     finally:
         os.close(fd)
+
+
+def check_region(fd: int, offset: int, nbytes: int, into: np.ndarray | None = None,
+                 slice_bytes: int = SLICE_BYTES) -> tuple[str | None, int]:
+    """What is wrong with the ``nbytes`` data bytes at ``offset`` of ``fd`` and the crc32c
+    after them (None: nothing), and the bytes read. They are read once, sequentially,
+    ``slice_bytes`` at a time, or into ``into`` (``nbytes``, kept) when given."""
+    buf = np.empty(min(nbytes, slice_bytes), np.uint8) if into is None else into
+    crc, pos = 0, 0
+    while pos < nbytes:
+        view = buf[:min(slice_bytes, nbytes - pos)] if into is None else \
+            into[pos:pos + slice_bytes]
+        got = pread_full(fd, [view], offset + pos)
+        crc = google_crc32c.extend(crc, view[:got])
+        if got < len(view):
+            return f"shrank while being read (at byte {offset + pos + got})", pos + got
+        pos += got
+    stored = os.pread(fd, CRC_BYTES, offset + nbytes)
     if crc != int.from_bytes(stored, "little"):
-        return "failed its crc32c check (corrupted)", size
-    return None, size
+        return "failed its crc32c check (corrupted)", nbytes + len(stored)
+    return None, nbytes + CRC_BYTES
 
 
 def check_file(path: str | os.PathLike, nbytes: int, ref: StoreRef, array: str) -> None:

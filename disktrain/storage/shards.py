@@ -1,0 +1,311 @@
+"""Shard files: many checksummed chunks per file, as Zarr v3's ``sharding_indexed`` codec
+lays them out, so that the number of files does not grow with the number of chunks.
+
+An array chunked along its first axis into ``num_chunks`` chunks of ``chunk_bytes`` data
+bytes is stored in shard files of ``per_shard`` chunks. Chunk ``k`` lies in shard
+``k // per_shard`` at byte ``(k % per_shard) * stride``: its data, its crc32c (the inner
+codecs ``bytes`` + ``crc32c``), then zeros up to the next 4 KiB boundary, so every chunk
+starts on a block boundary and whole chunks move with ``O_DIRECT``. Each shard file ends
+with its index (``index_location`` "end"): an ``(offset, nbytes)`` little-endian uint64 pair
+per chunk (both ``2**64 - 1`` for a chunk past the array's end), then their crc32c. The
+layout follows from those numbers alone, so each file is laid out (preallocated, its index
+written) before any chunk: chunks are then written in any order, by any process that sees
+the files, and ``zarr.open`` reads the array.
+"""
+
+from __future__ import annotations
+
+import errno
+import math
+import os
+import queue
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Self
+
+import numpy as np
+import zarr
+
+from disktrain.storage.chunkfile import CHECKSUM, CRC_BYTES, StoreRef, crc32c, crc_bytes
+from disktrain.storage.io import (
+    BLOCK,
+    aligned_buffer,
+    disk_full_errors,
+    open_direct,
+    pread_full,
+    preallocate,
+    pwrite_all,
+    round_up,
+    set_direct,
+    write_direct,
+    write_uncached,
+)
+
+EMPTY = 2**64 - 1
+"""Offset and size of a chunk the shard does not hold."""
+KEY_ENCODING = {"name": "default", "configuration": {"separator": "."}}
+"""Shard files ``c.K.0`` side by side in the array's directory."""
+_IOV_CHUNKS = 512
+"""Chunks per ``preadv`` (two buffers each, within the system's IOV_MAX of 1024)."""
+
+
+@dataclass(frozen=True)
+class ShardLayout:
+    """Where each chunk of a sharded array lies (see the module docstring)."""
+
+    array_dir: Path
+    ndim: int
+    chunk_bytes: int
+    """Data bytes of every chunk."""
+    per_shard: int
+    """Chunks per shard file (the last may hold fewer)."""
+    num_chunks: int
+
+    @classmethod
+    def of(cls, array: zarr.Array, array_dir: str | os.PathLike) -> ShardLayout:
+        """The layout of ``array`` (at ``array_dir``), as :func:`create_sharded` made it."""
+        rows = int(array.chunks[0])
+        return cls(Path(array_dir), array.ndim,
+                   math.prod(array.chunks) * array.dtype.itemsize,
+                   int(array.shards[0]) // rows, -(-int(array.shape[0]) // rows))
+
+    @property
+    def stride(self) -> int:
+        """Bytes from one chunk's start to the next's: data, crc32c, zeros to a block."""
+        return round_up(self.chunk_bytes + CRC_BYTES)
+
+    @property
+    def index_bytes(self) -> int:
+        return 16 * self.per_shard + CRC_BYTES
+
+    @property
+    def num_shards(self) -> int:
+        return -(-self.num_chunks // self.per_shard)
+
+    def path(self, shard: int) -> Path:
+        """The file of shard ``shard`` (Zarr's default key encoding, separator ".")."""
+        return self.array_dir / ".".join(["c", str(shard), *["0"] * (self.ndim - 1)])
+
+    def place(self, chunk: int) -> tuple[Path, int]:
+        """The shard file holding chunk ``chunk`` and the byte it starts at."""
+        shard, at = divmod(chunk, self.per_shard)
+        return self.path(shard), at * self.stride
+
+    def chunks_in(self, shard: int) -> int:
+        return min(self.per_shard, self.num_chunks - shard * self.per_shard)
+
+    def file_bytes(self, shard: int) -> int:
+        return self.chunks_in(shard) * self.stride + self.index_bytes
+
+    def disk_bytes(self) -> int:
+        """Disk use of every shard file, in whole blocks."""
+        return sum(round_up(self.file_bytes(s)) for s in range(self.num_shards))
+
+    def index(self, shard: int) -> bytes:
+        """Shard ``shard``'s index, as it ends the file."""
+        entries = np.full((self.per_shard, 2), EMPTY, "<u8")
+        n = self.chunks_in(shard)
+        entries[:n, 0] = np.arange(n, dtype=np.uint64) * self.stride
+        entries[:n, 1] = self.chunk_bytes + CRC_BYTES
+        return entries.tobytes() + crc_bytes(entries)
+
+    def lay_out(self) -> None:
+        """Create every shard file at its full size (blocks reserved), its index in place."""
+        self.array_dir.mkdir(parents=True, exist_ok=True)
+        for s in range(self.num_shards):
+            path = self.path(s)
+            with disk_full_errors(path):
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+                try:
+                    preallocate(fd, self.file_bytes(s), path)
+                    pwrite_all(fd, [self.index(s)], self.file_bytes(s) - self.index_bytes)
+                finally:
+                    os.close(fd)
+
+    def check_index(self, shard: int, ref: StoreRef, array: str,
+                    batches: range | None = None) -> None:
+        """Refuse shard ``shard`` unless its size and its index are what the layout says."""
+        path = self.path(shard)
+        try:
+            size = path.stat().st_size
+        except FileNotFoundError:
+            raise ref.corrupt(array, path, "is missing", batches) from None
+        if size != self.file_bytes(shard):
+            raise ref.corrupt(array, path, f"has {size} bytes, expected "
+                              f"{self.file_bytes(shard)} (truncated or overwritten)", batches)
+        with open(path, "rb") as f:
+            f.seek(size - self.index_bytes)
+            stored = f.read()
+        if crc32c(stored[:-CRC_BYTES]) != int.from_bytes(stored[-CRC_BYTES:], "little"):
+            raise ref.corrupt(array, path, "has a shard index that failed its crc32c check "
+                              "(corrupted)", batches)
+        if stored != self.index(shard):
+            raise ref.corrupt(array, path, "has a shard index that does not match the "
+                              "store's layout (overwritten)", batches)
+
+    def read(self, first: int, data: np.ndarray, ref: StoreRef, array: str,
+             batches: range | None = None, *, verify: bool = True, direct: bool = False) -> bool:
+        """Read chunks ``first`` onwards into ``data`` (uint8, whole chunks' data bytes, one
+        after the other) with one ``preadv`` per shard they are in, and check every chunk's
+        crc32c (unless not ``verify``); errors name ``ref``'s store, ``array``, the shard
+        file and ``batches``.
+
+        With ``direct``, where ``data`` and every chunk in it start on a 4 KiB boundary, the
+        chunks come straight from the device into ``data``, their crc32c and padding into a
+        small buffer. Returns whether the filesystem refused ``O_DIRECT`` (this read then
+        went through the page cache; the caller should stop asking for ``direct``).
+        """
+        count = len(data) // self.chunk_bytes
+        tail = self.stride - self.chunk_bytes
+        tails = aligned_buffer(count * tail)
+        direct = direct and self.chunk_bytes % BLOCK == 0 and data.ctypes.data % BLOCK == 0
+        refused = False
+        done = 0
+        while done < count:
+            shard, at = divmod(first + done, self.per_shard)
+            n = min(count - done, self.per_shard - at)
+            path = self.path(shard)
+            try:
+                fd, no = open_direct(path, os.O_RDONLY, direct and not refused)
+            except FileNotFoundError:
+                raise ref.corrupt(array, path, "is missing", batches) from None
+            refused |= no
+            try:
+                for c in range(0, n, _IOV_CHUNKS):
+                    k, m = done + c, min(_IOV_CHUNKS, n - c)
+                    iov = [v for j in range(k, k + m) for v in (
+                        data[j * self.chunk_bytes:(j + 1) * self.chunk_bytes],
+                        tails[j * tail:(j + 1) * tail])]
+                    got, no = _read(fd, iov, (at + c) * self.stride, direct and not refused)
+                    refused |= no
+                    if got != m * self.stride:
+                        raise ref.corrupt(array, path, f"is truncated (ends in chunk "
+                                          f"{at + c + got // self.stride})", batches)
+            finally:
+                os.close(fd)
+            done += n
+        if verify:
+            for j in range(count):
+                if crc32c(data[j * self.chunk_bytes:(j + 1) * self.chunk_bytes]) != \
+                        int.from_bytes(tails[j * tail:j * tail + CRC_BYTES], "little"):
+                    shard, at = divmod(first + j, self.per_shard)
+                    raise ref.corrupt(array, self.path(shard), f"holds chunk {at} (at byte "
+                                      f"{at * self.stride}), which failed its crc32c check "
+                                      "(corrupted)", batches)
+        return refused
+
+
+def _read(fd: int, iov: list, offset: int, direct: bool) -> tuple[int, bool]:
+    """:func:`pread_full` of ``iov`` at ``offset`` of ``fd`` (opened with ``O_DIRECT`` if
+    ``direct``); where the device refuses ``O_DIRECT`` (``EINVAL``), again without. The bytes
+    read and whether ``O_DIRECT`` was refused."""
+    try:
+        return pread_full(fd, iov, offset), False
+    except OSError as e:
+        if e.errno != errno.EINVAL or not direct:
+            raise
+    set_direct(fd, False)
+    return pread_full(fd, iov, offset), True
+
+
+def create_sharded(group: zarr.Group, name: str, shape: tuple[int, ...], dtype,
+                   chunk_rows: int, shard_bytes: int) -> ShardLayout:
+    """Create array ``name`` of ``group``: chunks of ``chunk_rows`` rows (a crc32c each), in
+    shard files of about ``shard_bytes``, laid out; its :class:`ShardLayout`."""
+    dtype = np.dtype(dtype)
+    chunk_bytes = chunk_rows * math.prod(shape[1:]) * dtype.itemsize
+    per_shard = max(1, shard_bytes // round_up(chunk_bytes + CRC_BYTES))
+    array = group.create_array(
+        name, shape=shape, dtype=dtype, chunks=(chunk_rows, *shape[1:]),
+        shards=(per_shard * chunk_rows, *shape[1:]), compressors=CHECKSUM, fill_value=0,
+        chunk_key_encoding=KEY_ENCODING)
+    layout = ShardLayout.of(array, Path(group.store.root) / group.path / name)
+    layout.lay_out()
+    return layout
+
+
+class ShardWriter:
+    """Writes chunks of a laid-out sharded array on a background thread, so writes (which
+    release the GIL) overlap the caller's reading and gathering of rows.
+
+    :meth:`buffer` hands out page-aligned buffers of a chunk's ``stride`` (reused once
+    written); the caller fills their first ``chunk_bytes`` and :meth:`submit` queues one,
+    blocking while ``depth`` are queued. Each chunk goes out with its crc32c and padding in
+    one write of whole blocks at its place: uncached (``RWF_DONTCACHE``) where the kernel
+    has it, else ``O_DIRECT`` where the filesystem allows it, else through the page cache.
+    :meth:`close` waits for every chunk and raises the first error the thread met (also
+    raised by a later :meth:`submit`). Memory: the buffers the caller holds plus at most
+    ``depth + 1``.
+    """
+
+    def __init__(self, layout: ShardLayout, depth: int = 16):
+        self.layout = layout
+        self._queue: queue.Queue = queue.Queue(maxsize=depth)
+        self._free: list[np.ndarray] = []
+        self._files: dict[Path, int] = {}
+        self._uncached = True
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="shard-writer", daemon=True)
+        self._thread.start()
+
+    def buffer(self) -> np.ndarray:
+        """A page-aligned uint8 buffer of ``stride`` bytes (contents undefined)."""
+        try:
+            return self._free.pop()
+        except IndexError:
+            return aligned_buffer(self.layout.stride)
+
+    def submit(self, chunk: int, buf: np.ndarray) -> None:
+        """Queue ``buf`` (from :meth:`buffer`, not to be touched again) as chunk ``chunk``."""
+        if self._error is not None:
+            raise self._error
+        self._queue.put((chunk, buf))
+
+    def close(self) -> None:
+        """Wait for every queued chunk; raise the first error met."""
+        self._join()
+        if self._error is not None:
+            raise self._error
+
+    def _join(self) -> None:
+        if self._thread.is_alive():
+            self._queue.put(None)
+            self._thread.join()
+        for fd in self._files.values():
+            os.close(fd)
+        self._files.clear()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc is None:
+            self.close()
+        else:  # the caller's error wins; still wait for the thread
+            self._join()
+
+    def _run(self) -> None:
+        while (item := self._queue.get()) is not None:
+            if self._error is None:
+                try:
+                    self._write(*item)
+                except BaseException as e:  # noqa: BLE001 - handed to the caller
+                    self._error = e
+            self._free.append(item[1])
+
+    def _write(self, chunk: int, buf: np.ndarray) -> None:
+        """Write chunk ``chunk`` (data in ``buf``) with its crc32c and padding at its place."""
+        size = self.layout.chunk_bytes
+        buf[size:size + CRC_BYTES] = np.frombuffer(crc_bytes(buf[:size]), np.uint8)
+        buf[size + CRC_BYTES:] = 0
+        path, offset = self.layout.place(chunk)
+        with disk_full_errors(path):
+            fd = self._files.get(path)
+            if fd is None:
+                fd = self._files[path] = os.open(path, os.O_WRONLY)
+            if self._uncached and write_uncached(fd, [buf], offset):
+                return
+            self._uncached = False
+            done = write_direct(fd, buf, offset)
+            pwrite_all(fd, [buf[done:]], offset + done)
