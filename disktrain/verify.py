@@ -3,8 +3,8 @@
 Works from what is on disk alone: each array's ``zarr.json`` (shape, chunk grid, data type,
 codecs) says which chunk files must exist and how large each is; every file is read once,
 sequentially, in bounded slices, and its trailing crc32c compared (docs/FORMAT.md). A shard
-file (Zarr's ``sharding_indexed`` codec) has its index checked, then each chunk the index
-places in it. The
+file (Zarr's ``sharding_indexed`` codec, as :mod:`disktrain.storage.shards` lays it out) has
+its size and index checked, then each of its chunks. The
 stores' attributes are checked against each other: the sample store and the packed store
 must have been made from this dataset and from each other (``dataset_id``, ``samples_id``),
 and must agree on their batches.
@@ -31,10 +31,10 @@ from disktrain.errors import DataError
 from disktrain.pack.store import FORMAT_VERSION as PACKED_FORMAT_VERSION
 from disktrain.pack.store import packed_ref
 from disktrain.sample.store import samples_ref
-from disktrain.storage.chunkfile import CRC_BYTES, StoreRef, check_chunk, check_region, crc32c
+from disktrain.storage.chunkfile import CRC_BYTES, StoreRef, check_chunk, check_region
 from disktrain.storage.dataset import FORMAT_VERSION, SPLITS, dataset_ref
 from disktrain.storage.roots import EVAL_SPLITS, epoch_root, eval_root
-from disktrain.storage.shards import EMPTY
+from disktrain.storage.shards import ShardLayout
 
 SLICE_BYTES = 32 << 20
 """Bytes read at a time (bounds memory whatever the chunk size)."""
@@ -142,8 +142,8 @@ class _Array:
     key: Callable[[tuple[int, ...]], Path]
     """File grid index -> chunk or shard file."""
     batches: BatchMap | None
-    shard: tuple[int, ...] | None = None
-    """The shape of a shard file's chunks together (None: a file per chunk)."""
+    layout: ShardLayout | None = None
+    """Where the chunks lie in shard files (None: a file per chunk)."""
 
     @property
     def file_bytes(self) -> int:
@@ -156,12 +156,14 @@ class _Array:
         """Files along each axis (none at all for a zero-size array)."""
         if math.prod(self.shape) == 0:
             return (0,)
-        return tuple(-(-s // c) for s, c in zip(self.shape, self.shard or self.chunks))
+        if self.layout is not None:
+            return (self.layout.num_shards, *[1] * (len(self.shape) - 1))
+        return tuple(-(-s // c) for s, c in zip(self.shape, self.chunks))
 
     def span(self, index: tuple[int, ...], chunk: bool = False) -> tuple[int, int]:
         """The first-axis elements ``[lo, hi)`` of file ``index`` (``chunk``: of chunk
         ``index`` of the array's chunk grid)."""
-        rows = (self.chunks if chunk or self.shard is None else self.shard)[0]
+        rows = self.chunks[0] * (1 if chunk or not self.layout else self.layout.per_shard)
         lo = index[0] * rows
         return lo, min(lo + rows, self.shape[0])
 
@@ -176,23 +178,21 @@ def _parse(ref: StoreRef, name: str, meta: dict, batches: BatchMap | None) -> _A
         raise ValueError(f"chunk shape {chunks} does not fit shape {shape}")
     codecs, shard = meta["codecs"], None
     if [c.get("name") for c in codecs] == ["sharding_indexed"]:
-        config = codecs[0]["configuration"]
-        shard, chunks = chunks, tuple(int(c) for c in config["chunk_shape"])
-        if len(chunks) != len(shard) or any(c < 1 or s % c for s, c in zip(shard, chunks)):
-            raise ValueError(f"inner chunk shape {chunks} does not divide shard shape {shard}")
-        index = [c.get("name") for c in config["index_codecs"]]
-        if index != CHECKSUM_CODECS or config.get("index_location", "end") != "end":
-            raise ValueError(f"shard index codecs {index} at the "
-                             f"{config.get('index_location')}: not checked by disktrain")
-        codecs = config["codecs"]
+        shard, codecs = chunks, codecs[0]["configuration"]["codecs"]
+        chunks = tuple(int(c) for c in meta["codecs"][0]["configuration"]["chunk_shape"])
+        if chunks[0] < 1 or shard[0] % chunks[0] or not shard[1:] == chunks[1:] == shape[1:]:
+            raise ValueError(f"shards {shard} not of whole chunks {chunks} along the first axis")
     dtype = np.dtype(meta["data_type"])
     endian = (codecs[0].get("configuration") or {}).get("endian", "little")
     if dtype.itemsize > 1 and endian != "little":
         raise ValueError(f"{endian}-endian chunks")
     checksummed = [c.get("name") for c in codecs] == CHECKSUM_CODECS
     key = _chunk_key(ref.path / name, meta.get("chunk_key_encoding") or {})
+    layout = shard and ShardLayout(ref.path / name, len(shape), math.prod(chunks) *
+                                   dtype.itemsize, shard[0] // chunks[0],
+                                   -(-shape[0] // chunks[0]))
     return _Array(ref, name, shape, chunks, dtype.newbyteorder("<"), checksummed, key, batches,
-                  shard)
+                  layout)
 
 
 def _chunk_key(path: Path, encoding: dict) -> Callable[[tuple[int, ...]], Path]:
@@ -259,16 +259,15 @@ class _Checker:
 
     def run(self, progress: bool) -> None:
         """Check every chunk file of every queued array, in order."""
-        total = sum(math.prod(a.grid) * a.file_bytes * (math.prod(
-            s // c for s, c in zip(a.shard, a.chunks)) if a.shard else 1)
-            for a in self.arrays if a.checksummed)
+        total = sum(math.prod(a.grid) * a.file_bytes * (a.layout.per_shard if a.layout else 1)
+                    for a in self.arrays if a.checksummed)
         t0 = time.perf_counter()
         with tqdm(total=total, desc="verify", unit="B", unit_scale=True,
                   disable=not progress) as bar:
             for array in self.arrays:
                 for index in itertools.product(*map(range, array.grid)):
                     path = array.key(index)
-                    if array.shard is None:
+                    if array.layout is None:
                         problem, read = _check_file(path, array)
                         problems = [(problem, array.span(index))] if problem else []
                     else:
@@ -308,49 +307,29 @@ def _check_file(path: Path, array: _Array) -> tuple[str | None, int]:
 
 def _check_shard(path: Path, array: _Array, index: tuple[int, ...]) -> tuple[list, int]:
     """(what is wrong with one shard file, each with the first-axis elements it concerns;
-    bytes read): missing, its index (size, crc32c), then each chunk the index places in it
-    (place, size, crc32c)."""
-    grid = tuple(s // c for s, c in zip(array.shard, array.chunks))
-    index_bytes = 16 * math.prod(grid) + CRC_BYTES
-    whole = array.span(index)
+    bytes read): missing, size, index, then each chunk's crc32c."""
+    layout, shard = array.layout, index[0]
     try:
+        if problem := layout.index_problem(shard):
+            return [(problem, array.span(index))], 0
         fd = os.open(path, os.O_RDONLY)
-    except FileNotFoundError:
-        return [("is missing", whole)], 0
     except OSError as e:
-        return [(f"cannot be read ({e.strerror})", whole)], 0
+        return [(f"cannot be read ({e.strerror})", array.span(index))], 0
+    problems, read = [], layout.index_bytes
     try:
-        size = os.fstat(fd).st_size
-        raw = os.pread(fd, index_bytes, size - index_bytes) if size >= index_bytes else b""
-        if len(raw) != index_bytes:
-            return [(f"has {size} bytes, too few for its shard index (truncated)", whole)], 0
-        if crc32c(raw[:-CRC_BYTES]) != int.from_bytes(raw[-CRC_BYTES:], "little"):
-            return [("has a shard index that failed its crc32c check (corrupted)", whole)], \
-                index_bytes
-        problems, read = [], index_bytes
-        entries = np.frombuffer(raw[:-CRC_BYTES], "<u8").reshape(-1, 2)
-        for j, (offset, nbytes) in enumerate(entries.tolist()):
-            inner = tuple(i * g + int(k) for i, g, k in zip(index, grid,
-                                                           np.unravel_index(j, grid)))
-            if any(k * c >= s for k, c, s in zip(inner, array.chunks, array.shape)):
-                continue  # past the array's end: none expected
-            if (offset, nbytes) == (EMPTY, EMPTY):
-                problem = f"has no chunk {j} in its index"
-            elif nbytes != array.file_bytes or offset + nbytes > size - index_bytes:
-                problem = (f"places chunk {j} ({nbytes} bytes at byte {offset}) past its end "
-                           f"or at another size than {array.file_bytes} bytes")
-            else:
-                problem, got = check_region(fd, offset, nbytes - CRC_BYTES,
-                                            slice_bytes=SLICE_BYTES)
-                read += got
-                problem = problem and f"holds chunk {j} (at byte {offset}), which {problem}"
+        for j in range(layout.chunks_in(shard)):
+            problem, got = check_region(fd, j * layout.stride, layout.chunk_bytes,
+                                        slice_bytes=SLICE_BYTES)
+            read += got
             if problem:
-                problems.append((problem, array.span(inner, chunk=True)))
-        return problems, read
+                problem = f"holds chunk {j} (at byte {j * layout.stride}), which {problem}"
+                span = array.span((shard * layout.per_shard + j,), chunk=True)
+                problems.append((problem, span))
     except OSError as e:
-        return [(f"cannot be read ({e.strerror})", whole)], 0
+        problems.append((f"cannot be read ({e.strerror})", array.span(index)))
     finally:
         os.close(fd)
+    return problems, read
 
 
 def _group_attrs(path: Path) -> dict:

@@ -15,7 +15,7 @@ disk, stored edges/s and MB/s of output. ``--ingest`` exports synth's stored edg
 Parquet (not timed) and times ``disktrain ingest --edges`` on them, checking the CSR equals
 synth's. ``--feature-write`` times the feature write alone: the same rows stored through
 Zarr (``array[a:b] = rows``, the old way) and as chunk files
-(:class:`disktrain.storage.chunkfile.ChunkFilePool`). ``--python-path DIR`` puts a checkout of
+(:class:`disktrain.storage.chunkfile.ChunkWriter`). ``--python-path DIR`` puts a checkout of
 another version first on ``PYTHONPATH`` (before and after on one machine).
 ``NUMBA_NUM_THREADS`` in the environment reaches the steps.
 """
@@ -110,7 +110,7 @@ def feature_write(work: Path, nodes: int, dim: int, dtype: str) -> dict:
     import zarr
 
     from disktrain.ingest.synth import FEATURE_BLOCK_BYTES, SynthConfig, _store_rows, node_features
-    from disktrain.storage.chunkfile import ChunkFilePool
+    from disktrain.storage.chunkfile import ChunkWriter
     from disktrain.storage.dataset import chunk_file, create_features
 
     stored = np.dtype(dtype).newbyteorder("<")
@@ -126,7 +126,9 @@ def feature_write(work: Path, nodes: int, dim: int, dtype: str) -> dict:
             for a in range(0, nodes, step):
                 array[a:a + step] = block[:min(step, nodes - a)].astype(stored)
         else:
-            with ChunkFilePool(rows * dim * stored.itemsize) as pool, \
+            with ChunkWriter(rows * dim * stored.itemsize,
+                             lambda c, d=work / way / "features": (chunk_file(d, c, 0), None),
+                             2, 8) as pool, \
                     ThreadPoolExecutor(2) as convert:
                 for a in range(0, nodes, step):
                     starts = range(a, min(a + step, nodes), rows)
@@ -135,7 +137,7 @@ def feature_write(work: Path, nodes: int, dim: int, dtype: str) -> dict:
                     list(convert.map(lambda p: _store_rows(*p, pool.chunk_bytes, stored),
                                      parts))
                     for c, (_, buf) in zip(starts, parts):
-                        pool.submit(chunk_file(work / way / "features", c // rows, 0), buf)
+                        pool.submit(c // rows, buf)
         os.sync()
         out[f"{way}_mb_per_s"] = round(nodes * dim * stored.itemsize
                                        / (time.perf_counter() - t0) / 1e6)

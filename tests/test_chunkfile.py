@@ -12,7 +12,7 @@ import zarr
 
 from disktrain.errors import DiskSpaceError
 from disktrain.storage import chunkfile
-from disktrain.storage.chunkfile import ChunkFilePool, ChunkFileWriter, chunk_file, create_flat
+from disktrain.storage.chunkfile import ChunkFileWriter, ChunkWriter, chunk_file, create_flat
 from disktrain.storage.dataset import open_flat_array
 from disktrain.storage.io import BLOCK, aligned_buffer
 
@@ -79,33 +79,33 @@ def test_create_flat_readable_by_zarr_and_dataset(tmp_path):
     assert zarr.open_array(tmp_path / "empty").shape == (0,)
 
 
-@pytest.mark.parametrize("direct", [True, False])
-def test_pool_writes_chunk_files_zarr_reads(tmp_path, direct):
+def test_writer_writes_chunk_files_zarr_reads(tmp_path):
     group = zarr.open_group(tmp_path, mode="w")
     rows, dim = 300, 7
     arr = group.create_array("x", shape=(1000, dim), dtype=np.float16, chunks=(rows, dim),
                              compressors=(zarr.codecs.Crc32cCodec(),), fill_value=0)
     data = np.random.default_rng(0).standard_normal((1000, dim)).astype(np.float16)
     chunk_bytes = rows * dim * 2
-    with ChunkFilePool(chunk_bytes, depth=2, direct=direct) as pool:
+    with ChunkWriter(chunk_bytes, lambda c: (chunk_file(tmp_path / "x", c, 0), None), 2,
+                     2) as writer:
         for c in range(0, 1000, rows):
-            buf = pool.buffer()
+            buf = writer.buffer()
             part = data[c:c + rows].view(np.uint8).reshape(-1)
             buf[:part.size] = part
             buf[part.size:chunk_bytes] = 0
-            pool.submit(chunk_file(tmp_path / "x", c // rows, 0), buf)
+            writer.submit(c // rows, buf)
     np.testing.assert_array_equal(arr[...], data)
     last = chunk_file(tmp_path / "x", 3, 0).read_bytes()
     assert len(last) == chunk_bytes + 4
 
 
-def test_pool_error_raised_on_close(tmp_path):
+def test_writer_error_raised_on_close(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_bytes(b"")
-    pool = ChunkFilePool(BLOCK)
-    pool.submit(blocker / "c" / "0", pool.buffer())  # a parent that is a file
+    writer = ChunkWriter(BLOCK, lambda c: (blocker / "c" / str(c), None))
+    writer.submit(0, writer.buffer())  # a parent that is a file
     with pytest.raises(OSError):
-        pool.close()
+        writer.close()
 
 
 @pytest.mark.parametrize("align", [BLOCK, 2 << 20])

@@ -83,9 +83,9 @@ def test_csr_is_checked_once_per_process(prepared, monkeypatch):
     from disktrain.storage import dataset as dataset_mod
 
     calls = []
-    real = dataset_mod.check_file
-    monkeypatch.setattr(dataset_mod, "check_file",
-                        lambda *a, **k: (calls.append(a[0]), real(*a, **k)))
+    real = dataset_mod.check_chunk
+    monkeypatch.setattr(dataset_mod, "check_chunk", lambda p, n, **k: (
+        k.get("verify", True) and calls.append(p), real(p, n, **k))[1])
     for _ in range(3):
         ds = Dataset(prepared)
         assert len(ds.indptr) == ds.num_nodes + 1 and len(ds.indices) == ds.indptr[-1]

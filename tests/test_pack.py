@@ -14,8 +14,8 @@ from disktrain.loader.pipeline import LoaderConfig, PackedLoader
 from disktrain.pack import PackConfig, PackedStore, assign_tiers, pack_dataset
 from disktrain.pack.tiers import NOT_CACHED, cache_rows_to_fit
 from disktrain.sample import SampleConfig, sample_dataset
+from disktrain.storage.chunkfile import ChunkWriter
 from disktrain.storage.dataset import Dataset
-from disktrain.storage.shards import ShardWriter
 
 
 def test_assign_tiers_table():
@@ -110,7 +110,7 @@ def test_resume_keeps_finished_groups(tmp_path, monkeypatch):
     cfg = PackConfig(chunk_bytes=128, group_bytes=2000)
     make_dataset(path)
     sample_dataset(path, SampleConfig(fanouts=(4, 3), batch_size=24, seed=2), progress=False)
-    real = ShardWriter._write
+    real = ChunkWriter._write
     n = {"calls": 0}
 
     def dying(self, chunk, buf):
@@ -119,11 +119,11 @@ def test_resume_keeps_finished_groups(tmp_path, monkeypatch):
             raise OSError("disk full")
         real(self, chunk, buf)
 
-    monkeypatch.setattr(ShardWriter, "_write", dying)
+    monkeypatch.setattr(ChunkWriter, "_write", dying)
     with pytest.raises(OSError):
         pack_dataset(path, cfg, progress=False)
     assert not (path / "packed").exists() and (path / "packed.partial").exists()
-    monkeypatch.setattr(ShardWriter, "_write", real)
+    monkeypatch.setattr(ChunkWriter, "_write", real)
     packed = pack_dataset(path, cfg, progress=False)
     raw = Dataset(path).feature_rows(0, Dataset(path).num_nodes)
     loader = PackedLoader(path)

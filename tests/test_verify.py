@@ -217,9 +217,7 @@ def test_truncated_chunk_file(prepared, array):
     with open(path, "r+b") as f:
         f.truncate(size - 3)
     problem = f"has {size - 3} bytes, expected {size} (truncated or overwritten)"
-    if array == "rows":  # the index, read from the end, no longer checks
-        problem = "has a shard index that failed its crc32c check (corrupted)"
-        batches = _shard_batches(prepared)
+    batches = _shard_batches(prepared) if array == "rows" else batches
     assert [(p.array, p.file, p.problem, p.batches) for p in verify(prepared).problems] == [
         (array, str(path), problem, batches)]
 
@@ -355,7 +353,7 @@ def test_evaluation_and_fresh_epoch_stores(prepared):
 def test_shard_index_damage_names_the_batches(prepared):
     """A shard index rewritten (valid crc) without batch 3's first chunk, then a store of
     the older format: each reported with what it concerns."""
-    path, batches = _target(prepared, "rows")
+    path, _ = _target(prepared, "rows")
     chunk, _ = _rows_chunk(prepared)
     raw = path.read_bytes()
     meta = json.loads((path.parent / "zarr.json").read_bytes())
@@ -365,8 +363,12 @@ def test_shard_index_damage_names_the_batches(prepared):
     entries = np.frombuffer(raw[-index_bytes:-4], "<u8").copy()
     entries[2 * chunk:2 * chunk + 2] = 2**64 - 1
     path.write_bytes(raw[:-index_bytes] + entries.tobytes() + crc32c(entries).to_bytes(4, "little"))
+    problem = "has a shard index that does not match the store's layout (overwritten)"
     assert [(p.array, p.file, p.problem, p.batches) for p in verify(prepared).problems] == [
-        ("rows", str(path), f"has no chunk {chunk} in its index", batches)]
+        ("rows", str(path), problem, _shard_batches(prepared))]
+    path.write_bytes(raw[:-1] + bytes([raw[-1] ^ 1]))
+    assert [p.problem for p in verify(prepared).problems] == [
+        "has a shard index that failed its crc32c check (corrupted)"]
     path.write_bytes(raw)
     meta_path = prepared / "packed" / "zarr.json"
     meta = json.loads(meta_path.read_bytes())

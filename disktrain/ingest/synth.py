@@ -15,7 +15,7 @@ aggregates neighbors beats an MLP on features alone. Splits are seeded, disjoint
 Writing: the edges are generated once, bucketed by row into a temporary file and the CSR
 built bucket by bucket in cache (:mod:`disktrain.ingest.csr`). Features are generated in blocks of
 rows (in parallel) and written chunk file by chunk file
-(:class:`~disktrain.storage.chunkfile.ChunkFilePool`: converted, checksummed and written past the
+(:class:`~disktrain.storage.chunkfile.ChunkWriter`: converted, checksummed and written past the
 page cache on two threads while the next block is generated); labels and splits are
 written front to back (:class:`~disktrain.storage.chunkfile.ChunkFileWriter`). Every output byte is
 written once; the spill file, about 1.5x the size of ``indices``, is written once and read
@@ -40,7 +40,7 @@ from disktrain.ingest.csr import CSRConfig, build_csr, spill_bytes
 from disktrain.kernels import rmat as krmat
 from disktrain.kernels.rng import derive_key
 from disktrain.storage.atomic import atomic_dir
-from disktrain.storage.chunkfile import ChunkFilePool, create_flat
+from disktrain.storage.chunkfile import ChunkWriter, create_flat
 from disktrain.storage.dataset import (
     SPLITS,
     DatasetMeta,
@@ -297,9 +297,9 @@ def _sources(cfg: SynthConfig) -> dict[str, str]:
 
 def _write_features(group: zarr.Group, cfg: SynthConfig) -> None:
     """Generate the features in blocks of whole chunks (parallel kernel), convert each
-    chunk to the stored dtype in a buffer of the writer pool (two threads), and let the
-    pool write the chunk files while the next block is generated (the pool holds the
-    buffers of two blocks: a block takes all of its own before submitting any)."""
+    chunk to the stored dtype in a buffer of the writer (two threads), and let the writer
+    write the chunk files while the next block is generated (at most two blocks' buffers:
+    a block takes all of its own before submitting any)."""
     features = create_features(group, cfg.num_nodes, cfg.feature_dim, cfg.feature_dtype)
     rows = features.chunks[0]
     per_block = max(1, FEATURE_BLOCK_BYTES // (rows * cfg.feature_dim * 4))
@@ -307,7 +307,8 @@ def _write_features(group: zarr.Group, cfg: SynthConfig) -> None:
     dtype = np.dtype(cfg.feature_dtype).newbyteorder("<")
     array_dir = Path(group.store.root) / group.path / "features"
     centroids = class_centroids(cfg)
-    with ChunkFilePool(rows * cfg.feature_dim * dtype.itemsize, depth=2 * per_block) as pool, \
+    with ChunkWriter(rows * cfg.feature_dim * dtype.itemsize,
+                     lambda c: (chunk_file(array_dir, c, 0), None), 2, per_block) as pool, \
             ThreadPoolExecutor(2, thread_name_prefix="synth-convert") as convert, \
             tqdm(total=cfg.num_nodes, desc="synth: features", unit="row", unit_scale=True,
                  disable=not cfg.progress) as bar:
@@ -317,7 +318,7 @@ def _write_features(group: zarr.Group, cfg: SynthConfig) -> None:
             parts = [(block[c - a:c - a + rows], pool.buffer()) for c in range(a, b, rows)]
             list(convert.map(lambda p: _store_rows(*p, pool.chunk_bytes, dtype), parts))
             for c, (_, buf) in zip(range(a, b, rows), parts):
-                pool.submit(chunk_file(array_dir, c // rows, 0), buf)
+                pool.submit(c // rows, buf)
             bar.update(b - a)
 
 

@@ -4,7 +4,7 @@ A group of batches is packed in one ascending pass over the raw features. Each b
 its uncached rows as two runs, each in ascending node id (the last-hop-only rows, then the
 rest), so every raw range read extends each run that needs rows from it, and a batch's
 chunks are finished as they fill: rows are gathered straight into page-aligned chunk
-buffers, which a :class:`~disktrain.storage.shards.ShardWriter` thread checksums and writes
+buffers, which a :class:`~disktrain.storage.chunkfile.ChunkWriter` thread checksums and writes
 into the store's shard files (past the page cache where it can) while the next raw range is
 read. Memory per batch: its
 packed ids and at most two chunk buffers, plus the writer's bounded queue.
@@ -35,6 +35,7 @@ from disktrain.pack.store import (
 from disktrain.pack.tiers import Tiers, assign_tiers, cache_rows_to_fit, rows_for_bytes
 from disktrain.sample.store import SampleStore, group_name
 from disktrain.storage.atomic import replace_dir
+from disktrain.storage.chunkfile import ChunkWriter
 from disktrain.storage.dataset import (
     Dataset,
     chunk_file,
@@ -49,7 +50,7 @@ from disktrain.storage.dataset import (
 )
 from disktrain.storage.diskspace import require_free
 from disktrain.storage.io import disk_full_errors
-from disktrain.storage.shards import ShardLayout, ShardWriter, create_sharded
+from disktrain.storage.shards import ShardLayout, create_sharded
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -122,11 +123,11 @@ def _groups(batch_packed: np.ndarray, chunk_bytes: int, group_bytes: int) -> lis
 class _BatchWriter:
     """Gathers one batch's packed rows, arriving as runs at any offsets, into chunk buffers.
 
-    A chunk is handed to the :class:`ShardWriter` once all its real rows have arrived (its
+    A chunk is handed to the :class:`ChunkWriter` once all its real rows have arrived (its
     padding rows are zeroed then).
     """
 
-    def __init__(self, chunks: ShardWriter, first_chunk: int, num_rows: int, chunk_rows: int,
+    def __init__(self, chunks: ChunkWriter, first_chunk: int, num_rows: int, chunk_rows: int,
                  dim: int, dtype):
         self.chunks, self.first, self.num_rows = chunks, first_chunk, num_rows
         self.chunk_rows, self.shape, self.dtype = chunk_rows, (chunk_rows, dim), dtype
@@ -140,7 +141,7 @@ class _BatchWriter:
             entry = self.pending.get(k)
             if entry is None:
                 buf = self.chunks.buffer()
-                rows = buf[:self.chunks.layout.chunk_bytes].view(self.dtype).reshape(self.shape)
+                rows = buf[:self.chunks.chunk_bytes].view(self.dtype).reshape(self.shape)
                 entry = self.pending[k] = [buf, rows, 0]
             np.take(source, take[:n], axis=0, out=entry[1][r0:r0 + n], mode="clip")
             entry[2] += n
@@ -185,7 +186,7 @@ class GroupPacker:
         """Write group ``group``'s chunks and slots, then its ``done`` marker."""
         pack_pass(self.dataset, [(self, group)])
 
-    def open(self, group: int, chunks: ShardWriter) -> tuple[list, np.ndarray]:
+    def open(self, group: int, chunks: ChunkWriter) -> tuple[list, np.ndarray]:
         """Group ``group``'s slots and its runs ``(writer, first row, ascending node ids)``:
         the rows each batch packs, to be written through ``chunks``."""
         slots, runs = [], []
@@ -218,7 +219,7 @@ def pack_pass(dataset: Dataset, work: list[tuple[GroupPacker, int]]) -> None:
     with ExitStack() as stack:
         runs = []  # (writer, first row, ascending ids -> their positions in `needed`)
         for packer, group in work:
-            chunks = stack.enter_context(ShardWriter(packer.layout))
+            chunks = stack.enter_context(ChunkWriter(packer.chunk_bytes, packer.layout.place))
             group_runs, slots = packer.open(group, chunks)
             runs += group_runs
             finished.append((packer, group, slots))

@@ -101,7 +101,9 @@ class PackedStore:
         self.layout = ShardLayout.of(rows, self.path / "rows")
         """Where each packed chunk lies in the shard files."""
         for shard in range(self.layout.num_shards):
-            self.layout.check_index(shard, self.ref, "rows", self.shard_batches(shard))
+            if problem := self.layout.index_problem(shard):
+                raise self.ref.corrupt("rows", self.layout.path(shard), problem,
+                                       self.shard_batches(shard))
 
     def _check_made_from(self, samples: SampleStore) -> None:
         """Refuse a packed store that was not made from ``samples`` (and its dataset)."""

@@ -14,8 +14,9 @@ back); the last block is padded and the file truncated to its size.
 
 * :class:`ChunkFileWriter`: one large chunk file (``indices``, ``indptr``, ``labels``) from
   pieces of any size, written from a background thread while the caller computes the next.
-* :class:`ChunkFilePool`: many small chunk files (feature chunks), each filled by the
-  caller in a buffer of the pool, then checksummed and written by the pool's threads.
+* :class:`ChunkWriter`: many chunks (feature chunk files, chunks of shard files), each
+  filled by the caller in a buffer of the writer, then checksummed and written by its
+  threads.
 * :func:`create_flat` makes a single-chunk array of a Zarr group and its writer.
 * :func:`read_chunk` reads one chunk file whole (past the page cache where asked),
   :func:`check_chunk` streams through one in bounded slices (:func:`check_region`: a chunk
@@ -26,9 +27,8 @@ from __future__ import annotations
 
 import math
 import os
-import queue
 import threading
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Self
@@ -41,16 +41,16 @@ from disktrain.errors import CorruptDataError
 from disktrain.storage.io import (
     BLOCK,
     aligned_buffer,
-    direct_span,
     disk_full_errors,
     open_direct,
     open_write,
     pread_full,
     preallocate,
     pwrite_all,
-    read_direct,
+    read_at,
     round_up,
-    set_direct,
+    write_direct,
+    write_uncached,
 )
 
 CRC_BYTES = 4
@@ -100,51 +100,40 @@ def _size_problem(size: int, nbytes: int) -> str:
     return f"has {size} bytes, expected {nbytes + CRC_BYTES} (truncated or overwritten)"
 
 
-def read_chunk(path: str | os.PathLike, data: np.ndarray, ref: StoreRef, array: str,
-               batches: range | None = None, *, verify: bool = True,
-               direct: bool = False) -> bool:
-    """Read chunk file ``path`` into ``data`` (uint8, its data bytes) after checking its
-    size, and check its crc32c (unless not ``verify``); errors name ``ref``'s store,
-    ``array``, ``path`` and ``batches``.
+def read_chunk(path: str | os.PathLike, buf: np.ndarray, nbytes: int, ref: StoreRef,
+               array: str, batches: range | None = None, *, verify: bool = True,
+               direct: bool = False) -> np.ndarray:
+    """The ``nbytes`` data bytes of chunk file ``path``, read into ``buf`` (uint8, with room
+    for the crc after them) once the file's size checked, their crc32c checked (unless not
+    ``verify``); errors name ``ref``'s store, ``array``, ``path`` and ``batches``.
 
-    With ``direct``, the whole blocks of ``data`` (:func:`~disktrain.storage.io.direct_span`)
-    come straight from the device into it, the rest and the crc in the same read through a
-    small bounce buffer. Without, or where ``data`` is not aligned: one ordinary read.
-    Returns whether the filesystem refused ``O_DIRECT`` (then this read went through the
-    page cache and the caller should stop asking for ``direct``).
+    ``direct``: ``buf`` is page-aligned and holds the file's whole blocks (``round_up``):
+    one read straight from the device, where the filesystem allows ``O_DIRECT``.
     """
-    want = len(data) + CRC_BYTES
-    direct = direct and direct_span(data.ctypes.data, len(data)) > 0
+    want = nbytes + CRC_BYTES
     try:
         fd, refused = open_direct(path, os.O_RDONLY, direct)
     except FileNotFoundError:
         raise ref.corrupt(array, path, "is missing", batches) from None
-    crc = bytearray(CRC_BYTES)
     try:
         size = got = os.fstat(fd).st_size
         if size == want:
-            got = None
-            if direct and not refused:
-                got = read_direct(fd, [data, crc], 0, size)
-                if got is None:  # the device refused the read: through the page cache
-                    refused = True
-                    set_direct(fd, False)
-            if got is None:
-                got = pread_full(fd, [data, crc], 0)
+            got = read_at(fd, [buf[:round_up(want) if direct else want]], 0,
+                          direct and not refused)[0]
     finally:
         os.close(fd)
     if got != want:
-        raise ref.corrupt(array, path, _size_problem(got, len(data)), batches)
-    if verify and crc32c(data) != int.from_bytes(crc, "little"):
+        raise ref.corrupt(array, path, _size_problem(got, nbytes), batches)
+    if verify and crc32c(buf[:nbytes]) != int.from_bytes(buf[nbytes:want], "little"):
         raise ref.corrupt(array, path, "failed its crc32c check (corrupted)", batches)
-    return refused
+    return buf[:nbytes]
 
 
 def check_chunk(path: str | os.PathLike, nbytes: int, into: np.ndarray | None = None,
-                slice_bytes: int = SLICE_BYTES) -> tuple[str | None, int]:
+                slice_bytes: int = SLICE_BYTES, verify: bool = True) -> tuple[str | None, int]:
     """What is wrong with chunk file ``path`` of ``nbytes`` data bytes (None: nothing) and the
-    bytes read: missing, size, crc32c (see :func:`check_region`). Other ``OSError`` s are
-    raised."""
+    bytes read: missing, size, crc32c (unless not ``verify``; see :func:`check_region`).
+    Other ``OSError`` s are raised."""
     try:
         fd = os.open(path, os.O_RDONLY)
     except FileNotFoundError:
@@ -153,6 +142,8 @@ def check_chunk(path: str | os.PathLike, nbytes: int, into: np.ndarray | None = 
         size = os.fstat(fd).st_size
         if size != nbytes + CRC_BYTES:
             return _size_problem(size, nbytes), 0
+        if not verify:
+            return None, 0
         os.posix_fadvise(fd, 0, size, os.POSIX_FADV_SEQUENTIAL)
         return check_region(fd, 0, nbytes, into, slice_bytes)
     finally:
@@ -162,8 +153,20 @@ def check_chunk(path: str | os.PathLike, nbytes: int, into: np.ndarray | None = 
 def check_region(fd: int, offset: int, nbytes: int, into: np.ndarray | None = None,
                  slice_bytes: int = SLICE_BYTES) -> tuple[str | None, int]:
     """What is wrong with the ``nbytes`` data bytes at ``offset`` of ``fd`` and the crc32c
-    after them (None: nothing), and the bytes read. They are read once, sequentially,
-    ``slice_bytes`` at a time, or into ``into`` (``nbytes``, kept) when given."""
+    after them (None: nothing), and the bytes read (see :func:`file_crc`)."""
+    crc, got = file_crc(fd, offset, nbytes, into, slice_bytes)
+    if got < nbytes:
+        return f"shrank while being read (at byte {offset + got})", got
+    if crc != int.from_bytes(os.pread(fd, CRC_BYTES, offset + nbytes), "little"):
+        return "failed its crc32c check (corrupted)", nbytes + CRC_BYTES
+    return None, nbytes + CRC_BYTES
+
+
+def file_crc(fd: int, offset: int, nbytes: int, into: np.ndarray | None = None,
+             slice_bytes: int = SLICE_BYTES) -> tuple[int, int]:
+    """The crc32c of ``nbytes`` at ``offset`` of ``fd`` and the bytes read (fewer where the
+    file ends before), read once, sequentially, ``slice_bytes`` at a time, or into ``into``
+    (``nbytes``, kept) when given."""
     buf = np.empty(min(nbytes, slice_bytes), np.uint8) if into is None else into
     crc, pos = 0, 0
     while pos < nbytes:
@@ -171,20 +174,10 @@ def check_region(fd: int, offset: int, nbytes: int, into: np.ndarray | None = No
             into[pos:pos + slice_bytes]
         got = pread_full(fd, [view], offset + pos)
         crc = google_crc32c.extend(crc, view[:got])
-        if got < len(view):
-            return f"shrank while being read (at byte {offset + pos + got})", pos + got
         pos += got
-    stored = os.pread(fd, CRC_BYTES, offset + nbytes)
-    if crc != int.from_bytes(stored, "little"):
-        return "failed its crc32c check (corrupted)", nbytes + len(stored)
-    return None, nbytes + CRC_BYTES
-
-
-def check_file(path: str | os.PathLike, nbytes: int, ref: StoreRef, array: str) -> None:
-    """Check the size and crc32c of a large chunk file of ``nbytes`` data bytes, streaming."""
-    problem, _ = check_chunk(path, nbytes)
-    if problem:
-        raise ref.corrupt(array, path, problem)
+        if got < len(view):
+            break
+    return crc, pos
 
 
 def append_crc(path: str | os.PathLike, nbytes: int) -> None:
@@ -192,13 +185,9 @@ def append_crc(path: str | os.PathLike, nbytes: int) -> None:
     sized ``nbytes + CRC_BYTES`` when created)."""
     fd = os.open(path, os.O_RDWR)
     try:
-        buf, crc, pos = np.empty(min(nbytes, SLICE_BYTES), np.uint8), 0, 0
-        while pos < nbytes:
-            view = buf[:min(SLICE_BYTES, nbytes - pos)]
-            if pread_full(fd, [view], pos) != len(view):
-                raise OSError(f"{path}: file shrank while being read (at byte {pos})")
-            crc = google_crc32c.extend(crc, view)
-            pos += len(view)
+        crc, got = file_crc(fd, 0, nbytes)
+        if got < nbytes:
+            raise OSError(f"{path}: file shrank while being read (at byte {got})")
         os.pwrite(fd, crc.to_bytes(CRC_BYTES, "little"), nbytes)
         os.fsync(fd)
     finally:
@@ -246,15 +235,12 @@ class ChunkFileWriter:
             except BaseException:
                 os.close(self._fd)
                 raise
-        self._crc = 0
-        self._offset = 0
+        self._crc, self._offset = 0, 0
         self._free = [aligned_buffer(block_bytes + BLOCK) for _ in range(2)]
         self._block, self._used = self._free.pop(), 0
-        self._queue: queue.Queue = queue.Queue(maxsize=depth)
+        self._thread = ThreadPoolExecutor(1, thread_name_prefix="chunk-file-writer")
+        self._queued = threading.BoundedSemaphore(depth)
         self._error: BaseException | None = None
-        self._lock = threading.Lock()
-        self._thread = threading.Thread(target=self._run, name="chunk-file-writer", daemon=True)
-        self._thread.start()
 
     def write(self, data: np.ndarray) -> None:
         """Append the bytes of ``data`` (any contiguous array)."""
@@ -266,15 +252,23 @@ class ChunkFileWriter:
             self._used += n
             pos += n
             if self._used == self._block_bytes:
-                self._put(self._block)
-                self._block, self._used = self._take_free(), 0
+                if self._error is not None:
+                    raise self._error
+                self._queued.acquire()
+                self._thread.submit(self._write, self._block, self._offset)
+                self._offset += self._block_bytes
+                self._block = self._free.pop() if self._free else \
+                    aligned_buffer(self._block_bytes + BLOCK)
+                self._used = 0
         self.nbytes += raw.size
 
     def close(self) -> int:
         """Write what is left and the crc32c, flush the file to the disk; return the number
         of data bytes."""
         try:
-            self._join()
+            self._thread.shutdown(wait=True)
+            if self._error is not None:
+                raise self._error
             with disk_full_errors(self.path):
                 crc = google_crc32c.extend(self._crc, self._block[:self._used])
                 _finish(self._fd, self._block, self._used, self._offset, crc)
@@ -288,7 +282,7 @@ class ChunkFileWriter:
 
     def abort(self) -> None:
         """Stop writing and remove the file (what :meth:`close` does on an error)."""
-        self._join(raise_error=False)
+        self._thread.shutdown(wait=True, cancel_futures=True)
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
@@ -303,38 +297,19 @@ class ChunkFileWriter:
         elif self._fd >= 0:
             self.close()
 
-    def _put(self, block: np.ndarray | None) -> None:
-        if self._error is not None:
-            raise self._error
-        self._queue.put(block)
-
-    def _take_free(self) -> np.ndarray:
-        with self._lock:
-            if self._free:
-                return self._free.pop()
-        return aligned_buffer(self._block_bytes + BLOCK)
-
-    def _run(self) -> None:
-        while (block := self._queue.get()) is not None:
-            if self._error is not None:
-                continue
-            try:
+    def _write(self, block: np.ndarray, offset: int) -> None:
+        """Checksum and write one full block (blocks are taken in order, by one thread)."""
+        try:
+            if self._error is None:
                 data = block[:self._block_bytes]
                 self._crc = google_crc32c.extend(self._crc, data)
                 with disk_full_errors(self.path):
-                    pwrite_all(self._fd, [data], self._offset)
-                self._offset += self._block_bytes
-            except BaseException as e:  # noqa: BLE001 - raised in the caller's thread
-                self._error = e
-            with self._lock:
-                self._free.append(block)
-
-    def _join(self, raise_error: bool = True) -> None:
-        if self._thread.is_alive():
-            self._queue.put(None)
-            self._thread.join()
-        if raise_error and self._error is not None:
-            raise self._error
+                    pwrite_all(self._fd, [data], offset)
+        except BaseException as e:  # noqa: BLE001 - raised in the caller's thread
+            self._error = e
+        finally:
+            self._free.append(block)
+            self._queued.release()
 
 
 def create_flat(group: zarr.Group, name: str, shape: tuple[int, ...],
@@ -353,62 +328,96 @@ def create_flat(group: zarr.Group, name: str, shape: tuple[int, ...],
     return ChunkFileWriter(path, nbytes)
 
 
-class ChunkFilePool:
-    """Writes whole chunk files of ``chunk_bytes`` data bytes on ``threads`` threads.
+class ChunkWriter:
+    """Writes whole chunks on ``threads`` background threads, each where ``place(chunk)``
+    says: ``(path, offset)`` in a laid-out file (a shard), or ``(path, None)``, a chunk file
+    of its own.
 
-    :meth:`buffer` hands out a page-aligned buffer for one chunk (blocking while ``depth``
-    are in use), the caller fills it, :meth:`submit` checksums and writes it in the
-    background and takes the buffer back. :meth:`close` waits for all and raises the first
-    error.
+    :meth:`buffer` hands out page-aligned buffers of a chunk's whole blocks (reused once
+    written); the caller fills their first ``chunk_bytes`` and :meth:`submit` queues one,
+    blocking while ``depth`` are queued. Each goes out with its crc32c and zeros to the next
+    block in one write: uncached (``RWF_DONTCACHE``) where the kernel has it, else with
+    ``O_DIRECT`` where the filesystem allows it, else through the page cache. :meth:`close`
+    waits for every chunk and raises the first error met (also raised by a later
+    :meth:`submit`; chunks queued after it are dropped). Memory: the buffers the caller
+    holds plus at most ``depth + threads``.
     """
 
-    def __init__(self, chunk_bytes: int, threads: int = 2, depth: int = 8,
-                 direct: bool = True):
-        self.chunk_bytes, self.direct = chunk_bytes, direct
-        self._pool = ThreadPoolExecutor(threads, thread_name_prefix="chunk-files")
-        self._free: queue.Queue = queue.Queue()
-        for _ in range(depth):
-            self._free.put(aligned_buffer(round_up(chunk_bytes + CRC_BYTES)))
-        self._pending: list[Future] = []
+    def __init__(self, chunk_bytes: int, place, threads: int = 1, depth: int = 16):
+        self.chunk_bytes, self.place = chunk_bytes, place
+        self._pool = ThreadPoolExecutor(threads, thread_name_prefix="chunk-writer")
+        self._queued = threading.BoundedSemaphore(depth)
+        self._free: list[np.ndarray] = []
+        self._files: dict[Path, int] = {}
+        self._lock = threading.Lock()
+        self._uncached = True
+        self._error: BaseException | None = None
 
     def buffer(self) -> np.ndarray:
-        """A page-aligned uint8 buffer whose first ``chunk_bytes`` are for the chunk's data
-        (contents undefined; a few more bytes follow, for the crc and block padding)."""
-        return self._free.get()
-
-    def submit(self, path: str | os.PathLike, buf: np.ndarray) -> None:
-        """Write the data of ``buf`` (from :meth:`buffer`, filled; not to be touched again) as
-        the chunk file ``path``."""
-        for future in [f for f in self._pending if f.done()]:
-            future.result()  # raises the error of a chunk already written
-            self._pending.remove(future)
-        self._pending.append(self._pool.submit(self._write, Path(path), buf))
-
-    def close(self) -> None:
-        """Wait for every chunk file; raise the first error met."""
+        """A page-aligned uint8 buffer: ``chunk_bytes`` for the data (contents undefined),
+        then room for the crc and the zeros to the next block."""
         try:
-            for future in self._pending:
-                future.result()
-        finally:
-            self._pool.shutdown(wait=True)
+            return self._free.pop()
+        except IndexError:
+            return aligned_buffer(round_up(self.chunk_bytes + CRC_BYTES))
+
+    def submit(self, chunk: int, buf: np.ndarray) -> None:
+        """Queue ``buf`` (from :meth:`buffer`, filled; not to be touched again) as chunk
+        ``chunk``."""
+        if self._error is not None:
+            raise self._error
+        self._queued.acquire()
+        self._pool.submit(self._run, chunk, buf)
+
+    def close(self, cancel: bool = False) -> None:
+        """Wait for every queued chunk; raise the first error met. ``cancel``: drop the
+        chunks not started, raise nothing (the caller has an error of its own)."""
+        self._pool.shutdown(wait=True, cancel_futures=cancel)
+        for fd in self._files.values():
+            os.close(fd)
+        self._files.clear()
+        if self._error is not None and not cancel:
+            raise self._error
 
     def __enter__(self) -> Self:
         return self
 
     def __exit__(self, kind, *_) -> None:
-        if kind is None:
-            self.close()
-        else:  # the caller's error stands; stop what has not started
-            self._pool.shutdown(wait=True, cancel_futures=True)
+        self.close(cancel=kind is not None)
 
-    def _write(self, path: Path, buf: np.ndarray) -> None:
+    def _run(self, chunk: int, buf: np.ndarray) -> None:
         try:
-            crc = google_crc32c.value(buf[:self.chunk_bytes])
-            with disk_full_errors(path):
-                fd = open_write(path, self.direct)
+            if self._error is None:
+                self._write(chunk, buf)
+        except BaseException as e:  # noqa: BLE001 - raised in the caller's thread
+            self._error = self._error or e
+        finally:
+            self._free.append(buf)
+            self._queued.release()
+
+    def _write(self, chunk: int, buf: np.ndarray) -> None:
+        """Write chunk ``chunk`` (data in ``buf``) with its crc32c and zeros at its place."""
+        size = self.chunk_bytes
+        buf[size:size + CRC_BYTES] = np.frombuffer(crc_bytes(buf[:size]), np.uint8)
+        buf[size + CRC_BYTES:] = 0
+        path, offset = self.place(chunk)
+        with disk_full_errors(path):
+            if offset is None:
+                fd = open_write(path)
                 try:
-                    _finish(fd, buf, self.chunk_bytes, 0, crc)
+                    self._put(fd, buf, 0)
+                    os.ftruncate(fd, size + CRC_BYTES)
                 finally:
                     os.close(fd)
-        finally:
-            self._free.put(buf)
+                return
+            with self._lock:
+                if path not in self._files:
+                    self._files[path] = os.open(path, os.O_WRONLY)
+            self._put(self._files[path], buf, offset)
+
+    def _put(self, fd: int, buf: np.ndarray, offset: int) -> None:
+        if self._uncached and write_uncached(fd, [buf], offset):
+            return
+        self._uncached = False
+        done = write_direct(fd, buf, offset)
+        pwrite_all(fd, [buf[done:]], offset + done)

@@ -43,17 +43,18 @@ from disktrain.storage.chunkfile import (
     CRC_BYTES,
     StoreRef,
     append_crc,
-    check_file,
+    check_chunk,
     chunk_file,
     crc_bytes,
     read_chunk,
 )
 from disktrain.storage.diskspace import array_bytes
-from disktrain.storage.io import BLOCK, aligned_buffer, preallocate
+from disktrain.storage.io import BLOCK, aligned_buffer, preallocate, round_up
 from disktrain.storage.residency import (
     PMD_MAPPED_ENOUGH,
     RESIDENCIES,
     csr_budget,
+    file_identity,
     load_checked,
     pmd_mapped_share,
 )
@@ -171,16 +172,8 @@ def open_flat_array(root: str | Path, name: str, mode: str = "r", *, verify: boo
     if meta.size == 0:
         return np.zeros(meta.shape, meta.dtype)
     path = chunk_file(Path(root) / name, *[0] * len(meta.shape))
-    if verify:
-        check_file(path, meta.chunk_bytes, ref, name)
-    else:
-        try:
-            size = path.stat().st_size
-        except FileNotFoundError:
-            raise ref.corrupt(name, path, "is missing") from None
-        if size != meta.chunk_bytes + CRC_BYTES:
-            raise ref.corrupt(name, path, f"has {size} bytes, expected "
-                              f"{meta.chunk_bytes + CRC_BYTES} (truncated or overwritten)")
+    if problem := check_chunk(path, meta.chunk_bytes, verify=verify)[0]:
+        raise ref.corrupt(name, path, problem)
     return np.memmap(path, dtype=meta.dtype, mode=mode, shape=meta.shape)
 
 
@@ -191,12 +184,7 @@ _VERIFIED_LOCK = threading.Lock()
 def verify_flat_once(root: str | Path, name: str, ref: StoreRef) -> None:
     """Check a 1-D single-chunk array's crc32c unless this process already checked this very
     file (same path, inode, size and modification time)."""
-    path = chunk_file(Path(root) / name, 0)
-    try:
-        st = path.stat()
-    except FileNotFoundError:
-        st = None
-    key = st and (str(path.resolve()), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+    key = file_identity(chunk_file(Path(root) / name, 0))
     with _VERIFIED_LOCK:
         if key in _VERIFIED:
             return
@@ -269,9 +257,9 @@ def read_small_array(root: str | Path, name: str, ref: StoreRef,
     if meta.chunks != meta.shape:
         raise DataError(f"{ref.kind} {ref.path}: array {name!r} has chunks {meta.chunks}, "
                         f"expected one chunk of {meta.shape}; {ref.rerun}")
-    data = np.empty(meta.chunk_bytes, np.uint8)
-    read_chunk(chunk_file(Path(root) / name, *[0] * len(meta.shape)), data, ref, name, batches,
-               verify=verify)
+    data = read_chunk(chunk_file(Path(root) / name, *[0] * len(meta.shape)),
+                      np.empty(meta.chunk_bytes + CRC_BYTES, np.uint8), meta.chunk_bytes, ref,
+                      name, batches, verify=verify)
     return data.view(meta.dtype).reshape(meta.shape)
 
 
@@ -453,8 +441,10 @@ class Dataset:
         """Feature chunk ``c`` (all its rows), checked; the last one read is kept."""
         last, chunk = self._last_chunk
         if last != c or chunk is None:
-            data = np.empty(self._features.chunk_bytes, np.uint8)
-            read_chunk(chunk_file(self.path / "features", c, 0), data, self.ref, "features")
+            nbytes = self._features.chunk_bytes
+            data = read_chunk(chunk_file(self.path / "features", c, 0),
+                              np.empty(nbytes + CRC_BYTES, np.uint8), nbytes, self.ref,
+                              "features")
             chunk = data.view(self._features.dtype).reshape(self._features.chunks)
             self._last_chunk = (c, chunk)
         return chunk
@@ -519,7 +509,8 @@ class Dataset:
             return
         nbytes, shape = self._features.chunk_bytes, self._features.chunks
         depth = min(depth, len(chunks))
-        buffers = [aligned_buffer(nbytes) if direct else None for _ in range(depth)]
+        buffers = [aligned_buffer(round_up(nbytes + CRC_BYTES)) if direct else None
+                   for _ in range(depth)]
         todo = iter(chunks.tolist())
         pending: deque = deque()
         pool = ThreadPoolExecutor(2, thread_name_prefix="feature-read")
@@ -545,10 +536,10 @@ class Dataset:
         """Feature chunk ``c``'s data bytes, checked, and ``buf``: read into ``buf``
         (page-aligned) past the page cache where the filesystem allows or, without one,
         through the page cache (:func:`read_chunk`)."""
-        data = np.empty(self._features.chunk_bytes, np.uint8) if buf is None else buf
-        read_chunk(chunk_file(self.path / "features", c, 0), data, self.ref, "features",
-                   direct=buf is not None)
-        return data, buf
+        nbytes = self._features.chunk_bytes
+        return read_chunk(chunk_file(self.path / "features", c, 0),
+                          np.empty(nbytes + CRC_BYTES, np.uint8) if buf is None else buf,
+                          nbytes, self.ref, "features", direct=buf is not None), buf
 
     def info(self) -> dict:
         """The dataset's attributes plus the arrays present."""

@@ -203,25 +203,16 @@ def write_direct(fd: int, data: np.ndarray, offset: int) -> int:
     return whole
 
 
-def read_direct(fd: int, buffers: list, offset: int, size: int) -> int | None:
-    """Fill ``buffers`` one after the other from ``offset`` (aligned) of ``fd`` (opened with
-    ``O_DIRECT``), a file of ``size`` bytes, in one ``O_DIRECT`` read: the whole blocks of the
-    first buffer straight into it (where it is aligned), the rest through a small aligned
-    bounce buffer. The bytes read, or None when the device refused the read (``EINVAL``)."""
-    views = [np.frombuffer(b, np.uint8) for b in buffers]
-    whole = direct_span(views[0].ctypes.data, len(views[0]))
-    rest = [views[0][whole:], *views[1:]]
-    bounce = aligned_buffer(round_up(sum(len(r) for r in rest)))
-    try:
-        got = os.preadv(fd, [views[0][:whole], bounce], offset)
-    except OSError as e:
-        if e.errno != errno.EINVAL:
-            raise
-        return None
-    got = min(got, size - offset, whole + len(bounce))
-    at = 0
-    for r in rest:
-        n = max(0, min(len(r), got - whole - at))
-        r[:n] = bounce[at:at + n]
-        at += n
-    return min(got, whole + at)
+def read_at(fd: int, buffers: list, offset: int, direct: bool) -> tuple[int, bool]:
+    """Fill ``buffers`` from ``offset`` of ``fd``: with ``direct`` (``fd`` has ``O_DIRECT``,
+    the buffers are aligned whole blocks) in one read straight from the device, else (or
+    where the device refuses it: ``EINVAL``) through the page cache, resuming short reads.
+    The bytes read (fewer at the end of the file) and whether ``O_DIRECT`` was refused."""
+    if direct:
+        try:
+            return os.preadv(fd, buffers, offset), False
+        except OSError as e:
+            if e.errno != errno.EINVAL:
+                raise
+        set_direct(fd, False)
+    return pread_full(fd, buffers, offset), direct

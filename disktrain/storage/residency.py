@@ -84,7 +84,8 @@ def pmd_mapped_share(array: np.ndarray) -> float:
     return int(found.group(1)) * 1024 / array.nbytes if found else 0.0
 
 
-def _identity(path: Path) -> tuple | None:
+def file_identity(path: Path) -> tuple | None:
+    """Path, device, inode, size and modification time of ``path`` (None: no such file)."""
     try:
         st = path.stat()
     except FileNotFoundError:
@@ -98,7 +99,7 @@ def load_checked(path: Path, nbytes: int, dtype: np.dtype, shape: tuple[int, ...
     advised ``MADV_HUGEPAGE``, read-only, checked while read; a file this process already
     loaded (same path, inode, size and modification time) and still holds is shared, not read
     again. Errors name ``path``."""
-    key = _identity(path)
+    key = file_identity(path)
     if key is None:
         raise ref.corrupt(array, path, "is missing")
     with _LOADED_LOCK:

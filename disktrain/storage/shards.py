@@ -15,14 +15,10 @@ the files, and ``zarr.open`` reads the array.
 
 from __future__ import annotations
 
-import errno
 import math
 import os
-import queue
-import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Self
 
 import numpy as np
 import zarr
@@ -33,13 +29,10 @@ from disktrain.storage.io import (
     aligned_buffer,
     disk_full_errors,
     open_direct,
-    pread_full,
     preallocate,
     pwrite_all,
+    read_at,
     round_up,
-    set_direct,
-    write_direct,
-    write_uncached,
 )
 
 EMPTY = 2**64 - 1
@@ -123,26 +116,24 @@ class ShardLayout:
                 finally:
                     os.close(fd)
 
-    def check_index(self, shard: int, ref: StoreRef, array: str,
-                    batches: range | None = None) -> None:
-        """Refuse shard ``shard`` unless its size and its index are what the layout says."""
+    def index_problem(self, shard: int) -> str | None:
+        """What is wrong with shard ``shard``'s size and index (None: as the layout says)."""
         path = self.path(shard)
         try:
             size = path.stat().st_size
         except FileNotFoundError:
-            raise ref.corrupt(array, path, "is missing", batches) from None
+            return "is missing"
         if size != self.file_bytes(shard):
-            raise ref.corrupt(array, path, f"has {size} bytes, expected "
-                              f"{self.file_bytes(shard)} (truncated or overwritten)", batches)
+            return (f"has {size} bytes, expected {self.file_bytes(shard)} (truncated or "
+                    "overwritten)")
         with open(path, "rb") as f:
             f.seek(size - self.index_bytes)
             stored = f.read()
         if crc32c(stored[:-CRC_BYTES]) != int.from_bytes(stored[-CRC_BYTES:], "little"):
-            raise ref.corrupt(array, path, "has a shard index that failed its crc32c check "
-                              "(corrupted)", batches)
+            return "has a shard index that failed its crc32c check (corrupted)"
         if stored != self.index(shard):
-            raise ref.corrupt(array, path, "has a shard index that does not match the "
-                              "store's layout (overwritten)", batches)
+            return "has a shard index that does not match the store's layout (overwritten)"
+        return None
 
     def read(self, first: int, data: np.ndarray, ref: StoreRef, array: str,
              batches: range | None = None, *, verify: bool = True, direct: bool = False) -> bool:
@@ -177,7 +168,7 @@ class ShardLayout:
                     iov = [v for j in range(k, k + m) for v in (
                         data[j * self.chunk_bytes:(j + 1) * self.chunk_bytes],
                         tails[j * tail:(j + 1) * tail])]
-                    got, no = _read(fd, iov, (at + c) * self.stride, direct and not refused)
+                    got, no = read_at(fd, iov, (at + c) * self.stride, direct and not refused)
                     refused |= no
                     if got != m * self.stride:
                         raise ref.corrupt(array, path, f"is truncated (ends in chunk "
@@ -196,19 +187,6 @@ class ShardLayout:
         return refused
 
 
-def _read(fd: int, iov: list, offset: int, direct: bool) -> tuple[int, bool]:
-    """:func:`pread_full` of ``iov`` at ``offset`` of ``fd`` (opened with ``O_DIRECT`` if
-    ``direct``); where the device refuses ``O_DIRECT`` (``EINVAL``), again without. The bytes
-    read and whether ``O_DIRECT`` was refused."""
-    try:
-        return pread_full(fd, iov, offset), False
-    except OSError as e:
-        if e.errno != errno.EINVAL or not direct:
-            raise
-    set_direct(fd, False)
-    return pread_full(fd, iov, offset), True
-
-
 def create_sharded(group: zarr.Group, name: str, shape: tuple[int, ...], dtype,
                    chunk_rows: int, shard_bytes: int) -> ShardLayout:
     """Create array ``name`` of ``group``: chunks of ``chunk_rows`` rows (a crc32c each), in
@@ -223,89 +201,3 @@ def create_sharded(group: zarr.Group, name: str, shape: tuple[int, ...], dtype,
     layout = ShardLayout.of(array, Path(group.store.root) / group.path / name)
     layout.lay_out()
     return layout
-
-
-class ShardWriter:
-    """Writes chunks of a laid-out sharded array on a background thread, so writes (which
-    release the GIL) overlap the caller's reading and gathering of rows.
-
-    :meth:`buffer` hands out page-aligned buffers of a chunk's ``stride`` (reused once
-    written); the caller fills their first ``chunk_bytes`` and :meth:`submit` queues one,
-    blocking while ``depth`` are queued. Each chunk goes out with its crc32c and padding in
-    one write of whole blocks at its place: uncached (``RWF_DONTCACHE``) where the kernel
-    has it, else ``O_DIRECT`` where the filesystem allows it, else through the page cache.
-    :meth:`close` waits for every chunk and raises the first error the thread met (also
-    raised by a later :meth:`submit`). Memory: the buffers the caller holds plus at most
-    ``depth + 1``.
-    """
-
-    def __init__(self, layout: ShardLayout, depth: int = 16):
-        self.layout = layout
-        self._queue: queue.Queue = queue.Queue(maxsize=depth)
-        self._free: list[np.ndarray] = []
-        self._files: dict[Path, int] = {}
-        self._uncached = True
-        self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, name="shard-writer", daemon=True)
-        self._thread.start()
-
-    def buffer(self) -> np.ndarray:
-        """A page-aligned uint8 buffer of ``stride`` bytes (contents undefined)."""
-        try:
-            return self._free.pop()
-        except IndexError:
-            return aligned_buffer(self.layout.stride)
-
-    def submit(self, chunk: int, buf: np.ndarray) -> None:
-        """Queue ``buf`` (from :meth:`buffer`, not to be touched again) as chunk ``chunk``."""
-        if self._error is not None:
-            raise self._error
-        self._queue.put((chunk, buf))
-
-    def close(self) -> None:
-        """Wait for every queued chunk; raise the first error met."""
-        self._join()
-        if self._error is not None:
-            raise self._error
-
-    def _join(self) -> None:
-        if self._thread.is_alive():
-            self._queue.put(None)
-            self._thread.join()
-        for fd in self._files.values():
-            os.close(fd)
-        self._files.clear()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        if exc is None:
-            self.close()
-        else:  # the caller's error wins; still wait for the thread
-            self._join()
-
-    def _run(self) -> None:
-        while (item := self._queue.get()) is not None:
-            if self._error is None:
-                try:
-                    self._write(*item)
-                except BaseException as e:  # noqa: BLE001 - handed to the caller
-                    self._error = e
-            self._free.append(item[1])
-
-    def _write(self, chunk: int, buf: np.ndarray) -> None:
-        """Write chunk ``chunk`` (data in ``buf``) with its crc32c and padding at its place."""
-        size = self.layout.chunk_bytes
-        buf[size:size + CRC_BYTES] = np.frombuffer(crc_bytes(buf[:size]), np.uint8)
-        buf[size + CRC_BYTES:] = 0
-        path, offset = self.layout.place(chunk)
-        with disk_full_errors(path):
-            fd = self._files.get(path)
-            if fd is None:
-                fd = self._files[path] = os.open(path, os.O_WRONLY)
-            if self._uncached and write_uncached(fd, [buf], offset):
-                return
-            self._uncached = False
-            done = write_direct(fd, buf, offset)
-            pwrite_all(fd, [buf[done:]], offset + done)
