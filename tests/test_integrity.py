@@ -154,7 +154,7 @@ def test_version_1_dataset_is_refused(prepared):
         Dataset(prepared)
 
 
-@pytest.mark.parametrize("name", store_mod._ARRAYS)
+@pytest.mark.parametrize("name", store_mod.GROUP_ARRAYS)
 def test_sample_group_arrays(prepared, name):
     group = 1
     f = chunk_file(prepared / "samples" / "groups" / f"g{group:06d}" / name,

@@ -32,7 +32,7 @@ import numpy as np
 import zarr
 
 from disktrain.errors import DataError
-from disktrain.sample.store import SampleStore
+from disktrain.sample.store import store_attrs
 from disktrain.storage.chunkfile import CRC_BYTES, StoreRef
 from disktrain.storage.dataset import open_flat_array, read_small_array
 from disktrain.storage.diskspace import array_bytes
@@ -95,7 +95,7 @@ class PackedStore:
             raise DataError(f"packed store {self.path}: {len(self.gpu_nodes)} GPU and "
                             f"{len(self.cpu_nodes)} CPU cache nodes, but attributes say "
                             f"{self.n_gpu} and {self.n_cpu}; {self.ref.rerun}")
-        self._check_made_from(SampleStore(dataset_path, root=root))
+        self._check_made_from(*store_attrs(dataset_path, root))
         self._slots = open_flat_array(self.path, "slots", verify=True, ref=self.ref)
         self._cache_rows: np.ndarray | None = None
         self.layout = ShardLayout.of(rows, self.path / "rows")
@@ -105,20 +105,21 @@ class PackedStore:
                 raise self.ref.corrupt("rows", self.layout.path(shard), problem,
                                        self.shard_batches(shard))
 
-    def _check_made_from(self, samples: SampleStore) -> None:
-        """Refuse a packed store that was not made from ``samples`` (and its dataset)."""
+    def _check_made_from(self, samples: Path, attrs: dict) -> None:
+        """Refuse a packed store that was not made from the sample store at ``samples``
+        (``attrs``: its attributes) and its dataset."""
         ids = (self.attrs.get("samples_id"), self.attrs.get("dataset_id"))
-        if ids != (samples.store_id, samples.dataset_id):
+        if ids != (attrs.get("store_id"), attrs.get("dataset_id")):
             raise DataError(
                 f"packed store {self.path} was made from sample store {ids[0]!r} of dataset "
-                f"{ids[1]!r}, but sample store {samples.path} is {samples.store_id!r} of "
-                f"dataset {samples.dataset_id!r}; {self.ref.rerun}")
-        inputs = int(samples.attrs.get("num_input_nodes", -1))
-        if (self.num_batches, int(self.slot_offsets[-1])) != (samples.num_batches, inputs):
+                f"{ids[1]!r}, but sample store {samples} is {attrs.get('store_id')!r} of "
+                f"dataset {attrs.get('dataset_id')!r}; {self.ref.rerun}")
+        batches, inputs = int(attrs["num_batches"]), int(attrs.get("num_input_nodes", -1))
+        if (self.num_batches, int(self.slot_offsets[-1])) != (batches, inputs):
             raise DataError(
                 f"packed store {self.path} holds {self.num_batches} batches of "
-                f"{int(self.slot_offsets[-1])} input rows, but sample store {samples.path} "
-                f"holds {samples.num_batches} batches of {inputs}; {self.ref.rerun}")
+                f"{int(self.slot_offsets[-1])} input rows, but sample store {samples} "
+                f"holds {batches} batches of {inputs}; {self.ref.rerun}")
 
     def shard_batches(self, shard: int) -> range:
         """The batches with packed rows in shard file ``shard``."""

@@ -52,7 +52,8 @@ from disktrain.storage.io import BLOCK, disk_full_errors
 
 STORE = "samples"
 """The store's directory name inside its root (see :mod:`disktrain.storage.roots`)."""
-_ARRAYS = ("nodes", "node_offsets", "hop_counts", "edge_src", "edge_dst", "edge_offsets")
+GROUP_ARRAYS = ("nodes", "node_offsets", "hop_counts", "edge_src", "edge_dst", "edge_offsets")
+"""The arrays of every group of batches, ``groups/gNNNNNN/<array>`` (see :func:`group_name`)."""
 
 
 def group_name(group: int) -> str:
@@ -84,7 +85,7 @@ def sample_group(dataset: Dataset, plan: SamplePlan, group: int, groups_dir: Pat
     merged = _concat(parts)
     with atomic_dir(groups_dir / group_name(group), overwrite=True) as tmp:
         g = zarr.open_group(tmp, mode="w")
-        for name in _ARRAYS:
+        for name in GROUP_ARRAYS:
             write_small_array(g, name, merged[name])
 
 
@@ -92,7 +93,7 @@ def _concat(parts) -> dict[str, np.ndarray]:
     """Join the per-epoch kernel outputs of one group into one set of ragged arrays."""
     if len(parts) == 1:
         p = parts[0]
-        return {name: getattr(p, name) for name in _ARRAYS}
+        return {name: getattr(p, name) for name in GROUP_ARRAYS}
     out = {}
     for name in ("nodes", "edge_src", "edge_dst"):
         out[name] = np.concatenate([getattr(p, name) for p in parts])
@@ -283,7 +284,7 @@ class _GroupReader:
                             f"{batches.stop - 1}) is missing; {self.ref.rerun}")
         return {name: read_small_array(self.root, f"{group}/{name}", self.ref, batches,
                                        self.verify)
-                for name in _ARRAYS}
+                for name in GROUP_ARRAYS}
 
     def input_nodes(self, b: int) -> np.ndarray:
         g, i = divmod(b, self.group_size)
@@ -315,6 +316,23 @@ def unpack_batch(arrays, i: int, index: int) -> SampledBatch:
     return SampledBatch(index, nodes, int(hops[0]), blocks)
 
 
+def store_attrs(dataset_path: str | Path, root: str | Path | None = None) -> tuple[Path, dict]:
+    """The path and attributes of the complete sample store under ``root`` (default: the
+    dataset's), made from the dataset at ``dataset_path`` (else :class:`DataError`)."""
+    path = Path(root if root is not None else dataset_path) / STORE
+    if not (path / "zarr.json").exists():
+        raise DataError(f"{path}: no sample store (run `disktrain prepare` first)")
+    attrs = dict(zarr.open_group(path, mode="r").attrs)
+    if not attrs.get("complete"):
+        raise DataError(f"{path}: sample store is incomplete")
+    dataset_id = Dataset(dataset_path).dataset_id
+    if attrs.get("dataset_id") != dataset_id:
+        raise DataError(f"sample store {path} was made from dataset {attrs.get('dataset_id')!r}, "
+                        f"but dataset {Path(dataset_path)} is {dataset_id!r}; "
+                        f"{samples_ref(path).rerun}")
+    return path, attrs
+
+
 class SampleStore:
     """A complete sample store, read-only, checked against the dataset it was made from."""
 
@@ -323,21 +341,10 @@ class SampleStore:
         """``root``: the directory holding the store (default: the dataset's);
         ``cache_bytes``: memory of the groups kept read (the last one read is always kept);
         ``verify=False`` skips the groups' crc32c checks (to measure their cost)."""
-        self.path = Path(root if root is not None else dataset_path) / STORE
-        if not (self.path / "zarr.json").exists():
-            raise DataError(f"{self.path}: no sample store (run `disktrain prepare` first)")
+        self.path, self.attrs = store_attrs(dataset_path, root)
         self.ref = samples_ref(self.path)
-        self.attrs = dict(zarr.open_group(self.path, mode="r").attrs)
-        if not self.attrs.get("complete"):
-            raise DataError(f"{self.path}: sample store is incomplete")
-        dataset_id = Dataset(dataset_path).dataset_id
-        if self.attrs.get("dataset_id") != dataset_id:
-            raise DataError(
-                f"sample store {self.path} was made from dataset "
-                f"{self.attrs.get('dataset_id')!r}, but dataset {Path(dataset_path)} is "
-                f"{dataset_id!r}; {self.ref.rerun}")
         self.store_id = str(self.attrs["store_id"])
-        self.dataset_id = dataset_id
+        self.dataset_id = str(self.attrs["dataset_id"])
         self.config = SampleConfig(**self.attrs["config"])
         self.num_batches = int(self.attrs["num_batches"])
         self.batches_per_epoch = int(self.attrs["batches_per_epoch"])

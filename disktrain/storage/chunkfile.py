@@ -324,7 +324,6 @@ def create_flat(group: zarr.Group, name: str, shape: tuple[int, ...],
     if nbytes == 0:
         return None
     path = chunk_file(Path(group.store.root) / group.path / name, *[0] * len(shape))
-    path.parent.mkdir(parents=True, exist_ok=True)
     return ChunkFileWriter(path, nbytes)
 
 

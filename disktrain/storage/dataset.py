@@ -49,7 +49,7 @@ from disktrain.storage.chunkfile import (
     read_chunk,
 )
 from disktrain.storage.diskspace import array_bytes
-from disktrain.storage.io import BLOCK, aligned_buffer, preallocate, round_up
+from disktrain.storage.io import BLOCK, aligned_buffer, open_write, preallocate, round_up
 from disktrain.storage.residency import (
     PMD_MAPPED_ENOUGH,
     RESIDENCIES,
@@ -136,8 +136,7 @@ def create_flat_array(group: zarr.Group, name: str, shape: tuple[int, ...], dtyp
     if math.prod(shape) == 0:
         return np.zeros(shape, dtype)
     path = chunk_file(Path(group.store.root) / group.path / name, *[0] * len(shape))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+    fd = open_write(path)
     try:
         preallocate(fd, math.prod(shape) * dtype.itemsize + CRC_BYTES, path)
     finally:
