@@ -266,11 +266,8 @@ class _Checker:
             for array in self.arrays:
                 for index in itertools.product(*map(range, array.grid)):
                     path = array.key(index)
-                    if array.layout is None:
-                        problem, read = _check_file(path, array)
-                        problems = [(problem, array.span(index))] if problem else []
-                    else:
-                        problems, read = _check_shard(path, array, index)
+                    check = _check_file if array.layout is None else _check_shard
+                    problems, read = check(path, array, index)
                     self.report.chunks += 1
                     self.report.bytes += read
                     bar.update(read)
@@ -289,13 +286,15 @@ class _Checker:
                 self.report.problems[i] = replace(p, batches=array.batches(array, lo, hi))
 
 
-def _check_file(path: Path, array: _Array) -> tuple[str | None, int]:
-    """(what is wrong with one chunk file or None, bytes read): missing, size, crc32c."""
+def _check_file(path: Path, array: _Array, index: tuple[int, ...]) -> tuple[list, int]:
+    """(what is wrong with one chunk file, with the first-axis elements it holds; bytes
+    read): missing, size, crc32c."""
     try:  # the size of a chunk file without a crc32c: nbytes + CRC_BYTES all the same
-        return check_chunk(path, array.file_bytes - CRC_BYTES, slice_bytes=SLICE_BYTES,
-                           verify=array.checksummed)
+        problem, read = check_chunk(path, array.file_bytes - CRC_BYTES,
+                                    slice_bytes=SLICE_BYTES, verify=array.checksummed)
     except OSError as e:
-        return f"cannot be read ({e.strerror})", 0
+        problem, read = f"cannot be read ({e.strerror})", 0
+    return [(problem, array.span(index))] if problem else [], read
 
 
 def _check_shard(path: Path, array: _Array, index: tuple[int, ...]) -> tuple[list, int]:

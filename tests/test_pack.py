@@ -223,8 +223,13 @@ def test_decoded_rows_are_the_same_whatever_the_shard_size(tmp_path):
     path = tmp_path / "d"
     _prepare(path, PackConfig(chunk_bytes=200, shard_bytes=1))
     one_per_chunk = zarr.open_group(path / "packed", mode="r")["rows"][...]
-    assert len(list((path / "packed" / "rows").glob("c.*"))) == \
-        -(-len(one_per_chunk) // PackedStore(path).chunk_rows) > 1
+    store = PackedStore(path)
+    assert len(list((path / "packed" / "rows").glob("c.*"))) == store.layout.num_shards == \
+        -(-len(one_per_chunk) // store.chunk_rows) > 1
+    for b in range(store.num_batches):  # each shard names the batches with rows in it
+        rows = store.batch_rows[b:b + 2] // store.chunk_rows
+        assert all(b in store.shard_batches(c) for c in range(*rows))
+    assert store.shard_batches(store.layout.num_shards - 1).stop <= store.num_batches
     pack_dataset(path, PackConfig(chunk_bytes=200), progress=False)
     assert np.array_equal(zarr.open_group(path / "packed", mode="r")["rows"][...],
                           one_per_chunk)

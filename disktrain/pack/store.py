@@ -183,7 +183,7 @@ def packed_store_bytes(*, padded_rows: int, row_bytes: int, chunk_rows: int, sha
     chunk_bytes = chunk_rows * row_bytes
     per_shard = max(1, shard_bytes // round_up(chunk_bytes + CRC_BYTES))
     rows = ShardLayout(Path(), 2, chunk_bytes, per_shard, -(-padded_rows // chunk_rows))
-    return (rows.disk_bytes() + 3 * BLOCK
+    return (sum(round_up(rows.file_bytes(s)) for s in range(rows.num_shards)) + 3 * BLOCK
             + array_bytes(num_slots * 8)
             + array_bytes(num_cache_rows * row_bytes)
             + 3 * array_bytes((num_batches + 1) * 8)

@@ -12,15 +12,9 @@ disk once, no dirty page is left to write back, and a large output does not push
 cache out. The crc is computed from the buffers as they are written (the file is never read
 back); the last block is padded and the file truncated to its size.
 
-* :class:`ChunkFileWriter`: one large chunk file (``indices``, ``indptr``, ``labels``) from
-  pieces of any size, written from a background thread while the caller computes the next.
-* :class:`ChunkWriter`: many chunks (feature chunk files, chunks of shard files), each
-  filled by the caller in a buffer of the writer, then checksummed and written by its
-  threads.
-* :func:`create_flat` makes a single-chunk array of a Zarr group and its writer.
-* :func:`read_chunk` reads one chunk file whole (past the page cache where asked),
-  :func:`check_chunk` streams through one in bounded slices (:func:`check_region`: a chunk
-  anywhere in a file).
+:class:`ChunkFileWriter` writes one large chunk file front to back, :class:`ChunkWriter`
+many chunks (feature chunk files, chunks of shard files); :func:`read_chunk` reads one whole,
+:func:`check_chunk` streams through one (:func:`check_region`: a chunk anywhere in a file).
 """
 
 from __future__ import annotations
@@ -194,20 +188,6 @@ def append_crc(path: str | os.PathLike, nbytes: int) -> None:
         os.close(fd)
 
 
-def _finish(fd: int, block: np.ndarray, used: int, offset: int, crc: int) -> int:
-    """Append ``crc`` after the ``used`` bytes of the page-aligned ``block`` (which has room
-    for it), write the block's whole 4 KiB blocks at ``offset``, and cut the file to size.
-
-    Returns the file size."""
-    block[used:used + CRC_BYTES] = np.frombuffer(crc.to_bytes(CRC_BYTES, "little"), np.uint8)
-    end = used + CRC_BYTES
-    padded = round_up(end)
-    block[end:padded] = 0
-    pwrite_all(fd, [block[:padded]], offset)
-    os.ftruncate(fd, offset + end)
-    return offset + end
-
-
 class ChunkFileWriter:
     """Writes one chunk file front to back: :meth:`write` appends data, :meth:`close` adds
     its crc32c.
@@ -269,9 +249,14 @@ class ChunkFileWriter:
             self._thread.shutdown(wait=True)
             if self._error is not None:
                 raise self._error
-            with disk_full_errors(self.path):
+            with disk_full_errors(self.path):  # the crc after the data, zeros to a block
                 crc = google_crc32c.extend(self._crc, self._block[:self._used])
-                _finish(self._fd, self._block, self._used, self._offset, crc)
+                end = self._used + CRC_BYTES
+                self._block[self._used:end] = np.frombuffer(crc.to_bytes(CRC_BYTES, "little"),
+                                                            np.uint8)
+                self._block[end:round_up(end)] = 0
+                pwrite_all(self._fd, [self._block[:round_up(end)]], self._offset)
+                os.ftruncate(self._fd, self._offset + end)
                 os.fsync(self._fd)
         except BaseException:
             self.abort()

@@ -1,19 +1,14 @@
-"""File I/O beneath every store: aligned buffers, whole reads and writes, past the page cache
+"""File I/O beneath every store: aligned buffers, whole reads and writes past the page cache
 where the system allows, and a full disk reported as a :class:`DiskSpaceError`.
 
-``O_DIRECT`` moves whole :data:`BLOCK` s between the device and aligned memory at aligned
-file offsets: no copy through the page cache and no page-cache growth (which a memory cgroup
-counts). A filesystem or device that refuses it (``EINVAL``: tmpfs on older kernels, some
-network and FUSE filesystems) is read and written through the page cache instead.
-``RWF_DONTCACHE`` is a buffered write whose writeback starts at once and whose pages are
-dropped when written; where the kernel or filesystem lacks it (``EOPNOTSUPP``, ``ENOSYS``) the
-caller falls back.
-
-A write through a memory map into a full filesystem kills the process with SIGBUS; a file
-preallocated with ``posix_fallocate`` (:func:`preallocate`) has its blocks reserved, so a full
-disk surfaces as an ``ENOSPC`` error before anything is written. Ordinary writes that still
-meet a full disk are turned into a :class:`DiskSpaceError` naming the file by
-:func:`disk_full_errors`.
+``O_DIRECT`` moves whole :data:`BLOCK` s between the device and aligned memory: no copy
+through the page cache and no page-cache growth (which a memory cgroup counts); where a
+filesystem or device refuses it (``EINVAL``: tmpfs on older kernels, some network and FUSE
+filesystems), reads and writes go through the page cache. :data:`RWF_DONTCACHE` writes are
+buffered, written back at once and dropped; where the kernel lacks them (``EOPNOTSUPP``,
+``ENOSYS``) the caller falls back. A preallocated file (:func:`preallocate`) meets a full disk
+before anything is written, not as SIGBUS in a memory map; :func:`disk_full_errors` names the
+file of any other ``ENOSPC``.
 """
 
 from __future__ import annotations
@@ -151,10 +146,7 @@ def pwrite_all(fd: int, buffers: list, offset: int, flags: int = 0) -> None:
     while views:
         n = os.pwritev(fd, views, offset, flags)
         offset += n
-        while views and n >= len(views[0]):
-            n -= len(views.pop(0))
-        if views:
-            views[0] = views[0][n:]
+        _advance(views, n)
 
 
 def pread_full(fd: int, buffers: list, offset: int) -> int:
@@ -162,16 +154,18 @@ def pread_full(fd: int, buffers: list, offset: int) -> int:
     they are full or the file ends; the bytes read."""
     views = [memoryview(b).cast("B") for b in buffers if len(b)]
     got = 0
-    while views:
-        n = os.preadv(fd, views, offset + got)
-        if n == 0:
-            break
+    while views and (n := os.preadv(fd, views, offset + got)):
         got += n
-        while views and n >= len(views[0]):
-            n -= len(views.pop(0))
-        if views:
-            views[0] = views[0][n:]
+        _advance(views, n)
     return got
+
+
+def _advance(views: list, n: int) -> None:
+    """Drop the first ``n`` bytes of ``views`` (memoryviews, one after the other)."""
+    while views and n >= len(views[0]):
+        n -= len(views.pop(0))
+    if views:
+        views[0] = views[0][n:]
 
 
 def write_uncached(fd: int, buffers: list, offset: int) -> bool:

@@ -104,17 +104,11 @@ def load_checked(path: Path, nbytes: int, dtype: np.dtype, shape: tuple[int, ...
         raise ref.corrupt(array, path, "is missing")
     with _LOADED_LOCK:
         data = _LOADED.get(key)
-        if data is None:
-            data = _read(path, nbytes, ref, array).view(dtype).reshape(shape)
+        if data is None:  # read and checked in one sequential pass
+            data = aligned_buffer(nbytes, HUGE_PAGE, hugepages=True)
+            if problem := check_chunk(path, nbytes, into=data)[0]:
+                raise ref.corrupt(array, path, problem)
+            data = data.view(dtype).reshape(shape)
             data.flags.writeable = False
             _LOADED[key] = data
-    return data
-
-
-def _read(path: Path, nbytes: int, ref: StoreRef, array: str) -> np.ndarray:
-    """Read and crc-check the data of ``path`` in one sequential pass of bounded slices."""
-    data = aligned_buffer(nbytes, HUGE_PAGE, hugepages=True)
-    problem, _ = check_chunk(path, nbytes, into=data)
-    if problem:
-        raise ref.corrupt(array, path, problem)
     return data

@@ -91,10 +91,6 @@ class ShardLayout:
     def file_bytes(self, shard: int) -> int:
         return self.chunks_in(shard) * self.stride + self.index_bytes
 
-    def disk_bytes(self) -> int:
-        """Disk use of every shard file, in whole blocks."""
-        return sum(round_up(self.file_bytes(s)) for s in range(self.num_shards))
-
     def index(self, shard: int) -> bytes:
         """Shard ``shard``'s index, as it ends the file."""
         entries = np.full((self.per_shard, 2), EMPTY, "<u8")
