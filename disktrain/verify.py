@@ -2,10 +2,9 @@
 
 Works from what is on disk alone: each array's ``zarr.json`` (shape, chunk grid, data type,
 codecs) says which chunk files must exist and how large each is; every file is read once,
-sequentially, in bounded slices, and its trailing crc32c compared (docs/FORMAT.md). A shard
-file (Zarr's ``sharding_indexed`` codec, as :mod:`disktrain.storage.shards` lays it out) has
-its size and index checked, then each of its chunks. The
-stores' attributes are checked against each other: the sample store and the packed store
+sequentially, in bounded slices, and its trailing crc32c compared (docs/FORMAT.md); a shard
+file's size and index are checked, then each of its chunks (:mod:`~disktrain.storage.shards`).
+The stores' attributes are checked against each other: the sample store and the packed store
 must have been made from this dataset and from each other (``dataset_id``, ``samples_id``),
 and must agree on their batches.
 
@@ -41,8 +40,7 @@ SLICE_BYTES = 32 << 20
 CHECKSUM_CODECS = ["bytes", "crc32c"]
 
 BatchMap = Callable[["_Array", int, int], range | None]
-"""(array, first-axis elements [lo, hi) of a chunk) -> the batches whose data the chunk holds
-(None: unknown)."""
+"""(array, first-axis elements [lo, hi) of a chunk) -> the batches it holds (None: unknown)."""
 
 
 @dataclass(frozen=True)
@@ -146,8 +144,7 @@ class _Array:
 
     @property
     def file_bytes(self) -> int:
-        """Size of every chunk file, or of every chunk in a shard (edge chunks are
-        full-size)."""
+        """Size of every chunk (a file, or in a shard; edge chunks are full-size)."""
         return math.prod(self.chunks) * self.dtype.itemsize + CRC_BYTES * self.checksummed
 
     @property

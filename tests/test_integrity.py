@@ -183,8 +183,9 @@ def test_packed_rows_name_the_batch(prepared):
     chunk = int(packed.batch_rows[b]) // packed.chunk_rows
     f, at = packed.layout.place(chunk)
     flip(f, at + 3)
+    inner = chunk % packed.layout.per_shard
     with pytest.raises(CorruptDataError, match=rf"packed store {packed.path}: array 'rows' "
-                       rf"\(batch {b}\): chunk file {f} holds chunk {chunk % packed.layout.per_shard} "
+                       rf"\(batch {b}\): chunk file {f} holds chunk {inner} "
                        rf"\(at byte {at}\), which failed its crc32c check.*remove "
                        rf"{packed.path} and rerun disktrain prepare"):
         packed.read_packed(b)

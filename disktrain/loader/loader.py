@@ -42,8 +42,7 @@ PLAN_REUSE = ("fresh", "cycle", "pool")
 
 def packed_bytes(store, batch_ids) -> dict[str, int]:
     """Bytes of packed feature rows batches ``batch_ids`` of ``store`` (a PackedStore) need,
-    and the bytes their reads take from storage (whole chunks: padding, crc and the chunks'
-    block padding included)."""
+    and the bytes their reads take from storage (whole chunks, crc and padding included)."""
     ids = np.asarray(batch_ids, np.int64)
     row = store.feature_dim * store.dtype.itemsize
     padded = store.batch_rows[ids + 1] - store.batch_rows[ids]

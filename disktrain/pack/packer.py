@@ -4,10 +4,10 @@ A group of batches is packed in one ascending pass over the raw features. Each b
 its uncached rows as two runs, each in ascending node id (the last-hop-only rows, then the
 rest), so every raw range read extends each run that needs rows from it, and a batch's
 chunks are finished as they fill: rows are gathered straight into page-aligned chunk
-buffers, which a :class:`~disktrain.storage.chunkfile.ChunkWriter` thread checksums and writes
-into the store's shard files (past the page cache where it can) while the next raw range is
-read. Memory per batch: its
-packed ids and at most two chunk buffers, plus the writer's bounded queue.
+buffers, which a :class:`~disktrain.storage.chunkfile.ChunkWriter` thread checksums and
+writes in the store's shard files (past the page cache where it can) while the next raw range
+is read. Memory per batch: its packed ids and at most two chunk buffers, plus the writer's
+bounded queue.
 """
 
 from __future__ import annotations
@@ -246,9 +246,9 @@ def pack_group(dataset_path: str | Path, cfg: PackConfig, group: int,
 def _lay_out(partial: Path, attrs: dict, dataset: Dataset, tiers, rows_shape: tuple[int, int],
              chunk_rows: int, shard_bytes: int, batch_rows: np.ndarray, n_packed: np.ndarray,
              slot_offsets: np.ndarray, tiers_from: TierSource | None) -> None:
-    """Create the partial packed store: every array, the shard files of the packed rows and
-    the slots laid out (written by the groups), the cache rows filled (linked from ``tiers_from`` when its
-    tiers are used); ``done/`` last, once all is in place."""
+    """Create the partial packed store: every array, the packed rows' shards and the slots
+    laid out (written by the groups), the cache rows filled (linked from ``tiers_from`` when
+    its tiers are used); ``done/`` last, once all is in place."""
     n_gpu, n_cpu, dim = len(tiers.gpu_nodes), len(tiers.cpu_nodes), rows_shape[1]
     feat_dtype = np.dtype(dataset.features.dtype)
     root = zarr.open_group(partial, mode="w")

@@ -68,8 +68,7 @@ class PackedStore:
         if not self.attrs.get("complete"):
             raise DataError(f"{self.path}: packed store is incomplete")
         rows = group["rows"]
-        version = self.attrs.get("format_version", 1)
-        if version != FORMAT_VERSION or rows.shards is None:
+        if (version := self.attrs.get("format_version", 1)) != FORMAT_VERSION:
             raise DataError(f"packed store {self.path} has format version {version}, not "
                             f"{FORMAT_VERSION} (written by another disktrain version); "
                             f"re-create it: {self.ref.rerun}")

@@ -34,17 +34,16 @@ import zarr
 from disktrain.errors import CorruptDataError
 from disktrain.storage.io import (
     BLOCK,
+    CREATE,
     aligned_buffer,
     disk_full_errors,
     open_direct,
-    open_write,
     pread_full,
     preallocate,
     pwrite_all,
     read_at,
     round_up,
-    write_direct,
-    write_uncached,
+    write_blocks,
 )
 
 CRC_BYTES = 4
@@ -94,17 +93,16 @@ def _size_problem(size: int, nbytes: int) -> str:
     return f"has {size} bytes, expected {nbytes + CRC_BYTES} (truncated or overwritten)"
 
 
-def read_chunk(path: str | os.PathLike, buf: np.ndarray, nbytes: int, ref: StoreRef,
-               array: str, batches: range | None = None, *, verify: bool = True,
-               direct: bool = False) -> np.ndarray:
-    """The ``nbytes`` data bytes of chunk file ``path``, read into ``buf`` (uint8, with room
-    for the crc after them) once the file's size checked, their crc32c checked (unless not
-    ``verify``); errors name ``ref``'s store, ``array``, ``path`` and ``batches``.
-
-    ``direct``: ``buf`` is page-aligned and holds the file's whole blocks (``round_up``):
-    one read straight from the device, where the filesystem allows ``O_DIRECT``.
-    """
-    want = nbytes + CRC_BYTES
+def read_chunk(path: str | os.PathLike, nbytes: int, ref: StoreRef, array: str,
+               batches: range | None = None, verify: bool = True,
+               into: np.ndarray | None = None) -> np.ndarray:
+    """The ``nbytes`` data bytes (uint8) of chunk file ``path``, read once the file's size
+    checked, their crc32c checked (unless not ``verify``); errors name ``ref``'s store,
+    ``array``, ``path`` and ``batches``. ``into``: a page-aligned buffer of the file's whole
+    blocks (``round_up``) to read into, straight from the device where the filesystem allows
+    ``O_DIRECT``."""
+    want, direct = nbytes + CRC_BYTES, into is not None
+    buf = np.empty(want, np.uint8) if into is None else into
     try:
         fd, refused = open_direct(path, os.O_RDONLY, direct)
     except FileNotFoundError:
@@ -209,7 +207,7 @@ class ChunkFileWriter:
         """Data bytes written so far."""
         self._block_bytes = block_bytes
         with disk_full_errors(self.path):
-            self._fd = open_write(self.path, direct)
+            self._fd = open_direct(self.path, CREATE, direct)[0]
             try:
                 preallocate(self._fd, reserve + CRC_BYTES if reserve else 0, self.path)
             except BaseException:
@@ -340,10 +338,8 @@ class ChunkWriter:
     def buffer(self) -> np.ndarray:
         """A page-aligned uint8 buffer: ``chunk_bytes`` for the data (contents undefined),
         then room for the crc and the zeros to the next block."""
-        try:
-            return self._free.pop()
-        except IndexError:
-            return aligned_buffer(round_up(self.chunk_bytes + CRC_BYTES))
+        return self._free.pop() if self._free else \
+            aligned_buffer(round_up(self.chunk_bytes + CRC_BYTES))
 
     def submit(self, chunk: int, buf: np.ndarray) -> None:
         """Queue ``buf`` (from :meth:`buffer`, filled; not to be touched again) as chunk
@@ -387,9 +383,9 @@ class ChunkWriter:
         path, offset = self.place(chunk)
         with disk_full_errors(path):
             if offset is None:
-                fd = open_write(path)
+                fd = open_direct(path, CREATE, False)[0]
                 try:
-                    self._put(fd, buf, 0)
+                    self._uncached = write_blocks(fd, buf, 0, self._uncached)
                     os.ftruncate(fd, size + CRC_BYTES)
                 finally:
                     os.close(fd)
@@ -397,11 +393,4 @@ class ChunkWriter:
             with self._lock:
                 if path not in self._files:
                     self._files[path] = os.open(path, os.O_WRONLY)
-            self._put(self._files[path], buf, offset)
-
-    def _put(self, fd: int, buf: np.ndarray, offset: int) -> None:
-        if self._uncached and write_uncached(fd, [buf], offset):
-            return
-        self._uncached = False
-        done = write_direct(fd, buf, offset)
-        pwrite_all(fd, [buf[done:]], offset + done)
+            self._uncached = write_blocks(self._files[path], buf, offset, self._uncached)

@@ -49,7 +49,7 @@ from disktrain.storage.chunkfile import (
     read_chunk,
 )
 from disktrain.storage.diskspace import array_bytes
-from disktrain.storage.io import BLOCK, aligned_buffer, open_write, preallocate, round_up
+from disktrain.storage.io import BLOCK, CREATE, aligned_buffer, open_direct, preallocate, round_up
 from disktrain.storage.residency import (
     PMD_MAPPED_ENOUGH,
     RESIDENCIES,
@@ -136,7 +136,7 @@ def create_flat_array(group: zarr.Group, name: str, shape: tuple[int, ...], dtyp
     if math.prod(shape) == 0:
         return np.zeros(shape, dtype)
     path = chunk_file(Path(group.store.root) / group.path / name, *[0] * len(shape))
-    fd = open_write(path)
+    fd = open_direct(path, CREATE, False)[0]
     try:
         preallocate(fd, math.prod(shape) * dtype.itemsize + CRC_BYTES, path)
     finally:
@@ -256,9 +256,8 @@ def read_small_array(root: str | Path, name: str, ref: StoreRef,
     if meta.chunks != meta.shape:
         raise DataError(f"{ref.kind} {ref.path}: array {name!r} has chunks {meta.chunks}, "
                         f"expected one chunk of {meta.shape}; {ref.rerun}")
-    data = read_chunk(chunk_file(Path(root) / name, *[0] * len(meta.shape)),
-                      np.empty(meta.chunk_bytes + CRC_BYTES, np.uint8), meta.chunk_bytes, ref,
-                      name, batches, verify=verify)
+    data = read_chunk(chunk_file(Path(root) / name, *[0] * len(meta.shape)), meta.chunk_bytes,
+                      ref, name, batches, verify)
     return data.view(meta.dtype).reshape(meta.shape)
 
 
@@ -440,10 +439,8 @@ class Dataset:
         """Feature chunk ``c`` (all its rows), checked; the last one read is kept."""
         last, chunk = self._last_chunk
         if last != c or chunk is None:
-            nbytes = self._features.chunk_bytes
             data = read_chunk(chunk_file(self.path / "features", c, 0),
-                              np.empty(nbytes + CRC_BYTES, np.uint8), nbytes, self.ref,
-                              "features")
+                              self._features.chunk_bytes, self.ref, "features")
             chunk = data.view(self._features.dtype).reshape(self._features.chunks)
             self._last_chunk = (c, chunk)
         return chunk
@@ -532,13 +529,10 @@ class Dataset:
             pool.shutdown(wait=True)
 
     def _read_feature_chunk(self, c: int, buf: np.ndarray | None) -> tuple[np.ndarray, object]:
-        """Feature chunk ``c``'s data bytes, checked, and ``buf``: read into ``buf``
-        (page-aligned) past the page cache where the filesystem allows or, without one,
-        through the page cache (:func:`read_chunk`)."""
-        nbytes = self._features.chunk_bytes
-        return read_chunk(chunk_file(self.path / "features", c, 0),
-                          np.empty(nbytes + CRC_BYTES, np.uint8) if buf is None else buf,
-                          nbytes, self.ref, "features", direct=buf is not None), buf
+        """Feature chunk ``c``'s data bytes, checked, and ``buf``: read into ``buf`` (past the
+        page cache where allowed) or, without one, through the page cache."""
+        return read_chunk(chunk_file(self.path / "features", c, 0), self._features.chunk_bytes,
+                          self.ref, "features", into=buf), buf
 
     def info(self) -> dict:
         """The dataset's attributes plus the arrays present."""

@@ -61,17 +61,13 @@ def direct_span(address: int, nbytes: int) -> int:
     return nbytes - nbytes % BLOCK if address % BLOCK == 0 else 0
 
 
-def _existing(path: Path) -> Path:
-    """``path`` or its closest existing parent (where the filesystem can be asked)."""
+def free_bytes(path: str | os.PathLike) -> int:
+    """Bytes available to this user on the filesystem that holds (or will hold) ``path``
+    (asked of its closest existing parent)."""
     path = Path(path).absolute()
     while not path.exists() and path != path.parent:
         path = path.parent
-    return path
-
-
-def free_bytes(path: str | os.PathLike) -> int:
-    """Bytes available to this user on the filesystem that holds (or will hold) ``path``."""
-    return shutil.disk_usage(_existing(Path(path))).free
+    return shutil.disk_usage(path).free
 
 
 @contextlib.contextmanager
@@ -104,20 +100,15 @@ def preallocate(fd: int, nbytes: int, path: str | os.PathLike) -> None:
         raise
 
 
-def open_write(path: str | os.PathLike, direct: bool = False) -> int:
-    """Create (or truncate) ``path`` for writing, with ``O_DIRECT`` if asked and allowed,
-    making its directory if missing."""
-    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
-    try:
-        return open_direct(path, flags, direct)[0]
-    except FileNotFoundError:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        return open_direct(path, flags, direct)[0]
+CREATE = os.O_WRONLY | os.O_CREAT | os.O_TRUNC  # open_direct flags: a file to (re)write
 
 
 def open_direct(path: str | os.PathLike, flags: int, direct: bool) -> tuple[int, bool]:
-    """Open ``path`` with ``flags`` and, if asked, ``O_DIRECT``; the descriptor and whether
-    the filesystem refused ``O_DIRECT`` (``EINVAL``: then opened without)."""
+    """Open ``path`` with ``flags`` (``O_CREAT``: its directory made if missing) and, if
+    asked, ``O_DIRECT``; the descriptor and whether the filesystem refused ``O_DIRECT``
+    (``EINVAL``: then opened without)."""
+    if flags & os.O_CREAT:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
     if direct and O_DIRECT:
         try:
             return os.open(path, flags | O_DIRECT, 0o644), False
@@ -168,33 +159,31 @@ def _advance(views: list, n: int) -> None:
         views[0] = views[0][n:]
 
 
-def write_uncached(fd: int, buffers: list, offset: int) -> bool:
-    """Write ``buffers`` at ``offset`` of ``fd`` with :data:`RWF_DONTCACHE`; False (nothing
-    written) where the kernel or the filesystem does not support it."""
-    try:
-        pwrite_all(fd, buffers, offset, RWF_DONTCACHE)
-    except OSError as e:
-        if e.errno not in (errno.EOPNOTSUPP, errno.ENOSYS):
-            raise
-        return False
-    return True
-
-
-def write_direct(fd: int, data: np.ndarray, offset: int) -> int:
-    """Write the whole :data:`BLOCK` s of ``data`` at ``offset`` (aligned) of ``fd`` with
-    ``O_DIRECT``, set for this write only; the bytes written (0 where ``data`` is not
-    aligned, or the filesystem or the device refuses ``O_DIRECT``)."""
-    whole = direct_span(data.ctypes.data, len(data))
-    if not whole or not O_DIRECT or not set_direct(fd, True):
-        return 0
-    try:
-        pwrite_all(fd, [data[:whole]], offset)
-    except OSError as e:
-        if e.errno != errno.EINVAL:
-            raise
-        whole = 0
-    set_direct(fd, False)
-    return whole
+def write_blocks(fd: int, data: np.ndarray, offset: int, uncached: bool = True) -> bool:
+    """Write ``data`` (aligned, whole blocks) at ``offset`` of ``fd`` past the page cache:
+    with :data:`RWF_DONTCACHE` if ``uncached`` and the kernel has it, else with ``O_DIRECT``
+    (set for this write only), else (refused) through the page cache. Returns whether
+    ``RWF_DONTCACHE`` worked (``uncached`` for the next write)."""
+    if uncached:
+        try:
+            pwrite_all(fd, [data], offset, RWF_DONTCACHE)
+            return True
+        except OSError as e:
+            if e.errno not in (errno.EOPNOTSUPP, errno.ENOSYS):
+                raise
+    done = direct_span(data.ctypes.data, len(data))
+    if done and O_DIRECT and set_direct(fd, True):
+        try:
+            pwrite_all(fd, [data[:done]], offset)
+        except OSError as e:
+            if e.errno != errno.EINVAL:
+                raise
+            done = 0
+        set_direct(fd, False)
+    else:
+        done = 0
+    pwrite_all(fd, [data[done:]], offset + done)
+    return False
 
 
 def read_at(fd: int, buffers: list, offset: int, direct: bool) -> tuple[int, bool]:

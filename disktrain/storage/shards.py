@@ -143,12 +143,10 @@ class ShardLayout:
         small buffer. Returns whether the filesystem refused ``O_DIRECT`` (this read then
         went through the page cache; the caller should stop asking for ``direct``).
         """
-        count = len(data) // self.chunk_bytes
-        tail = self.stride - self.chunk_bytes
+        count, tail = len(data) // self.chunk_bytes, self.stride - self.chunk_bytes
         tails = aligned_buffer(count * tail)
         direct = direct and self.chunk_bytes % BLOCK == 0 and data.ctypes.data % BLOCK == 0
-        refused = False
-        done = 0
+        refused, done = False, 0
         while done < count:
             shard, at = divmod(first + done, self.per_shard)
             n = min(count - done, self.per_shard - at)
