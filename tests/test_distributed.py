@@ -10,6 +10,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from conftest import newest_checkpoint
 from tinygraphs import make_dataset
 
 from disktrain.errors import CheckpointError
@@ -18,7 +19,7 @@ from disktrain.models import ModelConfig
 from disktrain.pack import PackConfig, pack_dataset
 from disktrain.sample import SampleConfig, SampleStore, sample_dataset
 from disktrain.train import TrainConfig, train
-from disktrain.train.checkpoint import CheckpointConfig, checkpoint_name, load_checkpoint
+from disktrain.train.checkpoint import CheckpointConfig, checkpoint_name
 from disktrain.train.loop import params_digest
 
 pytestmark = pytest.mark.dist
@@ -136,8 +137,8 @@ def test_two_ranks_train_identical_replicas(prepared, tmp_path):
         assert r["world_size"] == 2 and r["steps"] == steps
     assert ranks[0]["params_sha256"] == ranks[1]["params_sha256"]
     # rank 0 alone checkpoints, and its checkpoint holds what rank 1 holds
-    state = load_checkpoint(tmp_path / "ck")
-    assert state["steps"] == steps and state["epoch"] == 3
+    state = newest_checkpoint(tmp_path / "ck")
+    assert state["trainer"]["steps"] == steps and state["epoch"] == 3
     assert params_digest(state["model"]) == ranks[1]["params_sha256"]
     losses = [json.loads(line)["loss"] for line in
               (tmp_path / "metrics.jsonl").read_text().splitlines()]
@@ -148,8 +149,8 @@ def test_torchrun_module_entry_point(prepared, tmp_path):
     torchrun("-m", "disktrain.train", str(prepared), "--model", "sage", "--epochs", "1",
              "--hidden", "16", "--max-batches", "2", "--checkpoint-dir", str(tmp_path / "ck"),
              "--metrics", str(tmp_path / "m.jsonl"))
-    state = load_checkpoint(tmp_path / "ck")
-    assert state["epoch"] == 1 and state["steps"] == 2
+    state = newest_checkpoint(tmp_path / "ck")
+    assert state["epoch"] == 1 and state["trainer"]["steps"] == 2
     assert len((tmp_path / "m.jsonl").read_text().splitlines()) == 1
 
 
@@ -157,8 +158,8 @@ def test_torchrun_trains_with_a_robust_aggregator(prepared, tmp_path):
     torchrun("-m", "disktrain.train", str(prepared), "--model", "sage", "--epochs", "1",
              "--hidden", "16", "--max-batches", "2", "--aggregator", "flag",
              "--checkpoint-dir", str(tmp_path / "ck"))
-    state = load_checkpoint(tmp_path / "ck")
-    assert state["steps"] == 2
+    state = newest_checkpoint(tmp_path / "ck")
+    assert state["trainer"]["steps"] == 2
     assert all(t.isfinite().all() for t in state["model"].values())
 
 

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import newest_checkpoint
 from tinygraphs import make_dataset
 
 from disktrain.cluster.head import (
@@ -40,7 +41,7 @@ from disktrain.models import ModelConfig
 from disktrain.pack import PackConfig, PackedStore, pack_dataset
 from disktrain.sample import SampleConfig, SampleStore, sample_dataset
 from disktrain.train import TrainConfig
-from disktrain.train.checkpoint import CheckpointConfig, load_checkpoint
+from disktrain.train.checkpoint import CheckpointConfig
 from disktrain.train.loop import params_digest
 
 REPO = Path(__file__).resolve().parents[1]
@@ -201,8 +202,8 @@ def test_ray_job_submit(ray_env, prepared, tmp_path):
         assert proc.returncode == 0, out[-4000:]
         assert "succeeded" in out, out[-4000:]
         if args[0] == "train":
-            state = load_checkpoint(tmp_path / "ck")
-            assert state["epoch"] == 1 and state["steps"] == 2  # --max-batches: per worker
+            state = newest_checkpoint(tmp_path / "ck")
+            assert state["epoch"] == 1 and state["trainer"]["steps"] == 2  # --max-batches: per worker
         else:
             assert '"num_nodes": 300' in out
         # a client without the token is refused
@@ -295,8 +296,8 @@ def test_fit_on_ray_workers_hold_identical_parameters(uninterrupted, prepared):
     assert s["world_size"] == 2 and s["steps"] == _expected_steps(prepared, cfg, 2) > 0
     assert s["replicas_identical"] and len(s["replica_sha256"]) == 2
     assert set(s["replica_sha256"]) == {s["params_sha256"]}
-    state = load_checkpoint(Path(s["checkpoint"]).parent)
-    assert state["epoch"] == 2 and state["steps"] == s["steps"]
+    state = newest_checkpoint(Path(s["checkpoint"]).parent)
+    assert state["epoch"] == 2 and state["trainer"]["steps"] == s["steps"]
     assert params_digest(state["model"]) == s["params_sha256"]
 
 

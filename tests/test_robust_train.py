@@ -219,7 +219,7 @@ MOMENTUM_WORKER = textwrap.dedent("""
     import json, os, sys
     from disktrain.cli import build_parser, configs
     from disktrain.train import train
-    from disktrain.train.checkpoint import load_checkpoint
+    from disktrain.train.checkpoint import load_bytes, read_newest
 
     dataset, out = sys.argv[1], sys.argv[2]
     rank = os.environ["RANK"]
@@ -232,7 +232,8 @@ MOMENTUM_WORKER = textwrap.dedent("""
     run = lambda *argv: train(configs(build_parser("train").parse_args([*base, *argv]))[""])
     ck = os.path.join(out, "ck")
     run("--epochs", "1", "--checkpoint-dir", ck)
-    saved = load_checkpoint(ck)["worker_momentum"] if rank == "0" else None
+    saved = load_bytes(*read_newest(ck)[::-1])["worker_momentum"]["average"] \
+        if rank == "0" else None
     resumed = run("--epochs", "2", "--checkpoint-dir", ck, "--resume")
     straight = run("--epochs", "2", "--checkpoint-dir", os.path.join(out, f"straight{rank}"))
     with open(os.path.join(out, f"rank{rank}.json"), "w") as f:

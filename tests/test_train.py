@@ -7,6 +7,7 @@ import operator
 import numpy as np
 import pytest
 import torch
+from conftest import newest_checkpoint
 from tinygraphs import make_dataset
 
 from disktrain.loader.schedule import epoch_batches, worker_share
@@ -14,7 +15,7 @@ from disktrain.models import ModelConfig
 from disktrain.pack import PackConfig, pack_dataset
 from disktrain.sample import SampleConfig, sample_dataset
 from disktrain.train import TrainConfig, train
-from disktrain.train.checkpoint import CheckpointConfig, load_checkpoint
+from disktrain.train.checkpoint import CheckpointConfig
 
 
 def test_epoch_batches_table():
@@ -77,7 +78,7 @@ def test_compute_threads_apply_to_the_run_only(prepared, tmp_path):
 
 
 def _params(directory):
-    return load_checkpoint(directory)["model"]
+    return newest_checkpoint(directory)["model"]
 
 
 def test_resume_mid_epoch_matches_uninterrupted(prepared, tmp_path):
@@ -100,7 +101,7 @@ def test_resume_mid_epoch_matches_uninterrupted(prepared, tmp_path):
         train(TrainConfig(**base, checkpoint=CheckpointConfig(dir=str(tmp_path / "cut"),
                                                               every=2)),
               grad_sync=dying_sync)
-    state = load_checkpoint(tmp_path / "cut")
+    state = newest_checkpoint(tmp_path / "cut")
     assert state["epoch"] == 1 and state["cursor"] > 0
     train(TrainConfig(**base, checkpoint=CheckpointConfig(dir=str(tmp_path / "cut"), every=2,
                                                           resume=True)))

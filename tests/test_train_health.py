@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 import zarr
+from conftest import newest_checkpoint
 from tinygraphs import make_dataset
 
 from disktrain.cli import main
@@ -19,13 +20,12 @@ from disktrain.models import ModelConfig
 from disktrain.pack import PackConfig, pack_dataset
 from disktrain.robust import RobustConfig
 from disktrain.sample import SampleConfig, SampleStore, sample_dataset
-from disktrain.train import TrainConfig, loop, train
+from disktrain.train import TrainConfig, train, trainer
 from disktrain.train.checkpoint import (
     CheckpointConfig,
     CheckpointWriter,
     checkpoint_files,
     checkpoint_name,
-    load_checkpoint,
 )
 
 BATCHES = 4  # max_batches: each epoch trains the first 4 of its batches
@@ -70,8 +70,8 @@ def _nan_at(monkeypatch, calls: set[int]):
         model.register_forward_hook(hook)
         return model
 
-    loop_build = loop.build_model
-    monkeypatch.setattr(loop, "build_model", build)
+    loop_build = trainer.build_model
+    monkeypatch.setattr(trainer, "build_model", build)
 
 
 def test_nan_loss_stops_naming_epoch_and_batch_and_keeps_the_last_checkpoint(
@@ -83,7 +83,7 @@ def test_nan_loss_stops_naming_epoch_and_batch_and_keeps_the_last_checkpoint(
         train(_cfg(prepared, ck, checkpoint_every=2))
     # checkpoints at (0,2) (0,4) (1,0) (1,2); the NaN at batch 2 came before (1,4)
     assert _names(ck) == [checkpoint_name(1, 2), checkpoint_name(1, 0)]
-    state = load_checkpoint(ck)
+    state = newest_checkpoint(ck)
     assert (state["epoch"], state["cursor"]) == (1, 2)
     assert all(t.isfinite().all() for t in state["model"].values())
 
@@ -106,7 +106,7 @@ def test_skip_drops_the_steps_and_counts_them(prepared, tmp_path, monkeypatch):
     assert [r["skipped_steps"] for r in records] == [1, 2]
     assert out["skipped_steps"] == 3 and out["steps"] == 2 * BATCHES - 3
     assert np.isfinite(out["loss"])
-    state = load_checkpoint(tmp_path / "ck")  # no NaN reached the parameters
+    state = newest_checkpoint(tmp_path / "ck")  # no NaN reached the parameters
     assert all(t.isfinite().all() for t in state["model"].values())
 
 
@@ -159,7 +159,7 @@ def test_a_damaged_newest_falls_back_to_the_previous(prepared, tmp_path, capsys,
             member = max(archive.infolist(), key=lambda i: i.file_size)
             data[bytes(data).index(archive.read(member)) + 5] ^= 0x01
     newest.write_bytes(bytes(data))
-    assert load_checkpoint(cut)["epoch"] == 1
+    assert newest_checkpoint(cut)["epoch"] == 1
     err = capsys.readouterr().err
     assert f"disktrain: warning: {newest}" in err
     assert damage == "truncate" or "fails its CRC-32 check" in err  # torch.load would not see it
@@ -178,7 +178,7 @@ def test_a_model_with_nan_is_never_written(tmp_path):
                        r"one, .*ckpt-e000001-b00000000\.pt, is kept"):
         writer.save(bad)
     assert _names(tmp_path) == [checkpoint_name(1, 0)]
-    assert torch.equal(load_checkpoint(tmp_path)["model"]["w"], torch.ones(3))
+    assert torch.equal(newest_checkpoint(tmp_path)["model"]["w"], torch.ones(3))
 
 
 @pytest.mark.parametrize("make,match", [

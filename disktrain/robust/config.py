@@ -156,7 +156,8 @@ class Aggregator:
         self.previous: Tensor | None = None
 
     def __call__(self, x: Tensor) -> Tensor:
-        out = aggregate(x, self.cfg, step=self.step, previous=self.previous)
+        previous = None if self.previous is None else self.previous.to(x)
+        out = aggregate(x, self.cfg, step=self.step, previous=previous)
         self.step += 1
         if bool(torch.isfinite(out).all()):
             self.previous = out
@@ -167,8 +168,8 @@ class Aggregator:
         return {"step": self.step,
                 "previous": torch.empty(0) if self.previous is None else self.previous.cpu()}
 
-    def load_state_dict(self, state: dict, device: torch.device | str = "cpu") -> None:
-        """Go on from ``state`` (of :meth:`state_dict`), the center on ``device``."""
+    def load_state_dict(self, state: dict) -> None:
+        """Go on from ``state`` (of :meth:`state_dict`); the center moves to the device of the
+        next stack."""
         self.step = int(state["step"])
-        prev = state["previous"]
-        self.previous = prev.to(device) if prev.numel() else None
+        self.previous = state["previous"] if state["previous"].numel() else None

@@ -56,6 +56,14 @@ class RobustAggregate:
         stack = self.attacked(gather(flat_grads(params)))
         set_flat_grads(params, self.aggregator(stack))
 
+    def state_dict(self) -> dict:
+        """The aggregator's state (step count and center), alike on every rank."""
+        return self.aggregator.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        """Go on from :meth:`state_dict`."""
+        self.aggregator.load_state_dict(state)
+
     def attacked(self, stack: torch.Tensor) -> torch.Tensor:
         """The gathered stack with the byzantine rows replaced (unchanged without attackers)."""
         if not self.byzantine:

@@ -125,3 +125,11 @@ class ByzantineWorker:
                     **self.cfg.params)
         set_flat_grads(params, bad.to(flat))
 
+    def state_dict(self) -> dict:
+        """The steps taken (they seed the gaussian attack), alike on every rank."""
+        return {"steps": self.steps}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Go on from :meth:`state_dict`."""
+        self.steps = int(state["steps"])
+
