@@ -110,6 +110,26 @@ def test_resume_mid_epoch_matches_uninterrupted(prepared, tmp_path):
         assert torch.equal(full[k], cut[k]), k
 
 
+def test_resume_refuses_a_changed_run_naming_the_checkpoint(prepared, tmp_path):
+    """A checkpoint of the earlier format (fields side by side), or one whose part does not fit
+    the run (another seed: the loader's batches would differ), is refused by its file."""
+    from disktrain.errors import CheckpointError
+    from disktrain.train.checkpoint import CheckpointWriter, checkpoint_files
+
+    base = {"dataset": str(prepared), "progress": False, "model": ModelConfig(hidden=16)}
+    ck = CheckpointConfig(dir=str(tmp_path / "ck"), resume=True)
+    train(TrainConfig(**base, epochs=1, checkpoint=CheckpointConfig(dir=ck.dir)))
+    newest = checkpoint_files(ck.dir)[0]
+    with pytest.raises(CheckpointError, match=f"{newest}: its loader state does not fit this "
+                       "run: loader state has seed 0, this loader 1"):
+        train(TrainConfig(**base, epochs=2, seed=1, checkpoint=ck))
+    state = newest_checkpoint(ck.dir)
+    old = {"model": state["model"], "epoch": 1, "cursor": 0, "steps": 3}
+    CheckpointWriter(ck.dir, keep=1).save(old)  # the same name: replaces it
+    with pytest.raises(CheckpointError, match=f"{newest}: a checkpoint of format 1"):
+        train(TrainConfig(**base, epochs=2, checkpoint=ck))
+
+
 def test_float16_features_train(tmp_path):
     path = make_dataset(tmp_path / "f16", dtype=np.float16)
     sample_dataset(path, SampleConfig(fanouts=(3, 2), batch_size=32, seed=0), progress=False)
