@@ -32,7 +32,7 @@ from disktrain.sample import SampleConfig, sample_dataset
 from disktrain.sample.plan import sampling_key
 from disktrain.sample.store import unpack_batch
 from disktrain.storage.dataset import Dataset
-from disktrain.train import TrainConfig, train
+from disktrain.train import EvalConfig, TrainConfig, train
 from disktrain.train.checkpoint import CheckpointConfig
 from disktrain.train.evaluate import evaluate
 
@@ -73,7 +73,8 @@ def train_offline(path: Path, epochs: int, seed: int, sampled_epochs: int, work:
     pack_dataset(path, PackConfig(), progress=False)
     ckpt = CheckpointConfig(dir=str(work / f"ck-{seed}-{sampled_epochs}"))
     out = train(TrainConfig(dataset=str(path), model=ModelConfig(model="sage", hidden=HIDDEN),
-                            epochs=epochs, seed=seed, eval_every=epochs, progress=False,
+                            epochs=epochs, seed=seed, evaluation=EvalConfig(every=epochs),
+                            progress=False,
                             checkpoint=ckpt))
     return out["test_acc"]
 

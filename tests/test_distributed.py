@@ -28,13 +28,14 @@ TORCHRUN = Path(sys.executable).with_name("torchrun")
 WORKER = textwrap.dedent("""
     import json, os, sys
     from disktrain.models import ModelConfig
-    from disktrain.train import TrainConfig, train
+    from disktrain.train import EvalConfig, OptimizerConfig, TrainConfig, train
     from disktrain.train.checkpoint import CheckpointConfig
 
     dataset, out = sys.argv[1], sys.argv[2]
-    summary = train(TrainConfig(dataset=dataset, epochs=3, seed=1, lr=0.02, progress=False,
+    summary = train(TrainConfig(dataset=dataset, epochs=3, seed=1, progress=False,
+                                optimizer=OptimizerConfig(lr=0.02),
                                 model=ModelConfig(model="sage", hidden=16, dropout=0.0),
-                                eval_every=3,
+                                evaluation=EvalConfig(every=3),
                                 checkpoint=CheckpointConfig(dir=os.path.join(out, "ck")),
                                 metrics=os.path.join(out, "metrics.jsonl")))
     with open(os.path.join(out, f"rank{os.environ['RANK']}.json"), "w") as f:

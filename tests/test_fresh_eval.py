@@ -21,7 +21,7 @@ from disktrain.pack.prepare import prepare_epoch, prepare_eval, serve_epochs
 from disktrain.sample import SampleConfig, SamplePlan, SampleStore, sample_dataset
 from disktrain.storage.dataset import Dataset
 from disktrain.storage.roots import epoch_root, eval_root, is_prepared
-from disktrain.train import TrainConfig, train
+from disktrain.train import EvalConfig, TrainConfig, train
 from disktrain.train.checkpoint import CheckpointConfig
 from disktrain.train.evaluate import Evaluator, evaluate_packed
 
@@ -70,7 +70,7 @@ def test_fresh_epochs_train_exactly_like_presampled_ones(one_epoch, tmp_path):
     assert not fresh["reused_sampled_epochs"]
     assert not any(epoch_root(one_epoch, 0).parent.glob("e*"))
     three = _prepare(make_dataset(tmp_path / "g3"), epochs=3, evaluation=False)
-    presampled = _run(three, tmp_path / "b", evaluation="online")
+    presampled = _run(three, tmp_path / "b", evaluation=EvalConfig(mode="online"))
     assert presampled["fresh_epochs"] == 0
     assert fresh["params_sha256"] == presampled["params_sha256"]
 
@@ -134,7 +134,7 @@ def test_packed_evaluation_reads_the_raw_rows_exactly(one_epoch):
     model = build_model(GNNConfig(model="sage", in_dim=16, hidden=16, num_classes=4,
                                   num_layers=2)).eval()
     loader = Loader(one_epoch, plan_reuse="cycle")
-    evaluator = Evaluator("auto", loader, 64, 0)
+    evaluator = Evaluator(EvalConfig(batch_size=64), loader, 0)
     assert evaluator.mode("val") == evaluator.mode("test") == "packed"
     got = evaluator(model)
     for split in ("val", "test"):
@@ -146,16 +146,16 @@ def test_packed_evaluation_reads_the_raw_rows_exactly(one_epoch):
 def test_evaluation_modes(tmp_path, capsys):
     path = _prepare(make_dataset(tmp_path / "g"), epochs=1, evaluation=False)
     loader = Loader(path, plan_reuse="cycle")
-    assert Evaluator("auto", loader, 64, 0).mode("val") == "online"
+    assert Evaluator(EvalConfig(batch_size=64), loader, 0).mode("val") == "online"
     assert capsys.readouterr().err == ""  # not prepared: online, quietly
     with pytest.raises(DataError, match="no packed evaluation batches .*eval/val"):
-        Evaluator("packed", loader, 64, 0)
+        Evaluator(EvalConfig(mode="packed", batch_size=64), loader, 0)
     prepare_eval(path, progress=False)
     pack_dataset(path, PackConfig(chunk_bytes=512), progress=False)  # another training store
     loader = Loader(path, plan_reuse="cycle")
-    assert Evaluator("auto", loader, 64, 0).mode("test") == "online"
+    assert Evaluator(EvalConfig(batch_size=64), loader, 0).mode("test") == "online"
     assert "made with this training store" in capsys.readouterr().err
-    result = _run(path, tmp_path, epochs=1, evaluation="online")
+    result = _run(path, tmp_path, epochs=1, evaluation=EvalConfig(mode="online"))
     assert 0 <= result["test_acc"] <= 1 and result["eval_time_s"] > 0
 
 

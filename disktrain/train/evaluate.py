@@ -7,6 +7,7 @@ neighbors, :func:`disktrain.loader.device.sample_on_device`).
 from __future__ import annotations
 
 import sys
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -22,23 +23,48 @@ from disktrain.sample.plan import sampling_key
 from disktrain.sample.store import unpack_batch
 from disktrain.storage.dataset import Dataset
 from disktrain.storage.roots import EVAL_SPLITS, eval_root, is_prepared
-from disktrain.train.config import EVAL_MODES
+
+EVAL_MODES = ("auto", "packed", "online")
+
+
+@dataclass(frozen=True, kw_only=True)
+class EvalConfig:
+    """How and how often a training run evaluates val and test accuracy."""
+
+    mode: str = "auto"
+    """packed: their batches as `disktrain prepare` sampled and packed them, read through the
+    training pipeline; online: sampled now, features read from the raw array; auto: packed
+    where prepared, else online."""
+    every: int = 1
+    """Evaluate every this many epochs (and after the last)."""
+    batch_size: int = 4096
+    """Seeds per batch of online evaluation."""
+
+    def __post_init__(self) -> None:
+        if self.mode not in EVAL_MODES:
+            raise ValueError(f"EvalConfig.mode must be one of {EVAL_MODES}, got {self.mode!r}")
+        for name in ("every", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"EvalConfig.{name} must be >= 1, got {getattr(self, name)}")
+
+    def due(self, epoch: int, epochs: int) -> bool:
+        """Whether to evaluate after epoch ``epoch`` of ``epochs``."""
+        return (epoch + 1) % self.every == 0 or epoch + 1 == epochs
 
 
 class Evaluator:
-    """Accuracy of a model on val and test, the way ``mode`` asks.
+    """Accuracy of a model on val and test, the way ``cfg.mode`` asks.
 
     packed: each split's packed batches (``disktrain prepare`` made them with the training
     store), read by :class:`~disktrain.loader.loader.Loader` with the training loader's caches;
-    online: neighborhoods sampled now, features read from the raw array; auto: packed where
-    prepared, else online (with a warning when those batches were made with another
-    training store).
+    online: neighborhoods sampled now (seeded by ``seed``), features read from the raw array;
+    auto: packed where prepared, else online (with a warning when those batches were made with
+    another training store).
     """
 
-    def __init__(self, mode: str, train: Loader, batch_size: int, seed: int):
-        if mode not in EVAL_MODES:
-            raise ValueError(f"eval mode must be one of {EVAL_MODES}, got {mode!r}")
-        self.train, self.batch_size, self.seed = train, batch_size, seed
+    def __init__(self, cfg: EvalConfig, train: Loader, seed: int):
+        mode = cfg.mode
+        self.train, self.batch_size, self.seed = train, cfg.batch_size, seed
         self._graph: tuple[torch.Tensor, torch.Tensor] | None | bool = False  # not made yet
         dataset = train.dataset
         self.packed: dict[str, Loader] = {}

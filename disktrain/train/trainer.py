@@ -47,7 +47,7 @@ class Trainer:
         self.model = build_model(cfg.model.sized(
             in_dim=meta.feature_dim, num_classes=meta.num_classes,
             num_layers=len(loader.fanouts))).to(device)
-        self.opt = cfg.make_optimizer(self.model.parameters())
+        self.opt = cfg.optimizer.build(self.model.parameters())
         self.grads = GradientPath(cfg, env, meta.num_classes, grad_sync,
                                   [p for p in self.model.parameters() if p.requires_grad])
         self.ckpt_dir = cfg.checkpoint.directory(cfg.dataset)
@@ -70,11 +70,11 @@ class Trainer:
         checkpoint_dir)`` is called after each)."""
         cfg, loader = self.cfg, self.loader
         _warn_reuse(cfg, loader.sampled_epochs, self.env)
-        evaluator = Evaluator(cfg.evaluation, loader, cfg.eval_batch_size, cfg.seed)
+        evaluator = Evaluator(cfg.evaluation, loader, cfg.seed)
         for epoch in range(loader.epoch, cfg.epochs):
             loader.set_epoch(epoch)
             record = self._epoch(epoch)
-            if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs:
+            if cfg.evaluation.due(epoch, cfg.epochs):
                 record.update(_evaluation(evaluator, self.model))
             self.progress.history.append(record)
             loader.set_epoch(epoch + 1)
