@@ -12,6 +12,8 @@ import torch.multiprocessing as mp
 
 from disktrain.robust import (
     AGGREGATORS,
+    AttackConfig,
+    ByzantineWorker,
     RobustAggregate,
     RobustConfig,
     aggregate,
@@ -255,18 +257,26 @@ def test_sync_is_a_noop_without_a_process_group():
     assert all(torch.equal(p.grad, b) for p, b in zip(lin.parameters(), before))
 
 
-def test_sync_attack_injection_is_deterministic():
+def test_the_gaussian_attack_is_deterministic_and_shared_by_the_attackers():
+    """Attacking ranks send the same noise, drawn from the seed and the step (a rank that does
+    not attack sends its gradient): no collective is needed for it."""
     stack = honest_stack(6)
     cfg = RobustConfig(aggregator="median", f=2)
-    a, b = (RobustAggregate(cfg, byzantine={1, 3}, attack="gaussian", attack_params={"std": 5.0},
-                            seed=7).attacked(stack) for _ in range(2))
-    assert torch.equal(a, b)
-    assert torch.equal(a[[0, 2, 4]], stack[[0, 2, 4]])
-    assert torch.equal(a[1], a[3]) and not torch.equal(a[1], stack[1])
-    with pytest.raises(ValueError, match="need an attack"):
-        RobustAggregate(cfg, byzantine={1})
+    attack = AttackConfig(attack="gaussian", ranks=(1, 3), params={"std": 5.0}, seed=7)
+
+    def sent(rank: int, steps: int = 1) -> torch.Tensor:
+        worker = ByzantineWorker(attack, cfg, rank=rank, world_size=5)
+        p = torch.nn.Parameter(torch.zeros(stack.shape[1]))
+        for _ in range(steps):
+            p.grad = stack[rank].clone()
+            worker([p])
+        return p.grad
+
+    assert torch.equal(sent(1), sent(1)) and torch.equal(sent(1), sent(3))
+    assert torch.equal(sent(0), stack[0]) and not torch.equal(sent(1), stack[1])
+    assert not torch.equal(sent(1, steps=2), sent(1))  # a new draw each step
     with pytest.raises(ValueError, match="unknown"):
-        RobustAggregate(cfg, byzantine={1}, attack="nope")
+        AttackConfig(attack="nope", ranks=(1,))
 
 
 WORLD = 3
@@ -302,7 +312,9 @@ def _sync_worker(rank: int, port: int, out: str) -> None:
         results = []
         for cfg in DIST_CONFIGS:
             params = list(local_grads(rank).parameters())
-            RobustAggregate(cfg, byzantine={BYZANTINE}, attack="sign-flip")(params)
+            ByzantineWorker(AttackConfig(attack="sign-flip", ranks=(BYZANTINE,)), cfg, rank=rank,
+                            world_size=WORLD)(params)  # the attacking rank sends the attack
+            RobustAggregate(cfg)(params)
             results.append([p.grad for p in params])
         torch.save(results, f"{out}/rank{rank}.pt")
     finally:

@@ -1,8 +1,8 @@
 """Real attacking workers: the Byzantine ranks replace their own gradient before communication.
 
-Unlike RobustAggregate's simulation (rows replaced after the all-gather), the attacking rank
-computes its gradient, replaces it, and sends the bad vector through the real aggregation
-round, so the data path, the communication and the rule run as in a real fault.
+The attacking rank computes its gradient, replaces it, and sends the bad vector through the
+real aggregation round, so the data path, the communication and the rule run as in a real
+fault.
 
 Protocol, per training step, on EVERY rank, between backward and the grad-sync step:
 
