@@ -109,19 +109,18 @@ def read_newest(directory: str | Path) -> tuple[Path, bytes] | None:
 
 
 def checkpoint_state(parts: dict, epoch: int, cursor: int) -> dict:
-    """The checkpoint of ``parts`` (name -> an object with ``state_dict()``) that resumes at
-    batch ``cursor`` of ``epoch``. Every rank calls it: a part may gather every rank's state."""
+    """The checkpoint of ``parts`` (name -> an object with ``state_dict()``) resuming at batch
+    ``cursor`` of ``epoch``; on every rank (a part may gather every rank's state)."""
     return {"format": FORMAT, "epoch": epoch, "cursor": cursor,
             **{name: part.state_dict() for name, part in parts.items()}}
 
 
 def resume(parts: dict, directory: Path, writer: CheckpointWriter, env: DistEnv,
            device: torch.device) -> list[int] | None:
-    """Load every part of ``parts`` from the checkpoint every rank resumes from: rank 0 reads
-    the newest one that loads from its ``directory`` and broadcasts its bytes. Returns its
-    position ``[epoch, cursor]``, None without one. Raises CheckpointError on every rank when
-    it is of another format, was written by another number of workers, or a part's state does
-    not fit this run; a part it lacks starts afresh (said on stderr)."""
+    """Load each of ``parts`` from the checkpoint rank 0 finds newest in its ``directory``
+    (its bytes broadcast); return its ``[epoch, cursor]`` (None: none). CheckpointError on
+    every rank for another format, number of workers, or a part's state that does not fit;
+    a part it lacks starts afresh (said on stderr)."""
     found = read_newest(directory) if env.is_main else None
     if found is not None:
         writer.adopt(found[0])

@@ -28,15 +28,14 @@ class AllReduceMean:
 
 
 class GradientPath:
-    """What this rank does from a batch's labels to the gradient the optimizer steps on.
+    """This rank's path from a batch's labels to the gradient the optimizer steps on: the
+    attacker's labels (disktrain.robust.worker), backward, the worker momentum
+    (disktrain.robust.momentum), the attacker's gradient, the sync.
 
-    The mean under several workers: DistributedDataParallel (bucketed all-reduces that overlap
-    backward); a robust rule or a given ``grad_sync(params)``: after backward, on every
-    gradient. A gradient attack, worker momentum or a pre-aggregator must act between backward
-    and the sync, which DistributedDataParallel's averaging during backward leaves no room for:
-    RobustAggregate then runs even the mean. The attacker (``cfg.attack``) and the worker
-    momentum (``cfg.worker_momentum``) are disktrain.robust's.
-    """
+    The mean under several workers: DistributedDataParallel (bucketed all-reduces overlapping
+    backward); a robust rule or a given ``grad_sync(params)``: after backward. An attack on the
+    gradient, worker momentum or a pre-aggregator acts between backward and the sync, which
+    DistributedDataParallel leaves no room for: RobustAggregate then runs even the mean."""
 
     def __init__(self, cfg: TrainConfig, env: DistEnv, num_classes: int, grad_sync,
                  params: list[torch.nn.Parameter]) -> None:
@@ -53,14 +52,11 @@ class GradientPath:
         self.sync = grad_sync or (AllReduceMean() if plain_mean else RobustAggregate(cfg.robust))
 
     def parts(self, env: DistEnv, device: torch.device) -> dict:
-        """The stateful parts among these steps, by checkpoint name."""
-        out = {} if self.momentum is None else \
-            {"worker_momentum": PerRank(self.momentum, env, device)}
-        if hasattr(self.sync, "state_dict"):  # alike on every rank
-            out["grad_sync"] = self.sync
-        if self.worker is not None:  # alike on every rank
-            out["attack"] = self.worker
-        return out
+        """The stateful parts among these steps, by name (the momentum differs by rank)."""
+        parts = {"worker_momentum": None if self.momentum is None else
+                 PerRank(self.momentum, env, device), "attack": self.worker,
+                 "grad_sync": self.sync if hasattr(self.sync, "state_dict") else None}
+        return {name: part for name, part in parts.items() if part is not None}
 
     def wrap(self, model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
         """``model`` as the forward pass runs it (under DistributedDataParallel or not)."""

@@ -8,14 +8,10 @@ when only rank 0's (node-local) checkpoint directory has it.
 
 Every step is checked before the optimizer step (``disktrain.train.health``): a non-finite
 loss or synchronized gradient stops the run with NonFiniteError naming the epoch and batch,
-or, with ``on_nonfinite="skip"``, drops the step and counts it.
-
-With ``cfg.attack``, every rank runs a ByzantineWorker (disktrain.robust.worker): the attacking
-ranks train on flipped labels or replace their gradient before the grad-sync step; with
-``cfg.worker_momentum``, every rank first replaces its gradient by the running average of its
-gradients (disktrain.robust.momentum). After each epoch's batches, every rank compares a
-digest of its parameters with the others' (disktrain.robust.check_replicas) and stops with
-ReplicaDivergenceError, naming the ranks, when they differ.
+or, with ``on_nonfinite="skip"``, drops the step and counts it. After each epoch's batches,
+every rank compares a digest of its parameters with the others'
+(disktrain.robust.check_replicas) and stops with ReplicaDivergenceError when they differ.
+The run itself: :class:`~disktrain.train.trainer.Trainer`.
 """
 
 from __future__ import annotations

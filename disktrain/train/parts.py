@@ -1,6 +1,5 @@
-"""Stateful parts of a training run that live outside the model, the optimizer and the loader:
-the run's own counters, the random generators, and the wrapper that checkpoints a part whose
-state differs by rank. Each has ``state_dict`` / ``load_state_dict``, as the others do."""
+"""A training run's stateful parts beside its model, optimizer and loader (its counters, the
+random generators) and the checkpoint of a part whose state differs by rank."""
 
 from __future__ import annotations
 
@@ -32,7 +31,8 @@ class Progress:
 
 
 class RngState:
-    """This process's random generators: torch's CPU one and, on a GPU, ``device``'s."""
+    """This process's random generators: torch's CPU one and, on a GPU, ``device``'s (a part
+    that differs by rank: checkpointed through :class:`PerRank`)."""
 
     def __init__(self, device: torch.device) -> None:
         self.device = device
@@ -58,9 +58,9 @@ class PerRank:
         self.part, self.env, self.device = part, env, device
 
     def state_dict(self) -> dict:
-        if self.env.world_size == 1:
-            return {k: v[None].cpu() for k, v in self.part.state_dict().items()}
-        return {k: gather(v.to(self.device)).cpu() for k, v in self.part.state_dict().items()}
+        several = self.env.world_size > 1
+        return {k: (gather(v.to(self.device)) if several else v[None]).cpu()
+                for k, v in self.part.state_dict().items()}
 
     def load_state_dict(self, state: dict) -> None:
         for key, stack in state.items():

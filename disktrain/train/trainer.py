@@ -1,12 +1,6 @@
-"""One rank's training run as stateful parts, and its loop: epochs of steps, evaluation,
-checkpoints.
-
-The parts are the model, the optimizer, the loader (its epoch and cursor), the run's counters
-(:class:`~disktrain.train.parts.Progress`), every rank's random generators and, as configured,
-every rank's worker momentum, the robust gradient sync's aggregator and the attacker; each has
-``state_dict`` / ``load_state_dict``. A checkpoint is the dict of their states, and resuming
-loads each part from it (disktrain.train.checkpoint).
-"""
+"""One rank's training run as named stateful parts (model, optimizer, loader, counters, RNG
+states and the gradient path's: each with ``state_dict`` / ``load_state_dict``; a checkpoint
+is the dict of their states), and its loop: epochs of steps, evaluation, checkpoints."""
 
 from __future__ import annotations
 
@@ -36,17 +30,15 @@ STAGES = ("read", "assemble", "copy")
 
 
 class Trainer:
-    """Trains ``cfg.model`` on this rank's share of ``loader`` (see disktrain.train.loop.train):
-    builds the parts, resumes them when ``cfg.checkpoint.resume`` asks, and starts every rank
-    from rank 0's parameters."""
+    """Trains ``cfg.model`` on this rank's share of ``loader`` (disktrain.train.loop.train):
+    builds the parts, resumes them (``cfg.checkpoint.resume``), starts from rank 0's weights."""
 
     def __init__(self, cfg: TrainConfig, env: DistEnv, device: torch.device, loader: Loader,
                  grad_sync=None) -> None:
         meta = _trainable(cfg, loader)
         self.cfg, self.env, self.device, self.loader = cfg, env, device, loader
-        self.model = build_model(cfg.model.sized(
-            in_dim=meta.feature_dim, num_classes=meta.num_classes,
-            num_layers=len(loader.fanouts))).to(device)
+        self.model = build_model(cfg.model.sized(in_dim=meta.feature_dim, num_layers=len(
+            loader.fanouts), num_classes=meta.num_classes)).to(device)
         self.opt = cfg.optimizer.build(self.model.parameters())
         self.grads = GradientPath(cfg, env, meta.num_classes, grad_sync,
                                   [p for p in self.model.parameters() if p.requires_grad])
@@ -66,8 +58,8 @@ class Trainer:
         self.forward = self.grads.wrap(self.model, device)
 
     def fit(self, on_epoch=None) -> list[dict]:
-        """Train the epochs left; return the record of every epoch (``on_epoch(record,
-        checkpoint_dir)`` is called after each)."""
+        """Train the epochs left, calling ``on_epoch(record, checkpoint_dir)`` after each;
+        return every epoch's record."""
         cfg, loader = self.cfg, self.loader
         _warn_reuse(cfg, loader.sampled_epochs, self.env)
         evaluator = Evaluator(cfg.evaluation, loader, cfg.seed)
@@ -87,8 +79,7 @@ class Trainer:
         return self.progress.history
 
     def _epoch(self, epoch: int) -> dict:
-        """Train this rank's batches of ``epoch`` (those left, when resumed inside it); return
-        the epoch's record."""
+        """Train this rank's batches of ``epoch`` left (all, unless resumed inside it)."""
         loader, cursor = self.loader, self.loader.state_dict()["cursor"]
         num_batches = len(loader)
         meter = EpochMeter(self.device)
@@ -144,13 +135,12 @@ class Trainer:
 
 
 class EpochMeter:
-    """One epoch's seconds (waiting for each batch, computing on it, and the loader's stages
-    behind it) and this rank's mean finite loss, summed on the device."""
+    """One epoch's seconds (waiting for batches, computing, the loader's stages) and this
+    rank's finite losses, summed on the device."""
 
     def __init__(self, device: torch.device) -> None:
         self.seconds = dict.fromkeys((*STAGES, "compute", "wait"), 0.0)
-        self.loss_sum = torch.zeros((), device=device)  # this rank's finite losses
-        self.losses = torch.zeros((), device=device)  # how many
+        self.loss_sum, self.losses = (torch.zeros((), device=device) for _ in range(2))
         self.start = self._mark = time.perf_counter()
 
     def begin(self) -> None:
@@ -177,8 +167,7 @@ class EpochMeter:
         return float(self.loss_sum / self.losses) if float(self.losses) else float("nan")
 
     def times(self, prepare_wait: float) -> dict:
-        """The epoch's seconds; ``prepare_wait``, the wait for fresh samples inside the wait
-        for the first batch, counts apart."""
+        """The seconds; ``prepare_wait`` (for fresh samples, before the first batch) apart."""
         self.seconds["wait"] = max(0.0, self.seconds["wait"] - prepare_wait)
         return {"epoch_time_s": time.perf_counter() - self.start - prepare_wait,
                 **{f"{k}_s": v for k, v in self.seconds.items()}, "prepare_wait_s": prepare_wait}
