@@ -34,7 +34,7 @@ from disktrain.cluster.head import (
 )
 from disktrain.cluster.job import job_argv
 from disktrain.cluster.ray_prepare import prepare_on_ray, split_runs
-from disktrain.cluster.ray_train import FAIL_AT_ENV, RayTrainConfig, fit_on_ray
+from disktrain.cluster.ray_train import RayTrainConfig, fit_on_ray
 from disktrain.loader.schedule import epoch_batches, worker_share
 from disktrain.models import ModelConfig
 from disktrain.pack import PackConfig, PackedStore, pack_dataset
@@ -300,16 +300,43 @@ def test_fit_on_ray_workers_hold_identical_parameters(uninterrupted, prepared):
     assert params_digest(state["model"]) == s["params_sha256"]
 
 
+def dying_rank(fail_rank: int, fail_step: int, marker: Path):
+    """A per-rank gradient sync for ``fit_on_ray``: rank ``fail_rank`` exits abruptly at its
+    ``fail_step``-th step, once (while ``marker`` does not exist; it creates it). Until then
+    every rank syncs with the flat all-reduce (the same on every rank), afterwards with the
+    configured sync. A closure, so Ray pickles it by value to workers that cannot import
+    this test module."""
+
+    def grad_sync(rank: int):
+        if marker.exists():
+            return None
+        from disktrain.train.gradsync import AllReduceMean
+
+        sync, seen = AllReduceMean(), [0]
+        if rank != fail_rank:
+            return sync
+
+        def dying_sync(params) -> None:
+            seen[0] += 1
+            if seen[0] == fail_step:
+                marker.touch()
+                os._exit(1)
+            sync(params)
+
+        return dying_sync
+
+    return grad_sync
+
+
 @pytest.mark.ray
-def test_worker_killed_mid_epoch_restarts_from_checkpoint(uninterrupted, prepared, tmp_path,
-                                                          monkeypatch):
+def test_worker_killed_mid_epoch_restarts_from_checkpoint(uninterrupted, prepared, tmp_path):
     cfg = _train_cfg(prepared, tmp_path / "ck")
     per_epoch = _expected_steps(prepared, replace(cfg, epochs=1), 2)
     marker = tmp_path / "died"
     # rank 1 dies in the middle of epoch 1, after the epoch-0 checkpoint was reported
-    monkeypatch.setenv(FAIL_AT_ENV, f"1:{per_epoch + per_epoch // 2 + 1}:{marker}")
     s = fit_on_ray(cfg, RayTrainConfig(workers=2, max_failures=1,
-                                       storage_path=str(tmp_path / "ray")))
+                                       storage_path=str(tmp_path / "ray")),
+                   grad_sync=dying_rank(1, per_epoch + per_epoch // 2 + 1, marker))
     assert marker.exists(), "the injected failure did not happen"
     assert s["steps"] == uninterrupted["steps"] and s["replicas_identical"]
     # resumed from the epoch-end checkpoint: the same model as the uninterrupted run
