@@ -282,6 +282,7 @@ def test_run_measured_counts_a_grandchilds_storage_reads(tmp_path):
 @pytest.mark.skipif(importlib.util.find_spec("torch_geometric") is None
                     or importlib.util.find_spec("matplotlib") is None,
                     reason="the bench extra (torch_geometric, matplotlib) is not installed")
+@pytest.mark.slow
 def test_end_to_end_tiny(tmp_path):
     out, plots = tmp_path / "r.json", tmp_path / "plots"
     rc = bench.main(["--nodes", "3000", "--feature-dim", "16", "--splits", "1024,256,256",

@@ -116,6 +116,7 @@ def run_simulated(code: str) -> None:
     assert "simulator ok" in result.stdout
 
 
+@pytest.mark.slow
 def test_scatter_kernel_under_simulator_matches_cpu_twin_bit_for_bit():
     run_simulated("""
         import numpy as np
@@ -242,6 +243,7 @@ def test_sample_on_device_refuses_repeated_seeds():
                          torch.tensor([0, 1, 0]), [2], 0)
 
 
+@pytest.mark.slow
 def test_sampling_kernels_under_simulator_give_the_cpu_kernels_neighbors():
     run_simulated("""
         import numpy as np
@@ -422,6 +424,7 @@ def test_bench_epoch_summary_and_time_box():
         bench.parse_time_box("copy=3")
 
 
+@pytest.mark.slow
 def test_bench_gpu_dry_run_of_the_gather_part(tmp_path):
     done = subprocess.run([sys.executable, os.path.join(SCRIPTS, "bench_gpu.py"), "--dry-run",
                            "--parts", "gather", "--out", str(tmp_path)],

@@ -246,6 +246,7 @@ def test_direct_reads_leave_the_page_cache_alone(tmp_path):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (pinned memory)")
+@pytest.mark.gpu
 def test_pinned_buffers_are_aligned_and_read_directly(tmp_path, direct_opens):
     packed = _prepare(tmp_path / "d", 256, 4096 * 4)
     pool = _BufferPool(packed.feature_dim, packed.dtype, pin=True)

@@ -327,6 +327,7 @@ def test_full_disk_in_atomic_dir_names_file_and_removes_temporary(tmp_path):
 
 # Full filesystems, through the command line.
 
+@pytest.mark.slow
 def test_ingest_refused_up_front_on_small_filesystem(tmp_path, tmpfs):
     fs = tmpfs(2 << 20)
     rng = np.random.default_rng(0)
@@ -338,6 +339,7 @@ def test_ingest_refused_up_front_on_small_filesystem(tmp_path, tmpfs):
     assert list(fs.iterdir()) == []
 
 
+@pytest.mark.slow
 def test_synth_refused_up_front_on_small_filesystem(tmpfs):
     fs = tmpfs(2 << 20)
     proc = run_cli("synth", "--out", fs / "ds", "--nodes", "50000", "--no-progress")
@@ -350,6 +352,7 @@ PREPARE = ("--fanouts", "5,5", "--batch-size", "256", "--epochs", "2", "--group-
 
 
 @pytest.mark.parametrize(("size", "step"), [(4 << 20, "sampl"), (20 << 20, "pack")])
+@pytest.mark.slow
 def test_prepare_refused_up_front_on_small_filesystem(tmpfs, size, step):
     """The dataset fits; the sample store (~12 MB) or then the packed store (~27 MB) does not."""
     fs = tmpfs(size)
@@ -381,6 +384,7 @@ diskspace.require_free = _check_then_fill  # commands import it when they run
 
 
 @pytest.mark.parametrize("command", ["synth", "ingest", "prepare"])
+@pytest.mark.slow
 def test_disk_filling_during_write_is_clean_error(tmp_path, tmpfs, command):
     fs = tmpfs(16 << 20)
     filler = fs / "filler"

@@ -21,7 +21,7 @@ from disktrain.train import TrainConfig, train
 from disktrain.train.checkpoint import CheckpointConfig, checkpoint_name, load_checkpoint
 from disktrain.train.loop import params_digest
 
-pytestmark = pytest.mark.dist
+pytestmark = [pytest.mark.dist, pytest.mark.slow]  # torchrun jobs: seconds each
 
 TORCHRUN = Path(sys.executable).with_name("torchrun")
 WORKER = textwrap.dedent("""

@@ -46,6 +46,7 @@ def _tiny_cora(path: Path, num_nodes: int = 300, classes: int = 4) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_pyg_sage(tmp_path):
     pytest.importorskip("torch_geometric")
     cora = _tiny_cora(tmp_path / "cora")
@@ -58,6 +59,7 @@ def test_pyg_sage(tmp_path):
 
 
 @pytest.mark.dist
+@pytest.mark.slow
 def test_custom_loop_under_torchrun(tiny_dataset):
     sample_dataset(tiny_dataset, SampleConfig(fanouts=(3, 2), batch_size=16, epochs=2),
                    progress=False)

@@ -153,6 +153,7 @@ SIMULATOR_CHECK = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_cuda_kernel_under_simulator_matches_cpu_kernel():
     env = dict(os.environ, NUMBA_ENABLE_CUDASIM="1")
     result = subprocess.run([sys.executable, "-c", SIMULATOR_CHECK], check=False, env=env,

@@ -355,6 +355,7 @@ print("ok", store.num_batches)
 """
 
 
+@pytest.mark.slow
 def test_sample_store_under_a_low_open_file_limit(tmp_path):
     tests = Path(__file__).resolve().parent
     result = subprocess.run([sys.executable, "-c", LOW_LIMIT_SCRIPT, str(tmp_path), str(tests)],

@@ -180,6 +180,7 @@ def _cli_has_train() -> bool:
 
 
 @pytest.mark.ray
+@pytest.mark.slow
 def test_ray_job_submit(ray_env, prepared, tmp_path):
     """A head started like cluster/head.py does, then the documented job submission."""
     root = ray_env / "head"
@@ -259,6 +260,7 @@ def _same_packed(a: Path, b: Path) -> None:
 
 
 @pytest.mark.ray
+@pytest.mark.slow
 def test_prepare_on_ray_matches_single_process(cluster, prepared, tmp_path):
     path = make_dataset(tmp_path / "tiny")
     prepare_on_ray(path, SAMPLE, PACK, cluster.address, progress=False)
@@ -289,6 +291,7 @@ def uninterrupted(cluster, prepared, tmp_path_factory) -> dict:
 
 
 @pytest.mark.ray
+@pytest.mark.slow
 def test_fit_on_ray_workers_hold_identical_parameters(uninterrupted, prepared):
     s = uninterrupted
     cfg = _train_cfg(prepared, Path("unused"))
@@ -329,6 +332,7 @@ def dying_rank(fail_rank: int, fail_step: int, marker: Path):
 
 
 @pytest.mark.ray
+@pytest.mark.slow
 def test_worker_killed_mid_epoch_restarts_from_checkpoint(uninterrupted, prepared, tmp_path):
     cfg = _train_cfg(prepared, tmp_path / "ck")
     per_epoch = _expected_steps(prepared, replace(cfg, epochs=1), 2)
@@ -344,6 +348,7 @@ def test_worker_killed_mid_epoch_restarts_from_checkpoint(uninterrupted, prepare
 
 
 @pytest.mark.ray
+@pytest.mark.slow
 def test_init_ray_ignores_a_dead_head_named_by_ray_current_cluster(ray_env):
     """A head killed without clean-up leaves ray_current_cluster behind; no address still
     means a new local instance (it used to fail: "When connecting to an existing cluster,
@@ -379,6 +384,7 @@ def _head_script_started(out: Path, proc: subprocess.Popen, timeout: float = 120
 
 @pytest.mark.ray
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP], ids=["TERM", "HUP"])
+@pytest.mark.slow
 def test_head_script_stops_its_cluster_on_signal(ray_env, tmp_path, signum):
     """``python -m disktrain.cluster.head`` stopped by ``kill`` or a closed terminal stops
     every process it started (gcs_server, raylet, dashboard, ...), as Ctrl-C does."""

@@ -315,6 +315,7 @@ def free_port() -> int:
 
 
 @pytest.mark.dist
+@pytest.mark.slow
 def test_three_gloo_ranks_agree_on_the_robust_aggregate(tmp_path):
     ctx = mp.get_context("spawn")
     port = free_port()

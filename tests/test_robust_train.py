@@ -115,6 +115,7 @@ def runs(learnable, tmp_path_factory) -> list[dict]:
     return [json.loads((out / f"rank{r}.json").read_text()) for r in range(WORLD)]
 
 
+@pytest.mark.slow
 def test_a_sign_flipping_rank_under_trimmed_mean_trains_identical_replicas(runs):
     summary = runs[0]["sign-flip"]
     assert summary["world_size"] == WORLD and summary["steps"] > 0
@@ -126,6 +127,7 @@ def test_a_sign_flipping_rank_under_trimmed_mean_trains_identical_replicas(runs)
         assert len({r[name]["params_sha256"] for r in runs}) == 1, name
 
 
+@pytest.mark.slow
 def test_the_mean_is_turned_around_where_trimmed_mean_holds(runs):
     mean, trimmed = runs[0]["mean-ipm"], runs[0]["trimmed-ipm"]
     assert trimmed["test_acc"] > 0.5
@@ -133,6 +135,7 @@ def test_the_mean_is_turned_around_where_trimmed_mean_holds(runs):
     assert mean["loss"] > trimmed["loss"]
 
 
+@pytest.mark.slow
 def test_a_ranks_non_finite_loss_is_a_dropped_row_not_a_skipped_step(runs):
     summaries = [r["inf-loss"] for r in runs]
     assert [s["skipped_steps"] for s in summaries] == [0] * WORLD
@@ -140,12 +143,14 @@ def test_a_ranks_non_finite_loss_is_a_dropped_row_not_a_skipped_step(runs):
     assert len({s["params_sha256"] for s in summaries}) == 1
 
 
+@pytest.mark.slow
 def test_nnm_before_median_survives_loud_noise(runs):
     summary = runs[0]["nnm-gaussian"]
     assert summary["robust"]["pre_aggregate"] == ["nnm"]
     assert summary["test_acc"] > 0.5
 
 
+@pytest.mark.slow
 def test_label_flip_changes_only_the_attacking_ranks_labels(runs):
     for rank, results in enumerate(runs):
         seen = results["label-flip"]
@@ -155,6 +160,7 @@ def test_label_flip_changes_only_the_attacking_ranks_labels(runs):
         assert trained == expected, rank
 
 
+@pytest.mark.slow
 def test_attacking_ranks_outside_the_world_fail_before_data_loads(tmp_path):
     proc = torchrun("-m", "disktrain", "train", str(tmp_path / "nowhere"), "--attack",
                     "sign-flip", "--byzantine-ranks", "5", "--aggregator", "median",
@@ -241,6 +247,7 @@ MOMENTUM_WORKER = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_a_resumed_robust_run_goes_on_where_it_stopped(learnable, tmp_path):
     """Three ranks train with worker momentum, bucketing, centered clipping and a gaussian
     attacker, resume mid-run from rank 0's checkpoint, and end where a straight run ends:

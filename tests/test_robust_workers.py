@@ -252,6 +252,7 @@ def expected_stack(cfg: AttackConfig) -> torch.Tensor:
 
 @pytest.mark.dist
 @pytest.mark.parametrize("i", range(len(SCENARIOS)), ids=[c.attack for c in SCENARIOS])
+@pytest.mark.slow
 def test_attacking_ranks_send_the_attack_and_all_aggregate_it(ranks, i):
     cfg = SCENARIOS[i]
     want = expected_stack(cfg)
@@ -271,6 +272,7 @@ def test_attacking_ranks_send_the_attack_and_all_aggregate_it(ranks, i):
 
 
 @pytest.mark.dist
+@pytest.mark.slow
 def test_every_rank_names_the_diverged_replica(ranks):
     for r in range(WORLD):
         msg = ranks[r]["diverged"]
