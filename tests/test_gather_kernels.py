@@ -11,6 +11,7 @@ import textwrap
 
 import numpy as np
 import pytest
+from helpers import needs_two_threads
 
 from disktrain.kernels.gather import gather_rows
 
@@ -79,6 +80,7 @@ def test_gather_rows_into_views_of_a_larger_buffer(dtype):
         assert same_bits(buffer, want)
 
 
+@needs_two_threads
 def test_gather_rows_is_deterministic_across_runs_and_threads():
     import numba
 

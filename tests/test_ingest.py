@@ -9,6 +9,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import scipy.sparse as sp
+from helpers import assert_user_error
 
 from disktrain.cli import main
 from disktrain.ingest import IngestConfig, ingest
@@ -329,11 +330,7 @@ def test_bad_input(tmp_path, capsys, case):
     out = tmp_path / "out" / "ds"
     with pytest.raises(SystemExit) as exit_info:
         main(["ingest", *map(str, args), "--out", str(out), "--no-progress"])
-    assert exit_info.value.code == 2
-    err = capsys.readouterr().err
-    assert err.startswith("disktrain: error: ") and "Traceback" not in err
-    for part in parts:
-        assert part in err, (part, err)
+    assert_user_error(exit_info.value.code, capsys.readouterr().err, *parts)
     assert not out.parent.exists() or not any(out.parent.iterdir())  # no dataset, no tmp dir
 
 

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import prepare
 from tinygraphs import make_dataset
 
 from disktrain.cluster.head import (
@@ -37,8 +38,8 @@ from disktrain.cluster.ray_prepare import prepare_on_ray, split_runs
 from disktrain.cluster.ray_train import RayTrainConfig, fit_on_ray
 from disktrain.loader.schedule import epoch_batches, worker_share
 from disktrain.models import ModelConfig
-from disktrain.pack import PackConfig, PackedStore, pack_dataset
-from disktrain.sample import SampleConfig, SampleStore, sample_dataset
+from disktrain.pack import PackConfig, PackedStore
+from disktrain.sample import SampleConfig, SampleStore
 from disktrain.train import TrainConfig
 from disktrain.train.checkpoint import CheckpointConfig, load_checkpoint
 from disktrain.train.loop import params_digest
@@ -164,8 +165,7 @@ def ray_env():
 def prepared(tmp_path_factory) -> Path:
     """A tiny dataset prepared in this process (the reference for Ray's preparation)."""
     path = make_dataset(tmp_path_factory.mktemp("ray") / "tiny")
-    sample_dataset(path, SAMPLE, progress=False)
-    pack_dataset(path, PACK, progress=False)
+    prepare(path, SAMPLE, PACK)
     return path
 
 

@@ -45,15 +45,6 @@ def test_worker_share_table(n, world, expect):
     assert len(flat) == len(set(flat))
 
 
-@pytest.fixture
-def prepared(tiny_dataset):
-    sample_dataset(tiny_dataset, SampleConfig(fanouts=(4, 3), batch_size=16, epochs=2, seed=0),
-                   progress=False)
-    pack_dataset(tiny_dataset, PackConfig(cpu_cache_bytes=1024, chunk_bytes=256),
-                 progress=False)
-    return tiny_dataset
-
-
 @pytest.mark.parametrize("model", ["sage", "gcn", "gat"])
 def test_train_runs_and_reports(prepared, tmp_path, model):
     metrics = tmp_path / "m.jsonl"
