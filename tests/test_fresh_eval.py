@@ -60,6 +60,7 @@ def test_plan_epochs_and_splits():
             SampleConfig(**SAMPLE, **bad)
 
 
+@pytest.mark.slow
 def test_fresh_epochs_train_exactly_like_presampled_ones(one_epoch, tmp_path):
     """Epochs 1 and 2 prepared during training give the very batches a store sampled with
     three epochs holds, so training ends bit-identical; their roots are deleted."""
@@ -73,6 +74,7 @@ def test_fresh_epochs_train_exactly_like_presampled_ones(one_epoch, tmp_path):
     assert fresh["params_sha256"] == presampled["params_sha256"]
 
 
+@pytest.mark.slow
 def test_resume_into_a_fresh_epoch(one_epoch, tmp_path):
     _run(one_epoch, tmp_path, epochs=1)
     resumed = _run(one_epoch, tmp_path, epochs=2, resume=True)

@@ -154,6 +154,7 @@ def test_unlabelled_dataset_and_missing_eval(tmp_path):
         disktrain.Loader(path, "val")
 
 
+@pytest.mark.slow
 def test_fresh_epochs_are_the_presampled_ones(tmp_path):
     one, two = _prepare(tmp_path / "one"), _prepare(tmp_path / "two", epochs=2)
     with disktrain.Loader(one, epochs=2) as fresh:

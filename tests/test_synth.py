@@ -85,6 +85,7 @@ def test_thread_count_does_not_change_output(tmp_path):
 
 @pytest.mark.parametrize("kw", [{"feature_dtype": "float16"}, {"dedup": True},
                                 {"undirected": False, "feature_dim": 5}])
+@pytest.mark.slow
 def test_memory_budget_and_threads_do_not_change_output(tmp_path, kw):
     """The CSR built a row at a time, in buckets of a few rows read in groups, or in one
     bucket, on 1 or 2 threads: the same files, byte for byte."""

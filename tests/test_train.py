@@ -71,6 +71,7 @@ def _params(directory):
     return load_checkpoint(directory)["model"]
 
 
+@pytest.mark.slow
 def test_resume_mid_epoch_matches_uninterrupted(prepared, tmp_path):
     base = {"dataset": str(prepared), "epochs": 3, "seed": 3, "progress": False,
             "model": ModelConfig(model="sage", hidden=16, dropout=0.3)}

@@ -126,6 +126,7 @@ def test_keep_the_newest_k(prepared, tmp_path, keep):
     assert _names(ck) == [checkpoint_name(*p) for p in positions]
 
 
+@pytest.mark.slow
 def test_a_fresh_run_removes_an_older_runs_checkpoints(prepared, tmp_path):
     ck = tmp_path / "ck"
     train(_cfg(prepared, ck, epochs=3))
@@ -134,6 +135,7 @@ def test_a_fresh_run_removes_an_older_runs_checkpoints(prepared, tmp_path):
 
 
 @pytest.mark.parametrize("damage", ["truncate", "flip"])
+@pytest.mark.slow
 def test_a_damaged_newest_falls_back_to_the_previous(prepared, tmp_path, capsys, damage):
     full, cut = tmp_path / "full", tmp_path / "cut"
     straight = train(_cfg(prepared, full, epochs=3))
