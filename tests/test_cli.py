@@ -223,6 +223,7 @@ def test_synth_split_fractions_and_feature_dtype(tmp_path, capsys):
     assert info["feature_dtype"] == "float16"
 
 
+@pytest.mark.slow
 def test_train_says_when_it_reuses_pre_sampled_epochs(tmp_path, capsys):
     ds = tmp_path / "g"
     assert main(["synth", "--out", str(ds), "--nodes", "400", "--feature-dim", "4",

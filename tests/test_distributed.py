@@ -2,29 +2,23 @@
 resuming from rank 0's checkpoint alone, and refusing a changed world size."""
 
 import json
-import os
-import socket
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
 import pytest
-from conftest import newest_checkpoint
+from helpers import newest_checkpoint, prepare, torchrun
 from tinygraphs import make_dataset
 
 from disktrain.errors import CheckpointError
 from disktrain.loader.schedule import epoch_batches, worker_share
 from disktrain.models import ModelConfig
-from disktrain.pack import PackConfig, pack_dataset
-from disktrain.sample import SampleConfig, SampleStore, sample_dataset
+from disktrain.sample import SampleStore
 from disktrain.train import TrainConfig, train
 from disktrain.train.checkpoint import CheckpointConfig, checkpoint_name
 from disktrain.train.loop import params_digest
 
-pytestmark = pytest.mark.dist
+pytestmark = [pytest.mark.dist, pytest.mark.slow]  # torchrun jobs: seconds each
 
-TORCHRUN = Path(sys.executable).with_name("torchrun")
 WORKER = textwrap.dedent("""
     import json, os, sys
     from disktrain.models import ModelConfig
@@ -94,28 +88,10 @@ NAN_WORKER = textwrap.dedent("""
 """)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def torchrun(*args: str, timeout: float = 60, ok: bool = True) -> subprocess.CompletedProcess:
-    cmd = [str(TORCHRUN), "--nnodes=1", "--nproc_per_node=2", "--master_addr=127.0.0.1",
-           f"--master_port={free_port()}", *args]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env,
-                          check=False)
-    assert (proc.returncode == 0) == ok, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return proc
-
-
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory) -> Path:
     path = make_dataset(tmp_path_factory.mktemp("dist") / "tiny")
-    sample_dataset(path, SampleConfig(fanouts=(4, 3), batch_size=16, epochs=2, seed=0),
-                   progress=False)
-    pack_dataset(path, PackConfig(cpu_cache_bytes=1024, chunk_bytes=256), progress=False)
+    prepare(path)
     return path
 
 

@@ -7,6 +7,7 @@ import shutil
 import numpy as np
 import pytest
 import torch
+from helpers import prepare
 from tinygraphs import make_dataset
 
 from disktrain.cli import main
@@ -18,7 +19,7 @@ from disktrain.models import ModelConfig
 from disktrain.models.gnn import GNNConfig, build_model
 from disktrain.pack import PackConfig, PackedStore, pack_dataset
 from disktrain.pack.prepare import prepare_epoch, prepare_eval, serve_epochs
-from disktrain.sample import SampleConfig, SamplePlan, SampleStore, sample_dataset
+from disktrain.sample import SampleConfig, SamplePlan, SampleStore
 from disktrain.storage.dataset import Dataset
 from disktrain.storage.roots import epoch_root, eval_root, is_prepared
 from disktrain.train import EvalConfig, TrainConfig, train
@@ -30,10 +31,7 @@ PACK = PackConfig(gpu_cache_bytes=16 * 64, cpu_cache_bytes=24 * 64, chunk_bytes=
 
 
 def _prepare(path, epochs: int, evaluation: bool = True):
-    sample_dataset(path, SampleConfig(**SAMPLE, epochs=epochs), progress=False)
-    pack_dataset(path, PACK, progress=False)
-    if evaluation:
-        prepare_eval(path, progress=False)
+    prepare(path, SampleConfig(**SAMPLE, epochs=epochs), PACK, evaluation=evaluation)
     return path
 
 
@@ -62,6 +60,7 @@ def test_plan_epochs_and_splits():
             SampleConfig(**SAMPLE, **bad)
 
 
+@pytest.mark.slow
 def test_fresh_epochs_train_exactly_like_presampled_ones(one_epoch, tmp_path):
     """Epochs 1 and 2 prepared during training give the very batches a store sampled with
     three epochs holds, so training ends bit-identical; their roots are deleted."""
@@ -75,6 +74,7 @@ def test_fresh_epochs_train_exactly_like_presampled_ones(one_epoch, tmp_path):
     assert fresh["params_sha256"] == presampled["params_sha256"]
 
 
+@pytest.mark.slow
 def test_resume_into_a_fresh_epoch(one_epoch, tmp_path):
     _run(one_epoch, tmp_path, epochs=1)
     resumed = _run(one_epoch, tmp_path, epochs=2, resume=True)

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import torch
 import zarr
+from helpers import prepare
 from tinygraphs import make_dataset
 
 from disktrain.errors import CorruptDataError, DataError
@@ -30,10 +31,9 @@ def test_assign_tiers_table():
 
 
 def _prepare(path, pack_cfg, dtype=np.float32):
-    make_dataset(path, dtype=dtype)
-    sample_dataset(path, SampleConfig(fanouts=(4, 3), batch_size=24, epochs=2, seed=2,
-                                      group_size=3), progress=False)
-    return pack_dataset(path, pack_cfg, progress=False)
+    return prepare(make_dataset(path, dtype=dtype),
+                   SampleConfig(fanouts=(4, 3), batch_size=24, epochs=2, seed=2, group_size=3),
+                   pack_cfg)
 
 
 @pytest.mark.parametrize("gpu,cpu,dtype", [(0, 0, np.float32), (640, 1280, np.float32),

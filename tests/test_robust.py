@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import math
-import socket
 
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
+from helpers import spawn_ranks
 
 from disktrain.robust import (
     AGGREGATORS,
@@ -321,22 +320,10 @@ def _sync_worker(rank: int, port: int, out: str) -> None:
         dist.destroy_process_group()
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.dist
+@pytest.mark.slow
 def test_three_gloo_ranks_agree_on_the_robust_aggregate(tmp_path):
-    ctx = mp.get_context("spawn")
-    port = free_port()
-    procs = [ctx.Process(target=_sync_worker, args=(r, port, str(tmp_path))) for r in range(WORLD)]
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join(timeout=60)
-    assert [p.exitcode for p in procs] == [0] * WORLD
+    spawn_ranks(_sync_worker, WORLD, str(tmp_path))
     ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(WORLD)]
     stack = torch.stack([flat_grads(list(local_grads(r).parameters())) for r in range(WORLD)])
     honest = [r for r in range(WORLD) if r != BYZANTINE]

@@ -7,7 +7,7 @@ import operator
 import numpy as np
 import pytest
 import torch
-from conftest import newest_checkpoint
+from helpers import newest_checkpoint
 from tinygraphs import make_dataset
 
 from disktrain.loader.schedule import epoch_batches, worker_share
@@ -46,15 +46,6 @@ def test_worker_share_table(n, world, expect):
     assert len(flat) == len(set(flat))
 
 
-@pytest.fixture
-def prepared(tiny_dataset):
-    sample_dataset(tiny_dataset, SampleConfig(fanouts=(4, 3), batch_size=16, epochs=2, seed=0),
-                   progress=False)
-    pack_dataset(tiny_dataset, PackConfig(cpu_cache_bytes=1024, chunk_bytes=256),
-                 progress=False)
-    return tiny_dataset
-
-
 @pytest.mark.parametrize("model", ["sage", "gcn", "gat"])
 def test_train_runs_and_reports(prepared, tmp_path, model):
     metrics = tmp_path / "m.jsonl"
@@ -81,6 +72,7 @@ def _params(directory):
     return newest_checkpoint(directory)["model"]
 
 
+@pytest.mark.slow
 def test_resume_mid_epoch_matches_uninterrupted(prepared, tmp_path):
     base = {"dataset": str(prepared), "epochs": 3, "seed": 3, "progress": False,
             "model": ModelConfig(model="sage", hidden=16, dropout=0.3)}

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 import zarr
-from conftest import newest_checkpoint
+from helpers import assert_user_error, newest_checkpoint, prepare
 from tinygraphs import make_dataset
 
 from disktrain.cli import main
@@ -17,9 +17,8 @@ from disktrain.errors import ConfigError, NonFiniteError
 from disktrain.loader.pipeline import LoaderConfig
 from disktrain.loader.schedule import epoch_batches
 from disktrain.models import ModelConfig
-from disktrain.pack import PackConfig, pack_dataset
 from disktrain.robust import RobustConfig
-from disktrain.sample import SampleConfig, SampleStore, sample_dataset
+from disktrain.sample import SampleStore
 from disktrain.train import TrainConfig, train, trainer
 from disktrain.train.checkpoint import (
     CheckpointConfig,
@@ -29,18 +28,6 @@ from disktrain.train.checkpoint import (
 )
 
 BATCHES = 4  # max_batches: each epoch trains the first 4 of its batches
-
-
-def _prepare(path):
-    sample_dataset(path, SampleConfig(fanouts=(4, 3), batch_size=16, epochs=2, seed=0),
-                   progress=False)
-    pack_dataset(path, PackConfig(cpu_cache_bytes=1024, chunk_bytes=256), progress=False)
-    return path
-
-
-@pytest.fixture
-def prepared(tiny_dataset):
-    return _prepare(tiny_dataset)
 
 
 def _cfg(dataset, ckpt, checkpoint_every=0, keep_checkpoints=2, resume=False, **kw):
@@ -114,7 +101,7 @@ def test_features_with_nan_are_skipped_batch_by_batch(tmp_path):
     path = make_dataset(tmp_path / "nan")
     node = 7
     zarr.open_group(path, mode="r+")["features"][node] = np.nan
-    _prepare(path)
+    prepare(path)
     samples = SampleStore(path)
     sampled = samples.num_batches // samples.batches_per_epoch
     expect = [sum(node in samples.input_nodes(b)
@@ -138,6 +125,7 @@ def test_keep_the_newest_k(prepared, tmp_path, keep):
     assert _names(ck) == [checkpoint_name(*p) for p in positions]
 
 
+@pytest.mark.slow
 def test_a_fresh_run_removes_an_older_runs_checkpoints(prepared, tmp_path):
     ck = tmp_path / "ck"
     train(_cfg(prepared, ck, epochs=3))
@@ -146,6 +134,7 @@ def test_a_fresh_run_removes_an_older_runs_checkpoints(prepared, tmp_path):
 
 
 @pytest.mark.parametrize("damage", ["truncate", "flip"])
+@pytest.mark.slow
 def test_a_damaged_newest_falls_back_to_the_previous(prepared, tmp_path, capsys, damage):
     full, cut = tmp_path / "full", tmp_path / "cut"
     straight = train(_cfg(prepared, full, epochs=3))
@@ -213,9 +202,8 @@ def test_world_size_checks():
 def _cli_error(capsys, *argv) -> str:
     with pytest.raises(SystemExit) as exit_info:
         main(["train", *argv])
-    assert exit_info.value.code == 2
     err = capsys.readouterr().err
-    assert err.startswith("disktrain: error: ") and "Traceback" not in err
+    assert_user_error(exit_info.value.code, err)
     return err
 
 
@@ -245,7 +233,7 @@ def test_cli_cuda_without_cuda(tmp_path, capsys):
 def test_cli_nonfinite_is_a_user_error(tmp_path, capsys):
     path = make_dataset(tmp_path / "inf")
     zarr.open_group(path, mode="r+")["features"][:] = np.inf
-    _prepare(path)
+    prepare(path)
     err = _cli_error(capsys, str(path), "--no-progress", "--epochs", "1", "--hidden", "8",
                      "--checkpoint-dir", str(tmp_path / "ck"))
     assert "epoch 0, batch 0 (pre-sampled batch" in err and "non-finite loss" in err
