@@ -68,11 +68,11 @@ def train(cfg: TrainConfig, grad_sync=None, on_epoch=None) -> dict:
     """Train ``cfg.model`` on the prepared dataset ``cfg.dataset``; return the summary.
 
     ``grad_sync(params)``, called after backward, replaces the gradient synchronization
-    (default: DistributedDataParallel's mean when distributed, or RobustAggregate with
-    ``cfg.robust`` for a robust rule, a pre-aggregator or a gradient attack; give it on every
-    rank or on none); ``on_epoch(record, checkpoint_dir)`` is called on every rank after each
-    epoch (Ray Train reports through it). On a CPU device compute takes every core, but one while fresh epochs are prepared
-    in the background, unless ``cfg.compute_threads`` says otherwise (``disktrain.train.threads``).
+    (default: see :class:`~disktrain.train.gradsync.GradientPath`; give it on every rank or on
+    none); ``on_epoch(record, checkpoint_dir)`` is called on every rank after each epoch (Ray
+    Train reports through it). On a CPU device compute takes every core, but one while fresh
+    epochs are prepared in the background, unless ``cfg.compute_threads`` says otherwise
+    (``disktrain.train.threads``).
     """
     env = DistEnv.from_env()
     cfg.check_world_size(env.world_size)
