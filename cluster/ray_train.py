@@ -25,6 +25,7 @@ import os
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -32,12 +33,6 @@ from disktrain.train.checkpoint import CheckpointWriter, checkpoint_files, read_
 from disktrain.train.config import TrainConfig
 
 from .head import init_ray
-
-FAIL_AT_ENV = "DISKTRAIN_TEST_FAIL_AT"
-"""Test hook: ``RANK:STEP:MARKER`` makes worker RANK exit abruptly at its STEP-th optimizer
-step of an attempt, once: only while the file MARKER does not exist (it creates it)."""
-FORWARDED_ENV_PREFIX = "DISKTRAIN_"
-"""The driver's environment variables with this prefix are set in every worker."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -71,19 +66,22 @@ class RayTrainConfig:
             raise ValueError(f"max_failures must be >= -1, got {self.max_failures}")
 
 
-def fit_on_ray(train_cfg: TrainConfig, ray_cfg: RayTrainConfig) -> dict:
+def fit_on_ray(train_cfg: TrainConfig, ray_cfg: RayTrainConfig,
+               grad_sync: Callable[[int], Callable | None] | None = None) -> dict:
     """Train ``train_cfg`` with ``ray_cfg.workers`` Ray Train workers; return the summary.
 
     The summary is rank 0's (as :func:`disktrain.train.train` returns it) plus
     ``replica_sha256`` (every rank's final parameter digest), ``replicas_identical``,
     ``checkpoint`` (where the final checkpoint was copied: ``train_cfg.checkpoint.dir``,
-    default DATASET/checkpoints) and ``ray_result_path``.
+    default DATASET/checkpoints) and ``ray_result_path``. ``grad_sync``: called in each
+    worker (every attempt) with its rank, returns the gradient sync that rank trains with
+    (``train``'s ``grad_sync``; None: the configured one); Ray pickles it to the workers.
     """
     started = init_ray(ray_cfg.address,
                        num_cpus=max(os.cpu_count() or 1,
                                     int(ray_cfg.workers * ray_cfg.cpus_per_worker) + 1))
     try:
-        return _fit(train_cfg, ray_cfg)
+        return _fit(train_cfg, ray_cfg, grad_sync)
     finally:
         if started:
             import ray
@@ -91,7 +89,7 @@ def fit_on_ray(train_cfg: TrainConfig, ray_cfg: RayTrainConfig) -> dict:
             ray.shutdown()
 
 
-def _fit(train_cfg: TrainConfig, ray_cfg: RayTrainConfig) -> dict:
+def _fit(train_cfg: TrainConfig, ray_cfg: RayTrainConfig, grad_sync) -> dict:
     import ray.train
     from ray.train.torch import TorchTrainer
 
@@ -108,8 +106,7 @@ def _fit(train_cfg: TrainConfig, ray_cfg: RayTrainConfig) -> dict:
             "train_cfg": train_cfg,
             "use_gpu": ray_cfg.gpus_per_worker > 0,
             "scratch": str(scratch),
-            "env": {k: v for k, v in os.environ.items()
-                    if k.startswith(FORWARDED_ENV_PREFIX)},
+            "grad_sync": grad_sync,
         },
         scaling_config=ray.train.ScalingConfig(num_workers=ray_cfg.workers,
                                                use_gpu=ray_cfg.gpus_per_worker > 0,
@@ -156,7 +153,6 @@ def _worker_loop(config: dict) -> dict | None:
 
     from disktrain.train import train
 
-    os.environ.update(config["env"])
     ctx = ray.train.get_context()
     rank = ctx.get_world_rank()
     # Ray Train's torch backend sets these; set them if a Ray version does not
@@ -181,7 +177,8 @@ def _worker_loop(config: dict) -> dict | None:
             ray.train.report(record, checkpoint=checkpoint,
                              delete_local_checkpoint_after_upload=False)
 
-        summary = train(run_cfg, grad_sync=_fault_injection(rank), on_epoch=on_epoch)
+        sync = config["grad_sync"](rank) if config["grad_sync"] is not None else None
+        summary = train(run_cfg, grad_sync=sync, on_epoch=on_epoch)
         digests = [summary["params_sha256"]]
         if dist.is_initialized() and dist.get_world_size() > 1:
             digests = [None] * dist.get_world_size()
@@ -211,30 +208,3 @@ def _restore(cfg: TrainConfig, workdir: Path) -> bool:
     if cfg.checkpoint.resume and (found := read_newest(own)) is not None:
         (workdir / found[0].name).write_bytes(found[1])
     return cfg.checkpoint.resume
-
-
-def _fault_injection(rank: int):
-    """The gradient sync of this worker when FAIL_AT_ENV asks for a failure (rank
-    ``fail_rank`` dies at step ``fail_step`` unless ``marker`` exists): every worker then
-    syncs with the flat all-reduce (the same on every rank, instead of DistributedDataParallel),
-    the failing one dying at its step."""
-    spec = os.environ.get(FAIL_AT_ENV)
-    if not spec:
-        return None
-    fail_rank, fail_step, marker = spec.split(":", 2)
-    if Path(marker).exists():
-        return None
-    from disktrain.train.gradsync import AllReduceMean
-
-    sync, seen = AllReduceMean(), [0]
-    if int(fail_rank) != rank:
-        return sync
-
-    def dying_sync(params) -> None:
-        seen[0] += 1
-        if seen[0] == int(fail_step):
-            Path(marker).touch()
-            os._exit(1)
-        sync(params)
-
-    return dying_sync

@@ -506,8 +506,9 @@ def _train_options(p: argparse.ArgumentParser) -> None:
     from disktrain.models import MODELS
     from disktrain.robust import AGGREGATORS, PRE_AGGREGATORS, WORKER_ATTACKS
     from disktrain.robust import AttackConfig as A
-    from disktrain.train.config import EVAL_MODES, ON_NONFINITE, OPTIMIZERS
+    from disktrain.train.config import ON_NONFINITE, OPTIMIZERS
     from disktrain.train.config import TrainConfig as T
+    from disktrain.train.evaluate import EVAL_MODES
 
     p.add_argument("dataset", type=str, metavar="DATASET", help="prepared dataset directory")
     _option(p, "--model", T, "model.model", choices=MODELS,
@@ -524,16 +525,16 @@ def _train_options(p: argparse.ArgumentParser) -> None:
             help="dropout between layers (default: %(default)s)")
     _option(p, "--input-dropout", T, "model.input_dropout", type=float,
             help="dropout on the input features (default: %(default)s)")
-    _option(p, "--optimizer", T, "optimizer", choices=OPTIMIZERS,
+    _option(p, "--optimizer", T, "optimizer.optimizer", choices=OPTIMIZERS,
             help="adam, or sgd with --momentum (default: %(default)s)")
-    _option(p, "--lr", T, "lr", type=float, help="learning rate (default: %(default)s)")
-    _option(p, "--momentum", T, "momentum", type=float,
+    _option(p, "--lr", T, "optimizer.lr", type=float, help="learning rate (default: %(default)s)")
+    _option(p, "--momentum", T, "optimizer.momentum", type=float,
             help="SGD momentum (--optimizer sgd; default: %(default)s)")
     _option(p, "--worker-momentum", T, "worker_momentum", type=float, metavar="BETA",
             help="each worker sends the running average of its gradients (beta 0.9 in the "
             "Byzantine-robustness literature, with --optimizer sgd --momentum 0) instead of "
             "the gradient; 0: off (default: %(default)s)")
-    _option(p, "--weight-decay", T, "weight_decay", type=float,
+    _option(p, "--weight-decay", T, "optimizer.weight_decay", type=float,
             help="weight decay (default: %(default)s)")
     _option(p, "--plan-reuse", T, "plan_reuse", choices=PLAN_REUSE,
             help="epochs beyond the E pre-sampled ones. fresh: each is sampled and packed in "
@@ -543,13 +544,13 @@ def _train_options(p: argparse.ArgumentParser) -> None:
     _option(p, "--prepare-ahead", T, "prepare_ahead", type=int, metavar="K",
             help="with --plan-reuse fresh: epochs prepared ahead of the one training, each on "
             "disk until trained (default: %(default)s)")
-    _option(p, "--eval", T, "evaluation", choices=EVAL_MODES,
+    _option(p, "--eval", T, "evaluation.mode", choices=EVAL_MODES,
             help="packed: val/test batches as `prepare` packed them; online: sampled now, "
             "features read from the raw array; auto: packed where prepared (default: "
             "%(default)s)")
-    _option(p, "--eval-every", T, "eval_every", type=int,
+    _option(p, "--eval-every", T, "evaluation.every", type=int,
             help="evaluate every N epochs and after the last (default: %(default)s)")
-    _option(p, "--eval-batch-size", T, "eval_batch_size", type=int,
+    _option(p, "--eval-batch-size", T, "evaluation.batch_size", type=int,
             help="seeds per batch of online evaluation (default: %(default)s)")
     _option(p, "--device", T, "loader.device",
             help="cpu, cuda (this worker's GPU), cuda:N (default: %(default)s)")

@@ -1,13 +1,12 @@
 """Batch feature assembly on the GPU: the CUDA twin of :mod:`disktrain.kernels.gather`.
 
-The host assembles the rows it holds (CPU cache, packed reads) and copies them to the device;
-this kernel then builds the batch's feature matrix ``out`` in one launch:
+The host assembles the rows it holds (CPU cache, packed reads) into the batch's feature matrix
+and copies it to the device; this kernel then fills the rows the GPU cache serves, in one
+launch:
 
-    out[gpu_pos[k]]  = gpu_cache[gpu_slot[k]]   for every row served by the GPU cache
-    out[host_pos[k]] = host_rows[k]             for every row assembled on the host
+    out[gpu_pos[k]] = gpu_cache[gpu_slot[k]]   for every row served by the GPU cache
 
-(With the host rows copied straight into ``out``, ``host_rows`` and ``host_pos`` are empty and
-the launch fills only the GPU-cache rows.) :func:`scatter_gather_host` is its CPU twin.
+:func:`scatter_gather_host` is its CPU twin.
 
 Rows move as wide unsigned words: each lane of a warp copies 16 bytes (one ``ld.v4.u32`` and one
 ``st.v4.u32``) when every row's width, every row stride and every array's address are multiples
@@ -108,14 +107,11 @@ def _store1(arr, row, col, value):
 
 
 @cuda.jit(device=True)
-def _row_ends(r, num_rows, num_gpu, gpu_pos, gpu_slot, host_pos):
-    """(row of ``out``, row of its source) of the ``r``-th row to move; (-1, -1) past the end.
-    Rows below ``num_gpu`` come from the GPU cache, the others from the host rows."""
+def _row_ends(r, num_rows, gpu_pos, gpu_slot):
+    """(row of ``out``, row of the cache) of the ``r``-th row to move; (-1, -1) past the end."""
     if r >= num_rows:
         return np.int64(-1), np.int64(-1)
-    if r < num_gpu:
-        return np.int64(gpu_pos[r]), np.int64(gpu_slot[r])
-    return np.int64(host_pos[r - num_gpu]), np.int64(r - num_gpu)
+    return np.int64(gpu_pos[r]), np.int64(gpu_slot[r])
 
 
 def _make_kernel(load, store, words: int):
@@ -141,25 +137,20 @@ def _make_kernel(load, store, words: int):
             store(dst, dst_row, col, load(src, src_row, col))
 
     @cuda.jit
-    def kernel(out, gpu_cache, gpu_pos, gpu_slot, host_rows, host_pos, lane_shift):
+    def kernel(out, gpu_cache, gpu_pos, gpu_slot, lane_shift):
         lanes = 1 << lane_shift
         tid = cuda.threadIdx.x
         rows_per_block = cuda.blockDim.x >> lane_shift
         row_step = cuda.gridDim.x * rows_per_block
         lane = tid & (lanes - 1)
-        num_gpu = gpu_pos.shape[0]
-        num_rows = num_gpu + host_pos.shape[0]
+        num_rows = gpu_pos.shape[0]
         width = out.shape[1]
         r = cuda.blockIdx.x * rows_per_block + (tid >> lane_shift)
-        dst, src = _row_ends(r, num_rows, num_gpu, gpu_pos, gpu_slot, host_pos)
+        dst, src = _row_ends(r, num_rows, gpu_pos, gpu_slot)
         while r < num_rows:
             following = r + row_step
-            next_dst, next_src = _row_ends(following, num_rows, num_gpu, gpu_pos, gpu_slot,
-                                           host_pos)
-            if r < num_gpu:
-                copy_row(out, dst, gpu_cache, src, lane, lanes, width)
-            else:
-                copy_row(out, dst, host_rows, src, lane, lanes, width)
+            next_dst, next_src = _row_ends(following, num_rows, gpu_pos, gpu_slot)
+            copy_row(out, dst, gpu_cache, src, lane, lanes, width)
             r, dst, src = following, next_dst, next_src
 
     return kernel
@@ -169,57 +160,50 @@ _KERNEL_16 = _make_kernel(_load16, _store16, 4)
 _KERNEL_1 = _make_kernel(_load1, _store1, 1)
 
 
-def scatter_gather_device(out, gpu_cache, gpu_pos, gpu_slot, host_rows, host_pos, *,
-                          stream=0) -> None:
-    """Fill ``out`` on the device from the GPU cache and the host-assembled rows.
+def scatter_gather_device(out, gpu_cache, gpu_pos, gpu_slot, *, stream=0) -> None:
+    """Fill rows ``gpu_pos`` of ``out`` on the device from rows ``gpu_slot`` of the GPU cache.
 
-    Shapes: ``out`` (n, d), ``gpu_cache`` (n_cache, d), ``host_rows`` (n_host, d), one dtype
-    (float16, float32 or float64); ``gpu_pos`` and ``gpu_slot`` (n_gpu,) and ``host_pos``
-    (n_host,) integer arrays. Positions must be distinct and in range: values are not checked
-    (that would synchronize the device). Rows of ``out`` named by neither list are untouched.
+    Shapes: ``out`` (n, d), ``gpu_cache`` (n_cache, d), one dtype (float16, float32 or
+    float64); ``gpu_pos`` and ``gpu_slot`` (n_gpu,) integer arrays. Positions must be distinct
+    and in range: values are not checked (that would synchronize the device). Rows of ``out``
+    not in ``gpu_pos`` are untouched.
 
     ``stream`` is a Numba stream or a raw ``cudaStream_t`` handle, e.g.
     ``torch.cuda.current_stream().cuda_stream``; 0 is the legacy default stream. The launch is
     asynchronous on that stream and does not synchronize the streams the inputs came from.
     """
-    out, gpu_cache, gpu_pos, gpu_slot, host_rows, host_pos = (
-        as_device_array(a) for a in (out, gpu_cache, gpu_pos, gpu_slot, host_rows, host_pos)
-    )
-    _check_all(out, gpu_cache, gpu_pos, gpu_slot, host_rows, host_pos)
-    num_rows = gpu_pos.shape[0] + host_pos.shape[0]
+    out, gpu_cache, gpu_pos, gpu_slot = (as_device_array(a)
+                                         for a in (out, gpu_cache, gpu_pos, gpu_slot))
+    _check_all(out, gpu_cache, gpu_pos, gpu_slot)
+    num_rows = gpu_pos.shape[0]
     if num_rows == 0 or out.shape[1] == 0:
         return
-    rows = (out, gpu_cache, host_rows)
-    lane = lane_bytes(*rows)
+    lane = lane_bytes(out, gpu_cache)
     word = np.uint32 if lane == 16 else _WORDS[lane]
-    out, gpu_cache, host_rows = (_words(a, word) for a in rows)
+    out, gpu_cache = _words(out, word), _words(gpu_cache, word)
     units = out.shape[1] // (4 if lane == 16 else 1)
     lane_shift = min(5, max(0, math.ceil(math.log2(units))))
     blocks = min(math.ceil(num_rows / (_BLOCK >> lane_shift)), _MAX_BLOCKS)
     kernel = _KERNEL_16 if lane == 16 else _KERNEL_1
-    kernel[blocks, _BLOCK, as_stream(stream)](out, gpu_cache, gpu_pos, gpu_slot, host_rows,
-                                               host_pos, lane_shift)
+    kernel[blocks, _BLOCK, as_stream(stream)](out, gpu_cache, gpu_pos, gpu_slot, lane_shift)
 
 
 def scatter_gather_host(out: np.ndarray, gpu_cache: np.ndarray, gpu_pos: np.ndarray,
-                        gpu_slot: np.ndarray, host_rows: np.ndarray,
-                        host_pos: np.ndarray) -> None:
+                        gpu_slot: np.ndarray) -> None:
     """The CPU twin of :func:`scatter_gather_device`: same arguments (NumPy arrays), same bits.
 
     Positions are checked here (cheap on the host): a position or slot out of range raises
     ``ValueError`` naming the array and the value.
     """
-    _check_all(out, gpu_cache, gpu_pos, gpu_slot, host_rows, host_pos)
+    _check_all(out, gpu_cache, gpu_pos, gpu_slot)
     for name, idx, bound in (("gpu_pos", gpu_pos, out.shape[0]),
-                             ("gpu_slot", gpu_slot, gpu_cache.shape[0]),
-                             ("host_pos", host_pos, out.shape[0])):
+                             ("gpu_slot", gpu_slot, gpu_cache.shape[0])):
         if idx.size and (idx.min() < 0 or idx.max() >= bound):
             bad = int(np.flatnonzero((idx < 0) | (idx >= bound))[0])
             raise ValueError(f"{name}[{bad}] = {int(idx[bad])} is out of range [0, {bound})")
     bits = _BITS[np.dtype(out.dtype)]
     dst = out.view(bits)
     dst[gpu_pos] = gpu_cache.view(bits)[gpu_slot]
-    dst[host_pos] = host_rows.view(bits)
 
 
 def lane_bytes(*arrays) -> int:
@@ -283,13 +267,11 @@ def as_stream(stream):
     return stream
 
 
-def _check_all(out, gpu_cache, gpu_pos, gpu_slot, host_rows, host_pos) -> None:
+def _check_all(out, gpu_cache, gpu_pos, gpu_slot) -> None:
     _check_rows("out", out, out)
     _check_rows("gpu_cache", gpu_cache, out)
-    _check_rows("host_rows", host_rows, out)
     _check_index("gpu_pos", gpu_pos, gpu_pos.shape[0])
     _check_index("gpu_slot", gpu_slot, gpu_pos.shape[0])
-    _check_index("host_pos", host_pos, host_rows.shape[0])
 
 
 def _check_rows(name: str, arr, out) -> None:

@@ -71,7 +71,9 @@ _idle_lock = threading.Lock()
 
 @dataclass(frozen=True)
 class SampledBatch:
-    """One batch of a :class:`SampledBatches` (views into its arrays)."""
+    """One sampled batch (views into a :class:`SampledBatches`, or into a group of the sample
+    store, which stores the same arrays): the one batch type of the sampler, the sample store
+    and online evaluation."""
 
     nodes: np.ndarray
     """int64 global ids: seeds, then new nodes of hop 1, hop 2, ... (the input nodes)."""
@@ -83,6 +85,28 @@ class SampledBatch:
     """int32 local dst ids, aligned with ``edge_src``."""
     edge_offsets: np.ndarray
     """int64 (L+1,): hop ``l``'s edges are ``[edge_offsets[l-1], edge_offsets[l])``."""
+    index: int = 0
+    """The batch's number among those it was sampled or stored with."""
+
+    @property
+    def input_nodes(self) -> np.ndarray:
+        """The global ids of the feature rows the batch reads (``nodes``), seeds first."""
+        return self.nodes
+
+    @property
+    def num_seeds(self) -> int:
+        return int(self.hop_counts[0])
+
+    @property
+    def seeds(self) -> np.ndarray:
+        return self.nodes[:self.num_seeds]
+
+    @property
+    def blocks(self) -> list[tuple[np.ndarray, np.ndarray, int, int]]:
+        """Per GNN layer ``(edge_src, edge_dst, num_src, num_dst)``, in model order: the
+        farthest hop's block first."""
+        h = self.hop_counts
+        return [(*self.hop(hop), int(h[hop]), int(h[hop - 1])) for hop in range(len(h) - 1, 0, -1)]
 
     def hop(self, hop: int) -> tuple[np.ndarray, np.ndarray]:
         """``(edge_src, edge_dst)`` of hop ``hop`` (1-based; the block of layer L - hop + 1)."""
@@ -118,8 +142,9 @@ class SampledBatches:
     def num_hops(self) -> int:
         return self.hop_counts.shape[1] - 1
 
-    def batch(self, b: int) -> SampledBatch:
-        """Batch ``b`` as views, with edge offsets relative to the batch."""
+    def batch(self, b: int, index: int | None = None) -> SampledBatch:
+        """Batch ``b`` as views, with edge offsets relative to the batch; numbered ``index``
+        (default: ``b``)."""
         if not 0 <= b < self.num_batches:
             raise ValueError(f"batch index must be in [0, {self.num_batches}), got {b}")
         num_hops = self.num_hops
@@ -131,6 +156,7 @@ class SampledBatches:
             edge_src=self.edge_src[lo:hi],
             edge_dst=self.edge_dst[lo:hi],
             edge_offsets=offsets - lo,
+            index=b if index is None else index,
         )
 
 

@@ -64,7 +64,7 @@ def run(args: argparse.Namespace, root: Path) -> dict:
     from disktrain.models import ModelConfig
     from disktrain.pack import PackConfig, pack_dataset
     from disktrain.sample import SampleConfig, sample_dataset
-    from disktrain.train import TrainConfig, train
+    from disktrain.train import EvalConfig, TrainConfig, train
     from disktrain.train.checkpoint import CheckpointConfig
 
     t = time.perf_counter()
@@ -78,7 +78,7 @@ def run(args: argparse.Namespace, root: Path) -> dict:
     pack_dataset(path, PackConfig(), progress=False)
     prepare_s = time.perf_counter() - t
     cfg = TrainConfig(dataset=str(path), model=ModelConfig(model="sage", hidden=args.hidden),
-                      epochs=args.epochs, eval_every=args.epochs, progress=False,
+                      epochs=args.epochs, evaluation=EvalConfig(every=args.epochs), progress=False,
                       checkpoint=CheckpointConfig(dir=str(root / "ck-plain")))
     # warm up: JIT caches, page cache
     train(replace(cfg, epochs=1, max_batches=2,

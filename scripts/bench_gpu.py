@@ -143,11 +143,10 @@ def part_gather(args) -> dict:
 
         def kernel(out, cache, pos, slot):
             stream = torch.cuda.current_stream().cuda_stream
-            scatter_gather_device(out, cache, pos, slot, cache[:0], pos[:0], stream=stream)
+            scatter_gather_device(out, cache, pos, slot, stream=stream)
     else:  # the dry run: the kernel's CPU twin stands in
         def kernel(out, cache, pos, slot):
-            scatter_gather_host(out.numpy(), cache.numpy(), pos.numpy(), slot.numpy(),
-                                cache[:0].numpy(), pos[:0].numpy())
+            scatter_gather_host(out.numpy(), cache.numpy(), pos.numpy(), slot.numpy())
 
     gen = torch.Generator(device=device).manual_seed(0)
     result["rows"] = []

@@ -150,7 +150,7 @@ def worker(spec_path: str) -> None:
     """One rank of a torchrun job: train every run of the spec; rank 0 appends the records."""
     from disktrain.models import ModelConfig
     from disktrain.robust import AttackConfig
-    from disktrain.train import TrainConfig, train
+    from disktrain.train import EvalConfig, OptimizerConfig, TrainConfig, train
     from disktrain.train.checkpoint import CheckpointConfig
 
     spec = json.loads(Path(spec_path).read_text())
@@ -160,12 +160,14 @@ def worker(spec_path: str) -> None:
         attack = None if run["attack"] in ("none", ABSENT) else AttackConfig(
             attack=run["attack"], ranks=tuple(range(n - f, n)), seed=spec["seed"])
         cfg = TrainConfig(
-            dataset=spec["dataset"], epochs=spec["epochs"], seed=spec["seed"], lr=spec["lr"],
-            optimizer=spec["optimizer"], momentum=spec["momentum"],
+            dataset=spec["dataset"], epochs=spec["epochs"], seed=spec["seed"],
+            optimizer=OptimizerConfig(optimizer=spec["optimizer"], lr=spec["lr"],
+                                      momentum=spec["momentum"],
+                                      weight_decay=spec["weight_decay"]),
             model=ModelConfig(model="sage", hidden=spec["hidden"], dropout=0.5),
             robust=robust_config(run["rule"], f, run["pre_aggregate"]),
-            worker_momentum=spec["worker_momentum"], weight_decay=spec["weight_decay"],
-            attack=attack, plan_reuse="cycle", eval_every=spec["eval_every"],
+            worker_momentum=spec["worker_momentum"], attack=attack, plan_reuse="cycle",
+            evaluation=EvalConfig(every=spec["eval_every"]),
             on_nonfinite="skip", compute_threads=1, progress=False,
             metrics=os.path.join(spec["scratch"], f"metrics{i}.jsonl"),
             checkpoint=CheckpointConfig(dir=os.path.join(spec["scratch"], f"ck{i}")))

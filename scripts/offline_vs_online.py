@@ -30,9 +30,8 @@ from disktrain.models.gnn import GNNConfig, ModelConfig, build_model
 from disktrain.pack import PackConfig, pack_dataset
 from disktrain.sample import SampleConfig, sample_dataset
 from disktrain.sample.plan import sampling_key
-from disktrain.sample.store import unpack_batch
 from disktrain.storage.dataset import Dataset
-from disktrain.train import TrainConfig, train
+from disktrain.train import EvalConfig, TrainConfig, train
 from disktrain.train.checkpoint import CheckpointConfig
 from disktrain.train.evaluate import evaluate
 
@@ -55,7 +54,7 @@ def train_online(path: Path, epochs: int, seed: int) -> float:
             seeds = order[i:i + BATCH]
             out = sample_batches(ds.indptr, ds.indices, seeds, np.array([0, len(seeds)]),
                                  np.asarray(FANOUTS), sampling_key(seed, epoch * 100_003 + i))
-            batch = unpack_batch(vars(out), 0, 0)
+            batch = out.batch(0)
             deg = ds.in_degrees(batch.input_nodes)
             blocks = [Block.from_numpy(s, d, ns, nd, deg) for s, d, ns, nd in batch.blocks]
             x = raw[torch.from_numpy(batch.input_nodes)]
@@ -73,7 +72,8 @@ def train_offline(path: Path, epochs: int, seed: int, sampled_epochs: int, work:
     pack_dataset(path, PackConfig(), progress=False)
     ckpt = CheckpointConfig(dir=str(work / f"ck-{seed}-{sampled_epochs}"))
     out = train(TrainConfig(dataset=str(path), model=ModelConfig(model="sage", hidden=HIDDEN),
-                            epochs=epochs, seed=seed, eval_every=epochs, progress=False,
+                            epochs=epochs, seed=seed, evaluation=EvalConfig(every=epochs),
+                            progress=False,
                             checkpoint=ckpt))
     return out["test_acc"]
 

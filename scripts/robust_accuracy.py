@@ -6,8 +6,9 @@ Usage: python scripts/robust_accuracy.py [--nodes 20000] [--workers 7] [--f 2] [
 n workers train GraphSAGE on the pre-sampled batches of a synthetic graph (the demo's
 generator). Each step, the n - f honest workers each compute a gradient on their own batch;
 the f Byzantine rows are what `disktrain.robust.craft` sends for the attack; the rule
-(`disktrain.robust.aggregate`) combines the n rows into the step. This is the arithmetic
-`RobustAggregate` runs after its all-gather, without the processes. Attacks: sign-flip (the
+(`disktrain.robust.aggregate`) combines the n rows into the step: the arithmetic of
+attacking workers (`ByzantineWorker`) and `RobustAggregate` after its all-gather, without the
+processes. Attacks: sign-flip (the
 negated honest mean), ipm (eps 4: more than enough to turn the mean around at f=2 of 7),
 alie (the standard z), gaussian (std 1). Prints one JSON line: test accuracy per rule and
 attack, and each rule's worst case. Works in a temporary directory, deleted at the end.

@@ -1,13 +1,24 @@
-"""Shared fixtures."""
+"""Shared fixtures; the helpers they share with the tests are in helpers.py."""
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
 from pathlib import Path
 
+# Numba sizes its thread pool when first imported, one thread per core by default: two at
+# least, so that the tests comparing one thread with several do so on a single core too (they
+# skip where NUMBA_NUM_THREADS=1 was asked for).
+CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+os.environ.setdefault("NUMBA_NUM_THREADS", str(max(2, CORES or 1)))
+
 import pytest
+from helpers import prepare, uncached_reads
 from tinygraphs import make_dataset
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
 
 
 @pytest.fixture
@@ -16,8 +27,37 @@ def tiny_dataset(tmp_path) -> Path:
 
 
 @pytest.fixture
+def prepared(tiny_dataset) -> Path:
+    """:func:`tiny_dataset`, sampled and packed by :func:`helpers.prepare`'s defaults."""
+    prepare(tiny_dataset)
+    return tiny_dataset
+
+
+@pytest.fixture
 def cora_dir() -> Path:
     path = SHARED / "datasets" / "cora"
     if not path.exists():
         pytest.skip("shared/datasets/cora not present")
     return path
+
+
+@pytest.fixture(scope="session")
+def uncached_root(tmp_path_factory) -> Path | None:
+    """The first of pytest's temporary directory, /var/tmp and the repository's disk whose
+    files are read past the page cache (``O_DIRECT``), or None."""
+    for root in (tmp_path_factory.getbasetemp(), Path("/var/tmp"), REPO):
+        if os.access(root, os.W_OK) and uncached_reads(root):
+            return root
+    return None
+
+
+@pytest.fixture
+def uncached_tmp(uncached_root) -> Path:
+    """A temporary directory whose files are read past the page cache; skips where no
+    filesystem here does that (tmpfs everywhere)."""
+    if uncached_root is None:
+        pytest.skip("no filesystem here reads past the page cache (O_DIRECT): "
+                    "the temporary directory, /var/tmp and the repository are all in memory")
+    path = Path(tempfile.mkdtemp(prefix="disktrain-direct-", dir=uncached_root))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)

@@ -264,10 +264,10 @@ def test_run_measured_times_out(tmp_path):
     assert rec["timed_out"] and rec["returncode"] == -9 and rec["wall_s"] < 10
 
 
-def test_run_measured_counts_a_grandchilds_storage_reads(tmp_path):
-    if _benchlib.device_of(tmp_path) is None:
-        pytest.skip(f"{tmp_path} is not on a block device")
-    f = tmp_path / "blob"
+def test_run_measured_counts_a_grandchilds_storage_reads(uncached_tmp, tmp_path):
+    if _benchlib.device_of(uncached_tmp) is None:
+        pytest.skip(f"{uncached_tmp} is not on a block device")
+    f = uncached_tmp / "blob"
     f.write_bytes(os.urandom(4 << 20))
     _benchlib.evict([f])
     inner = f"open({str(f)!r}, 'rb').read()"
@@ -282,6 +282,7 @@ def test_run_measured_counts_a_grandchilds_storage_reads(tmp_path):
 @pytest.mark.skipif(importlib.util.find_spec("torch_geometric") is None
                     or importlib.util.find_spec("matplotlib") is None,
                     reason="the bench extra (torch_geometric, matplotlib) is not installed")
+@pytest.mark.slow
 def test_end_to_end_tiny(tmp_path):
     out, plots = tmp_path / "r.json", tmp_path / "plots"
     rc = bench.main(["--nodes", "3000", "--feature-dim", "16", "--splits", "1024,256,256",

@@ -31,7 +31,8 @@ from disktrain.pack import PackConfig
 from disktrain.robust import AGGREGATORS, WORKER_ATTACKS
 from disktrain.sample import SampleConfig
 from disktrain.train import TrainConfig
-from disktrain.train.config import EVAL_MODES, ON_NONFINITE, OPTIMIZERS
+from disktrain.train.config import ON_NONFINITE, OPTIMIZERS
+from disktrain.train.evaluate import EVAL_MODES
 
 
 @pytest.mark.parametrize("command", [[], ["ingest"], ["synth"], ["info"], ["verify"]])
@@ -136,9 +137,9 @@ def test_the_command_line_defaults_are_the_configs(command, defaults):
 def test_choices_are_the_configs_lists():
     choices = {a.dest: tuple(a.choices) for a in _options("train") if a.choices}
     assert choices == {"model.model": MODELS, "plan_reuse": PLAN_REUSE,
-                       "evaluation": EVAL_MODES, "robust.aggregator": tuple(AGGREGATORS),
+                       "evaluation.mode": EVAL_MODES, "robust.aggregator": tuple(AGGREGATORS),
                        "on_nonfinite": ON_NONFINITE, "attack.attack": WORKER_ATTACKS,
-                       "optimizer": OPTIMIZERS}
+                       "optimizer.optimizer": OPTIMIZERS}
 
 
 def test_bad_model_options_fail_before_anything_loads(tmp_path, capsys):
@@ -222,6 +223,7 @@ def test_synth_split_fractions_and_feature_dtype(tmp_path, capsys):
     assert info["feature_dtype"] == "float16"
 
 
+@pytest.mark.slow
 def test_train_says_when_it_reuses_pre_sampled_epochs(tmp_path, capsys):
     ds = tmp_path / "g"
     assert main(["synth", "--out", str(ds), "--nodes", "400", "--feature-dim", "4",

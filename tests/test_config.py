@@ -15,7 +15,7 @@ from disktrain.pack import PackConfig, pack_dataset
 from disktrain.pack.prepare import prepare_eval
 from disktrain.robust import RobustConfig
 from disktrain.sample import SampleConfig, sample_dataset
-from disktrain.train import TrainConfig, train
+from disktrain.train import EvalConfig, OptimizerConfig, TrainConfig, train
 from disktrain.train.checkpoint import CheckpointConfig
 from disktrain.train.loop import loader_config
 
@@ -73,7 +73,7 @@ def test_gcn_blocks_carry_degrees_in_training(tiny_dataset, tmp_path, monkeypatc
 
     monkeypatch.setattr(GCNConv, "forward", spy)
     train(TrainConfig(dataset=str(tiny_dataset), model=ModelConfig(model="gcn", hidden=8),
-                      epochs=1, max_batches=2, evaluation="packed", progress=False,
+                      epochs=1, max_batches=2, evaluation=EvalConfig(mode="packed"), progress=False,
                       checkpoint=CheckpointConfig(dir=str(tmp_path / "ck"))))
     assert seen and all(seen)  # training and the packed evaluation batches
 
@@ -81,6 +81,7 @@ def test_gcn_blocks_carry_degrees_in_training(tiny_dataset, tmp_path, monkeypatc
 @pytest.mark.parametrize(("field", "value", "kind"), [
     ("model", "gat", "ModelConfig"), ("loader", {"prefetch": 1}, "LoaderConfig"),
     ("robust", "krum", "RobustConfig"), ("checkpoint", "ck", "CheckpointConfig"),
+    ("optimizer", "sgd", "OptimizerConfig"), ("evaluation", "online", "EvalConfig"),
 ])
 def test_train_config_names_a_component_given_as_something_else(field, value, kind):
     with pytest.raises(ValueError, match=f"TrainConfig.{field} must be a {kind}, got"):
@@ -105,15 +106,14 @@ def test_robust_cross_checks_name_the_setting():
 
 def test_the_optimizer_is_the_configs():
     params = [torch.nn.Parameter(torch.zeros(3))]
-    adam = TrainConfig(dataset="x", lr=0.1).make_optimizer(params)
+    adam = TrainConfig(dataset="x", optimizer=OptimizerConfig(lr=0.1)).optimizer.build(params)
     assert type(adam) is torch.optim.Adam and adam.defaults["lr"] == 0.1
-    sgd = TrainConfig(dataset="x", optimizer="sgd", momentum=0.9, weight_decay=0.0,
-                      lr=0.5).make_optimizer(params)
+    sgd = OptimizerConfig(optimizer="sgd", momentum=0.9, weight_decay=0.0, lr=0.5).build(params)
     assert type(sgd) is torch.optim.SGD
     assert (sgd.defaults["lr"], sgd.defaults["momentum"]) == (0.5, 0.9)
     with pytest.raises(ValueError, match="momentum=0.9 applies to optimizer 'sgd' only"):
-        TrainConfig(dataset="x", momentum=0.9)
+        OptimizerConfig(momentum=0.9)
     with pytest.raises(ValueError, match="momentum must be in"):
-        TrainConfig(dataset="x", optimizer="sgd", momentum=1.0)
+        OptimizerConfig(optimizer="sgd", momentum=1.0)
     with pytest.raises(ValueError, match="optimizer must be one of"):
-        TrainConfig(dataset="x", optimizer="lbfgs")
+        OptimizerConfig(optimizer="lbfgs")

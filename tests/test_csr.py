@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 import zarr
+from helpers import needs_two_threads
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -95,6 +96,7 @@ def test_build_csr_all_edges_dropped():
 
 @pytest.mark.parametrize("layout", LAYOUTS[1:] + ({"bucket_rows": 64, "memory_bytes": 5000},))
 @pytest.mark.parametrize("dedup", [False, True])
+@needs_two_threads
 def test_build_csr_larger_graph_any_layout_and_threads(layout, dedup):
     """Skewed degrees, repeats, self loops; 1 and 2 threads (chunk slices, buckets)."""
     rng = np.random.default_rng(7)

@@ -49,14 +49,12 @@ def aligned(rows, width, dtype, offset=0):
 
 
 def scatter_case(rng, dtype, n, width, n_cache, n_gpu):
-    """Inputs of one scatter: ``n_gpu`` rows from the cache, the other ``n - n_gpu`` from the
-    host, at random distinct positions."""
-    perm = rng.permutation(n)
-    gpu_pos, host_pos = perm[:n_gpu], perm[n_gpu:]
+    """Inputs of one scatter: ``n_gpu`` of ``n`` rows from the cache, at random distinct
+    positions."""
+    gpu_pos = rng.permutation(n)[:n_gpu]
     cache = random_bits(rng, (n_cache, width), dtype)
     gpu_slot = rng.integers(0, max(n_cache, 1), n_gpu)
-    host_rows = random_bits(rng, (n - n_gpu, width), dtype)
-    return cache, gpu_pos, gpu_slot, host_rows, host_pos
+    return cache, gpu_pos, gpu_slot
 
 
 @pytest.mark.parametrize(("rows", "width", "dtype", "offset", "want"), [
@@ -86,27 +84,23 @@ def test_lane_bytes_of_views():
 @pytest.mark.parametrize("dtype", [np.float16, np.float32])
 def test_scatter_gather_host_matches_fancy_indexing(dtype):
     rng = np.random.default_rng(0)
-    cache, gpu_pos, gpu_slot, host_rows, host_pos = scatter_case(rng, dtype, 30, 7, 9, 12)
+    cache, gpu_pos, gpu_slot = scatter_case(rng, dtype, 30, 7, 9, 12)
     out = random_bits(rng, (33, 7), dtype)
     want = out.copy()
     want[gpu_pos] = cache[gpu_slot]
-    want[host_pos] = host_rows
-    scatter_gather_host(out, cache, gpu_pos, gpu_slot, host_rows, host_pos)
-    assert same_bits(out, want)
-    assert same_bits(out[30:], want[30:])  # rows named by neither list keep their bits
+    scatter_gather_host(out, cache, gpu_pos, gpu_slot)
+    assert same_bits(out, want)  # rows not in gpu_pos keep their bits
 
 
 @pytest.mark.parametrize(("change", "message"), [
     ({"gpu_pos": np.array([0, 4])}, r"gpu_pos\[1\] = 4 is out of range \[0, 4\)"),
     ({"gpu_slot": np.array([-1, 0])}, r"gpu_slot\[0\] = -1 is out of range \[0, 3\)"),
-    ({"host_pos": np.array([5])}, r"host_pos\[0\] = 5 is out of range"),
-    ({"host_rows": np.zeros((1, 2), np.float32)}, "host_rows must match out's dtype and width"),
+    ({"gpu_cache": np.zeros((3, 2), np.float32)}, "gpu_cache must match out's dtype and width"),
     ({"gpu_slot": np.array([0])}, "gpu_slot must be a 1-D integer array of length 2"),
 ])
 def test_scatter_gather_host_rejects_bad_arguments(change, message):
     args = {"out": np.zeros((4, 3), np.float32), "gpu_cache": np.zeros((3, 3), np.float32),
-            "gpu_pos": np.array([0, 1]), "gpu_slot": np.array([2, 0]),
-            "host_rows": np.zeros((1, 3), np.float32), "host_pos": np.array([3])}
+            "gpu_pos": np.array([0, 1]), "gpu_slot": np.array([2, 0])}
     args.update(change)
     with pytest.raises(ValueError, match=message):
         scatter_gather_host(**args)
@@ -122,6 +116,7 @@ def run_simulated(code: str) -> None:
     assert "simulator ok" in result.stdout
 
 
+@pytest.mark.slow
 def test_scatter_kernel_under_simulator_matches_cpu_twin_bit_for_bit():
     run_simulated("""
         import numpy as np
@@ -143,40 +138,35 @@ def test_scatter_kernel_under_simulator_matches_cpu_twin_bit_for_bit():
                  (np.float16, 8, 5, 6, 5, "fresh"),     # odd width: 2 B moves
                  (np.float32, 6, 32, 4, 3, "offset"),   # out 8 B off a boundary
                  (np.float16, 6, 8, 4, 6, "fresh"),     # all rows from the cache
-                 (np.float32, 5, 8, 0, 0, "fresh"),     # all rows from the host
-                 (np.float32, 4, 8, 3, 0, "empty")]     # nothing at all
+                 (np.float32, 4, 8, 3, 0, "fresh")]     # nothing at all
         for dtype, n, width, n_cache, n_gpu, layout in cases:
-            cache, gpu_pos, gpu_slot, host_rows, host_pos = scatter_case(
-                rng, dtype, n, width, n_cache, n_gpu)
-            if layout == "empty":
-                host_rows, host_pos = host_rows[:0], host_pos[:0]
+            cache, gpu_pos, gpu_slot = scatter_case(rng, dtype, n, width, n_cache, n_gpu)
             # (the simulator copies arrays in and out whole: no block-of-columns views here)
             buffer = aligned(n + 2, width, dtype, 8 if layout == "offset" else 0)
             buffer[...] = random_bits(rng, buffer.shape, dtype)
             out = buffer[1:n + 1]
             want = buffer.copy()
-            scatter_gather_host(want[1:n + 1], cache, gpu_pos, gpu_slot, host_rows, host_pos)
-            lanes.add(lane_bytes(out, cache, host_rows))
-            scatter_gather_device(out, cache, gpu_pos, gpu_slot, host_rows, host_pos)
+            scatter_gather_host(want[1:n + 1], cache, gpu_pos, gpu_slot)
+            lanes.add(lane_bytes(out, cache))
+            scatter_gather_device(out, cache, gpu_pos, gpu_slot)
             assert same_bits(buffer, want), (dtype, width, layout)
         assert lanes == {16, 8, 4, 2}, lanes
 
         # A grid smaller than the rows: the grid-stride loop covers the rest.
         cuda_gather._MAX_BLOCKS = 1
-        cache, gpu_pos, gpu_slot, host_rows, host_pos = scatter_case(
-            rng, np.float32, 20, 64, 8, 11)
+        cache, gpu_pos, gpu_slot = scatter_case(rng, np.float32, 20, 64, 8, 11)
         out, want = np.zeros((20, 64), np.float32), np.zeros((20, 64), np.float32)
-        scatter_gather_host(want, cache, gpu_pos, gpu_slot, host_rows, host_pos)
-        scatter_gather_device(out, cache, gpu_pos, gpu_slot, host_rows, host_pos)
+        scatter_gather_host(want, cache, gpu_pos, gpu_slot)
+        scatter_gather_device(out, cache, gpu_pos, gpu_slot)
         assert same_bits(out, want)
 
         # Zero-width rows and zero rows are no-ops.
         empty = np.zeros(0, np.int64)
         scatter_gather_device(np.zeros((3, 0), np.float32), np.zeros((2, 0), np.float32),
-                              np.array([0]), np.array([1]), np.zeros((0, 0), np.float32), empty)
+                              np.array([0]), np.array([1]))
+        scatter_gather_device(out, cache, empty, empty)
         try:
-            scatter_gather_device(out, cache.astype(np.float16), gpu_pos, gpu_slot, host_rows,
-                                  host_pos)
+            scatter_gather_device(out, cache.astype(np.float16), gpu_pos, gpu_slot)
         except ValueError as e:
             assert "gpu_cache must match out's dtype and width" in str(e), e
         else:
@@ -253,6 +243,7 @@ def test_sample_on_device_refuses_repeated_seeds():
                          torch.tensor([0, 1, 0]), [2], 0)
 
 
+@pytest.mark.slow
 def test_sampling_kernels_under_simulator_give_the_cpu_kernels_neighbors():
     run_simulated("""
         import numpy as np
@@ -296,12 +287,6 @@ def test_device_assembler_fills_its_cache_once_in_slices_and_assembles_on_cpu():
     x = assembler.assemble(host_x, gpu_pos, gpu_slot)
     assert same_bits(x.numpy(), want.numpy())
 
-    # Compact host rows: only they cross the bus; the rest comes from the cache.
-    host_pos = np.array([0, 2, 3, 5, 6, 7, 8, 9, 10])
-    compact = host_x[torch.from_numpy(host_pos)]
-    x = assembler.assemble(compact, gpu_pos, gpu_slot, host_pos=host_pos, num_rows=12)
-    assert same_bits(x.numpy(), want.numpy())
-
 
 def test_device_assembler_refuses_a_cache_over_its_budget():
     with pytest.raises(ConfigError, match=r"50 rows of 24 B = 1200 B, over the budget of 1000 B"):
@@ -319,13 +304,13 @@ def test_scatter_kernel_on_gpu_matches_cpu_twin(dtype, width, columns):
 
     rng = np.random.default_rng(width)
     n = 3000
-    cache, gpu_pos, gpu_slot, host_rows, host_pos = scatter_case(rng, dtype, n, width, 500, 1300)
+    cache, gpu_pos, gpu_slot = scatter_case(rng, dtype, n, width, 500, 1300)
     want = random_bits(rng, (n + 8, width + columns), dtype)
     buffer = torch.from_numpy(want.copy()).cuda()
     block = np.s_[4:4 + n, columns:]
-    scatter_gather_host(want[block], cache, gpu_pos, gpu_slot, host_rows, host_pos)
+    scatter_gather_host(want[block], cache, gpu_pos, gpu_slot)
     inputs = [torch.from_numpy(np.ascontiguousarray(a)).cuda()
-              for a in (cache, gpu_pos, gpu_slot, host_rows, host_pos)]
+              for a in (cache, gpu_pos, gpu_slot)]
     stream = torch.cuda.Stream()
     stream.wait_stream(torch.cuda.current_stream())
     scatter_gather_device(buffer[block], *inputs, stream=stream.cuda_stream)
@@ -341,7 +326,7 @@ def test_scatter_kernel_on_gpu_moves_16_bytes_per_lane():
     cache = torch.randn(64, 128, device="cuda")  # 512 B rows
     out = torch.zeros(32, 128, device="cuda")
     pos = torch.arange(32, device="cuda")
-    cuda_gather.scatter_gather_device(out, cache, pos, pos, cache[:0], pos[:0])
+    cuda_gather.scatter_gather_device(out, cache, pos, pos)
     torch.cuda.synchronize()
     assert torch.equal(out, cache[:32])
     ptx = "\n".join(cuda_gather._KERNEL_16.inspect_asm().values())
@@ -439,6 +424,7 @@ def test_bench_epoch_summary_and_time_box():
         bench.parse_time_box("copy=3")
 
 
+@pytest.mark.slow
 def test_bench_gpu_dry_run_of_the_gather_part(tmp_path):
     done = subprocess.run([sys.executable, os.path.join(SCRIPTS, "bench_gpu.py"), "--dry-run",
                            "--parts", "gather", "--out", str(tmp_path)],

@@ -1,7 +1,6 @@
 """Packed reads past the page cache (O_DIRECT): same rows, same integrity checks, automatic
 fallback, and feature buffers laid out for them."""
 
-import ctypes
 import errno
 import fcntl
 import mmap
@@ -10,6 +9,7 @@ import os
 import numpy as np
 import pytest
 import torch
+from helpers import evict, prepare, resident_pages
 from tinygraphs import make_dataset
 
 from disktrain.errors import CorruptDataError
@@ -23,10 +23,9 @@ O_DIRECT = getattr(os, "O_DIRECT", 0)
 pytestmark = pytest.mark.skipif(not O_DIRECT, reason="no O_DIRECT on this platform")
 
 
-def _prepare(path, dim=16, chunk_bytes=8192, dtype=np.float32):
-    make_dataset(path, dim=dim, dtype=dtype)
-    sample_dataset(path, SampleConfig(fanouts=(4, 3), batch_size=24, seed=2), progress=False)
-    return pack_dataset(path, PackConfig(chunk_bytes=chunk_bytes), progress=False)
+def _prepare(path, dim=16, chunk_bytes=8192):
+    return prepare(make_dataset(path, dim=dim), SampleConfig(fanouts=(4, 3), batch_size=24, seed=2),
+                   PackConfig(chunk_bytes=chunk_bytes))
 
 
 @pytest.fixture
@@ -58,19 +57,20 @@ def test_direct_span_table(address, nbytes, expected):
 
 @pytest.mark.parametrize(("dim", "chunk_bytes"), [(16, 8192), (16, 8192 + 64), (100, 8192),
                                                   (256, 4096 * 3)])
-def test_direct_and_buffered_reads_give_identical_rows(tmp_path, direct_opens, dim,
+def test_direct_and_buffered_reads_give_identical_rows(uncached_tmp, direct_opens, dim,
                                                        chunk_bytes):
-    packed = _prepare(tmp_path / "d", dim, chunk_bytes)
-    raw = Dataset(tmp_path / "d").feature_rows(0, Dataset(tmp_path / "d").num_nodes)
-    samples = SampleStore(tmp_path / "d")
+    packed = _prepare(uncached_tmp / "d", dim, chunk_bytes)
+    raw = Dataset(uncached_tmp / "d").feature_rows(0, Dataset(uncached_tmp / "d").num_nodes)
+    samples = SampleStore(uncached_tmp / "d")
     chunk_bytes = packed.chunk_rows * dim * 4
     assert packed.n_cpu == packed.n_gpu == 0
     for b in range(packed.num_batches):
         direct_opens.clear()
         got = packed.read_packed(b, _padded_buffer(packed, b)).copy()
         # one open of the one shard file, direct where every chunk is whole blocks (then
-        # every chunk's place in the aligned buffer is aligned)
+        # every chunk's place in the aligned buffer is aligned), granted, not fallen back
         assert direct_opens == [chunk_bytes % BLOCK == 0] * int(packed.batch_packed[b] > 0)
+        assert packed.direct
         assert np.array_equal(got[packed.slots(b)], raw[samples.input_nodes(b)])
         packed.direct = False
         direct_opens.clear()
@@ -79,8 +79,8 @@ def test_direct_and_buffered_reads_give_identical_rows(tmp_path, direct_opens, d
         packed.direct = True
 
 
-def test_a_flipped_byte_is_caught_on_the_direct_path(tmp_path, direct_opens):
-    packed = _prepare(tmp_path / "d", 16, 8192)  # two whole blocks per chunk
+def test_a_flipped_byte_is_caught_on_the_direct_path(uncached_tmp, direct_opens):
+    packed = _prepare(uncached_tmp / "d", 16, 8192)  # two whole blocks per chunk
     b = int(np.flatnonzero(packed.batch_packed)[0])
     f, at = packed.layout.place(int(packed.batch_rows[b]) // packed.chunk_rows)
     clean = f.read_bytes()
@@ -91,7 +91,7 @@ def test_a_flipped_byte_is_caught_on_the_direct_path(tmp_path, direct_opens):
         direct_opens.clear()
         with pytest.raises(CorruptDataError, match=rf"\(batch {b}\).*crc32c"):
             packed.read_packed(b, _padded_buffer(packed, b))
-        assert direct_opens[0]
+        assert direct_opens[0] and packed.direct
     f.write_bytes(clean[:at + 4096])
     with pytest.raises(CorruptDataError, match="truncated"):
         packed.read_packed(b, _padded_buffer(packed, b))
@@ -191,60 +191,27 @@ def test_loader_batches_are_exact_with_aligned_packed_rows(tmp_path, dim):
     assert seen == loader.num_batches and starts == [0] * seen
 
 
-def _resident_pages(path) -> int:
-    """Pages of file ``path`` in the page cache (mincore)."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.mmap.restype = ctypes.c_void_p
-    libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int,
-                          ctypes.c_int, ctypes.c_long]
-    libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
-    libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p]
-    size = os.path.getsize(path)
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        addr = libc.mmap(None, size, mmap.PROT_READ, mmap.MAP_SHARED, fd, 0)
-        assert addr not in (None, ctypes.c_void_p(-1).value), os.strerror(ctypes.get_errno())
-        pages = (ctypes.c_ubyte * (-(-size // mmap.PAGESIZE)))()
-        try:
-            assert libc.mincore(addr, size, pages) == 0, os.strerror(ctypes.get_errno())
-        finally:
-            libc.munmap(addr, size)
-    finally:
-        os.close(fd)
-    return sum(p & 1 for p in pages)
-
-
-def _evict(path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fdatasync(fd)
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-    finally:
-        os.close(fd)
-
-
-def test_direct_reads_leave_the_page_cache_alone(tmp_path):
-    packed = _prepare(tmp_path / "d", 256, 4096 * 8)  # chunks of 8 whole blocks
+def test_direct_reads_leave_the_page_cache_alone(uncached_tmp):
+    packed = _prepare(uncached_tmp / "d", 256, 4096 * 8)  # chunks of 8 whole blocks
     b = int(np.argmax(packed.batch_packed))
     files = [packed.layout.path(s) for s in range(packed.layout.num_shards)]
     for f in files:
-        _evict(f)
-    if any(_resident_pages(f) for f in files):
-        pytest.skip("this filesystem keeps files in memory (tmpfs?)")
+        evict(f)
+    assert not any(resident_pages(f) for f in files)
     packed.read_packed(b, _padded_buffer(packed, b))
-    if not packed.direct:
-        pytest.skip("this filesystem refuses O_DIRECT")
+    assert packed.direct
     # the crc and padding sit in a block of their own after each chunk: read directly too
-    assert sum(_resident_pages(f) for f in files) == 0
+    assert sum(resident_pages(f) for f in files) == 0
     packed.direct = False
     packed.read_packed(b, _padded_buffer(packed, b))
     chunks = int(packed.batch_rows[b + 1] - packed.batch_rows[b]) // packed.chunk_rows
-    assert sum(_resident_pages(f) for f in files) >= chunks * packed.layout.stride // mmap.PAGESIZE
+    assert sum(resident_pages(f) for f in files) >= chunks * packed.layout.stride // mmap.PAGESIZE
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (pinned memory)")
-def test_pinned_buffers_are_aligned_and_read_directly(tmp_path, direct_opens):
-    packed = _prepare(tmp_path / "d", 256, 4096 * 4)
+@pytest.mark.gpu
+def test_pinned_buffers_are_aligned_and_read_directly(uncached_tmp, direct_opens):
+    packed = _prepare(uncached_tmp / "d", 256, 4096 * 4)
     pool = _BufferPool(packed.feature_dim, packed.dtype, pin=True)
     b = int(np.argmax(packed.batch_packed))
     padded = int(packed.batch_rows[b + 1] - packed.batch_rows[b])
@@ -252,4 +219,4 @@ def test_pinned_buffers_are_aligned_and_read_directly(tmp_path, direct_opens):
     _BufferPool.align(buf, 3)
     assert buf.is_pinned() and buf[3].data_ptr() % BLOCK == 0
     got = packed.read_packed(b, buf.numpy()[3:3 + padded])
-    assert all(direct_opens) and np.array_equal(got, packed.read_packed(b))
+    assert all(direct_opens) and packed.direct and np.array_equal(got, packed.read_packed(b))

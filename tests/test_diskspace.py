@@ -16,6 +16,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pcsv
 import pytest
+from helpers import assert_user_error
 
 from disktrain.errors import DiskSpaceError
 from disktrain.ingest import IngestConfig, ingest
@@ -48,14 +49,6 @@ def run_cli(*args, script: str | None = None) -> subprocess.CompletedProcess:
     code = (script or "") + "\nfrom disktrain.cli import main\nraise SystemExit(main())"
     return subprocess.run([sys.executable, "-c", code, *map(str, args)], capture_output=True,
                           text=True, timeout=120, check=False, cwd=ROOT)
-
-
-def assert_user_error(proc: subprocess.CompletedProcess, *needles: str) -> None:
-    """Exit status 2, ``disktrain: error:`` with every needle, no traceback (no SIGBUS)."""
-    assert proc.returncode == 2, (proc.returncode, proc.stderr[-3000:])
-    assert "disktrain: error:" in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
-    for needle in needles:
-        assert needle in proc.stderr, (needle, proc.stderr)
 
 
 @pytest.fixture
@@ -329,6 +322,7 @@ def test_full_disk_in_atomic_dir_names_file_and_removes_temporary(tmp_path):
 
 # Full filesystems, through the command line.
 
+@pytest.mark.slow
 def test_ingest_refused_up_front_on_small_filesystem(tmp_path, tmpfs):
     fs = tmpfs(2 << 20)
     rng = np.random.default_rng(0)
@@ -336,14 +330,16 @@ def test_ingest_refused_up_front_on_small_filesystem(tmp_path, tmpfs):
     np.save(tmp_path / "x.npy", rng.standard_normal((20_000, 16)).astype(np.float32))
     proc = run_cli("ingest", "--edges", tmp_path / "edges.npy", "--features", tmp_path / "x.npy",
                    "--out", fs / "ds", "--no-progress")
-    assert_user_error(proc, "ingest: needs about", "bytes", "are free", str(fs / "ds"))
+    assert_user_error(proc.returncode, proc.stderr, "ingest: needs about", "bytes", "are free",
+                      str(fs / "ds"))
     assert list(fs.iterdir()) == []
 
 
+@pytest.mark.slow
 def test_synth_refused_up_front_on_small_filesystem(tmpfs):
     fs = tmpfs(2 << 20)
     proc = run_cli("synth", "--out", fs / "ds", "--nodes", "50000", "--no-progress")
-    assert_user_error(proc, "synth: needs about", "are free")
+    assert_user_error(proc.returncode, proc.stderr, "synth: needs about", "are free")
     assert list(fs.iterdir()) == []
 
 
@@ -352,13 +348,14 @@ PREPARE = ("--fanouts", "5,5", "--batch-size", "256", "--epochs", "2", "--group-
 
 
 @pytest.mark.parametrize(("size", "step"), [(4 << 20, "sampl"), (20 << 20, "pack")])
+@pytest.mark.slow
 def test_prepare_refused_up_front_on_small_filesystem(tmpfs, size, step):
     """The dataset fits; the sample store (~12 MB) or then the packed store (~27 MB) does not."""
     fs = tmpfs(size)
     synthesize(SynthConfig(out=fs / "ds", num_nodes=20_000, feature_dim=16, progress=False))
     before = sorted(p.name for p in (fs / "ds").iterdir())
     proc = run_cli("prepare", fs / "ds", *PREPARE)
-    assert_user_error(proc, "prepare", step, "needs about", "are free")
+    assert_user_error(proc.returncode, proc.stderr, "prepare", step, "needs about", "are free")
     after = sorted(p.name for p in (fs / "ds").iterdir())
     # packing is refused once every sample store (training, then evaluation) is written
     assert after == sorted(before + (["eval", "samples"] if step == "pack" else []))
@@ -383,6 +380,7 @@ diskspace.require_free = _check_then_fill  # commands import it when they run
 
 
 @pytest.mark.parametrize("command", ["synth", "ingest", "prepare"])
+@pytest.mark.slow
 def test_disk_filling_during_write_is_clean_error(tmp_path, tmpfs, command):
     fs = tmpfs(16 << 20)
     filler = fs / "filler"
@@ -400,7 +398,7 @@ def test_disk_filling_during_write_is_clean_error(tmp_path, tmpfs, command):
                 "--out", fs / "ds", "--no-progress")
     proc = run_cli(*args, script=FILL_AFTER_CHECK.format(filler=str(filler)))
     assert filler.exists(), proc.stderr  # the check ran and passed
-    assert_user_error(proc, "no space left on the device")
+    assert_user_error(proc.returncode, proc.stderr, "no space left on the device")
     assert not list(fs.rglob("*.tmp-*"))
     if command != "prepare":  # prepare keeps its resumable partial stores
         assert list(fs.iterdir()) == [filler]

@@ -2,38 +2,34 @@
 resuming from rank 0's checkpoint alone, and refusing a changed world size."""
 
 import json
-import os
-import socket
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
 import pytest
+from helpers import newest_checkpoint, prepare, torchrun
 from tinygraphs import make_dataset
 
 from disktrain.errors import CheckpointError
 from disktrain.loader.schedule import epoch_batches, worker_share
 from disktrain.models import ModelConfig
-from disktrain.pack import PackConfig, pack_dataset
-from disktrain.sample import SampleConfig, SampleStore, sample_dataset
+from disktrain.sample import SampleStore
 from disktrain.train import TrainConfig, train
-from disktrain.train.checkpoint import CheckpointConfig, checkpoint_name, load_checkpoint
+from disktrain.train.checkpoint import CheckpointConfig, checkpoint_name
 from disktrain.train.loop import params_digest
 
-pytestmark = pytest.mark.dist
+pytestmark = [pytest.mark.dist, pytest.mark.slow]  # torchrun jobs: seconds each
 
-TORCHRUN = Path(sys.executable).with_name("torchrun")
 WORKER = textwrap.dedent("""
     import json, os, sys
     from disktrain.models import ModelConfig
-    from disktrain.train import TrainConfig, train
+    from disktrain.train import EvalConfig, OptimizerConfig, TrainConfig, train
     from disktrain.train.checkpoint import CheckpointConfig
 
     dataset, out = sys.argv[1], sys.argv[2]
-    summary = train(TrainConfig(dataset=dataset, epochs=3, seed=1, lr=0.02, progress=False,
+    summary = train(TrainConfig(dataset=dataset, epochs=3, seed=1, progress=False,
+                                optimizer=OptimizerConfig(lr=0.02),
                                 model=ModelConfig(model="sage", hidden=16, dropout=0.0),
-                                eval_every=3,
+                                evaluation=EvalConfig(every=3),
                                 checkpoint=CheckpointConfig(dir=os.path.join(out, "ck")),
                                 metrics=os.path.join(out, "metrics.jsonl")))
     with open(os.path.join(out, f"rank{os.environ['RANK']}.json"), "w") as f:
@@ -92,28 +88,10 @@ NAN_WORKER = textwrap.dedent("""
 """)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def torchrun(*args: str, timeout: float = 60, ok: bool = True) -> subprocess.CompletedProcess:
-    cmd = [str(TORCHRUN), "--nnodes=1", "--nproc_per_node=2", "--master_addr=127.0.0.1",
-           f"--master_port={free_port()}", *args]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env,
-                          check=False)
-    assert (proc.returncode == 0) == ok, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return proc
-
-
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory) -> Path:
     path = make_dataset(tmp_path_factory.mktemp("dist") / "tiny")
-    sample_dataset(path, SampleConfig(fanouts=(4, 3), batch_size=16, epochs=2, seed=0),
-                   progress=False)
-    pack_dataset(path, PackConfig(cpu_cache_bytes=1024, chunk_bytes=256), progress=False)
+    prepare(path)
     return path
 
 
@@ -136,8 +114,8 @@ def test_two_ranks_train_identical_replicas(prepared, tmp_path):
         assert r["world_size"] == 2 and r["steps"] == steps
     assert ranks[0]["params_sha256"] == ranks[1]["params_sha256"]
     # rank 0 alone checkpoints, and its checkpoint holds what rank 1 holds
-    state = load_checkpoint(tmp_path / "ck")
-    assert state["steps"] == steps and state["epoch"] == 3
+    state = newest_checkpoint(tmp_path / "ck")
+    assert state["trainer"]["steps"] == steps and state["epoch"] == 3
     assert params_digest(state["model"]) == ranks[1]["params_sha256"]
     losses = [json.loads(line)["loss"] for line in
               (tmp_path / "metrics.jsonl").read_text().splitlines()]
@@ -148,8 +126,8 @@ def test_torchrun_module_entry_point(prepared, tmp_path):
     torchrun("-m", "disktrain.train", str(prepared), "--model", "sage", "--epochs", "1",
              "--hidden", "16", "--max-batches", "2", "--checkpoint-dir", str(tmp_path / "ck"),
              "--metrics", str(tmp_path / "m.jsonl"))
-    state = load_checkpoint(tmp_path / "ck")
-    assert state["epoch"] == 1 and state["steps"] == 2
+    state = newest_checkpoint(tmp_path / "ck")
+    assert state["epoch"] == 1 and state["trainer"]["steps"] == 2
     assert len((tmp_path / "m.jsonl").read_text().splitlines()) == 1
 
 
@@ -157,8 +135,8 @@ def test_torchrun_trains_with_a_robust_aggregator(prepared, tmp_path):
     torchrun("-m", "disktrain.train", str(prepared), "--model", "sage", "--epochs", "1",
              "--hidden", "16", "--max-batches", "2", "--aggregator", "flag",
              "--checkpoint-dir", str(tmp_path / "ck"))
-    state = load_checkpoint(tmp_path / "ck")
-    assert state["steps"] == 2
+    state = newest_checkpoint(tmp_path / "ck")
+    assert state["trainer"]["steps"] == 2
     assert all(t.isfinite().all() for t in state["model"].values())
 
 

@@ -7,9 +7,8 @@ import torch
 from tinygraphs import make_dataset
 
 from disktrain.models.gnn import GNNConfig, build_model
-from disktrain.sample.plan import sampling_key
 from disktrain.storage.dataset import Dataset
-from disktrain.train.evaluate import _sample, device_graph, evaluate
+from disktrain.train.evaluate import OnlineBatches, device_graph, evaluate
 
 
 @pytest.fixture(scope="module")
@@ -27,17 +26,13 @@ def test_no_device_graph_on_a_cpu_unless_forced(dataset):
 @pytest.mark.parametrize("fanouts", [(4, 3), (-1, 2), (5, 0, 2)])
 def test_device_sampling_gives_the_cpu_kernels_blocks(dataset, fanouts):
     graph = device_graph(dataset, torch.device("cpu"), force=True)
-    ids = np.asarray(dataset.split("val"), np.int64)
-    for start in range(0, len(ids), 17):
-        seeds = ids[start:start + 17]
-        key = sampling_key(3, 1 << 30)
-        nodes_cpu, blocks_cpu = _sample(dataset, seeds, fanouts, key, None)
-        nodes_dev, blocks_dev = _sample(dataset, seeds, fanouts, key, graph)
-        assert np.array_equal(nodes_cpu, nodes_dev)
-        assert len(blocks_cpu) == len(blocks_dev) == len(fanouts)
-        for a, b in zip(blocks_cpu, blocks_dev):
-            assert np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1])
-            assert (a[2], a[3]) == (b[2], b[3])
+    args = (dataset, "val", fanouts, 17, 3, torch.device("cpu"))
+    for cpu, dev in zip(OnlineBatches(*args), OnlineBatches(*args, graph=graph), strict=True):
+        assert torch.equal(cpu.n_id, dev.n_id)
+        assert len(cpu.blocks) == len(dev.blocks) == len(fanouts)
+        for a, b in zip(cpu.blocks, dev.blocks):
+            assert torch.equal(a.src, b.src) and torch.equal(a.dst, b.dst)
+            assert (a.num_src, a.num_dst) == (b.num_src, b.num_dst)
 
 
 def test_online_accuracy_is_the_same_either_way(dataset):

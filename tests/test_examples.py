@@ -13,14 +13,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from test_distributed import free_port
+from helpers import prepare, torchrun
 
-from disktrain.pack import PackConfig, pack_dataset
-from disktrain.pack.prepare import prepare_eval
-from disktrain.sample import SampleConfig, SampleStore, sample_dataset
+from disktrain.pack import PackConfig
+from disktrain.sample import SampleConfig, SampleStore
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "scripts" / "examples"
-TORCHRUN = Path(sys.executable).with_name("torchrun")
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
@@ -46,6 +44,7 @@ def _tiny_cora(path: Path, num_nodes: int = 300, classes: int = 4) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_pyg_sage(tmp_path):
     pytest.importorskip("torch_geometric")
     cora = _tiny_cora(tmp_path / "cora")
@@ -58,14 +57,12 @@ def test_pyg_sage(tmp_path):
 
 
 @pytest.mark.dist
+@pytest.mark.slow
 def test_custom_loop_under_torchrun(tiny_dataset):
-    sample_dataset(tiny_dataset, SampleConfig(fanouts=(3, 2), batch_size=16, epochs=2),
-                   progress=False)
-    pack_dataset(tiny_dataset, PackConfig(), progress=False)
-    prepare_eval(tiny_dataset, progress=False)
-    proc = _run([str(TORCHRUN), "--nnodes=1", "--nproc_per_node=2", "--master_addr=127.0.0.1",
-                 f"--master_port={free_port()}", str(EXAMPLES / "custom_loop.py"),
-                 str(tiny_dataset), "--epochs", "2", "--hidden", "8"])
+    prepare(tiny_dataset, SampleConfig(fanouts=(3, 2), batch_size=16, epochs=2), PackConfig(),
+            evaluation=True)
+    proc = torchrun(str(EXAMPLES / "custom_loop.py"), str(tiny_dataset), "--epochs", "2",
+                    "--hidden", "8", timeout=120)
     records = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
     assert [r["epoch"] for r in records] == [0, 1]  # rank 0 alone prints
     per_rank = SampleStore(tiny_dataset).batches_per_epoch // 2

@@ -7,6 +7,7 @@ import shutil
 import numpy as np
 import pytest
 import torch
+from helpers import prepare
 from tinygraphs import make_dataset
 
 from disktrain.cli import main
@@ -18,10 +19,10 @@ from disktrain.models import ModelConfig
 from disktrain.models.gnn import GNNConfig, build_model
 from disktrain.pack import PackConfig, PackedStore, pack_dataset
 from disktrain.pack.prepare import prepare_epoch, prepare_eval, serve_epochs
-from disktrain.sample import SampleConfig, SamplePlan, SampleStore, sample_dataset
+from disktrain.sample import SampleConfig, SamplePlan, SampleStore
 from disktrain.storage.dataset import Dataset
 from disktrain.storage.roots import epoch_root, eval_root, is_prepared
-from disktrain.train import TrainConfig, train
+from disktrain.train import EvalConfig, TrainConfig, train
 from disktrain.train.checkpoint import CheckpointConfig
 from disktrain.train.evaluate import Evaluator, evaluate_packed
 
@@ -30,10 +31,7 @@ PACK = PackConfig(gpu_cache_bytes=16 * 64, cpu_cache_bytes=24 * 64, chunk_bytes=
 
 
 def _prepare(path, epochs: int, evaluation: bool = True):
-    sample_dataset(path, SampleConfig(**SAMPLE, epochs=epochs), progress=False)
-    pack_dataset(path, PACK, progress=False)
-    if evaluation:
-        prepare_eval(path, progress=False)
+    prepare(path, SampleConfig(**SAMPLE, epochs=epochs), PACK, evaluation=evaluation)
     return path
 
 
@@ -62,6 +60,7 @@ def test_plan_epochs_and_splits():
             SampleConfig(**SAMPLE, **bad)
 
 
+@pytest.mark.slow
 def test_fresh_epochs_train_exactly_like_presampled_ones(one_epoch, tmp_path):
     """Epochs 1 and 2 prepared during training give the very batches a store sampled with
     three epochs holds, so training ends bit-identical; their roots are deleted."""
@@ -70,11 +69,12 @@ def test_fresh_epochs_train_exactly_like_presampled_ones(one_epoch, tmp_path):
     assert not fresh["reused_sampled_epochs"]
     assert not any(epoch_root(one_epoch, 0).parent.glob("e*"))
     three = _prepare(make_dataset(tmp_path / "g3"), epochs=3, evaluation=False)
-    presampled = _run(three, tmp_path / "b", evaluation="online")
+    presampled = _run(three, tmp_path / "b", evaluation=EvalConfig(mode="online"))
     assert presampled["fresh_epochs"] == 0
     assert fresh["params_sha256"] == presampled["params_sha256"]
 
 
+@pytest.mark.slow
 def test_resume_into_a_fresh_epoch(one_epoch, tmp_path):
     _run(one_epoch, tmp_path, epochs=1)
     resumed = _run(one_epoch, tmp_path, epochs=2, resume=True)
@@ -134,7 +134,7 @@ def test_packed_evaluation_reads_the_raw_rows_exactly(one_epoch):
     model = build_model(GNNConfig(model="sage", in_dim=16, hidden=16, num_classes=4,
                                   num_layers=2)).eval()
     loader = Loader(one_epoch, plan_reuse="cycle")
-    evaluator = Evaluator("auto", loader, 64, 0)
+    evaluator = Evaluator(EvalConfig(batch_size=64), loader, 0)
     assert evaluator.mode("val") == evaluator.mode("test") == "packed"
     got = evaluator(model)
     for split in ("val", "test"):
@@ -146,16 +146,16 @@ def test_packed_evaluation_reads_the_raw_rows_exactly(one_epoch):
 def test_evaluation_modes(tmp_path, capsys):
     path = _prepare(make_dataset(tmp_path / "g"), epochs=1, evaluation=False)
     loader = Loader(path, plan_reuse="cycle")
-    assert Evaluator("auto", loader, 64, 0).mode("val") == "online"
+    assert Evaluator(EvalConfig(batch_size=64), loader, 0).mode("val") == "online"
     assert capsys.readouterr().err == ""  # not prepared: online, quietly
     with pytest.raises(DataError, match="no packed evaluation batches .*eval/val"):
-        Evaluator("packed", loader, 64, 0)
+        Evaluator(EvalConfig(mode="packed", batch_size=64), loader, 0)
     prepare_eval(path, progress=False)
     pack_dataset(path, PackConfig(chunk_bytes=512), progress=False)  # another training store
     loader = Loader(path, plan_reuse="cycle")
-    assert Evaluator("auto", loader, 64, 0).mode("test") == "online"
+    assert Evaluator(EvalConfig(batch_size=64), loader, 0).mode("test") == "online"
     assert "made with this training store" in capsys.readouterr().err
-    result = _run(path, tmp_path, epochs=1, evaluation="online")
+    result = _run(path, tmp_path, epochs=1, evaluation=EvalConfig(mode="online"))
     assert 0 <= result["test_acc"] <= 1 and result["eval_time_s"] > 0
 
 

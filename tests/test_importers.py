@@ -10,6 +10,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
+from helpers import assert_user_error
 
 import disktrain
 from disktrain.cli import main
@@ -273,11 +274,7 @@ def test_ogb_bad_input(tmp_path, capsys, small_blocks, case):
     out = tmp_path / "out" / "ds"
     with pytest.raises(SystemExit) as exit_info:
         ingest_ogb(root, out, "--chunk-rows", "2", *args)
-    assert exit_info.value.code == 2
-    err = capsys.readouterr().err
-    assert err.startswith("disktrain: error: ") and "Traceback" not in err
-    for part in parts:
-        assert part in err, (part, err)
+    assert_user_error(exit_info.value.code, capsys.readouterr().err, *parts)
     assert not out.parent.exists() or not any(out.parent.iterdir())  # no dataset, no tmp dir
 
 

@@ -9,13 +9,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import scipy.sparse as sp
+from helpers import assert_user_error
 
 from disktrain.cli import main
 from disktrain.ingest import IngestConfig, ingest
 from disktrain.ingest.inputs import rechunk
 from disktrain.storage.dataset import Dataset
-
-CORA = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "cora"
 
 # A 7-node graph with a repeated edge and a self loop; node 6 has no edges.
 SRC = np.array([0, 1, 2, 3, 4, 5, 0, 2, 2, 5, 1], np.int64)
@@ -329,11 +328,7 @@ def test_bad_input(tmp_path, capsys, case):
     out = tmp_path / "out" / "ds"
     with pytest.raises(SystemExit) as exit_info:
         main(["ingest", *map(str, args), "--out", str(out), "--no-progress"])
-    assert exit_info.value.code == 2
-    err = capsys.readouterr().err
-    assert err.startswith("disktrain: error: ") and "Traceback" not in err
-    for part in parts:
-        assert part in err, (part, err)
+    assert_user_error(exit_info.value.code, capsys.readouterr().err, *parts)
     assert not out.parent.exists() or not any(out.parent.iterdir())  # no dataset, no tmp dir
 
 
@@ -348,26 +343,25 @@ def test_existing_output(tmp_path, capsys):
     assert Dataset(tmp_path / "ds").meta.num_edges == len(SRC)
 
 
-def test_cora(tmp_path, capsys):
-    if not CORA.exists():
-        pytest.skip(f"{CORA} not present")
+def test_cora(tmp_path, capsys, cora_dir):
     out = tmp_path / "cora"
-    assert main(["ingest", "--edges", str(CORA / "edges.parquet"), "--out", str(out),
-                 "--features", str(CORA / "features.npy"), "--labels", str(CORA / "labels.npy"),
+    assert main(["ingest", "--edges", str(cora_dir / "edges.parquet"), "--out", str(out),
+                 "--features", str(cora_dir / "features.npy"),
+                 "--labels", str(cora_dir / "labels.npy"),
                  *[a for s in ("train", "val", "test")
-                   for a in (f"--{s}", str(CORA / f"{s}_idx.npy"))],
+                   for a in (f"--{s}", str(cora_dir / f"{s}_idx.npy"))],
                  "--no-progress"]) == 0
-    edges = pq.read_table(CORA / "edges.parquet")
+    edges = pq.read_table(cora_dir / "edges.parquet")
     src, dst = edges["src"].to_numpy(), edges["dst"].to_numpy()
-    features = np.load(CORA / "features.npy")
+    features = np.load(cora_dir / "features.npy")
     m = sp.csr_matrix((np.ones(len(src)), (dst, src)), shape=(len(features),) * 2)
     m.sort_indices()
     ds = Dataset(out)
     np.testing.assert_array_equal(ds.indptr, m.indptr)
     np.testing.assert_array_equal(ds.indices, m.indices)
     np.testing.assert_array_equal(ds.features[...], features)
-    np.testing.assert_array_equal(ds.labels, np.load(CORA / "labels.npy"))
+    np.testing.assert_array_equal(ds.labels, np.load(cora_dir / "labels.npy"))
     for s in ("train", "val", "test"):
-        np.testing.assert_array_equal(ds.split(s), np.load(CORA / f"{s}_idx.npy"))
+        np.testing.assert_array_equal(ds.split(s), np.load(cora_dir / f"{s}_idx.npy"))
     assert (ds.meta.num_nodes, ds.meta.num_edges, ds.meta.feature_dim,
             ds.meta.num_classes) == (2708, 10556, 1433, 7)

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import zarr
+from helpers import prepare
 from tinygraphs import make_dataset
 
 from disktrain.errors import CorruptDataError, DataError
@@ -32,8 +33,7 @@ RERUN_DATASET = r"re-create the dataset \(disktrain ingest / disktrain synth\)"
 @pytest.fixture(scope="module")
 def pristine(tmp_path_factory) -> Path:
     path = make_dataset(tmp_path_factory.mktemp("pristine") / "d")
-    sample_dataset(path, SAMPLE_CFG, progress=False)
-    pack_dataset(path, PACK_CFG, progress=False)
+    prepare(path, SAMPLE_CFG, PACK_CFG)
     return path
 
 
@@ -357,6 +357,7 @@ print("ok", store.num_batches)
 """
 
 
+@pytest.mark.slow
 def test_sample_store_under_a_low_open_file_limit(tmp_path):
     tests = Path(__file__).resolve().parent
     result = subprocess.run([sys.executable, "-c", LOW_LIMIT_SCRIPT, str(tmp_path), str(tests)],

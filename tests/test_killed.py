@@ -22,6 +22,8 @@ from disktrain.pack import PackedStore
 from disktrain.sample import SampleStore
 from disktrain.storage.dataset import SPLITS, Dataset
 
+pytestmark = pytest.mark.slow  # whole commands, killed and rerun
+
 ROOT = Path(__file__).resolve().parents[1]
 PREPARE = ("--fanouts", "5,5", "--batch-size", "128", "--epochs", "2", "--group-size", "2",
            "--cpu-cache-bytes", "16K", "--no-progress")

@@ -5,24 +5,22 @@ import shutil
 import numpy as np
 import pytest
 import torch
+from helpers import prepare
 from tinygraphs import make_dataset
 
 import disktrain
 from disktrain.errors import DataError
-from disktrain.pack import PackConfig, pack_dataset
-from disktrain.pack.prepare import prepare_eval
-from disktrain.sample import SampleConfig, SampleStore, sample_dataset
+from disktrain.pack import PackConfig
+from disktrain.sample import SampleConfig, SampleStore
 from disktrain.storage.dataset import Dataset
 
 SAMPLE = {"fanouts": (4, 3), "batch_size": 24, "seed": 0, "group_size": 2}
 
 
 def _prepare(path, epochs=1, dtype=np.float32):
-    make_dataset(path, dtype=dtype)
-    sample_dataset(path, SampleConfig(**SAMPLE, epochs=epochs), progress=False)
-    pack_dataset(path, PackConfig(gpu_cache_bytes=20 * 64, cpu_cache_bytes=30 * 64,
-                                  chunk_bytes=512), progress=False)
-    prepare_eval(path, progress=False)
+    prepare(make_dataset(path, dtype=dtype), SampleConfig(**SAMPLE, epochs=epochs),
+            PackConfig(gpu_cache_bytes=20 * 64, cpu_cache_bytes=30 * 64, chunk_bytes=512),
+            evaluation=True)
     return path
 
 
@@ -156,6 +154,7 @@ def test_unlabelled_dataset_and_missing_eval(tmp_path):
         disktrain.Loader(path, "val")
 
 
+@pytest.mark.slow
 def test_fresh_epochs_are_the_presampled_ones(tmp_path):
     one, two = _prepare(tmp_path / "one"), _prepare(tmp_path / "two", epochs=2)
     with disktrain.Loader(one, epochs=2) as fresh:

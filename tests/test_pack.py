@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 import zarr
+from helpers import prepare
 from tinygraphs import make_dataset
 
 from disktrain.errors import CorruptDataError, DataError
@@ -32,10 +33,9 @@ def test_assign_tiers_table():
 
 
 def _prepare(path, pack_cfg, dtype=np.float32):
-    make_dataset(path, dtype=dtype)
-    sample_dataset(path, SampleConfig(fanouts=(4, 3), batch_size=24, epochs=2, seed=2,
-                                      group_size=3), progress=False)
-    return pack_dataset(path, pack_cfg, progress=False)
+    return prepare(make_dataset(path, dtype=dtype),
+                   SampleConfig(fanouts=(4, 3), batch_size=24, epochs=2, seed=2, group_size=3),
+                   pack_cfg)
 
 
 @pytest.mark.parametrize("gpu,cpu,dtype", [(0, 0, np.float32), (640, 1280, np.float32),
@@ -233,3 +233,15 @@ def test_decoded_rows_are_the_same_whatever_the_shard_size(tmp_path):
     pack_dataset(path, PackConfig(chunk_bytes=200), progress=False)
     assert np.array_equal(zarr.open_group(path / "packed", mode="r")["rows"][...],
                           one_per_chunk)
+
+
+def test_rows_of_no_bytes_have_no_files(tmp_path):
+    """A dataset without features: its packed rows (no bytes) are neither sharded nor stored."""
+    from disktrain.verify import verify
+
+    path = make_dataset(tmp_path / "d", dim=0)
+    sample_dataset(path, SampleConfig(fanouts=(2,), batch_size=64), progress=False)
+    packed = pack_dataset(path, PackConfig(), progress=False)
+    assert packed.batch_packed[0] > 0 and not list((packed.path / "rows").glob("c.*"))
+    assert packed.read_packed(0).shape == (packed.batch_packed[0], 0)
+    assert verify(path).clean

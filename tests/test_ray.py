@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import newest_checkpoint, prepare
 from tinygraphs import make_dataset
 
 from disktrain.cluster.head import (
@@ -34,13 +35,13 @@ from disktrain.cluster.head import (
 )
 from disktrain.cluster.job import job_argv
 from disktrain.cluster.ray_prepare import prepare_on_ray, split_runs
-from disktrain.cluster.ray_train import FAIL_AT_ENV, RayTrainConfig, fit_on_ray
+from disktrain.cluster.ray_train import RayTrainConfig, fit_on_ray
 from disktrain.loader.schedule import epoch_batches, worker_share
 from disktrain.models import ModelConfig
-from disktrain.pack import PackConfig, PackedStore, pack_dataset
-from disktrain.sample import SampleConfig, SampleStore, sample_dataset
+from disktrain.pack import PackConfig, PackedStore
+from disktrain.sample import SampleConfig, SampleStore
 from disktrain.train import TrainConfig
-from disktrain.train.checkpoint import CheckpointConfig, load_checkpoint
+from disktrain.train.checkpoint import CheckpointConfig
 from disktrain.train.loop import params_digest
 
 REPO = Path(__file__).resolve().parents[1]
@@ -164,8 +165,7 @@ def ray_env():
 def prepared(tmp_path_factory) -> Path:
     """A tiny dataset prepared in this process (the reference for Ray's preparation)."""
     path = make_dataset(tmp_path_factory.mktemp("ray") / "tiny")
-    sample_dataset(path, SAMPLE, progress=False)
-    pack_dataset(path, PACK, progress=False)
+    prepare(path, SAMPLE, PACK)
     return path
 
 
@@ -180,6 +180,7 @@ def _cli_has_train() -> bool:
 
 
 @pytest.mark.ray
+@pytest.mark.slow
 def test_ray_job_submit(ray_env, prepared, tmp_path):
     """A head started like cluster/head.py does, then the documented job submission."""
     root = ray_env / "head"
@@ -201,8 +202,8 @@ def test_ray_job_submit(ray_env, prepared, tmp_path):
         assert proc.returncode == 0, out[-4000:]
         assert "succeeded" in out, out[-4000:]
         if args[0] == "train":
-            state = load_checkpoint(tmp_path / "ck")
-            assert state["epoch"] == 1 and state["steps"] == 2  # --max-batches: per worker
+            state = newest_checkpoint(tmp_path / "ck")
+            assert state["epoch"] == 1 and state["trainer"]["steps"] == 2  # --max-batches: per worker
         else:
             assert '"num_nodes": 300' in out
         # a client without the token is refused
@@ -259,6 +260,7 @@ def _same_packed(a: Path, b: Path) -> None:
 
 
 @pytest.mark.ray
+@pytest.mark.slow
 def test_prepare_on_ray_matches_single_process(cluster, prepared, tmp_path):
     path = make_dataset(tmp_path / "tiny")
     prepare_on_ray(path, SAMPLE, PACK, cluster.address, progress=False)
@@ -289,27 +291,56 @@ def uninterrupted(cluster, prepared, tmp_path_factory) -> dict:
 
 
 @pytest.mark.ray
+@pytest.mark.slow
 def test_fit_on_ray_workers_hold_identical_parameters(uninterrupted, prepared):
     s = uninterrupted
     cfg = _train_cfg(prepared, Path("unused"))
     assert s["world_size"] == 2 and s["steps"] == _expected_steps(prepared, cfg, 2) > 0
     assert s["replicas_identical"] and len(s["replica_sha256"]) == 2
     assert set(s["replica_sha256"]) == {s["params_sha256"]}
-    state = load_checkpoint(Path(s["checkpoint"]).parent)
-    assert state["epoch"] == 2 and state["steps"] == s["steps"]
+    state = newest_checkpoint(Path(s["checkpoint"]).parent)
+    assert state["epoch"] == 2 and state["trainer"]["steps"] == s["steps"]
     assert params_digest(state["model"]) == s["params_sha256"]
 
 
+def dying_rank(fail_rank: int, fail_step: int, marker: Path):
+    """A per-rank gradient sync for ``fit_on_ray``: rank ``fail_rank`` exits abruptly at its
+    ``fail_step``-th step, once (while ``marker`` does not exist; it creates it). Until then
+    every rank syncs with the flat all-reduce (the same on every rank), afterwards with the
+    configured sync. A closure, so Ray pickles it by value to workers that cannot import
+    this test module."""
+
+    def grad_sync(rank: int):
+        if marker.exists():
+            return None
+        from disktrain.train.gradsync import AllReduceMean
+
+        sync, seen = AllReduceMean(), [0]
+        if rank != fail_rank:
+            return sync
+
+        def dying_sync(params) -> None:
+            seen[0] += 1
+            if seen[0] == fail_step:
+                marker.touch()
+                os._exit(1)
+            sync(params)
+
+        return dying_sync
+
+    return grad_sync
+
+
 @pytest.mark.ray
-def test_worker_killed_mid_epoch_restarts_from_checkpoint(uninterrupted, prepared, tmp_path,
-                                                          monkeypatch):
+@pytest.mark.slow
+def test_worker_killed_mid_epoch_restarts_from_checkpoint(uninterrupted, prepared, tmp_path):
     cfg = _train_cfg(prepared, tmp_path / "ck")
     per_epoch = _expected_steps(prepared, replace(cfg, epochs=1), 2)
     marker = tmp_path / "died"
     # rank 1 dies in the middle of epoch 1, after the epoch-0 checkpoint was reported
-    monkeypatch.setenv(FAIL_AT_ENV, f"1:{per_epoch + per_epoch // 2 + 1}:{marker}")
     s = fit_on_ray(cfg, RayTrainConfig(workers=2, max_failures=1,
-                                       storage_path=str(tmp_path / "ray")))
+                                       storage_path=str(tmp_path / "ray")),
+                   grad_sync=dying_rank(1, per_epoch + per_epoch // 2 + 1, marker))
     assert marker.exists(), "the injected failure did not happen"
     assert s["steps"] == uninterrupted["steps"] and s["replicas_identical"]
     # resumed from the epoch-end checkpoint: the same model as the uninterrupted run
@@ -317,6 +348,7 @@ def test_worker_killed_mid_epoch_restarts_from_checkpoint(uninterrupted, prepare
 
 
 @pytest.mark.ray
+@pytest.mark.slow
 def test_init_ray_ignores_a_dead_head_named_by_ray_current_cluster(ray_env):
     """A head killed without clean-up leaves ray_current_cluster behind; no address still
     means a new local instance (it used to fail: "When connecting to an existing cluster,
@@ -352,6 +384,7 @@ def _head_script_started(out: Path, proc: subprocess.Popen, timeout: float = 120
 
 @pytest.mark.ray
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP], ids=["TERM", "HUP"])
+@pytest.mark.slow
 def test_head_script_stops_its_cluster_on_signal(ray_env, tmp_path, signum):
     """``python -m disktrain.cluster.head`` stopped by ``kill`` or a closed terminal stops
     every process it started (gcs_server, raylet, dashboard, ...), as Ctrl-C does."""

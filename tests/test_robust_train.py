@@ -4,20 +4,18 @@ the mean is turned around, label flipping changes only the attacker's labels, an
 outside the world fails before any data loads."""
 
 import json
-import os
-import subprocess
 import textwrap
 from pathlib import Path
 
 import pytest
-from test_distributed import TORCHRUN, free_port
+from helpers import prepare, torchrun
 
 from disktrain.cli import build_parser, configs, main
 from disktrain.errors import ConfigError
 from disktrain.ingest.synth import SynthConfig, synthesize
-from disktrain.pack import PackConfig, pack_dataset
+from disktrain.pack import PackConfig
 from disktrain.robust import AttackConfig, RobustConfig
-from disktrain.sample import SampleConfig, sample_dataset
+from disktrain.sample import SampleConfig
 from disktrain.train import TrainConfig
 
 pytestmark = pytest.mark.dist
@@ -83,24 +81,13 @@ WORKER = textwrap.dedent("""
 """)
 
 
-def torchrun(*args: str, ok: bool = True, timeout: float = 600) -> subprocess.CompletedProcess:
-    cmd = [str(TORCHRUN), "--nnodes=1", f"--nproc_per_node={WORLD}",
-           "--master_addr=127.0.0.1", f"--master_port={free_port()}", *args]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"})
-    assert (proc.returncode == 0) == ok, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return proc
-
-
 @pytest.fixture(scope="module")
 def learnable(tmp_path_factory) -> Path:
     """A small graph whose planted classes a GNN learns in a few epochs."""
     path = tmp_path_factory.mktemp("robust") / "synth"
     synthesize(SynthConfig(out=path, num_nodes=1200, avg_degree=8, feature_dim=16,
                            num_classes=4, seed=0, progress=False))
-    sample_dataset(path, SampleConfig(fanouts=(5, 5), batch_size=32, epochs=3, seed=0),
-                   progress=False)
-    pack_dataset(path, PackConfig(), progress=False)
+    prepare(path, SampleConfig(fanouts=(5, 5), batch_size=32, epochs=3, seed=0), PackConfig())
     return path
 
 
@@ -111,10 +98,12 @@ def runs(learnable, tmp_path_factory) -> list[dict]:
     script = out / "worker.py"
     script.write_text(WORKER)
     torchrun(str(script), str(learnable), str(out),
-             json.dumps({name: [*COMMON, *argv] for name, argv in RUNS.items()}))
+             json.dumps({name: [*COMMON, *argv] for name, argv in RUNS.items()}),
+             nproc=WORLD, timeout=600)
     return [json.loads((out / f"rank{r}.json").read_text()) for r in range(WORLD)]
 
 
+@pytest.mark.slow
 def test_a_sign_flipping_rank_under_trimmed_mean_trains_identical_replicas(runs):
     summary = runs[0]["sign-flip"]
     assert summary["world_size"] == WORLD and summary["steps"] > 0
@@ -126,6 +115,7 @@ def test_a_sign_flipping_rank_under_trimmed_mean_trains_identical_replicas(runs)
         assert len({r[name]["params_sha256"] for r in runs}) == 1, name
 
 
+@pytest.mark.slow
 def test_the_mean_is_turned_around_where_trimmed_mean_holds(runs):
     mean, trimmed = runs[0]["mean-ipm"], runs[0]["trimmed-ipm"]
     assert trimmed["test_acc"] > 0.5
@@ -133,6 +123,7 @@ def test_the_mean_is_turned_around_where_trimmed_mean_holds(runs):
     assert mean["loss"] > trimmed["loss"]
 
 
+@pytest.mark.slow
 def test_a_ranks_non_finite_loss_is_a_dropped_row_not_a_skipped_step(runs):
     summaries = [r["inf-loss"] for r in runs]
     assert [s["skipped_steps"] for s in summaries] == [0] * WORLD
@@ -140,12 +131,14 @@ def test_a_ranks_non_finite_loss_is_a_dropped_row_not_a_skipped_step(runs):
     assert len({s["params_sha256"] for s in summaries}) == 1
 
 
+@pytest.mark.slow
 def test_nnm_before_median_survives_loud_noise(runs):
     summary = runs[0]["nnm-gaussian"]
     assert summary["robust"]["pre_aggregate"] == ["nnm"]
     assert summary["test_acc"] > 0.5
 
 
+@pytest.mark.slow
 def test_label_flip_changes_only_the_attacking_ranks_labels(runs):
     for rank, results in enumerate(runs):
         seen = results["label-flip"]
@@ -155,10 +148,11 @@ def test_label_flip_changes_only_the_attacking_ranks_labels(runs):
         assert trained == expected, rank
 
 
+@pytest.mark.slow
 def test_attacking_ranks_outside_the_world_fail_before_data_loads(tmp_path):
     proc = torchrun("-m", "disktrain", "train", str(tmp_path / "nowhere"), "--attack",
                     "sign-flip", "--byzantine-ranks", "5", "--aggregator", "median",
-                    "--byzantine-f", "1", ok=False, timeout=120)
+                    "--byzantine-f", "1", nproc=WORLD, ok=False, timeout=120)
     assert "disktrain: error: byzantine ranks (--byzantine-ranks, attack.ranks) 5: " \
            "attacking ranks [5] need world size > 5" in proc.stderr
     assert "nowhere" not in proc.stderr
@@ -219,7 +213,7 @@ MOMENTUM_WORKER = textwrap.dedent("""
     import json, os, sys
     from disktrain.cli import build_parser, configs
     from disktrain.train import train
-    from disktrain.train.checkpoint import load_checkpoint
+    from disktrain.train.checkpoint import load_bytes, read_newest
 
     dataset, out = sys.argv[1], sys.argv[2]
     rank = os.environ["RANK"]
@@ -232,7 +226,8 @@ MOMENTUM_WORKER = textwrap.dedent("""
     run = lambda *argv: train(configs(build_parser("train").parse_args([*base, *argv]))[""])
     ck = os.path.join(out, "ck")
     run("--epochs", "1", "--checkpoint-dir", ck)
-    saved = load_checkpoint(ck)["worker_momentum"] if rank == "0" else None
+    saved = load_bytes(*read_newest(ck)[::-1])["worker_momentum"]["average"] \
+        if rank == "0" else None
     resumed = run("--epochs", "2", "--checkpoint-dir", ck, "--resume")
     straight = run("--epochs", "2", "--checkpoint-dir", os.path.join(out, f"straight{rank}"))
     with open(os.path.join(out, f"rank{rank}.json"), "w") as f:
@@ -241,6 +236,7 @@ MOMENTUM_WORKER = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_a_resumed_robust_run_goes_on_where_it_stopped(learnable, tmp_path):
     """Three ranks train with worker momentum, bucketing, centered clipping and a gaussian
     attacker, resume mid-run from rank 0's checkpoint, and end where a straight run ends:
@@ -248,7 +244,7 @@ def test_a_resumed_robust_run_goes_on_where_it_stopped(learnable, tmp_path):
     attack's step (its noise) were saved and restored; restarting any changes the run."""
     script = tmp_path / "worker.py"
     script.write_text(MOMENTUM_WORKER)
-    torchrun(str(script), str(learnable), str(tmp_path))
+    torchrun(str(script), str(learnable), str(tmp_path), nproc=WORLD, timeout=600)
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(WORLD)]
     saved = ranks[0]["saved"]
     assert len(saved) == WORLD and len({tuple(row) for row in saved}) == WORLD

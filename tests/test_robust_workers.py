@@ -6,9 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 import torch.nn.functional as F
-from test_distributed import free_port
+from helpers import spawn_ranks
 
 from disktrain.robust import (
     AttackConfig,
@@ -81,8 +80,7 @@ def test_craft_checks_its_parameters():
     with pytest.raises(ValueError, match="needs the defender's aggregate"):
         craft("opt-alie", HONEST, n_total=5, f=1)
     with pytest.raises(ValueError, match="takes no parameter eps"):
-        RobustAggregate(RobustConfig(aggregator="median"), byzantine={1}, attack="alie",
-                        attack_params={"eps": 1.0})
+        AttackConfig(attack="alie", ranks=(1,), params={"eps": 1.0})
 
 
 # --- label flipping and the worker's configuration ------------------------------------------
@@ -225,14 +223,7 @@ def _worker(rank: int, port: int, out: str) -> None:
 @pytest.fixture(scope="module")
 def ranks(tmp_path_factory) -> list[dict]:
     out = tmp_path_factory.mktemp("workers")
-    ctx = mp.get_context("spawn")
-    port = free_port()
-    procs = [ctx.Process(target=_worker, args=(r, port, str(out))) for r in range(WORLD)]
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join(timeout=120)
-    assert [p.exitcode for p in procs] == [0] * WORLD
+    spawn_ranks(_worker, WORLD, str(out), timeout=120)
     return [torch.load(out / f"rank{r}.pt", weights_only=True) for r in range(WORLD)]
 
 
@@ -252,6 +243,7 @@ def expected_stack(cfg: AttackConfig) -> torch.Tensor:
 
 @pytest.mark.dist
 @pytest.mark.parametrize("i", range(len(SCENARIOS)), ids=[c.attack for c in SCENARIOS])
+@pytest.mark.slow
 def test_attacking_ranks_send_the_attack_and_all_aggregate_it(ranks, i):
     cfg = SCENARIOS[i]
     want = expected_stack(cfg)
@@ -263,14 +255,10 @@ def test_attacking_ranks_send_the_attack_and_all_aggregate_it(ranks, i):
     assert all(torch.equal(s, synced[0]) for s in synced[1:]), cfg  # identical replicas
     assert torch.isfinite(synced[0]).all(), cfg  # trimmed mean, f = 1: one NaN row dropped
     assert torch.allclose(synced[0], aggregate(want, ROBUST), rtol=1e-5, atol=1e-6), cfg
-    if cfg.attack in ("sign-flip", "alie", "ipm", "mimic"):  # = the in-aggregation simulation
-        honest_stack = torch.stack([true_grads(r) for r in range(WORLD)])
-        sim = RobustAggregate(ROBUST, byzantine=cfg.ranks, attack=cfg.attack,
-                              attack_params=cfg.params).attacked(honest_stack)
-        assert torch.allclose(sim, want, rtol=1e-5, atol=1e-6), cfg
 
 
 @pytest.mark.dist
+@pytest.mark.slow
 def test_every_rank_names_the_diverged_replica(ranks):
     for r in range(WORLD):
         msg = ranks[r]["diverged"]

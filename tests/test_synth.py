@@ -5,6 +5,7 @@ import numba
 import numpy as np
 import pytest
 import zarr
+from helpers import needs_two_threads
 
 from disktrain.ingest.synth import (
     EdgeGenerator,
@@ -66,7 +67,7 @@ def test_chunks_do_not_change_edges_or_features(tmp_path):
     np.testing.assert_array_equal(whole, parts)
 
 
-@pytest.mark.skipif(numba.config.NUMBA_NUM_THREADS < 2, reason="needs 2 Numba threads")
+@needs_two_threads
 def test_thread_count_does_not_change_output(tmp_path):
     cfg = _cfg(tmp_path, num_nodes=3000)
     gen = EdgeGenerator(cfg)  # chunk() runs in this thread (set_num_threads is per thread)
@@ -84,6 +85,7 @@ def test_thread_count_does_not_change_output(tmp_path):
 
 @pytest.mark.parametrize("kw", [{"feature_dtype": "float16"}, {"dedup": True},
                                 {"undirected": False, "feature_dim": 5}])
+@pytest.mark.slow
 def test_memory_budget_and_threads_do_not_change_output(tmp_path, kw):
     """The CSR built a row at a time, in buckets of a few rows read in groups, or in one
     bucket, on 1 or 2 threads: the same files, byte for byte."""

@@ -7,6 +7,7 @@ import operator
 import numpy as np
 import pytest
 import torch
+from helpers import newest_checkpoint
 from tinygraphs import make_dataset
 
 from disktrain.loader.schedule import epoch_batches, worker_share
@@ -14,7 +15,7 @@ from disktrain.models import ModelConfig
 from disktrain.pack import PackConfig, pack_dataset
 from disktrain.sample import SampleConfig, sample_dataset
 from disktrain.train import TrainConfig, train
-from disktrain.train.checkpoint import CheckpointConfig, load_checkpoint
+from disktrain.train.checkpoint import CheckpointConfig
 
 
 def test_epoch_batches_table():
@@ -45,15 +46,6 @@ def test_worker_share_table(n, world, expect):
     assert len(flat) == len(set(flat))
 
 
-@pytest.fixture
-def prepared(tiny_dataset):
-    sample_dataset(tiny_dataset, SampleConfig(fanouts=(4, 3), batch_size=16, epochs=2, seed=0),
-                   progress=False)
-    pack_dataset(tiny_dataset, PackConfig(cpu_cache_bytes=1024, chunk_bytes=256),
-                 progress=False)
-    return tiny_dataset
-
-
 @pytest.mark.parametrize("model", ["sage", "gcn", "gat"])
 def test_train_runs_and_reports(prepared, tmp_path, model):
     metrics = tmp_path / "m.jsonl"
@@ -77,9 +69,10 @@ def test_compute_threads_apply_to_the_run_only(prepared, tmp_path):
 
 
 def _params(directory):
-    return load_checkpoint(directory)["model"]
+    return newest_checkpoint(directory)["model"]
 
 
+@pytest.mark.slow
 def test_resume_mid_epoch_matches_uninterrupted(prepared, tmp_path):
     base = {"dataset": str(prepared), "epochs": 3, "seed": 3, "progress": False,
             "model": ModelConfig(model="sage", hidden=16, dropout=0.3)}
@@ -100,13 +93,33 @@ def test_resume_mid_epoch_matches_uninterrupted(prepared, tmp_path):
         train(TrainConfig(**base, checkpoint=CheckpointConfig(dir=str(tmp_path / "cut"),
                                                               every=2)),
               grad_sync=dying_sync)
-    state = load_checkpoint(tmp_path / "cut")
+    state = newest_checkpoint(tmp_path / "cut")
     assert state["epoch"] == 1 and state["cursor"] > 0
     train(TrainConfig(**base, checkpoint=CheckpointConfig(dir=str(tmp_path / "cut"), every=2,
                                                           resume=True)))
     full, cut = _params(tmp_path / "full"), _params(tmp_path / "cut")
     for k in full:
         assert torch.equal(full[k], cut[k]), k
+
+
+def test_resume_refuses_a_changed_run_naming_the_checkpoint(prepared, tmp_path):
+    """A checkpoint of the earlier format (fields side by side), or one whose part does not fit
+    the run (another seed: the loader's batches would differ), is refused by its file."""
+    from disktrain.errors import CheckpointError
+    from disktrain.train.checkpoint import CheckpointWriter, checkpoint_files
+
+    base = {"dataset": str(prepared), "progress": False, "model": ModelConfig(hidden=16)}
+    ck = CheckpointConfig(dir=str(tmp_path / "ck"), resume=True)
+    train(TrainConfig(**base, epochs=1, checkpoint=CheckpointConfig(dir=ck.dir)))
+    newest = checkpoint_files(ck.dir)[0]
+    with pytest.raises(CheckpointError, match=f"{newest}: its loader state does not fit this "
+                       "run: loader state has seed 0, this loader 1"):
+        train(TrainConfig(**base, epochs=2, seed=1, checkpoint=ck))
+    state = newest_checkpoint(ck.dir)
+    old = {"model": state["model"], "epoch": 1, "cursor": 0, "steps": 3}
+    CheckpointWriter(ck.dir, keep=1).save(old)  # the same name: replaces it
+    with pytest.raises(CheckpointError, match=f"{newest}: a checkpoint of format 1"):
+        train(TrainConfig(**base, epochs=2, checkpoint=ck))
 
 
 def test_float16_features_train(tmp_path):

@@ -17,7 +17,7 @@ def params_with(grad: list[float]) -> list[torch.nn.Parameter]:
 
 
 def test_the_worker_sends_the_running_average_of_its_gradients():
-    m = WorkerMomentum(0.75)
+    m = WorkerMomentum(0.75, params_with([0.0, 0.0]))
     first = params_with([4.0, -8.0])
     m(first)
     assert flat_grads(first).tolist() == [1.0, -2.0]  # 0.25 * g1
@@ -29,7 +29,7 @@ def test_the_worker_sends_the_running_average_of_its_gradients():
 
 
 def test_a_non_finite_gradient_is_sent_as_is_and_leaves_the_average():
-    m = WorkerMomentum(0.5)
+    m = WorkerMomentum(0.5, params_with([0.0, 0.0]))
     m(params_with([2.0, 2.0]))
     bad = params_with([float("nan"), 1.0])
     m(bad)
@@ -45,7 +45,7 @@ def test_on_one_worker_it_is_sgd_momentum_with_the_lr_scaled_by_one_minus_beta()
     beta = 0.9
     mine = torch.optim.SGD(model.parameters(), lr=0.5)
     ref = torch.optim.SGD(twin.parameters(), lr=0.5 * (1 - beta), momentum=beta)
-    m = WorkerMomentum(beta)
+    m = WorkerMomentum(beta, list(model.parameters()))
     for _ in range(4):
         x, y = torch.randn(8, 5), torch.randint(0, 3, (8,))
         for net, opt in ((model, mine), (twin, ref)):
@@ -60,7 +60,7 @@ def test_on_one_worker_it_is_sgd_momentum_with_the_lr_scaled_by_one_minus_beta()
 @pytest.mark.parametrize("beta", [0.0, 1.0, -0.1])
 def test_beta_must_be_a_fraction(beta):
     with pytest.raises(ValueError, match="worker momentum beta must be in \\(0, 1\\)"):
-        WorkerMomentum(beta)
+        WorkerMomentum(beta, params_with([0.0]))
 
 
 def test_the_option_reaches_the_config_and_is_checked():

@@ -30,7 +30,6 @@ from disktrain.errors import ConfigError
 
 CHUNK_BYTES = 64 << 20
 """Bytes of cache rows staged on the host at a time while the cache is filled."""
-_NO_POS = np.zeros(0, np.int64)
 
 
 class DeviceAssembler:
@@ -62,57 +61,37 @@ class DeviceAssembler:
         self.cache = copy_to_device(rows, self.device, chunk_bytes)
         """The GPU tier on the device: row ``s`` serves every input row with slot ``-1-s``."""
 
-    def assemble(self, host_x: torch.Tensor, gpu_pos: np.ndarray, gpu_slot: np.ndarray, *,
-                 host_pos: np.ndarray | None = None, num_rows: int | None = None,
-                 ) -> torch.Tensor:
-        """The batch's feature matrix on the device.
-
-        Without ``host_pos``, ``host_x`` is the whole matrix as the host left it: it is copied
-        (non-blocking when pinned) and rows ``gpu_pos`` are filled from cache rows
-        ``gpu_slot``. With ``host_pos``, ``host_x`` holds only the host's rows, row ``k``
-        going to ``host_pos[k]`` of a new matrix of ``num_rows`` rows, so the rows the cache
-        serves never cross the bus. On a CPU device the matrix may be ``host_x`` itself.
-        """
-        if host_pos is None:
-            x = host_x.to(self.device, non_blocking=host_x.is_pinned())
-            self.fill(x, gpu_pos, gpu_slot)
-            return x
-        if num_rows is None:
-            raise ValueError("num_rows is required with host_pos")
-        x = torch.empty((num_rows, host_x.shape[1]), dtype=host_x.dtype, device=self.device)
-        rows = host_x.to(self.device, non_blocking=host_x.is_pinned())
-        self.fill(x, gpu_pos, gpu_slot, rows, host_pos)
+    def assemble(self, host_x: torch.Tensor, gpu_pos: np.ndarray,
+                 gpu_slot: np.ndarray) -> torch.Tensor:
+        """The batch's feature matrix on the device: ``host_x``, the whole matrix as the host
+        left it, copied (non-blocking when pinned), its rows ``gpu_pos`` filled from cache
+        rows ``gpu_slot``. On a CPU device the matrix may be ``host_x`` itself."""
+        x = host_x.to(self.device, non_blocking=host_x.is_pinned())
+        self.fill(x, gpu_pos, gpu_slot)
         return x
 
-    def fill(self, x: torch.Tensor, gpu_pos: np.ndarray, gpu_slot: np.ndarray,
-             host_rows: torch.Tensor | None = None, host_pos: np.ndarray | None = None) -> None:
-        """``x[gpu_pos[k]] = cache[gpu_slot[k]]`` and ``x[host_pos[k]] = host_rows[k]`` for
-        ``x`` and ``host_rows`` on this device; on a GPU, asynchronous on the current stream.
+    def fill(self, x: torch.Tensor, gpu_pos: np.ndarray, gpu_slot: np.ndarray) -> None:
+        """``x[gpu_pos[k]] = cache[gpu_slot[k]]`` for ``x`` on this device; on a GPU,
+        asynchronous on the current stream.
 
         Positions must be distinct and in range; on a CPU they are checked (``ValueError``),
         on a GPU they are not (that would wait for the device).
         """
-        if host_rows is None:
-            host_rows = self.cache[:0]
-            host_pos = _NO_POS
-        gpu_pos, gpu_slot, host_pos = (np.ascontiguousarray(a, np.int64)
-                                       for a in (gpu_pos, gpu_slot, host_pos))
-        if len(gpu_pos) + len(host_pos) == 0:
+        gpu_pos, gpu_slot = (np.ascontiguousarray(a, np.int64) for a in (gpu_pos, gpu_slot))
+        if len(gpu_pos) == 0:
             return
         # imported here: the kernels' module imports numba.cuda (a quarter of a second), which
         # a CPU run without a GPU tier never needs
         from disktrain.kernels import cuda_gather
 
         if self.device.type != "cuda":
-            cuda_gather.scatter_gather_host(x.numpy(), self.cache.numpy(), gpu_pos, gpu_slot,
-                                            host_rows.numpy(), host_pos)
+            cuda_gather.scatter_gather_host(x.numpy(), self.cache.numpy(), gpu_pos, gpu_slot)
             return
-        pos, slot, hpos = (torch.from_numpy(a).to(self.device, non_blocking=True)
-                           for a in (gpu_pos, gpu_slot, host_pos))
+        pos, slot = (torch.from_numpy(a).to(self.device, non_blocking=True)
+                     for a in (gpu_pos, gpu_slot))
         with cuda_gather.device_context(_gpu_index(self.device)):
             stream = torch.cuda.current_stream(self.device).cuda_stream
-            cuda_gather.scatter_gather_device(x, self.cache, pos, slot, host_rows, hpos,
-                                              stream=stream)
+            cuda_gather.scatter_gather_device(x, self.cache, pos, slot, stream=stream)
 
 
 @dataclass(frozen=True)

@@ -236,13 +236,6 @@ def pack_pass(dataset: Dataset, work: list[tuple[GroupPacker, int]]) -> None:
         packer.close(group, slots)
 
 
-def pack_group(dataset_path: str | Path, cfg: PackConfig, group: int,
-               partial: str | Path) -> None:
-    """Pack group ``group`` into the partial store ``partial``: a pure function of the
-    dataset, the sample store, ``cfg`` and the group, that any process may run."""
-    GroupPacker(dataset_path, cfg, partial)(group)
-
-
 def _lay_out(partial: Path, attrs: dict, dataset: Dataset, tiers, rows_shape: tuple[int, int],
              chunk_rows: int, shard_bytes: int, batch_rows: np.ndarray, n_packed: np.ndarray,
              slot_offsets: np.ndarray, tiers_from: TierSource | None) -> None:
@@ -317,7 +310,7 @@ def pack_dataset(dataset_path: str | Path, cfg: PackConfig = PackConfig(),
     loader keeps the caches it holds (``cfg``'s cache sizes are then ignored).
     Resumes an interrupted run with the same configuration (finished groups are kept).
     ``run_groups(dataset_path, cfg, groups, partial_dir)`` may replace the local loop over
-    the pending packing groups (e.g. with Ray tasks running :func:`pack_group`).
+    the pending packing groups (e.g. with Ray tasks running a :class:`GroupPacker`).
     """
     dataset = Dataset(dataset_path)
     root = Path(root) if root is not None else dataset.path

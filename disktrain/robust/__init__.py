@@ -1,5 +1,5 @@
-"""Byzantine-robust aggregation: rules and pre-aggregators, attacks (simulated in the
-aggregation step or run by real attacking workers), the grad-sync step, replica digests.
+"""Byzantine-robust aggregation: rules and pre-aggregators, attacks run by real attacking
+workers, the grad-sync step, replica digests.
 
 Modules: stack (shared checks, non-finite rows), select (order statistics), rules, flag,
 preagg, config (RobustConfig, registries, aggregate), attacks, sync (RobustAggregate), worker

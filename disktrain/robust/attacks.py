@@ -1,8 +1,7 @@
 """Byzantine attacks: the gradient the attackers send, from the honest ones.
 
 Each attack takes the (h, d) stack of honest gradients and returns one (d,) vector, which every
-Byzantine worker sends (as in ByzFL). They serve both the in-aggregation simulation
-(RobustAggregate's `byzantine`) and the real attacking workers (disktrain.robust.worker).
+Byzantine worker sends (as in ByzFL), run by the attacking workers (disktrain.robust.worker).
 Conventions that differ from ByzFL's are named in each docstring.
 """
 

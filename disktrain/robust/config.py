@@ -35,9 +35,10 @@ class RobustConfig:
     geomed, centered-clipping, flag."""
     f: int = 0
     """Byzantine workers tolerated: every rule but mean checks its condition on n and f (see
-    each rule's docstring) and counts non-finite rows into it; mean ignores it."""
+    each rule's docstring) and counts non-finite rows into it; mean tolerates none."""
     subspace: int = 0
-    """Flag's r (0: disktrain.robust.flag.default_subspace(n, f) = f + 1, below n)."""
+    """Flag's r (0: disktrain.robust.flag.default_subspace(n, f) = f + 1, below n); flag
+    only."""
     m: int = 0
     """Workers multi-krum averages (0: n - f)."""
     max_iters: int = 100
@@ -56,7 +57,7 @@ class RobustConfig:
     cc_iters: int = 1
     """Centered clipping's iterations L (ByzFL's default)."""
     flag_lambda: float = 0.0
-    """Flag's weight lambda of the pairwise-difference terms (0: none)."""
+    """Flag's weight lambda of the pairwise-difference terms (0: none); flag only."""
     seed: int = 0
     """Seed of bucketing's permutations (with the step count: the same on every rank)."""
 
@@ -83,6 +84,13 @@ class RobustConfig:
             if not 0 <= getattr(self, name) < math.inf:
                 raise ValueError(f"RobustConfig.{name} must be finite and >= 0, "
                                  f"got {getattr(self, name)}")
+        if self.f and self.aggregator == "mean":
+            raise ValueError(f"RobustConfig.f={self.f} (byzantine workers) needs a robust "
+                             "aggregator (the mean tolerates no faulty worker); pick one")
+        for name in ("subspace", "flag_lambda"):
+            if getattr(self, name) and self.aggregator != "flag":
+                raise ValueError(f"RobustConfig.{name}={getattr(self, name)} applies to "
+                                 f"aggregator 'flag' only, got aggregator {self.aggregator!r}")
 
 
 Rule = Callable[[Tensor, RobustConfig, Tensor | None], Tensor]
@@ -156,7 +164,8 @@ class Aggregator:
         self.previous: Tensor | None = None
 
     def __call__(self, x: Tensor) -> Tensor:
-        out = aggregate(x, self.cfg, step=self.step, previous=self.previous)
+        previous = None if self.previous is None else self.previous.to(x)
+        out = aggregate(x, self.cfg, step=self.step, previous=previous)
         self.step += 1
         if bool(torch.isfinite(out).all()):
             self.previous = out
@@ -167,8 +176,8 @@ class Aggregator:
         return {"step": self.step,
                 "previous": torch.empty(0) if self.previous is None else self.previous.cpu()}
 
-    def load_state_dict(self, state: dict, device: torch.device | str = "cpu") -> None:
-        """Go on from ``state`` (of :meth:`state_dict`), the center on ``device``."""
+    def load_state_dict(self, state: dict) -> None:
+        """Go on from ``state`` (of :meth:`state_dict`); the center moves to the device of the
+        next stack."""
         self.step = int(state["step"])
-        prev = state["previous"]
-        self.previous = prev.to(device) if prev.numel() else None
+        self.previous = state["previous"] if state["previous"].numel() else None

@@ -23,30 +23,30 @@ from disktrain.robust.grads import flat_grads, set_flat_grads
 
 
 class WorkerMomentum:
-    """One worker's running average of its flat gradients; call it between backward and the
-    attack or grad-sync step: it replaces the parameters' gradients by the average."""
+    """One worker's running average of the flat gradients of ``params`` (zeros before its
+    first step); call it between backward and the attack or grad-sync step: it replaces the
+    parameters' gradients by the average."""
 
-    def __init__(self, beta: float) -> None:
+    def __init__(self, beta: float, params: list[torch.nn.Parameter]) -> None:
         if not 0 < beta < 1:
             raise ValueError(f"worker momentum beta must be in (0, 1), got {beta}")
         self.beta = beta
-        self.buffer: torch.Tensor | None = None
+        self.buffer = params[0].new_zeros(sum(p.numel() for p in params))
 
     def __call__(self, params: list[torch.nn.Parameter]) -> None:
         g = flat_grads(params)
         if not bool(torch.isfinite(g).all()):
             return
-        if self.buffer is None:
-            self.buffer = torch.zeros_like(g)
         self.buffer.mul_(self.beta).add_(g, alpha=1 - self.beta)
         set_flat_grads(params, self.buffer)
 
-    def state(self, params: list[torch.nn.Parameter]) -> torch.Tensor:
-        """The average to checkpoint (zeros the size of ``params`` before the first step)."""
-        if self.buffer is not None:
-            return self.buffer
-        return params[0].new_zeros(sum(p.numel() for p in params))
+    def state_dict(self) -> dict:
+        """The average, to checkpoint."""
+        return {"average": self.buffer}
 
-    def load(self, buffer: torch.Tensor) -> None:
-        """Resume from a checkpointed average."""
-        self.buffer = buffer.clone()
+    def load_state_dict(self, state: dict) -> None:
+        """Go on from a checkpointed average (of :meth:`state_dict`)."""
+        if state["average"].shape != self.buffer.shape:
+            raise ValueError(f"worker momentum average has {state['average'].numel()} values, "
+                             f"the parameters {self.buffer.numel()}")
+        self.buffer.copy_(state["average"])

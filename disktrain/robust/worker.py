@@ -1,8 +1,8 @@
 """Real attacking workers: the Byzantine ranks replace their own gradient before communication.
 
-Unlike RobustAggregate's simulation (rows replaced after the all-gather), the attacking rank
-computes its gradient, replaces it, and sends the bad vector through the real aggregation
-round, so the data path, the communication and the rule run as in a real fault.
+The attacking rank computes its gradient, replaces it, and sends the bad vector through the
+real aggregation round, so the data path, the communication and the rule run as in a real
+fault.
 
 Protocol, per training step, on EVERY rank, between backward and the grad-sync step:
 
@@ -124,4 +124,12 @@ class ByzantineWorker:
                     aggregate=lambda x: aggregate(x, self.robust, step=step),
                     **self.cfg.params)
         set_flat_grads(params, bad.to(flat))
+
+    def state_dict(self) -> dict:
+        """The steps taken (they seed the gaussian attack), alike on every rank."""
+        return {"steps": self.steps}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Go on from :meth:`state_dict`."""
+        self.steps = int(state["steps"])
 

@@ -26,7 +26,6 @@ import shutil
 import threading
 from collections import OrderedDict
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -34,7 +33,7 @@ import zarr
 from tqdm.auto import tqdm
 
 from disktrain.errors import DataError
-from disktrain.kernels.sampling import sample_batches
+from disktrain.kernels.sampling import SampledBatch, SampledBatches, sample_batches
 from disktrain.sample.plan import SampleConfig, SamplePlan, sampling_key
 from disktrain.storage.atomic import atomic_dir, replace_dir
 from disktrain.storage.chunkfile import StoreRef
@@ -188,22 +187,6 @@ def _read_config(attrs: dict) -> SampleConfig | None:
         return None
 
 
-@dataclass(frozen=True)
-class SampledBatch:
-    """One pre-sampled batch in local ids; blocks in model order (input layer first)."""
-
-    index: int
-    input_nodes: np.ndarray
-    """Global ids of the feature rows the batch reads; seeds first."""
-    num_seeds: int
-    blocks: list[tuple[np.ndarray, np.ndarray, int, int]]
-    """Per layer (edge_src, edge_dst, num_src, num_dst), farthest hop first."""
-
-    @property
-    def seeds(self) -> np.ndarray:
-        return self.input_nodes[:self.num_seeds]
-
-
 class _Loading:
     """A group being read by one thread while others wait for it."""
 
@@ -293,27 +276,13 @@ class _GroupReader:
 
     def batch(self, b: int) -> SampledBatch:
         g, i = divmod(b, self.group_size)
-        return unpack_batch(self._group(g), i, b)
+        return SampledBatches(**self._group(g)).batch(i, index=b)
 
     def inner_count(self, b: int) -> int:
         """Input nodes that are also dst nodes of the first block (the rest: last hop only)."""
         g, i = divmod(b, self.group_size)
         hops = self._group(g)["hop_counts"][i]
         return int(hops[len(hops) - 2])
-
-
-def unpack_batch(arrays, i: int, index: int) -> SampledBatch:
-    """Batch ``i`` of a set of ragged sampler arrays (a group, or a kernel's output)."""
-    hops = arrays["hop_counts"][i]
-    num_layers = len(hops) - 1
-    nodes = arrays["nodes"][arrays["node_offsets"][i]:arrays["node_offsets"][i + 1]]
-    offsets = arrays["edge_offsets"]
-    blocks = []
-    for layer in reversed(range(num_layers)):
-        e0, e1 = offsets[i * num_layers + layer], offsets[i * num_layers + layer + 1]
-        blocks.append((arrays["edge_src"][e0:e1], arrays["edge_dst"][e0:e1],
-                       int(hops[layer + 1]), int(hops[layer])))
-    return SampledBatch(index, nodes, int(hops[0]), blocks)
 
 
 def store_attrs(dataset_path: str | Path, root: str | Path | None = None) -> tuple[Path, dict]:

@@ -346,8 +346,9 @@ class ChunkWriter:
         ``chunk``."""
         if self._error is not None:
             raise self._error
-        self._queued.acquire()
-        self._pool.submit(self._run, chunk, buf)
+        if self.chunk_bytes:  # else an array of no bytes, which has no chunk files
+            self._queued.acquire()
+            self._pool.submit(self._run, chunk, buf)
 
     def close(self, cancel: bool = False) -> None:
         """Wait for every queued chunk; raise the first error met. ``cancel``: drop the

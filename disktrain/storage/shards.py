@@ -58,10 +58,10 @@ class ShardLayout:
     @classmethod
     def of(cls, array: zarr.Array, array_dir: str | os.PathLike) -> ShardLayout:
         """The layout of ``array`` (at ``array_dir``), as :func:`create_sharded` made it."""
-        rows = int(array.chunks[0])
-        return cls(Path(array_dir), array.ndim,
-                   math.prod(array.chunks) * array.dtype.itemsize,
-                   int(array.shards[0]) // rows, -(-int(array.shape[0]) // rows))
+        rows, size = int(array.chunks[0]), math.prod(array.shape)  # size 0: no chunk files
+        return cls(Path(array_dir), array.ndim, math.prod(array.chunks) * array.dtype.itemsize,
+                   int(array.shards[0]) // rows if array.shards else 1,
+                   -(-int(array.shape[0]) // rows) if size else 0)
 
     @property
     def stride(self) -> int:
@@ -188,10 +188,10 @@ def create_sharded(group: zarr.Group, name: str, shape: tuple[int, ...], dtype,
     dtype = np.dtype(dtype)
     chunk_bytes = chunk_rows * math.prod(shape[1:]) * dtype.itemsize
     per_shard = max(1, shard_bytes // round_up(chunk_bytes + CRC_BYTES))
-    array = group.create_array(
+    array = group.create_array(  # rows of no bytes: not sharded (nor stored)
         name, shape=shape, dtype=dtype, chunks=(chunk_rows, *shape[1:]),
-        shards=(per_shard * chunk_rows, *shape[1:]), compressors=CHECKSUM, fill_value=0,
-        chunk_key_encoding=KEY_ENCODING)
+        shards=(per_shard * chunk_rows, *shape[1:]) if chunk_bytes else None,
+        compressors=CHECKSUM, fill_value=0, chunk_key_encoding=KEY_ENCODING)
     layout = ShardLayout.of(array, Path(group.store.root) / group.path / name)
     layout.lay_out()
     return layout

@@ -1,6 +1,7 @@
-"""Checkpoints: model, optimizer, epoch, batch cursor, RNG states and the robust state
-(every rank's worker-momentum average, the aggregator's step and center, the attack's step);
-the newest k kept.
+"""Checkpoints: the state of a run's named parts (model, optimizer, loader, the run's counters,
+every rank's RNG states and, as configured, every rank's worker-momentum average, the robust
+aggregator's step and center, the attack's step), each part's ``state_dict()``; the newest k
+kept. Resuming loads each part from its state (:func:`resume`).
 
 Each checkpoint is one file named by the position training resumes at,
 ``ckpt-e{EPOCH}-b{BATCH}.pt`` (the checkpoint at the end of epoch 2 is
@@ -23,10 +24,14 @@ from pathlib import Path
 import torch
 
 from disktrain.errors import CheckpointError, NonFiniteError
+from disktrain.loader.dist import DistEnv, broadcast_bytes
 from disktrain.storage.atomic import atomic_write_bytes
 from disktrain.train.health import nonfinite_tensors
 
 NAME = re.compile(r"ckpt-e(\d+)-b(\d+)\.pt")
+FORMAT = 2
+"""A checkpoint: ``{"format": FORMAT, "epoch": .., "cursor": .., PART: its state, ...}``;
+format 1 stored its fields side by side and is refused."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -103,10 +108,51 @@ def read_newest(directory: str | Path) -> tuple[Path, bytes] | None:
     return None
 
 
-def load_checkpoint(directory: str | Path) -> dict | None:
-    """The newest checkpoint in ``directory`` that loads (see :func:`read_newest`), or None."""
-    found = read_newest(directory)
-    return None if found is None else load_bytes(found[1], found[0])
+def checkpoint_state(parts: dict, epoch: int, cursor: int) -> dict:
+    """The checkpoint of ``parts`` (name -> an object with ``state_dict()``) resuming at batch
+    ``cursor`` of ``epoch``; on every rank (a part may gather every rank's state)."""
+    return {"format": FORMAT, "epoch": epoch, "cursor": cursor,
+            **{name: part.state_dict() for name, part in parts.items()}}
+
+
+def resume(parts: dict, directory: Path, writer: CheckpointWriter, env: DistEnv,
+           device: torch.device) -> list[int] | None:
+    """Load each of ``parts`` from the checkpoint rank 0 finds newest in its ``directory``
+    (its bytes broadcast); return its ``[epoch, cursor]`` (None: none). CheckpointError on
+    every rank for another format, number of workers, or a part's state that does not fit;
+    a part it lacks starts afresh (said on stderr)."""
+    found = read_newest(directory) if env.is_main else None
+    if found is not None:
+        writer.adopt(found[0])
+    elif env.is_main:
+        print(f"disktrain: no checkpoint in {directory}; starting from the beginning",
+              file=sys.stderr)
+    data = broadcast_bytes(None if found is None else found[1], device)
+    if data is None:
+        return None
+    state = load_bytes(data, found[0] if found else "rank 0's checkpoint")
+    where = found[0] if found else \
+        f"rank 0's {directory / checkpoint_name(int(state['epoch']), int(state['cursor']))}"
+    if state.get("format") != FORMAT:
+        raise CheckpointError(f"{where}: a checkpoint of format {state.get('format', 1)}; this "
+                              f"disktrain reads format {FORMAT} (start a new run without resume)")
+    written_by = state["loader"]["world_size"]
+    if written_by != env.world_size:
+        raise CheckpointError(f"{where}: checkpoint written by {written_by} "
+                              f"worker(s); resuming with {env.world_size} would change the run "
+                              f"(resume with {written_by}, or start a new run without resume)")
+    for name, part in parts.items():
+        if name not in state:
+            if env.is_main:
+                print(f"disktrain: warning: {where} holds no {name} state (written by a run "
+                      "without it); it starts afresh", file=sys.stderr)
+            continue
+        try:
+            part.load_state_dict(state[name])
+        except (KeyError, ValueError, RuntimeError) as e:
+            raise CheckpointError(f"{where}: its {name} state does not fit this run: "
+                                  f"{e}") from e
+    return [int(state["epoch"]), int(state["cursor"])]
 
 
 class CheckpointWriter:

@@ -1,6 +1,7 @@
 """Configuration of a training run: the run's own settings, composed with the configs of the
-model, the loader, the gradient aggregation and the checkpoints (each defined, with its
-defaults and validation, next to the code it configures)."""
+model, the loader, the optimizer, the gradient aggregation, the attack, the evaluation and the
+checkpoints (each defined, with its defaults and validation, next to the code it configures:
+the optimizer's here)."""
 
 from __future__ import annotations
 
@@ -16,10 +17,48 @@ from disktrain.loader.pipeline import LoaderConfig
 from disktrain.models.gnn import ModelConfig
 from disktrain.robust import AttackConfig, RobustConfig, aggregate
 from disktrain.train.checkpoint import CheckpointConfig
+from disktrain.train.evaluate import EvalConfig
 
 ON_NONFINITE = ("stop", "skip")
-EVAL_MODES = ("auto", "packed", "online")
 OPTIMIZERS = ("adam", "sgd")
+
+
+@dataclass(frozen=True, kw_only=True)
+class OptimizerConfig:
+    """The optimizer that steps on the aggregated gradient."""
+
+    optimizer: str = "adam"
+    """adam, or sgd (plain SGD with ``momentum``: the optimizer of the Byzantine-robustness
+    literature, whose step follows the aggregate's scale; Adam normalizes each coordinate's
+    step, which blunts attacks that only rescale or reverse the mean)."""
+    lr: float = 0.01
+    """Learning rate."""
+    momentum: float = 0.0
+    """SGD momentum (optimizer sgd only), applied to the aggregated gradient."""
+    weight_decay: float = 5e-4
+    """Weight decay (L2, added to the aggregated gradient by the optimizer)."""
+
+    def __post_init__(self) -> None:
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"OptimizerConfig.optimizer must be one of {OPTIMIZERS}, got "
+                             f"{self.optimizer!r}")
+        if not 0 < self.lr < math.inf:
+            raise ValueError(f"OptimizerConfig.lr must be a finite number > 0, got {self.lr}")
+        if not 0 <= self.momentum < 1:
+            raise ValueError(f"OptimizerConfig.momentum must be in [0, 1), got {self.momentum}")
+        if self.momentum and self.optimizer != "sgd":
+            raise ValueError(f"OptimizerConfig.momentum={self.momentum} applies to optimizer "
+                             f"'sgd' only, got optimizer {self.optimizer!r}")
+        if not 0 <= self.weight_decay < math.inf:
+            raise ValueError(f"OptimizerConfig.weight_decay must be a finite number >= 0, got "
+                             f"{self.weight_decay}")
+
+    def build(self, params) -> torch.optim.Optimizer:
+        """The optimizer this config names, over ``params``."""
+        if self.optimizer == "sgd":
+            return torch.optim.SGD(params, lr=self.lr, momentum=self.momentum,
+                                   weight_decay=self.weight_decay)
+        return torch.optim.Adam(params, lr=self.lr, weight_decay=self.weight_decay)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -27,8 +66,9 @@ class TrainConfig:
     """One training run over a prepared dataset.
 
         TrainConfig(dataset="papers", epochs=20, model=ModelConfig(model="gat", hidden=256),
-                    loader=LoaderConfig(device="cuda"), robust=RobustConfig(aggregator="krum",
-                    f=1), checkpoint=CheckpointConfig(every=500))
+                    loader=LoaderConfig(device="cuda"), optimizer=OptimizerConfig(lr=0.003),
+                    robust=RobustConfig(aggregator="krum", f=1),
+                    checkpoint=CheckpointConfig(every=500))
     """
 
     dataset: str
@@ -40,6 +80,8 @@ class TrainConfig:
     """The read pipeline, and the device of the run (``loader.device``: "cuda" picks
     LOCAL_RANK's GPU). Training sets ``degrees`` when the model needs them and, when
     ``assemble_threads`` is 0, gives assembly the cores compute leaves free."""
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    """The optimizer and its learning rate, momentum and weight decay."""
     robust: RobustConfig = field(default_factory=RobustConfig)
     """How workers' gradients combine: mean (all-reduce) or a Byzantine-robust rule from
     disktrain.robust (median, trimmed-mean, meamed, krum, multi-krum, bulyan, geomed,
@@ -49,28 +91,20 @@ class TrainConfig:
     """Real attacking workers (disktrain.robust.worker): the ranks ``attack.ranks`` replace
     their gradient before communication (or, with label-flip, train on flipped labels).
     None: every worker is honest."""
+    evaluation: EvalConfig = field(default_factory=EvalConfig)
+    """How and how often val and test accuracy are evaluated."""
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     """Where and how often to checkpoint, and whether to resume."""
     epochs: int = 10
     """Training epochs."""
     seed: int = 0
     """Seeds initialization, dropout and the batch order."""
-    optimizer: str = "adam"
-    """adam, or sgd (plain SGD with ``momentum``: the optimizer of the Byzantine-robustness
-    literature, whose step follows the aggregate's scale; Adam normalizes each coordinate's
-    step, which blunts attacks that only rescale or reverse the mean)."""
-    lr: float = 0.01
-    """Learning rate."""
-    momentum: float = 0.0
-    """SGD momentum (optimizer sgd only), applied to the aggregated gradient."""
     worker_momentum: float = 0.0
     """Each worker sends the running average of its gradients, m = beta m + (1 - beta) g, with
     this beta, instead of the gradient (disktrain.robust.momentum; 0: off). A robust rule over
     these averages withstands attacks it cannot over single gradients; the Byzantine-robustness
     literature and ByzFL's benchmark train with beta 0.9 and an SGD without momentum of its
     own. Checkpointed per worker."""
-    weight_decay: float = 5e-4
-    """Weight decay (L2, added to the aggregated gradient by the optimizer)."""
     plan_reuse: str = "fresh"
     """Epochs beyond the E that `disktrain prepare` sampled. fresh: each is sampled and
     packed afresh while the one before trains (``disktrain.loader.fresh``), so every epoch
@@ -79,14 +113,6 @@ class TrainConfig:
     prepare_ahead: int = 1
     """With plan_reuse "fresh": epochs prepared ahead of the one training (each is an epoch
     of samples and packed rows on disk)."""
-    eval_every: int = 1
-    """Evaluate validation and test accuracy every this many epochs (and after the last)."""
-    evaluation: str = "auto"
-    """How val and test are evaluated. packed: their batches as `disktrain prepare` sampled
-    and packed them, read through the training pipeline; online: sampled now, features read
-    from the raw array; auto: packed where prepared, else online."""
-    eval_batch_size: int = 4096
-    """Seeds per batch of online evaluation."""
     compute_threads: int = 0
     """Torch intra-op threads for compute (0: on a CPU every core, but one while fresh
     epochs are prepared in the background; on a GPU, or under a launcher's OMP_NUM_THREADS,
@@ -108,44 +134,21 @@ class TrainConfig:
                     not (value is None and f.name in _OPTIONAL):
                 raise ValueError(f"TrainConfig.{f.name} must be a {kind.__name__}, got "
                                  f"{value!r}")
-        for name, allowed in (("plan_reuse", PLAN_REUSE), ("on_nonfinite", ON_NONFINITE),
-                              ("evaluation", EVAL_MODES), ("optimizer", OPTIMIZERS)):
+        for name, allowed in (("plan_reuse", PLAN_REUSE), ("on_nonfinite", ON_NONFINITE)):
             if getattr(self, name) not in allowed:
-                raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
-        for name in ("epochs", "eval_every", "eval_batch_size", "prepare_ahead"):
+                raise ValueError(f"TrainConfig.{name} must be one of {allowed}, got "
+                                 f"{getattr(self, name)!r}")
+        for name in ("epochs", "prepare_ahead"):
             if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if not 0 < self.lr < math.inf:
-            raise ValueError(f"lr must be a finite number > 0, got {self.lr}")
-        if not 0 <= self.momentum < 1:
-            raise ValueError(f"momentum must be in [0, 1), got {self.momentum}")
+                raise ValueError(f"TrainConfig.{name} must be >= 1, got {getattr(self, name)}")
         if not 0 <= self.worker_momentum < 1:
-            raise ValueError(f"worker_momentum must be in [0, 1), got {self.worker_momentum}")
-        if self.momentum and self.optimizer != "sgd":
-            raise ValueError(f"momentum={self.momentum} applies to optimizer 'sgd' only, got "
-                             f"optimizer {self.optimizer!r}")
-        if not 0 <= self.weight_decay < math.inf:
-            raise ValueError(f"weight_decay must be a finite number >= 0, got {self.weight_decay}")
+            raise ValueError(f"TrainConfig.worker_momentum must be in [0, 1), got "
+                             f"{self.worker_momentum}")
         for name in ("seed", "compute_threads"):
             if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+                raise ValueError(f"TrainConfig.{name} must be >= 0, got {getattr(self, name)}")
         if self.max_batches is not None and self.max_batches < 1:
-            raise ValueError(f"max_batches must be >= 1, got {self.max_batches}")
-        robust = self.robust
-        if robust.f and robust.aggregator == "mean":
-            raise ValueError(f"robust f={robust.f} (byzantine workers) needs a robust "
-                             "aggregator (the mean tolerates no faulty worker); pick one")
-        for name in ("subspace", "flag_lambda"):
-            if getattr(robust, name) and robust.aggregator != "flag":
-                raise ValueError(f"robust {name}={getattr(robust, name)} applies to aggregator "
-                                 f"'flag' only, got aggregator {robust.aggregator!r}")
-
-    def make_optimizer(self, params) -> torch.optim.Optimizer:
-        """The optimizer this config names, over ``params``."""
-        if self.optimizer == "sgd":
-            return torch.optim.SGD(params, lr=self.lr, momentum=self.momentum,
-                                   weight_decay=self.weight_decay)
-        return torch.optim.Adam(params, lr=self.lr, weight_decay=self.weight_decay)
+            raise ValueError(f"TrainConfig.max_batches must be >= 1, got {self.max_batches}")
 
     def check_world_size(self, world_size: int) -> None:
         """Refuse (ConfigError) what ``world_size`` workers cannot run: attacking ranks that
@@ -171,8 +174,9 @@ class TrainConfig:
                               f"{world_size} workers: {e}") from e
 
 
-_COMPONENTS = {"model": ModelConfig, "loader": LoaderConfig, "robust": RobustConfig,
-               "attack": AttackConfig, "checkpoint": CheckpointConfig}
+_COMPONENTS = {"model": ModelConfig, "loader": LoaderConfig, "optimizer": OptimizerConfig,
+               "robust": RobustConfig, "attack": AttackConfig, "evaluation": EvalConfig,
+               "checkpoint": CheckpointConfig}
 """TrainConfig's fields that hold another component's config, and its class."""
 _OPTIONAL = {"attack"}
 """The components that may be None."""

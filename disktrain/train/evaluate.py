@@ -1,12 +1,14 @@
-"""Accuracy on the val and test splits: from their packed batches (read through the same
-pipeline as training), or sampling neighborhoods online with the offline sampler's kernels
-(on a GPU, with their CUDA twins over a device copy of the CSR when it fits: the same
-neighbors, :func:`disktrain.loader.device.sample_on_device`).
+"""Accuracy on the val and test splits, one loop over either source of batches: their packed
+batches (read through the same pipeline as training), or batches sampled online with the
+offline sampler's kernels (:class:`OnlineBatches`; on a GPU, with their CUDA twins over a
+device copy of the CSR when it fits: the same neighbors,
+:func:`disktrain.loader.device.sample_on_device`).
 """
 
 from __future__ import annotations
 
 import sys
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -14,31 +16,56 @@ import torch.distributed as dist
 import zarr
 
 from disktrain.errors import DataError
-from disktrain.kernels.sampling import sample_batches
+from disktrain.kernels.sampling import SampledBatch, sample_batches
+from disktrain.loader.batch import Batch, MiniBatch
 from disktrain.loader.block import Block
 from disktrain.loader.device import copy_to_device, sample_on_device
 from disktrain.loader.loader import Loader
 from disktrain.sample.plan import sampling_key
-from disktrain.sample.store import unpack_batch
 from disktrain.storage.dataset import Dataset
 from disktrain.storage.roots import EVAL_SPLITS, eval_root, is_prepared
-from disktrain.train.config import EVAL_MODES
+
+EVAL_MODES = ("auto", "packed", "online")
+
+
+@dataclass(frozen=True, kw_only=True)
+class EvalConfig:
+    """How and how often a training run evaluates val and test accuracy."""
+
+    mode: str = "auto"
+    """packed: their batches as `disktrain prepare` sampled and packed them, read through the
+    training pipeline; online: sampled now, features read from the raw array; auto: packed
+    where prepared, else online."""
+    every: int = 1
+    """Evaluate every this many epochs (and after the last)."""
+    batch_size: int = 4096
+    """Seeds per batch of online evaluation."""
+
+    def __post_init__(self) -> None:
+        if self.mode not in EVAL_MODES:
+            raise ValueError(f"EvalConfig.mode must be one of {EVAL_MODES}, got {self.mode!r}")
+        for name in ("every", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"EvalConfig.{name} must be >= 1, got {getattr(self, name)}")
+
+    def due(self, epoch: int, epochs: int) -> bool:
+        """Whether to evaluate after epoch ``epoch`` of ``epochs``."""
+        return (epoch + 1) % self.every == 0 or epoch + 1 == epochs
 
 
 class Evaluator:
-    """Accuracy of a model on val and test, the way ``mode`` asks.
+    """Accuracy of a model on val and test, the way ``cfg.mode`` asks.
 
     packed: each split's packed batches (``disktrain prepare`` made them with the training
     store), read by :class:`~disktrain.loader.loader.Loader` with the training loader's caches;
-    online: neighborhoods sampled now, features read from the raw array; auto: packed where
-    prepared, else online (with a warning when those batches were made with another
-    training store).
+    online: neighborhoods sampled now (seeded by ``seed``), features read from the raw array;
+    auto: packed where prepared, else online (with a warning when those batches were made with
+    another training store).
     """
 
-    def __init__(self, mode: str, train: Loader, batch_size: int, seed: int):
-        if mode not in EVAL_MODES:
-            raise ValueError(f"eval mode must be one of {EVAL_MODES}, got {mode!r}")
-        self.train, self.batch_size, self.seed = train, batch_size, seed
+    def __init__(self, cfg: EvalConfig, train: Loader, seed: int):
+        mode = cfg.mode
+        self.train, self.batch_size, self.seed = train, cfg.batch_size, seed
         self._graph: tuple[torch.Tensor, torch.Tensor] | None | bool = False  # not made yet
         dataset = train.dataset
         self.packed: dict[str, Loader] = {}
@@ -95,83 +122,84 @@ def _tiers_from(root) -> str | None:
     return attrs.get("tiers_from") or attrs.get("store_id")
 
 
-@torch.no_grad()
 def evaluate_packed(model: torch.nn.Module, loader: Loader) -> float:
-    """Accuracy of ``model`` over every packed batch of ``loader`` (a val or test loader).
-
-    Each rank evaluates its share of the batches and the counts are summed over the
-    process group.
-    """
-    total = len(loader.dataset.split(loader.split))
-    if total == 0:
-        return float("nan")
-    was_training = model.training
-    model.eval()
-    correct = torch.zeros((), dtype=torch.int64, device=loader.device)
-    for batch in loader:
-        pred = model(batch.x, batch.blocks).argmax(dim=1)
-        correct += (pred == batch.seed_labels).sum()
-    model.train(was_training)
-    if loader.world_size > 1:
-        dist.all_reduce(correct)
-    return int(correct) / total
+    """Accuracy of ``model`` over every packed batch of ``loader`` (a val or test loader):
+    each rank evaluates its share of the batches, the counts summed over the process group."""
+    return accuracy(model, loader, len(loader.dataset.split(loader.split)), loader.device,
+                    loader.world_size)
 
 
-@torch.no_grad()
 def evaluate(model: torch.nn.Module, dataset: Dataset, split: str, fanouts: tuple[int, ...],
              batch_size: int, seed: int, device: torch.device, rank: int = 0,
              world_size: int = 1, graph: tuple[torch.Tensor, torch.Tensor] | None = None
              ) -> float:
-    """Accuracy of ``model`` on ``split`` (features read from the raw array, in order).
+    """Accuracy of ``model`` on ``split``, sampled now (:class:`OnlineBatches`): each rank
+    evaluates every ``world_size``-th node, the counts summed over the process group."""
+    batches = OnlineBatches(dataset, split, fanouts, batch_size, seed, device, rank, world_size,
+                            graph)
+    return accuracy(model, batches, len(dataset.split(split)), device, world_size)
 
-    With ``world_size`` > 1 each rank evaluates every ``world_size``-th node and the counts
-    are summed over the process group. ``graph``: ``(indptr, indices)`` tensors (from
-    :func:`device_graph`) to sample with the device kernels; the samples are the same.
-    """
-    everything = np.asarray(dataset.split(split), np.int64)
-    if len(everything) == 0:
+
+@torch.no_grad()
+def accuracy(model: torch.nn.Module, batches, total: int, device: torch.device,
+             world_size: int) -> float:
+    """The share of the ``total`` seeds of a split that ``model`` labels right, over this
+    rank's ``batches`` (:class:`~disktrain.loader.batch.Batch`; the counts of the process
+    group's ``world_size`` ranks summed); NaN for an empty split."""
+    if total == 0:
         return float("nan")
-    ids = everything[rank::world_size]
     was_training = model.training
     model.eval()
-    correct = 0
-    labels = np.asarray(dataset.labels)
-    for start in range(0, len(ids), batch_size):
-        seeds = ids[start:start + batch_size]
-        input_nodes, sampled = _sample(dataset, seeds, fanouts, sampling_key(seed, 1 << 30),
-                                       graph)
-        uniq, inverse = np.unique(input_nodes, return_inverse=True)
-        x = torch.from_numpy(dataset.gather_sorted(uniq)[inverse]).to(device).float()
-        degree = dataset.in_degrees(input_nodes)
-        blocks = [Block.from_numpy(s, d, ns, nd, degree).to(device) for s, d, ns, nd in sampled]
-        pred = model(x, blocks).argmax(dim=1).cpu().numpy()
-        correct += int((pred == labels[seeds]).sum())
+    correct = torch.zeros((), dtype=torch.int64, device=device)
+    for batch in batches:
+        pred = model(batch.x, batch.blocks).argmax(dim=1)
+        correct += (pred == batch.seed_labels).sum()
     model.train(was_training)
     if world_size > 1:
-        counts = torch.tensor([correct], dtype=torch.float64, device=device)
-        dist.all_reduce(counts)
-        correct = int(counts.item())
-    return correct / len(everything)
+        dist.all_reduce(correct)
+    return int(correct) / total
 
 
-def _sample(dataset: Dataset, seeds: np.ndarray, fanouts: tuple[int, ...], key: int,
-            graph: tuple[torch.Tensor, torch.Tensor] | None) -> tuple[np.ndarray, list]:
-    """One batch's input nodes and blocks ``(src, dst, num_src, num_dst)``, last layer's
-    first as the model takes them: by the CPU kernels, or the device ones over ``graph``."""
-    if graph is None:
-        out = sample_batches(dataset.indptr, dataset.indices, seeds,
-                             np.array([0, len(seeds)], np.int64),
-                             np.asarray(fanouts, np.int64), key)
-        batch = unpack_batch(vars(out), 0, 0)
-        return batch.input_nodes, batch.blocks
-    indptr, indices = graph
-    s = sample_on_device(indptr, indices, torch.from_numpy(seeds).to(indptr.device), fanouts,
-                         key)
-    off, hops = s.edge_offsets, s.hop_counts
-    blocks = [(s.edge_src[off[layer]:off[layer + 1]].cpu().numpy(),
-               s.edge_dst[off[layer]:off[layer + 1]].cpu().numpy(),
-               int(hops[layer + 1]), int(hops[layer])) for layer in reversed(range(len(fanouts)))]
-    return s.nodes.cpu().numpy(), blocks
+class OnlineBatches:
+    """This rank's batches of ``split`` sampled now, as the Loader yields them
+    (:class:`~disktrain.loader.batch.Batch`): every ``world_size``-th seed from ``rank``, in
+    order, ``batch_size`` per batch, sampled by the offline sampler's kernels with the key of
+    ``seed`` (or by their device twins over ``graph``, ``(indptr, indices)`` tensors from
+    :func:`device_graph`: the same samples); features read from the raw array."""
+
+    def __init__(self, dataset: Dataset, split: str, fanouts: tuple[int, ...], batch_size: int,
+                 seed: int, device: torch.device, rank: int = 0, world_size: int = 1,
+                 graph: tuple[torch.Tensor, torch.Tensor] | None = None) -> None:
+        self.dataset, self.fanouts, self.batch_size = dataset, fanouts, batch_size
+        self.device, self.graph, self.key = device, graph, sampling_key(seed, 1 << 30)
+        self.seeds = np.asarray(dataset.split(split), np.int64)[rank::world_size]
+        self.labels = np.asarray(dataset.labels)
+
+    def __iter__(self):
+        for index, start in enumerate(range(0, len(self.seeds), self.batch_size)):
+            sampled = self._sample(self.seeds[start:start + self.batch_size], index)
+            nodes = sampled.input_nodes
+            uniq, inverse = np.unique(nodes, return_inverse=True)
+            x = torch.from_numpy(self.dataset.gather_sorted(uniq)[inverse]).to(self.device)
+            degree = self.dataset.in_degrees(nodes)
+            blocks = [Block.from_numpy(*block, degree).to(self.device)
+                      for block in sampled.blocks]
+            y = torch.from_numpy(self.labels[nodes]).to(self.device)
+            mb = MiniBatch(index, x=x.float(), blocks=blocks, input_nodes=nodes)
+            yield Batch.of(mb, y=y)
+
+    def _sample(self, seeds: np.ndarray, index: int) -> SampledBatch:
+        """Batch ``index``, of ``seeds``: by the CPU kernels, or the device ones."""
+        if self.graph is None:
+            return sample_batches(self.dataset.indptr, self.dataset.indices, seeds,
+                                  np.array([0, len(seeds)], np.int64),
+                                  np.asarray(self.fanouts, np.int64), self.key).batch(0, index)
+        indptr, indices = self.graph
+        s = sample_on_device(indptr, indices, torch.from_numpy(seeds).to(indptr.device),
+                             self.fanouts, self.key)
+        return SampledBatch(s.nodes.cpu().numpy(), np.asarray(s.hop_counts),
+                            s.edge_src.cpu().numpy(), s.edge_dst.cpu().numpy(),
+                            np.asarray(s.edge_offsets), index)
 
 
 DEVICE_GRAPH_SHARE = 0.5

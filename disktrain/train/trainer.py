@@ -1,0 +1,204 @@
+"""One rank's training run as named stateful parts (model, optimizer, loader, counters, RNG
+states and the gradient path's: each with ``state_dict`` / ``load_state_dict``; a checkpoint
+is the dict of their states), and its loop: epochs of steps, evaluation, checkpoints."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from contextlib import closing
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from disktrain.errors import DataError, NonFiniteError
+from disktrain.loader.dist import DistEnv
+from disktrain.loader.loader import Loader
+from disktrain.models.gnn import build_model
+from disktrain.robust import check_replicas
+from disktrain.train.checkpoint import CheckpointWriter, checkpoint_state, resume
+from disktrain.train.config import TrainConfig
+from disktrain.train.evaluate import Evaluator
+from disktrain.train.gradsync import GradientPath
+from disktrain.train.health import nonfinite_step_error, nonfinite_tensors, step_is_finite
+from disktrain.train.parts import PerRank, Progress, RngState
+
+STAGES = ("read", "assemble", "copy")
+
+
+class Trainer:
+    """Trains ``cfg.model`` on this rank's share of ``loader`` (disktrain.train.loop.train):
+    builds the parts, resumes them (``cfg.checkpoint.resume``), starts from rank 0's weights."""
+
+    def __init__(self, cfg: TrainConfig, env: DistEnv, device: torch.device, loader: Loader,
+                 grad_sync=None) -> None:
+        meta = _trainable(cfg, loader)
+        self.cfg, self.env, self.device, self.loader = cfg, env, device, loader
+        self.model = build_model(cfg.model.sized(in_dim=meta.feature_dim, num_layers=len(
+            loader.fanouts), num_classes=meta.num_classes)).to(device)
+        self.opt = cfg.optimizer.build(self.model.parameters())
+        self.grads = GradientPath(cfg, env, meta.num_classes, grad_sync,
+                                  [p for p in self.model.parameters() if p.requires_grad])
+        self.ckpt_dir = cfg.checkpoint.directory(cfg.dataset)
+        self.writer = CheckpointWriter(self.ckpt_dir, cfg.checkpoint.keep)
+        self.progress = Progress()
+        self.parts = {"model": self.model, "optimizer": self.opt, "loader": loader,
+                      "trainer": self.progress, "rng": PerRank(RngState(device), env, device),
+                      **self.grads.parts(env, device)}
+        if env.world_size > 1:
+            torch.manual_seed(cfg.seed + env.rank)  # same init (broadcast), own dropout masks
+        self.resumed_at = resume(self.parts, self.ckpt_dir, self.writer, env, device) \
+            if cfg.checkpoint.resume else None
+        if dist.is_initialized() and dist.get_world_size() > 1:
+            for t in self.model.state_dict().values():
+                dist.broadcast(t, src=0)
+        self.forward = self.grads.wrap(self.model, device)
+
+    def fit(self, on_epoch=None) -> list[dict]:
+        """Train the epochs left, calling ``on_epoch(record, checkpoint_dir)`` after each;
+        return every epoch's record."""
+        cfg, loader = self.cfg, self.loader
+        _warn_reuse(cfg, loader.sampled_epochs, self.env)
+        evaluator = Evaluator(cfg.evaluation, loader, cfg.seed)
+        for epoch in range(loader.epoch, cfg.epochs):
+            loader.set_epoch(epoch)
+            record = self._epoch(epoch)
+            if cfg.evaluation.due(epoch, cfg.epochs):
+                record.update(_evaluation(evaluator, self.model))
+            self.progress.history.append(record)
+            loader.set_epoch(epoch + 1)
+            self.checkpoint(epoch + 1, 0)
+            if self.env.is_main and cfg.metrics:
+                with open(cfg.metrics, "a") as f:
+                    f.write(json.dumps(record) + "\n")
+            if on_epoch is not None:
+                on_epoch(record, self.ckpt_dir)
+        return self.progress.history
+
+    def _epoch(self, epoch: int) -> dict:
+        """Train this rank's batches of ``epoch`` left (all, unless resumed inside it)."""
+        loader, cursor = self.loader, self.loader.state_dict()["cursor"]
+        num_batches = len(loader)
+        meter = EpochMeter(self.device)
+        self.model.train()
+        bar = tqdm(total=num_batches, initial=cursor, desc=f"epoch {epoch}", unit="batch",
+                   disable=not (self.cfg.progress and self.env.is_main), leave=False)
+        with closing(iter(loader)) as batches:  # Ctrl-C or an error stops its threads
+            for step, mb in enumerate(batches, start=cursor):
+                meter.begin()
+                self._step(mb, epoch, step, meter)
+                meter.end(mb)
+                bar.update()
+                if self.cfg.checkpoint.every and (step + 1) % self.cfg.checkpoint.every == 0:
+                    self.checkpoint(epoch, step + 1)
+        bar.close()
+        check_replicas(self.model.state_dict().values(), f"epoch {epoch}")  # every rank joins
+        record = {"epoch": epoch, "loss": meter.loss(), "batches": num_batches,
+                  "skipped_steps": self.progress.skipped, **meter.times(loader.prepare_wait_s),
+                  "fresh_samples": self.cfg.plan_reuse == "fresh"
+                  and epoch >= loader.sampled_epochs, "packed_bytes": loader.packed_bytes}
+        self.progress.skipped = 0
+        return record
+
+    def _step(self, mb, epoch: int, step: int, meter: EpochMeter) -> None:
+        """One optimizer step on batch ``mb`` (number ``step`` of ``epoch``), unless its loss
+        or synchronized gradient is not finite: then skipped or stopped, as configured."""
+        self.opt.zero_grad(set_to_none=True)
+        loss = F.cross_entropy(self.forward(mb.x, mb.blocks), self.grads.labels(mb.seed_labels))
+        self.grads.backward(loss)
+        # several ranks decide on the synced gradients alone, alike: a rank's own non-finite
+        # loss is in them already (poisoned row), which a robust rule may drop; an attacking
+        # rank's loss does not count at all
+        if step_is_finite(loss if self.env.world_size == 1 else None, self.grads.params):
+            self.opt.step()
+            self.progress.steps += 1
+            meter.add_loss(loss.detach())
+        elif self.cfg.on_nonfinite == "skip":
+            self.progress.skipped += 1
+        else:
+            raise nonfinite_step_error(loss, epoch, step, mb.index, self.ckpt_dir)
+
+    def checkpoint(self, epoch: int, at: int) -> None:
+        """Checkpoint every part at batch ``at`` of ``epoch`` (every rank takes part; rank 0
+        writes). Raises NonFiniteError, writing nothing, when a parameter is not finite."""
+        # every rank checks its replica (all equal) before the collectives, so all stop alike
+        if bad := nonfinite_tensors(self.model.state_dict()):
+            raise NonFiniteError(f"epoch {epoch}, batch {at}: parameters {', '.join(bad)} are "
+                                 f"not finite; no checkpoint written, {self.ckpt_dir} keeps "
+                                 "the last good one")
+        state = checkpoint_state(self.parts, epoch, at)
+        if self.env.is_main:
+            self.writer.save(state)
+
+
+class EpochMeter:
+    """One epoch's seconds (waiting for batches, computing, the loader's stages) and this
+    rank's finite losses, summed on the device."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.seconds = dict.fromkeys((*STAGES, "compute", "wait"), 0.0)
+        self.loss_sum, self.losses = (torch.zeros((), device=device) for _ in range(2))
+        self.start = self._mark = time.perf_counter()
+
+    def begin(self) -> None:
+        """A batch arrived: the time since the last one was waiting."""
+        now = time.perf_counter()
+        self.seconds["wait"] += now - self._mark
+        self._mark = now
+
+    def end(self, mb) -> None:
+        """The step on batch ``mb`` is done."""
+        for k in STAGES:
+            self.seconds[k] += mb.seconds[k]
+        now = time.perf_counter()
+        self.seconds["compute"] += now - self._mark
+        self._mark = now
+
+    def add_loss(self, loss: torch.Tensor) -> None:
+        finite = torch.isfinite(loss)  # not where this rank's was not
+        self.loss_sum += torch.where(finite, loss, 0.0)
+        self.losses += finite
+
+    def loss(self) -> float:
+        """The mean finite loss (NaN without one)."""
+        return float(self.loss_sum / self.losses) if float(self.losses) else float("nan")
+
+    def times(self, prepare_wait: float) -> dict:
+        """The seconds; ``prepare_wait`` (for fresh samples, before the first batch) apart."""
+        self.seconds["wait"] = max(0.0, self.seconds["wait"] - prepare_wait)
+        return {"epoch_time_s": time.perf_counter() - self.start - prepare_wait,
+                **{f"{k}_s": v for k, v in self.seconds.items()}, "prepare_wait_s": prepare_wait}
+
+
+def _trainable(cfg: TrainConfig, loader: Loader):
+    """The dataset's metadata; DataError when it has no features or labels to train on."""
+    meta = loader.dataset.meta
+    if meta.feature_dim < 1:
+        raise DataError(f"{cfg.dataset}: the dataset has no node features (feature_dim 0); "
+                        "ingest it with --features")
+    if "labels" not in loader.dataset.group:
+        raise DataError(f"{cfg.dataset}: the dataset has no labels to train on; ingest it "
+                        "with --labels (or train your own model with disktrain.Loader)")
+    return meta
+
+
+def _warn_reuse(cfg: TrainConfig, sampled_epochs: int, env: DistEnv) -> None:
+    if cfg.epochs > sampled_epochs and cfg.plan_reuse != "fresh" and env.is_main:
+        print(f"disktrain: warning: {cfg.dataset} holds {sampled_epochs} pre-sampled "
+              f"epoch(s) for {cfg.epochs} training epochs: batches are reused "
+              f"(--plan-reuse {cfg.plan_reuse}); `--plan-reuse fresh` or "
+              f"`disktrain prepare --epochs {cfg.epochs}` samples every epoch afresh",
+              file=sys.stderr)
+
+
+def _evaluation(evaluator: Evaluator, model: torch.nn.Module) -> dict:
+    """Val and test accuracy of ``model``, how they were evaluated, and the time taken."""
+    t0 = time.perf_counter()
+    out = evaluator(model)
+    out["eval_time_s"] = time.perf_counter() - t0
+    out["eval"] = {s: evaluator.mode(s) for s in ("val", "test")}
+    out["eval_packed_bytes"] = evaluator.packed_bytes()
+    return out
