@@ -162,9 +162,8 @@ class PackedStore:
         if out.shape[0] < stop - start or not out.flags.c_contiguous:
             raise ValueError(f"out must be C-contiguous with >= {stop - start} rows")
         flat = out.reshape(-1).view(np.uint8)[:out[:stop - start].nbytes]
-        if flat.size and self.layout.read(start // self.chunk_rows, flat, self.ref, "rows",
-                                          range(b, b + 1), verify=self.verify,
-                                          direct=self.direct):
+        if self.layout.read(start // self.chunk_rows, flat, self.ref, "rows", range(b, b + 1),
+                            verify=self.verify, direct=self.direct):
             self.direct = False
         return out[:int(self.batch_packed[b])]
 

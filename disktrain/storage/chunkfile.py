@@ -346,8 +346,7 @@ class ChunkWriter:
         ``chunk``."""
         if self._error is not None:
             raise self._error
-        if self.chunk_bytes:  # else an array of no bytes, which has no chunk files
-            self._queued.acquire()
+        if self.chunk_bytes and self._queued.acquire():  # an array of no bytes has no files
             self._pool.submit(self._run, chunk, buf)
 
     def close(self, cancel: bool = False) -> None:

@@ -36,9 +36,9 @@ starts writing back at once and drops when written."""
 _FULL = (errno.ENOSPC, errno.EDQUOT)
 
 
-def round_up(nbytes: int, align: int = BLOCK) -> int:
-    """``nbytes`` rounded up to whole ``align`` s."""
-    return -(-nbytes // align) * align
+def round_up(nbytes: int) -> int:
+    """``nbytes`` rounded up to whole :data:`BLOCK` s."""
+    return -(-nbytes // BLOCK) * BLOCK
 
 
 def aligned_buffer(nbytes: int, align: int = BLOCK, hugepages: bool = False) -> np.ndarray:

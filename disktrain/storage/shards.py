@@ -143,7 +143,7 @@ class ShardLayout:
         small buffer. Returns whether the filesystem refused ``O_DIRECT`` (this read then
         went through the page cache; the caller should stop asking for ``direct``).
         """
-        count, tail = len(data) // self.chunk_bytes, self.stride - self.chunk_bytes
+        count, tail = len(data) // max(1, self.chunk_bytes), self.stride - self.chunk_bytes
         tails = aligned_buffer(count * tail)
         direct = direct and self.chunk_bytes % BLOCK == 0 and data.ctypes.data % BLOCK == 0
         refused, done = False, 0
