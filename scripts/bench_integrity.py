@@ -28,7 +28,8 @@ import torch
 import torch.nn.functional as F
 
 from disktrain.ingest.synth import SynthConfig, synthesize
-from disktrain.loader.pipeline import LoaderConfig, PackedLoader
+from disktrain.loader.config import LoaderConfig
+from disktrain.loader.pipeline import PackedLoader
 from disktrain.models.gnn import GNNConfig, build_model
 from disktrain.pack import PackConfig, pack_dataset
 from disktrain.sample import SampleConfig, sample_dataset

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from disktrain.loader.pipeline import LoaderConfig
+from disktrain.loader.config import LoaderConfig
 from disktrain.models import MODELS, GATConv, GCNConv, GNNConfig, ModelConfig, SAGEConv
 from disktrain.pack import PackConfig, pack_dataset
 from disktrain.pack.prepare import prepare_eval

@@ -13,7 +13,8 @@ from helpers import evict, prepare, resident_pages
 from tinygraphs import make_dataset
 
 from disktrain.errors import CorruptDataError
-from disktrain.loader.pipeline import LoaderConfig, PackedLoader, _BufferPool
+from disktrain.loader.config import LoaderConfig
+from disktrain.loader.pipeline import PackedLoader, _BufferPool
 from disktrain.pack import PackConfig, pack_dataset
 from disktrain.sample import SampleConfig, SampleStore, sample_dataset
 from disktrain.storage.dataset import Dataset

@@ -334,7 +334,8 @@ resource.setrlimit(resource.RLIMIT_NOFILE, (256, 256))
 from pathlib import Path
 from tinygraphs import make_dataset
 from disktrain.pack import PackConfig, pack_dataset
-from disktrain.loader.pipeline import LoaderConfig, PackedLoader
+from disktrain.loader.config import LoaderConfig
+from disktrain.loader.pipeline import PackedLoader
 from disktrain.sample import SampleConfig, SampleStore, sample_dataset
 
 path = make_dataset(Path(sys.argv[1]) / "d", num_nodes=200, num_edges=800)

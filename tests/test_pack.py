@@ -11,7 +11,8 @@ from helpers import prepare
 from tinygraphs import make_dataset
 
 from disktrain.errors import CorruptDataError, DataError
-from disktrain.loader.pipeline import LoaderConfig, PackedLoader
+from disktrain.loader.config import LoaderConfig
+from disktrain.loader.pipeline import PackedLoader
 from disktrain.pack import PackConfig, PackedStore, assign_tiers, pack_dataset
 from disktrain.pack.tiers import NOT_CACHED, cache_rows_to_fit
 from disktrain.sample import SampleConfig, sample_dataset

@@ -4,7 +4,8 @@ import pytest
 import torch
 from tinygraphs import make_dataset
 
-from disktrain.loader.pipeline import LoaderConfig, PackedLoader
+from disktrain.loader.config import LoaderConfig
+from disktrain.loader.pipeline import PackedLoader
 from disktrain.pack import PackConfig
 from disktrain.pack.packer import _groups
 from disktrain.pack.prepare import prepare_dataset, prepare_eval

@@ -6,7 +6,8 @@ from contextlib import closing
 import numpy as np
 import pytest
 
-from disktrain.loader.pipeline import LoaderConfig, PackedLoader, copy_out
+from disktrain.loader.config import LoaderConfig
+from disktrain.loader.pipeline import PackedLoader, copy_out
 from disktrain.pack import PackConfig, pack_dataset
 from disktrain.sample import SampleConfig, sample_dataset
 

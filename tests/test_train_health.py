@@ -14,7 +14,7 @@ from tinygraphs import make_dataset
 
 from disktrain.cli import main
 from disktrain.errors import ConfigError, NonFiniteError
-from disktrain.loader.pipeline import LoaderConfig
+from disktrain.loader.config import LoaderConfig
 from disktrain.loader.schedule import epoch_batches
 from disktrain.models import ModelConfig
 from disktrain.robust import RobustConfig

@@ -30,8 +30,9 @@ import torch.distributed as dist
 
 from disktrain.errors import DataError
 from disktrain.loader.batch import Batch, MiniBatch
+from disktrain.loader.config import LoaderConfig
 from disktrain.loader.fresh import FreshEpochs
-from disktrain.loader.pipeline import LoaderConfig, PackedLoader
+from disktrain.loader.pipeline import PackedLoader
 from disktrain.loader.schedule import epoch_batches, worker_share
 from disktrain.sample.plan import SPLITS
 from disktrain.storage.roots import eval_root, is_prepared, train_root

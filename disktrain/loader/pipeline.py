@@ -33,51 +33,13 @@ import torch
 
 from disktrain.loader.batch import CopyEvent, MiniBatch
 from disktrain.loader.block import Block
+from disktrain.loader.config import LoaderConfig
 from disktrain.loader.device import DeviceAssembler
 from disktrain.pack.slots import RowLayout
 from disktrain.pack.store import PackedStore
 from disktrain.sample.store import SampleStore
 from disktrain.storage.dataset import Dataset
 from disktrain.storage.io import BLOCK
-
-DEVICE_TYPES = ("cpu", "cuda")
-"""Device types batches can go to."""
-
-
-@dataclass(frozen=True, kw_only=True)
-class LoaderConfig:
-    """The training-time read path."""
-
-    prefetch: int = 2
-    """Batches in flight between consecutive stages."""
-    read_threads: int = 2
-    """Threads reading packed ranges."""
-    device: str = "cpu"
-    """Where batches end up: "cpu", "cuda" or "cuda:N" (in training, "cuda" is the GPU of
-    the worker's LOCAL_RANK)."""
-    degrees: bool = False
-    """Attach whole-graph in-degrees to every block (training sets it when the model's
-    layers declare ``needs_degrees``, as GCN's do)."""
-    assemble_threads: int = 0
-    """Numba threads of the assembly kernels (0: Numba's default, one per core; training
-    gives them the cores compute leaves free)."""
-    verify: bool = True
-    """Check the crc32c of every packed chunk and sample group read (off only to measure what
-    the checks cost: ``scripts/bench_integrity.py``)."""
-
-    def __post_init__(self):
-        for name in ("prefetch", "read_threads"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.assemble_threads < 0:
-            raise ValueError(f"assemble_threads must be >= 0, got {self.assemble_threads}")
-        try:
-            device = torch.device(self.device)
-        except RuntimeError:
-            device = None
-        if device is None or device.type not in DEVICE_TYPES or (device.type == "cpu"
-                                                                 and device.index is not None):
-            raise ValueError(f"device must be cpu, cuda or cuda:N, got {self.device!r}")
 
 
 class _Stop(Exception):
@@ -211,9 +173,9 @@ class PackedLoader:
     training batches; see :mod:`disktrain.storage.roots`).
     """
 
-    def __init__(self, dataset_path: str | Path, cfg: LoaderConfig = LoaderConfig(),
+    def __init__(self, dataset_path: str | Path, cfg: LoaderConfig | None = None,
                  root: str | Path | None = None):
-        self.cfg = cfg
+        self.cfg = cfg = cfg or LoaderConfig()
         self.device = torch.device(cfg.device)
         self.dataset = Dataset(dataset_path)
         self.labels = (torch.from_numpy(np.asarray(self.dataset.labels, np.int64))

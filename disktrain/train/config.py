@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 import torch
 
 from disktrain.errors import ConfigError
+from disktrain.loader.config import LoaderConfig
 from disktrain.loader.loader import PLAN_REUSE
-from disktrain.loader.pipeline import LoaderConfig
 from disktrain.models.gnn import ModelConfig
 from disktrain.robust import AttackConfig, RobustConfig, aggregate
 from disktrain.train.checkpoint import CheckpointConfig

@@ -26,9 +26,9 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from disktrain.loader.config import LoaderConfig
 from disktrain.loader.dist import DistEnv
 from disktrain.loader.loader import Loader
-from disktrain.loader.pipeline import LoaderConfig
 from disktrain.train.config import TrainConfig
 from disktrain.train.threads import compute_threads, loader_threads, torch_threads
 from disktrain.train.trainer import STAGES, Trainer

@@ -1,0 +1,47 @@
+"""The loader's settings: one config for the read -> assemble -> copy pipeline under
+:class:`~disktrain.loader.loader.Loader` and :class:`~disktrain.loader.pipeline.PackedLoader`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+DEVICE_TYPES = ("cpu", "cuda")
+"""Device types batches can go to."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class LoaderConfig:
+    """The training-time read path."""
+
+    prefetch: int = 2
+    """Batches in flight between consecutive stages."""
+    read_threads: int = 2
+    """Threads reading packed ranges."""
+    device: str = "cpu"
+    """Where batches end up: "cpu", "cuda" or "cuda:N" (in training, "cuda" is the GPU of
+    the worker's LOCAL_RANK)."""
+    degrees: bool = False
+    """Attach whole-graph in-degrees to every block (training sets it when the model's
+    layers declare ``needs_degrees``, as GCN's do)."""
+    assemble_threads: int = 0
+    """Numba threads of the assembly kernels (0: Numba's default, one per core; training
+    gives them the cores compute leaves free)."""
+    verify: bool = True
+    """Check the crc32c of every packed chunk and sample group read (off only to measure what
+    the checks cost: ``scripts/bench_integrity.py``)."""
+
+    def __post_init__(self):
+        for name in ("prefetch", "read_threads"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.assemble_threads < 0:
+            raise ValueError(f"assemble_threads must be >= 0, got {self.assemble_threads}")
+        try:
+            device = torch.device(self.device)
+        except RuntimeError:
+            device = None
+        if device is None or device.type not in DEVICE_TYPES or (device.type == "cpu"
+                                                                 and device.index is not None):
+            raise ValueError(f"device must be cpu, cuda or cuda:N, got {self.device!r}")
