@@ -28,16 +28,16 @@ from tqdm.auto import tqdm
 
 from disktrain.errors import DataError
 from disktrain.pack.store import FORMAT_VERSION as PACKED_FORMAT_VERSION
-from disktrain.pack.store import packed_ref
-from disktrain.sample.store import GROUP_ARRAYS, group_name, samples_ref
+from disktrain.pack.store import PACKED, packed_ref
+from disktrain.sample.store import SAMPLES, group_name, samples_ref
 from disktrain.storage.chunkfile import CRC_BYTES, StoreRef, check_chunk, check_region
-from disktrain.storage.dataset import FORMAT_VERSION, SPLITS, dataset_ref
+from disktrain.storage.dataset import DATASET, FORMAT_VERSION, dataset_ref
 from disktrain.storage.roots import EVAL_SPLITS, epoch_root, eval_root
+from disktrain.storage.schema import CHECKSUM_CODECS, ArrayMeta, ArraySpec
 from disktrain.storage.shards import ShardLayout
 
 SLICE_BYTES = 32 << 20
 """Bytes read at a time (bounds memory whatever the chunk size)."""
-CHECKSUM_CODECS = ["bytes", "crc32c"]
 
 BatchMap = Callable[["_Array", int, int], range | None]
 """(array, first-axis elements [lo, hi) of a chunk) -> the batches it holds (None: unknown)."""
@@ -132,10 +132,7 @@ class _Array:
 
     ref: StoreRef
     name: str
-    shape: tuple[int, ...]
-    chunks: tuple[int, ...]
-    dtype: np.dtype
-    checksummed: bool
+    meta: ArrayMeta
     key: Callable[[tuple[int, ...]], Path]
     """File grid index -> chunk or shard file."""
     batches: BatchMap | None
@@ -145,50 +142,23 @@ class _Array:
     @property
     def file_bytes(self) -> int:
         """Size of every chunk (a file, or in a shard; edge chunks are full-size)."""
-        return math.prod(self.chunks) * self.dtype.itemsize + CRC_BYTES * self.checksummed
+        return self.meta.chunk_bytes + CRC_BYTES * self.meta.checksummed
 
     @property
     def grid(self) -> tuple[int, ...]:
         """Files along each axis (none at all for a zero-size array)."""
-        if math.prod(self.shape) == 0:
+        if self.meta.size == 0:
             return (0,)
         if self.layout is not None:
-            return (self.layout.num_shards, *[1] * (len(self.shape) - 1))
-        return tuple(-(-s // c) for s, c in zip(self.shape, self.chunks))
+            return (self.layout.num_shards, *[1] * (len(self.meta.shape) - 1))
+        return tuple(-(-s // c) for s, c in zip(self.meta.shape, self.meta.chunks))
 
     def span(self, index: tuple[int, ...], chunk: bool = False) -> tuple[int, int]:
         """The first-axis elements ``[lo, hi)`` of file ``index`` (``chunk``: of chunk
         ``index`` of the array's chunk grid)."""
-        rows = self.chunks[0] * (1 if chunk or not self.layout else self.layout.per_shard)
+        rows = self.meta.chunks[0] * (1 if chunk or not self.layout else self.layout.per_shard)
         lo = index[0] * rows
-        return lo, min(lo + rows, self.shape[0])
-
-
-def _parse(ref: StoreRef, name: str, meta: dict, batches: BatchMap | None) -> _Array:
-    """An :class:`_Array` from a parsed ``zarr.json`` (KeyError/TypeError/ValueError if bad)."""
-    if meta["node_type"] != "array" or meta["chunk_grid"]["name"] != "regular":
-        raise ValueError("not an array with a regular chunk grid")
-    shape = tuple(int(s) for s in meta["shape"])
-    chunks = tuple(int(c) for c in meta["chunk_grid"]["configuration"]["chunk_shape"])
-    if len(chunks) != len(shape) or (math.prod(shape) and any(c < 1 for c in chunks)):
-        raise ValueError(f"chunk shape {chunks} does not fit shape {shape}")
-    codecs, shard = meta["codecs"], None
-    if [c.get("name") for c in codecs] == ["sharding_indexed"]:
-        shard, codecs = chunks, codecs[0]["configuration"]["codecs"]
-        chunks = tuple(int(c) for c in meta["codecs"][0]["configuration"]["chunk_shape"])
-        if chunks[0] < 1 or shard[0] % chunks[0] or not shard[1:] == chunks[1:] == shape[1:]:
-            raise ValueError(f"shards {shard} not of whole chunks {chunks} along the first axis")
-    dtype = np.dtype(meta["data_type"])
-    endian = (codecs[0].get("configuration") or {}).get("endian", "little")
-    if dtype.itemsize > 1 and endian != "little":
-        raise ValueError(f"{endian}-endian chunks")
-    checksummed = [c.get("name") for c in codecs] == CHECKSUM_CODECS
-    key = _chunk_key(ref.path / name, meta.get("chunk_key_encoding") or {})
-    layout = shard and ShardLayout(ref.path / name, len(shape), math.prod(chunks) *
-                                   dtype.itemsize, shard[0] // chunks[0],
-                                   -(-shape[0] // chunks[0]))
-    return _Array(ref, name, shape, chunks, dtype.newbyteorder("<"), checksummed, key, batches,
-                  layout)
+        return lo, min(lo + rows, self.meta.shape[0])
 
 
 def _chunk_key(path: Path, encoding: dict) -> Callable[[tuple[int, ...]], Path]:
@@ -230,8 +200,9 @@ class _Checker:
         """
         meta_path = ref.path / name / "zarr.json"
         try:
-            meta = json.loads(meta_path.read_bytes())
-            array = _parse(ref, name, meta, batches)
+            raw = json.loads(meta_path.read_bytes())
+            meta = ArrayMeta.parse(raw)
+            key = _chunk_key(ref.path / name, raw.get("chunk_key_encoding") or {})
         except FileNotFoundError:
             self.problem(ref, f"is missing (no {meta_path})", name)
             return None
@@ -240,23 +211,25 @@ class _Checker:
                          name)
             return None
         self.report.arrays += 1
-        if shape is not None and (len(shape) != len(array.shape) or any(
-                want is not None and want != got for want, got in zip(shape, array.shape))):
+        if shape is not None and (len(shape) != len(meta.shape) or any(
+                want is not None and want != got for want, got in zip(shape, meta.shape))):
             expected = tuple("*" if s is None else s for s in shape)
-            self.problem(ref, f"has shape {array.shape}, expected {expected}", name)
-        codecs = [c.get("name") for c in meta["codecs"]]
-        if not array.checksummed:
-            self.problem(ref, f"has codecs {codecs}, not {CHECKSUM_CODECS}: unverifiable "
+            self.problem(ref, f"has shape {meta.shape}, expected {expected}", name)
+        if not meta.checksummed:
+            self.problem(ref, f"has codecs {meta.codecs}, not {CHECKSUM_CODECS}: unverifiable "
                          "(written by an older disktrain or another tool)", name)
-            if codecs != ["bytes"]:
+            if meta.codecs != ["bytes"]:
                 return None  # chunk sizes unknown (or a shard's chunks unchecked)
+        layout = ShardLayout(ref.path / name, len(meta.shape), meta.chunk_bytes, meta.per_shard,
+                             -(-meta.shape[0] // meta.chunks[0])) if meta.per_shard else None
+        array = _Array(ref, name, meta, key, batches, layout)
         self.arrays.append(array)
         return array
 
     def run(self, progress: bool) -> None:
         """Check every chunk file of every queued array, in order."""
         total = sum(math.prod(a.grid) * a.file_bytes * (a.layout.per_shard if a.layout else 1)
-                    for a in self.arrays if a.checksummed)
+                    for a in self.arrays if a.meta.checksummed)
         t0 = time.perf_counter()
         with tqdm(total=total, desc="verify", unit="B", unit_scale=True,
                   disable=not progress) as bar:
@@ -288,7 +261,7 @@ def _check_file(path: Path, array: _Array, index: tuple[int, ...]) -> tuple[list
     read): missing, size, crc32c."""
     try:  # the size of a chunk file without a crc32c: nbytes + CRC_BYTES all the same
         problem, read = check_chunk(path, array.file_bytes - CRC_BYTES,
-                                    slice_bytes=SLICE_BYTES, verify=array.checksummed)
+                                    slice_bytes=SLICE_BYTES, verify=array.meta.checksummed)
     except OSError as e:
         problem, read = f"cannot be read ({e.strerror})", 0
     return [(problem, array.span(index))] if problem else [], read
@@ -357,14 +330,9 @@ def _link(check: _Checker, ref: StoreRef, attrs: dict, key: str, source: StoreRe
                       f"the {source_key} {theirs!r} of {source.kind} {source.path}")
 
 
-def _per_element(array: _Array, lo: int, hi: int) -> range:
-    """Element ``i`` belongs to batch ``i`` (batch_packed)."""
-    return range(lo, hi)
-
-
 def _bounds(array: _Array, lo: int, hi: int) -> range:
-    """Element ``i`` bounds batches ``i - 1`` and ``i`` (batch_rows, slot_offsets)."""
-    return range(max(lo - 1, 0), min(hi, array.shape[0] - 1))
+    """Element ``i`` bounds batches ``i - 1`` and ``i``."""
+    return range(max(lo - 1, 0), min(hi, array.meta.shape[0] - 1))
 
 
 class _Offsets:
@@ -376,11 +344,12 @@ class _Offsets:
 
     def values(self) -> np.ndarray | None:
         a = self.offsets
-        usable = (a is not None and a.checksummed and len(a.shape) == 1 and a.shape[0] >= 2
-                  and a.chunks == a.shape and a.dtype == np.dtype("<i8")
+        m = None if a is None else a.meta
+        usable = (m is not None and m.checksummed and len(m.shape) == 1 and m.shape[0] >= 2
+                  and m.chunks == m.shape and m.dtype == np.dtype("<i8")
                   and (a.ref.path, a.name) not in self.check.damaged)
         if usable and self._values is None:
-            self._values = np.fromfile(a.key((0,)), a.dtype, count=a.shape[0])
+            self._values = np.fromfile(a.key((0,)), m.dtype, count=m.shape[0])
         return self._values if usable else None
 
     def __call__(self, array: _Array, lo: int, hi: int) -> range | None:
@@ -391,6 +360,21 @@ class _Offsets:
         first = max(0, int(np.searchsorted(values, lo, side="right")) - 1)
         last = min(len(values) - 2, int(np.searchsorted(values, hi, side="left")) - 1)
         return range(first, last + 1)
+
+
+def _add_all(check: _Checker, ref: StoreRef, specs: tuple[ArraySpec, ...], dims: dict,
+             prefix: str = "", group: range | None = None) -> None:
+    """Queue arrays ``specs`` of ``ref``'s store (under ``prefix``), those it may lack only
+    if present, of the shapes ``dims`` give; ``group``: the batches of a sample group."""
+    queued: dict[str, _Array | None] = {}
+    maps = {None: None, "bounds": _bounds, "each": lambda _array, lo, hi: range(lo, hi),
+            "group": lambda _array, _lo, _hi: group}
+    for spec in specs:
+        if spec.present is True or (spec.present and dims.get(spec.present)) or \
+                (ref.path / prefix / spec.name).exists():
+            batches = maps[spec.batches] if spec.batches in maps else \
+                _Offsets(check, queued.get(spec.batches))
+            queued[spec.name] = check.add(ref, prefix + spec.name, spec.shape_in(dims), batches)
 
 
 def _check_dataset(check: _Checker, path: Path) -> tuple[StoreRef, dict]:
@@ -410,15 +394,7 @@ def _check_dataset(check: _Checker, path: Path) -> tuple[StoreRef, dict]:
                       "another disktrain version; version 1 has no checksums)")
     elif not attrs.get("dataset_id"):
         check.problem(ref, "has no dataset_id attribute")
-    n, e, dim = attrs.get("num_nodes"), attrs.get("num_edges"), attrs.get("feature_dim")
-    check.add(ref, "indptr", (None if n is None else n + 1,))
-    check.add(ref, "indices", (e,))
-    check.add(ref, "features", (n, dim))
-    if attrs.get("num_classes") or (path / "labels").exists():
-        check.add(ref, "labels", (n,))
-    for split in SPLITS:
-        if (path / split).exists():
-            check.add(ref, split, (None,))
+    _add_all(check, ref, DATASET.arrays, attrs)
     return ref, attrs
 
 
@@ -439,15 +415,12 @@ def _check_samples(check: _Checker, ref: StoreRef, dataset: StoreRef,
     if num_groups != -(-num_batches // group_size):
         check.problem(ref, f"has num_groups {num_groups}, which does not fit num_batches "
                       f"{num_batches} in groups of {group_size}")
-    check.add(ref, "access_counts", (dataset_attrs.get("num_nodes"),))
+    _add_all(check, ref, SAMPLES.arrays, {"num_nodes": dataset_attrs.get("num_nodes")})
     for g in range(num_groups):
         batches = range(g * group_size, min((g + 1) * group_size, num_batches))
-        nb = len(batches)
-        shapes = {"node_offsets": (nb + 1,), "hop_counts": (nb, num_layers + 1),
-                  "edge_offsets": (nb * num_layers + 1,)}
-        for name in GROUP_ARRAYS:
-            check.add(ref, f"groups/{group_name(g)}/{name}", shapes.get(name, (None,)),
-                      lambda _array, _lo, _hi, batches=batches: batches)
+        dims = {"batches": len(batches), "num_layers": num_layers,
+                "blocks": len(batches) * num_layers}
+        _add_all(check, ref, SAMPLES.groups, dims, f"groups/{group_name(g)}/", batches)
     return attrs
 
 
@@ -463,25 +436,17 @@ def _check_packed(check: _Checker, ref: StoreRef, dataset: StoreRef, dataset_att
     if version != PACKED_FORMAT_VERSION:
         check.problem(ref, f"has format version {version}, not {PACKED_FORMAT_VERSION} "
                       "(written by another disktrain version)")
-    num_batches = num_inputs = None
     if samples_attrs is not None:
         _link(check, ref, attrs, "samples_id", samples, "store_id", samples_attrs)
         _link(check, ref, attrs, "sample_config", samples, "config", samples_attrs)
-        num_batches = samples_attrs.get("num_batches")
-        num_inputs = samples_attrs.get("num_input_nodes")
     elif not (samples.path / "zarr.json").exists():
         check.problem(ref, f"has no sample store ({samples.path} is missing)")
-    n_gpu, n_cpu, dim = attrs.get("n_gpu"), attrs.get("n_cpu"), dataset_attrs.get("feature_dim")
-    bounds = None if num_batches is None else num_batches + 1
-    batch_rows = check.add(ref, "batch_rows", (bounds,), _bounds)
-    slot_offsets = check.add(ref, "slot_offsets", (bounds,), _bounds)
-    check.add(ref, "batch_packed", (num_batches,), _per_element)
-    check.add(ref, "rows", (attrs.get("padded_rows"), dim), _Offsets(check, batch_rows))
-    check.add(ref, "slots", (num_inputs,), _Offsets(check, slot_offsets))
-    cache = None if n_gpu is None or n_cpu is None else n_gpu + n_cpu
-    check.add(ref, "cache_rows", (cache, dim))
-    check.add(ref, "gpu_nodes", (n_gpu,))
-    check.add(ref, "cpu_nodes", (n_cpu,))
+    n_gpu, n_cpu, sampled = attrs.get("n_gpu"), attrs.get("n_cpu"), samples_attrs or {}
+    _add_all(check, ref, PACKED.arrays, {
+        **attrs, "feature_dim": dataset_attrs.get("feature_dim"),
+        "num_batches": sampled.get("num_batches"),
+        "num_input_nodes": sampled.get("num_input_nodes"),
+        "num_cache_rows": None if n_gpu is None or n_cpu is None else n_gpu + n_cpu})
     return attrs
 
 

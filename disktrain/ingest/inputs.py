@@ -155,9 +155,9 @@ def write_dataset(out: Path, inputs: Inputs, csr: CSRConfig, *, overwrite: bool 
     edges_bound = inputs.edges_estimate * (2 if csr.undirected else 1)
     need = dataset_bytes(num_nodes=num_nodes, num_edges=edges_bound,
                          feature_dim=features.dim if features else 0,
-                         feature_itemsize=features.dtype.itemsize if features else 4,
+                         feature_dtype=features.dtype if features else np.float32,
                          labels=labels is not None,
-                         split_sizes=[ids.size for ids in inputs.splits.values()],
+                         splits={name: ids.size for name, ids in inputs.splits.items()},
                          spill=spill_bytes(num_nodes, edges_bound))
     require_free(out, need, "ingest")
     with atomic_dir(out, overwrite=overwrite) as tmp:

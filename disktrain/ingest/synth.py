@@ -280,11 +280,10 @@ def _disk_need(cfg: SynthConfig, csr_cfg: CSRConfig) -> int:
     (first), the CSR and its temporary spill file."""
     num_edges = cfg.num_input_edges * (2 if cfg.undirected else 1)
     dataset = dataset_bytes(num_nodes=cfg.num_nodes, num_edges=num_edges,
-                            feature_dim=cfg.feature_dim,
-                            feature_itemsize=np.dtype(cfg.feature_dtype).itemsize, labels=True,
-                            split_sizes=cfg.split_sizes())
+                            feature_dim=cfg.feature_dim, feature_dtype=cfg.feature_dtype,
+                            labels=True, splits=dict(zip(SPLITS, cfg.split_sizes())))
     csr = dataset_bytes(num_nodes=cfg.num_nodes, num_edges=num_edges, feature_dim=0,
-                        feature_itemsize=1, labels=False, split_sizes=())
+                        feature_dtype=np.uint8, labels=False, splits={})
     return max(dataset, csr + spill_bytes(cfg.num_nodes, num_edges, csr_cfg))
 
 

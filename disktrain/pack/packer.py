@@ -27,6 +27,7 @@ from disktrain.errors import DataError
 from disktrain.pack.slots import NOT_CACHED, pack_slots
 from disktrain.pack.store import (
     FORMAT_VERSION,
+    PACKED,
     STORE,
     PackedStore,
     packed_ref,
@@ -170,8 +171,8 @@ class GroupPacker:
         rows = root["rows"]
         self.chunk_rows, self.dim, self.dtype = int(rows.chunks[0]), int(rows.shape[1]), rows.dtype
         ref = packed_ref(self.partial)
-        small = {name: read_small_array(self.partial, name, ref) for name in
-                 ("slot_offsets", "batch_rows", "batch_packed", "gpu_nodes", "cpu_nodes")}
+        small = {name: read_small_array(self.partial, name, ref)
+                 for name in PACKED.read_whole}
         self.slot_offsets, self.batch_rows = small["slot_offsets"], small["batch_rows"]
         self.n_cpu = len(small["cpu_nodes"])
         self.codes = Tiers(small["gpu_nodes"], small["cpu_nodes"]).codes(self.dataset.num_nodes)

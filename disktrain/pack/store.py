@@ -33,15 +33,29 @@ import zarr
 
 from disktrain.errors import DataError
 from disktrain.sample.store import store_attrs
-from disktrain.storage.chunkfile import CRC_BYTES, StoreRef
+from disktrain.storage.chunkfile import StoreRef
 from disktrain.storage.dataset import open_flat_array, read_small_array
-from disktrain.storage.diskspace import array_bytes
-from disktrain.storage.io import BLOCK, aligned_buffer, round_up
+from disktrain.storage.io import BLOCK, aligned_buffer
+from disktrain.storage.schema import SHARDS, ArraySpec, StoreSchema
 from disktrain.storage.shards import ShardLayout
 
 STORE = "packed"
 FORMAT_VERSION = 2
 """Version 2: ``rows`` in shard files of many chunks (version 1: a file per chunk)."""
+
+
+PACKED = StoreSchema((
+    ArraySpec("batch_rows", ("num_batches+1",), "int64", batches="bounds"),
+    ArraySpec("slot_offsets", ("num_batches+1",), "int64", batches="bounds"),
+    ArraySpec("batch_packed", ("num_batches",), "int64", batches="each"),
+    ArraySpec("rows", ("padded_rows", "feature_dim"), "feature_dtype", SHARDS,
+              batches="batch_rows"),
+    ArraySpec("slots", ("num_input_nodes",), "int64", mapped=True, batches="slot_offsets"),
+    ArraySpec("cache_rows", ("num_cache_rows", "feature_dim"), "feature_dtype", mapped=True),
+    ArraySpec("gpu_nodes", ("n_gpu",), "int64"), ArraySpec("cpu_nodes", ("n_cpu",), "int64")))
+"""The store's arrays, sized by its attributes, its sample store's (``num_batches``,
+``num_input_nodes``) and its dataset's (``feature_dim``, ``feature_dtype``);
+``num_cache_rows``: ``n_gpu + n_cpu``."""
 
 
 def packed_ref(path: str | Path) -> StoreRef:
@@ -80,8 +94,8 @@ class PackedStore:
         self.store_id = str(self.attrs["store_id"])
         self.tiers_id = str(self.attrs.get("tiers_from") or self.store_id)
         """Stores with the same ``tiers_id`` have the same cache rows."""
-        small = {name: read_small_array(self.path, name, self.ref) for name in
-                 ("batch_rows", "batch_packed", "slot_offsets", "gpu_nodes", "cpu_nodes")}
+        small = {name: read_small_array(self.path, name, self.ref)
+                 for name in PACKED.read_whole}
         self.batch_rows = small["batch_rows"]
         self.batch_packed = small["batch_packed"]
         self.slot_offsets = small["slot_offsets"]
@@ -179,12 +193,8 @@ def packed_store_bytes(*, padded_rows: int, row_bytes: int, chunk_rows: int, sha
     chunks of ``chunk_rows``, in shard files of about ``shard_bytes``, the slots, the cache
     rows and the per-batch offsets. For a resumed run pass zeros (its files are laid out,
     their blocks reserved)."""
-    chunk_bytes = chunk_rows * row_bytes
-    per_shard = max(1, shard_bytes // round_up(chunk_bytes + CRC_BYTES))
-    rows = ShardLayout(Path(), 2, chunk_bytes, per_shard, -(-padded_rows // chunk_rows))
-    return (sum(round_up(rows.file_bytes(s)) for s in range(rows.num_shards)) + 3 * BLOCK
-            + array_bytes(num_slots * 8)
-            + array_bytes(num_cache_rows * row_bytes)
-            + 3 * array_bytes((num_batches + 1) * 8)
-            + 2 * array_bytes(num_cache_rows * 8)
-            + 3 * BLOCK)  # the group's metadata and directory, the done/ directory
+    dims = {"num_batches": num_batches, "num_input_nodes": num_slots, "padded_rows": padded_rows,
+            "feature_dim": row_bytes, "feature_dtype": "u1",  # a row: row_bytes bytes
+            "num_cache_rows": num_cache_rows,  # either tier: at most all the cache rows
+            "n_gpu": num_cache_rows, "n_cpu": num_cache_rows}
+    return PACKED.disk_bytes(dims, chunk_rows, shard_bytes) + BLOCK  # and the done/ directory

@@ -48,11 +48,19 @@ from disktrain.storage.dataset import (
 )
 from disktrain.storage.diskspace import array_bytes, require_free
 from disktrain.storage.io import BLOCK, disk_full_errors
+from disktrain.storage.schema import ArraySpec, StoreSchema
 
 STORE = "samples"
 """The store's directory name inside its root (see :mod:`disktrain.storage.roots`)."""
-GROUP_ARRAYS = ("nodes", "node_offsets", "hop_counts", "edge_src", "edge_dst", "edge_offsets")
-"""The arrays of every group of batches, ``groups/gNNNNNN/<array>`` (see :func:`group_name`)."""
+SAMPLES = StoreSchema(
+    (ArraySpec("access_counts", ("num_nodes",), "int32", mapped=True),),
+    groups=tuple(ArraySpec(name, shape, dtype, batches="group") for name, shape, dtype in (
+        ("nodes", ("nodes",), "int64"), ("node_offsets", ("batches+1",), "int64"),
+        ("hop_counts", ("batches", "num_layers+1"), "int64"), ("edge_src", ("edges",), "int32"),
+        ("edge_dst", ("edges",), "int32"), ("edge_offsets", ("blocks+1",), "int64"))))
+"""The store's arrays; a group's (``groups/gNNNNNN/``, :func:`group_name`) are sized by its
+``batches``, their ``nodes`` and ``edges``, ``num_layers`` and ``blocks`` (batches * layers)."""
+GROUP_ARRAYS = tuple(a.name for a in SAMPLES.groups)
 
 
 def group_name(group: int) -> str:
@@ -369,9 +377,10 @@ def batch_bound(num_seeds: int, fanouts: Sequence[int], num_nodes: int,
 
 
 def _batch_bytes(nodes: int, edges: int, num_layers: int) -> int:
-    """Sample-store bytes of one batch: node ids (int64), edge src and dst (int32), and its
-    node offset, hop counts and edge offsets (int64)."""
-    return nodes * 8 + edges * 8 + (1 + (num_layers + 1) + num_layers) * 8
+    """Sample-store bytes of one batch: its group arrays, as if it were alone in its group."""
+    dims = {"nodes": nodes, "edges": edges, "batches": 1, "num_layers": num_layers,
+            "blocks": num_layers}
+    return sum(math.prod(a.shape_in(dims)) * np.dtype(a.dtype).itemsize for a in SAMPLES.groups)
 
 
 def sample_store_bytes(dataset, plan, num_groups: int | None = None, probes: int = 8) -> int:
@@ -407,8 +416,8 @@ def sample_store_bytes(dataset, plan, num_groups: int | None = None, probes: int
         data = plan.num_batches * full - (cfg.epochs * (full - batch(last)) if last else 0)
     else:
         data = min(plan.num_batches, num_groups * cfg.group_size) * full
-    # Per group: six arrays (block rounding, metadata), the row directory of the 2-D
+    # Per group: its arrays (block rounding, metadata), the row directory of the 2-D
     # hop_counts, the group's metadata and directory.
-    per_group = 6 * array_bytes(0) + 3 * BLOCK
-    return (data + num_groups * per_group + array_bytes(dataset.num_nodes * 4)
-            + 3 * BLOCK)  # the store's metadata, directory and groups/ directory
+    per_group = len(SAMPLES.groups) * array_bytes(0) + 3 * BLOCK
+    return (data + num_groups * per_group + SAMPLES.disk_bytes({"num_nodes": dataset.num_nodes})
+            + BLOCK)  # the groups/ directory

@@ -29,7 +29,7 @@ import sys
 import threading
 import uuid
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -49,7 +49,7 @@ from disktrain.storage.chunkfile import (
     read_chunk,
 )
 from disktrain.storage.diskspace import array_bytes
-from disktrain.storage.io import BLOCK, CREATE, aligned_buffer, open_direct, preallocate, round_up
+from disktrain.storage.io import CREATE, aligned_buffer, open_direct, preallocate, round_up
 from disktrain.storage.residency import (
     PMD_MAPPED_ENOUGH,
     RESIDENCIES,
@@ -58,11 +58,21 @@ from disktrain.storage.residency import (
     load_checked,
     pmd_mapped_share,
 )
+from disktrain.storage.schema import CHECKSUM_CODECS, ROWS, ArrayMeta, ArraySpec, StoreSchema
 
 FORMAT_VERSION = 2
 FEATURE_CHUNK_BYTES = 4 << 20
 SPLITS = ("train", "val", "test")
 RERUN_DATASET = "re-create the dataset (disktrain ingest / disktrain synth)"
+
+
+DATASET = StoreSchema((
+    ArraySpec("indptr", ("num_nodes+1",), "int64", mapped=True),
+    ArraySpec("indices", ("num_edges",), "index_dtype", mapped=True),
+    ArraySpec("features", ("num_nodes", "feature_dim"), "feature_dtype", ROWS),
+    ArraySpec("labels", ("num_nodes",), "int64", present="num_classes"),
+    *(ArraySpec(split, (split,), "int64", present=False) for split in SPLITS)))
+"""The dataset's arrays (a split's length is its own)."""
 
 
 def dataset_ref(path: str | Path) -> StoreRef:
@@ -80,45 +90,21 @@ def index_dtype(num_nodes: int) -> np.dtype:
     return np.dtype(np.int32) if num_nodes < 2**31 else np.dtype(np.int64)
 
 
-@dataclass(frozen=True)
-class ArrayMeta:
-    """What a reader needs from an array's ``zarr.json``."""
-
-    shape: tuple[int, ...]
-    dtype: np.dtype
-    """Little-endian."""
-    chunks: tuple[int, ...]
-
-    @property
-    def chunk_bytes(self) -> int:
-        """Data bytes of every chunk file (edge chunks are full-size)."""
-        return math.prod(self.chunks) * self.dtype.itemsize
-
-    @property
-    def size(self) -> int:
-        return math.prod(self.shape)
-
-
 def read_array_meta(array_dir: str | Path, ref: StoreRef, name: str) -> ArrayMeta:
     """Parse ``array_dir/zarr.json``; refuse an array whose chunks carry no crc32c."""
     path = Path(array_dir) / "zarr.json"
     try:
-        meta = json.loads(path.read_bytes())
-        codecs = [c["name"] for c in meta["codecs"]]
-        endian = meta["codecs"][0].get("configuration", {}).get("endian", "little")
-        dtype = np.dtype(meta["data_type"]).newbyteorder("<")
-        shape = tuple(meta["shape"])
-        chunks = tuple(meta["chunk_grid"]["configuration"]["chunk_shape"])
+        meta = ArrayMeta.parse(json.loads(path.read_bytes()))
     except FileNotFoundError:
         raise DataError(f"{ref.kind} {ref.path}: array {name!r} is missing ({path}); "
                         f"{ref.rerun}") from None
     except (ValueError, KeyError, TypeError, IndexError, AttributeError) as e:
         raise CorruptDataError(f"{ref.kind} {ref.path}: array {name!r}: metadata {path} is "
                                f"unreadable ({e}); {ref.rerun}") from None
-    if codecs != ["bytes", "crc32c"] or endian != "little":
-        raise DataError(f"{ref.kind} {ref.path}: array {name!r} has codecs {codecs}, not "
-                        f"['bytes', 'crc32c'] (written without checksums); {ref.rerun}")
-    return ArrayMeta(shape, dtype, chunks)
+    if meta.codecs != CHECKSUM_CODECS:
+        raise DataError(f"{ref.kind} {ref.path}: array {name!r} has codecs {meta.codecs}, not "
+                        f"{CHECKSUM_CODECS} (written without checksums); {ref.rerun}")
+    return meta
 
 
 def create_flat_array(group: zarr.Group, name: str, shape: tuple[int, ...], dtype,
@@ -378,8 +364,8 @@ class Dataset:
 
     def _open_csr(self) -> dict[str, np.ndarray]:
         """``indptr`` and ``indices``, placed by the residency policy, checked."""
-        metas = {name: read_array_meta(self.path / name, self.ref, name)
-                 for name in ("indptr", "indices")}
+        metas = {a.name: read_array_meta(self.path / a.name, self.ref, a.name)
+                 for a in DATASET.arrays if a.mapped}
         fits = self.csr != "map" and \
             sum(m.chunk_bytes for m in metas.values()) <= csr_budget(self.csr_budget)
         if not fits or self.csr == "auto":
@@ -542,9 +528,10 @@ class Dataset:
         return out
 
 
-def dataset_bytes(*, num_nodes: int, num_edges: int, feature_dim: int, feature_itemsize: int,
-                  labels: bool, split_sizes: Sequence[int], spill: int = 0) -> int:
-    """What ``ingest`` or ``synth`` holds on disk at most (see docs/FORMAT.md for the arrays).
+def dataset_bytes(*, num_nodes: int, num_edges: int, feature_dim: int, feature_dtype,
+                  labels: bool, splits: Mapping[str, int], spill: int = 0) -> int:
+    """What ``ingest`` or ``synth`` holds on disk at most: the arrays of :data:`DATASET`,
+    ``labels`` or not, the ``splits`` of these sizes.
 
     ``num_edges`` counts the edges stored before dedup (reverse edges included). ``spill``:
     the bytes of the CSR build's temporary spill file, if it is on disk with the dataset
@@ -552,17 +539,9 @@ def dataset_bytes(*, num_nodes: int, num_edges: int, feature_dim: int, feature_i
     spill file is on disk with the whole dataset but the labels and splits). Dedup needs no
     room of its own (the build keeps no second indices array).
     """
-    indices = array_bytes(num_edges * index_dtype(num_nodes).itemsize)
-    total = array_bytes((num_nodes + 1) * 8) + indices
-    if spill:
-        total += array_bytes(spill)
-    row_bytes = feature_dim * feature_itemsize
-    if row_bytes:
-        rows = max(1, min(num_nodes, FEATURE_CHUNK_BYTES // row_bytes))
-        total += array_bytes(rows * row_bytes, -(-num_nodes // rows), dirs_per_chunk=1)
-    else:
-        total += array_bytes(0, 0)
-    if labels:
-        total += array_bytes(num_nodes * 8)
-    total += sum(array_bytes(size * 8) for size in split_sizes)
-    return total + 2 * BLOCK  # the group's metadata and directory
+    dims = {"num_nodes": num_nodes, "num_edges": num_edges, "feature_dim": feature_dim,
+            "feature_dtype": feature_dtype, "index_dtype": index_dtype(num_nodes), **splits}
+    row_bytes = feature_dim * np.dtype(feature_dtype).itemsize
+    rows = max(1, min(num_nodes, FEATURE_CHUNK_BYTES // max(1, row_bytes)))
+    without = [s for s in SPLITS if s not in splits] + ([] if labels else ["labels"])
+    return DATASET.disk_bytes(dims, rows, without=without) + (array_bytes(spill) if spill else 0)
