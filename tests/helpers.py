@@ -58,11 +58,14 @@ def newest_checkpoint(directory: Path) -> dict:
 def torchrun(*args: str, nproc: int = 2, timeout: float = 60,
              ok: bool = True) -> subprocess.CompletedProcess:
     """``torchrun ARGS`` with ``nproc`` ranks on 127.0.0.1, one thread each; asserts that it
-    succeeds (``ok``) or fails, and shows the output's tail where it does not."""
+    succeeds (``ok``) or fails, and shows the output's tail where it does not. Its temporary
+    files (torchrun leaves a ``torchelastic_*`` directory behind) go with the call."""
     cmd = [str(TORCHRUN), "--nnodes=1", f"--nproc_per_node={nproc}",
            "--master_addr=127.0.0.1", f"--master_port={free_port()}", *args]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    with tempfile.TemporaryDirectory(prefix="torchrun-") as tmp:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
+                              check=False, env={**os.environ, "OMP_NUM_THREADS": "1",
+                                                "TMPDIR": tmp})
     assert (proc.returncode == 0) == ok, proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc
 
