@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
+import json
 import mmap
 import multiprocessing
 import os
@@ -16,6 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numba
+import numpy as np
 import pytest
 
 from disktrain.cluster.head import free_port
@@ -146,3 +148,13 @@ def uncached_reads(directory: Path) -> bool:
         with contextlib.suppress(OSError):
             os.close(fd)
         os.unlink(probe)
+
+
+def rows_chunk(ds: Path) -> tuple[int, int]:
+    """The first chunk of batch 3 in the (single) shard file of ``ds``'s packed rows (float32),
+    and the byte it starts at (each chunk: data, crc32c, zeros to a 4 KiB block)."""
+    batch_rows = np.frombuffer((ds / "packed/batch_rows/c/0").read_bytes()[:-4], "<i8")
+    meta = json.loads((ds / "packed/rows/zarr.json").read_bytes())
+    rows, dim = meta["codecs"][0]["configuration"]["chunk_shape"]
+    chunk = int(batch_rows[3]) // rows
+    return chunk, chunk * (-(-(rows * dim * 4 + 4) // 4096) * 4096)

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import rows_chunk
 
 from disktrain.cli import main
 from disktrain.sample import SampleConfig, sample_dataset
@@ -49,15 +50,6 @@ def prepared(prepared_once, tmp_path, capsys) -> Path:
     return path
 
 
-def _rows_chunk(ds: Path) -> tuple[int, int]:
-    """The first chunk of batch 3 in the (single) shard file of packed rows, and its offset."""
-    batch_rows = np.frombuffer((ds / "packed/batch_rows/c/0").read_bytes()[:-4], "<i8")
-    meta = json.loads((ds / "packed/rows/zarr.json").read_bytes())
-    rows, dim = meta["codecs"][0]["configuration"]["chunk_shape"]
-    chunk = int(batch_rows[3]) // rows
-    return chunk, chunk * (-(-(rows * dim * 4 + 4) // 4096) * 4096)
-
-
 def _chunk(ds: Path, array: str) -> Path:
     """The chunk file a test damages: for packed rows, the shard file."""
     if array.startswith("groups/") or array == "access_counts":
@@ -76,7 +68,7 @@ def _flip(path: Path, count: int = 1) -> None:
     data = bytearray(path.read_bytes())
     at = (len(data) - 4) // 2
     if path.parent.name == "rows":
-        at = _rows_chunk(path.parents[2])[1] + 5
+        at = rows_chunk(path.parents[2])[1] + 5
     for i in range(at, min(at + count, len(data) - 4)):
         data[i] ^= 0x10
     path.write_bytes(bytes(data))
@@ -118,7 +110,7 @@ def test_flipped_byte(prepared, tmp_path, capsys, array):
     _flip(path)
     problem = "failed its crc32c check (corrupted)"
     if array == "rows":
-        chunk, at = _rows_chunk(prepared)
+        chunk, at = rows_chunk(prepared)
         problem = f"holds chunk {chunk} (at byte {at}), which {problem}"
     _assert_both_stop(prepared, tmp_path, capsys, array, path, problem)
 

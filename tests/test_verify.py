@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import zarr
+from helpers import rows_chunk
 
 from disktrain import verify as verify_module
 from disktrain.cli import main
@@ -60,15 +61,6 @@ def _chunk_files(array_dir: Path) -> list[Path]:
     return sorted(p for p in array_dir.rglob("*") if p.is_file() and p.name != "zarr.json")
 
 
-def _rows_chunk(ds: Path) -> tuple[int, int]:
-    """The first chunk of batch 3 in the (single) shard of packed rows, and its offset."""
-    batch_rows = np.frombuffer((ds / "packed/batch_rows/c/0").read_bytes()[:-4], "<i8")
-    meta = json.loads((ds / "packed/rows/zarr.json").read_bytes())
-    rows, dim = meta["codecs"][0]["configuration"]["chunk_shape"]
-    chunk = int(batch_rows[3]) // rows
-    return chunk, chunk * (-(-(rows * dim * 4 + 4) // 4096) * 4096)
-
-
 def _target(ds: Path, array: str) -> tuple[Path, range | None]:
     """The chunk file of ``array`` a test damages, and the batches verify should name (for
     ``rows``: the shard file, and the batch whose first chunk :func:`_flip` damages)."""
@@ -90,10 +82,10 @@ def _target(ds: Path, array: str) -> tuple[Path, range | None]:
 
 def _flip(path: Path, at: int | None = None) -> None:
     """Flip one bit of one byte of ``path`` (default: the middle of its data; in a shard of
-    packed rows, of the chunk of :func:`_rows_chunk`)."""
+    packed rows, of the chunk of :func:`helpers.rows_chunk`)."""
     data = bytearray(path.read_bytes())
     if at is None and path.parent.name == "rows":
-        at = _rows_chunk(path.parents[2])[1] + 5
+        at = rows_chunk(path.parents[2])[1] + 5
     at = (len(data) - 4) // 2 if at is None else at
     data[at] ^= 0x10
     path.write_bytes(bytes(data))
@@ -162,7 +154,7 @@ def test_one_flipped_byte(prepared, capsys, array):
     report = verify(prepared)
     problem = "failed its crc32c check (corrupted)"
     if array == "rows":
-        chunk, at = _rows_chunk(prepared)
+        chunk, at = rows_chunk(prepared)
         problem = f"holds chunk {chunk} (at byte {at}), which {problem}"
     assert [(p.array, p.file, p.problem, p.batches) for p in report.problems] == [
         (array, str(path), problem, batches)]
@@ -354,7 +346,7 @@ def test_shard_index_damage_names_the_batches(prepared):
     """A shard index rewritten (valid crc) without batch 3's first chunk, then a store of
     the older format: each reported with what it concerns."""
     path, _ = _target(prepared, "rows")
-    chunk, _ = _rows_chunk(prepared)
+    chunk, _ = rows_chunk(prepared)
     raw = path.read_bytes()
     meta = json.loads((path.parent / "zarr.json").read_bytes())
     per_shard = (meta["chunk_grid"]["configuration"]["chunk_shape"][0]
