@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -190,10 +191,14 @@ class GroupPacker:
     def open(self, group: int, chunks: ChunkWriter) -> tuple[list, np.ndarray]:
         """Group ``group``'s slots and its runs ``(writer, first row, ascending node ids)``:
         the rows each batch packs, to be written through ``chunks``."""
+        def slots_of(b: int):
+            return pack_slots(self.codes, self.samples.input_nodes(b),
+                              self.samples.inner_count(b), self.n_cpu)
+
         slots, runs = [], []
-        for b in self.groups[group]:
-            s, (outer, inner) = pack_slots(self.codes, self.samples.input_nodes(b),
-                                           self.samples.inner_count(b), self.n_cpu)
+        with ThreadPoolExecutor(2) as pool:  # NumPy sorts without the GIL
+            made = list(pool.map(slots_of, self.groups[group]))
+        for b, (s, (outer, inner)) in zip(self.groups[group], made):
             slots.append(s)
             writer = _BatchWriter(chunks, int(self.batch_rows[b]) // self.chunk_rows,
                                   len(outer) + len(inner), self.chunk_rows, self.dim,
@@ -227,12 +232,22 @@ def pack_pass(dataset: Dataset, work: list[tuple[GroupPacker, int]]) -> None:
         needed, positions = _sorted_unique([ids for _, _, ids in runs], dataset.num_nodes)
         runs = [(writer, first, pos) for (writer, first, _), pos in zip(runs, positions)]
         done = np.zeros(len(runs), np.int64)  # rows of each run written so far
-        for i, j, rows in dataset.iter_sorted(needed):
-            for k, (writer, first, pos) in enumerate(runs):
+
+        def scatter(part: range, i: int, j: int, rows: np.ndarray) -> None:
+            for k in part:
+                writer, first, pos = runs[k]
                 end = int(np.searchsorted(pos, j))
                 if end > done[k]:
                     writer.write(first + int(done[k]), rows, pos[done[k]:end] - i)
                     done[k] = end
+
+        # two threads gather (NumPy releases the GIL), each for the runs of half the batches
+        half = len(runs) // 4 * 2  # a batch's two runs share chunk buffers: the same half
+        parts = (range(half), range(half, len(runs)))
+        pool = stack.enter_context(ThreadPoolExecutor(2, thread_name_prefix="pack-gather"))
+        for i, j, rows in dataset.iter_sorted(needed):
+            for f in [pool.submit(scatter, part, i, j, rows) for part in parts]:
+                f.result()
     for packer, group, slots in finished:
         packer.close(group, slots)
 

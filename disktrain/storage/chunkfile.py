@@ -338,8 +338,10 @@ class ChunkWriter:
     def buffer(self) -> np.ndarray:
         """A page-aligned uint8 buffer: ``chunk_bytes`` for the data (contents undefined),
         then room for the crc and the zeros to the next block."""
-        return self._free.pop() if self._free else \
-            aligned_buffer(round_up(self.chunk_bytes + CRC_BYTES))
+        try:
+            return self._free.pop()  # atomic: callers may share the writer across threads
+        except IndexError:
+            return aligned_buffer(round_up(self.chunk_bytes + CRC_BYTES))
 
     def submit(self, chunk: int, buf: np.ndarray) -> None:
         """Queue ``buf`` (from :meth:`buffer`, filled; not to be touched again) as chunk

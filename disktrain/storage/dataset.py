@@ -28,11 +28,11 @@ import shutil
 import sys
 import threading
 import uuid
-from collections import deque
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Self
 
 import numpy as np
 import zarr
@@ -435,39 +435,33 @@ class Dataset:
         """Read the feature rows of ascending ``ids`` in one ordered pass, each chunk once.
 
         Yields ``(i, j, rows)``: ``rows`` are the features of ``ids[i:j]``, from chunk files
-        spanning at most ``max_read_bytes`` (at least one chunk), in a buffer that the next
-        step reuses (copy what must outlive it). The chunk files are read ahead on two
-        threads while the caller uses the rows before them (:meth:`_read_ahead`), past the
-        page cache where the filesystem allows: a pass over the whole feature file neither
-        copies it through the page cache nor evicts what the cache holds.
+        spanning at most ``max_read_bytes`` (at least one chunk), in a buffer that the step
+        after next reuses (copy what must outlive it). Two threads read the chunk files of the
+        next span and copy out its rows while the caller uses this one, past the page cache
+        where the filesystem allows: a pass over the whole feature file neither copies it
+        through the page cache nor evicts what the cache holds.
         """
         chunks, bounds = self._chunk_bounds(ids)
-        first = chunks * self._features.chunks[0]
         span = max(1, max_read_bytes // max(1, self._features.chunk_bytes))
-        starts = range(0, len(chunks), span)
-        ends = [min(s + span, len(chunks)) for s in starts]
-        most = max((int(bounds[e] - bounds[s]) for s, e in zip(starts, ends)), default=0)
-        buf = np.empty((most, self.meta.feature_dim), self._features.dtype)
-        reads = self._read_ahead(chunks, direct=True)
-        try:
-            for s, e in zip(starts, ends):
-                i, j = int(bounds[s]), int(bounds[e])
-                for k in range(s, e):
-                    a, b = bounds[k], bounds[k + 1]
-                    np.take(next(reads), ids[a:b] - first[k], axis=0, out=buf[a - i:b - i])
-                yield i, j, buf[:j - i]
-        finally:
-            reads.close()
+        spans = [range(s, min(s + span, len(chunks))) for s in range(0, len(chunks), span)]
+        most = max((int(bounds[s.stop] - bounds[s.start]) for s in spans), default=0)
+        bufs = [np.empty((most, self.meta.feature_dim), self._features.dtype) for _ in range(2)]
+        with _Copier(self, ids, chunks, bounds, direct=True) as copier:
+            ahead = copier.start(spans[0], bufs[0]) if spans else []
+            for n, s in enumerate(spans):
+                copier.wait(ahead)
+                if n + 1 < len(spans):
+                    ahead = copier.start(spans[n + 1], bufs[(n + 1) % 2])
+                i, j = int(bounds[s.start]), int(bounds[s.stop])
+                yield i, j, bufs[n % 2][:j - i]
 
     def gather_sorted(self, ids: np.ndarray) -> np.ndarray:
-        """Feature rows of ascending ``ids``: each chunk holding some read once, in order,
-        ahead on two threads, through the page cache (repeated calls find it there)."""
+        """Feature rows of ascending ``ids``: each chunk holding some read once, on two
+        threads, through the page cache (repeated calls find it there)."""
         out = np.empty((len(ids), self.meta.feature_dim), self._features.dtype)
         chunks, bounds = self._chunk_bounds(ids)
-        first = chunks * self._features.chunks[0]
-        for k, chunk in enumerate(self._read_ahead(chunks, direct=False)):
-            a, b = bounds[k], bounds[k + 1]
-            np.take(chunk, ids[a:b] - first[k], axis=0, out=out[a:b])
+        with _Copier(self, ids, chunks, bounds, direct=False) as copier:
+            copier.wait(copier.start(range(len(chunks)), out))
         return out
 
     def _chunk_bounds(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -478,41 +472,6 @@ class Dataset:
         of = np.asarray(ids, np.int64) // self._features.chunks[0]
         starts = np.flatnonzero(of[1:] != of[:-1]) + 1
         return of[np.concatenate(([0], starts))], np.concatenate(([0], starts, [len(ids)]))
-
-    def _read_ahead(self, chunks: np.ndarray, direct: bool, depth: int = 4):
-        """Yield the rows of feature chunks ``chunks``, in order, each crc-checked.
-
-        Two threads read up to ``depth - 1`` chunks ahead of the one yielded, which stays
-        valid until the next is asked for. ``direct``: into ``depth`` reused page-aligned
-        buffers with ``O_DIRECT`` where the filesystem allows (else a buffered read into
-        them); otherwise through the page cache (:func:`read_chunk`).
-        """
-        if not len(chunks):
-            return
-        nbytes, shape = self._features.chunk_bytes, self._features.chunks
-        depth = min(depth, len(chunks))
-        buffers = [aligned_buffer(round_up(nbytes + CRC_BYTES)) if direct else None
-                   for _ in range(depth)]
-        todo = iter(chunks.tolist())
-        pending: deque = deque()
-        pool = ThreadPoolExecutor(2, thread_name_prefix="feature-read")
-
-        def submit(buf):
-            c = next(todo, None)
-            if c is not None:
-                pending.append(pool.submit(self._read_feature_chunk, c, buf))
-
-        try:
-            for buf in buffers:
-                submit(buf)
-            while pending:
-                data, buf = pending.popleft().result()
-                yield data.view(self._features.dtype).reshape(shape)
-                submit(buf)
-        finally:
-            for future in pending:
-                future.cancel()
-            pool.shutdown(wait=True)
 
     def _read_feature_chunk(self, c: int, buf: np.ndarray | None) -> tuple[np.ndarray, object]:
         """Feature chunk ``c``'s data bytes, checked, and ``buf``: read into ``buf`` (past the
@@ -526,6 +485,53 @@ class Dataset:
         out["path"] = str(self.path)
         out["splits"] = {s: int(self.group[s].shape[0]) for s in SPLITS if s in self.group}
         return out
+
+
+class _Copier:
+    """Copies the feature rows of ascending ``ids`` out of the chunk files holding them, on two
+    threads, each chunk crc-checked: ``direct``, read into a page-aligned buffer per thread
+    with ``O_DIRECT`` where the filesystem allows (else buffered into it); otherwise through
+    the page cache. ``chunks`` and ``bounds``: :meth:`Dataset._chunk_bounds` of ``ids``.
+    Leaving the ``with`` block cancels the copies not started and waits for the others."""
+
+    def __init__(self, dataset: Dataset, ids: np.ndarray, chunks: np.ndarray,
+                 bounds: np.ndarray, direct: bool):
+        self.dataset, self.ids, self.chunks, self.bounds = dataset, ids, chunks, bounds
+        self.rows = dataset._features.chunks[0]
+        self.nbytes = round_up(dataset._features.chunk_bytes + CRC_BYTES) if direct else 0
+        self.scratch = threading.local()
+        self.pool = ThreadPoolExecutor(2, thread_name_prefix="feature-read")
+        self.pending: list = []
+
+    def start(self, ks: range, out: np.ndarray) -> list:
+        """Start copying the rows of chunks ``chunks[ks]`` into ``out`` (from its row 0)."""
+        base = self.bounds[ks.start]
+        futures = [self.pool.submit(self._copy, k, out[self.bounds[k] - base:
+                                                       self.bounds[k + 1] - base]) for k in ks]
+        self.pending += futures
+        return futures
+
+    def wait(self, futures: list) -> None:
+        """Wait for ``futures`` (from :meth:`start`); raise the first error met."""
+        for f in futures:
+            f.result()
+
+    def _copy(self, k: int, out: np.ndarray) -> None:
+        buf = getattr(self.scratch, "buf", None)
+        if buf is None and self.nbytes:
+            buf = self.scratch.buf = aligned_buffer(self.nbytes)
+        data = self.dataset._read_feature_chunk(int(self.chunks[k]), buf)[0]
+        rows = data.view(self.dataset._features.dtype).reshape(self.dataset._features.chunks)
+        a, b = self.bounds[k], self.bounds[k + 1]
+        np.take(rows, self.ids[a:b] - int(self.chunks[k]) * self.rows, axis=0, out=out)
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *_) -> None:
+        for f in self.pending:
+            f.cancel()
+        self.pool.shutdown(wait=True)
 
 
 def dataset_bytes(*, num_nodes: int, num_edges: int, feature_dim: int, feature_dtype,
