@@ -13,8 +13,8 @@ from disktrain.storage.dataset import new_id
 
 
 class MemoryPacked:
-    """The packed rows of the batches of ``samples`` (a :class:`~disktrain.pack.store.PackedSource`),
-    from ``features`` (every node's row) cached as ``tiers`` says: chunks of one row (no
+    """A :class:`~disktrain.pack.store.PackedSource` of the batches of ``samples``: their rows
+    of ``features`` (every node's row), cached as ``tiers`` says; chunks of one row (no
     padding), read by copying, no checksums."""
 
     chunk_rows = 1

@@ -13,7 +13,8 @@ from disktrain.sample.plan import SampleConfig, SamplePlan, sampling_key
 from disktrain.storage.dataset import Dataset, new_id
 
 
-def sample_range(dataset: Dataset, plan: SamplePlan, batches: Sequence[int]) -> SampledBatches:
+def sample_plan_batches(dataset: Dataset, plan: SamplePlan,
+                        batches: Sequence[int]) -> SampledBatches:
     """The plan's batches ``batches`` (ascending), sampled: each a pure function of (dataset,
     batch, config), whatever the batches it is sampled with."""
     parts = []
@@ -52,12 +53,12 @@ class MemorySamples:
 
     @classmethod
     def sample(cls, dataset: Dataset, config: SampleConfig) -> MemorySamples:
-        """The batches :func:`~disktrain.sample.store.sample_dataset` would store, sampled
-        here."""
+        """The batches :func:`~disktrain.sample.store.sample_dataset` stores for ``config``,
+        sampled in memory."""
         plan = SamplePlan.of(dataset, config)
         if plan.num_batches == 0:
             raise DataError(f"{dataset.path}: the {config.split} split is empty; nothing to sample")
-        return cls(sample_range(dataset, plan, range(plan.num_batches)), config,
+        return cls(sample_plan_batches(dataset, plan, range(plan.num_batches)), config,
                    plan.batches_per_epoch)
 
     def batch(self, b: int) -> SampledBatch:

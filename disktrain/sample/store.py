@@ -35,7 +35,7 @@ from tqdm.auto import tqdm
 
 from disktrain.errors import DataError
 from disktrain.kernels.sampling import SampledBatch, SampledBatches
-from disktrain.sample.memory import sample_range
+from disktrain.sample.memory import sample_plan_batches
 from disktrain.sample.plan import SampleConfig, SamplePlan
 from disktrain.storage.atomic import atomic_dir, replace_dir
 from disktrain.storage.chunkfile import StoreRef
@@ -80,7 +80,7 @@ def sample_group(dataset: Dataset, plan: SamplePlan, group: int, groups_dir: Pat
 
     A pure function of (dataset, group, config): any process may run it.
     """
-    merged = sample_range(dataset, plan, plan.group_batches(group))
+    merged = sample_plan_batches(dataset, plan, plan.group_batches(group))
     with atomic_dir(groups_dir / group_name(group), overwrite=True) as tmp:
         g = zarr.open_group(tmp, mode="w")
         for name in GROUP_ARRAYS:
@@ -383,7 +383,7 @@ def sample_store_bytes(dataset, plan, num_groups: int | None = None, probes: int
     cfg, num_layers = plan.config, len(plan.config.fanouts)
     num_edges = int(dataset.indptr[-1])
     picks = np.unique(np.linspace(0, plan.batches_per_epoch - 1, probes).round().astype(int))
-    got = sample_range(dataset, plan, picks.tolist())
+    got = sample_plan_batches(dataset, plan, picks.tolist())
     scale = cfg.batch_size / got.hop_counts[:, 0] * _MARGIN  # measured sizes, per full batch
     measured = (math.ceil((np.diff(got.node_offsets) * scale).max()),
                 math.ceil((np.diff(got.edge_offsets[::num_layers]) * scale).max()))
