@@ -42,13 +42,13 @@ PLAN_REUSE = ("fresh", "cycle", "pool")
 
 
 def packed_bytes(store, batch_ids) -> dict[str, int]:
-    """Bytes of packed feature rows batches ``batch_ids`` of ``store`` (a PackedStore) need,
+    """Bytes of packed feature rows batches ``batch_ids`` of ``store`` (a PackedSource) need,
     and the bytes their reads take from storage (whole chunks, crc and padding included)."""
     ids = np.asarray(batch_ids, np.int64)
     row = store.feature_dim * store.dtype.itemsize
     padded = store.batch_rows[ids + 1] - store.batch_rows[ids]
     return {"needed": int(store.batch_packed[ids].sum()) * row,
-            "read": int((padded // store.chunk_rows).sum()) * store.layout.stride}
+            "read": int((padded // store.chunk_rows).sum()) * store.chunk_stride}
 
 
 class Loader:

@@ -31,13 +31,14 @@ import numba
 import numpy as np
 import torch
 
+from disktrain.errors import DataError
 from disktrain.loader.batch import CopyEvent, MiniBatch
 from disktrain.loader.block import Block
 from disktrain.loader.config import LoaderConfig
 from disktrain.loader.device import DeviceAssembler
 from disktrain.pack.slots import RowLayout
-from disktrain.pack.store import PackedStore
-from disktrain.sample.store import SampleStore
+from disktrain.pack.store import PackedSource, PackedStore
+from disktrain.sample.store import SampleSource, SampleStore
 from disktrain.storage.dataset import Dataset
 from disktrain.storage.io import BLOCK
 
@@ -54,7 +55,7 @@ class _Failure:
 class FeatureCaches:
     """The GPU tier (on the device; a CPU tensor without a GPU) and the CPU tier."""
 
-    def __init__(self, packed: PackedStore, device: torch.device):
+    def __init__(self, packed: PackedSource, device: torch.device):
         self.tiers_id = packed.tiers_id
         """Packed stores with this ``tiers_id`` are served by these caches."""
         rows = packed.cache_rows()
@@ -74,7 +75,7 @@ class ReadStage:
     (``O_DIRECT``).
     """
 
-    def __init__(self, samples: SampleStore, packed: PackedStore):
+    def __init__(self, samples: SampleSource, packed: PackedSource):
         self.samples, self.packed = samples, packed
 
     def __call__(self, batch: MiniBatch) -> MiniBatch:
@@ -95,7 +96,7 @@ class AssembleStage:
     every block carries (None: no degrees).
     """
 
-    def __init__(self, samples: SampleStore, packed: PackedStore, cpu_cache: np.ndarray,
+    def __init__(self, samples: SampleSource, packed: PackedSource, cpu_cache: np.ndarray,
                  labels: torch.Tensor | None, degrees: Dataset | None):
         self.samples, self.packed, self.cpu_cache = samples, packed, cpu_cache
         self.labels, self.degrees = labels, degrees
@@ -170,24 +171,37 @@ class PackedLoader:
     """Iterate pre-sampled batches of a prepared dataset through the staged pipeline.
 
     ``root``: the directory of the sample and packed stores read (default: the dataset's
-    training batches; see :mod:`disktrain.storage.roots`).
+    training batches; see :mod:`disktrain.storage.roots`); ``stores``: the sample and packed
+    stores to read instead (e.g. :class:`~disktrain.sample.memory.MemorySamples` and
+    :class:`~disktrain.pack.memory.MemoryPacked`), the dataset giving labels and degrees.
     """
 
     def __init__(self, dataset_path: str | Path, cfg: LoaderConfig | None = None,
-                 root: str | Path | None = None):
+                 root: str | Path | None = None, *,
+                 stores: tuple[SampleSource, PackedSource] | None = None):
         self.cfg = cfg = cfg or LoaderConfig()
         self.device = torch.device(cfg.device)
         self.dataset = Dataset(dataset_path)
         self.labels = (torch.from_numpy(np.asarray(self.dataset.labels, np.int64))
                        if "labels" in self.dataset.group else None)
         """Every node's label, on the host (None: the dataset has none)."""
-        self._open(dataset_path, root, None)
+        self._open(*(stores or self._disk_stores(root)), None)
 
-    def _open(self, dataset_path: str | Path, root: str | Path | None,
+    def _disk_stores(self, root: str | Path | None) -> tuple[SampleStore, PackedStore]:
+        path, verify = self.dataset.path, self.cfg.verify
+        return (SampleStore(path, verify=verify, root=root),
+                PackedStore(path, verify=verify, root=root))
+
+    def _open(self, samples: SampleSource, packed: PackedSource,
               caches: FeatureCaches | None) -> None:
-        """Open the stores at ``root`` and their stages; reuse ``caches`` if they serve them."""
-        self.samples = SampleStore(dataset_path, verify=self.cfg.verify, root=root)
-        self.packed = PackedStore(dataset_path, verify=self.cfg.verify, root=root)
+        """Read ``samples`` and ``packed`` through the stages; reuse ``caches`` if they serve
+        them."""
+        rows = (packed.feature_dim, np.dtype(packed.dtype))
+        dataset = (self.dataset.meta.feature_dim, np.dtype(self.dataset.features.dtype))
+        if rows != dataset:
+            raise DataError(f"packed store: rows of {rows[0]} {rows[1]} features, but dataset "
+                            f"{self.dataset.path} has {dataset[0]} {dataset[1]} features")
+        self.samples, self.packed = samples, packed
         self.caches = (caches if caches is not None and caches.tiers_id == self.packed.tiers_id
                        else FeatureCaches(self.packed, self.device))
         self.read = ReadStage(self.samples, self.packed)
@@ -200,7 +214,7 @@ class PackedLoader:
         other = object.__new__(PackedLoader)
         other.cfg, other.device, other.dataset = self.cfg, self.device, self.dataset
         other.labels = self.labels
-        other._open(self.dataset.path, root, self.caches)
+        other._open(*other._disk_stores(root), self.caches)
         return other
 
     @property
@@ -221,7 +235,7 @@ class PackedLoader:
                                      self.samples.inner_count(b), _padded_rows(self.packed, b))
 
 
-def _padded_rows(packed: PackedStore, b: int) -> int:
+def _padded_rows(packed: PackedSource, b: int) -> int:
     """Rows of batch ``b``'s packed range, chunk padding included."""
     return int(packed.batch_rows[b + 1] - packed.batch_rows[b])
 

@@ -27,6 +27,7 @@ when read.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 import zarr
@@ -61,6 +62,28 @@ PACKED = StoreSchema((
 def packed_ref(path: str | Path) -> StoreRef:
     """The packed store at ``path``, for error messages."""
     return StoreRef("packed store", Path(path), f"remove {path} and rerun disktrain prepare")
+
+
+@runtime_checkable
+class PackedSource(Protocol):
+    """What the loader reads of a packed store: :class:`PackedStore` on disk,
+    :class:`~disktrain.pack.memory.MemoryPacked` in memory (the arrays: as the module
+    docstring says)."""
+
+    feature_dim: int
+    dtype: np.dtype
+    n_gpu: int
+    n_cpu: int
+    tiers_id: str
+    chunk_rows: int
+    chunk_stride: int
+    """Bytes a read of one packed chunk takes from storage."""
+    batch_rows: np.ndarray
+    batch_packed: np.ndarray
+
+    def cache_rows(self) -> np.ndarray: ...
+    def slots(self, b: int) -> np.ndarray: ...
+    def read_packed(self, b: int, out: np.ndarray) -> np.ndarray: ...
 
 
 class PackedStore:
@@ -113,6 +136,7 @@ class PackedStore:
         self._cache_rows: np.ndarray | None = None
         self.layout = ShardLayout.of(rows, self.path / "rows")
         """Where each packed chunk lies in the shard files."""
+        self.chunk_stride = self.layout.stride
         for shard in range(self.layout.num_shards):
             if problem := self.layout.index_problem(shard):
                 raise self.ref.corrupt("rows", self.layout.path(shard), problem,

@@ -27,14 +27,16 @@ import threading
 from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 import zarr
 from tqdm.auto import tqdm
 
 from disktrain.errors import DataError
-from disktrain.kernels.sampling import SampledBatch, SampledBatches, sample_batches
-from disktrain.sample.plan import SampleConfig, SamplePlan, sampling_key
+from disktrain.kernels.sampling import SampledBatch, SampledBatches
+from disktrain.sample.memory import sample_plan_batches
+from disktrain.sample.plan import SampleConfig, SamplePlan
 from disktrain.storage.atomic import atomic_dir, replace_dir
 from disktrain.storage.chunkfile import StoreRef
 from disktrain.storage.dataset import (
@@ -78,39 +80,11 @@ def sample_group(dataset: Dataset, plan: SamplePlan, group: int, groups_dir: Pat
 
     A pure function of (dataset, group, config): any process may run it.
     """
-    batches = plan.group_batches(group)
-    parts = []
-    for epoch in sorted({plan.batch_epoch(b) for b in batches}):
-        order = plan.epoch_order(epoch)
-        seeds = [plan.batch_seeds(b, order) for b in batches if plan.batch_epoch(b) == epoch]
-        offsets = np.zeros(len(seeds) + 1, np.int64)
-        np.cumsum([len(s) for s in seeds], out=offsets[1:])
-        parts.append(sample_batches(dataset.indptr, dataset.indices,
-                                    np.concatenate(seeds).astype(np.int64), offsets,
-                                    np.asarray(plan.config.fanouts, np.int64),
-                                    sampling_key(plan.config.seed, epoch)))
-    merged = _concat(parts)
+    merged = sample_plan_batches(dataset, plan, plan.group_batches(group))
     with atomic_dir(groups_dir / group_name(group), overwrite=True) as tmp:
         g = zarr.open_group(tmp, mode="w")
         for name in GROUP_ARRAYS:
-            write_small_array(g, name, merged[name])
-
-
-def _concat(parts) -> dict[str, np.ndarray]:
-    """Join the per-epoch kernel outputs of one group into one set of ragged arrays."""
-    if len(parts) == 1:
-        p = parts[0]
-        return {name: getattr(p, name) for name in GROUP_ARRAYS}
-    out = {}
-    for name in ("nodes", "edge_src", "edge_dst"):
-        out[name] = np.concatenate([getattr(p, name) for p in parts])
-    out["hop_counts"] = np.concatenate([p.hop_counts for p in parts])
-    for name, values in (("node_offsets", "nodes"), ("edge_offsets", "edge_src")):
-        sizes = np.concatenate([np.diff(getattr(p, name)) for p in parts])
-        offs = np.zeros(len(sizes) + 1, np.int64)
-        np.cumsum(sizes, out=offs[1:])
-        out[name] = offs
-    return out
+            write_small_array(g, name, getattr(merged, name))
 
 
 def sample_dataset(dataset_path: str | Path, cfg: SampleConfig, progress: bool = True,
@@ -310,6 +284,21 @@ def store_attrs(dataset_path: str | Path, root: str | Path | None = None) -> tup
     return path, attrs
 
 
+@runtime_checkable
+class SampleSource(Protocol):
+    """What the loader reads of a sample store: :class:`SampleStore` on disk,
+    :class:`~disktrain.sample.memory.MemorySamples` in memory."""
+
+    config: SampleConfig
+    store_id: str
+    num_batches: int
+    batches_per_epoch: int
+
+    def batch(self, b: int) -> SampledBatch: ...
+    def input_nodes(self, b: int) -> np.ndarray: ...
+    def inner_count(self, b: int) -> int: ...
+
+
 class SampleStore:
     """A complete sample store, read-only, checked against the dataset it was made from."""
 
@@ -388,21 +377,14 @@ def sample_store_bytes(dataset, plan, num_groups: int | None = None, probes: int
     ``dataset`` (a ``Dataset``): ``num_groups`` groups of batches (default: all of them) and
     the access counts.
 
-    A batch's size is measured on ``probes`` batches of epoch 0 sampled for real, plus 10%,
+    A batch's size is measured on ``probes`` batches of the first epoch, sampled, plus 10%,
     and capped by what the fanouts allow (:func:`batch_bound`).
     """
     cfg, num_layers = plan.config, len(plan.config.fanouts)
-    indptr = dataset.indptr
-    num_edges = int(indptr[-1])
-    order = plan.epoch_order(plan.config.first_epoch)
+    num_edges = int(dataset.indptr[-1])
     picks = np.unique(np.linspace(0, plan.batches_per_epoch - 1, probes).round().astype(int))
-    seeds = [plan.batch_seeds(int(b), order) for b in picks]
-    offsets = np.zeros(len(seeds) + 1, np.int64)
-    np.cumsum([len(s) for s in seeds], out=offsets[1:])
-    got = sample_batches(indptr, dataset.indices, np.concatenate(seeds).astype(np.int64),
-                         offsets, np.asarray(cfg.fanouts, np.int64),
-                         sampling_key(cfg.seed, 0))
-    scale = cfg.batch_size / np.diff(offsets) * _MARGIN  # measured sizes, per full batch
+    got = sample_plan_batches(dataset, plan, picks.tolist())
+    scale = cfg.batch_size / got.hop_counts[:, 0] * _MARGIN  # measured sizes, per full batch
     measured = (math.ceil((np.diff(got.node_offsets) * scale).max()),
                 math.ceil((np.diff(got.edge_offsets[::num_layers]) * scale).max()))
 

@@ -1,0 +1,73 @@
+"""Sampling in memory: a plan's batches as one set of ragged arrays, and the sample store's
+in-memory twin (:class:`MemorySamples`) that the loader reads as it reads the store."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from disktrain.errors import DataError
+from disktrain.kernels.sampling import SampledBatch, SampledBatches, sample_batches
+from disktrain.sample.plan import SampleConfig, SamplePlan, sampling_key
+from disktrain.storage.dataset import Dataset, new_id
+
+
+def sample_plan_batches(dataset: Dataset, plan: SamplePlan,
+                        batches: Sequence[int]) -> SampledBatches:
+    """The plan's batches ``batches`` (ascending), sampled: each a pure function of (dataset,
+    batch, config), whatever the batches it is sampled with."""
+    parts = []
+    for epoch in sorted({plan.batch_epoch(b) for b in batches}):
+        order = plan.epoch_order(epoch)
+        seeds = [plan.batch_seeds(b, order) for b in batches if plan.batch_epoch(b) == epoch]
+        offsets = np.zeros(len(seeds) + 1, np.int64)
+        np.cumsum([len(s) for s in seeds], out=offsets[1:])
+        parts.append(sample_batches(dataset.indptr, dataset.indices,
+                                    np.concatenate(seeds).astype(np.int64), offsets,
+                                    np.asarray(plan.config.fanouts, np.int64),
+                                    sampling_key(plan.config.seed, epoch)))
+    return parts[0] if len(parts) == 1 else _concat(parts)
+
+
+def _concat(parts: list[SampledBatches]) -> SampledBatches:
+    """Join the per-epoch kernel outputs of consecutive batches into one."""
+    out = {name: np.concatenate([getattr(p, name) for p in parts])
+           for name in ("nodes", "edge_src", "edge_dst", "hop_counts")}
+    for name in ("node_offsets", "edge_offsets"):
+        sizes = np.concatenate([np.diff(getattr(p, name)) for p in parts])
+        out[name] = np.zeros(len(sizes) + 1, np.int64)
+        np.cumsum(sizes, out=out[name][1:])
+    return SampledBatches(**out)
+
+
+class MemorySamples:
+    """The batches of a sample store held in memory (a
+    :class:`~disktrain.sample.store.SampleSource`): ``batches`` of ``config``'s plan, batch
+    ``b`` of epoch ``config.first_epoch + b // batches_per_epoch``."""
+
+    def __init__(self, batches: SampledBatches, config: SampleConfig, batches_per_epoch: int):
+        self.batches, self.config = batches, config
+        self.num_batches, self.batches_per_epoch = batches.num_batches, batches_per_epoch
+        self.store_id = new_id()
+
+    @classmethod
+    def sample(cls, dataset: Dataset, config: SampleConfig) -> MemorySamples:
+        """The batches :func:`~disktrain.sample.store.sample_dataset` stores for ``config``,
+        sampled in memory."""
+        plan = SamplePlan.of(dataset, config)
+        if plan.num_batches == 0:
+            raise DataError(f"{dataset.path}: the {config.split} split is empty; nothing to sample")
+        return cls(sample_plan_batches(dataset, plan, range(plan.num_batches)), config,
+                   plan.batches_per_epoch)
+
+    def batch(self, b: int) -> SampledBatch:
+        return self.batches.batch(b)
+
+    def input_nodes(self, b: int) -> np.ndarray:
+        return self.batch(b).input_nodes
+
+    def inner_count(self, b: int) -> int:
+        """Input nodes of batch ``b`` that later layers also read (the last hop's come after)."""
+        hops = self.batches.hop_counts[b]
+        return int(hops[len(hops) - 2])
