@@ -113,3 +113,23 @@ def test_aligned_buffer_aligned_and_zeroed(align):
     for n in (0, 1, BLOCK, 3 * BLOCK + 5):
         buf = aligned_buffer(n, align, hugepages=True)
         assert buf.size == n and buf.ctypes.data % align == 0 and not buf.any()
+
+
+@pytest.mark.parametrize("refuse", [False, True])
+@pytest.mark.parametrize("nbytes", [3 * BLOCK, 3 * BLOCK + 100, 100])
+def test_check_chunk_into_reads_whole_blocks_direct_and_the_tail_buffered(
+        tmp_path, monkeypatch, nbytes, refuse):
+    """A checked read into an aligned buffer (how the CSR is loaded): same bytes and crc with
+    O_DIRECT for the whole blocks, and where the filesystem refuses it (EINVAL)."""
+    data = np.random.default_rng(0).integers(0, 256, nbytes, np.uint8)
+    path = tmp_path / "c"
+    path.write_bytes(data.tobytes() + chunkfile.crc_bytes(data))
+    if refuse:
+        monkeypatch.setattr(chunkfile, "set_direct", lambda fd, on: False)
+    into = aligned_buffer(nbytes)
+    assert chunkfile.check_chunk(path, nbytes, into=into, slice_bytes=2 * BLOCK) == \
+        (None, nbytes + 4)
+    assert np.array_equal(into, data)
+    path.write_bytes(data.tobytes() + b"\0\0\0\0")
+    assert chunkfile.check_chunk(path, nbytes, into=aligned_buffer(nbytes))[0] == \
+        "failed its crc32c check (corrupted)"

@@ -36,6 +36,7 @@ from disktrain.storage.io import (
     BLOCK,
     CREATE,
     aligned_buffer,
+    direct_span,
     disk_full_errors,
     open_direct,
     pread_full,
@@ -43,6 +44,7 @@ from disktrain.storage.io import (
     pwrite_all,
     read_at,
     round_up,
+    set_direct,
     write_blocks,
 )
 
@@ -158,17 +160,31 @@ def file_crc(fd: int, offset: int, nbytes: int, into: np.ndarray | None = None,
              slice_bytes: int = SLICE_BYTES) -> tuple[int, int]:
     """The crc32c of ``nbytes`` at ``offset`` of ``fd`` and the bytes read (fewer where the
     file ends before), read once, sequentially, ``slice_bytes`` at a time, or into ``into``
-    (``nbytes``, kept) when given."""
+    (``nbytes``, kept) when given: its whole blocks straight from the device where it is
+    page-aligned and the filesystem allows ``O_DIRECT`` (a cold read through the page cache
+    runs at a fraction of the disk's speed)."""
     buf = np.empty(min(nbytes, slice_bytes), np.uint8) if into is None else into
+    direct = (into is not None and offset % BLOCK == 0 and direct_span(into.ctypes.data, nbytes)
+              and set_direct(fd, True))
     crc, pos = 0, 0
-    while pos < nbytes:
-        view = buf[:min(slice_bytes, nbytes - pos)] if into is None else \
-            into[pos:pos + slice_bytes]
-        got = pread_full(fd, [view], offset + pos)
-        crc = google_crc32c.extend(crc, view[:got])
-        pos += got
-        if got < len(view):
-            break
+    try:
+        while pos < nbytes:
+            view = buf[:min(slice_bytes, nbytes - pos)] if into is None else \
+                into[pos:pos + min(slice_bytes, nbytes - pos)]
+            if direct and (whole := direct_span(view.ctypes.data, len(view))):
+                view = view[:whole]
+                got, refused = read_at(fd, [view], offset + pos, True)
+                direct = not refused
+            else:  # the last partial block (or no O_DIRECT): through the page cache
+                direct = direct and not set_direct(fd, False)
+                got = pread_full(fd, [view], offset + pos)
+            crc = google_crc32c.extend(crc, view[:got])
+            pos += got
+            if got < len(view):
+                break
+    finally:
+        if direct:
+            set_direct(fd, False)
     return crc, pos
 
 
