@@ -445,7 +445,8 @@ def _check_packed(check: _Checker, ref: StoreRef, dataset: StoreRef, dataset_att
     _add_all(check, ref, PACKED.arrays, {
         **attrs, "feature_dim": dataset_attrs.get("feature_dim"),
         "num_batches": sampled.get("num_batches"),
-        "num_input_nodes": sampled.get("num_input_nodes"),
+        "num_slots": (sampled.get("num_input_nodes") if (attrs.get("pack_config") or {}).get(
+            "aggregate_first_hop", "off") == "off" else attrs.get("num_slots")),
         "num_cache_rows": None if n_gpu is None or n_cpu is None else n_gpu + n_cpu})
     return attrs
 

@@ -38,7 +38,12 @@ class MiniBatch:
     """(num_rows, F) features of ``input_nodes``, in the stored dtype (on the host after
     assemble, on the device after copy)."""
     blocks: list[Block] = field(default_factory=list)
-    """Per layer, input layer first; block 0's source ids are rows of ``x``."""
+    """Per layer, input layer first; block 0's source ids are rows of ``x``. With the first
+    hop aggregated at pack time, the layers above the first: ``x`` holds the first layer's
+    targets' own rows and ``x_agg`` their aggregates."""
+    x_agg: torch.Tensor | None = None
+    """(num_targets, F) the first layer's aggregate of each row of ``x`` (None: not
+    aggregated, ``x`` holds every input row)."""
     labels: torch.Tensor | None = None
     """The seeds' labels (None for a dataset without labels)."""
     input_nodes: np.ndarray | None = None

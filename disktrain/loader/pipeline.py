@@ -104,15 +104,22 @@ class AssembleStage:
     def __call__(self, batch: MiniBatch) -> MiniBatch:
         t = time.perf_counter()
         b = batch.index
-        sampled = self.samples.batch(b)
-        layout = RowLayout.of(sampled.input_nodes, self.samples.inner_count(b),
-                              np.asarray(self.packed.slots(b)), self.packed.n_cpu)
+        sampled, inner = self.samples.batch(b), self.samples.inner_count(b)
+        # with the first hop aggregated at pack time (x_agg), the batch reads the rows of the
+        # first layer's targets only and its model runs the blocks above that layer
+        aggregated = self.packed.aggregate is not None
+        nodes = sampled.input_nodes[:inner] if aggregated else sampled.input_nodes
+        blocks = sampled.blocks[aggregated:]
+        layout = RowLayout.of(nodes, inner, np.asarray(self.packed.slots(b)), self.packed.n_cpu)
         layout.gather(batch.buffer.numpy(), self.cpu_cache)
         degree = (None if self.degrees is None
-                  else layout.place(self.degrees.in_degrees(sampled.input_nodes)))
-        batch.blocks = [Block.from_numpy(layout.relabel(src) if layer == 0 else src, dst,
-                                         num_src, num_dst, degree)
-                        for layer, (src, dst, num_src, num_dst) in enumerate(sampled.blocks)]
+                  else layout.place(self.degrees.in_degrees(nodes)))
+        batch.blocks = [Block.from_numpy(layout.relabel(src) if layer == 0 and not aggregated
+                                         else src, dst, num_src, num_dst, degree)
+                        for layer, (src, dst, num_src, num_dst) in enumerate(blocks)]
+        if aggregated:  # the targets' aggregates follow their own packed rows
+            start = inner + layout.num_packed
+            batch.x_agg = batch.buffer[start:start + inner]
         batch.labels = (None if self.labels is None
                         else self.labels[torch.from_numpy(sampled.seeds.astype(np.int64))])
         batch.x, batch.input_nodes = batch.buffer[:layout.num_rows], layout.input_nodes
@@ -138,6 +145,8 @@ class CopyStage:
             nb = self.non_blocking
             batch.x = self.gpu.assemble(batch.x, batch.layout.gpu_pos, batch.layout.gpu_slot)
             batch.blocks = [blk.to(self.device, non_blocking=nb) for blk in batch.blocks]
+            if batch.x_agg is not None:
+                batch.x_agg = batch.x_agg.to(self.device, non_blocking=nb)
             if batch.labels is not None:
                 batch.labels = batch.labels.to(self.device, non_blocking=nb)
         if self.new_event is not None:
@@ -231,8 +240,9 @@ class PackedLoader:
 
     def buffer_rows(self, b: int) -> int:
         """Rows of the feature buffer batch ``b`` is read and assembled in."""
-        return RowLayout.buffer_rows(len(self.samples.input_nodes(b)),
-                                     self.samples.inner_count(b), _padded_rows(self.packed, b))
+        inner = self.samples.inner_count(b)
+        rows = inner if self.packed.aggregate is not None else len(self.samples.input_nodes(b))
+        return RowLayout.buffer_rows(rows, inner, _padded_rows(self.packed, b))
 
 
 def _padded_rows(packed: PackedSource, b: int) -> int:
@@ -246,7 +256,8 @@ def _consume_on_current_stream(batch: MiniBatch, event: torch.cuda.Event) -> Non
     stream = torch.cuda.current_stream()
     stream.wait_event(event)
     blocks = (u for b in batch.blocks for u in (b.src, b.dst, b.src_degree) if u is not None)
-    for t in (batch.x, *blocks, *([] if batch.labels is None else [batch.labels])):
+    extra = [u for u in (batch.labels, batch.x_agg) if u is not None]
+    for t in (batch.x, *blocks, *extra):
         t.record_stream(stream)
 
 

@@ -18,6 +18,7 @@ class MemoryPacked:
     padding), read by copying, no checksums."""
 
     chunk_rows = 1
+    aggregate = None
 
     def __init__(self, samples: SampleSource, features: np.ndarray, tiers: Tiers):
         features = np.asarray(features)

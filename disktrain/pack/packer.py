@@ -25,6 +25,8 @@ import zarr
 from tqdm.auto import tqdm
 
 from disktrain.errors import DataError
+from disktrain.kernels.aggregate import AGGREGATIONS, first_hop_edges, scatter_add_rows
+from disktrain.kernels.sampling import SampledBatch
 from disktrain.pack.slots import NOT_CACHED, pack_slots
 from disktrain.pack.store import (
     FORMAT_VERSION,
@@ -70,6 +72,10 @@ class PackConfig:
     shard_bytes: int = 1 << 30
     """Target bytes per shard file of packed chunks (many chunks per file, so the number of
     files does not grow with the number of batches)."""
+    aggregate_first_hop: str = "off"
+    """Aggregate each batch's first layer while packing (``mean``: GraphSAGE's, ``gcn``:
+    GCN's; :mod:`disktrain.kernels.aggregate`): a batch then packs its first-layer targets'
+    own rows and their aggregates, not its sampled neighbours' rows ("off": raw rows)."""
     group_bytes: int = 1 << 30
     """Memory of one packing group (per batch: its packed ids and one chunk buffer); a
     group's batches share one ascending pass over the raw features, so each group more is one
@@ -85,6 +91,14 @@ class PackConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.max_packed_bytes is not None and self.max_packed_bytes < 0:
             raise ValueError(f"max_packed_bytes must be >= 0, got {self.max_packed_bytes}")
+        if self.aggregate_first_hop not in ("off", *AGGREGATIONS):
+            raise ValueError(f"aggregate_first_hop must be one of {('off', *AGGREGATIONS)}, "
+                             f"got {self.aggregate_first_hop!r}")
+
+    @property
+    def aggregate(self) -> str | None:
+        """The first-hop aggregation packed (None: off)."""
+        return None if self.aggregate_first_hop == "off" else self.aggregate_first_hop
 
 
 def _sorted_unique(runs: list[np.ndarray],
@@ -108,11 +122,13 @@ def _sorted_unique(runs: list[np.ndarray],
     return ids, [np.searchsorted(ids, r) for r in runs]
 
 
-def _groups(batch_packed: np.ndarray, chunk_bytes: int, group_bytes: int) -> list[range]:
-    """Consecutive batches whose packing state (ids + one chunk buffer) fits ``group_bytes``."""
+def _groups(batch_packed: np.ndarray, chunk_bytes: int, group_bytes: int,
+            row_state: int = 8) -> list[range]:
+    """Consecutive batches whose packing state (``row_state`` bytes per packed row: its id,
+    and with aggregation its float32 accumulator; one chunk buffer) fits ``group_bytes``."""
     out, start, acc = [], 0, 0
     for b, rows in enumerate(batch_packed):
-        size = int(rows) * 8 + chunk_bytes
+        size = int(rows) * row_state + chunk_bytes
         if b > start and acc + size > group_bytes:
             out.append(range(start, b))
             start, acc = b, 0
@@ -155,6 +171,48 @@ class _BatchWriter:
             take, at = take[n:], at + n
 
 
+def _row_state(cfg: PackConfig, dim: int) -> int:
+    """Packing state bytes per packed row (see :func:`_groups`)."""
+    return 8 + (4 * dim if cfg.aggregate is not None else 0)
+
+
+class _Aggregate:
+    """One batch's first-layer aggregates, summed from the raw rows as they pass: the
+    weighted edges of its first block (:func:`~disktrain.kernels.aggregate.first_hop_edges`)
+    by ascending source, written after the batch's own rows once the pass is over."""
+
+    def __init__(self, writer: _BatchWriter, first: int, src: np.ndarray, dst: np.ndarray,
+                 weight: np.ndarray, num_dst: int, dim: int):
+        self.writer, self.first, self.dst, self.weight = writer, first, dst, weight
+        self.src = src
+        """Ascending global source ids; :func:`pack_pass` makes them positions in its pass."""
+        self.sums = np.zeros((num_dst, dim), np.float32)
+        self.done = 0
+
+    @classmethod
+    def of(cls, kind: str, batch: SampledBatch, dataset: Dataset, writer: _BatchWriter,
+           first: int, dim: int) -> _Aggregate:
+        src, dst, num_src, num_dst = batch.blocks[0]
+        nodes = batch.input_nodes[:num_src]
+        degree = dataset.in_degrees(nodes) if kind == "gcn" else None
+        src, dst, weight = first_hop_edges(kind, src, dst, num_dst, degree)
+        order = np.argsort(nodes[src], kind="stable")
+        return cls(writer, first, nodes[src][order], dst[order], weight[order], num_dst, dim)
+
+    def add(self, i: int, j: int, rows: np.ndarray) -> None:
+        """Sum in ``rows``, the raw rows of pass positions ``[i, j)``."""
+        end = int(np.searchsorted(self.src, j))
+        if end > self.done:
+            s = slice(self.done, end)
+            scatter_add_rows(self.sums, rows, self.src[s] - i, self.dst[s], self.weight[s])
+            self.done = end
+
+    def finish(self) -> None:
+        """Write the aggregates (every source summed) as the batch's last packed rows."""
+        sums = self.sums.astype(self.writer.dtype, copy=False)
+        self.writer.write(self.first, sums, np.arange(len(sums)))
+
+
 class GroupPacker:
     """Packs groups of batches into a partial packed store laid out by :func:`pack_dataset`.
 
@@ -180,7 +238,9 @@ class GroupPacker:
         self.batch_packed = small["batch_packed"]
         self.chunk_bytes = self.chunk_rows * self.dim * np.dtype(self.dtype).itemsize
         self.layout = ShardLayout.of(rows, self.partial / "rows")
-        self.groups = _groups(self.batch_packed, self.chunk_bytes, cfg.group_bytes)
+        self.aggregate = cfg.aggregate
+        self.groups = _groups(self.batch_packed, self.chunk_bytes, cfg.group_bytes,
+                              _row_state(cfg, self.dim))
         open_flat_array(self.partial, "slots", ref=ref)  # validates its size
         self._slots_file = chunk_file(self.partial / "slots", 0)
 
@@ -188,23 +248,28 @@ class GroupPacker:
         """Write group ``group``'s chunks and slots, then its ``done`` marker."""
         pack_pass(self.dataset, [(self, group)])
 
-    def open(self, group: int, chunks: ChunkWriter) -> tuple[list, np.ndarray]:
-        """Group ``group``'s slots and its runs ``(writer, first row, ascending node ids)``:
-        the rows each batch packs, to be written through ``chunks``."""
+    def open(self, group: int, chunks: ChunkWriter) -> tuple[list, list, np.ndarray]:
+        """Group ``group``'s runs ``(writer, first row, ascending node ids)`` (the rows each
+        batch packs, to be written through ``chunks``), its aggregates (:class:`_Aggregate`)
+        and its slots."""
         def slots_of(b: int):
             return pack_slots(self.codes, self.samples.input_nodes(b),
-                              self.samples.inner_count(b), self.n_cpu)
+                              self.samples.inner_count(b), self.n_cpu,
+                              last_hop=self.aggregate is None)
 
-        slots, runs = [], []
+        slots, runs, aggs = [], [], []
         with ThreadPoolExecutor(2) as pool:  # NumPy sorts without the GIL
             made = list(pool.map(slots_of, self.groups[group]))
         for b, (s, (outer, inner)) in zip(self.groups[group], made):
             slots.append(s)
             writer = _BatchWriter(chunks, int(self.batch_rows[b]) // self.chunk_rows,
-                                  len(outer) + len(inner), self.chunk_rows, self.dim,
+                                  int(self.batch_packed[b]), self.chunk_rows, self.dim,
                                   self.dtype)
             runs += [(writer, 0, outer), (writer, len(outer), inner)]
-        return runs, np.concatenate(slots)
+            if self.aggregate is not None:
+                aggs.append(_Aggregate.of(self.aggregate, self.samples.batch(b), self.dataset,
+                                          writer, len(outer) + len(inner), self.dim))
+        return runs, aggs, np.concatenate(slots)
 
     def close(self, group: int, slots: np.ndarray) -> None:
         """Write group ``group``'s ``slots`` (its chunks are written), then its marker."""
@@ -223,14 +288,18 @@ def pack_pass(dataset: Dataset, work: list[tuple[GroupPacker, int]]) -> None:
     ascending pass over the raw feature rows any of them needs."""
     finished = []
     with ExitStack() as stack:
-        runs = []  # (writer, first row, ascending ids -> their positions in `needed`)
+        runs, aggs = [], []  # runs: (writer, first row, ascending ids -> positions in `needed`)
         for packer, group in work:
             chunks = stack.enter_context(ChunkWriter(packer.chunk_bytes, packer.layout.place))
-            group_runs, slots = packer.open(group, chunks)
+            group_runs, group_aggs, slots = packer.open(group, chunks)
             runs += group_runs
+            aggs += group_aggs
             finished.append((packer, group, slots))
-        needed, positions = _sorted_unique([ids for _, _, ids in runs], dataset.num_nodes)
+        needed, positions = _sorted_unique([ids for _, _, ids in runs] +
+                                           [a.src for a in aggs], dataset.num_nodes)
         runs = [(writer, first, pos) for (writer, first, _), pos in zip(runs, positions)]
+        for a, pos in zip(aggs, positions[len(runs):]):
+            a.src = pos
         done = np.zeros(len(runs), np.int64)  # rows of each run written so far
 
         def scatter(part: range, i: int, j: int, rows: np.ndarray) -> None:
@@ -240,14 +309,19 @@ def pack_pass(dataset: Dataset, work: list[tuple[GroupPacker, int]]) -> None:
                 if end > done[k]:
                     writer.write(first + int(done[k]), rows, pos[done[k]:end] - i)
                     done[k] = end
+            for a in aggs[part.start // 2:part.stop // 2]:
+                a.add(i, j, rows)
 
-        # two threads gather (NumPy releases the GIL), each for the runs of half the batches
-        half = len(runs) // 4 * 2  # a batch's two runs share chunk buffers: the same half
+        # two threads gather (NumPy and the kernel release the GIL), each for the runs (and
+        # aggregates) of half the batches: a batch's two runs share chunk buffers
+        half = len(runs) // 4 * 2
         parts = (range(half), range(half, len(runs)))
         pool = stack.enter_context(ThreadPoolExecutor(2, thread_name_prefix="pack-gather"))
         for i, j, rows in dataset.iter_sorted(needed):
             for f in [pool.submit(scatter, part, i, j, rows) for part in parts]:
                 f.result()
+        for a in aggs:
+            a.finish()
     for packer, group, slots in finished:
         packer.close(group, slots)
 
@@ -309,6 +383,7 @@ class _Packing:
     pending: list[int]
     n_packed: np.ndarray
     total_padded: int
+    num_slots: int
     distinct: int
     row_bytes: int
     chunk_rows: int
@@ -402,12 +477,16 @@ def _plan(dataset: Dataset, cfg: PackConfig, root: Path,
         old = dict(zarr.open_group(final, mode="r").attrs)
         if old.get("complete") and all(old.get(k) == v for k, v in attrs.items()):
             return None
-    n_input = np.zeros(samples.num_batches, np.int64)
+    n_slots = np.zeros(samples.num_batches, np.int64)  # the rows a batch reads
     n_packed = np.zeros(samples.num_batches, np.int64)
     for b in range(samples.num_batches):
         nodes = samples.input_nodes(b)
-        n_input[b] = len(nodes)
+        if cfg.aggregate is not None:  # its targets' own rows, packed with their aggregates
+            nodes = nodes[:samples.inner_count(b)]
+        n_slots[b] = len(nodes)
         n_packed[b] = np.count_nonzero(codes[nodes] == NOT_CACHED)
+    if cfg.aggregate is not None:
+        n_packed += n_slots
     distinct = int(np.count_nonzero(codes[counts > 0] == NOT_CACHED))
     padded = -(-n_packed // chunk_rows) * chunk_rows
     total_padded = int(padded.sum())
@@ -426,10 +505,10 @@ def _plan(dataset: Dataset, cfg: PackConfig, root: Path,
             zarr.open_group(partial, mode="r").attrs.get(k) == v for k, v in attrs.items())):
         shutil.rmtree(partial)
     slot_offsets = np.zeros(samples.num_batches + 1, np.int64)
-    np.cumsum(n_input, out=slot_offsets[1:])
+    np.cumsum(n_slots, out=slot_offsets[1:])
     batch_rows = np.zeros(samples.num_batches + 1, np.int64)
     np.cumsum(padded, out=batch_rows[1:])
-    groups = _groups(n_packed, chunk_rows * row_bytes, cfg.group_bytes)
+    groups = _groups(n_packed, chunk_rows * row_bytes, cfg.group_bytes, _row_state(cfg, dim))
     pending = [g for g in range(len(groups)) if not (partial / "done" / group_name(g)).exists()]
     if not partial.exists():  # (a resumed run's files are laid out, their blocks reserved)
         need = packed_store_bytes(padded_rows=total_padded, row_bytes=row_bytes,
@@ -443,7 +522,8 @@ def _plan(dataset: Dataset, cfg: PackConfig, root: Path,
                      n_packed, slot_offsets, tiers_from)
     store_id = str(zarr.open_group(partial, mode="r").attrs["store_id"])
     return _Packing(root=root, partial=partial, attrs=attrs, groups=groups, pending=pending,
-                    n_packed=n_packed, total_padded=total_padded, distinct=distinct,
+                    n_packed=n_packed, total_padded=total_padded,
+                    num_slots=int(slot_offsets[-1]), distinct=distinct,
                     row_bytes=row_bytes, chunk_rows=chunk_rows,
                     tiers=tiers_from or TierSource(partial, tiers.gpu_nodes, tiers.cpu_nodes,
                                                    store_id))
@@ -462,6 +542,7 @@ def _finish(job: _Packing) -> None:
         "complete": True,
         "packed_rows": int(job.n_packed.sum()),
         "padded_rows": job.total_padded,
+        "num_slots": job.num_slots,
         "distinct_packed_rows": job.distinct,
         "duplication_factor": float(job.n_packed.sum() / max(1, job.distinct)),
         "packed_bytes": job.total_padded * job.row_bytes,

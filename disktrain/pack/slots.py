@@ -44,16 +44,18 @@ def gpu_code(slot: np.ndarray) -> np.ndarray:
     return -1 - slot
 
 
-def pack_slots(codes: np.ndarray, nodes: np.ndarray, inner: int,
-               n_cpu: int) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray]]:
+def pack_slots(codes: np.ndarray, nodes: np.ndarray, inner: int, n_cpu: int,
+               last_hop: bool = True) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray]]:
     """Slot codes of a batch's input rows ``nodes`` (the first ``inner`` of them inner), and
     the node ids it packs as two ascending runs (last-hop-only, then inner).
 
     ``codes``: every node's tier code (:meth:`disktrain.pack.tiers.Tiers.codes`);
-    ``n_cpu``: rows of the CPU cache.
+    ``n_cpu``: rows of the CPU cache. Without ``last_hop`` (the first hop aggregated at pack
+    time) the batch reads only its inner rows: slots of those, the first run empty.
     """
     if not 0 <= inner <= len(nodes):
         raise ValueError(f"inner must be in [0, {len(nodes)}], got {inner}")
+    nodes = nodes if last_hop else nodes[:inner]
     slots = codes[nodes]
     runs = []
     for lo, hi in ((inner, len(nodes)), (0, inner)):

@@ -11,8 +11,11 @@ Layout (a Zarr v3 group at ``DATASET/packed``)::
                     every batch starts on a chunk boundary, so one batch = whole chunks
     batch_rows      int64 (B+1,) first packed row of each batch (chunk-aligned)
     batch_packed    int64 (B,)   real (unpadded) packed rows of each batch
-    slots           int64        per input row of every batch: -1-s = GPU cache row s,
-                                 s < n_cpu = CPU cache row s, else packed row s - n_cpu
+    slots           int64        per input row of every batch (with the first hop
+                                 aggregated: per first-layer target): -1-s = GPU cache row
+                                 s, s < n_cpu = CPU cache row s, else packed row s - n_cpu;
+                                 an aggregating store packs a batch's targets' own rows,
+                                 then their aggregates (``pack_config.aggregate_first_hop``)
     slot_offsets    int64 (B+1,)
     cache_rows      (n_gpu + n_cpu, F) the cached rows: GPU tier first, then CPU tier
     gpu_nodes, cpu_nodes   node ids of the cache rows
@@ -51,11 +54,11 @@ PACKED = StoreSchema((
     ArraySpec("batch_packed", ("num_batches",), "int64", batches="each"),
     ArraySpec("rows", ("padded_rows", "feature_dim"), "feature_dtype", SHARDS,
               batches="batch_rows"),
-    ArraySpec("slots", ("num_input_nodes",), "int64", mapped=True, batches="slot_offsets"),
+    ArraySpec("slots", ("num_slots",), "int64", mapped=True, batches="slot_offsets"),
     ArraySpec("cache_rows", ("num_cache_rows", "feature_dim"), "feature_dtype", mapped=True),
     ArraySpec("gpu_nodes", ("n_gpu",), "int64"), ArraySpec("cpu_nodes", ("n_cpu",), "int64")))
-"""The store's arrays, sized by its attributes, its sample store's (``num_batches``,
-``num_input_nodes``) and its dataset's (``feature_dim``, ``feature_dtype``);
+"""The store's arrays, sized by its attributes (``num_slots``: the rows its batches read), its
+sample store's (``num_batches``) and its dataset's (``feature_dim``, ``feature_dtype``);
 ``num_cache_rows``: ``n_gpu + n_cpu``."""
 
 
@@ -75,6 +78,8 @@ class PackedSource(Protocol):
     n_gpu: int
     n_cpu: int
     tiers_id: str
+    aggregate: str | None
+    """The first-hop aggregation its batches carry (None: none)."""
     chunk_rows: int
     chunk_stride: int
     """Bytes a read of one packed chunk takes from storage."""
@@ -117,6 +122,9 @@ class PackedStore:
         self.store_id = str(self.attrs["store_id"])
         self.tiers_id = str(self.attrs.get("tiers_from") or self.store_id)
         """Stores with the same ``tiers_id`` have the same cache rows."""
+        aggregate = self.attrs["pack_config"].get("aggregate_first_hop", "off")
+        self.aggregate = None if aggregate == "off" else aggregate
+        """The first-hop aggregation packed (``PackConfig.aggregate``; None: off)."""
         small = {name: read_small_array(self.path, name, self.ref)
                  for name in PACKED.read_whole}
         self.batch_rows = small["batch_rows"]
@@ -152,6 +160,8 @@ class PackedStore:
                 f"{ids[1]!r}, but sample store {samples} is {attrs.get('store_id')!r} of "
                 f"dataset {attrs.get('dataset_id')!r}; {self.ref.rerun}")
         batches, inputs = int(attrs["num_batches"]), int(attrs.get("num_input_nodes", -1))
+        if self.aggregate is not None:  # its batches read their first-layer targets' rows only
+            inputs = int(self.slot_offsets[-1])
         if (self.num_batches, int(self.slot_offsets[-1])) != (batches, inputs):
             raise DataError(
                 f"packed store {self.path} holds {self.num_batches} batches of "
@@ -217,7 +227,7 @@ def packed_store_bytes(*, padded_rows: int, row_bytes: int, chunk_rows: int, sha
     chunks of ``chunk_rows``, in shard files of about ``shard_bytes``, the slots, the cache
     rows and the per-batch offsets. For a resumed run pass zeros (its files are laid out,
     their blocks reserved)."""
-    dims = {"num_batches": num_batches, "num_input_nodes": num_slots, "padded_rows": padded_rows,
+    dims = {"num_batches": num_batches, "num_slots": num_slots, "padded_rows": padded_rows,
             "feature_dim": row_bytes, "feature_dtype": "u1",  # a row: row_bytes bytes
             "num_cache_rows": num_cache_rows,  # either tier: at most all the cache rows
             "n_gpu": num_cache_rows, "n_cpu": num_cache_rows}
