@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import os
 import sys
@@ -140,9 +141,10 @@ def _config(cls, args: argparse.Namespace, prefix: str = ""):
         raise ConfigError(str(e)) from e
 
 
-def _one_config(cls) -> Callable[[argparse.Namespace], dict]:
-    """The ``configs`` of a command whose options all build one config, ``cls``."""
-    return lambda args: {"": _config(cls, args)}
+def _configs_of(classes: dict[str, type]) -> Callable[[argparse.Namespace], dict]:
+    """The ``configs`` of a command whose options build ``classes`` (dest prefix -> config
+    dataclass)."""
+    return lambda args: {prefix: _config(cls, args, prefix) for prefix, cls in classes.items()}
 
 
 def configs(args: argparse.Namespace) -> dict[str, object]:
@@ -238,7 +240,7 @@ def _add_progress(parser: argparse.ArgumentParser, cls=None) -> None:
 def _ingest_options(p: argparse.ArgumentParser) -> None:
     from disktrain.ingest.inputs import IngestConfig as C
 
-    p.set_defaults(func=_run_ingest, configs=_one_config(C))
+    p.set_defaults(func=_run_ingest, configs=_configs_of({"": C}))
     source = p.add_mutually_exclusive_group(required=True)
     _option(source, "--edges", C, "edges", type=Path, metavar="PATH",
             help="edge list: .parquet file or directory, .csv/.tsv[.gz], or (E, 2) .npy")
@@ -293,7 +295,7 @@ def _synth_options(p: argparse.ArgumentParser) -> None:
     from disktrain.ingest.synth import FEATURE_DTYPES
     from disktrain.ingest.synth import SynthConfig as C
 
-    p.set_defaults(func=_run_synth, configs=_one_config(C))
+    p.set_defaults(func=_run_synth, configs=_configs_of({"": C}))
     _option(p, "--out", C, "out", type=Path, required=True, metavar="DIR",
             help="dataset directory to create")
     _option(p, "--nodes", C, "num_nodes", type=int, required=True, metavar="N",
@@ -401,7 +403,7 @@ def _prepare_options(p: argparse.ArgumentParser) -> None:
     from disktrain.pack import PackConfig as P
     from disktrain.sample import SampleConfig as S
 
-    p.set_defaults(func=_run_prepare, configs=_prepare_configs)
+    p.set_defaults(func=_run_prepare, configs=_configs_of({"sample.": S, "pack.": P}))
     p.add_argument("dataset", type=Path, metavar="DATASET", help="dataset directory")
     fanouts = ",".join(map(str, _default(S, "fanouts")))
     _option(p, "--fanouts", S, "fanouts", "sample.", type=parse_fanouts, metavar="F1,F2,..",
@@ -438,14 +440,6 @@ def _prepare_options(p: argparse.ArgumentParser) -> None:
     _add_progress(p)
 
 
-def _prepare_configs(args: argparse.Namespace) -> dict:
-    from disktrain.pack import PackConfig
-    from disktrain.sample import SampleConfig
-
-    return {"sample.": _config(SampleConfig, args, "sample."),
-            "pack.": _config(PackConfig, args, "pack.")}
-
-
 def _run_prepare(args: argparse.Namespace) -> None:
     from disktrain.pack.prepare import prepare_dataset
     from disktrain.sample import SampleStore
@@ -454,18 +448,13 @@ def _run_prepare(args: argparse.Namespace) -> None:
     sample_cfg, pack_cfg = built["sample."], built["pack."]
     if args.eval_batch_size is not None and args.eval_batch_size < 1:
         raise ConfigError(f"--eval-batch-size must be >= 1, got {args.eval_batch_size}")
+    prepare = prepare_dataset
     if args.ray_address:
         from disktrain.cluster.ray_prepare import prepare_on_ray
 
-        packed, evaluation = prepare_on_ray(args.dataset, sample_cfg, pack_cfg,
-                                            args.ray_address, progress=args.progress,
-                                            evaluation=args.evaluation,
-                                            eval_batch_size=args.eval_batch_size)
-    else:
-        packed, evaluation = prepare_dataset(args.dataset, sample_cfg, pack_cfg,
-                                             evaluation=args.evaluation,
-                                             eval_batch_size=args.eval_batch_size,
-                                             progress=args.progress)
+        prepare = functools.partial(prepare_on_ray, address=args.ray_address)
+    packed, evaluation = prepare(args.dataset, sample_cfg, pack_cfg, evaluation=args.evaluation,
+                                 eval_batch_size=args.eval_batch_size, progress=args.progress)
     # the stores just made (opening the packed store again would re-check all of `slots`)
     print(json.dumps({"samples": SampleStore(args.dataset).info(), "packed": packed.info(),
                       "eval": {split: store.info() for split, store in evaluation.items()}}))
@@ -656,7 +645,7 @@ def _close_process_group() -> None:
 def _demo_options(p: argparse.ArgumentParser) -> None:
     from disktrain.demo import DemoConfig as C
 
-    p.set_defaults(func=_run_demo, configs=_one_config(C))
+    p.set_defaults(func=_run_demo, configs=_configs_of({"": C}))
     _option(p, "--out", C, "out", type=Path, metavar="DIR",
             help="keep the dataset here (default: a temporary directory, deleted)")
     _option(p, "--nodes", C, "num_nodes", type=int,
