@@ -1,4 +1,4 @@
-"""User-facing errors."""
+"""User-facing errors, and the lower-bound check that configs share (:func:`check_min`)."""
 
 
 class DataError(ValueError):
