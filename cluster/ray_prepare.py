@@ -18,6 +18,7 @@ from __future__ import annotations
 from functools import partial
 from pathlib import Path
 
+import numpy as np
 from tqdm.auto import tqdm
 
 from disktrain.pack import PackConfig, PackedStore, pack_dataset
@@ -62,14 +63,8 @@ def prepare_on_ray(dataset_path: str | Path, sample_cfg: SampleConfig,
 
 def split_runs(groups: list[int], num_tasks: int) -> list[list[int]]:
     """``groups`` in at most ``num_tasks`` contiguous runs whose sizes differ by at most 1."""
-    num_tasks = max(1, min(num_tasks, len(groups)))
-    size, extra = divmod(len(groups), num_tasks)
-    runs, at = [], 0
-    for t in range(num_tasks):
-        n = size + (t < extra)
-        runs.append(groups[at:at + n])
-        at += n
-    return [r for r in runs if r]
+    runs = np.array_split(np.asarray(groups, np.int64), max(1, min(num_tasks, len(groups))))
+    return [run.tolist() for run in runs if len(run)]
 
 
 def _run(task_fn, what: str, progress: bool, dataset_path: Path, cfg, groups: list[int],

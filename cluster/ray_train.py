@@ -29,6 +29,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from disktrain.errors import check_min
 from disktrain.train.checkpoint import CheckpointWriter, checkpoint_files, read_newest
 from disktrain.train.config import TrainConfig
 
@@ -57,13 +58,9 @@ class RayTrainConfig:
     (default: DATASET/ray_results, as the dataset is on shared storage)."""
 
     def __post_init__(self):
-        if self.workers < 1:
-            raise ValueError(f"workers must be >= 1, got {self.workers}")
-        for name in ("gpus_per_worker", "cpus_per_worker"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
-        if self.max_failures < -1:
-            raise ValueError(f"max_failures must be >= -1, got {self.max_failures}")
+        check_min(self, 1, "workers")
+        check_min(self, 0, "gpus_per_worker", "cpus_per_worker")
+        check_min(self, -1, "max_failures")
 
 
 def fit_on_ray(train_cfg: TrainConfig, ray_cfg: RayTrainConfig,

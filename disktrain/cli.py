@@ -1,8 +1,8 @@
 """The ``disktrain`` command line.
 
-Each subcommand is one ``_add_<name>(subparsers)`` function that declares it and sets
-``func``, its handler; the subcommands that build configs declare their options in
-``_<name>_options(parser)``. Each such option is a field of a config dataclass, declared with
+Each subcommand is one ``_<name>_options(parser)`` function, registered with its help texts
+by :func:`_command`, that declares its options and sets ``func``, its handler. Each option of
+a command that builds configs is a field of a config dataclass, declared with
 :func:`_option`: its ``dest`` is the field's path (``"model.hidden"``: field ``hidden`` of
 TrainConfig's ``model`` component) and its default is the field's own, so each default and
 each list of choices is defined once, next to the code it configures. ``configs(args)``
@@ -23,9 +23,11 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from disktrain.errors import ConfigError, DataError, NonFiniteError
@@ -61,11 +63,25 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
         prog="disktrain", description="Out-of-core GNN training: datasets on disk, "
         "offline sampling, packed features, pipelined reads.")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for name, (add, options) in _COMMANDS.items():
-        sub = add(subparsers)
-        if options is not None and command in (None, name):
+    for name, (texts, options) in _COMMANDS.items():
+        sub = subparsers.add_parser(name, **texts)
+        if command in (None, name):
             options(sub)
     return parser
+
+
+_COMMANDS: dict[str, tuple[dict[str, str], Callable[[argparse.ArgumentParser], None]]] = {}
+"""Subcommand -> (its ``help`` and ``description``, the function declaring its options), in
+help order."""
+
+
+def _command(name: str, **texts: str):
+    """Register the decorated function as the one declaring the options of subcommand
+    ``name``, whose ``help`` and ``description`` are ``texts``."""
+    def register(options):
+        _COMMANDS[name] = (texts, options)
+        return options
+    return register
 
 
 def _field_default(cls, name: str):
@@ -123,6 +139,12 @@ def _config(cls, args: argparse.Namespace, prefix: str = ""):
         return _build(cls, vars(args), prefix)
     except ValueError as e:
         raise ConfigError(str(e)) from e
+
+
+def _configs_of(classes: dict[str, type]) -> Callable[[argparse.Namespace], dict]:
+    """The ``configs`` of a command whose options build ``classes`` (dest prefix -> config
+    dataclass)."""
+    return lambda args: {prefix: _config(cls, args, prefix) for prefix, cls in classes.items()}
 
 
 def configs(args: argparse.Namespace) -> dict[str, object]:
@@ -209,21 +231,16 @@ def _add_progress(parser: argparse.ArgumentParser, cls=None) -> None:
 
 # ingest
 
-def _add_ingest(subparsers) -> argparse.ArgumentParser:
-    p = subparsers.add_parser(
-        "ingest", help="validate an edge list (+ features, labels, splits) or an OGB "
-        "dataset into a dataset",
-        description="Validate an edge list (Parquet file or directory, CSV, or an (E, 2) "
-        ".npy) and optional features, labels and splits, or an OGB node property prediction "
-        "dataset (--ogb), and write a dataset directory (see docs/FORMAT.md). The CSR is over "
-        "in-neighbors: row = dst, indices = src.")
-    p.set_defaults(func=_run_ingest, configs=_ingest_configs)
-    return p
-
-
+@_command("ingest", help="validate an edge list (+ features, labels, splits) or an OGB "
+          "dataset into a dataset",
+          description="Validate an edge list (Parquet file or directory, CSV, or an (E, 2) "
+          ".npy) and optional features, labels and splits, or an OGB node property prediction "
+          "dataset (--ogb), and write a dataset directory (see docs/FORMAT.md). The CSR is over "
+          "in-neighbors: row = dst, indices = src.")
 def _ingest_options(p: argparse.ArgumentParser) -> None:
     from disktrain.ingest.inputs import IngestConfig as C
 
+    p.set_defaults(func=_run_ingest, configs=_configs_of({"": C}))
     source = p.add_mutually_exclusive_group(required=True)
     _option(source, "--edges", C, "edges", type=Path, metavar="PATH",
             help="edge list: .parquet file or directory, .csv/.tsv[.gz], or (E, 2) .npy")
@@ -263,35 +280,22 @@ def _ingest_options(p: argparse.ArgumentParser) -> None:
     _add_progress(p, C)
 
 
-def _ingest_configs(args: argparse.Namespace) -> dict:
-    from disktrain.ingest.inputs import IngestConfig
-
-    return {"": _config(IngestConfig, args)}
-
-
-def _run_ingest(args: argparse.Namespace) -> int:
+def _run_ingest(args: argparse.Namespace) -> None:
     from disktrain.ingest import ingest
 
-    out = ingest(configs(args)[""])
-    _print_summary(out)
-    return 0
+    _print_summary(ingest(configs(args)[""]))
 
 
 # synth
 
-def _add_synth(subparsers) -> argparse.ArgumentParser:
-    p = subparsers.add_parser(
-        "synth", help="generate a synthetic dataset (R-MAT graph, planted classes)",
-        description="Generate a synthetic dataset: an R-MAT graph with planted homophilous "
-        "classes, noisy class-centroid features and train/val/test splits.")
-    p.set_defaults(func=_run_synth, configs=_synth_configs)
-    return p
-
-
+@_command("synth", help="generate a synthetic dataset (R-MAT graph, planted classes)",
+          description="Generate a synthetic dataset: an R-MAT graph with planted homophilous "
+          "classes, noisy class-centroid features and train/val/test splits.")
 def _synth_options(p: argparse.ArgumentParser) -> None:
     from disktrain.ingest.synth import FEATURE_DTYPES
     from disktrain.ingest.synth import SynthConfig as C
 
+    p.set_defaults(func=_run_synth, configs=_configs_of({"": C}))
     _option(p, "--out", C, "out", type=Path, required=True, metavar="DIR",
             help="dataset directory to create")
     _option(p, "--nodes", C, "num_nodes", type=int, required=True, metavar="N",
@@ -314,29 +318,20 @@ def _synth_options(p: argparse.ArgumentParser) -> None:
     _add_progress(p, C)
 
 
-def _synth_configs(args: argparse.Namespace) -> dict:
-    from disktrain.ingest.synth import SynthConfig
-
-    return {"": _config(SynthConfig, args)}
-
-
-def _run_synth(args: argparse.Namespace) -> int:
+def _run_synth(args: argparse.Namespace) -> None:
     from disktrain.ingest.synth import synthesize
 
-    out = synthesize(configs(args)[""])
-    _print_summary(out)
-    return 0
+    _print_summary(synthesize(configs(args)[""]))
 
 
 # info
 
-def _add_info(subparsers) -> argparse.ArgumentParser:
-    p = subparsers.add_parser("info", help="print a dataset's attributes",
-                              description="Print a dataset's attributes and arrays.")
+@_command("info", help="print a dataset's attributes",
+          description="Print a dataset's attributes and arrays.")
+def _info_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("path", type=Path, metavar="DIR", help="dataset directory")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=_run_info)
-    return p
 
 
 def dataset_info(path: str | Path) -> dict:
@@ -352,13 +347,12 @@ def dataset_info(path: str | Path) -> dict:
     return info
 
 
-def _run_info(args: argparse.Namespace) -> int:
+def _run_info(args: argparse.Namespace) -> None:
     info = dataset_info(args.path)
     if args.json:
         print(json.dumps(info))
     else:
         _print_tree(info)
-    return 0
 
 
 def _print_tree(value: dict, indent: int = 0) -> None:
@@ -379,18 +373,16 @@ def _print_summary(path: Path) -> None:
 
 # verify
 
-def _add_verify(subparsers) -> argparse.ArgumentParser:
-    p = subparsers.add_parser(
-        "verify", help="check every stored byte of a dataset and its prepared stores",
-        description="Check every chunk file of every array of a dataset and of its sample "
-        "and packed stores (present, full size, crc32c), and that the stores were made from "
-        "this dataset and from each other. Names each bad array, chunk file and batch, and "
-        "the step to rerun. Exit status 0: clean; 1: damage found; 2: not a dataset.")
+@_command("verify", help="check every stored byte of a dataset and its prepared stores",
+          description="Check every chunk file of every array of a dataset and of its sample "
+          "and packed stores (present, full size, crc32c), and that the stores were made from "
+          "this dataset and from each other. Names each bad array, chunk file and batch, and "
+          "the step to rerun. Exit status 0: clean; 1: damage found; 2: not a dataset.")
+def _verify_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("path", type=Path, metavar="DIR", help="dataset directory")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     _add_progress(p)
     p.set_defaults(func=_run_verify)
-    return p
 
 
 def _run_verify(args: argparse.Namespace) -> int:
@@ -403,20 +395,15 @@ def _run_verify(args: argparse.Namespace) -> int:
 
 # prepare
 
-def _add_prepare(subparsers) -> argparse.ArgumentParser:
-    p = subparsers.add_parser(
-        "prepare", help="pre-sample every batch and pack its features",
-        description="Offline neighbor sampling of every mini-batch of every epoch "
-        "(DATASET/samples), then tiering and packing of the features each batch reads "
-        "(DATASET/packed). Resumes an interrupted run with the same settings.")
-    p.set_defaults(func=_run_prepare, configs=_prepare_configs)
-    return p
-
-
+@_command("prepare", help="pre-sample every batch and pack its features",
+          description="Offline neighbor sampling of every mini-batch of every epoch "
+          "(DATASET/samples), then tiering and packing of the features each batch reads "
+          "(DATASET/packed). Resumes an interrupted run with the same settings.")
 def _prepare_options(p: argparse.ArgumentParser) -> None:
     from disktrain.pack import PackConfig as P
     from disktrain.sample import SampleConfig as S
 
+    p.set_defaults(func=_run_prepare, configs=_configs_of({"sample.": S, "pack.": P}))
     p.add_argument("dataset", type=Path, metavar="DATASET", help="dataset directory")
     fanouts = ",".join(map(str, _default(S, "fanouts")))
     _option(p, "--fanouts", S, "fanouts", "sample.", type=parse_fanouts, metavar="F1,F2,..",
@@ -453,15 +440,7 @@ def _prepare_options(p: argparse.ArgumentParser) -> None:
     _add_progress(p)
 
 
-def _prepare_configs(args: argparse.Namespace) -> dict:
-    from disktrain.pack import PackConfig
-    from disktrain.sample import SampleConfig
-
-    return {"sample.": _config(SampleConfig, args, "sample."),
-            "pack.": _config(PackConfig, args, "pack.")}
-
-
-def _run_prepare(args: argparse.Namespace) -> int:
+def _run_prepare(args: argparse.Namespace) -> None:
     from disktrain.pack.prepare import prepare_dataset
     from disktrain.sample import SampleStore
 
@@ -469,37 +448,25 @@ def _run_prepare(args: argparse.Namespace) -> int:
     sample_cfg, pack_cfg = built["sample."], built["pack."]
     if args.eval_batch_size is not None and args.eval_batch_size < 1:
         raise ConfigError(f"--eval-batch-size must be >= 1, got {args.eval_batch_size}")
+    prepare = prepare_dataset
     if args.ray_address:
         from disktrain.cluster.ray_prepare import prepare_on_ray
 
-        packed, evaluation = prepare_on_ray(args.dataset, sample_cfg, pack_cfg,
-                                            args.ray_address, progress=args.progress,
-                                            evaluation=args.evaluation,
-                                            eval_batch_size=args.eval_batch_size)
-    else:
-        packed, evaluation = prepare_dataset(args.dataset, sample_cfg, pack_cfg,
-                                             evaluation=args.evaluation,
-                                             eval_batch_size=args.eval_batch_size,
-                                             progress=args.progress)
+        prepare = functools.partial(prepare_on_ray, address=args.ray_address)
+    packed, evaluation = prepare(args.dataset, sample_cfg, pack_cfg, evaluation=args.evaluation,
+                                 eval_batch_size=args.eval_batch_size, progress=args.progress)
     # the stores just made (opening the packed store again would re-check all of `slots`)
     print(json.dumps({"samples": SampleStore(args.dataset).info(), "packed": packed.info(),
                       "eval": {split: store.info() for split, store in evaluation.items()}}))
-    return 0
 
 
 # train
 
-def _add_train(subparsers) -> argparse.ArgumentParser:
-    p = subparsers.add_parser(
-        "train", help="train a GNN on a prepared dataset",
-        description="Train on the pre-sampled, packed batches of a prepared dataset through "
-        "the staged read -> assemble -> copy -> compute pipeline. Runs alone, under torchrun "
-        "(RANK/LOCAL_RANK/WORLD_SIZE), or on Ray Train with --workers. The last line of "
-        "standard output is one JSON object (epochs, val_acc, test_acc, epoch_time_s, ...).")
-    p.set_defaults(func=_run_train, configs=_train_configs)
-    return p
-
-
+@_command("train", help="train a GNN on a prepared dataset",
+          description="Train on the pre-sampled, packed batches of a prepared dataset through "
+          "the staged read -> assemble -> copy -> compute pipeline. Runs alone, under torchrun "
+          "(RANK/LOCAL_RANK/WORLD_SIZE), or on Ray Train with --workers. The last line of "
+          "standard output is one JSON object (epochs, val_acc, test_acc, epoch_time_s, ...).")
 def _train_options(p: argparse.ArgumentParser) -> None:
     from disktrain.cluster.ray_train import RayTrainConfig as R
     from disktrain.loader.loader import PLAN_REUSE
@@ -510,6 +477,7 @@ def _train_options(p: argparse.ArgumentParser) -> None:
     from disktrain.train.config import TrainConfig as T
     from disktrain.train.evaluate import EVAL_MODES
 
+    p.set_defaults(func=_run_train, configs=_train_configs)
     p.add_argument("dataset", type=str, metavar="DATASET", help="prepared dataset directory")
     _option(p, "--model", T, "model.model", choices=MODELS,
             help="the node classifier; mlp: a features-only baseline (default: %(default)s)")
@@ -639,7 +607,7 @@ def _train_configs(args: argparse.Namespace) -> dict:
     return {"": _config(TrainConfig, rest), "ray.": _config(RayTrainConfig, args, "ray.")}
 
 
-def _run_train(args: argparse.Namespace) -> int:
+def _run_train(args: argparse.Namespace) -> None:
     from disktrain.train import train
 
     built = configs(args)
@@ -657,7 +625,6 @@ def _run_train(args: argparse.Namespace) -> int:
         _close_process_group()
     if int(os.environ.get("RANK", "0")) == 0:
         print(json.dumps(result))
-    return 0
 
 
 def _close_process_group() -> None:
@@ -672,18 +639,13 @@ def _close_process_group() -> None:
 
 # demo
 
-def _add_demo(subparsers) -> argparse.ArgumentParser:
-    p = subparsers.add_parser(
-        "demo", help="the whole path on a small built-in synthetic graph",
-        description="Generate a small synthetic graph, prepare it (offline sampling and "
-        "packing) and train GraphSAGE and a features-only MLP on it; report both.")
-    p.set_defaults(func=_run_demo, configs=_demo_configs)
-    return p
-
-
+@_command("demo", help="the whole path on a small built-in synthetic graph",
+          description="Generate a small synthetic graph, prepare it (offline sampling and "
+          "packing) and train GraphSAGE and a features-only MLP on it; report both.")
 def _demo_options(p: argparse.ArgumentParser) -> None:
     from disktrain.demo import DemoConfig as C
 
+    p.set_defaults(func=_run_demo, configs=_configs_of({"": C}))
     _option(p, "--out", C, "out", type=Path, metavar="DIR",
             help="keep the dataset here (default: a temporary directory, deleted)")
     _option(p, "--nodes", C, "num_nodes", type=int,
@@ -693,21 +655,7 @@ def _demo_options(p: argparse.ArgumentParser) -> None:
     _add_progress(p, C)
 
 
-def _demo_configs(args: argparse.Namespace) -> dict:
-    from disktrain.demo import DemoConfig
-
-    return {"": _config(DemoConfig, args)}
-
-
-def _run_demo(args: argparse.Namespace) -> int:
+def _run_demo(args: argparse.Namespace) -> None:
     from disktrain.demo import run_demo
 
     print(json.dumps(run_demo(configs(args)[""])))
-    return 0
-
-
-_COMMANDS = {"ingest": (_add_ingest, _ingest_options), "synth": (_add_synth, _synth_options),
-             "info": (_add_info, None), "verify": (_add_verify, None),
-             "prepare": (_add_prepare, _prepare_options), "train": (_add_train, _train_options),
-             "demo": (_add_demo, _demo_options)}
-"""Subcommand -> (declares it, declares its options (None: in the first)), in help order."""

@@ -1,4 +1,4 @@
-"""User-facing errors."""
+"""User-facing errors, and the lower-bound check that configs share (:func:`check_min`)."""
 
 
 class DataError(ValueError):
@@ -22,6 +22,14 @@ class ConfigError(ValueError):
 
 class CheckpointError(DataError):
     """A checkpoint that cannot be loaded or resumed from: the message names the file and why."""
+
+
+def check_min(cfg, low: int, *names: str, owner: str = "") -> None:
+    """ValueError naming the first of the fields ``names`` of ``cfg`` below ``low`` (after
+    ``owner``, e.g. ``"TrainConfig."``) and its value."""
+    for name in names:
+        if (value := getattr(cfg, name)) < low:
+            raise ValueError(f"{owner}{name} must be >= {low}, got {value}")
 
 
 class NonFiniteError(ArithmeticError):

@@ -24,11 +24,8 @@ import math
 import numpy as np
 from numba import config, cuda
 
-_BITS = {
-    np.dtype(np.float16): np.uint16,
-    np.dtype(np.float32): np.uint32,
-    np.dtype(np.float64): np.uint64,
-}
+from .gather import BITS
+
 _WORDS = {2: np.uint16, 4: np.uint32, 8: np.uint64}
 """Lane width in bytes -> the word moved per lane (16 bytes: four uint32, one vector)."""
 _BLOCK = 256
@@ -201,7 +198,7 @@ def scatter_gather_host(out: np.ndarray, gpu_cache: np.ndarray, gpu_pos: np.ndar
         if idx.size and (idx.min() < 0 or idx.max() >= bound):
             bad = int(np.flatnonzero((idx < 0) | (idx >= bound))[0])
             raise ValueError(f"{name}[{bad}] = {int(idx[bad])} is out of range [0, {bound})")
-    bits = _BITS[np.dtype(out.dtype)]
+    bits = BITS[np.dtype(out.dtype)]
     dst = out.view(bits)
     dst[gpu_pos] = gpu_cache.view(bits)[gpu_slot]
 
@@ -275,7 +272,7 @@ def _check_all(out, gpu_cache, gpu_pos, gpu_slot) -> None:
 
 
 def _check_rows(name: str, arr, out) -> None:
-    if arr.ndim != 2 or np.dtype(arr.dtype) not in _BITS:
+    if arr.ndim != 2 or np.dtype(arr.dtype) not in BITS:
         raise ValueError(
             f"{name} must be a 2-D float16/float32/float64 array, got "
             f"{arr.dtype}{list(arr.shape)}"

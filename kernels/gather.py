@@ -15,12 +15,13 @@ width, so float16 (which Numba's CPU target cannot type) works and NaN payloads 
 import numba as nb
 import numpy as np
 
-# Feature dtypes the kernels accept, mapped to the unsigned type used to move their bits.
-_BITS = {
+BITS = {
     np.dtype(np.float16): np.uint16,
     np.dtype(np.float32): np.uint32,
     np.dtype(np.float64): np.uint64,
 }
+"""Feature dtypes the kernels (these and the CUDA ones) accept, mapped to the unsigned type
+used to move their bits."""
 
 
 @nb.njit(parallel=True, nogil=True, cache=True)
@@ -59,14 +60,14 @@ def gather_rows(out: np.ndarray, cpu_cache: np.ndarray, packed: np.ndarray,
 def _check_rows(name: str, arr: np.ndarray, out: np.ndarray) -> type:
     if not isinstance(arr, np.ndarray) or arr.ndim != 2:
         raise ValueError(f"{name} must be a 2-D numpy array, got {_describe(arr)}")
-    if arr.dtype not in _BITS:
+    if arr.dtype not in BITS:
         raise ValueError(f"{name} dtype must be one of float16/float32/float64, got {arr.dtype}")
     if arr.dtype != out.dtype or arr.shape[1] != out.shape[1]:
         raise ValueError(
             f"{name} must match out's dtype and width {out.dtype}[*, {out.shape[1]}], "
             f"got {arr.dtype}{list(arr.shape)}"
         )
-    return _BITS[arr.dtype]
+    return BITS[arr.dtype]
 
 
 def _check_index(name: str, idx: np.ndarray, out: np.ndarray, num_rows: int) -> None:

@@ -103,7 +103,9 @@ def read_ogb(cfg: IngestConfig) -> Inputs:
     if (raw / "node-feat.csv.gz").exists():
         features = csv_features(raw / "node-feat.csv.gz", num_nodes, origin)
     labels_path = raw / "node-label.csv.gz"
-    labels = _read_labels(labels_path, num_nodes, origin)
+    labels = check_labels(labels_path, _read_column(
+        labels_path, "class id per node",
+        "multi-task labels, as ogbn-proteins', are not supported"), num_nodes, origin)
     split_dir = _split_dir(root, cfg.ogb_split)
     split_paths = {name: split_dir / file for name, file in OGB_SPLIT_FILES.items()}
     splits = check_splits({name: (path, _read_column(path, f"{name} node id"))
@@ -287,12 +289,6 @@ def _read_count(path: Path, what: str, allow_zero: bool = False) -> int:
     if counts[0] < (0 if allow_zero else 1):
         raise DataError(f"{path}: row 0: {what} count {int(counts[0])} is not positive")
     return int(counts[0])
-
-
-def _read_labels(path: Path, num_nodes: int, origin: str) -> np.ndarray:
-    labels = _read_column(path, "class id per node",
-                          "multi-task labels, as ogbn-proteins', are not supported")
-    return check_labels(path, labels, num_nodes, origin)
 
 
 def csv_features(path: Path, num_nodes: int, origin: str = "") -> FeatureSource:

@@ -23,7 +23,7 @@ import pyarrow.compute as pc
 import zarr
 from tqdm.auto import tqdm
 
-from disktrain.errors import DataError
+from disktrain.errors import DataError, check_min
 from disktrain.ingest.csr import CSRConfig, EdgeChunks, build_csr, spill_bytes
 from disktrain.ingest.edges import (
     PARQUET_SUFFIXES,
@@ -101,8 +101,7 @@ class IngestConfig:
                 object.__setattr__(self, name, Path(value))
         if self.num_nodes is not None and self.num_nodes < 1:
             raise ValueError(f"num_nodes must be >= 1, got {self.num_nodes}")
-        if self.chunk_rows < 1:
-            raise ValueError(f"chunk_rows must be >= 1, got {self.chunk_rows}")
+        check_min(self, 1, "chunk_rows")
         if self.src_col == self.dst_col:
             raise ValueError(f"src_col and dst_col must differ, both are {self.src_col!r}")
         if (self.edges is None) == (self.ogb is None):

@@ -1,6 +1,6 @@
 """One message-flow layer of a sampled mini-batch (the DGL / PyG "block" layout)."""
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -55,14 +55,10 @@ class Block:
 
     def to(self, device: torch.device | str, non_blocking: bool = False) -> "Block":
         """This block with its edge tensors on ``device`` (pinned sources copy asynchronously)."""
-        return Block(
-            src=self.src.to(device, non_blocking=non_blocking),
-            dst=self.dst.to(device, non_blocking=non_blocking),
-            num_src=self.num_src,
-            num_dst=self.num_dst,
-            src_degree=None if self.src_degree is None
-            else self.src_degree.to(device, non_blocking=non_blocking),
-        )
+        return replace(self, src=self.src.to(device, non_blocking=non_blocking),
+                       dst=self.dst.to(device, non_blocking=non_blocking),
+                       src_degree=None if self.src_degree is None
+                       else self.src_degree.to(device, non_blocking=non_blocking))
 
     @classmethod
     def from_numpy(cls, edge_src: np.ndarray, edge_dst: np.ndarray, num_src: int,

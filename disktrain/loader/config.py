@@ -7,6 +7,8 @@ from dataclasses import dataclass
 
 import torch
 
+from disktrain.errors import check_min
+
 DEVICE_TYPES = ("cpu", "cuda")
 """Device types batches can go to."""
 
@@ -33,11 +35,8 @@ class LoaderConfig:
     the checks cost: ``scripts/bench_integrity.py``)."""
 
     def __post_init__(self):
-        for name in ("prefetch", "read_threads"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.assemble_threads < 0:
-            raise ValueError(f"assemble_threads must be >= 0, got {self.assemble_threads}")
+        check_min(self, 1, "prefetch", "read_threads")
+        check_min(self, 0, "assemble_threads")
         try:
             device = torch.device(self.device)
         except RuntimeError:

@@ -57,7 +57,7 @@ class ModelConfig:
     def needs_degrees(self) -> bool:
         """Whether the model's layers read whole-graph in-degrees from their blocks
         (``Block.src_degree``), so the loader must attach them."""
-        return self.model in _CONVS and _CONVS[self.model][0].needs_degrees
+        return self.model in _CONVS and _CONVS[self.model].needs_degrees
 
     def sized(self, *, in_dim: int, num_classes: int, num_layers: int) -> "GNNConfig":
         """This architecture for features of width ``in_dim``, ``num_classes`` logits and
@@ -102,10 +102,9 @@ class GNN(nn.Module):
 
     def __init__(self, cfg: GNNConfig) -> None:
         super().__init__()
-        make = _CONVS[cfg.model][1]
         dims = cfg.dims
         self.convs = nn.ModuleList(
-            make(cfg, dims[i], dims[i + 1], i == cfg.num_layers - 1)
+            _conv(cfg, dims[i], dims[i + 1], i == cfg.num_layers - 1)
             for i in range(cfg.num_layers)
         )
         self.dropout = cfg.dropout
@@ -141,24 +140,18 @@ class MLP(nn.Module):
         return h
 
 
-def _sage(cfg: GNNConfig, in_dim: int, out_dim: int, last: bool) -> nn.Module:
-    return SAGEConv(in_dim, out_dim)
+_CONVS = {"sage": SAGEConv, "gcn": GCNConv, "gat": GATConv}
+"""Model name -> its convolution class (which declares ``needs_degrees``)."""
 
 
-def _gcn(cfg: GNNConfig, in_dim: int, out_dim: int, last: bool) -> nn.Module:
-    return GCNConv(in_dim, out_dim)
-
-
-def _gat(cfg: GNNConfig, in_dim: int, out_dim: int, last: bool) -> nn.Module:
+def _conv(cfg: GNNConfig, in_dim: int, out_dim: int, last: bool) -> nn.Module:
+    """Layer ``in_dim -> out_dim`` of ``cfg``'s model (``last``: the output layer)."""
+    if cfg.model != "gat":
+        return _CONVS[cfg.model](in_dim, out_dim)
     # Hidden layers concatenate heads of hidden // heads each; the last layer averages them.
     per_head = out_dim if last else out_dim // cfg.heads
     return GATConv(in_dim, per_head, heads=cfg.heads, concat=not last,
                    attn_dropout=cfg.attn_dropout)
-
-
-_CONVS = {"sage": (SAGEConv, _sage), "gcn": (GCNConv, _gcn), "gat": (GATConv, _gat)}
-"""Model name -> (its convolution class, which declares ``needs_degrees``; a factory
-``(cfg, in_dim, out_dim, last) -> layer``)."""
 
 
 def _check_blocks(blocks: Sequence[Block], num_layers: int) -> None:

@@ -83,24 +83,14 @@ def line_search(damage: Callable[[float], float], evals: int = 20, start: float 
     if evals < 1 or not 0.5 < ratio < 1 or delta == 0:
         raise ValueError(f"line_search needs evals >= 1, 0.5 < ratio < 1 and delta != 0, got "
                          f"evals={evals}, ratio={ratio}, delta={delta}")
-    best_x, best_y = start, damage(start)
-    left = evals - 1
-    while left > 0:
+    best_x, best_y, expanding = start, damage(start), True
+    for _ in range(evals - 1):
         x = best_x + delta
         y = damage(x)
-        left -= 1
-        if y > best_y:
-            best_x, best_y, delta = x, y, delta * 2
-        else:
-            delta *= ratio
-            break
-    while left > 0:
-        x = best_x + delta
-        y = damage(x)
-        left -= 1
+        expanding = expanding and y > best_y  # until the first step that does not improve
         if y > best_y:
             best_x, best_y = x, y
-        delta *= ratio
+        delta = delta * 2 if expanding else delta * ratio
     return best_x
 
 

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from disktrain.errors import check_min
 from disktrain.robust.flag import default_subspace, flag_aggregate
 from disktrain.robust.preagg import bucketing, clip, nnm
 from disktrain.robust.rules import (
@@ -70,12 +71,8 @@ class RobustConfig:
             if name not in PRE_AGGREGATORS:
                 raise ValueError(f"RobustConfig.pre_aggregate {name!r} is unknown; choose from "
                                  f"{', '.join(PRE_AGGREGATORS)}")
-        for name in ("f", "subspace", "m", "seed"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"RobustConfig.{name} must be >= 0, got {getattr(self, name)}")
-        for name in ("max_iters", "bucket_size", "cc_iters"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"RobustConfig.{name} must be >= 1, got {getattr(self, name)}")
+        check_min(self, 0, "f", "subspace", "m", "seed", owner="RobustConfig.")
+        check_min(self, 1, "max_iters", "bucket_size", "cc_iters", owner="RobustConfig.")
         for name in ("clip_norm", "cc_tau"):
             if not 0 < getattr(self, name) < math.inf:
                 raise ValueError(f"RobustConfig.{name} must be finite and > 0, "

@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
+from disktrain.errors import check_min
 from disktrain.robust.attacks import ATTACKS, OMNISCIENT, attack_params, craft
 from disktrain.robust.config import RobustConfig, aggregate
 from disktrain.robust.grads import flat_grads, set_flat_grads
@@ -69,8 +70,7 @@ class AttackConfig:
             raise ValueError(f"AttackConfig.params: attack {self.attack!r} takes no parameter "
                              f"{', '.join(sorted(unknown))}; its parameters: "
                              f"{', '.join(sorted(allowed)) or 'none'}")
-        if self.seed < 0:
-            raise ValueError(f"AttackConfig.seed must be >= 0, got {self.seed}")
+        check_min(self, 0, "seed", owner="AttackConfig.")
 
     def check_world_size(self, world_size: int) -> None:
         """ValueError unless every attacking rank exists and one rank at least is honest."""

@@ -10,6 +10,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from disktrain.errors import check_min
 from disktrain.kernels.rng import derive_key
 
 SPLITS = ("train", "val", "test")
@@ -40,12 +41,8 @@ class SampleConfig:
         object.__setattr__(self, "fanouts", tuple(int(f) for f in self.fanouts))
         if not self.fanouts or any(f == 0 or f < -1 for f in self.fanouts):
             raise ValueError(f"fanouts must be positive or -1, got {self.fanouts}")
-        for name in ("batch_size", "epochs", "group_size"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("seed", "first_epoch"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        check_min(self, 1, "batch_size", "epochs", "group_size")
+        check_min(self, 0, "seed", "first_epoch")
         if self.split not in SPLITS:
             raise ValueError(f"split must be one of {SPLITS}, got {self.split!r}")
 

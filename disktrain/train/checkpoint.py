@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from disktrain.errors import CheckpointError, NonFiniteError
+from disktrain.errors import CheckpointError, NonFiniteError, check_min
 from disktrain.loader.dist import DistEnv, broadcast_bytes
 from disktrain.storage.atomic import atomic_write_bytes
 from disktrain.train.health import nonfinite_tensors
@@ -51,10 +51,8 @@ class CheckpointConfig:
     resumes from it; refused when written by another number of workers)."""
 
     def __post_init__(self) -> None:
-        if self.every < 0:
-            raise ValueError(f"CheckpointConfig.every must be >= 0, got {self.every}")
-        if self.keep < 1:
-            raise ValueError(f"CheckpointConfig.keep must be >= 1, got {self.keep}")
+        check_min(self, 0, "every", owner="CheckpointConfig.")
+        check_min(self, 1, "keep", owner="CheckpointConfig.")
 
     def directory(self, dataset: str | Path) -> Path:
         """The checkpoint directory of a run on ``dataset``."""

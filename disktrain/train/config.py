@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from disktrain.errors import ConfigError
+from disktrain.errors import ConfigError, check_min
 from disktrain.loader.config import LoaderConfig
 from disktrain.loader.loader import PLAN_REUSE
 from disktrain.models.gnn import ModelConfig
@@ -138,15 +138,11 @@ class TrainConfig:
             if getattr(self, name) not in allowed:
                 raise ValueError(f"TrainConfig.{name} must be one of {allowed}, got "
                                  f"{getattr(self, name)!r}")
-        for name in ("epochs", "prepare_ahead"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"TrainConfig.{name} must be >= 1, got {getattr(self, name)}")
+        check_min(self, 1, "epochs", "prepare_ahead", owner="TrainConfig.")
         if not 0 <= self.worker_momentum < 1:
             raise ValueError(f"TrainConfig.worker_momentum must be in [0, 1), got "
                              f"{self.worker_momentum}")
-        for name in ("seed", "compute_threads"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"TrainConfig.{name} must be >= 0, got {getattr(self, name)}")
+        check_min(self, 0, "seed", "compute_threads", owner="TrainConfig.")
         if self.max_batches is not None and self.max_batches < 1:
             raise ValueError(f"TrainConfig.max_batches must be >= 1, got {self.max_batches}")
 

@@ -15,7 +15,7 @@ import torch
 import torch.distributed as dist
 import zarr
 
-from disktrain.errors import DataError
+from disktrain.errors import DataError, check_min
 from disktrain.kernels.sampling import SampledBatch, sample_batches
 from disktrain.loader.batch import Batch, MiniBatch
 from disktrain.loader.block import Block
@@ -44,9 +44,7 @@ class EvalConfig:
     def __post_init__(self) -> None:
         if self.mode not in EVAL_MODES:
             raise ValueError(f"EvalConfig.mode must be one of {EVAL_MODES}, got {self.mode!r}")
-        for name in ("every", "batch_size"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"EvalConfig.{name} must be >= 1, got {getattr(self, name)}")
+        check_min(self, 1, "every", "batch_size", owner="EvalConfig.")
 
     def due(self, epoch: int, epochs: int) -> bool:
         """Whether to evaluate after epoch ``epoch`` of ``epochs``."""
