@@ -204,14 +204,19 @@ class Loader:
             self._fresh.done(epoch)
 
     def _batch(self, mb: MiniBatch) -> Batch:
-        x = mb.x
-        if x.dtype != self.dtype:
-            x = x.to(self.dtype)
-        elif x.device.type == "cpu" and not self.reuse_buffers:
-            x = x.clone()  # the pipeline reuses its buffer for a later batch
         y = (None if self._labels is None
              else torch.from_numpy(self._labels[mb.input_nodes]).to(self.device))
-        return Batch.of(mb, x, y)
+        x_agg = None if mb.x_agg is None else self._own(mb.x_agg)
+        return Batch.of(mb, self._own(mb.x), y, x_agg)
+
+    def _own(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` (features of a batch) in the loader's dtype, and not in the pipeline's buffer
+        unless ``reuse_buffers``."""
+        if x.dtype != self.dtype:
+            return x.to(self.dtype)
+        if x.device.type == "cpu" and not self.reuse_buffers:
+            return x.clone()  # the pipeline reuses its buffer for a later batch
+        return x
 
     def state_dict(self) -> dict:
         """Where iteration stands (epoch, batches consumed), to resume mid-epoch."""
