@@ -152,7 +152,7 @@ def accuracy(model: torch.nn.Module, batches, total: int, device: torch.device,
     model.eval()
     correct = torch.zeros((), dtype=torch.int64, device=device)
     for batch in batches:
-        pred = model(batch.x, batch.blocks).argmax(dim=1)
+        pred = model(batch.x, batch.blocks, batch.x_agg).argmax(dim=1)
         correct += (pred == batch.seed_labels).sum()
     model.train(was_training)
     if world_size > 1:
