@@ -400,6 +400,7 @@ def _run_verify(args: argparse.Namespace) -> int:
           "(DATASET/samples), then tiering and packing of the features each batch reads "
           "(DATASET/packed). Resumes an interrupted run with the same settings.")
 def _prepare_options(p: argparse.ArgumentParser) -> None:
+    from disktrain.kernels.aggregate import AGGREGATIONS
     from disktrain.pack import PackConfig as P
     from disktrain.sample import SampleConfig as S
 
@@ -428,6 +429,11 @@ def _prepare_options(p: argparse.ArgumentParser) -> None:
     _option(p, "--chunk-bytes", P, "chunk_bytes", "pack.", type=parse_bytes,
             metavar="BYTES", help="bytes per packed chunk file (default: "
             f"{format_bytes(_default(P, 'chunk_bytes'))})")
+    _option(p, "--aggregate-first-hop", P, "aggregate_first_hop", "pack.",
+            choices=("off", *AGGREGATIONS), help="sum each batch's first-layer aggregates "
+            "while packing and pack them with the first layer's targets' own rows instead of "
+            "every sampled neighbour's row: mean for a GraphSAGE (--model sage), gcn for a "
+            "GCN (--model gcn); fewer rows to pack, read and compute (default: %(default)s)")
     p.add_argument("--eval", dest="evaluation", action=argparse.BooleanOptionalAction,
                    default=True, help="also sample the val and test seeds once and pack their "
                    "rows (DATASET/eval/), so training evaluates on the packed path "

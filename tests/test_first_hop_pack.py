@@ -8,12 +8,16 @@ import pytest
 import torch
 from helpers import SAMPLE, prepare
 
+from disktrain.errors import DataError
+from disktrain.loader import Loader
 from disktrain.loader.config import LoaderConfig
 from disktrain.loader.pipeline import PackedLoader
+from disktrain.models import ModelConfig
 from disktrain.models.gcn import GCNConv
 from disktrain.models.sage import mean_by_dst
 from disktrain.pack import PackConfig, PackedStore
 from disktrain.storage.dataset import Dataset
+from disktrain.train import TrainConfig, train
 from disktrain.verify import verify
 
 CACHES = {"none": {}, "cpu": {"cpu_cache_bytes": 1024},
@@ -74,3 +78,32 @@ def test_aggregated_store_is_repacked_when_the_option_changes(tiny_dataset):
 def test_unknown_aggregation_is_refused_by_name():
     with pytest.raises(ValueError, match="aggregate_first_hop must be one of .* got 'max'"):
         PackConfig(aggregate_first_hop="max")
+
+
+def test_loader_refuses_aggregated_batches_unless_asked(tiny_dataset):
+    prepare(tiny_dataset, pack=PackConfig(chunk_bytes=256, aggregate_first_hop="mean"))
+    with pytest.raises(DataError, match="packed with --aggregate-first-hop mean: .* pass "
+                                        r"Loader\(\.\.\., aggregated=True\)"):
+        Loader(tiny_dataset)
+    loader = Loader(tiny_dataset, aggregated=True, max_batches=1)
+    batch = next(iter(loader))
+    assert loader.aggregate == "mean" and batch.x_agg.shape == batch.x.shape
+    assert batch.x_agg.dtype == torch.float32 and len(batch.blocks) == len(SAMPLE.fanouts) - 1
+
+
+@pytest.mark.parametrize("model,kind", [("sage", "mean"), ("gcn", "gcn")])
+def test_training_on_aggregated_batches_matches_plain(tiny_dataset, model, kind):
+    """Same batches, same parameters at the start: the same losses and accuracy (within
+    float rounding) with the first hop aggregated at pack time."""
+    def run(aggregate):
+        prepare(tiny_dataset, pack=PackConfig(chunk_bytes=256, aggregate_first_hop=aggregate),
+                evaluation=True)
+        return train(TrainConfig(dataset=str(tiny_dataset), epochs=2, progress=False,
+                                 model=ModelConfig(model=model, hidden=16, dropout=0.0)))
+    plain, aggregated = run("off"), run(kind)
+    assert PackedStore(tiny_dataset).aggregate == kind
+    assert aggregated["loss"] == pytest.approx(plain["loss"], rel=1e-4)
+    assert aggregated["test_acc"] == plain["test_acc"]
+    with pytest.raises(ValueError, match="packed with .*aggregate.* 'gcn'"):
+        prepare(tiny_dataset, pack=PackConfig(chunk_bytes=256, aggregate_first_hop="gcn"))
+        train(TrainConfig(dataset=str(tiny_dataset), epochs=1, model=ModelConfig(model="sage")))

@@ -37,13 +37,14 @@ class MiniBatch:
     x: torch.Tensor | None = None
     """(num_rows, F) features of ``input_nodes``, in the stored dtype (on the host after
     assemble, on the device after copy)."""
+    x_agg: torch.Tensor | None = None
+    """With a pre-aggregated first layer (``--aggregate-first-hop``): the first-layer
+    aggregate of ``x``'s rows (then only the first layer's dst nodes; ``blocks`` the layers
+    above it), like ``x``; None without."""
     blocks: list[Block] = field(default_factory=list)
     """Per layer, input layer first; block 0's source ids are rows of ``x``. With the first
     hop aggregated at pack time, the layers above the first: ``x`` holds the first layer's
     targets' own rows and ``x_agg`` their aggregates."""
-    x_agg: torch.Tensor | None = None
-    """(num_targets, F) the first layer's aggregate of each row of ``x`` (None: not
-    aggregated, ``x`` holds every input row)."""
     labels: torch.Tensor | None = None
     """The seeds' labels (None for a dataset without labels)."""
     input_nodes: np.ndarray | None = None
@@ -88,6 +89,10 @@ class Batch:
     """Edges per hop, hop 1 (into the seeds) first; they are ``edge_index``'s column runs."""
     blocks: list[Block]
     """Per layer, input layer (farthest hop) first: ``blocks[-1]`` holds the seeds' in-edges."""
+    x_agg: torch.Tensor | None = None
+    """With a pre-aggregated first layer: the first-layer aggregate of ``x``'s rows, which are
+    then the first layer's dst nodes alone (``blocks``: the layers above it); pass it on,
+    ``model(batch.x, batch.blocks, batch.x_agg)``. None without."""
     y: torch.Tensor | None = None
     """(num_nodes,) int64 labels of ``n_id`` (None for a dataset without labels); the seeds'
     are ``y[:batch_size]``."""
@@ -98,17 +103,17 @@ class Batch:
 
     @classmethod
     def of(cls, mb: MiniBatch, x: torch.Tensor | None = None,
-           y: torch.Tensor | None = None) -> Batch:
+           y: torch.Tensor | None = None, x_agg: torch.Tensor | None = None) -> Batch:
         """The batch of the loader's ``mb``, sharing its tensors (its blocks, its global ids);
-        ``x``: the features to carry instead of ``mb.x`` (e.g. a copy in another dtype);
-        ``y``: the labels of every row (None: none)."""
-        x = mb.x if x is None else x
+        ``x``, ``x_agg``: the features to carry instead of ``mb``'s (e.g. copies in another
+        dtype); ``y``: the labels of every row (None: none)."""
+        x, x_agg = (mb.x if x is None else x), (mb.x_agg if x_agg is None else x_agg)
         edge_index, nodes, edges = pyg_edge_index(mb.blocks)
         n_id = torch.from_numpy(np.asarray(mb.input_nodes).astype(np.int64, copy=False))
         return cls(x=x, edge_index=edge_index, n_id=n_id.to(x.device),
                    batch_size=mb.blocks[-1].num_dst if mb.blocks else x.shape[0],
-                   num_sampled_nodes=nodes, num_sampled_edges=edges, blocks=mb.blocks, y=y,
-                   index=mb.index, seconds=mb.seconds)
+                   num_sampled_nodes=nodes, num_sampled_edges=edges, blocks=mb.blocks,
+                   x_agg=x_agg, y=y, index=mb.index, seconds=mb.seconds)
 
     @property
     def num_nodes(self) -> int:

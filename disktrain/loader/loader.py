@@ -66,6 +66,11 @@ class Loader:
     ``x`` share the loader's buffer (valid only until the next batch) instead of a copy of it.
     ``config``: the pipeline's settings. ``share``: another loader of the same dataset whose
     caches and labels this one uses (e.g. val next to train) instead of loading its own.
+    ``aggregated``: accept batches packed with their first hop aggregated (``disktrain
+    prepare --aggregate-first-hop``), which carry ``x_agg`` for a model that takes it (the
+    first layer's targets in ``x``, the blocks above it) instead of the first hop's rows and
+    edges; without it such a store is refused (a PyG model reading ``edge_index`` would
+    silently lose a hop).
     """
 
     def __init__(self, dataset_dir: str | Path, split: str = "train", *,
@@ -74,7 +79,8 @@ class Loader:
                  world_size: int | None = None, plan_reuse: str = "fresh",
                  epochs: int | None = None, prepare_ahead: int = 1,
                  max_batches: int | None = None, reuse_buffers: bool = False,
-                 config: LoaderConfig | None = None, share: Loader | None = None):
+                 config: LoaderConfig | None = None, share: Loader | None = None,
+                 aggregated: bool = False):
         if split not in SPLITS:
             raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
         if plan_reuse not in PLAN_REUSE:
@@ -110,6 +116,13 @@ class Loader:
                 cfg = replace(cfg, device=str(device))
             self._source = PackedLoader(dataset_dir, cfg, root=root)
         self.device = self._source.device
+        if self.aggregate is not None and not aggregated:
+            raise DataError(
+                f"{root}: packed with --aggregate-first-hop {self.aggregate}: its batches carry "
+                "the first layer's aggregate (x_agg), not the first hop's rows and edges a PyG "
+                "model reads; pass Loader(..., aggregated=True) with a model that takes "
+                "model(batch.x, batch.blocks, batch.x_agg) (disktrain's sage or gcn), or "
+                "prepare without --aggregate-first-hop")
         samples = self._source.samples
         self.batches_per_epoch = samples.batches_per_epoch
         self.sampled_epochs = samples.num_batches // samples.batches_per_epoch
@@ -131,6 +144,11 @@ class Loader:
     def fanouts(self) -> tuple[int, ...]:
         """The sampled fanouts, first hop (from the seeds) first."""
         return self._source.samples.config.fanouts
+
+    @property
+    def aggregate(self) -> str | None:
+        """The first-hop aggregation the batches carry in ``x_agg`` (None: none)."""
+        return self._source.packed.aggregate
 
     @property
     def tiers_id(self) -> str:
@@ -204,14 +222,19 @@ class Loader:
             self._fresh.done(epoch)
 
     def _batch(self, mb: MiniBatch) -> Batch:
-        x = mb.x
-        if x.dtype != self.dtype:
-            x = x.to(self.dtype)
-        elif x.device.type == "cpu" and not self.reuse_buffers:
-            x = x.clone()  # the pipeline reuses its buffer for a later batch
         y = (None if self._labels is None
              else torch.from_numpy(self._labels[mb.input_nodes]).to(self.device))
-        return Batch.of(mb, x, y)
+        x_agg = None if mb.x_agg is None else self._own(mb.x_agg)
+        return Batch.of(mb, self._own(mb.x), y, x_agg)
+
+    def _own(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` (features of a batch) in the loader's dtype, and not in the pipeline's buffer
+        unless ``reuse_buffers``."""
+        if x.dtype != self.dtype:
+            return x.to(self.dtype)
+        if x.device.type == "cpu" and not self.reuse_buffers:
+            return x.clone()  # the pipeline reuses its buffer for a later batch
+        return x
 
     def state_dict(self) -> dict:
         """Where iteration stands (epoch, batches consumed), to resume mid-epoch."""

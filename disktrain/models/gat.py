@@ -22,6 +22,8 @@ class GATConv(nn.Module):
 
     needs_degrees: ClassVar[bool] = False
     """Reads no whole-graph degrees from its blocks."""
+    first_hop: ClassVar[str | None] = None
+    """Takes no pre-aggregated first layer: it attends over every raw neighbour row."""
 
     def __init__(self, in_dim: int, out_dim: int, *, heads: int = 1, concat: bool = True,
                  negative_slope: float = 0.2, attn_dropout: float = 0.0,

@@ -28,6 +28,8 @@ class GCNConv(nn.Module):
     needs_degrees: ClassVar[bool] = True
     """Normalizes with whole-graph in-degrees (``Block.src_degree``) when its blocks carry them:
     a model of these layers asks the loader to attach them."""
+    first_hop: ClassVar[str | None] = "gcn"
+    """The aggregation (:mod:`disktrain.kernels.aggregate`) :meth:`aggregated` takes."""
 
     def __init__(self, in_dim: int, out_dim: int, *, bias: bool = True) -> None:
         super().__init__()
@@ -51,4 +53,10 @@ class GCNConv(nn.Module):
             norm = (deg[src] * deg[dst]).rsqrt() * torch.where(is_loop, 1.0, scale[dst])
         out = h.new_zeros(block.num_dst, h.shape[1])
         out.index_add_(0, dst, h[src] * norm.unsqueeze(1))
+        return out if self.bias is None else out + self.bias
+
+    def aggregated(self, x_self: torch.Tensor, x_agg: torch.Tensor) -> torch.Tensor:
+        """The layer's output from ``x_agg``, the dst nodes' normalized sums of the raw rows
+        (self loop included, whole-graph degrees: pre-aggregated); ``x_self`` is not read."""
+        out = self.lin(x_agg)
         return out if self.bias is None else out + self.bias

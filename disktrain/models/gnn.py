@@ -14,6 +14,8 @@ from disktrain.models.gcn import GCNConv
 from disktrain.models.sage import SAGEConv
 
 MODELS = ("sage", "gcn", "gat", "mlp")
+FIRST_HOP_OPTION = "--aggregate-first-hop / PackConfig.aggregate_first_hop"
+"""The option that packs the first layer pre-aggregated, as errors name it."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -59,6 +61,36 @@ class ModelConfig:
         (``Block.src_degree``), so the loader must attach them."""
         return self.model in _CONVS and _CONVS[self.model].needs_degrees
 
+    @property
+    def first_hop(self) -> str | None:
+        """The aggregation (:mod:`disktrain.kernels.aggregate`) the model's first layer
+        computes and can take pre-aggregated (``x_agg``): "mean" for sage, "gcn" for gcn; None
+        for gat, with input dropout and for the MLP (which ignores ``x_agg``: it takes any)."""
+        if self.model not in _CONVS or self._first_hop_refusal():
+            return None
+        return _CONVS[self.model].first_hop
+
+    def check_first_hop(self, aggregate: str | None, source: str) -> None:
+        """Raise ValueError unless the model trains on ``source``'s batches, pre-aggregated
+        with ``aggregate`` (None: not pre-aggregated, which every model takes)."""
+        if aggregate is None or self.model == "mlp" or aggregate == self.first_hop:
+            return
+        reason = self._first_hop_refusal() or (
+            f"model {self.model!r} aggregates its first layer with "
+            f"{_CONVS[self.model].first_hop!r}, not {aggregate!r}")
+        fix = f"with {self.first_hop!r}" if self.first_hop else "without it"
+        raise ValueError(f"{source}: packed with {FIRST_HOP_OPTION} = {aggregate!r}, but "
+                         f"{reason}; prepare {fix}")
+
+    def _first_hop_refusal(self) -> str | None:
+        """Why the model cannot take a pre-aggregated first layer at all (None: it can)."""
+        if self.model == "gat":
+            return "model 'gat' attends over every raw neighbour row"
+        if self.input_dropout > 0:
+            return (f"input_dropout = {self.input_dropout} drops raw rows, which does not "
+                    "commute with aggregating them")
+        return None
+
     def sized(self, *, in_dim: int, num_classes: int, num_layers: int) -> "GNNConfig":
         """This architecture for features of width ``in_dim``, ``num_classes`` logits and
         ``num_layers`` blocks (one per sampled hop); :func:`build_model` builds it."""
@@ -98,6 +130,9 @@ class GNN(nn.Module):
     ``forward(x, blocks)``: ``x`` holds the features of ``blocks[0]``'s src nodes (the farthest
     hop); ``blocks[-1]``'s dst nodes are the seeds, whose logits (num_seeds, num_classes) are
     returned. ``blocks[i].num_dst`` must equal ``blocks[i + 1].num_src``.
+    ``forward(x, blocks, x_agg)``: the first layer pre-aggregated (``cfg.first_hop``): ``x``
+    and ``x_agg`` hold its dst nodes' own rows and their aggregate, ``blocks`` the layers above
+    it (none for one layer); the same logits, up to rounding.
     """
 
     def __init__(self, cfg: GNNConfig) -> None:
@@ -109,19 +144,27 @@ class GNN(nn.Module):
         )
         self.dropout = cfg.dropout
         self.input_dropout = cfg.input_dropout
+        self.first_hop_refusal = cfg._first_hop_refusal()
 
-    def forward(self, x: torch.Tensor, blocks: Sequence[Block]) -> torch.Tensor:
-        _check_blocks(blocks, len(self.convs))
+    def forward(self, x: torch.Tensor, blocks: Sequence[Block],
+                x_agg: torch.Tensor | None = None) -> torch.Tensor:
+        if x_agg is not None and self.first_hop_refusal:
+            raise ValueError(f"GNN: x_agg given ({FIRST_HOP_OPTION}), but "
+                             f"{self.first_hop_refusal}")
+        first = 0 if x_agg is None else 1  # layers whose input comes pre-aggregated
+        _check_blocks(blocks, len(self.convs) - first,
+                      " above the pre-aggregated first" if first else "")
         h = F.dropout(x, p=self.input_dropout, training=self.training)
-        for i, (conv, block) in enumerate(zip(self.convs, blocks)):
-            h = conv(h, block)
+        for i, conv in enumerate(self.convs):
+            h = conv(h, blocks[i - first]) if i >= first else conv.aggregated(h, x_agg)
             if i < len(self.convs) - 1:
                 h = F.dropout(F.relu(h), p=self.dropout, training=self.training)
         return h
 
 
 class MLP(nn.Module):
-    """Baseline with the GNN's widths that sees only the seeds' own features."""
+    """Baseline with the GNN's widths that sees only the seeds' own features: the first
+    ``blocks[-1].num_dst`` rows of ``x``, or all of them without blocks; ``x_agg`` is ignored."""
 
     def __init__(self, cfg: GNNConfig) -> None:
         super().__init__()
@@ -129,10 +172,9 @@ class MLP(nn.Module):
         self.lins = nn.ModuleList(nn.Linear(dims[i], dims[i + 1]) for i in range(cfg.num_layers))
         self.dropout = cfg.dropout
 
-    def forward(self, x: torch.Tensor, blocks: Sequence[Block]) -> torch.Tensor:
-        if not blocks:
-            raise ValueError("MLP: blocks must not be empty (the last one names the seeds)")
-        h = x[: blocks[-1].num_dst]
+    def forward(self, x: torch.Tensor, blocks: Sequence[Block],
+                x_agg: torch.Tensor | None = None) -> torch.Tensor:
+        h = x[: blocks[-1].num_dst] if blocks else x
         for i, lin in enumerate(self.lins):
             h = lin(h)
             if i < len(self.lins) - 1:
@@ -154,9 +196,10 @@ def _conv(cfg: GNNConfig, in_dim: int, out_dim: int, last: bool) -> nn.Module:
                    attn_dropout=cfg.attn_dropout)
 
 
-def _check_blocks(blocks: Sequence[Block], num_layers: int) -> None:
+def _check_blocks(blocks: Sequence[Block], num_layers: int, which: str = "") -> None:
     if len(blocks) != num_layers:
-        raise ValueError(f"GNN: expected {num_layers} blocks (one per layer), got {len(blocks)}")
+        raise ValueError(f"GNN: expected {num_layers} blocks (one per layer{which}), "
+                         f"got {len(blocks)}")
     for i in range(num_layers - 1):
         if blocks[i].num_dst != blocks[i + 1].num_src:
             raise ValueError(f"GNN: blocks[{i}].num_dst = {blocks[i].num_dst} must equal "

@@ -21,6 +21,8 @@ class SAGEConv(nn.Module):
 
     needs_degrees: ClassVar[bool] = False
     """Reads no whole-graph degrees from its blocks."""
+    first_hop: ClassVar[str | None] = "mean"
+    """The aggregation (:mod:`disktrain.kernels.aggregate`) :meth:`aggregated` takes."""
 
     def __init__(self, in_dim: int, out_dim: int, *, bias: bool = True) -> None:
         super().__init__()
@@ -33,10 +35,13 @@ class SAGEConv(nn.Module):
         project_first = block.num_src * d_in * d_out + block.num_edges * d_out
         aggregate_first = block.num_edges * d_in + block.num_dst * d_in * d_out
         if project_first < aggregate_first:
-            neigh = mean_by_dst(self.lin_neigh(x), block)
-        else:
-            neigh = self.lin_neigh(mean_by_dst(x, block))
-        return self.lin_self(x[: block.num_dst]) + neigh
+            return self.lin_self(x[: block.num_dst]) + mean_by_dst(self.lin_neigh(x), block)
+        return self.aggregated(x[: block.num_dst], mean_by_dst(x, block))
+
+    def aggregated(self, x_self: torch.Tensor, x_agg: torch.Tensor) -> torch.Tensor:
+        """The layer's output from the dst nodes' own rows ``x_self`` and their neighbours'
+        mean ``x_agg`` (pre-aggregated: :func:`mean_by_dst` of the raw rows)."""
+        return self.lin_self(x_self) + self.lin_neigh(x_agg)
 
 
 def mean_by_dst(h: torch.Tensor, block: Block) -> torch.Tensor:

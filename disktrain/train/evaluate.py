@@ -75,7 +75,7 @@ class Evaluator:
             if is_prepared(root) and _tiers_from(root) == train.tiers_id:
                 self.packed[split] = Loader(dataset.path, split, rank=train.rank,
                                             world_size=train.world_size, share=train,
-                                            reuse_buffers=True)
+                                            reuse_buffers=True, aggregated=True)
             elif is_prepared(root) or mode == "packed":
                 stale.append(str(root))
         if stale and mode == "packed":
@@ -150,7 +150,7 @@ def accuracy(model: torch.nn.Module, batches, total: int, device: torch.device,
     model.eval()
     correct = torch.zeros((), dtype=torch.int64, device=device)
     for batch in batches:
-        pred = model(batch.x, batch.blocks).argmax(dim=1)
+        pred = model(batch.x, batch.blocks, batch.x_agg).argmax(dim=1)
         correct += (pred == batch.seed_labels).sum()
     model.train(was_training)
     if world_size > 1:

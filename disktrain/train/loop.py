@@ -91,7 +91,8 @@ def _train(cfg: TrainConfig, env: DistEnv, device: torch.device, assemble_thread
     loader = Loader(cfg.dataset, "train", seed=cfg.seed, rank=env.rank,
                     world_size=env.world_size, plan_reuse=cfg.plan_reuse, epochs=cfg.epochs,
                     prepare_ahead=cfg.prepare_ahead, max_batches=cfg.max_batches,
-                    reuse_buffers=True, config=loader_config(cfg, device, assemble_threads))
+                    reuse_buffers=True, config=loader_config(cfg, device, assemble_threads),
+                    aggregated=True)  # the trainer checks its model takes x_agg
     try:
         trainer = Trainer(cfg, env, device, loader, grad_sync)
         return summary(cfg, env, trainer, trainer.fit(on_epoch))

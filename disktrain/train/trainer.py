@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 from disktrain.errors import DataError, NonFiniteError
 from disktrain.loader.dist import DistEnv
 from disktrain.loader.loader import Loader
-from disktrain.models.gnn import build_model
+from disktrain.models.gnn import ModelConfig, build_model
 from disktrain.robust import check_replicas
 from disktrain.train.checkpoint import CheckpointWriter, checkpoint_state, resume
 from disktrain.train.config import TrainConfig
@@ -36,6 +36,7 @@ class Trainer:
     def __init__(self, cfg: TrainConfig, env: DistEnv, device: torch.device, loader: Loader,
                  grad_sync=None) -> None:
         meta = _trainable(cfg, loader)
+        _check_first_hop(cfg.model, [loader])
         self.cfg, self.env, self.device, self.loader = cfg, env, device, loader
         self.model = build_model(cfg.model.sized(in_dim=meta.feature_dim, num_layers=len(
             loader.fanouts), num_classes=meta.num_classes)).to(device)
@@ -63,6 +64,7 @@ class Trainer:
         cfg, loader = self.cfg, self.loader
         _warn_reuse(cfg, loader.sampled_epochs, self.env)
         evaluator = Evaluator(cfg.evaluation, loader, cfg.seed)
+        _check_first_hop(cfg.model, evaluator.packed.values())
         for epoch in range(loader.epoch, cfg.epochs):
             loader.set_epoch(epoch)
             record = self._epoch(epoch)
@@ -107,7 +109,8 @@ class Trainer:
         """One optimizer step on batch ``mb`` (number ``step`` of ``epoch``), unless its loss
         or synchronized gradient is not finite: then skipped or stopped, as configured."""
         self.opt.zero_grad(set_to_none=True)
-        loss = F.cross_entropy(self.forward(mb.x, mb.blocks), self.grads.labels(mb.seed_labels))
+        loss = F.cross_entropy(self.forward(mb.x, mb.blocks, mb.x_agg),
+                               self.grads.labels(mb.seed_labels))
         self.grads.backward(loss)
         # several ranks decide on the synced gradients alone, alike: a rank's own non-finite
         # loss is in them already (poisoned row), which a robust rule may drop; an attacking
@@ -183,6 +186,13 @@ def _trainable(cfg: TrainConfig, loader: Loader):
         raise DataError(f"{cfg.dataset}: the dataset has no labels to train on; ingest it "
                         "with --labels (or train your own model with disktrain.Loader)")
     return meta
+
+
+def _check_first_hop(model: ModelConfig, loaders) -> None:
+    """ValueError unless ``model`` takes the first layer of every loader's packed batches
+    as they were packed (pre-aggregated or not)."""
+    for loader in loaders:
+        model.check_first_hop(loader.aggregate, f"{loader.dataset_dir}'s {loader.split} batches")
 
 
 def _warn_reuse(cfg: TrainConfig, sampled_epochs: int, env: DistEnv) -> None:
