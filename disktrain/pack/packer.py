@@ -123,12 +123,12 @@ def _sorted_unique(runs: list[np.ndarray],
 
 
 def _groups(batch_packed: np.ndarray, chunk_bytes: int, group_bytes: int,
-            row_state: int = 8) -> list[range]:
-    """Consecutive batches whose packing state (``row_state`` bytes per packed row: its id,
-    and with aggregation its float32 accumulator; one chunk buffer) fits ``group_bytes``."""
+            sums: np.ndarray) -> list[range]:
+    """Consecutive batches whose packing state (per batch: its packed ids, one chunk buffer
+    and its ``sums`` bytes of aggregate accumulators) fits ``group_bytes``."""
     out, start, acc = [], 0, 0
     for b, rows in enumerate(batch_packed):
-        size = int(rows) * row_state + chunk_bytes
+        size = int(rows) * 8 + chunk_bytes + int(sums[b])
         if b > start and acc + size > group_bytes:
             out.append(range(start, b))
             start, acc = b, 0
@@ -171,9 +171,10 @@ class _BatchWriter:
             take, at = take[n:], at + n
 
 
-def _row_state(cfg: PackConfig, dim: int) -> int:
-    """Packing state bytes per packed row (see :func:`_groups`)."""
-    return 8 + (4 * dim if cfg.aggregate is not None else 0)
+def _sum_bytes(cfg: PackConfig, targets: np.ndarray, dim: int) -> np.ndarray:
+    """Bytes of each batch's float32 aggregate accumulators (one row per first-layer target
+    when aggregating: ``targets``, its slots)."""
+    return targets * (4 * dim) if cfg.aggregate is not None else np.zeros_like(targets)
 
 
 class _Aggregate:
@@ -197,7 +198,8 @@ class _Aggregate:
         degree = dataset.in_degrees(nodes) if kind == "gcn" else None
         src, dst, weight = first_hop_edges(kind, src, dst, num_dst, degree)
         order = np.argsort(nodes[src], kind="stable")
-        return cls(writer, first, nodes[src][order], dst[order], weight[order], num_dst, dim)
+        return cls(writer, first, nodes[src][order], dst[order],
+                   weight[order].astype(np.float32), num_dst, dim)
 
     def add(self, i: int, j: int, rows: np.ndarray) -> None:
         """Sum in ``rows``, the raw rows of pass positions ``[i, j)``."""
@@ -240,7 +242,7 @@ class GroupPacker:
         self.layout = ShardLayout.of(rows, self.partial / "rows")
         self.aggregate = cfg.aggregate
         self.groups = _groups(self.batch_packed, self.chunk_bytes, cfg.group_bytes,
-                              _row_state(cfg, self.dim))
+                              _sum_bytes(cfg, np.diff(self.slot_offsets), self.dim))
         open_flat_array(self.partial, "slots", ref=ref)  # validates its size
         self._slots_file = chunk_file(self.partial / "slots", 0)
 
@@ -508,7 +510,8 @@ def _plan(dataset: Dataset, cfg: PackConfig, root: Path,
     np.cumsum(n_slots, out=slot_offsets[1:])
     batch_rows = np.zeros(samples.num_batches + 1, np.int64)
     np.cumsum(padded, out=batch_rows[1:])
-    groups = _groups(n_packed, chunk_rows * row_bytes, cfg.group_bytes, _row_state(cfg, dim))
+    groups = _groups(n_packed, chunk_rows * row_bytes, cfg.group_bytes,
+                     _sum_bytes(cfg, n_slots, dim))
     pending = [g for g in range(len(groups)) if not (partial / "done" / group_name(g)).exists()]
     if not partial.exists():  # (a resumed run's files are laid out, their blocks reserved)
         need = packed_store_bytes(padded_rows=total_padded, row_bytes=row_bytes,
