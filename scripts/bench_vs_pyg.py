@@ -3,7 +3,8 @@
 Usage: python scripts/bench_vs_pyg.py [--setting quick|full] [--repeats 1]
            [--regimes in_ram,out_of_core] [--peer-settings default,random-w0,random-w1,random-w4]
            [--epochs 5] [--mem-limit 2.5G] [--peer-max-batches N] [--peer-max-phase-s T]
-           [--prepare-args "..."] [--train-args "..."] [--workdir DIR | --keep DIR]
+           [--prepare-args "..."] [--train-args "..."] [--variants "NAME=FLAGS;..."]
+           [--workdir DIR | --keep DIR]
            [--out results.json] [--plots DIR]
 
 Needs the `bench` extra (torch-geometric, torch-sparse, torch-scatter, matplotlib).
@@ -20,6 +21,8 @@ both ways: 2-layer mean GraphSAGE, hidden 128, dropout 0.5, fanouts 10,10, batch
               from a .npy exported once, untimed, next to the dataset) at each setting:
               ``default`` (0 workers, the kernel's readahead) and ``random-wN`` (madvise
               MADV_RANDOM on the feature map, N workers); whole job = the child's wall.
+``--variants NAME=FLAGS;...`` runs several disktrain configurations (extra ``prepare`` flags,
+e.g. ``--aggregate-first-hop mean``) one after the other, each against the same peer runs.
 Each command is a child process; the systems alternate (disktrain, every peer setting,
 disktrain, ...) ``--repeats`` times in each regime:
   in_ram        no memory limit; every data file read once (untimed) before each run;
@@ -316,6 +319,8 @@ def disktrain_record(prepare: dict, train: dict | None, per_epoch: list[dict],
         "disk_read_bytes": sum(s["disk_read_bytes"] or 0 for s in steps)
         if all(s["disk_read_bytes"] is not None for s in steps) else None,
         "needed_bytes": needed_bytes, "io_amplification": ratio(read_bytes, needed_bytes),
+        # per training epoch: the packed bytes its batches need and their reads take
+        "epoch_packed_needed_bytes": mean(needed), "epoch_packed_read_bytes": mean(packed_read),
         # what the loader's chunk reads take over the rows they need (from the store's
         # layout, not measured): the training epochs' share of the job's reads
         "loader_read_over_needed": ratio(sum(packed_read), sum(needed))
@@ -369,15 +374,16 @@ class Bench:
         return Regime(name, [self.ds, self.npy], self.args.mem_limit, self.args.evict_interval,
                       f"bench-vs-pyg-{os.getpid()}-{label}", warm_files)
 
-    def disktrain(self, regime: str, repeat: int) -> dict:
-        job, label = self.job, f"disktrain-{regime}-{repeat}"
+    def disktrain(self, regime: str, repeat: int, variant: str = "default",
+                  variant_args: str = "") -> dict:
+        job, label = self.job, f"disktrain-{variant}-{regime}-{repeat}"
         clean_prepared(self.ds)
         metrics = self.logs / f"{label}.jsonl"
         metrics.unlink(missing_ok=True)
         prepare_argv = DISKTRAIN + [
             "prepare", str(self.ds), "--fanouts", job.fanout_arg,
             "--batch-size", str(job.batch_size), "--epochs", "1", "--seed", str(job.seed),
-            "--no-progress", *shlex.split(self.args.prepare_args)]
+            "--no-progress", *shlex.split(self.args.prepare_args), *shlex.split(variant_args)]
         train_argv = DISKTRAIN + [
             "train", str(self.ds), "--model", "sage", "--epochs", str(job.epochs),
             "--hidden", str(job.hidden), "--lr", str(job.lr),
@@ -400,8 +406,9 @@ class Bench:
                      if metrics.exists() else [])
         record = disktrain_record(prepare, train, per_epoch,
                                   last_json(train["stdout"]) if train else None)
-        record.update(setting="default", regime=regime, repeat=repeat, **info,
-                      prepare_args=self.args.prepare_args, train_args=self.args.train_args)
+        record.update(setting=variant, regime=regime, repeat=repeat, **info,
+                      prepare_args=f"{self.args.prepare_args} {variant_args}".strip(),
+                      train_args=self.args.train_args)
         if not record["ok"]:
             record["error"] = stderr_tail(log)
         clean_prepared(self.ds)
@@ -460,27 +467,29 @@ def summarize(runs: list[dict], goals: dict = GOALS) -> dict:
                 "extrapolated": any(r["extrapolated"] for r in ok),
                 **{k: median(r.get(k) for r in ok)
                    for k in ("job_s", "epoch_s", "eval_s", "prepare_s", "test_acc",
-                             "read_bytes", "io_amplification", "peak_rss_bytes",
-                             "cgroup_max_usage_bytes")}}
+                             "read_bytes", "written_bytes", "io_amplification",
+                             "epoch_packed_needed_bytes", "epoch_packed_read_bytes",
+                             "peak_rss_bytes", "cgroup_max_usage_bytes")}}
         ours = [m for m in med.values() if m["system"] == "disktrain" and m["job_s"]]
         peers = {k: m for k, m in med.items() if m["system"] == "pyg" and m["job_s"]}
         entry: dict = {"systems": med,
                        "failed": {k: {"failed_runs": m["runs"] - m["ok_runs"],
                                       "oom_kills": m["oom_kills"]}
                                   for k, m in med.items() if m["ok_runs"] < m["runs"]}}
-        if ours and peers:
-            d = ours[0]
+        for d in ours if peers else ():  # the first variant's at the top, each one's under it
+            at = entry if d is ours[0] else {}
             for metric, key in (("job", "job_s"), ("epoch", "epoch_s")):
                 best = min((k for k in peers if peers[k][key]), key=lambda k: peers[k][key],
                            default=None)
                 speedup = ratio(peers[best][key], d[key]) if best else None
                 goal = goals.get(regime, {}).get(metric)
-                entry[metric] = {
+                at[metric] = {
                     "disktrain_s": d[key], "peer_best": best,
                     "peer_best_s": peers[best][key] if best else None,
                     "peer_best_extrapolated": peers[best]["extrapolated"] if best else None,
                     "speedup": speedup, "goal": goal,
                     "goal_met": None if speedup is None or goal is None else speedup >= goal}
+            entry.setdefault("variants", {})[d["setting"]] = {m: at[m] for m in ("job", "epoch")}
         out[regime] = entry
     return out
 
@@ -643,6 +652,10 @@ def parse_args(argv=None):
                     help="kill a child after this many seconds (recorded as failed)")
     ap.add_argument("--prepare-args", default="", help="extra `disktrain prepare` flags")
     ap.add_argument("--train-args", default="", help="extra `disktrain train` flags")
+    ap.add_argument("--variants", default="default=",
+                    help="disktrain configurations run side by side: NAME=PREPARE-FLAGS;... "
+                    "(e.g. 'plain=;aggregated=--aggregate-first-hop mean'); each run after "
+                    "the other, before the peer, in every regime and repeat")
     where = ap.add_mutually_exclusive_group()
     where.add_argument("--workdir", help="parent of the temporary work directory")
     where.add_argument("--keep", help="work in this directory and keep it (reuses its dataset)")
@@ -670,6 +683,9 @@ def parse_args(argv=None):
         if bad := [v for v in values if v not in allowed]:
             ap.error(f"--{name.replace('_', '-')}: unknown {bad}; choose from {list(allowed)}")
         setattr(args, name, values)
+    args.variants = [tuple(v.split("=", 1)) for v in args.variants.split(";") if v]
+    if bad := [v for v in args.variants if len(v) != 2 or not v[0]]:
+        ap.error(f"--variants: expected NAME=PREPARE-FLAGS;..., got {bad}")
     if args.repeats < 1 or args.epochs < 1:
         ap.error(f"--repeats and --epochs must be >= 1, got {args.repeats}, {args.epochs}")
     return args, scale
@@ -709,15 +725,17 @@ def main(argv=None) -> int:
                              "peer_max_batches": args.peer_max_batches,
                              "peer_max_phase_s": args.peer_max_phase_s,
                              "prepare_args": args.prepare_args, "train_args": args.train_args,
+                             "variants": dict(args.variants),
                              "disk_device": bench.device,
                              "feature_bytes": scale.feature_bytes},
                   "goals": GOALS, "runs": [], "summary": {}}
         for regime in args.regimes:
             for repeat in range(args.repeats):
-                for setting in [None, *args.peer_settings]:  # None: disktrain
-                    name = "disktrain" if setting is None else f"pyg/{setting}"
+                for setting in [*args.variants, *args.peer_settings]:
+                    ours = isinstance(setting, tuple)  # (variant, its prepare args)
+                    name = f"disktrain/{setting[0]}" if ours else f"pyg/{setting}"
                     print(f"bench: {regime} #{repeat} {name} ...", file=sys.stderr)
-                    rec = (bench.disktrain(regime, repeat) if setting is None
+                    rec = (bench.disktrain(regime, repeat, *setting) if ours
                            else bench.peer(setting, regime, repeat))
                     result["runs"].append(rec)
                     print(f"bench: {regime} #{repeat} {name}: ok={rec['ok']} job "

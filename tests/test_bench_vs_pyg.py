@@ -299,3 +299,16 @@ def test_end_to_end_tiny(tmp_path):
     assert sorted(p.name for p in plots.iterdir()) == [
         "disktrain_timeline.png", "epoch_time.png", "job_time.png"]
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith("bench-vs-pyg")] == []
+
+
+def test_summary_gives_each_disktrain_variant_its_speedups():
+    runs = [fake_run("disktrain", "plain", "in_ram", 20.0, 4.0),
+            fake_run("disktrain", "aggregated", "in_ram", 10.0, 2.0),
+            fake_run("pyg", "random-w0", "in_ram", 40.0, 8.0)]
+    ram = bench.summarize(runs)["in_ram"]
+    assert ram["job"]["speedup"] == pytest.approx(2.0)  # the first variant at the top
+    assert ram["variants"]["plain"]["job"]["speedup"] == pytest.approx(2.0)
+    assert ram["variants"]["aggregated"]["job"]["speedup"] == pytest.approx(4.0)
+    assert ram["variants"]["aggregated"]["epoch"]["speedup"] == pytest.approx(4.0)
+    assert bench.parse_args(["--variants", "a=;b=--aggregate-first-hop mean"])[0].variants == \
+        [("a", ""), ("b", "--aggregate-first-hop mean")]
