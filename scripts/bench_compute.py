@@ -137,12 +137,13 @@ def _mean(edges: int, width: int, grad_in: bool) -> int:
     return edges * width * (2 if grad_in else 1)
 
 
-def sage_flops(blocks, dims: list[int]) -> dict[str, int]:
+def sage_flops(blocks, dims: list[int], first: int = 0) -> dict[str, int]:
     """FLOPs of one training step of mean GraphSAGE (lin_self on the dst rows, lin_neigh, the
-    mean over edges) over ``blocks``: in the order the model computes (projecting the src rows
-    first when a layer narrows) and in the cheaper order of the two (the floor)."""
+    mean over edges) over ``blocks``, the model's layers ``first`` on: in the order the model
+    computes (projecting the src rows first when a layer narrows) and in the cheaper order of
+    the two (the floor)."""
     model = floor = 0
-    for layer, blk in enumerate(blocks):
+    for layer, blk in enumerate(blocks, start=first):
         i, o, grad_in = dims[layer], dims[layer + 1], layer > 0
         s, d, e = blk.num_src, blk.num_dst, blk.num_edges
         project_first = _linear(s, i, o, grad_in) + _mean(e, o, True)
