@@ -79,11 +79,13 @@ def _eval_splits(dataset: Dataset) -> list[str]:
     return splits
 
 
-def prepare_epoch(dataset_path: str | Path, epoch: int, progress: bool = False) -> Path:
+def prepare_epoch(dataset_path: str | Path, epoch: int, progress: bool = False,
+                  group_bytes: int | None = None) -> Path:
     """Sample and pack training epoch ``epoch`` alone under its epoch root; return the root.
 
     Its batches are those a training store sampled with more epochs would hold for
-    ``epoch`` (same config, ``first_epoch=epoch``), packed with the training store's caches.
+    ``epoch`` (same config, ``first_epoch=epoch``), packed with the training store's caches
+    (``group_bytes``: at most this packing group memory instead of the store's).
     A finished root is returned as it is.
     """
     dataset = Dataset(dataset_path)
@@ -92,13 +94,19 @@ def prepare_epoch(dataset_path: str | Path, epoch: int, progress: bool = False) 
     root = epoch_root(dataset.path, epoch)
     sample_dataset(dataset.path, replace(train.config, first_epoch=epoch, epochs=1), progress,
                    root=root)
-    pack_dataset(dataset.path, PackConfig(**packed.attrs["pack_config"]), progress, root=root,
-                 tiers_from=packed)
+    cfg = PackConfig(**packed.attrs["pack_config"])
+    if group_bytes is not None:
+        cfg = replace(cfg, group_bytes=min(cfg.group_bytes, group_bytes))
+    pack_dataset(dataset.path, cfg, progress, root=root, tiers_from=packed)
     return root
 
 
 NICE = 10
 """The niceness increment of :func:`serve_epochs`: training's threads run first."""
+BACKGROUND_GROUP_BYTES = 256 << 20
+"""Packing group memory of an epoch prepared while training runs beside it (the first-hop
+aggregates of a group are held until its pass ends: a 1 GiB group beside the trainer
+overran a 2.5 GiB memory limit; plain packing needs far less and keeps one pass)."""
 
 
 def serve_epochs(dataset_path: str | Path, lines=sys.stdin, out=sys.stdout) -> None:
@@ -110,7 +118,7 @@ def serve_epochs(dataset_path: str | Path, lines=sys.stdin, out=sys.stdout) -> N
     for line in lines:
         epoch = int(line)
         try:
-            prepare_epoch(dataset_path, epoch)
+            prepare_epoch(dataset_path, epoch, group_bytes=BACKGROUND_GROUP_BYTES)
             error = ""
         except Exception as e:  # noqa: BLE001 - reported to the trainer as text
             error = f"{type(e).__name__}: {e}".replace("\n", " ")
