@@ -124,3 +124,28 @@ def test_pmd_mapped_share_of_a_map(tmp_path):
 def test_bad_residency_arguments_are_named(graph, kwargs, match):
     with pytest.raises(ValueError, match=match):
         Dataset(graph, **kwargs)
+
+
+def test_mem_available_counts_the_memory_cgroups_room(monkeypatch, tmp_path):
+    """Inside a memory cgroup (v1 here, faked under tmp_path) the room is its limit less its
+    usage beyond page cache, when that is less than MemAvailable."""
+    from disktrain.storage import residency
+
+    group = tmp_path / "memory" / "job"
+    group.mkdir(parents=True)
+    (group / "memory.limit_in_bytes").write_text(str(3 << 30))
+    (group / "memory.usage_in_bytes").write_text(str(2 << 30))
+    (group / "memory.stat").write_text(f"cache {1 << 30}\nrss {1 << 30}\n")
+    real_open, real_path = open, residency.Path
+
+    def fake_open(path, *a, **kw):
+        return real_open(tmp_path / "cgroup", *a, **kw) if path == "/proc/self/cgroup" \
+            else real_open(path, *a, **kw)
+    (tmp_path / "cgroup").write_text("4:memory:/job\n0::/\n")
+    monkeypatch.setattr("builtins.open", fake_open)
+    monkeypatch.setattr(residency, "Path", lambda p: tmp_path / "memory" if
+                        str(p) == "/sys/fs/cgroup/memory" else real_path(p))
+    assert residency._cgroup_room() == 2 << 30  # 3 GiB limit - (2 GiB used - 1 GiB cache)
+    assert residency.mem_available() <= 2 << 30
+    (group / "memory.limit_in_bytes").write_text(str(1 << 62))  # unlimited
+    assert residency._cgroup_room() is None

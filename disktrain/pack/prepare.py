@@ -12,6 +12,7 @@ from pathlib import Path
 from disktrain.pack import PackConfig, PackedStore, pack_dataset, pack_roots
 from disktrain.sample import SampleConfig, SampleStore, sample_dataset
 from disktrain.storage.dataset import Dataset
+from disktrain.storage.residency import mem_available
 from disktrain.storage.roots import EVAL_SPLITS, epoch_root, eval_root
 
 
@@ -103,10 +104,15 @@ def prepare_epoch(dataset_path: str | Path, epoch: int, progress: bool = False,
 
 NICE = 10
 """The niceness increment of :func:`serve_epochs`: training's threads run first."""
-BACKGROUND_GROUP_BYTES = 256 << 20
-"""Packing group memory of an epoch prepared while training runs beside it (the first-hop
-aggregates of a group are held until its pass ends: a 1 GiB group beside the trainer
-overran a 2.5 GiB memory limit; plain packing needs far less and keeps one pass)."""
+
+
+def background_group_bytes() -> int:
+    """Packing group memory of an epoch prepared while training runs beside it: at most a
+    third of the memory this process may still take (:func:`mem_available`, its cgroup's
+    limit included), 64 MiB at least. A group's first-hop aggregates are held until its pass over
+    the raw rows ends: the store's 1 GiB beside the trainer overran a 2.5 GiB memory limit
+    (plain packing needs far less and keeps its one pass)."""
+    return max(64 << 20, mem_available() // 3)
 
 
 def serve_epochs(dataset_path: str | Path, lines=sys.stdin, out=sys.stdout) -> None:
@@ -118,7 +124,7 @@ def serve_epochs(dataset_path: str | Path, lines=sys.stdin, out=sys.stdout) -> N
     for line in lines:
         epoch = int(line)
         try:
-            prepare_epoch(dataset_path, epoch, group_bytes=BACKGROUND_GROUP_BYTES)
+            prepare_epoch(dataset_path, epoch, group_bytes=background_group_bytes())
             error = ""
         except Exception as e:  # noqa: BLE001 - reported to the trainer as text
             error = f"{type(e).__name__}: {e}".replace("\n", " ")

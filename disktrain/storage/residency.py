@@ -46,15 +46,38 @@ _LOADED_LOCK = threading.Lock()
 
 
 def mem_available() -> int:
-    """``MemAvailable`` of ``/proc/meminfo`` in bytes (0 where unknown)."""
+    """Bytes this process may still take: ``MemAvailable`` of ``/proc/meminfo``, or less
+    where its memory cgroup (v1 or v2) leaves less: the group's limit less what it uses
+    beyond page cache (0 where unknown)."""
     try:
         with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 0
+            meminfo = dict(line.split(":", 1) for line in f)
+        available = int(meminfo["MemAvailable"].split()[0]) * 1024
+    except (OSError, KeyError, ValueError):
+        available = 0
+    room = _cgroup_room()
+    return available if room is None else min(available, room)
+
+
+def _cgroup_room() -> int | None:
+    """The memory cgroup's limit less its usage other than page cache (None: no limit)."""
+    try:
+        with open("/proc/self/cgroup") as f:
+            groups = dict(line.rstrip("\n").split(":", 2)[1:] for line in f)
+        if "memory" in groups:  # v1
+            d = Path("/sys/fs/cgroup/memory") / groups["memory"].lstrip("/")
+            limit, usage, cache = "memory.limit_in_bytes", "memory.usage_in_bytes", "cache"
+        else:  # v2
+            d = Path("/sys/fs/cgroup") / groups.get("", "/").lstrip("/")
+            limit, usage, cache = "memory.max", "memory.current", "file"
+        cap = (d / limit).read_text().strip()
+        if cap == "max" or int(cap) >= 1 << 60:
+            return None
+        stat = dict(line.split() for line in (d / "memory.stat").read_text().splitlines())
+        used = int((d / usage).read_text()) - int(stat.get(cache, 0))
+        return max(0, int(cap) - used)
+    except (OSError, ValueError):
+        return None
 
 
 def csr_budget(budget: int | None) -> int:
