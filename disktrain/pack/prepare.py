@@ -109,9 +109,9 @@ NICE = 10
 def background_group_bytes() -> int:
     """Packing group memory of an epoch prepared while training runs beside it: at most a
     third of the memory this process may still take (:func:`mem_available`, its cgroup's
-    limit included), 64 MiB at least. A group's first-hop aggregates are held until its pass over
-    the raw rows ends: the store's 1 GiB beside the trainer overran a 2.5 GiB memory limit
-    (plain packing needs far less and keeps its one pass)."""
+    limit included), 64 MiB at least. A group's first-hop aggregates are held until its pass
+    over the raw rows ends: the store's 1 GiB beside the trainer overran a 2.5 GiB memory
+    limit (plain packing needs far less and keeps its one pass)."""
     return max(64 << 20, mem_available() // 3)
 
 
@@ -121,10 +121,11 @@ def serve_epochs(dataset_path: str | Path, lines=sys.stdin, out=sys.stdout) -> N
     epoch (ERROR empty when done). Run as ``python -m disktrain.pack.prepare --serve-epochs
     DATASET`` by training (:mod:`disktrain.loader.fresh`)."""
     os.nice(NICE)
+    group_bytes = background_group_bytes()  # once: later, this process's own heap counts
     for line in lines:
         epoch = int(line)
         try:
-            prepare_epoch(dataset_path, epoch, group_bytes=background_group_bytes())
+            prepare_epoch(dataset_path, epoch, group_bytes=group_bytes)
             error = ""
         except Exception as e:  # noqa: BLE001 - reported to the trainer as text
             error = f"{type(e).__name__}: {e}".replace("\n", " ")
