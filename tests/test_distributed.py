@@ -12,6 +12,7 @@ from tinygraphs import make_dataset
 from disktrain.errors import CheckpointError
 from disktrain.loader.schedule import epoch_batches, worker_share
 from disktrain.models import ModelConfig
+from disktrain.pack import PackConfig
 from disktrain.sample import SampleStore
 from disktrain.train import TrainConfig, train
 from disktrain.train.checkpoint import CheckpointConfig, checkpoint_name
@@ -206,3 +207,15 @@ def test_one_ranks_nan_loss_stops_or_skips_on_every_rank(prepared, tmp_path):
         ranks[0]["stopped"]
     assert "epoch 0, batch 2 " in ranks[1]["stopped"] and "non-finite loss (nan)" in \
         ranks[1]["stopped"]
+
+
+def test_torchrun_trains_on_first_hop_aggregated_batches(tmp_path):
+    path = make_dataset(tmp_path / "agg")
+    prepare(path, pack=PackConfig(cpu_cache_bytes=1024, chunk_bytes=256,
+                                  aggregate_first_hop="gcn"), evaluation=True)
+    torchrun("-m", "disktrain.train", str(path), "--model", "gcn", "--epochs", "1",
+             "--hidden", "16", "--checkpoint-dir", str(tmp_path / "ck"),
+             "--metrics", str(tmp_path / "m.jsonl"))
+    record = json.loads((tmp_path / "m.jsonl").read_text().splitlines()[-1])
+    assert record["eval"] == {"val": "packed", "test": "packed"}
+    assert all(t.isfinite().all() for t in newest_checkpoint(tmp_path / "ck")["model"].values())

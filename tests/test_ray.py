@@ -269,6 +269,18 @@ def test_prepare_on_ray_matches_single_process(cluster, prepared, tmp_path):
     _same_packed(prepared, path)
 
 
+@pytest.mark.ray
+@pytest.mark.slow
+def test_prepare_on_ray_aggregates_the_first_hop_as_one_process(cluster, tmp_path):
+    pack = replace(PACK, aggregate_first_hop="mean")
+    local, remote = make_dataset(tmp_path / "local"), make_dataset(tmp_path / "ray")
+    prepare(local, SAMPLE, pack)
+    prepare_on_ray(remote, SAMPLE, pack, cluster.address, progress=False)
+    assert PackedStore(remote).aggregate == "mean"
+    _same_samples(local, remote)
+    _same_packed(local, remote)
+
+
 def _train_cfg(dataset: Path, ckpt: Path) -> TrainConfig:
     return TrainConfig(dataset=str(dataset), epochs=2, seed=1, progress=False,
                        model=ModelConfig(model="sage", hidden=16, dropout=0.0),
