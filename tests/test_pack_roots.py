@@ -1,5 +1,6 @@
 """Packing several stores in shared passes over the raw features (`disktrain prepare`)."""
 
+import numpy as np
 import pytest
 import torch
 from tinygraphs import make_dataset
@@ -48,7 +49,8 @@ def test_prepare_reads_the_raw_features_once_per_pass(tmp_path, monkeypatch, gro
     packed, stores = prepare_dataset(path, SAMPLE, cfg, progress=False)
     assert sorted(stores) == ["test", "val"]
     row_bytes = 16 * 4
-    groups = [len(_groups(s.batch_packed, s.chunk_rows * row_bytes, group_bytes))
+    groups = [len(_groups(s.batch_packed, s.chunk_rows * row_bytes, group_bytes,
+                          np.zeros(s.num_batches, np.int64)))  # no aggregates
               for s in (packed, *stores.values())]
     # one pass per group of the store with the most groups, not one per group of every store
     assert len(passes) == max(groups) < sum(groups)
