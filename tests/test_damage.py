@@ -5,16 +5,18 @@ a wrong batch or a traceback."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
 import torch
-from helpers import assert_user_error
+from helpers import assert_user_error, prepare
 
 from disktrain.cli import main
-from disktrain.errors import CheckpointError
+from disktrain.errors import CheckpointError, DataError
 from disktrain.loader.dist import DistEnv
 from disktrain.models import ModelConfig
+from disktrain.storage.dataset import RERUN_DATASET, Dataset
 from disktrain.train import TrainConfig, checkpoint, train
 from disktrain.train.checkpoint import CheckpointConfig, CheckpointWriter, checkpoint_name
 
@@ -85,3 +87,69 @@ def test_every_rank_stops_when_rank_0_finds_only_damaged_checkpoints(monkeypatch
     assert sent == [b""]
     with pytest.raises(CheckpointError, match="rank 0's checkpoints in .* all fail their"):
         checkpoint.resume({}, tmp_path, writer, DistEnv(1, 1, 2), cpu)
+
+
+# metadata
+
+@pytest.fixture
+def prepared_eval(tiny_dataset) -> Path:
+    """:func:`tiny_dataset` prepared with its evaluation batches."""
+    prepare(tiny_dataset, evaluation=True)
+    return tiny_dataset
+
+
+def _not_json(path: Path) -> None:
+    path.write_text(path.read_text()[:-7])
+
+
+def _drop(key: str):
+    def edit(path: Path) -> None:
+        meta = json.loads(path.read_bytes())
+        del meta["attributes"][key]
+        path.write_text(json.dumps(meta))
+    return edit
+
+
+@pytest.mark.parametrize("file,edit,problem", [
+    ("zarr.json", _not_json, "is unreadable (JSONDecodeError: "),
+    ("features/zarr.json", _not_json, "is unreadable (JSONDecodeError: "),
+    ("samples/zarr.json", _not_json, "is unreadable (JSONDecodeError: "),
+    ("packed/zarr.json", _not_json, "is unreadable (JSONDecodeError: "),
+    ("packed/rows/zarr.json", _not_json, "is unreadable (JSONDecodeError: "),
+    ("eval/val/packed/zarr.json", _not_json, "is unreadable (JSONDecodeError: "),
+    ("zarr.json", _drop("num_nodes"), "lacks the attribute(s) num_nodes"),
+    ("samples/zarr.json", _drop("num_batches"), "lacks the attribute(s) num_batches"),
+    ("packed/zarr.json", _drop("n_gpu"), "lacks the attribute(s) n_gpu"),
+])
+def test_damaged_metadata_is_a_data_error_naming_it(prepared_eval, tmp_path, capsys, file,
+                                                   edit, problem):
+    """Was: a JSONDecodeError or KeyError traceback from `info` and `train`."""
+    path = prepared_eval / file
+    edit(path)
+    store = path.parent.parent if path.parent.name == "rows" else path.parent
+    rerun = RERUN_DATASET if store == prepared_eval or path.parent.name == "features" else \
+        f"remove {store} and rerun disktrain prepare"
+    needles = (f"metadata {path} {problem}", rerun)
+    if not file.startswith("eval/"):  # (info does not open the evaluation stores)
+        code, out, err = _run(capsys, "info", prepared_eval)
+        assert_user_error(code, err, *needles)
+    code, out, err = _run(capsys, *_train_argv(prepared_eval, tmp_path / "ck"))
+    assert_user_error(code, err, *needles)
+    assert '"loss"' not in out
+
+
+@pytest.mark.parametrize("key,value,problem", [
+    ("shape", 302, "has shape (302,), expected (301,)"),
+    ("chunk_shape", 300, "has chunks (300,), not one chunk"),
+])
+def test_csr_shape_disagreeing_with_its_file(tiny_dataset, capsys, key, value, problem):
+    """Was: "mmap length is greater than file size" (a recorded shape larger than the file)."""
+    path = tiny_dataset / "indptr" / "zarr.json"
+    meta = json.loads(path.read_bytes())
+    where = meta if key == "shape" else meta["chunk_grid"]["configuration"]
+    where[key] = [value]
+    path.write_text(json.dumps(meta))
+    with pytest.raises(DataError, match=re.escape(problem)):
+        _ = Dataset(tiny_dataset).indptr
+    code, _, err = _run(capsys, "prepare", tiny_dataset, "--no-progress")
+    assert_user_error(code, err, f"array 'indptr' {problem} (metadata {path})", RERUN_DATASET)
