@@ -7,11 +7,15 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
+from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
 from helpers import assert_user_error, prepare
+from tinygraphs import make_dataset
 
+import disktrain
 from disktrain.cli import main
 from disktrain.errors import CheckpointError, DataError
 from disktrain.loader.dist import DistEnv
@@ -153,3 +157,46 @@ def test_csr_shape_disagreeing_with_its_file(tiny_dataset, capsys, key, value, p
         _ = Dataset(tiny_dataset).indptr
     code, _, err = _run(capsys, "prepare", tiny_dataset, "--no-progress")
     assert_user_error(code, err, f"array 'indptr' {problem} (metadata {path})", RERUN_DATASET)
+
+
+# small ones
+
+@pytest.mark.parametrize("option", ["--cpu-cache-bytes", "--gpu-cache-bytes",
+                                    "--max-packed-bytes", "--chunk-bytes"])
+@pytest.mark.parametrize("value", ["inf", "nan", "-1", "1e400", "-inf"])
+def test_byte_options_refuse_inf_nan_and_negatives(tiny_dataset, capsys, option, value):
+    """Was: an OverflowError traceback for inf."""
+    code, _, err = _run(capsys, "prepare", tiny_dataset, f"{option}={value}")
+    assert code == 2 and "Traceback" not in err
+    assert f"error: argument {option}: " in err and repr(value) in err
+
+
+def test_sharing_a_loader_of_another_dataset(tmp_path):
+    """Was: an error telling the user to delete a valid store."""
+    a, b = make_dataset(tmp_path / "a"), make_dataset(tmp_path / "b", seed=1)
+    prepare(a)
+    prepare(b, evaluation=True)
+    with disktrain.Loader(a) as shared, pytest.raises(
+            ValueError, match=rf"share: the loader shared reads dataset {a} "
+            rf"\({shared.dataset.dataset_id}\), this one dataset {b} "):
+        disktrain.Loader(b, "val", share=shared)
+
+
+def test_pyg_data_without_a_val_mask_prepares_and_trains(tmp_path, capsys):
+    """Was: `prepare` with defaults failed with "dataset has no 'val' array"."""
+    n, rng = 200, np.random.default_rng(0)
+    data = SimpleNamespace(x=rng.standard_normal((n, 8)).astype(np.float32),
+                           edge_index=rng.integers(0, n, (2, 1600)),
+                           y=rng.integers(0, 3, n), train_mask=np.arange(n) < 120,
+                           test_mask=np.arange(n) >= 160)
+    ds = disktrain.from_pyg(data, tmp_path / "ds", progress=False)
+    code, _, err = _run(capsys, "prepare", ds, "--fanouts", "3,2", "--batch-size", "32",
+                        "--no-progress")
+    assert code == 0, err
+    assert f"disktrain: notice: {ds} has no val split: no val evaluation batches" in err
+    assert (ds / "eval" / "test").exists() and not (ds / "eval" / "val").exists()
+    code, out, err = _run(capsys, *_train_argv(ds, tmp_path / "ck"))
+    assert code == 0, err
+    summary = json.loads(out.splitlines()[-1])
+    assert summary["val_acc"] is None or np.isnan(summary["val_acc"])
+    assert 0 <= summary["test_acc"] <= 1

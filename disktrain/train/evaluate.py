@@ -71,7 +71,7 @@ class Evaluator:
         self.packed: dict[str, Loader] = {}
         stale = []
         for split in EVAL_SPLITS if mode != "online" else ():
-            if len(dataset.split(split)) == 0:
+            if not dataset.has(split) or len(dataset.split(split)) == 0:
                 continue
             root = eval_root(dataset.path, split)
             tiers = _tiers_from(root)
@@ -101,12 +101,14 @@ class Evaluator:
         return out
 
     def __call__(self, model: torch.nn.Module) -> dict[str, float]:
-        """``{"val_acc": .., "test_acc": ..}`` (NaN for an empty split)."""
+        """``{"val_acc": .., "test_acc": ..}`` (NaN for an empty or missing split)."""
         out = {}
         train = self.train
         for split in EVAL_SPLITS:
             if split in self.packed:
                 acc = evaluate_packed(model, self.packed[split])
+            elif not train.dataset.has(split):  # (e.g. PyG data without its mask)
+                acc = float("nan")
             else:
                 if self._graph is False:
                     self._graph = device_graph(train.dataset, train.device)
