@@ -25,6 +25,7 @@ import argparse
 import dataclasses
 import functools
 import json
+import math
 import os
 import sys
 from collections.abc import Callable
@@ -162,7 +163,9 @@ def parse_bytes(text: str) -> int:
     try:
         value = float(t[:-1] if unit else t)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"not a byte size: {text!r} (e.g. 512M, 2G)") from None
+        value = math.nan
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"not a byte size: {text!r} (e.g. 512M, 2G)")
     if value < 0:
         raise argparse.ArgumentTypeError(f"byte size must be >= 0, got {text!r}")
     return int(value * units[unit])

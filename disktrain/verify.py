@@ -211,17 +211,14 @@ class _Checker:
                          name)
             return None
         self.report.arrays += 1
-        if shape is not None and (len(shape) != len(meta.shape) or any(
-                want is not None and want != got for want, got in zip(shape, meta.shape))):
-            expected = tuple("*" if s is None else s for s in shape)
-            self.problem(ref, f"has shape {meta.shape}, expected {expected}", name)
+        if problem := meta.shape_problem(shape):
+            self.problem(ref, problem, name)
         if not meta.checksummed:
             self.problem(ref, f"has codecs {meta.codecs}, not {CHECKSUM_CODECS}: unverifiable "
                          "(written by an older disktrain or another tool)", name)
             if meta.codecs != ["bytes"]:
                 return None  # chunk sizes unknown (or a shard's chunks unchecked)
-        layout = ShardLayout(ref.path / name, len(meta.shape), meta.chunk_bytes, meta.per_shard,
-                             -(-meta.shape[0] // meta.chunks[0])) if meta.per_shard else None
+        layout = meta.shard_layout(ref.path / name) if meta.per_shard else None
         array = _Array(ref, name, meta, key, batches, layout)
         self.arrays.append(array)
         return array

@@ -35,6 +35,7 @@ from disktrain.loader.fresh import FreshEpochs
 from disktrain.loader.pipeline import PackedLoader
 from disktrain.loader.schedule import epoch_batches, worker_share
 from disktrain.sample.plan import SPLITS
+from disktrain.storage.dataset import Dataset
 from disktrain.storage.roots import eval_root, is_prepared, train_root
 
 STATE_VERSION = 1
@@ -109,6 +110,10 @@ class Loader:
             raise DataError(f"{root}: no packed {split} batches; run `disktrain prepare "
                             f"{dataset_dir}` (without --no-eval)")
         if share is not None:
+            if (mine := Dataset(dataset_dir).dataset_id) != share.dataset.dataset_id:
+                raise ValueError(f"share: the loader shared reads dataset {share.dataset_dir} "
+                                 f"({share.dataset.dataset_id}), this one dataset {dataset_dir} "
+                                 f"({mine}); share a loader of the same dataset, or none")
             self._source = share._source.sibling(root)
         else:
             cfg = config or LoaderConfig()

@@ -192,7 +192,7 @@ class PackedLoader:
         self.device = torch.device(cfg.device)
         self.dataset = Dataset(dataset_path)
         self.labels = (torch.from_numpy(np.asarray(self.dataset.labels, np.int64))
-                       if "labels" in self.dataset.group else None)
+                       if self.dataset.has("labels") else None)
         """Every node's label, on the host (None: the dataset has none)."""
         self._open(*(stores or self._disk_stores(root)), None)
 

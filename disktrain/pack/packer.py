@@ -54,6 +54,7 @@ from disktrain.storage.dataset import (
 )
 from disktrain.storage.diskspace import require_free
 from disktrain.storage.io import disk_full_errors
+from disktrain.storage.schema import group_attrs
 from disktrain.storage.shards import ShardLayout, create_sharded
 
 
@@ -474,11 +475,9 @@ def _plan(dataset: Dataset, cfg: PackConfig, root: Path,
         "samples_id": samples.store_id, "dataset_id": dataset.dataset_id,
         "tiers_from": None if tiers_from is None else tiers_from.tiers_id,
     }
-    final = root / STORE
-    if (final / "zarr.json").exists():
-        old = dict(zarr.open_group(final, mode="r").attrs)
-        if old.get("complete") and all(old.get(k) == v for k, v in attrs.items()):
-            return None
+    old = _attrs(root / STORE)
+    if old.get("complete") and all(old.get(k) == v for k, v in attrs.items()):
+        return None
     n_slots = np.zeros(samples.num_batches, np.int64)  # the rows a batch reads
     n_packed = np.zeros(samples.num_batches, np.int64)
     for b in range(samples.num_batches):
@@ -504,7 +503,7 @@ def _plan(dataset: Dataset, cfg: PackConfig, root: Path,
     partial = root / f"{STORE}.partial"
     # done/ is made last: without it the partial store was cut off while being laid out
     if partial.exists() and (not (partial / "done").exists() or not all(
-            zarr.open_group(partial, mode="r").attrs.get(k) == v for k, v in attrs.items())):
+            _attrs(partial).get(k) == v for k, v in attrs.items())):
         shutil.rmtree(partial)
     slot_offsets = np.zeros(samples.num_batches + 1, np.int64)
     np.cumsum(n_slots, out=slot_offsets[1:])
@@ -530,6 +529,15 @@ def _plan(dataset: Dataset, cfg: PackConfig, root: Path,
                     row_bytes=row_bytes, chunk_rows=chunk_rows,
                     tiers=tiers_from or TierSource(partial, tiers.gpu_nodes, tiers.cpu_nodes,
                                                    store_id))
+
+
+def _attrs(path: Path) -> dict:
+    """The attributes of the (possibly partial) packed store at ``path``; none when it is
+    missing or its metadata is damaged (it is packed anew)."""
+    try:
+        return group_attrs(path, packed_ref(path))
+    except DataError:
+        return {}
 
 
 def _finish(job: _Packing) -> None:

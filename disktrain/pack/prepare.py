@@ -70,10 +70,15 @@ def prepare_eval(dataset_path: str | Path, batch_size: int | None = None,
 
 
 def _eval_splits(dataset: Dataset) -> list[str]:
-    """The evaluation splits that have nodes (a stale eval root of an empty one removed)."""
+    """The evaluation splits that have nodes (a stale eval root of an empty one removed; a
+    split the dataset lacks is said on stderr)."""
     splits = []
     for split in EVAL_SPLITS:
-        if len(dataset.split(split)):
+        if not dataset.has(split):
+            print(f"disktrain: notice: {dataset.path} has no {split} split: no {split} "
+                  f"evaluation batches prepared (training reports {split}_acc NaN)",
+                  file=sys.stderr)
+        if dataset.has(split) and len(dataset.split(split)):
             splits.append(split)
         elif eval_root(dataset.path, split).exists():
             shutil.rmtree(eval_root(dataset.path, split))

@@ -33,15 +33,13 @@ from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 import numpy as np
-import zarr
 
 from disktrain.errors import DataError
 from disktrain.sample.store import store_attrs
 from disktrain.storage.chunkfile import StoreRef
 from disktrain.storage.dataset import open_flat_array, read_small_array
 from disktrain.storage.io import BLOCK, aligned_buffer
-from disktrain.storage.schema import SHARDS, ArraySpec, StoreSchema
-from disktrain.storage.shards import ShardLayout
+from disktrain.storage.schema import SHARDS, ArraySpec, StoreSchema, group_attrs, read_array_meta
 
 STORE = "packed"
 FORMAT_VERSION = 2
@@ -60,6 +58,8 @@ PACKED = StoreSchema((
 """The store's arrays, sized by its attributes (``num_slots``: the rows its batches read), its
 sample store's (``num_batches``) and its dataset's (``feature_dim``, ``feature_dtype``);
 ``num_cache_rows``: ``n_gpu + n_cpu``."""
+PACKED_ATTRS = ("complete", "store_id", "n_gpu", "n_cpu", "pack_config")
+"""The attributes the readers of a complete store rely on."""
 
 
 def packed_ref(path: str | Path) -> StoreRef:
@@ -105,18 +105,17 @@ class PackedStore:
         if not (self.path / "zarr.json").exists():
             raise DataError(f"{self.path}: no packed store (run `disktrain prepare` first)")
         self.ref = packed_ref(self.path)
-        group = zarr.open_group(self.path, mode="r")
-        self.attrs = dict(group.attrs)
-        if not self.attrs.get("complete"):
+        self.attrs = group_attrs(self.path, self.ref, PACKED_ATTRS)
+        if not self.attrs["complete"]:
             raise DataError(f"{self.path}: packed store is incomplete")
-        rows = group["rows"]
         if (version := self.attrs.get("format_version", 1)) != FORMAT_VERSION:
             raise DataError(f"packed store {self.path} has format version {version}, not "
                             f"{FORMAT_VERSION} (written by another disktrain version); "
                             f"re-create it: {self.ref.rerun}")
-        self.chunk_rows = int(rows.chunks[0])
-        self.feature_dim = int(rows.shape[1])
-        self.dtype = np.dtype(rows.dtype)
+        rows = read_array_meta(self.path / "rows", self.ref, "rows", shape=(None, None))
+        self.chunk_rows = rows.chunks[0]
+        self.feature_dim = rows.shape[1]
+        self.dtype = rows.dtype
         self.n_gpu = int(self.attrs["n_gpu"])
         self.n_cpu = int(self.attrs["n_cpu"])
         self.store_id = str(self.attrs["store_id"])
@@ -142,7 +141,7 @@ class PackedStore:
         self._check_made_from(*store_attrs(dataset_path, root))
         self._slots = open_flat_array(self.path, "slots", verify=True, ref=self.ref)
         self._cache_rows: np.ndarray | None = None
-        self.layout = ShardLayout.of(rows, self.path / "rows")
+        self.layout = rows.shard_layout(self.path / "rows")
         """Where each packed chunk lies in the shard files."""
         self.chunk_stride = self.layout.stride
         for shard in range(self.layout.num_shards):

@@ -50,7 +50,7 @@ from disktrain.storage.dataset import (
 )
 from disktrain.storage.diskspace import array_bytes, require_free
 from disktrain.storage.io import BLOCK, disk_full_errors
-from disktrain.storage.schema import ArraySpec, StoreSchema
+from disktrain.storage.schema import ArraySpec, StoreSchema, group_attrs
 
 STORE = "samples"
 """The store's directory name inside its root (see :mod:`disktrain.storage.roots`)."""
@@ -63,6 +63,9 @@ SAMPLES = StoreSchema(
 """The store's arrays; a group's (``groups/gNNNNNN/``, :func:`group_name`) are sized by its
 ``batches``, their ``nodes`` and ``edges``, ``num_layers`` and ``blocks`` (batches * layers)."""
 GROUP_ARRAYS = tuple(a.name for a in SAMPLES.groups)
+SAMPLE_ATTRS = ("complete", "config", "store_id", "dataset_id", "num_batches",
+                "batches_per_epoch", "num_groups")
+"""The attributes the readers of a complete store rely on."""
 
 
 def group_name(group: int) -> str:
@@ -273,8 +276,8 @@ def store_attrs(dataset_path: str | Path, root: str | Path | None = None) -> tup
     path = Path(root if root is not None else dataset_path) / STORE
     if not (path / "zarr.json").exists():
         raise DataError(f"{path}: no sample store (run `disktrain prepare` first)")
-    attrs = dict(zarr.open_group(path, mode="r").attrs)
-    if not attrs.get("complete"):
+    attrs = group_attrs(path, samples_ref(path), SAMPLE_ATTRS)
+    if not attrs["complete"]:
         raise DataError(f"{path}: sample store is incomplete")
     dataset_id = Dataset(dataset_path).dataset_id
     if attrs.get("dataset_id") != dataset_id:

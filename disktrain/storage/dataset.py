@@ -37,7 +37,7 @@ from typing import Self
 import numpy as np
 import zarr
 
-from disktrain.errors import CorruptDataError, DataError
+from disktrain.errors import DataError
 from disktrain.storage.chunkfile import (
     CHECKSUM,
     CRC_BYTES,
@@ -58,7 +58,14 @@ from disktrain.storage.residency import (
     load_checked,
     pmd_mapped_share,
 )
-from disktrain.storage.schema import CHECKSUM_CODECS, ROWS, ArrayMeta, ArraySpec, StoreSchema
+from disktrain.storage.schema import (
+    ROWS,
+    ArrayMeta,
+    ArraySpec,
+    StoreSchema,
+    group_attrs,
+    read_array_meta,
+)
 
 FORMAT_VERSION = 2
 FEATURE_CHUNK_BYTES = 4 << 20
@@ -88,23 +95,6 @@ def new_id() -> str:
 def index_dtype(num_nodes: int) -> np.dtype:
     """int32 node ids while they fit, else int64."""
     return np.dtype(np.int32) if num_nodes < 2**31 else np.dtype(np.int64)
-
-
-def read_array_meta(array_dir: str | Path, ref: StoreRef, name: str) -> ArrayMeta:
-    """Parse ``array_dir/zarr.json``; refuse an array whose chunks carry no crc32c."""
-    path = Path(array_dir) / "zarr.json"
-    try:
-        meta = ArrayMeta.parse(json.loads(path.read_bytes()))
-    except FileNotFoundError:
-        raise DataError(f"{ref.kind} {ref.path}: array {name!r} is missing ({path}); "
-                        f"{ref.rerun}") from None
-    except (ValueError, KeyError, TypeError, IndexError, AttributeError) as e:
-        raise CorruptDataError(f"{ref.kind} {ref.path}: array {name!r}: metadata {path} is "
-                               f"unreadable ({e}); {ref.rerun}") from None
-    if meta.codecs != CHECKSUM_CODECS:
-        raise DataError(f"{ref.kind} {ref.path}: array {name!r} has codecs {meta.codecs}, not "
-                        f"{CHECKSUM_CODECS} (written without checksums); {ref.rerun}")
-    return meta
 
 
 def create_flat_array(group: zarr.Group, name: str, shape: tuple[int, ...], dtype,
@@ -153,7 +143,7 @@ def open_flat_array(root: str | Path, name: str, mode: str = "r", *, verify: boo
     whole file in bounded slices). ``ref`` names the store in errors (default: a dataset).
     """
     ref = ref or dataset_ref(root)
-    meta = read_array_meta(Path(root) / name, ref, name)
+    meta = read_array_meta(Path(root) / name, ref, name, one_chunk=True)
     if meta.size == 0:
         return np.zeros(meta.shape, meta.dtype)
     path = chunk_file(Path(root) / name, *[0] * len(meta.shape))
@@ -236,12 +226,9 @@ def read_small_array(root: str | Path, name: str, ref: StoreRef,
     Errors name ``ref``'s store, the array, the chunk file and ``batches`` (those stored in
     the array, where it maps to batches). ``verify=False`` skips the crc (size still checked).
     """
-    meta = read_array_meta(Path(root) / name, ref, name)
+    meta = read_array_meta(Path(root) / name, ref, name, one_chunk=True)
     if meta.size == 0:
         return np.zeros(meta.shape, meta.dtype)
-    if meta.chunks != meta.shape:
-        raise DataError(f"{ref.kind} {ref.path}: array {name!r} has chunks {meta.chunks}, "
-                        f"expected one chunk of {meta.shape}; {ref.rerun}")
     data = read_chunk(chunk_file(Path(root) / name, *[0] * len(meta.shape)), meta.chunk_bytes,
                       ref, name, batches, verify)
     return data.view(meta.dtype).reshape(meta.shape)
@@ -298,6 +285,10 @@ class DatasetMeta:
         return cls(**{k: v for k, v in attrs.items() if k in names})
 
 
+DATASET_ATTRS = ("num_nodes", "num_edges", "feature_dim", "num_classes")
+"""The attributes a dataset's ``zarr.json`` must hold (the others have defaults)."""
+
+
 class Dataset:
     """A dataset directory opened read-only: CSR, features, labels, splits.
 
@@ -322,11 +313,12 @@ class Dataset:
         self._csr_in_memory = False
         if not (self.path / "zarr.json").exists():
             raise DataError(f"{self.path}: not a dataset directory (no zarr.json)")
-        self.group = zarr.open_group(self.path, mode="r")
-        self.meta = DatasetMeta.from_attrs(dict(self.group.attrs), str(self.path))
         self.ref = dataset_ref(self.path)
+        self.meta = DatasetMeta.from_attrs(group_attrs(self.path, self.ref, DATASET_ATTRS),
+                                           str(self.path))
+        self._features = self._array_meta("features")
+        self.group = zarr.open_group(self.path, mode="r")  # metadata checked above
         self.features = self.group["features"]
-        self._features = read_array_meta(self.path / "features", self.ref, "features")
         self._flat: dict[str, np.ndarray] = {}
         self._small: dict[str, np.ndarray] = {}
         self._lock = threading.Lock()
@@ -364,7 +356,7 @@ class Dataset:
 
     def _open_csr(self) -> dict[str, np.ndarray]:
         """``indptr`` and ``indices``, placed by the residency policy, checked."""
-        metas = {a.name: read_array_meta(self.path / a.name, self.ref, a.name)
+        metas = {a.name: self._array_meta(a.name, one_chunk=True)
                  for a in DATASET.arrays if a.mapped}
         fits = self.csr != "map" and \
             sum(m.chunk_bytes for m in metas.values()) <= csr_budget(self.csr_budget)
@@ -380,9 +372,19 @@ class Dataset:
                                    meta.dtype, meta.shape, self.ref, name) if meta.size else
                 np.zeros(meta.shape, meta.dtype) for name, meta in metas.items()}
 
+    def _array_meta(self, name: str, one_chunk: bool = False) -> ArrayMeta:
+        """Array ``name`` as its ``zarr.json`` describes it, checked against the shape the
+        dataset's attributes give (see :func:`read_array_meta`)."""
+        return read_array_meta(self.path / name, self.ref, name, one_chunk=one_chunk,
+                               shape=DATASET.array(name).shape_in(asdict(self.meta)))
+
+    def has(self, name: str) -> bool:
+        """Whether the dataset holds array ``name`` (labels and each split are optional)."""
+        return (self.path / name / "zarr.json").exists()
+
     def _load(self, name: str) -> np.ndarray:
         if name not in self._small:
-            if name not in self.group:
+            if not self.has(name):
                 raise DataError(f"{self.path}: dataset has no {name!r} array")
             self._small[name] = read_small_array(self.path, name, self.ref)
         return self._small[name]
@@ -483,7 +485,7 @@ class Dataset:
         """The dataset's attributes plus the arrays present."""
         out = asdict(self.meta)
         out["path"] = str(self.path)
-        out["splits"] = {s: int(self.group[s].shape[0]) for s in SPLITS if s in self.group}
+        out["splits"] = {s: self._array_meta(s).shape[0] for s in SPLITS if self.has(s)}
         return out
 
 

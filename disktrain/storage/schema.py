@@ -1,6 +1,9 @@
 """Store schemas: each store declares its arrays once (:class:`StoreSchema`), and
-``disktrain verify``, the disk-space estimates and its readers follow; and an array as its
-``zarr.json`` describes it (:class:`ArrayMeta`).
+``disktrain verify``, the disk-space estimates and its readers follow; an array as its
+``zarr.json`` describes it (:class:`ArrayMeta`); and the one reader of every store's metadata
+(:func:`read_meta`, :func:`group_attrs`, :func:`read_array_meta`): a file that is missing, not
+JSON, or lacks what its readers rely on is a :class:`~disktrain.errors.DataError` naming it and
+the step that rewrites it.
 
 A shape is written in the names of the store's attributes (``num_nodes``, ``feature_dim``;
 ``name+1``: one more), a dtype as a NumPy type or the attribute naming one
@@ -9,14 +12,16 @@ A shape is written in the names of the store's attributes (``num_nodes``, ``feat
 
 from __future__ import annotations
 
+import json
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from disktrain.storage.chunkfile import CRC_BYTES
+from disktrain.errors import CorruptDataError, DataError
+from disktrain.storage.chunkfile import CRC_BYTES, StoreRef
 from disktrain.storage.diskspace import array_bytes
 from disktrain.storage.io import BLOCK, round_up
 from disktrain.storage.shards import ShardLayout
@@ -75,6 +80,10 @@ class StoreSchema:
     groups: tuple[ArraySpec, ...] = ()
     """The arrays of every group of batches, ``groups/<group>/<name>``."""
 
+    def array(self, name: str) -> ArraySpec:
+        """Its array ``name``."""
+        return next(a for a in (*self.arrays, *self.groups) if a.name == name)
+
     @property
     def read_whole(self) -> tuple[str, ...]:
         """The single-chunk arrays its readers read whole, when opening the store."""
@@ -127,6 +136,21 @@ class ArrayMeta:
                    [c.get("name") for c in codecs] == CHECKSUM_CODECS,
                    shard and shard[0] // chunks[0])
 
+    def shape_problem(self, shape: tuple | None) -> str | None:
+        """What is wrong with its shape if ``shape`` (None entries: any length) is expected
+        (None: nothing)."""
+        if shape is None or (len(shape) == len(self.shape) and all(
+                want is None or want == got for want, got in zip(shape, self.shape))):
+            return None
+        return f"has shape {self.shape}, expected {tuple('*' if s is None else s for s in shape)}"
+
+    def shard_layout(self, array_dir: str | Path) -> ShardLayout:
+        """Where its chunks lie in the shard files under ``array_dir`` (a file per chunk:
+        shards of one chunk)."""
+        return ShardLayout(Path(array_dir), len(self.shape), self.chunk_bytes,
+                           self.per_shard or 1,
+                           -(-self.shape[0] // self.chunks[0]) if self.size else 0)
+
     @property
     def chunk_bytes(self) -> int:
         """Data bytes of every chunk (edge chunks are full-size)."""
@@ -135,3 +159,63 @@ class ArrayMeta:
     @property
     def size(self) -> int:
         return math.prod(self.shape)
+
+
+def _unreadable(ref: StoreRef, path: Path, problem: str) -> CorruptDataError:
+    return CorruptDataError(f"{ref.kind} {ref.path}: metadata {path} {problem}; {ref.rerun}")
+
+
+def read_meta(path: str | Path, ref: StoreRef) -> dict:
+    """The JSON object in metadata file ``path`` (a ``zarr.json``) of ``ref``'s store;
+    CorruptDataError naming it and ``ref.rerun`` when it is missing, unreadable or not a JSON
+    object."""
+    path = Path(path)
+    try:
+        meta = json.loads(path.read_bytes())
+    except FileNotFoundError:
+        raise _unreadable(ref, path, "is missing") from None
+    except (OSError, ValueError) as e:  # ValueError: JSONDecodeError, UnicodeDecodeError
+        raise _unreadable(ref, path, f"is unreadable ({type(e).__name__}: {e})") from None
+    if not isinstance(meta, dict):
+        raise _unreadable(ref, path, f"holds a JSON {type(meta).__name__}, not an object")
+    return meta
+
+
+def group_attrs(path: str | Path, ref: StoreRef, required: Sequence[str] = ()) -> dict:
+    """The attributes of the Zarr group at ``path`` (read with :func:`read_meta`); an error
+    naming its ``zarr.json`` when it is not a group or lacks an attribute of ``required``."""
+    file = Path(path) / "zarr.json"
+    meta = read_meta(file, ref)
+    attrs = meta.get("attributes", {})
+    if meta.get("node_type") != "group" or not isinstance(attrs, dict):
+        raise _unreadable(ref, file, f"is not a Zarr group's (node_type "
+                          f"{meta.get('node_type')!r})")
+    if missing := [k for k in required if k not in attrs]:
+        raise _unreadable(ref, file, f"lacks the attribute(s) {', '.join(missing)}")
+    return attrs
+
+
+def read_array_meta(array_dir: str | Path, ref: StoreRef, name: str, *,
+                    one_chunk: bool = False, shape: tuple | None = None) -> ArrayMeta:
+    """Array ``name`` of ``ref``'s store as ``array_dir/zarr.json`` describes it: an error
+    when it is missing, unreadable or without a crc32c per chunk, not of one chunk
+    (``one_chunk``: its shape and chunk shape differ), or not of ``shape`` (None entries:
+    any length)."""
+    path = Path(array_dir) / "zarr.json"
+    where = f"{ref.kind} {ref.path}: array {name!r}"
+    if not path.exists():
+        raise DataError(f"{where} is missing ({path}); {ref.rerun}")
+    raw = read_meta(path, ref)
+    try:
+        meta = ArrayMeta.parse(raw)
+    except (ValueError, KeyError, TypeError, IndexError, AttributeError) as e:
+        raise _unreadable(ref, path, f"is unreadable ({type(e).__name__}: {e})") from None
+    if not meta.checksummed:
+        raise DataError(f"{where} has codecs {meta.codecs}, not {CHECKSUM_CODECS} (written "
+                        f"without checksums); {ref.rerun}")
+    problem = meta.shape_problem(shape)
+    if not problem and one_chunk and meta.size and meta.chunks != meta.shape:
+        problem = f"has chunks {meta.chunks}, not one chunk"
+    if problem:
+        raise CorruptDataError(f"{where} {problem} (metadata {path}); {ref.rerun}")
+    return meta

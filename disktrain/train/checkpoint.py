@@ -9,15 +9,19 @@ Each checkpoint is one file named by the position training resumes at,
 never replaces the last good one: older files go only once the new one is in place, and a
 model with non-finite parameters is refused. Reading takes the newest file that passes the
 CRC-32 check of every member of its zip archive and loads with ``weights_only=True``; a
-damaged newer file is skipped with a warning on stderr.
+damaged newer file is skipped with a warning on stderr, and moved aside to ``NAME.damaged``
+(never overwritten) when the resumed run writes its first checkpoint. When every file is
+damaged, resuming is an error naming them (the files are left as they are).
 """
 
 from __future__ import annotations
 
+import contextlib
 import io
 import re
 import sys
 import zipfile
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -90,19 +94,34 @@ def load_bytes(data: bytes, where: str | Path) -> dict:
                               f"({type(e).__name__}: {e})") from e
 
 
-def read_newest(directory: str | Path) -> tuple[Path, bytes] | None:
-    """The newest checkpoint file in ``directory`` that loads, and its bytes; None if none.
+def read_newest(directory: str | Path, damaged: list[Path] | None = None
+                ) -> tuple[Path, bytes] | None:
+    """The newest checkpoint file in ``directory`` that loads, and its bytes; None if there is
+    no checkpoint file.
 
-    Each newer file that cannot be read or loaded is reported on stderr and skipped.
+    Each newer file that cannot be read or loaded is reported on stderr and appended to
+    ``damaged``; CheckpointError naming every file when none loads.
     """
+    skipped: list[tuple[Path, Exception]] = []
     for path in checkpoint_files(directory):
         try:
             data = path.read_bytes()
             load_bytes(data, path)
         except (OSError, CheckpointError) as e:
-            print(f"disktrain: warning: {e}; trying an older checkpoint", file=sys.stderr)
+            skipped.append((path, e))
             continue
+        for _, e in skipped:
+            print(f"disktrain: warning: {e}; resuming from an older checkpoint, {path.name}",
+                  file=sys.stderr)
+        if damaged is not None:
+            damaged += [p for p, _ in skipped]
         return path, data
+    if skipped:
+        raise CheckpointError(
+            f"{directory}: every checkpoint fails its check, so the run cannot resume: "
+            f"{'; '.join(str(e) for _, e in skipped)}. The files are left as they "
+            "are: restore a good checkpoint there, or start a new run without --resume and "
+            "another --checkpoint-dir")
     return None
 
 
@@ -119,15 +138,23 @@ def resume(parts: dict, directory: Path, writer: CheckpointWriter, env: DistEnv,
     (its bytes broadcast); return its ``[epoch, cursor]`` (None: none). CheckpointError on
     every rank for another format, number of workers, or a part's state that does not fit;
     a part it lacks starts afresh (said on stderr)."""
-    found = read_newest(directory) if env.is_main else None
+    damaged: list[Path] = []
+    try:
+        found = read_newest(directory, damaged) if env.is_main else None
+    except CheckpointError:
+        broadcast_bytes(b"", device)  # the other ranks stop too
+        raise
     if found is not None:
-        writer.adopt(found[0])
+        writer.adopt(found[0], damaged)
     elif env.is_main:
         print(f"disktrain: no checkpoint in {directory}; starting from the beginning",
               file=sys.stderr)
     data = broadcast_bytes(None if found is None else found[1], device)
     if data is None:
         return None
+    if not data:
+        raise CheckpointError(f"rank 0's checkpoints in {directory} all fail their check "
+                              "(rank 0 names them)")
     state = load_bytes(data, found[0] if found else "rank 0's checkpoint")
     where = found[0] if found else \
         f"rank 0's {directory / checkpoint_name(int(state['epoch']), int(state['cursor']))}"
@@ -157,9 +184,9 @@ class CheckpointWriter:
     """Writes a run's checkpoints into ``directory`` and keeps the newest ``keep`` of them.
 
     The files kept are the run's own: those it wrote and the one it resumed from
-    (:meth:`adopt`). Any other checkpoint file in the directory (a damaged newer one, or an
-    earlier run's) is removed once the first new checkpoint is written, so a later resume
-    never mixes runs.
+    (:meth:`adopt`). Once the first new checkpoint is written, the damaged newer ones the run
+    skipped are moved aside to ``NAME.damaged`` and any other checkpoint file in the
+    directory (an earlier run's) is removed, so a later resume never mixes runs.
     """
 
     def __init__(self, directory: str | Path, keep: int) -> None:
@@ -168,10 +195,13 @@ class CheckpointWriter:
         self.directory = Path(directory)
         self.keep = keep
         self._kept: list[str] = []  # file names, oldest first
+        self._damaged: list[Path] = []
 
-    def adopt(self, path: str | Path) -> None:
-        """Count ``path`` (the checkpoint a run resumed from) as the run's newest file."""
+    def adopt(self, path: str | Path, damaged: Iterable[Path] = ()) -> None:
+        """Count ``path`` (the checkpoint a run resumed from) as the run's newest file; the
+        ``damaged`` files it skipped are moved aside before the first new one is written."""
         self._kept = [Path(path).name]
+        self._damaged = list(damaged)
 
     def save(self, state: dict) -> Path:
         """Write ``state`` (with ``epoch`` and ``cursor``) as a new file; remove what falls
@@ -194,6 +224,13 @@ class CheckpointWriter:
         if not NAME.fullmatch(name):
             raise ValueError(f"not a checkpoint file name: {name!r}")
         self.directory.mkdir(parents=True, exist_ok=True)
+        for bad in self._damaged:
+            aside = bad.with_name(bad.name + ".damaged")
+            with contextlib.suppress(FileNotFoundError):  # (gone meanwhile: nothing to keep)
+                bad.rename(aside)
+                print(f"disktrain: moved the damaged checkpoint {bad.name} aside to {aside}",
+                      file=sys.stderr)
+        self._damaged = []
         path = self.directory / name
         atomic_write_bytes(path, data)
         self._kept = [*(n for n in self._kept if n != name), name][-self.keep:]

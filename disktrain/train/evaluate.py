@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import sys
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 import torch.distributed as dist
-import zarr
 
 from disktrain.errors import DataError, check_min
 from disktrain.kernels.sampling import SampledBatch, sample_batches
@@ -21,9 +21,11 @@ from disktrain.loader.batch import Batch, MiniBatch
 from disktrain.loader.block import Block
 from disktrain.loader.device import copy_to_device, sample_on_device
 from disktrain.loader.loader import Loader
+from disktrain.pack.store import packed_ref
 from disktrain.sample.plan import sampling_key
 from disktrain.storage.dataset import Dataset
-from disktrain.storage.roots import EVAL_SPLITS, eval_root, is_prepared
+from disktrain.storage.roots import EVAL_SPLITS, eval_root
+from disktrain.storage.schema import group_attrs
 
 EVAL_MODES = ("auto", "packed", "online")
 
@@ -69,14 +71,15 @@ class Evaluator:
         self.packed: dict[str, Loader] = {}
         stale = []
         for split in EVAL_SPLITS if mode != "online" else ():
-            if len(dataset.split(split)) == 0:
+            if not dataset.has(split) or len(dataset.split(split)) == 0:
                 continue
             root = eval_root(dataset.path, split)
-            if is_prepared(root) and _tiers_from(root) == train.tiers_id:
+            tiers = _tiers_from(root)
+            if tiers == train.tiers_id:
                 self.packed[split] = Loader(dataset.path, split, rank=train.rank,
                                             world_size=train.world_size, share=train,
                                             reuse_buffers=True, aggregated=True)
-            elif is_prepared(root) or mode == "packed":
+            elif tiers is not None or mode == "packed":
                 stale.append(str(root))
         if stale and mode == "packed":
             raise DataError(f"no packed evaluation batches made with {dataset.path}'s training "
@@ -98,12 +101,14 @@ class Evaluator:
         return out
 
     def __call__(self, model: torch.nn.Module) -> dict[str, float]:
-        """``{"val_acc": .., "test_acc": ..}`` (NaN for an empty split)."""
+        """``{"val_acc": .., "test_acc": ..}`` (NaN for an empty or missing split)."""
         out = {}
         train = self.train
         for split in EVAL_SPLITS:
             if split in self.packed:
                 acc = evaluate_packed(model, self.packed[split])
+            elif not train.dataset.has(split):  # (e.g. PyG data without its mask)
+                acc = float("nan")
             else:
                 if self._graph is False:
                     self._graph = device_graph(train.dataset, train.device)
@@ -114,10 +119,13 @@ class Evaluator:
         return out
 
 
-def _tiers_from(root) -> str | None:
-    """The tiers id the packed store at ``root`` was made with."""
-    attrs = zarr.open_group(root / "packed", mode="r").attrs
-    return attrs.get("tiers_from") or attrs.get("store_id")
+def _tiers_from(root: Path) -> str | None:
+    """The tiers id the complete packed store at ``root`` was made with (None: none there)."""
+    path = root / "packed"
+    if not (path / "zarr.json").exists():
+        return None
+    attrs = group_attrs(path, packed_ref(path))
+    return (attrs.get("tiers_from") or attrs.get("store_id")) if attrs.get("complete") else None
 
 
 def evaluate_packed(model: torch.nn.Module, loader: Loader) -> float:

@@ -182,7 +182,7 @@ def _trainable(cfg: TrainConfig, loader: Loader):
     if meta.feature_dim < 1:
         raise DataError(f"{cfg.dataset}: the dataset has no node features (feature_dim 0); "
                         "ingest it with --features")
-    if "labels" not in loader.dataset.group:
+    if not loader.dataset.has("labels"):
         raise DataError(f"{cfg.dataset}: the dataset has no labels to train on; ingest it "
                         "with --labels (or train your own model with disktrain.Loader)")
     return meta
