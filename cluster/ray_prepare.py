@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 from disktrain.pack import PackConfig, PackedStore, pack_dataset
 from disktrain.pack.prepare import prepare_eval
 from disktrain.sample import SampleConfig, sample_dataset
+from disktrain.storage.lock import write_lock
 
 from .head import init_ray
 
@@ -44,21 +45,22 @@ def prepare_on_ray(dataset_path: str | Path, sample_cfg: SampleConfig,
     bound to 127.0.0.1 for this call). ``pack_cfg`` defaults to ``PackConfig()``. Resumes
     like the single-process commands.
     """
-    started = init_ray(address)
-    run_sample = partial(_run, _sample_groups, "sample", progress)
-    run_pack = partial(_run, _pack_groups, "pack", progress)
-    try:
-        sample_dataset(dataset_path, sample_cfg, progress, run_groups=run_sample)
-        packed = pack_dataset(dataset_path, pack_cfg or PackConfig(), progress,
-                              run_groups=run_pack)
-        stores = (prepare_eval(dataset_path, eval_batch_size, progress, run_sample, run_pack)
-                  if evaluation else {})
-        return packed, stores
-    finally:
-        if started:
-            import ray
+    with write_lock(dataset_path, "prepare"):  # as prepare_dataset, before Ray starts
+        started = init_ray(address)
+        run_sample = partial(_run, _sample_groups, "sample", progress)
+        run_pack = partial(_run, _pack_groups, "pack", progress)
+        try:
+            sample_dataset(dataset_path, sample_cfg, progress, run_groups=run_sample)
+            packed = pack_dataset(dataset_path, pack_cfg or PackConfig(), progress,
+                                  run_groups=run_pack)
+            stores = (prepare_eval(dataset_path, eval_batch_size, progress, run_sample, run_pack)
+                      if evaluation else {})
+            return packed, stores
+        finally:
+            if started:
+                import ray
 
-            ray.shutdown()
+                ray.shutdown()
 
 
 def split_runs(groups: list[int], num_tasks: int) -> list[list[int]]:

@@ -342,11 +342,13 @@ def dataset_info(path: str | Path) -> dict:
     from disktrain.pack import PackedStore
     from disktrain.sample import SampleStore
     from disktrain.storage.dataset import Dataset
+    from disktrain.storage.lock import read_lock
 
     info = Dataset(path).info()
-    for name, store in (("samples", SampleStore), ("packed", PackedStore)):
-        if (Path(path) / name / "zarr.json").exists():
-            info[name] = store(path).info()
+    with read_lock(path, "info"):  # a prepare meanwhile is refused, or refuses this
+        for name, store in (("samples", SampleStore), ("packed", PackedStore)):
+            if (Path(path) / name / "zarr.json").exists():
+                info[name] = store(path).info()
     return info
 
 

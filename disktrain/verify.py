@@ -32,6 +32,7 @@ from disktrain.pack.store import PACKED, packed_ref
 from disktrain.sample.store import SAMPLES, group_name, samples_ref
 from disktrain.storage.chunkfile import CRC_BYTES, StoreRef, check_chunk, check_region
 from disktrain.storage.dataset import DATASET, FORMAT_VERSION, dataset_ref
+from disktrain.storage.lock import read_lock
 from disktrain.storage.roots import EVAL_SPLITS, epoch_root, eval_root
 from disktrain.storage.schema import CHECKSUM_CODECS, ArrayMeta, ArraySpec
 from disktrain.storage.shards import ShardLayout
@@ -469,29 +470,31 @@ def verify(dataset_dir: str | os.PathLike, progress: bool = False) -> Report:
     the bytes to read (on stderr).
     """
     path = Path(dataset_dir)
-    report = Report(path)
-    check = _Checker(report)
-    dataset, dataset_attrs = _check_dataset(check, path)
-    report.stores.append("dataset")
-    train_packed = train_attrs = None
-    for label, root in _roots(path):
-        samples, packed = samples_ref(root / "samples"), packed_ref(root / "packed")
-        samples_attrs = None
-        if samples.path.exists():
-            report.stores.append(f"{label}sample store")
-            samples_attrs = _check_samples(check, samples, dataset, dataset_attrs)
-        if not packed.path.exists():
-            continue
-        report.stores.append(f"{label}packed store")
-        attrs = _check_packed(check, packed, dataset, dataset_attrs, samples, samples_attrs)
-        if not label:
-            train_packed, train_attrs = packed, attrs
-        elif attrs is not None and attrs.get("tiers_from") is not None:
-            if not (path / "packed").exists():
-                check.problem(packed, f"uses the caches of the packed store {path / 'packed'}, "
-                              "which is missing")
-            elif train_attrs is not None:  # else its problem is reported already
-                _link(check, packed, attrs, "tiers_from", train_packed, "store_id", train_attrs)
-    check.run(progress)
-    check.name_batches()
+    with read_lock(path, "verify"):  # a prepare meanwhile is refused, or refuses this
+        report = Report(path)
+        check = _Checker(report)
+        dataset, dataset_attrs = _check_dataset(check, path)
+        report.stores.append("dataset")
+        train_packed = train_attrs = None
+        for label, root in _roots(path):
+            samples, packed = samples_ref(root / "samples"), packed_ref(root / "packed")
+            samples_attrs = None
+            if samples.path.exists():
+                report.stores.append(f"{label}sample store")
+                samples_attrs = _check_samples(check, samples, dataset, dataset_attrs)
+            if not packed.path.exists():
+                continue
+            report.stores.append(f"{label}packed store")
+            attrs = _check_packed(check, packed, dataset, dataset_attrs, samples, samples_attrs)
+            if not label:
+                train_packed, train_attrs = packed, attrs
+            elif attrs is not None and attrs.get("tiers_from") is not None:
+                if not (path / "packed").exists():
+                    check.problem(packed, "uses the caches of the packed store "
+                                  f"{path / 'packed'}, which is missing")
+                elif train_attrs is not None:  # else its problem is reported already
+                    _link(check, packed, attrs, "tiers_from", train_packed, "store_id",
+                          train_attrs)
+        check.run(progress)
+        check.name_batches()
     return report

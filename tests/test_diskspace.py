@@ -357,8 +357,9 @@ def test_prepare_refused_up_front_on_small_filesystem(tmpfs, size, step):
     proc = run_cli("prepare", fs / "ds", *PREPARE)
     assert_user_error(proc.returncode, proc.stderr, "prepare", step, "needs about", "are free")
     after = sorted(p.name for p in (fs / "ds").iterdir())
-    # packing is refused once every sample store (training, then evaluation) is written
-    assert after == sorted(before + (["eval", "samples"] if step == "pack" else []))
+    # packing is refused once every sample store (training, then evaluation) is written; the
+    # dataset's lock file stays
+    assert after == sorted(before + [".lock"] + (["eval", "samples"] if step == "pack" else []))
     assert not list(fs.rglob("*.tmp-*")) and not list(fs.rglob("*.partial"))
 
 

@@ -150,6 +150,7 @@ def test_evaluation_modes(tmp_path, capsys):
     assert capsys.readouterr().err == ""  # not prepared: online, quietly
     with pytest.raises(DataError, match="no packed evaluation batches .*eval/val"):
         Evaluator(EvalConfig(mode="packed", batch_size=64), loader, 0)
+    loader.close()  # a live loader keeps a prepare out, one of its own process too
     prepare_eval(path, progress=False)
     pack_dataset(path, PackConfig(chunk_bytes=512), progress=False)  # another training store
     loader = Loader(path, plan_reuse="cycle")

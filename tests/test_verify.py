@@ -16,6 +16,7 @@ from disktrain.cli import main
 from disktrain.sample import SampleConfig, sample_dataset
 from disktrain.storage.chunkfile import crc32c
 from disktrain.storage.dataset import write_small_array
+from disktrain.storage.lock import LOCK
 from disktrain.verify import verify
 
 GROUP_SIZE = 2
@@ -122,7 +123,8 @@ def test_clean(prepared, capsys):
     roots = [prepared, prepared / "eval/val", prepared / "eval/test"]
     groups = sum(len(list((root / "samples/groups").glob("g*"))) for root in roots)
     assert report.arrays == len(DATASET_ARRAYS) + 3 * (1 + len(PACKED_ARRAYS)) + 6 * groups
-    chunk_files = [p for p in prepared.rglob("*") if p.is_file() and p.name != "zarr.json"]
+    chunk_files = [p for p in prepared.rglob("*")
+                   if p.is_file() and p.name not in ("zarr.json", LOCK)]
     assert report.chunks == len(chunk_files)
     assert report.bytes == sum(_checked_bytes(p) for p in chunk_files)
     assert report.seconds > 0 and report.gb_per_s > 0

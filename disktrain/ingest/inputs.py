@@ -43,6 +43,7 @@ from disktrain.storage.dataset import (
     write_small_array,
 )
 from disktrain.storage.diskspace import require_free
+from disktrain.storage.lock import write_lock
 
 _INPUTS = ("edges", "features", "labels", *SPLITS, "ogb")
 
@@ -159,7 +160,7 @@ def write_dataset(out: Path, inputs: Inputs, csr: CSRConfig, *, overwrite: bool 
                          splits={name: ids.size for name, ids in inputs.splits.items()},
                          spill=spill_bytes(num_nodes, edges_bound))
     require_free(out, need, "ingest")
-    with atomic_dir(out, overwrite=overwrite) as tmp:
+    with write_lock(out, "ingest"), atomic_dir(out, overwrite=overwrite) as tmp:
         group = zarr.open_group(tmp, mode="w")
         write_features(group, features, num_nodes, csr.progress)
         num_edges = build_csr(group, inputs.edges, num_nodes, inputs.num_input_edges, csr)

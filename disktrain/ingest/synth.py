@@ -52,6 +52,7 @@ from disktrain.storage.dataset import (
     write_small_array,
 )
 from disktrain.storage.diskspace import require_free
+from disktrain.storage.lock import write_lock
 
 RMAT_PROBS = (0.57, 0.19, 0.19, 0.05)
 """Graph500 R-MAT quadrant probabilities (a, b, c, d)."""
@@ -255,7 +256,7 @@ def split_codes(cfg: SynthConfig, start: int, stop: int) -> np.ndarray:
 
 def synthesize(cfg: SynthConfig) -> Path:
     """Generate the dataset ``cfg`` describes into ``cfg.out`` (atomically); return its path."""
-    with atomic_dir(cfg.out, overwrite=cfg.overwrite) as tmp:
+    with write_lock(cfg.out, "synth"), atomic_dir(cfg.out, overwrite=cfg.overwrite) as tmp:
         csr_cfg = CSRConfig(undirected=cfg.undirected, dedup=cfg.dedup,
                             drop_self_loops=cfg.dedup, progress=cfg.progress,
                             bucket_rows=cfg.csr_bucket_rows,

@@ -265,10 +265,12 @@ class Loader:
         self.epoch, self._cursor = int(state["epoch"]), cursor
 
     def close(self) -> None:
-        """Stop the background preparation of fresh epochs, if any."""
+        """Stop the background preparation of fresh epochs, if any, and release the dataset's
+        lock (see :class:`PackedLoader`)."""
         if self._fresh is not None:
             self._fresh.close()
             self._fresh = None
+        self._source.close()
 
     def __enter__(self) -> Self:
         return self

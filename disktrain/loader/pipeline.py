@@ -41,6 +41,7 @@ from disktrain.pack.store import PackedSource, PackedStore
 from disktrain.sample.store import SampleSource, SampleStore
 from disktrain.storage.dataset import Dataset
 from disktrain.storage.io import BLOCK
+from disktrain.storage.lock import DatasetLock, read_lock
 
 
 class _Stop(Exception):
@@ -183,6 +184,8 @@ class PackedLoader:
     training batches; see :mod:`disktrain.storage.roots`); ``stores``: the sample and packed
     stores to read instead (e.g. :class:`~disktrain.sample.memory.MemorySamples` and
     :class:`~disktrain.pack.memory.MemoryPacked`), the dataset giving labels and degrees.
+    Stores on disk are read under the dataset's lock, shared (:mod:`disktrain.storage.lock`),
+    until :meth:`close`: a ``prepare`` meanwhile is refused, and one under way refuses this.
     """
 
     def __init__(self, dataset_path: str | Path, cfg: LoaderConfig | None = None,
@@ -194,6 +197,7 @@ class PackedLoader:
         self.labels = (torch.from_numpy(np.asarray(self.dataset.labels, np.int64))
                        if self.dataset.has("labels") else None)
         """Every node's label, on the host (None: the dataset has none)."""
+        self.lock = DatasetLock() if stores else read_lock(self.dataset.path, "Loader")
         self._open(*(stores or self._disk_stores(root)), None)
 
     def _disk_stores(self, root: str | Path | None) -> tuple[SampleStore, PackedStore]:
@@ -223,8 +227,13 @@ class PackedLoader:
         other = object.__new__(PackedLoader)
         other.cfg, other.device, other.dataset = self.cfg, self.device, self.dataset
         other.labels = self.labels
+        other.lock = read_lock(self.dataset.path, "Loader")
         other._open(*other._disk_stores(root), self.caches)
         return other
+
+    def close(self) -> None:
+        """Release the dataset's lock (the loader must not be iterated after)."""
+        self.lock.release()
 
     @property
     def num_batches(self) -> int:

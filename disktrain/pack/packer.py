@@ -54,6 +54,7 @@ from disktrain.storage.dataset import (
 )
 from disktrain.storage.diskspace import require_free
 from disktrain.storage.io import disk_full_errors
+from disktrain.storage.lock import replacing
 from disktrain.storage.schema import group_attrs
 from disktrain.storage.shards import ShardLayout, create_sharded
 
@@ -411,13 +412,14 @@ def pack_dataset(dataset_path: str | Path, cfg: PackConfig = PackConfig(),
     tiers = TierSource.of(tiers_from) if tiers_from is not None else None
     job = _plan(dataset, cfg, root, tiers)
     if isinstance(job, _Packing):
-        if run_groups is not None:
-            run_groups(dataset.path, cfg, job.pending, job.partial)
-        else:
-            packer = GroupPacker(dataset.path, cfg, job.partial)
-            for g in tqdm(job.pending, desc="pack", unit="group", disable=not progress):
-                packer(g)
-        _finish(job)
+        with replacing(dataset.path, [root / STORE], "prepare: packing"):
+            if run_groups is not None:
+                run_groups(dataset.path, cfg, job.pending, job.partial)
+            else:
+                packer = GroupPacker(dataset.path, cfg, job.partial)
+                for g in tqdm(job.pending, desc="pack", unit="group", disable=not progress):
+                    packer(g)
+            _finish(job)
     return PackedStore(dataset.path, root=root)
 
 
@@ -440,13 +442,14 @@ def pack_roots(dataset_path: str | Path, roots: list[str | Path], cfg: PackConfi
                      else TierSource.of(PackedStore(dataset.path, root=r)))
         jobs.append(job)
     jobs = [j for j in jobs if isinstance(j, _Packing)]
-    packers = [GroupPacker(dataset.path, cfg, j.partial) for j in jobs]
-    passes = [[(p, j.pending[k]) for p, j in zip(packers, jobs) if k < len(j.pending)]
-              for k in range(max((len(j.pending) for j in jobs), default=0))]
-    for work in tqdm(passes, desc="pack", unit="pass", disable=not progress):
-        pack_pass(dataset, work)
-    for job in jobs:
-        _finish(job)
+    with replacing(dataset.path, [j.root / STORE for j in jobs], "prepare: packing"):
+        packers = [GroupPacker(dataset.path, cfg, j.partial) for j in jobs]
+        passes = [[(p, j.pending[k]) for p, j in zip(packers, jobs) if k < len(j.pending)]
+                  for k in range(max((len(j.pending) for j in jobs), default=0))]
+        for work in tqdm(passes, desc="pack", unit="pass", disable=not progress):
+            pack_pass(dataset, work)
+        for job in jobs:
+            _finish(job)
     return [PackedStore(dataset.path, root=r) for r in roots]
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 from disktrain.pack import PackConfig, PackedStore, pack_dataset, pack_roots
 from disktrain.sample import SampleConfig, SampleStore, sample_dataset
 from disktrain.storage.dataset import Dataset
+from disktrain.storage.lock import write_lock
 from disktrain.storage.residency import mem_available
 from disktrain.storage.roots import EVAL_SPLITS, epoch_root, eval_root
 
@@ -29,16 +30,18 @@ def prepare_dataset(dataset_path: str | Path, sample_cfg: SampleConfig,
                     ) -> tuple[PackedStore, dict[str, PackedStore]]:
     """``disktrain prepare``: sample the training batches and (``evaluation``) the val and
     test batches, then pack them all in shared passes over the raw features (the eval stores
-    with the training store's caches); return the training store and the eval stores."""
+    with the training store's caches); return the training store and the eval stores.
+    Holds the dataset's lock alone (:mod:`disktrain.storage.lock`): refused while another
+    process reads the dataset."""
     dataset = Dataset(dataset_path)
-    sample_dataset(dataset.path, sample_cfg, progress)
-    splits = _eval_splits(dataset) if evaluation else []
-    for split in splits:
-        sample_dataset(dataset.path, eval_config(sample_cfg, split, eval_batch_size), progress,
-                       root=eval_root(dataset.path, split))
-    packed, *stores = pack_roots(dataset.path,
-                                 [dataset.path, *(eval_root(dataset.path, s) for s in splits)],
-                                 pack_cfg or PackConfig(), progress)
+    with write_lock(dataset.path, "prepare"):
+        sample_dataset(dataset.path, sample_cfg, progress)
+        splits = _eval_splits(dataset) if evaluation else []
+        for split in splits:
+            sample_dataset(dataset.path, eval_config(sample_cfg, split, eval_batch_size),
+                           progress, root=eval_root(dataset.path, split))
+        roots = [dataset.path, *(eval_root(dataset.path, s) for s in splits)]
+        packed, *stores = pack_roots(dataset.path, roots, pack_cfg or PackConfig(), progress)
     return packed, dict(zip(splits, stores))
 
 
@@ -50,22 +53,24 @@ def prepare_eval(dataset_path: str | Path, batch_size: int | None = None,
     linked, not copied; a loader shares them), so prepare the training batches first. A split
     without nodes is skipped. ``run_sample`` / ``run_pack``: the ``run_groups`` hooks of
     :func:`sample_dataset` / :func:`pack_dataset` (e.g. Ray tasks); without ``run_pack`` both
-    splits are packed in shared passes over the raw features.
+    splits are packed in shared passes over the raw features. Holds the dataset's lock alone,
+    as :func:`prepare_dataset` does.
     """
     dataset = Dataset(dataset_path)
-    train = SampleStore(dataset.path)
-    packed = PackedStore(dataset.path)
-    cfg = PackConfig(**packed.attrs["pack_config"])
-    splits = _eval_splits(dataset)
-    roots = [eval_root(dataset.path, split) for split in splits]
-    for split, root in zip(splits, roots):
-        sample_dataset(dataset.path, eval_config(train.config, split, batch_size), progress,
-                       run_groups=run_sample, root=root)
-    if run_pack is None:
-        stores = pack_roots(dataset.path, roots, cfg, progress, tiers_from=packed)
-    else:
-        stores = [pack_dataset(dataset.path, cfg, progress, run_groups=run_pack, root=root,
-                               tiers_from=packed) for root in roots]
+    with write_lock(dataset.path, "prepare"):
+        train = SampleStore(dataset.path)
+        packed = PackedStore(dataset.path)
+        cfg = PackConfig(**packed.attrs["pack_config"])
+        splits = _eval_splits(dataset)
+        roots = [eval_root(dataset.path, split) for split in splits]
+        for split, root in zip(splits, roots):
+            sample_dataset(dataset.path, eval_config(train.config, split, batch_size), progress,
+                           run_groups=run_sample, root=root)
+        if run_pack is None:
+            stores = pack_roots(dataset.path, roots, cfg, progress, tiers_from=packed)
+        else:
+            stores = [pack_dataset(dataset.path, cfg, progress, run_groups=run_pack, root=root,
+                                   tiers_from=packed) for root in roots]
     return dict(zip(splits, stores))
 
 

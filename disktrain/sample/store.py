@@ -50,6 +50,7 @@ from disktrain.storage.dataset import (
 )
 from disktrain.storage.diskspace import array_bytes, require_free
 from disktrain.storage.io import BLOCK, disk_full_errors
+from disktrain.storage.lock import replacing
 from disktrain.storage.schema import ArraySpec, StoreSchema, group_attrs
 
 STORE = "samples"
@@ -102,8 +103,16 @@ def sample_dataset(dataset_path: str | Path, cfg: SampleConfig, progress: bool =
     dataset = Dataset(dataset_path)
     root = Path(root) if root is not None else dataset.path
     final = root / STORE
-    if _made_from(final, cfg, dataset.dataset_id, complete=True):
-        return SampleStore(dataset.path, root=root)
+    if not _made_from(final, cfg, dataset.dataset_id, complete=True):
+        with replacing(dataset.path, [final], "prepare: sampling"):
+            _sample(dataset, cfg, root, progress, run_groups)
+    return SampleStore(dataset.path, root=root)
+
+
+def _sample(dataset: Dataset, cfg: SampleConfig, root: Path, progress: bool,
+            run_groups) -> None:
+    """Sample ``cfg`` under ``ROOT/samples.partial`` (resuming it), then rename it into
+    place."""
     plan = SamplePlan.of(dataset, cfg)
     if plan.num_batches == 0:
         raise DataError(f"{dataset.path}: the {cfg.split} split is empty; nothing to sample")
@@ -145,8 +154,7 @@ def sample_dataset(dataset_path: str | Path, cfg: SampleConfig, progress: bool =
         "num_nodes": dataset.num_nodes,
         "num_input_nodes": num_input_nodes,
     })
-    replace_dir(partial, final)
-    return SampleStore(dataset.path, root=root)
+    replace_dir(partial, root / STORE)
 
 
 def _made_from(path: Path, cfg: SampleConfig, dataset_id: str, complete: bool = False) -> bool:

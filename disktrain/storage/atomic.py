@@ -49,7 +49,7 @@ def _boot_id() -> str:
         return ""
 
 
-def _start_tag(pid: int) -> str | None:
+def start_tag(pid: int) -> str | None:
     """Identity of the live process ``pid`` on this host (boot id and start time), or None
     if there is no such process (a zombie counts as gone)."""
     try:
@@ -73,7 +73,7 @@ def _start_tag(pid: int) -> str | None:
 def temporary_name(final: str | os.PathLike, kind: str = "tmp") -> Path:
     """A fresh sibling of ``final`` owned by this process (``kind``: tmp or old)."""
     final, pid = Path(final), os.getpid()
-    owner = f"{_host()}-{pid}-{_start_tag(pid)}-{uuid.uuid4().hex[:8]}"
+    owner = f"{_host()}-{pid}-{start_tag(pid)}-{uuid.uuid4().hex[:8]}"
     return final.with_name(f"{final.name}.{kind}-{owner}")
 
 
@@ -86,7 +86,7 @@ def remove_stale(directory: str | os.PathLike) -> list[Path]:
         return removed
     for entry in entries:
         m = _TEMPORARY.search(entry.name)
-        if m is None or m["host"] != _host() or _start_tag(int(m["pid"])) == m["start"]:
+        if m is None or m["host"] != _host() or start_tag(int(m["pid"])) == m["start"]:
             continue
         path = Path(entry.path)
         is_dir = entry.is_dir(follow_symlinks=False)
