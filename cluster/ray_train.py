@@ -11,7 +11,7 @@ and rank 0 attaches its checkpoint directory, which Ray copies to ``storage_path
 worker dies, Ray restarts the whole group (up to ``max_failures`` times) and every new
 worker resumes from the last reported checkpoint (``ray.train.get_checkpoint()``). Each
 worker checkpoints into a directory of its own on its node; when the run ends, the driver
-copies the last reported checkpoint to ``checkpoint_dir`` (default DATASET/checkpoints), so
+copies the last reported checkpoint to ``checkpoint_dir`` (default RUN_DIR/checkpoints), so
 ``--resume`` continues a Ray run as it continues a local one. Rank 0 appends to
 ``metrics`` on whatever node it runs: give a path on shared storage.
 
@@ -55,7 +55,8 @@ class RayTrainConfig:
     """Restarts of the worker group after a worker failure (-1: unlimited)."""
     storage_path: str | None = None
     """Where Ray keeps reported checkpoints and results: a directory every node sees
-    (default: DATASET/ray_results, as the dataset is on shared storage)."""
+    (default: RUN_DIR/ray_results, the dataset's without a run directory, as the dataset is
+    on shared storage)."""
 
     def __post_init__(self):
         check_min(self, 1, "workers")
@@ -70,10 +71,11 @@ def fit_on_ray(train_cfg: TrainConfig, ray_cfg: RayTrainConfig,
     The summary is rank 0's (as :func:`disktrain.train.train` returns it) plus
     ``replica_sha256`` (every rank's final parameter digest), ``replicas_identical``,
     ``checkpoint`` (where the final checkpoint was copied: ``train_cfg.checkpoint.dir``,
-    default DATASET/checkpoints) and ``ray_result_path``. ``grad_sync``: called in each
+    default RUN_DIR/checkpoints) and ``ray_result_path``. ``grad_sync``: called in each
     worker (every attempt) with its rank, returns the gradient sync that rank trains with
     (``train``'s ``grad_sync``; None: the configured one); Ray pickles it to the workers.
     """
+    train_cfg.check_writable(fresh_epochs=False)  # the driver writes the final checkpoint
     started = init_ray(ray_cfg.address,
                        num_cpus=max(os.cpu_count() or 1,
                                     int(ray_cfg.workers * ray_cfg.cpus_per_worker) + 1))
@@ -91,11 +93,12 @@ def _fit(train_cfg: TrainConfig, ray_cfg: RayTrainConfig, grad_sync) -> dict:
     from ray.train.torch import TorchTrainer
 
     dataset = Path(train_cfg.dataset).resolve()
-    train_cfg = replace(train_cfg, dataset=str(dataset))
+    run_dir = None if train_cfg.run_dir is None else str(Path(train_cfg.run_dir).resolve())
+    train_cfg = replace(train_cfg, dataset=str(dataset), run_dir=run_dir)
     resources = {"CPU": ray_cfg.cpus_per_worker}
     if ray_cfg.gpus_per_worker:
         resources["GPU"] = ray_cfg.gpus_per_worker
-    storage = Path(ray_cfg.storage_path or dataset / "ray_results").resolve()
+    storage = Path(ray_cfg.storage_path or train_cfg.writes_to / "ray_results").resolve()
     scratch = storage / f"scratch-{os.getpid()}-{time.time_ns()}"  # workers' checkpoint dirs
     trainer = TorchTrainer(
         _worker_loop,
@@ -121,7 +124,7 @@ def _fit(train_cfg: TrainConfig, ray_cfg: RayTrainConfig, grad_sync) -> dict:
         shutil.rmtree(scratch, ignore_errors=True)  # also what killed workers left behind
     summary = dict(result.return_value or {})
     if result.checkpoint is not None:
-        target = train_cfg.checkpoint.directory(dataset)
+        target = train_cfg.checkpoint.directory(train_cfg.writes_to)
         with result.checkpoint.as_directory() as d:
             summary["checkpoint"] = str(_copy_checkpoint(Path(d), target,
                                                          train_cfg.checkpoint.keep))
@@ -201,7 +204,7 @@ def _restore(cfg: TrainConfig, workdir: Path) -> bool:
         if found is not None:
             (workdir / found[0].name).write_bytes(found[1])
             return True
-    own = cfg.checkpoint.directory(cfg.dataset)
+    own = cfg.checkpoint.directory(cfg.writes_to)
     if cfg.checkpoint.resume and (found := read_newest(own)) is not None:
         (workdir / found[0].name).write_bytes(found[1])
     return cfg.checkpoint.resume

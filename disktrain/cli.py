@@ -571,14 +571,20 @@ def _train_options(p: argparse.ArgumentParser) -> None:
             help="with --attack: a parameter of the attack (repeatable), e.g. eps=4 for ipm")
     _option(p, "--attack-seed", A, "seed", "attack.", type=int,
             help="with --attack: seed of the gaussian attack's noise (default: %(default)s)")
-    _option(p, "--checkpoint-dir", T, "checkpoint.dir", help="default: DATASET/checkpoints")
+    _option(p, "--run-dir", T, "run_dir", metavar="DIR",
+            help="where the run writes: checkpoints (DIR/checkpoints) and fresh epochs "
+            "(DIR/epochs/RUN, removed at the end); default: the dataset directory, which must "
+            "then be writable (a read-only dataset needs --run-dir)")
+    _option(p, "--checkpoint-dir", T, "checkpoint.dir",
+            help="default: RUN_DIR/checkpoints (DATASET/checkpoints without --run-dir)")
     _option(p, "--checkpoint-every", T, "checkpoint.every", type=int,
             help="also checkpoint every N batches (default 0: epoch ends only)")
     _option(p, "--keep-checkpoints", T, "checkpoint.keep", type=int, metavar="K",
             help="checkpoint files kept, newest first (default: %(default)s, the newest and "
             "one to fall back on)")
     _option(p, "--resume", T, "checkpoint.resume", action="store_true",
-            help="continue from the newest checkpoint that loads")
+            help="continue from the newest checkpoint that loads (in the checkpoint directory "
+            "above: give the same --run-dir or --checkpoint-dir)")
     _option(p, "--on-nonfinite", T, "on_nonfinite", choices=ON_NONFINITE,
             help="a step with a non-finite loss or gradient: stop with an error or skip it "
             "(no update; counted as skipped_steps) (default: %(default)s)")

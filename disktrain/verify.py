@@ -33,7 +33,7 @@ from disktrain.sample.store import SAMPLES, group_name, samples_ref
 from disktrain.storage.chunkfile import CRC_BYTES, StoreRef, check_chunk, check_region
 from disktrain.storage.dataset import DATASET, FORMAT_VERSION, dataset_ref
 from disktrain.storage.lock import read_lock
-from disktrain.storage.roots import EVAL_SPLITS, epoch_root, eval_root
+from disktrain.storage.roots import EVAL_SPLITS, eval_root, runs_dir
 from disktrain.storage.schema import CHECKSUM_CODECS, ArrayMeta, ArraySpec
 from disktrain.storage.shards import ShardLayout
 
@@ -451,14 +451,13 @@ def _check_packed(check: _Checker, ref: StoreRef, dataset: StoreRef, dataset_att
 
 def _roots(path: Path) -> list[tuple[str, Path]]:
     """(label, root) of every set of prepared stores under the dataset at ``path``: the
-    training root, the evaluation roots, the fresh epochs prepared during training."""
+    training root, the evaluation roots, the fresh epochs of the runs training there."""
     roots = [("", path)]
     roots += [(f"{split} ", eval_root(path, split)) for split in EVAL_SPLITS
               if eval_root(path, split).exists()]
-    epochs = epoch_root(path, 0).parent
-    if epochs.exists():
-        roots += [(f"epoch {p.name[1:].lstrip('0') or '0'} ", p)
-                  for p in sorted(epochs.iterdir()) if p.is_dir()]
+    roots += [(f"{run.name} epoch {p.name[1:].lstrip('0') or '0'} ", p)
+              for run in sorted(runs_dir(path).glob("*"))
+              for p in sorted(run.glob("e*")) if p.is_dir()]
     return roots
 
 

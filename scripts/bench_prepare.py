@@ -62,7 +62,7 @@ from disktrain.pack import PackConfig, pack_dataset
 from disktrain.pack.prepare import prepare_epoch
 from disktrain.sample import SampleConfig, sample_dataset
 from disktrain.storage.io import RWF_DONTCACHE
-from disktrain.storage.roots import epoch_root
+from disktrain.storage.roots import epoch_root, new_run
 
 IO_BLOCK = 16 << 20
 
@@ -215,9 +215,11 @@ def main() -> int:
                             args.profile),
         }
         if not args.no_epochs:
-            stages["epoch"] = measure(lambda: prepare_epoch(data, 1), data, disk)
-            shutil.rmtree(epoch_root(data, 1))
-            stages["epoch_after_delete"] = measure(lambda: prepare_epoch(data, 2), data, disk)
+            run = new_run(data)
+            stages["epoch"] = measure(lambda: prepare_epoch(data, run, 1), data, disk)
+            shutil.rmtree(epoch_root(run, 1))
+            stages["epoch_after_delete"] = measure(lambda: prepare_epoch(data, run, 2), data,
+                                                   disk)
             shutil.rmtree(data / "epochs")
         info = json.loads((data / "packed" / "zarr.json").read_text())["attributes"]
         both = {k: stages["sample"][k] + stages["pack"][k] for k in ("read_bytes",

@@ -21,7 +21,7 @@ from disktrain.pack import PackConfig, PackedStore, pack_dataset
 from disktrain.pack.prepare import prepare_epoch, prepare_eval, serve_epochs
 from disktrain.sample import SampleConfig, SamplePlan, SampleStore
 from disktrain.storage.dataset import Dataset
-from disktrain.storage.roots import epoch_root, eval_root, is_prepared
+from disktrain.storage.roots import epoch_root, eval_root, is_prepared, new_run, runs_dir
 from disktrain.train import EvalConfig, TrainConfig, train
 from disktrain.train.checkpoint import CheckpointConfig
 from disktrain.train.evaluate import Evaluator, evaluate_packed
@@ -67,7 +67,7 @@ def test_fresh_epochs_train_exactly_like_presampled_ones(one_epoch, tmp_path):
     fresh = _run(one_epoch, tmp_path / "a")
     assert (fresh["sampled_epochs"], fresh["fresh_epochs"]) == (1, 2)
     assert not fresh["reused_sampled_epochs"]
-    assert not any(epoch_root(one_epoch, 0).parent.glob("e*"))
+    assert not any(runs_dir(one_epoch).iterdir())  # the run's directory went with it
     three = _prepare(make_dataset(tmp_path / "g3"), epochs=3, evaluation=False)
     presampled = _run(three, tmp_path / "b", evaluation=EvalConfig(mode="online"))
     assert presampled["fresh_epochs"] == 0
@@ -84,7 +84,7 @@ def test_resume_into_a_fresh_epoch(one_epoch, tmp_path):
 
 
 def test_fresh_epoch_store_shares_the_training_caches(one_epoch, tmp_path):
-    root = prepare_epoch(one_epoch, 5)
+    root = prepare_epoch(one_epoch, run := new_run(one_epoch), 5)
     try:
         train_store, fresh = PackedStore(one_epoch), PackedStore(one_epoch, root=root)
         assert fresh.tiers_id == train_store.tiers_id and fresh.store_id != train_store.store_id
@@ -93,25 +93,31 @@ def test_fresh_epoch_store_shares_the_training_caches(one_epoch, tmp_path):
         assert SampleStore(one_epoch, root=root).config.first_epoch == 5
         loader = PackedLoader(one_epoch)
         assert loader.sibling(root).caches is loader.caches
-        assert prepare_epoch(one_epoch, 5) == root  # done: returned as it is
+        assert prepare_epoch(one_epoch, run, 5) == root  # done: returned as it is
         assert PackedStore(one_epoch, root=root).store_id == fresh.store_id
     finally:
-        shutil.rmtree(root.parent)
+        shutil.rmtree(run)
 
 
 def test_serve_epochs_answers_each_line(one_epoch):
-    out = io.StringIO()
+    out, run = io.StringIO(), new_run(one_epoch)
     try:
-        serve_epochs(one_epoch, io.StringIO("7\n"), out)
-        assert out.getvalue() == "7\t\n" and is_prepared(epoch_root(one_epoch, 7))
+        serve_epochs(one_epoch, run, io.StringIO("7\n"), out)
+        assert out.getvalue() == "7\t\n" and is_prepared(epoch_root(run, 7))
     finally:
-        shutil.rmtree(epoch_root(one_epoch, 0).parent)
+        shutil.rmtree(run)
 
 
-def test_a_failed_fresh_epoch_is_an_error_naming_it(tmp_path):
+def test_a_failed_fresh_epoch_is_an_error_naming_it(tmp_path, monkeypatch):
     path = _prepare(make_dataset(tmp_path / "g"), epochs=1, evaluation=False)
-    epoch_root(path, 0).parent.write_text("in the way")  # `epochs` is a file: mkdir fails
-    with pytest.raises(DataError, match="preparing fresh epoch 1 failed: .*epochs"):
+
+    def blocked_run(base):  # epoch 1's root is a file: the preparer's mkdir fails
+        run = new_run(base)
+        epoch_root(run, 1).write_text("in the way")
+        return run
+
+    monkeypatch.setattr("disktrain.loader.fresh.new_run", blocked_run)
+    with pytest.raises(DataError, match="preparing fresh epoch 1 failed: .*e000001"):
         _run(path, tmp_path, epochs=2)
 
 

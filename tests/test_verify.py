@@ -326,9 +326,10 @@ def test_evaluation_and_fresh_epoch_stores(prepared):
     """The val/test stores and a fresh epoch's are checked like the training stores, and
     must use the training store's caches."""
     from disktrain.pack.prepare import prepare_epoch
+    from disktrain.storage.roots import new_run
 
-    root = prepare_epoch(prepared, 1)
-    assert "epoch 1 packed store" in verify(prepared).stores
+    root = prepare_epoch(prepared, new_run(prepared), 1)
+    assert f"{root.parent.name} epoch 1 packed store" in verify(prepared).stores
     rows = min((root / "packed" / "rows").glob("c.*"))
     rows.write_bytes(rows.read_bytes()[:-1])
     evaluation = prepared / "eval/val/packed"

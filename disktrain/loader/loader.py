@@ -71,7 +71,9 @@ class Loader:
     prepare --aggregate-first-hop``), which carry ``x_agg`` for a model that takes it (the
     first layer's targets in ``x``, the blocks above it) instead of the first hop's rows and
     edges; without it such a store is refused (a PyG model reading ``edge_index`` would
-    silently lose a hop).
+    silently lose a hop). ``run_dir``: where fresh epochs are prepared, in a directory of this
+    loader's own removed at :meth:`close` (default: the dataset's; give a writable one for a
+    read-only dataset).
     """
 
     def __init__(self, dataset_dir: str | Path, split: str = "train", *,
@@ -81,7 +83,7 @@ class Loader:
                  epochs: int | None = None, prepare_ahead: int = 1,
                  max_batches: int | None = None, reuse_buffers: bool = False,
                  config: LoaderConfig | None = None, share: Loader | None = None,
-                 aggregated: bool = False):
+                 aggregated: bool = False, run_dir: str | Path | None = None):
         if split not in SPLITS:
             raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
         if plan_reuse not in PLAN_REUSE:
@@ -100,6 +102,7 @@ class Loader:
             if value is not None and value < 1:
                 raise ValueError(f"{name} must be >= 1, got {value}")
         self.dataset_dir, self.split = Path(dataset_dir), split
+        self.run_dir = Path(run_dir) if run_dir is not None else self.dataset_dir
         self.dtype, self.seed = dtype, seed
         self.shuffle = split == "train" if shuffle is None else shuffle
         self.rank, self.world_size = rank, world_size
@@ -200,9 +203,8 @@ class Loader:
             return self._source
         if self._fresh is None:
             last = self.epochs if self.epochs is not None else epoch + 1
-            self._fresh = FreshEpochs(self.dataset_dir, self.sampled_epochs, last,
+            self._fresh = FreshEpochs(self.dataset_dir, self.run_dir, self.sampled_epochs, last,
                                       self.prepare_ahead, self.rank == 0, self.device)
-            self._fresh.sweep(epoch)
         self._fresh.last = max(self._fresh.last, epoch + 1)
         self._fresh.ahead_of(epoch + 1)
         if not self._is_fresh(epoch):
@@ -265,8 +267,8 @@ class Loader:
         self.epoch, self._cursor = int(state["epoch"]), cursor
 
     def close(self) -> None:
-        """Stop the background preparation of fresh epochs, if any, and release the dataset's
-        lock (see :class:`PackedLoader`)."""
+        """Stop the background preparation of fresh epochs, if any, remove their directory,
+        and release the dataset's lock (see :class:`PackedLoader`)."""
         if self._fresh is not None:
             self._fresh.close()
             self._fresh = None

@@ -3,9 +3,12 @@ the fresh epochs training prepares ahead of itself (roots: :mod:`disktrain.stora
 
 from __future__ import annotations
 
+import contextlib
 import os
+import queue
 import shutil
 import sys
+import threading
 from dataclasses import replace
 from pathlib import Path
 
@@ -90,9 +93,10 @@ def _eval_splits(dataset: Dataset) -> list[str]:
     return splits
 
 
-def prepare_epoch(dataset_path: str | Path, epoch: int, progress: bool = False,
-                  group_bytes: int | None = None) -> Path:
-    """Sample and pack training epoch ``epoch`` alone under its epoch root; return the root.
+def prepare_epoch(dataset_path: str | Path, run: str | Path, epoch: int,
+                  progress: bool = False, group_bytes: int | None = None) -> Path:
+    """Sample and pack training epoch ``epoch`` alone under its root in the run directory
+    ``run`` (:func:`disktrain.storage.roots.new_run`); return the root.
 
     Its batches are those a training store sampled with more epochs would hold for
     ``epoch`` (same config, ``first_epoch=epoch``), packed with the training store's caches
@@ -102,7 +106,7 @@ def prepare_epoch(dataset_path: str | Path, epoch: int, progress: bool = False,
     dataset = Dataset(dataset_path)
     train = SampleStore(dataset.path)
     packed = PackedStore(dataset.path)
-    root = epoch_root(dataset.path, epoch)
+    root = epoch_root(run, epoch)
     sample_dataset(dataset.path, replace(train.config, first_epoch=epoch, epochs=1), progress,
                    root=root)
     cfg = PackConfig(**packed.attrs["pack_config"])
@@ -113,7 +117,8 @@ def prepare_epoch(dataset_path: str | Path, epoch: int, progress: bool = False,
 
 
 NICE = 10
-"""The niceness increment of :func:`serve_epochs`: training's threads run first."""
+"""The niceness increment of the preparing process (:func:`_serve`): training's threads run
+first."""
 
 
 def background_group_bytes() -> int:
@@ -125,22 +130,44 @@ def background_group_bytes() -> int:
     return max(64 << 20, mem_available() // 3)
 
 
-def serve_epochs(dataset_path: str | Path, lines=sys.stdin, out=sys.stdout) -> None:
+def serve_epochs(dataset_path: str | Path, run: str | Path, lines=sys.stdin,
+                 out=sys.stdout) -> None:
     """Prepare each epoch number read from ``lines`` (one per line) with
-    :func:`prepare_epoch`, at a lower CPU priority; answer one line ``EPOCH<TAB>ERROR`` per
-    epoch (ERROR empty when done). Run as ``python -m disktrain.pack.prepare --serve-epochs
-    DATASET`` by training (:mod:`disktrain.loader.fresh`)."""
-    os.nice(NICE)
+    :func:`prepare_epoch` in ``run``, in packing groups of :func:`background_group_bytes`;
+    answer one line ``EPOCH<TAB>ERROR`` per epoch (ERROR empty when done)."""
     group_bytes = background_group_bytes()  # once: later, this process's own heap counts
     for line in lines:
         epoch = int(line)
         try:
-            prepare_epoch(dataset_path, epoch, group_bytes=group_bytes)
+            prepare_epoch(dataset_path, run, epoch, group_bytes=group_bytes)
             error = ""
         except Exception as e:  # noqa: BLE001 - reported to the trainer as text
             error = f"{type(e).__name__}: {e}".replace("\n", " ")
         print(f"{epoch}\t{error}", file=out, flush=True)
 
 
+def _serve(dataset_path: str, run: str) -> None:
+    """The preparing process of a training run, ``python -m disktrain.pack.prepare
+    --serve-epochs DATASET RUN`` (:mod:`disktrain.loader.fresh`): :func:`serve_epochs` at a
+    lower CPU priority, in a process group of its own (Ctrl-C is the trainer's, which closes
+    its input). It ends at once and quietly when its input does, whether the trainer
+    closed it or died (a SIGKILL included): the epoch being prepared is abandoned with the
+    run's directory, and no answer is written to a trainer that is gone."""
+    os.nice(NICE)
+    lines: queue.SimpleQueue = queue.SimpleQueue()
+    threading.Thread(target=_watch, args=(sys.stdin, lines), daemon=True,
+                     name="disktrain-trainer-watch").start()
+    with contextlib.suppress(BrokenPipeError):  # answering a trainer that is gone
+        serve_epochs(dataset_path, run, iter(lines.get, None))
+    os._exit(0)
+
+
+def _watch(stdin, lines: queue.SimpleQueue) -> None:
+    """Pass the trainer's lines on to ``lines``; end the process when they end."""
+    for line in stdin:
+        lines.put(line)
+    os._exit(0)
+
+
 if __name__ == "__main__" and sys.argv[1:2] == ["--serve-epochs"]:
-    serve_epochs(sys.argv[2])
+    _serve(sys.argv[2], sys.argv[3])

@@ -7,6 +7,10 @@ pass for the owner. A failed run removes its temporary itself; a killed one (SIG
 so the first write of a process into a directory removes the temporaries there whose owner is
 gone, and says so on stderr. Temporaries of live processes and of other hosts (a shared
 filesystem) are left alone, as are resumable partial stores (``samples.partial``).
+
+The same owner identity (:func:`owner`) marks what a run keeps beyond one write (a training
+run's fresh epochs, :func:`disktrain.storage.roots.new_run`), and :func:`require_writable`
+refuses up front a directory a run could not write.
 """
 
 from __future__ import annotations
@@ -24,10 +28,11 @@ from collections.abc import Iterator
 from functools import cache
 from pathlib import Path
 
+from disktrain.errors import ConfigError
 from disktrain.storage.io import disk_full_errors
 
-_TEMPORARY = re.compile(r"\.(?P<kind>tmp|old)-(?P<host>[0-9a-f]{8})-(?P<pid>[0-9]+)-"
-                        r"(?P<start>[0-9a-f]{8})-[0-9a-f]{8}$")
+_TEMPORARY = re.compile(r"\.(?P<kind>tmp|old)-(?P<owner>[0-9a-f]{8}-[0-9]+-[0-9a-f]{8})-"
+                        r"[0-9a-f]{8}$")
 _swept: set[tuple[int, str]] = set()
 _sweep_lock = threading.Lock()
 
@@ -70,11 +75,31 @@ def start_tag(pid: int) -> str | None:
     return _hash8(f"{_boot_id()}:{fields[19]}")  # field 22 of stat: start time
 
 
+def owner() -> str:
+    """This process as the owner of what it writes: ``<host>-<pid>-<start>`` (above)."""
+    pid = os.getpid()
+    return f"{_host()}-{pid}-{start_tag(pid)}"
+
+
+def owner_gone(tag: str) -> bool:
+    """Whether the owner ``tag`` (:func:`owner`; a malformed one counts as gone) ran on this
+    host and has ended."""
+    parts = tag.strip().split("-")
+    if len(parts) != 3 or not parts[1].isdigit():
+        return True
+    host, pid, start = parts
+    return host == _host() and start_tag(int(pid)) != start
+
+
+def is_temporary(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is the temporary (or replaced) sibling of a write in progress."""
+    return _TEMPORARY.search(Path(path).name) is not None
+
+
 def temporary_name(final: str | os.PathLike, kind: str = "tmp") -> Path:
     """A fresh sibling of ``final`` owned by this process (``kind``: tmp or old)."""
-    final, pid = Path(final), os.getpid()
-    owner = f"{_host()}-{pid}-{start_tag(pid)}-{uuid.uuid4().hex[:8]}"
-    return final.with_name(f"{final.name}.{kind}-{owner}")
+    final = Path(final)
+    return final.with_name(f"{final.name}.{kind}-{owner()}-{uuid.uuid4().hex[:8]}")
 
 
 def remove_stale(directory: str | os.PathLike) -> list[Path]:
@@ -86,7 +111,7 @@ def remove_stale(directory: str | os.PathLike) -> list[Path]:
         return removed
     for entry in entries:
         m = _TEMPORARY.search(entry.name)
-        if m is None or m["host"] != _host() or start_tag(int(m["pid"])) == m["start"]:
+        if m is None or not owner_gone(m["owner"]):
             continue
         path = Path(entry.path)
         is_dir = entry.is_dir(follow_symlinks=False)
@@ -166,3 +191,28 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def write_problem(directory: str | os.PathLike) -> str | None:
+    """Why this process cannot create files in the existing ``directory``, or None: os.access,
+    then a file made and removed (root passes os.access on many a directory it cannot write)."""
+    if not os.access(directory, os.W_OK | os.X_OK):
+        return ("a read-only filesystem" if os.statvfs(directory).f_flag & os.ST_RDONLY
+                else "no write permission for this user")
+    probe = temporary_name(Path(directory) / ".write-probe")
+    try:
+        probe.touch(exist_ok=False)
+    except OSError as e:
+        return e.strerror
+    probe.unlink()
+    return None
+
+
+def require_writable(directory: str | os.PathLike, what: str, fix: str) -> None:
+    """ConfigError unless files can be made in ``directory`` (or, not there yet, the directory
+    it would be made in); the message says ``what`` goes there and ``fix``, how to go elsewhere."""
+    path = Path(directory).absolute()
+    while not path.is_dir() and path != path.parent:
+        path = path.parent
+    if (why := write_problem(path)) is not None:
+        raise ConfigError(f"{path} is not writable ({why}): {what}; {fix}")

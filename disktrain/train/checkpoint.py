@@ -44,7 +44,8 @@ class CheckpointConfig:
     resumes."""
 
     dir: str | None = None
-    """Where checkpoints go (default: DATASET/checkpoints; see :meth:`directory`)."""
+    """Where checkpoints go (default: RUN_DIR/checkpoints, the run's directory's, which is the
+    dataset's unless given; see :meth:`directory`)."""
     every: int = 0
     """Also checkpoint every this many batches inside an epoch (0: at epoch ends only)."""
     keep: int = 2
@@ -58,9 +59,10 @@ class CheckpointConfig:
         check_min(self, 0, "every", owner="CheckpointConfig.")
         check_min(self, 1, "keep", owner="CheckpointConfig.")
 
-    def directory(self, dataset: str | Path) -> Path:
-        """The checkpoint directory of a run on ``dataset``."""
-        return Path(self.dir) if self.dir else Path(dataset) / "checkpoints"
+    def directory(self, run_dir: str | Path) -> Path:
+        """The checkpoint directory of a run writing to ``run_dir`` (``TrainConfig.writes_to``:
+        its run directory, or its dataset)."""
+        return Path(self.dir) if self.dir else Path(run_dir) / "checkpoints"
 
 
 def checkpoint_name(epoch: int, cursor: int) -> str:

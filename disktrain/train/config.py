@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 
@@ -16,6 +17,7 @@ from disktrain.loader.config import LoaderConfig
 from disktrain.loader.loader import PLAN_REUSE
 from disktrain.models.gnn import ModelConfig
 from disktrain.robust import AttackConfig, RobustConfig, aggregate
+from disktrain.storage.atomic import require_writable
 from disktrain.train.checkpoint import CheckpointConfig
 from disktrain.train.evaluate import EvalConfig
 
@@ -73,6 +75,11 @@ class TrainConfig:
 
     dataset: str
     """Dataset directory, prepared by `disktrain prepare`."""
+    run_dir: str | None = None
+    """Where the run writes: its checkpoints (``run_dir``/checkpoints unless
+    ``checkpoint.dir``) and its fresh epochs (a directory of its own under
+    ``run_dir``/epochs, removed at the end). None: the dataset directory, which must then be
+    writable (a read-only dataset is refused before anything loads)."""
     model: ModelConfig = field(default_factory=ModelConfig)
     """The node classifier (its input width, classes and layers come from the dataset and
     the sampled fanouts)."""
@@ -145,6 +152,29 @@ class TrainConfig:
         check_min(self, 0, "seed", "compute_threads", owner="TrainConfig.")
         if self.max_batches is not None and self.max_batches < 1:
             raise ValueError(f"TrainConfig.max_batches must be >= 1, got {self.max_batches}")
+
+    @property
+    def writes_to(self) -> Path:
+        """The directory the run writes to: ``run_dir``, else the dataset's."""
+        return Path(self.run_dir or self.dataset)
+
+    def check_writable(self, fresh_epochs: bool) -> None:
+        """Refuse (ConfigError), before anything loads, a run that could not write where it
+        writes: its checkpoints, its fresh epochs (``fresh_epochs``: it will prepare some) and
+        its metrics. A read-only dataset needs ``run_dir``."""
+        run_dir = "give the run a writable directory with --run-dir DIR (TrainConfig.run_dir)"
+        checkpoints = self.checkpoint.directory(self.writes_to)
+        places = [(checkpoints, f"the run's checkpoints go to {checkpoints}",
+                   "give a writable --checkpoint-dir DIR (CheckpointConfig.dir)"
+                   if self.checkpoint.dir else run_dir)]
+        if fresh_epochs:
+            epochs = self.writes_to / "epochs"
+            places.append((self.writes_to, f"the run's fresh epochs go to {epochs}", run_dir))
+        if self.metrics:
+            places.append((Path(self.metrics).parent, f"the run's metrics go to {self.metrics}",
+                           "give a writable --metrics FILE"))
+        for path, what, fix in places:
+            require_writable(path, what, fix)
 
     def check_world_size(self, world_size: int) -> None:
         """Refuse (ConfigError) what ``world_size`` workers cannot run: attacking ranks that

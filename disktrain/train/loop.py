@@ -76,9 +76,12 @@ def train(cfg: TrainConfig, grad_sync=None, on_epoch=None) -> dict:
     """
     env = DistEnv.from_env()
     cfg.check_world_size(env.world_size)
+    fresh = _prepares_fresh_epochs(cfg)
+    if env.is_main:  # rank 0 writes
+        cfg.check_writable(fresh)
     device = env.device(cfg.loader.device)
     threads = compute_threads(cfg.compute_threads, device,
-                              reserved=1 if _prepares_fresh_epochs(cfg) else 0)
+                              reserved=1 if fresh else 0)
     with torch_threads(threads):
         return _train(cfg, env, device, loader_threads(threads), grad_sync, on_epoch)
 
@@ -92,7 +95,8 @@ def _train(cfg: TrainConfig, env: DistEnv, device: torch.device, assemble_thread
                     world_size=env.world_size, plan_reuse=cfg.plan_reuse, epochs=cfg.epochs,
                     prepare_ahead=cfg.prepare_ahead, max_batches=cfg.max_batches,
                     reuse_buffers=True, config=loader_config(cfg, device, assemble_threads),
-                    aggregated=True)  # the trainer checks its model takes x_agg
+                    aggregated=True,  # the trainer checks its model takes x_agg
+                    run_dir=cfg.writes_to)
     try:
         trainer = Trainer(cfg, env, device, loader, grad_sync)
         return summary(cfg, env, trainer, trainer.fit(on_epoch))

@@ -43,7 +43,7 @@ class Trainer:
         self.opt = cfg.optimizer.build(self.model.parameters())
         self.grads = GradientPath(cfg, env, meta.num_classes, grad_sync,
                                   [p for p in self.model.parameters() if p.requires_grad])
-        self.ckpt_dir = cfg.checkpoint.directory(cfg.dataset)
+        self.ckpt_dir = cfg.checkpoint.directory(cfg.writes_to)
         self.writer = CheckpointWriter(self.ckpt_dir, cfg.checkpoint.keep)
         self.progress = Progress()
         self.parts = {"model": self.model, "optimizer": self.opt, "loader": loader,
