@@ -200,3 +200,21 @@ def test_pyg_data_without_a_val_mask_prepares_and_trains(tmp_path, capsys):
     summary = json.loads(out.splitlines()[-1])
     assert summary["val_acc"] is None or np.isnan(summary["val_acc"])
     assert 0 <= summary["test_acc"] <= 1
+
+
+def test_a_loader_of_damaged_evaluation_metadata_names_the_file(tmp_path):
+    """`Loader(DS, "val")` reads whether the val store is prepared through the one metadata
+    reader: invalid JSON is a DataError naming the file, not a JSONDecodeError."""
+    from helpers import prepare
+    from tinygraphs import make_dataset
+
+    from disktrain import Loader
+    from disktrain.errors import DataError
+    from disktrain.storage.roots import eval_root
+
+    path = make_dataset(tmp_path / "ds")
+    prepare(path, evaluation=True)
+    meta = eval_root(path, "val") / "packed" / "zarr.json"
+    meta.write_text("{not json")
+    with pytest.raises(DataError, match=f"metadata {meta} is unreadable"):
+        Loader(path, "val")

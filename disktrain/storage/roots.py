@@ -27,6 +27,8 @@ import uuid
 from pathlib import Path
 
 from disktrain.storage.atomic import atomic_dir, is_temporary, owner, owner_gone
+from disktrain.storage.chunkfile import StoreRef
+from disktrain.storage.schema import group_attrs
 
 EVAL_SPLITS = ("val", "test")
 OWNER = "owner"
@@ -87,10 +89,10 @@ def remove_stale_runs(parent: str | Path) -> list[Path]:
 
 
 def is_prepared(root: str | Path) -> bool:
-    """Whether ``root`` holds a complete packed store (and so its sample store)."""
-    import zarr
-
-    meta = Path(root) / "packed" / "zarr.json"
-    if not meta.exists():
+    """Whether ``root`` holds a complete packed store (and so its sample store); damaged
+    metadata is a ``DataError`` naming it."""
+    store = Path(root) / "packed"
+    if not (store / "zarr.json").exists():
         return False
-    return bool(zarr.open_group(meta.parent, mode="r").attrs.get("complete"))
+    ref = StoreRef("packed store", store, f"remove {store} and rerun disktrain prepare")
+    return bool(group_attrs(store, ref).get("complete"))
