@@ -155,3 +155,31 @@ def test_a_loader_dropped_in_a_reference_cycle_lets_a_prepare_in(prepared):
             pass
     finally:
         gc.enable()
+
+
+def test_a_second_run_on_a_checkpoint_directory_in_use_is_refused(tmp_path):
+    """Two runs writing one checkpoint directory would prune each other's checkpoints: while
+    one holds it, `train` refuses, naming the other process."""
+    from helpers import prepare
+    from tinygraphs import make_dataset
+
+    from disktrain.models import ModelConfig
+    from disktrain.train import TrainConfig, train
+    from disktrain.train.checkpoint import CheckpointConfig
+
+    path = make_dataset(tmp_path / "ds")
+    prepare(path)
+    ckpt = tmp_path / "ck"
+    ckpt.mkdir()
+    other = subprocess.Popen([sys.executable, "-c", HOLD, str(ckpt), "write"],
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert other.stdout.readline().strip() == "ready"
+        cfg = TrainConfig(dataset=str(path), epochs=1, progress=False,
+                          model=ModelConfig(hidden=8), checkpoint=CheckpointConfig(dir=str(ckpt)))
+        with pytest.raises(DataError, match=f"train: cannot rewrite {ckpt} while it is in use "
+                                            rf"\(pid {other.pid} "):
+            train(cfg)
+    finally:
+        other.communicate("\n", timeout=30)
+    assert train(cfg)["epochs"] == 1  # free again

@@ -48,7 +48,7 @@ RESUME_WORKER = textwrap.dedent("""
                 seed=1, progress=False, max_batches=3)
     own = os.path.join(out, f"ck-rank{rank}")  # node-local storage: only rank 0 writes
     train(TrainConfig(**base, epochs=1, checkpoint=Ck(dir=own)))
-    listing = sorted(os.listdir(own)) if os.path.isdir(own) else []
+    listing = sorted(f for f in os.listdir(own) if f != ".lock") if os.path.isdir(own) else []
     resumed = train(TrainConfig(**base, epochs=2, checkpoint=Ck(dir=own, resume=True)))
     straight = train(TrainConfig(**base, epochs=2,
                                  checkpoint=Ck(dir=os.path.join(out, f"straight-rank{rank}"))))

@@ -16,6 +16,7 @@ The run itself: :class:`~disktrain.train.trainer.Trainer`.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -29,6 +30,7 @@ import torch.distributed as dist
 from disktrain.loader.config import LoaderConfig
 from disktrain.loader.dist import DistEnv
 from disktrain.loader.loader import Loader
+from disktrain.storage.lock import write_lock
 from disktrain.train.config import TrainConfig
 from disktrain.train.threads import compute_threads, loader_threads, torch_threads
 from disktrain.train.trainer import STAGES, Trainer
@@ -98,10 +100,20 @@ def _train(cfg: TrainConfig, env: DistEnv, device: torch.device, assemble_thread
                     aggregated=True,  # the trainer checks its model takes x_agg
                     run_dir=cfg.writes_to)
     try:
-        trainer = Trainer(cfg, env, device, loader, grad_sync)
-        return summary(cfg, env, trainer, trainer.fit(on_epoch))
+        with _checkpoints_held(cfg.checkpoint.directory(cfg.writes_to), env):
+            trainer = Trainer(cfg, env, device, loader, grad_sync)
+            return summary(cfg, env, trainer, trainer.fit(on_epoch))
     finally:
         loader.close()  # stops the preparation of fresh epochs
+
+
+def _checkpoints_held(directory: Path, env: DistEnv) -> contextlib.AbstractContextManager:
+    """Rank 0 holds the checkpoint directory's lock alone for the run: another run writing
+    there would prune this one's checkpoints, so it refuses, naming this one."""
+    if not env.is_main:
+        return contextlib.nullcontext()
+    directory.mkdir(parents=True, exist_ok=True)
+    return write_lock(directory, "train")
 
 
 def summary(cfg: TrainConfig, env: DistEnv, trainer: Trainer, history: list[dict]) -> dict:
