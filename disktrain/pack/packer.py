@@ -199,8 +199,9 @@ class _Aggregate:
         nodes = batch.input_nodes[:num_src]
         degree = dataset.in_degrees(nodes) if kind == "gcn" else None
         src, dst, weight = first_hop_edges(kind, src, dst, num_dst, degree)
-        order = np.argsort(nodes[src], kind="stable")
-        return cls(writer, first, nodes[src][order], dst[order],
+        ids = nodes[src]
+        order = np.argsort(ids, kind="stable")
+        return cls(writer, first, ids[order], dst[order],
                    weight[order].astype(np.float32), num_dst, dim)
 
     def add(self, i: int, j: int, rows: np.ndarray) -> None:
