@@ -4,6 +4,7 @@ Usage: python scripts/bench_billion.py [--scale 26] [--avg-degree 16] [--feature
                                        [--fanouts 15,10,5] [--batch-size 1024]
                                        [--cpu-cache-bytes 2G] [--workdir DIR] [--keep]
                                        [--skip-ingest] [--skip-pyg] [--pyg-max-phase-s 120]
+                                       [--first-hop] [--skip-extras]
                                        [--out result.json]
 
 Steps, each a `disktrain` command run as a child process with the page cache evicted first
@@ -15,7 +16,10 @@ Steps, each a `disktrain` command run as a child process with the page cache evi
      the ingested CSR must equal synth's;
   3. ``prepare`` with 3-layer fanouts (and once more with ``--cpu-cache-bytes``);
   4. ``train`` a 3-layer GraphSAGE for one epoch, then evaluate (packed val/test batches),
-     and an MLP on the same features for comparison;
+     and an MLP on the same features for comparison (``--skip-extras`` skips the MLP and the
+     CPU-cache pair); with ``--first-hop`` the store is prepared again with
+     ``--aggregate-first-hop mean`` (samples reused) and the same model trained on it: prepare,
+     epoch and packed bytes before and after;
   5. the same model and fanouts with PyG's NeighborLoader (``scripts/pyg_peer.py``: the CSR
      in memory as int64, the features memory-mapped from the exported ``.npy``), each phase
      capped at ``--pyg-max-phase-s`` and extrapolated from its batch rate; a failure (e.g.
@@ -176,6 +180,8 @@ def main() -> int:
     p.add_argument("--skip-ingest", action="store_true")
     p.add_argument("--skip-pyg", action="store_true")
     p.add_argument("--pyg-max-phase-s", type=float, default=120.0)
+    p.add_argument("--first-hop", action="store_true")
+    p.add_argument("--skip-extras", action="store_true")
     p.add_argument("--out", type=Path)
     args = p.parse_args()
 
@@ -222,10 +228,16 @@ def main() -> int:
         train = [*DISKTRAIN, "train", str(ds), "--epochs", "1", "--hidden", "128",
                  "--no-progress", "--checkpoint-dir", str(work / "ck")]
         steps.append(run("train sage", [*train, "--model", "sage"], work))
-        steps.append(run("train mlp", [*train, "--model", "mlp"], work))
-        steps.append(run("prepare with CPU cache",
-                         [*prepare, "--cpu-cache-bytes", args.cpu_cache_bytes], work))
-        steps.append(run("train sage, CPU cache", [*train, "--model", "sage"], work))
+        if not args.skip_extras:
+            steps.append(run("train mlp", [*train, "--model", "mlp"], work))
+            steps.append(run("prepare with CPU cache",
+                             [*prepare, "--cpu-cache-bytes", args.cpu_cache_bytes], work))
+            steps.append(run("train sage, CPU cache", [*train, "--model", "sage"], work))
+        if args.first_hop:
+            steps.append(run("prepare, first hop aggregated",
+                             [*prepare, "--aggregate-first-hop", "mean"], work))
+            steps.append(run("train sage, first hop aggregated", [*train, "--model", "sage"],
+                             work))
         if not args.skip_pyg:
             features = work / "arrays" / "features.npy"
             if not features.exists():

@@ -4,9 +4,11 @@ from the raw rows of a plain store."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from helpers import SAMPLE, prepare
+from tinygraphs import make_dataset
 
 from disktrain.errors import DataError
 from disktrain.loader import Loader
@@ -73,6 +75,20 @@ def test_aggregated_store_is_repacked_when_the_option_changes(tiny_dataset):
     assert again.store_id != first.store_id and again.aggregate is None
     assert PackedStore(tiny_dataset).num_batches == first.num_batches
     assert Dataset(tiny_dataset).num_nodes == 300
+
+
+@pytest.mark.parametrize("kind", ["mean", "gcn"])
+def test_float16_features_are_summed_in_float32(tmp_path, kind):
+    path = make_dataset(tmp_path / "half", dtype=np.float16)
+    cfg = LoaderConfig(prefetch=1, degrees=True)
+    prepare(path, pack=PackConfig(chunk_bytes=256))
+    want = _batches(path, cfg)
+    prepare(path, pack=PackConfig(chunk_bytes=256, aggregate_first_hop=kind))
+    for (_, x, x_agg, _, _), (_, wx, _, wblocks, _) in zip(_batches(path, cfg), want,
+                                                           strict=True):
+        assert torch.equal(x, wx[:wblocks[0].num_dst])
+        ref = _reference(kind, wx.float(), wblocks[0])  # stored as float16: rounded once
+        torch.testing.assert_close(x_agg.float(), ref.half().float(), atol=1e-3, rtol=1e-3)
 
 
 def test_unknown_aggregation_is_refused_by_name():

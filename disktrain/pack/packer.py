@@ -307,7 +307,7 @@ def pack_pass(dataset: Dataset, work: list[tuple[GroupPacker, int]]) -> None:
             a.src = pos
         done = np.zeros(len(runs), np.int64)  # rows of each run written so far
 
-        def scatter(part: range, i: int, j: int, rows: np.ndarray) -> None:
+        def scatter(part: range, i: int, j: int, rows: np.ndarray, wide: np.ndarray) -> None:
             for k in part:
                 writer, first, pos = runs[k]
                 end = int(np.searchsorted(pos, j))
@@ -315,7 +315,7 @@ def pack_pass(dataset: Dataset, work: list[tuple[GroupPacker, int]]) -> None:
                     writer.write(first + int(done[k]), rows, pos[done[k]:end] - i)
                     done[k] = end
             for a in aggs[part.start // 2:part.stop // 2]:
-                a.add(i, j, rows)
+                a.add(i, j, wide)
 
         # two threads gather (NumPy and the kernel release the GIL), each for the runs (and
         # aggregates) of half the batches: a batch's two runs share chunk buffers
@@ -323,7 +323,9 @@ def pack_pass(dataset: Dataset, work: list[tuple[GroupPacker, int]]) -> None:
         parts = (range(half), range(half, len(runs)))
         pool = stack.enter_context(ThreadPoolExecutor(2, thread_name_prefix="pack-gather"))
         for i, j, rows in dataset.iter_sorted(needed):
-            for f in [pool.submit(scatter, part, i, j, rows) for part in parts]:
+            # the kernel sums float32 or float64 rows: float16 (no Numba type) widened once
+            wide = rows.astype(np.float32) if aggs and rows.dtype == np.float16 else rows
+            for f in [pool.submit(scatter, part, i, j, rows, wide) for part in parts]:
                 f.result()
         for a in aggs:
             a.finish()
