@@ -83,16 +83,20 @@ class Buckets:
     """How rows are cut into buckets, and how the spill file stores an edge."""
 
     num_nodes: int
+    """Rows (dst nodes)."""
     shift: int
     """A bucket holds rows ``[b << shift, (b + 1) << shift)``."""
     index: np.dtype
-    """The cols (node ids): int32 under 2**31 nodes, else int64."""
+    """The cols (src node ids): int32 under 2**31 nodes, else int64."""
+    num_cols: int
+    """Src nodes (``num_nodes`` but for a relation between two node types)."""
 
     @classmethod
-    def of(cls, num_nodes: int, cfg: CSRConfig) -> Buckets:
+    def of(cls, num_nodes: int, cfg: CSRConfig, num_cols: int | None = None) -> Buckets:
         shift = max(cfg.bucket_rows.bit_length() - 1,
                     math.ceil(math.log2(max(1, num_nodes / MAX_BUCKETS))))
-        return cls(num_nodes, shift, index_dtype(num_nodes))
+        cols = num_nodes if num_cols is None else num_cols
+        return cls(num_nodes, shift, index_dtype(max(num_nodes, cols)), cols)
 
     @property
     def count(self) -> int:
@@ -100,8 +104,8 @@ class Buckets:
 
     @property
     def bits(self) -> int:
-        """Bits of the largest node id."""
-        return (self.num_nodes - 1).bit_length()
+        """Bits of the largest src node id."""
+        return (self.num_cols - 1).bit_length()
 
     @property
     def local(self) -> np.dtype:
@@ -118,11 +122,12 @@ class Buckets:
         return min(self.num_nodes, (b + 1) << self.shift) - (b << self.shift)
 
 
-def spill_bytes(num_nodes: int, num_edges: int, cfg: CSRConfig = CSRConfig()) -> int:
+def spill_bytes(num_nodes: int, num_edges: int, cfg: CSRConfig = CSRConfig(),
+                num_cols: int | None = None) -> int:
     """Disk space the temporary spill file takes while the CSR of ``num_edges`` stored edges
     (reverse edges included, before dedup) is built: 6 bytes per edge under 2**31 nodes
     with the default ``bucket_rows``."""
-    return num_edges * Buckets.of(num_nodes, cfg).edge_bytes
+    return num_edges * Buckets.of(num_nodes, cfg, num_cols).edge_bytes
 
 
 def plan_groups(bucket_edges: np.ndarray, edge_bytes: int,
@@ -140,19 +145,20 @@ def plan_groups(bucket_edges: np.ndarray, edge_bytes: int,
 
 
 def build_csr(group: zarr.Group, chunks: EdgeChunks, num_nodes: int, num_input_edges: int,
-              cfg: CSRConfig = CSRConfig()) -> int:
+              cfg: CSRConfig = CSRConfig(), num_cols: int | None = None) -> int:
     """Write ``indptr``/``indices`` (single checksummed chunks) into ``group`` from ``chunks``;
     return the edge count.
 
     ``chunks`` must yield validated ids in ``[0, num_nodes)``; ``num_input_edges`` sizes the
-    progress bars and reserves the spill file's space (0: unknown).
+    progress bars and reserves the spill file's space (0: unknown). ``num_cols``: a bipartite
+    CSR (one relation of a typed graph) of ``num_nodes`` dst rows over ``num_cols`` src ids.
     """
     root = Path(group.store.root) / group.path
-    layout = Buckets.of(num_nodes, cfg)
+    layout = Buckets.of(num_nodes, cfg, num_cols)
     threads = numba.get_num_threads()
     scratch = root / "_indices.partial"
     stored = num_input_edges * (2 if cfg.undirected else 1)
-    with _Spill(root / "_edges.spill", layout, spill_bytes(num_nodes, stored, cfg)) \
+    with _Spill(root / "_edges.spill", layout, spill_bytes(num_nodes, stored, cfg, num_cols)) \
             as spill, ThreadPoolExecutor(threads, thread_name_prefix="csr") as pool:
         with tqdm(total=num_input_edges, desc="csr: bucket", unit="edge", unit_scale=True,
                   disable=not cfg.progress) as bar:

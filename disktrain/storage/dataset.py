@@ -82,6 +82,25 @@ DATASET = StoreSchema((
 """The dataset's arrays (a split's length is its own)."""
 
 
+Relation = tuple[str, str, str]
+"""A typed graph's edge type: ``(src_type, rel, dst_type)``."""
+
+
+def relation_name(rel: Relation) -> str:
+    """A relation's folder under ``relations/``: ``src__rel__dst``."""
+    return "__".join(rel)
+
+
+@dataclass(frozen=True)
+class NodeType:
+    """A typed dataset's node type, as its attributes record it."""
+
+    name: str
+    num_nodes: int
+    feature_dim: int
+    feature_dtype: str = "float32"
+
+
 def dataset_ref(path: str | Path) -> StoreRef:
     """The dataset at ``path``, for error messages."""
     return StoreRef("dataset", Path(path), RERUN_DATASET)
@@ -268,6 +287,13 @@ class DatasetMeta:
     format_version: int = FORMAT_VERSION
     dataset_id: str = field(default_factory=new_id)
     """This dataset's identity, new for every dataset written; derived stores record it."""
+    node_types: list = field(default_factory=list)
+    """A typed dataset's node types (:class:`NodeType` as dicts), the target type first: a
+    type's nodes have the global ids that follow the types before it. Empty: one type."""
+    relations: list = field(default_factory=list)
+    """A typed dataset's relations: ``{"src", "rel", "dst", "num_edges"}`` each."""
+    target_type: str = ""
+    """The node type the labels and splits are of (a typed dataset)."""
 
     @classmethod
     def from_attrs(cls, attrs: dict, where: str) -> DatasetMeta:
@@ -290,7 +316,8 @@ DATASET_ATTRS = ("num_nodes", "num_edges", "feature_dim", "num_classes")
 
 
 class Dataset:
-    """A dataset directory opened read-only: CSR, features, labels, splits.
+    """A dataset directory opened read-only: CSR, features, labels, splits (a typed dataset
+    opens as a :class:`TypedDataset`).
 
     The CSR (``indptr`` and ``indices``) is memory-mapped or read into huge-page memory, as
     policy ``csr`` (one of :data:`~disktrain.storage.residency.RESIDENCIES`) says, within
@@ -301,6 +328,17 @@ class Dataset:
     ``labels`` and the splits when loaded; each feature chunk when read
     (:meth:`feature_rows`).
     """
+
+    def __new__(cls, path: str | Path, **_):
+        if cls is Dataset and (Path(path) / "zarr.json").exists():
+            try:
+                typed = bool(json.loads((Path(path) / "zarr.json").read_text())
+                             .get("attributes", {}).get("node_types"))
+            except (OSError, ValueError, AttributeError):
+                typed = False  # __init__ names the problem
+            if typed:
+                cls = TypedDataset
+        return super().__new__(cls)
 
     def __init__(self, path: str | Path, *, csr: str = "auto", csr_budget: int | None = None):
         self.path = Path(path)
@@ -316,13 +354,15 @@ class Dataset:
         self.ref = dataset_ref(self.path)
         self.meta = DatasetMeta.from_attrs(group_attrs(self.path, self.ref, DATASET_ATTRS),
                                            str(self.path))
-        self._features = self._array_meta("features")
-        self.group = zarr.open_group(self.path, mode="r")  # metadata checked above
-        self.features = self.group["features"]
         self._flat: dict[str, np.ndarray] = {}
         self._small: dict[str, np.ndarray] = {}
         self._lock = threading.Lock()
         self._last_chunk: tuple[int, np.ndarray | None] = (-1, None)
+        self._open_features()
+
+    def _open_features(self) -> None:
+        self._features = self._array_meta("features")
+        self.features = zarr.open_group(self.path, mode="r")["features"]  # checked above
 
     @property
     def dataset_id(self) -> str:
@@ -534,6 +574,127 @@ class _Copier:
         for f in self.pending:
             f.cancel()
         self.pool.shutdown(wait=True)
+
+
+class TypedDataset(Dataset):
+    """A typed dataset: node types with global ids (the target type's first, so its local ids
+    are global ids: labels and splits need no mapping), a CSR per relation by destination in
+    ids local to each type, and per-type features.
+
+    Layout::
+
+        DIR/zarr.json                      attrs as a dataset's, plus node_types, relations,
+                                           target_type (:class:`DatasetMeta`)
+        DIR/types/<type>/                  the type's nodes as a dataset without edges: its
+                                           own attrs and ``features`` (n_t, F_t) (F_t may be 0)
+        DIR/relations/<src>__<rel>__<dst>/ indptr int64 (n_dst+1,), indices (E_r,) src ids
+        DIR/labels, DIR/train|val|test     of the target type
+
+    Feature rows are read by global id as one feature space: each type's rows zero-padded to
+    the widest type's width (``feature_dim``), in ``feature_dtype`` (float16 only when every
+    featured type stores float16); a featureless type has no rows to read.
+    """
+
+    def _open_features(self) -> None:
+        self.types = [NodeType(**t) for t in self.meta.node_types]
+        self.type_names = [t.name for t in self.types]
+        self.type_offsets = np.concatenate(
+            ([0], np.cumsum([t.num_nodes for t in self.types]))).astype(np.int64)
+        self.relations: list[Relation] = [(r["src"], r["rel"], r["dst"])
+                                          for r in self.meta.relations]
+        if self.type_offsets[-1] != self.meta.num_nodes or \
+                self.types[0].name != self.meta.target_type:
+            raise DataError(f"{self.path}: node_types do not add up to num_nodes "
+                            f"{self.meta.num_nodes} or do not start with the target type "
+                            f"{self.meta.target_type!r}; {RERUN_DATASET}")
+        for src, rel, dst in self.relations:
+            if src not in self.type_names or dst not in self.type_names:
+                raise DataError(f"{self.path}: relation {(src, rel, dst)} names an unknown "
+                                f"node type; {RERUN_DATASET}")
+        self._by_type = {t.name: Dataset(self.path / "types" / t.name)
+                         for t in self.types if t.feature_dim}
+        for t in self.types:
+            if t.feature_dim and self._by_type[t.name].meta.dataset_id != self.dataset_id:
+                raise DataError(f"{self.path / 'types' / t.name}: belongs to another dataset "
+                                f"(dataset_id); {RERUN_DATASET}")
+        self._dtype = np.dtype(self.meta.feature_dtype)
+        self.features = _FeatureShape((self.meta.num_nodes, self.meta.feature_dim), self._dtype)
+
+    @property
+    def indptr(self) -> np.ndarray:
+        raise DataError(f"{self.path}: a typed dataset has a CSR per relation "
+                        "(relation_csr), not one")
+
+    indices = indptr
+
+    def relation_csr(self, rel: Relation) -> tuple[np.ndarray, np.ndarray]:
+        """``(indptr, indices)`` of relation ``rel``: memory-mapped, crc-checked once per
+        process."""
+        root = self.path / "relations" / relation_name(rel)
+        key = relation_name(rel)
+        if key not in self._flat:
+            with self._lock:
+                for name in ("indptr", "indices"):
+                    verify_flat_once(root, name, self.ref)
+                self._flat[key] = tuple(open_flat_array(root, name, ref=self.ref)
+                                        for name in ("indptr", "indices"))
+        return self._flat[key]
+
+    def type_index(self, name: str) -> int:
+        if name not in self.type_names:
+            raise ValueError(f"unknown node type {name!r} (types: {self.type_names})")
+        return self.type_names.index(name)
+
+    def in_degrees(self, nodes: np.ndarray) -> np.ndarray:
+        raise DataError(f"{self.path}: whole-graph degrees (GCN's normalization) are not "
+                        "defined for a typed dataset")
+
+    def _per_type(self, ids: np.ndarray):
+        """``(type, local ids, [i, j))`` for each featured type among ascending ``ids``."""
+        cuts = np.searchsorted(ids, self.type_offsets)
+        for k, t in enumerate(self.types):
+            i, j = int(cuts[k]), int(cuts[k + 1])
+            if j > i and not t.feature_dim:
+                raise DataError(f"{self.path}: node type {t.name!r} has no features to read "
+                                f"(global id {int(ids[i])})")
+            if j > i:
+                yield self._by_type[t.name], ids[i:j] - self.type_offsets[k], i, j
+
+    def _wide(self, rows: np.ndarray) -> np.ndarray:
+        """``rows`` in the common dtype, zero-padded to ``feature_dim``."""
+        if rows.shape[1] == self.meta.feature_dim and rows.dtype == self._dtype:
+            return rows
+        out = np.zeros((rows.shape[0], self.meta.feature_dim), self._dtype)
+        out[:, :rows.shape[1]] = rows
+        return out
+
+    def feature_rows(self, start: int, stop: int) -> np.ndarray:
+        return self.gather_sorted(np.arange(start, stop, dtype=np.int64))
+
+    def gather_sorted(self, ids: np.ndarray) -> np.ndarray:
+        out = np.zeros((len(ids), self.meta.feature_dim), self._dtype)
+        for part, local, i, j in self._per_type(np.asarray(ids, np.int64)):
+            out[i:j] = self._wide(part.gather_sorted(local))
+        return out
+
+    def iter_sorted(self, ids: np.ndarray, max_read_bytes: int = 64 << 20):
+        for part, local, i, _ in self._per_type(np.asarray(ids, np.int64)):
+            for a, b, rows in part.iter_sorted(local, max_read_bytes):
+                yield i + a, i + b, self._wide(rows)
+
+    def info(self) -> dict:
+        out = super().info()
+        out["relations"] = [{**r, "name": relation_name((r["src"], r["rel"], r["dst"]))}
+                            for r in self.meta.relations]
+        return out
+
+
+@dataclass(frozen=True)
+class _FeatureShape:
+    """What readers ask of a dataset's ``features`` array: its shape and dtype."""
+
+    shape: tuple[int, int]
+    dtype: np.dtype
 
 
 def dataset_bytes(*, num_nodes: int, num_edges: int, feature_dim: int, feature_dtype,
