@@ -180,6 +180,18 @@ def parse_fanouts(text: str) -> tuple[int, ...]:
             f"fanouts must be comma-separated integers like 15,10,5, got {text!r}") from None
 
 
+def parse_relation_fanouts(text: str) -> tuple[tuple[str, tuple[int, ...]], ...]:
+    """``"cites=10,5;written_by=5,0"`` -> (("cites", (10, 5)), ("written_by", (5, 0)))."""
+    pairs = []
+    for part in filter(None, (p.strip() for p in text.split(";"))):
+        name, sep, fanouts = part.partition("=")
+        if not sep or not name.strip():
+            raise argparse.ArgumentTypeError(
+                f"relation fanouts must read REL=F1,F2;REL=..., got {part!r}")
+        pairs.append((name.strip(), parse_fanouts(fanouts)))
+    return tuple(pairs)
+
+
 def parse_names(text: str) -> tuple[str, ...]:
     """``"nnm,clip"`` -> ("nnm", "clip"); ``""`` -> ()."""
     return tuple(name.strip() for name in text.split(",") if name.strip())
@@ -414,7 +426,11 @@ def _prepare_options(p: argparse.ArgumentParser) -> None:
     fanouts = ",".join(map(str, _default(S, "fanouts")))
     _option(p, "--fanouts", S, "fanouts", "sample.", type=parse_fanouts, metavar="F1,F2,..",
             help="neighbors per hop from the seeds; -1 = all; write --fanouts=-1,-1 when the "
-            f"list starts with -1 (default: {fanouts})")
+            f"list starts with -1; on a typed graph, of every relation (default: {fanouts})")
+    _option(p, "--relation-fanouts", S, "relation_fanouts", "sample.",
+            type=parse_relation_fanouts, metavar="REL=F1,..;REL=..",
+            help="typed graphs: these relations' own neighbors per hop (0: not sampled at "
+            "that hop); a relation is src__rel__dst, or rel alone when unique")
     _option(p, "--batch-size", S, "batch_size", "sample.", type=int,
             help="seeds per batch (default: %(default)s)")
     _option(p, "--epochs", S, "epochs", "sample.", type=int,
@@ -491,7 +507,8 @@ def _train_options(p: argparse.ArgumentParser) -> None:
     p.set_defaults(func=_run_train, configs=_train_configs)
     p.add_argument("dataset", type=str, metavar="DATASET", help="prepared dataset directory")
     _option(p, "--model", T, "model.model", choices=MODELS,
-            help="the node classifier; mlp: a features-only baseline (default: %(default)s)")
+            help="the node classifier; mlp: a features-only baseline; on a typed graph rsage "
+            "or rgat (sage, gat mean them there) (default: %(default)s)")
     _option(p, "--epochs", T, "epochs", type=int, help="training epochs (default: %(default)s)")
     _option(p, "--seed", T, "seed", type=int,
             help="seeds initialization, dropout and the batch order (default: %(default)s)")

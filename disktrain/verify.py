@@ -392,8 +392,33 @@ def _check_dataset(check: _Checker, path: Path) -> tuple[StoreRef, dict]:
                       "another disktrain version; version 1 has no checksums)")
     elif not attrs.get("dataset_id"):
         check.problem(ref, "has no dataset_id attribute")
-    _add_all(check, ref, DATASET.arrays, attrs)
+    if attrs.get("node_types"):
+        _add_typed(check, ref, attrs)
+    else:
+        _add_all(check, ref, DATASET.arrays, attrs)
     return ref, attrs
+
+
+def _add_typed(check: _Checker, ref: StoreRef, attrs: dict) -> None:
+    """Queue a typed dataset's arrays: each type's features, each relation's CSR, the
+    target type's labels and splits."""
+    try:
+        types = {t["name"]: t for t in attrs["node_types"]}
+        relations = [(r["src"], r["rel"], r["dst"], int(r["num_edges"]))
+                     for r in attrs["relations"]]
+        target = types[attrs["target_type"]]
+    except (KeyError, TypeError, ValueError) as e:
+        check.problem(ref, f"has invalid typed attributes ({type(e).__name__}: {e})")
+        return
+    for name, t in types.items():
+        _add_all(check, ref, (DATASET.array("features"),), t, f"types/{name}/")
+    csr = tuple(a for a in DATASET.arrays if a.mapped)
+    for src, rel, dst, num_edges in relations:
+        _add_all(check, ref, csr, {"num_nodes": types[dst]["num_nodes"], "num_edges": num_edges,
+                                   "index_dtype": attrs.get("index_dtype")},
+                 f"relations/{src}__{rel}__{dst}/")
+    _add_all(check, ref, tuple(a for a in DATASET.arrays if a.present is not True),
+             {**attrs, "num_nodes": target["num_nodes"]})
 
 
 def _check_samples(check: _Checker, ref: StoreRef, dataset: StoreRef,
@@ -417,7 +442,8 @@ def _check_samples(check: _Checker, ref: StoreRef, dataset: StoreRef,
     for g in range(num_groups):
         batches = range(g * group_size, min((g + 1) * group_size, num_batches))
         dims = {"batches": len(batches), "num_layers": num_layers,
-                "blocks": len(batches) * num_layers}
+                "blocks": len(batches) * num_layers * int(attrs.get("num_relations", 1)),
+                "num_types": attrs.get("num_types")}
         _add_all(check, ref, SAMPLES.groups, dims, f"groups/{group_name(g)}/", batches)
     return attrs
 

@@ -9,6 +9,8 @@ import numpy as np
 import zarr
 
 from disktrain.ingest.csr import CSRConfig, build_csr
+from disktrain.ingest.inputs import FeatureSource
+from disktrain.ingest.typed import TypedInputs, write_typed_dataset
 from disktrain.storage.atomic import atomic_dir
 from disktrain.storage.dataset import DatasetMeta, create_features, write_small_array
 
@@ -34,3 +36,42 @@ def make_dataset(path: Path, num_nodes: int = 300, num_edges: int = 3000, dim: i
                                           num_classes=classes,
                                           feature_dtype=np.dtype(dtype).name)))
     return path
+
+
+def feature_source(x: np.ndarray, name: str = "mem") -> FeatureSource:
+    """An in-memory feature matrix as a :class:`FeatureSource`."""
+    return FeatureSource(Path(name), x.shape[0], x.shape[1], np.dtype(x.dtype),
+                         lambda rows: ((i, x[i:i + rows]) for i in range(0, len(x), rows)),
+                         lambda j: f"feature {j}")
+
+
+def typed_inputs(num_papers: int = 60, num_authors: int = 90, num_subjects: int = 5,
+                 seed: int = 0, **changes) -> TypedInputs:
+    """A tiny typed graph: papers (target, 6 float32 features, 3 classes) cite papers, are
+    written by authors (4 float16 features) and are about subjects (featureless)."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 3, num_papers)
+    papers = rng.standard_normal((num_papers, 6)).astype(np.float32)
+    papers[:, 0] += labels  # learnable
+    authors = rng.standard_normal((num_authors, 4)).astype(np.float16)
+    cites = (rng.integers(0, num_papers, 4 * num_papers), rng.integers(0, num_papers,
+                                                                       4 * num_papers))
+    written = (rng.integers(0, num_papers, 3 * num_papers), rng.integers(0, num_authors,
+                                                                         3 * num_papers))
+    about = (np.arange(num_papers), labels % num_subjects)
+    perm = rng.permutation(num_papers)
+    a, b = num_papers // 2, 3 * num_papers // 4
+    fields = dict(
+        node_counts={"author": num_authors, "paper": num_papers, "subject": num_subjects},
+        relations={("paper", "cites", "paper"): lambda: [cites],
+                   ("paper", "written_by", "author"): lambda: [written],
+                   ("paper", "about", "subject"): lambda: [about]},
+        target_type="paper",
+        features={"paper": feature_source(papers), "author": feature_source(authors)},
+        labels=labels, splits={"train": perm[:a], "val": perm[a:b], "test": perm[b:]})
+    return TypedInputs(**{**fields, **changes})
+
+
+def make_typed_dataset(path: Path, **changes) -> Path:
+    """:func:`typed_inputs` written with reverse relations."""
+    return write_typed_dataset(path, typed_inputs(**changes), add_reverse=True, progress=False)

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Protocol
 import numpy as np
 import torch
 
-from disktrain.loader.block import Block
+from disktrain.loader.block import Block, HeteroBlock
 
 if TYPE_CHECKING:
     from disktrain.pack.slots import RowLayout
@@ -58,6 +58,26 @@ class MiniBatch:
     """Where each input row came from and went."""
     copied: CopyEvent | None = field(default=None, repr=False)
     """Recorded on the copy stream after the batch's copy (None on a CPU)."""
+    type_rows: dict[str, tuple[int, int, int]] | None = None
+    """A typed batch: per node type with features, its rows ``[start, stop)`` of ``x`` and
+    its feature width (``x`` is as wide as the widest type); None for one type."""
+    n_id_dict: dict[str, torch.Tensor] | None = None
+    """A typed batch: per node type in it, its nodes' ids local to the type (int64), in the
+    order of the rows of ``x_dict`` and of the blocks' ids; None for one type."""
+
+    @property
+    def x_dict(self) -> dict[str, torch.Tensor] | None:
+        """A typed batch's features per node type (views of ``x``); None for one type."""
+        return None if self.type_rows is None else {
+            t: self.x[a:b, :width] for t, (a, b, width) in self.type_rows.items()}
+
+    @property
+    def inputs(self) -> tuple:
+        """What the models take: ``(x, blocks, x_agg)``, or ``(x_dict, blocks, n_id_dict)``
+        for a typed batch."""
+        if self.type_rows is not None:
+            return self.x_dict, self.blocks, self.n_id_dict
+        return self.x, self.blocks, self.x_agg
 
 
 @dataclass(eq=False)
@@ -100,20 +120,52 @@ class Batch:
     """The pre-sampled batch this is (its id in its sample store)."""
     seconds: dict[str, float] = field(default_factory=dict)
     """Time the batch spent in the loader's stages."""
+    x_dict: dict[str, torch.Tensor] | None = None
+    """A typed batch (PyG's ``HeteroData`` layout): per node type with features, the rows of
+    its nodes (views of ``x``, which holds them type after type); None for one type."""
+    edge_index_dict: dict[tuple[str, str, str], torch.Tensor] | None = None
+    """A typed batch: per relation, its sampled edges (2, E) in ids local to the batch's
+    nodes of each type, hop by hop as ``edge_index``."""
+    n_id_dict: dict[str, torch.Tensor] | None = None
+    """A typed batch: per node type, its nodes' ids local to the type (the target type's
+    seeds first); ``n_id`` then holds the global ids of ``x``'s rows."""
 
     @classmethod
     def of(cls, mb: MiniBatch, x: torch.Tensor | None = None,
            y: torch.Tensor | None = None, x_agg: torch.Tensor | None = None) -> Batch:
         """The batch of the loader's ``mb``, sharing its tensors (its blocks, its global ids);
         ``x``, ``x_agg``: the features to carry instead of ``mb``'s (e.g. copies in another
-        dtype); ``y``: the labels of every row (None: none)."""
+        dtype); ``y``: the labels of every row (None: none), of a typed batch the labels of
+        its target type's nodes."""
         x, x_agg = (mb.x if x is None else x), (mb.x_agg if x_agg is None else x_agg)
+        if mb.type_rows is not None:
+            return cls._typed(mb, x, y)
         edge_index, nodes, edges = pyg_edge_index(mb.blocks)
         n_id = torch.from_numpy(np.asarray(mb.input_nodes).astype(np.int64, copy=False))
         return cls(x=x, edge_index=edge_index, n_id=n_id.to(x.device),
                    batch_size=mb.blocks[-1].num_dst if mb.blocks else x.shape[0],
                    num_sampled_nodes=nodes, num_sampled_edges=edges, blocks=mb.blocks,
                    x_agg=x_agg, y=y, index=mb.index, seconds=mb.seconds)
+
+    @classmethod
+    def _typed(cls, mb: MiniBatch, x: torch.Tensor, y: torch.Tensor | None) -> Batch:
+        edge_index, nodes, edges = pyg_edge_index_dict(mb.blocks)
+        target = next(iter(mb.n_id_dict))  # the target type comes first
+        n_id = torch.from_numpy(np.asarray(mb.input_nodes).astype(np.int64, copy=False))
+        return cls(x=x, edge_index=torch.zeros((2, 0), dtype=torch.int64, device=x.device),
+                   n_id=n_id.to(x.device), batch_size=mb.blocks[-1].num_dst[target],
+                   num_sampled_nodes=nodes, num_sampled_edges=edges, blocks=mb.blocks, y=y,
+                   index=mb.index, seconds=mb.seconds,
+                   x_dict={t: x[a:b, :w] for t, (a, b, w) in mb.type_rows.items()},
+                   edge_index_dict=edge_index, n_id_dict=mb.n_id_dict)
+
+    @property
+    def inputs(self) -> tuple:
+        """What disktrain's models take: ``model(*batch.inputs)`` is ``model(x, blocks,
+        x_agg)``, or ``model(x_dict, blocks, n_id_dict)`` for a typed batch."""
+        if self.x_dict is not None:
+            return self.x_dict, self.blocks, self.n_id_dict
+        return self.x, self.blocks, self.x_agg
 
     @property
     def num_nodes(self) -> int:
@@ -124,18 +176,56 @@ class Batch:
         return None if self.y is None else self.y[:self.batch_size]
 
     def to_pyg(self):
-        """This batch as a ``torch_geometric.data.Data`` (PyG must be installed)."""
+        """This batch as a ``torch_geometric.data.Data``, or a ``HeteroData`` for a typed
+        batch (PyG must be installed)."""
         try:
-            from torch_geometric.data import Data
+            from torch_geometric.data import Data, HeteroData
         except ImportError as e:
             raise ImportError("Batch.to_pyg needs torch_geometric: pip install "
                               "'disktrain[bench]' (or torch-geometric)") from e
+        if self.n_id_dict is not None:
+            data = HeteroData()
+            for t, ids in self.n_id_dict.items():
+                data[t].n_id = ids
+                data[t].num_nodes = ids.shape[0]
+                if t in self.x_dict:
+                    data[t].x = self.x_dict[t]
+            for rel, edges in self.edge_index_dict.items():
+                data[rel].edge_index = edges
+            target = next(iter(self.n_id_dict))
+            data[target].batch_size = self.batch_size
+            if self.y is not None:
+                data[target].y = self.y
+            return data
         data = Data(x=self.x, edge_index=self.edge_index, n_id=self.n_id,
                     batch_size=self.batch_size, num_sampled_nodes=self.num_sampled_nodes,
                     num_sampled_edges=self.num_sampled_edges)
         if self.y is not None:
             data.y = self.y
         return data
+
+
+def pyg_edge_index_dict(blocks: list[HeteroBlock]) -> tuple[dict, list[int], list[int]]:
+    """(edge_index_dict, num_sampled_nodes, num_sampled_edges) of a typed batch's blocks,
+    as :func:`pyg_edge_index` lays out one type's: per relation, hop by hop, the edges into
+    the nodes of its dst type first reached at the hop before; the counts summed over the
+    types (over the relations)."""
+    hops = blocks[::-1]
+    parts: dict = {}
+    first: dict[str, int] = {}
+    edges = []
+    for block in hops:
+        total = 0
+        for rel, (src, dst) in block.edges.items():
+            keep = dst >= first.get(rel[2], 0)
+            parts.setdefault(rel, []).append(torch.stack((src[keep], dst[keep])))
+            total += int(parts[rel][-1].shape[1])
+        edges.append(total)
+        first = dict(block.num_dst)
+    sizes = [sum(hops[0].num_dst.values())] + [sum(b.num_src.values()) for b in hops] \
+        if hops else [0]
+    return ({rel: torch.cat(p, dim=1) for rel, p in parts.items()},
+            [int(n) for n in np.diff([0, *sizes])], edges)
 
 
 def pyg_edge_index(blocks: list[Block]) -> tuple[torch.Tensor, list[int], list[int]]:

@@ -229,8 +229,11 @@ class Loader:
             self._fresh.done(epoch)
 
     def _batch(self, mb: MiniBatch) -> Batch:
+        # a typed batch's labels: its target type's nodes (global ids = the type's ids)
+        labelled = mb.input_nodes if mb.n_id_dict is None else \
+            next(iter(mb.n_id_dict.values())).cpu().numpy()
         y = (None if self._labels is None
-             else torch.from_numpy(self._labels[mb.input_nodes]).to(self.device))
+             else torch.from_numpy(self._labels[labelled]).to(self.device))
         x_agg = None if mb.x_agg is None else self._own(mb.x_agg)
         return Batch.of(mb, self._own(mb.x), y, x_agg)
 

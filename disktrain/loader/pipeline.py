@@ -33,13 +33,15 @@ import torch
 
 from disktrain.errors import DataError
 from disktrain.loader.batch import CopyEvent, MiniBatch
-from disktrain.loader.block import Block
+from disktrain.kernels.typed_sampling import TypedSampledBatch
+from disktrain.loader.block import Block, HeteroBlock
 from disktrain.loader.config import LoaderConfig
 from disktrain.loader.device import DeviceAssembler
 from disktrain.pack.slots import RowLayout
 from disktrain.pack.store import PackedSource, PackedStore
+from disktrain.sample.memory import typed_input_nodes
 from disktrain.sample.store import SampleSource, SampleStore
-from disktrain.storage.dataset import Dataset
+from disktrain.storage.dataset import Dataset, TypedDataset
 from disktrain.storage.io import BLOCK
 from disktrain.storage.lock import DatasetLock, read_lock
 
@@ -98,13 +100,18 @@ class AssembleStage:
     """
 
     def __init__(self, samples: SampleSource, packed: PackedSource, cpu_cache: np.ndarray,
-                 labels: torch.Tensor | None, degrees: Dataset | None):
+                 labels: torch.Tensor | None, degrees: Dataset | None,
+                 typed: TypedDataset | None = None):
         self.samples, self.packed, self.cpu_cache = samples, packed, cpu_cache
-        self.labels, self.degrees = labels, degrees
+        self.labels, self.degrees, self.typed = labels, degrees, typed
 
     def __call__(self, batch: MiniBatch) -> MiniBatch:
         t = time.perf_counter()
         b = batch.index
+        if self.typed is not None:
+            self._typed(batch, self.samples.batch(b))
+            batch.seconds["assemble"] = time.perf_counter() - t
+            return batch
         sampled, inner = self.samples.batch(b), self.samples.inner_count(b)
         # with the first hop aggregated at pack time (x_agg), the batch reads the rows of the
         # first layer's targets only and its model runs the blocks above that layer
@@ -128,6 +135,35 @@ class AssembleStage:
         batch.seconds["assemble"] = time.perf_counter() - t
         return batch
 
+    def _typed(self, batch: MiniBatch, sampled: TypedSampledBatch) -> None:
+        """A typed batch: its featured types' rows, type after type, in ``x`` (every row
+        gathered: ``inner`` is all of them); a :class:`HeteroBlock` per layer; each type's
+        nodes as ids local to the type; the labels of the target type's seeds."""
+        ds = self.typed
+        featured = [i for i, t in enumerate(ds.types) if t.feature_dim]
+        nodes = typed_input_nodes(sampled, featured)
+        layout = RowLayout.of(nodes, len(nodes), np.asarray(self.packed.slots(batch.index)),
+                              self.packed.n_cpu)
+        layout.gather(batch.buffer.numpy(), self.cpu_cache)
+        counts, starts = sampled.type_counts[:, -1], np.cumsum(
+            [0, *(sampled.type_counts[i, -1] for i in featured)])
+        batch.type_rows = {ds.types[i].name: (int(starts[k]), int(starts[k + 1]),
+                                              ds.types[i].feature_dim)
+                           for k, i in enumerate(featured)}
+        batch.n_id_dict = {t.name: torch.from_numpy(sampled.type_nodes(i) - ds.type_offsets[i])
+                           for i, t in enumerate(ds.types) if counts[i]}
+        names = ds.type_names
+        batch.blocks = [HeteroBlock.from_numpy(
+            {rel: (src.astype(np.int64), dst.astype(np.int64))
+             for rel, (src, dst) in zip(ds.relations, edges, strict=True) if len(src)},
+            {n: int(c) for n, c in zip(names, num_src, strict=True) if c},
+            {n: int(c) for n, c in zip(names, num_dst, strict=True) if c})
+            for edges, num_src, num_dst in sampled.layers()]
+        seeds = sampled.type_nodes(0)[:sampled.type_counts[0, 0]]  # the target type's
+        batch.labels = None if self.labels is None else self.labels[torch.from_numpy(seeds)]
+        batch.x, batch.input_nodes = batch.buffer[:layout.num_rows], layout.input_nodes
+        batch.layout = layout
+
 
 class CopyStage:
     """Stage 3: copy a batch to the device (non-blocking from pinned memory, on ``stream``
@@ -146,6 +182,9 @@ class CopyStage:
             nb = self.non_blocking
             batch.x = self.gpu.assemble(batch.x, batch.layout.gpu_pos, batch.layout.gpu_slot)
             batch.blocks = [blk.to(self.device, non_blocking=nb) for blk in batch.blocks]
+            if batch.n_id_dict is not None:
+                batch.n_id_dict = {t: ids.to(self.device, non_blocking=nb)
+                                   for t, ids in batch.n_id_dict.items()}
             if batch.x_agg is not None:
                 batch.x_agg = batch.x_agg.to(self.device, non_blocking=nb)
             if batch.labels is not None:
@@ -218,8 +257,10 @@ class PackedLoader:
         self.caches = (caches if caches is not None and caches.tiers_id == self.packed.tiers_id
                        else FeatureCaches(self.packed, self.device))
         self.read = ReadStage(self.samples, self.packed)
-        self.assemble = AssembleStage(self.samples, self.packed, self.caches.cpu, self.labels,
-                                      self.dataset if self.cfg.degrees else None)
+        self.assemble = AssembleStage(
+            self.samples, self.packed, self.caches.cpu, self.labels,
+            self.dataset if self.cfg.degrees else None,
+            self.dataset if isinstance(self.dataset, TypedDataset) else None)
 
     def sibling(self, root: str | Path) -> PackedLoader:
         """A loader of the stores at ``root`` (same dataset and config) sharing this one's
@@ -264,8 +305,11 @@ def _consume_on_current_stream(batch: MiniBatch, event: torch.cuda.Event) -> Non
     batch's tensors (made on the copy stream) are used on the compute stream."""
     stream = torch.cuda.current_stream()
     stream.wait_event(event)
-    blocks = (u for b in batch.blocks for u in (b.src, b.dst, b.src_degree) if u is not None)
-    extra = [u for u in (batch.labels, batch.x_agg) if u is not None]
+    blocks = (u for b in batch.blocks for u in (
+        (b.src, b.dst, b.src_degree) if isinstance(b, Block) else
+        (t for edges in b.edges.values() for t in edges)) if u is not None)
+    extra = [u for u in (batch.labels, batch.x_agg, *(batch.n_id_dict or {}).values())
+             if u is not None]
     for t in (batch.x, *blocks, *extra):
         t.record_stream(stream)
 

@@ -13,7 +13,9 @@ from disktrain.models.gat import GATConv
 from disktrain.models.gcn import GCNConv
 from disktrain.models.sage import SAGEConv
 
-MODELS = ("sage", "gcn", "gat", "mlp")
+MODELS = ("sage", "gcn", "gat", "mlp", "rsage", "rgat")
+TYPED_MODELS = {"sage": "rsage", "gat": "rgat", "rsage": "rsage", "rgat": "rgat"}
+"""On a typed graph: the model asked for -> the relational model trained (R-SAGE, R-GAT)."""
 FIRST_HOP_OPTION = "--aggregate-first-hop / PackConfig.aggregate_first_hop"
 """The option that packs the first layer pre-aggregated, as errors name it."""
 
@@ -24,7 +26,9 @@ class ModelConfig:
     data (input width, classes, layers = sampled hops) are given to :meth:`sized`."""
 
     model: str = "sage"
-    """One of ``MODELS``: "sage", "gcn", "gat", or "mlp" (baseline that ignores edges)."""
+    """One of ``MODELS``: "sage", "gcn", "gat", or "mlp" (baseline that ignores edges); on a
+    typed graph "rsage" or "rgat" (a relational convolution per relation; "sage" and "gat"
+    mean them there)."""
     hidden: int = 128
     """Width of every hidden layer's output (for GAT: all heads together)."""
     dropout: float = 0.5
@@ -84,6 +88,8 @@ class ModelConfig:
 
     def _first_hop_refusal(self) -> str | None:
         """Why the model cannot take a pre-aggregated first layer at all (None: it can)."""
+        if self.model in ("rsage", "rgat"):
+            return f"model {self.model!r} (typed graphs) takes no pre-aggregated first layer"
         if self.model == "gat":
             return "model 'gat' attends over every raw neighbour row"
         if self.input_dropout > 0:

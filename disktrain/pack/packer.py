@@ -42,6 +42,7 @@ from disktrain.storage.atomic import replace_dir
 from disktrain.storage.chunkfile import ChunkWriter
 from disktrain.storage.dataset import (
     Dataset,
+    TypedDataset,
     chunk_file,
     create_flat_array,
     finish_flat_array,
@@ -436,6 +437,10 @@ def pack_roots(dataset_path: str | Path, roots: list[str | Path], cfg: PackConfi
     every later root uses the same tiers (its cache rows linked to ``roots[0]``'s).
     """
     dataset = Dataset(dataset_path)
+    if cfg.aggregate is not None and isinstance(dataset, TypedDataset):
+        raise DataError(f"{dataset.path}: --aggregate-first-hop {cfg.aggregate} is for one "
+                        "node type; a typed graph's relational models take raw rows "
+                        "(prepare with --aggregate-first-hop off)")
     tiers = TierSource.of(tiers_from) if tiers_from is not None else None
     jobs = []
     for r in roots:

@@ -9,8 +9,9 @@ import numpy as np
 
 from disktrain.errors import DataError
 from disktrain.kernels.sampling import SampledBatch, SampledBatches, sample_batches
+from disktrain.kernels.typed_sampling import TypedSampledBatches, sample_typed_batches
 from disktrain.sample.plan import SampleConfig, SamplePlan, sampling_key
-from disktrain.storage.dataset import Dataset, new_id
+from disktrain.storage.dataset import Dataset, TypedDataset, new_id
 
 
 def sample_plan_batches(dataset: Dataset, plan: SamplePlan,
@@ -23,22 +24,44 @@ def sample_plan_batches(dataset: Dataset, plan: SamplePlan,
         seeds = [plan.batch_seeds(b, order) for b in batches if plan.batch_epoch(b) == epoch]
         offsets = np.zeros(len(seeds) + 1, np.int64)
         np.cumsum([len(s) for s in seeds], out=offsets[1:])
-        parts.append(sample_batches(dataset.indptr, dataset.indices,
-                                    np.concatenate(seeds).astype(np.int64), offsets,
-                                    np.asarray(plan.config.fanouts, np.int64),
-                                    sampling_key(plan.config.seed, epoch)))
+        seeds, key = np.concatenate(seeds).astype(np.int64), sampling_key(plan.config.seed,
+                                                                           epoch)
+        if isinstance(dataset, TypedDataset):
+            parts.append(_sample_typed(dataset, plan.config, seeds, offsets, key))
+        else:
+            parts.append(sample_batches(dataset.indptr, dataset.indices, seeds, offsets,
+                                        np.asarray(plan.config.fanouts, np.int64), key))
     return parts[0] if len(parts) == 1 else _concat(parts)
 
 
-def _concat(parts: list[SampledBatches]) -> SampledBatches:
+def _sample_typed(dataset: TypedDataset, cfg: SampleConfig, seeds: np.ndarray,
+                  offsets: np.ndarray, key: int) -> TypedSampledBatches:
+    rels = dataset.relations
+    csrs = [dataset.relation_csr(r) for r in rels]
+    return sample_typed_batches(
+        tuple(c[0] for c in csrs), tuple(c[1] for c in csrs),
+        [dataset.type_index(r[0]) for r in rels], [dataset.type_index(r[2]) for r in rels],
+        dataset.type_offsets, seeds, offsets, cfg.fanout_matrix(rels), key)
+
+
+def _concat(parts: list):
     """Join the per-epoch kernel outputs of consecutive batches into one."""
+    kind = type(parts[0])
+    counts = "hop_counts" if kind is SampledBatches else "type_counts"
     out = {name: np.concatenate([getattr(p, name) for p in parts])
-           for name in ("nodes", "edge_src", "edge_dst", "hop_counts")}
+           for name in ("nodes", "edge_src", "edge_dst", counts)}
     for name in ("node_offsets", "edge_offsets"):
         sizes = np.concatenate([np.diff(getattr(p, name)) for p in parts])
         out[name] = np.zeros(len(sizes) + 1, np.int64)
         np.cumsum(sizes, out=out[name][1:])
-    return SampledBatches(**out)
+    return kind(**out)
+
+
+def typed_input_nodes(batch, featured: Sequence[int]) -> np.ndarray:
+    """The global ids of the rows a typed batch reads: its featured types' nodes, type after
+    type, each in its positions' order."""
+    return np.concatenate([batch.type_nodes(t) for t in featured]) if featured else \
+        np.zeros(0, np.int64)
 
 
 class MemorySamples:

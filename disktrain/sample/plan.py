@@ -36,18 +36,46 @@ class SampleConfig:
     """Seeds the per-epoch shuffle and the sampling RNG."""
     group_size: int = 16
     """Batches per unit of work (one task; one resumable step)."""
+    relation_fanouts: tuple = ()
+    """Typed graphs: ``(relation, fanouts)`` pairs (or a dict) giving a relation its own
+    neighbors per hop (``0``: not sampled at that hop) instead of ``fanouts``, as PyG's
+    ``num_neighbors`` dict; a relation is named ``src__rel__dst``, or ``rel`` alone where
+    no other relation has that name."""
 
     def __post_init__(self):
         object.__setattr__(self, "fanouts", tuple(int(f) for f in self.fanouts))
         if not self.fanouts or any(f == 0 or f < -1 for f in self.fanouts):
             raise ValueError(f"fanouts must be positive or -1, got {self.fanouts}")
+        pairs = self.relation_fanouts
+        pairs = tuple((str(n), tuple(int(f) for f in fs))
+                      for n, fs in (pairs.items() if isinstance(pairs, dict) else pairs))
+        object.__setattr__(self, "relation_fanouts", pairs)
+        for name, fs in pairs:
+            if len(fs) != len(self.fanouts) or any(f < -1 for f in fs):
+                raise ValueError(f"relation_fanouts[{name!r}] must be {len(self.fanouts)} "
+                                 f"ints >= -1 (one per hop, as fanouts), got {list(fs)}")
         check_min(self, 1, "batch_size", "epochs", "group_size")
         check_min(self, 0, "seed", "first_epoch")
         if self.split not in SPLITS:
             raise ValueError(f"split must be one of {SPLITS}, got {self.split!r}")
 
     def to_attrs(self) -> dict:
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+        out = {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+        out["relation_fanouts"] = [[n, list(fs)] for n, fs in self.relation_fanouts]
+        return out
+
+    def fanout_matrix(self, relations: list[tuple[str, str, str]]) -> np.ndarray:
+        """int64 (hops, relations): each relation's neighbors per hop."""
+        out = np.tile(np.asarray(self.fanouts, np.int64)[:, None], (1, len(relations)))
+        full = ["__".join(r) for r in relations]
+        for name, fs in self.relation_fanouts:
+            hits = [i for i, r in enumerate(relations) if name in (full[i], r[1])]
+            if len(hits) != 1:
+                raise ValueError(f"relation_fanouts: {name!r} names "
+                                 f"{'no' if not hits else 'more than one'} relation of the "
+                                 f"dataset (relations: {full})")
+            out[:, hits[0]] = fs
+        return out
 
 
 def sampling_key(seed: int, epoch: int) -> int:

@@ -35,12 +35,14 @@ from tqdm.auto import tqdm
 
 from disktrain.errors import DataError
 from disktrain.kernels.sampling import SampledBatch, SampledBatches
-from disktrain.sample.memory import sample_plan_batches
+from disktrain.kernels.typed_sampling import TypedSampledBatch, TypedSampledBatches
+from disktrain.sample.memory import sample_plan_batches, typed_input_nodes
 from disktrain.sample.plan import SampleConfig, SamplePlan
 from disktrain.storage.atomic import atomic_dir, replace_dir
 from disktrain.storage.chunkfile import StoreRef
 from disktrain.storage.dataset import (
     Dataset,
+    TypedDataset,
     create_flat_array,
     finish_flat_array,
     new_id,
@@ -57,13 +59,19 @@ STORE = "samples"
 """The store's directory name inside its root (see :mod:`disktrain.storage.roots`)."""
 SAMPLES = StoreSchema(
     (ArraySpec("access_counts", ("num_nodes",), "int32", mapped=True),),
-    groups=tuple(ArraySpec(name, shape, dtype, batches="group") for name, shape, dtype in (
+    groups=(*(ArraySpec(name, shape, dtype, batches="group") for name, shape, dtype in (
         ("nodes", ("nodes",), "int64"), ("node_offsets", ("batches+1",), "int64"),
         ("hop_counts", ("batches", "num_layers+1"), "int64"), ("edge_src", ("edges",), "int32"),
-        ("edge_dst", ("edges",), "int32"), ("edge_offsets", ("blocks+1",), "int64"))))
+        ("edge_dst", ("edges",), "int32"), ("edge_offsets", ("blocks+1",), "int64"))),
+        ArraySpec("type_counts", ("batches", "num_types", "num_layers+1"), "int64",
+                  batches="group", present="num_types")))
 """The store's arrays; a group's (``groups/gNNNNNN/``, :func:`group_name`) are sized by its
-``batches``, their ``nodes`` and ``edges``, ``num_layers`` and ``blocks`` (batches * layers)."""
-GROUP_ARRAYS = tuple(a.name for a in SAMPLES.groups)
+``batches``, their ``nodes`` and ``edges``, ``num_layers`` and ``blocks`` (batches * layers,
+times the relations of a typed graph). A typed graph's batches
+(:class:`~disktrain.kernels.typed_sampling.TypedSampledBatch`) also hold ``type_counts`` (their
+``hop_counts`` summed over the types); its store records ``num_types`` and the
+``featured_types`` whose rows the batches read."""
+GROUP_ARRAYS = tuple(a.name for a in SAMPLES.groups if a.present is True)
 SAMPLE_ATTRS = ("complete", "config", "store_id", "dataset_id", "num_batches",
                 "batches_per_epoch", "num_groups")
 """The attributes the readers of a complete store rely on."""
@@ -85,10 +93,16 @@ def sample_group(dataset: Dataset, plan: SamplePlan, group: int, groups_dir: Pat
     A pure function of (dataset, group, config): any process may run it.
     """
     merged = sample_plan_batches(dataset, plan, plan.group_batches(group))
+    arrays = {name: getattr(merged, name) for name in GROUP_ARRAYS if name != "hop_counts"}
+    if isinstance(merged, TypedSampledBatches):
+        arrays["type_counts"] = merged.type_counts
+        arrays["hop_counts"] = merged.type_counts.sum(axis=1)
+    else:
+        arrays["hop_counts"] = merged.hop_counts
     with atomic_dir(groups_dir / group_name(group), overwrite=True) as tmp:
         g = zarr.open_group(tmp, mode="w")
-        for name in GROUP_ARRAYS:
-            write_small_array(g, name, getattr(merged, name))
+        for name, values in arrays.items():
+            write_small_array(g, name, values)
 
 
 def sample_dataset(dataset_path: str | Path, cfg: SampleConfig, progress: bool = True,
@@ -140,7 +154,9 @@ def _sample(dataset: Dataset, cfg: SampleConfig, root: Path, progress: bool,
     with disk_full_errors(partial):
         counts = create_flat_array(group, "access_counts", (dataset.num_nodes,), np.int32,
                                    overwrite=True)
-    reader = _GroupReader(partial, cfg.group_size, plan.num_batches)
+    typed = typed_attrs(dataset)
+    reader = _GroupReader(partial, cfg.group_size, plan.num_batches,
+                          featured=typed.get("featured_types"))
     for b in range(plan.num_batches):
         counts[reader.input_nodes(b)] += 1
     num_input_nodes = int(counts.sum(dtype=np.int64))
@@ -153,8 +169,18 @@ def _sample(dataset: Dataset, cfg: SampleConfig, root: Path, progress: bool,
         "num_groups": plan.num_groups,
         "num_nodes": dataset.num_nodes,
         "num_input_nodes": num_input_nodes,
+        **typed,
     })
     replace_dir(partial, root / STORE)
+
+
+def typed_attrs(dataset: Dataset) -> dict:
+    """A typed dataset's store attributes: ``num_types``, ``num_relations`` and the
+    ``featured_types`` (indices) whose rows its batches read; none for one type."""
+    if not isinstance(dataset, TypedDataset):
+        return {}
+    return {"num_types": len(dataset.types), "num_relations": len(dataset.relations),
+            "featured_types": [i for i, t in enumerate(dataset.types) if t.feature_dim]}
 
 
 def _made_from(path: Path, cfg: SampleConfig, dataset_id: str, complete: bool = False) -> bool:
@@ -199,7 +225,8 @@ class _GroupReader:
     """
 
     def __init__(self, root: Path, group_size: int, num_batches: int,
-                 cache_bytes: int = 256 << 20, verify: bool = True):
+                 cache_bytes: int = 256 << 20, verify: bool = True,
+                 featured: list[int] | None = None):
         if cache_bytes < 0:
             raise ValueError(f"cache_bytes must be >= 0, got {cache_bytes}")
         self.root = Path(root)
@@ -207,6 +234,9 @@ class _GroupReader:
         self.num_batches = num_batches
         self.cache_bytes = cache_bytes
         self.verify = verify
+        self.featured = featured
+        """A typed graph's featured types (None: one type)."""
+        self.names = GROUP_ARRAYS + (() if featured is None else ("type_counts",))
         self.ref = samples_ref(self.root)
         self._groups: OrderedDict[int, _Loading] = OrderedDict()
         self._bytes = 0
@@ -260,19 +290,28 @@ class _GroupReader:
                             f"{batches.stop - 1}) is missing; {self.ref.rerun}")
         return {name: read_small_array(self.root, f"{group}/{name}", self.ref, batches,
                                        self.verify)
-                for name in GROUP_ARRAYS}
+                for name in self.names}
 
     def input_nodes(self, b: int) -> np.ndarray:
+        if self.featured is not None:
+            return typed_input_nodes(self.batch(b), self.featured)
         g, i = divmod(b, self.group_size)
         a = self._group(g)
         return a["nodes"][a["node_offsets"][i]:a["node_offsets"][i + 1]]
 
-    def batch(self, b: int) -> SampledBatch:
+    def batch(self, b: int) -> SampledBatch | TypedSampledBatch:
         g, i = divmod(b, self.group_size)
-        return SampledBatches(**self._group(g)).batch(i, index=b)
+        arrays = self._group(g)
+        if self.featured is None:
+            return SampledBatches(**arrays).batch(i, index=b)
+        return TypedSampledBatches(**{k: v for k, v in arrays.items() if k != "hop_counts"}
+                                   ).batch(i, index=b)
 
     def inner_count(self, b: int) -> int:
-        """Input nodes that are also dst nodes of the first block (the rest: last hop only)."""
+        """Input nodes that are also dst nodes of the first block (the rest: last hop only;
+        a typed batch's rows count as inner: they are gathered, not read in place)."""
+        if self.featured is not None:
+            return len(self.input_nodes(b))
         g, i = divmod(b, self.group_size)
         hops = self._group(g)["hop_counts"][i]
         return int(hops[len(hops) - 2])
@@ -325,8 +364,10 @@ class SampleStore:
         self.config = SampleConfig(**self.attrs["config"])
         self.num_batches = int(self.attrs["num_batches"])
         self.batches_per_epoch = int(self.attrs["batches_per_epoch"])
+        self.featured_types = self.attrs.get("featured_types")
+        """A typed graph's node types (indices) whose rows the batches read; None: one type."""
         self._reader = _GroupReader(self.path, self.config.group_size, self.num_batches,
-                                    cache_bytes, verify)
+                                    cache_bytes, verify, self.featured_types)
         self._access_counts: np.ndarray | None = None
 
     @property
@@ -380,7 +421,8 @@ def _batch_bytes(nodes: int, edges: int, num_layers: int) -> int:
     """Sample-store bytes of one batch: its group arrays, as if it were alone in its group."""
     dims = {"nodes": nodes, "edges": edges, "batches": 1, "num_layers": num_layers,
             "blocks": num_layers}
-    return sum(math.prod(a.shape_in(dims)) * np.dtype(a.dtype).itemsize for a in SAMPLES.groups)
+    return sum(math.prod(a.shape_in(dims)) * np.dtype(a.dtype).itemsize for a in SAMPLES.groups
+               if a.present is True)
 
 
 def sample_store_bytes(dataset, plan, num_groups: int | None = None, probes: int = 8) -> int:
@@ -392,16 +434,20 @@ def sample_store_bytes(dataset, plan, num_groups: int | None = None, probes: int
     and capped by what the fanouts allow (:func:`batch_bound`).
     """
     cfg, num_layers = plan.config, len(plan.config.fanouts)
-    num_edges = int(dataset.indptr[-1])
+    num_edges = int(dataset.meta.num_edges)
     picks = np.unique(np.linspace(0, plan.batches_per_epoch - 1, probes).round().astype(int))
     got = sample_plan_batches(dataset, plan, picks.tolist())
-    scale = cfg.batch_size / got.hop_counts[:, 0] * _MARGIN  # measured sizes, per full batch
+    hops = got.type_counts.sum(1) if hasattr(got, "type_counts") else got.hop_counts
+    scale = cfg.batch_size / hops[:, 0] * _MARGIN  # measured sizes, per full batch
+    blocks = (len(got.edge_offsets) - 1) // len(hops)
     measured = (math.ceil((np.diff(got.node_offsets) * scale).max()),
-                math.ceil((np.diff(got.edge_offsets[::num_layers]) * scale).max()))
+                math.ceil((np.diff(got.edge_offsets[::blocks]) * scale).max()))
 
     def batch(num_seeds: int) -> int:
         most = batch_bound(num_seeds, cfg.fanouts, dataset.num_nodes, num_edges)
-        return _batch_bytes(min(most[0], measured[0]), min(most[1], measured[1]), num_layers)
+        return _batch_bytes(min(most[0], measured[0]), min(most[1], measured[1]),
+                            num_layers) + 8 * hops.shape[1] * blocks  # + a typed batch's
+        # type_counts and its relations' edge offsets
 
     full, last = batch(cfg.batch_size), len(plan.train_ids) % cfg.batch_size
     if num_groups is None or num_groups >= plan.num_groups:

@@ -23,7 +23,7 @@ from disktrain.loader.device import copy_to_device, sample_on_device
 from disktrain.loader.loader import Loader
 from disktrain.pack.store import packed_ref
 from disktrain.sample.plan import sampling_key
-from disktrain.storage.dataset import Dataset
+from disktrain.storage.dataset import Dataset, TypedDataset
 from disktrain.storage.roots import EVAL_SPLITS, eval_root
 from disktrain.storage.schema import group_attrs
 
@@ -110,6 +110,10 @@ class Evaluator:
             elif not train.dataset.has(split):  # (e.g. PyG data without its mask)
                 acc = float("nan")
             else:
+                if isinstance(train.dataset, TypedDataset):
+                    raise DataError(f"{train.dataset.path}: a typed graph is evaluated on "
+                                    f"packed {split} batches only; run `disktrain prepare` "
+                                    "(without --no-eval) after the training batches")
                 if self._graph is False:
                     self._graph = device_graph(train.dataset, train.device)
                 acc = evaluate(model, train.dataset, split, train.fanouts, self.batch_size,
@@ -158,7 +162,7 @@ def accuracy(model: torch.nn.Module, batches, total: int, device: torch.device,
     model.eval()
     correct = torch.zeros((), dtype=torch.int64, device=device)
     for batch in batches:
-        pred = model(batch.x, batch.blocks, batch.x_agg).argmax(dim=1)
+        pred = model(*batch.inputs).argmax(dim=1)
         correct += (pred == batch.seed_labels).sum()
     model.train(was_training)
     if world_size > 1:

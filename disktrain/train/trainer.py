@@ -17,8 +17,10 @@ from tqdm.auto import tqdm
 from disktrain.errors import DataError, NonFiniteError
 from disktrain.loader.dist import DistEnv
 from disktrain.loader.loader import Loader
-from disktrain.models.gnn import ModelConfig, build_model
+from disktrain.models.gnn import MODELS, TYPED_MODELS, ModelConfig, build_model
+from disktrain.models.hetero import HeteroGNN, HeteroGNNConfig
 from disktrain.robust import check_replicas
+from disktrain.storage.dataset import TypedDataset
 from disktrain.train.checkpoint import CheckpointWriter, checkpoint_state, resume
 from disktrain.train.config import TrainConfig
 from disktrain.train.evaluate import Evaluator
@@ -38,8 +40,7 @@ class Trainer:
         meta = _trainable(cfg, loader)
         _check_first_hop(cfg.model, [loader])
         self.cfg, self.env, self.device, self.loader = cfg, env, device, loader
-        self.model = build_model(cfg.model.sized(in_dim=meta.feature_dim, num_layers=len(
-            loader.fanouts), num_classes=meta.num_classes)).to(device)
+        self.model = _build_model(cfg.model, loader, meta).to(device)
         self.opt = cfg.optimizer.build(self.model.parameters())
         self.grads = GradientPath(cfg, env, meta.num_classes, grad_sync,
                                   [p for p in self.model.parameters() if p.requires_grad])
@@ -109,7 +110,7 @@ class Trainer:
         """One optimizer step on batch ``mb`` (number ``step`` of ``epoch``), unless its loss
         or synchronized gradient is not finite: then skipped or stopped, as configured."""
         self.opt.zero_grad(set_to_none=True)
-        loss = F.cross_entropy(self.forward(mb.x, mb.blocks, mb.x_agg),
+        loss = F.cross_entropy(self.forward(*mb.inputs),
                                self.grads.labels(mb.seed_labels))
         self.grads.backward(loss)
         # several ranks decide on the synced gradients alone, alike: a rank's own non-finite
@@ -186,6 +187,26 @@ def _trainable(cfg: TrainConfig, loader: Loader):
         raise DataError(f"{cfg.dataset}: the dataset has no labels to train on; ingest it "
                         "with --labels (or train your own model with disktrain.Loader)")
     return meta
+
+
+def _build_model(cfg: ModelConfig, loader: Loader, meta) -> torch.nn.Module:
+    """``cfg``'s model sized for the dataset: a relational one (R-SAGE, R-GAT) on a typed
+    graph."""
+    ds, layers = loader.dataset, len(loader.fanouts)
+    if not isinstance(ds, TypedDataset):
+        if cfg.model not in MODELS[:4]:
+            raise ValueError(f"model {cfg.model!r} is for typed graphs; {ds.path} has one node "
+                             f"type (models: {', '.join(MODELS[:4])})")
+        return build_model(cfg.sized(in_dim=meta.feature_dim, num_layers=layers,
+                                     num_classes=meta.num_classes))
+    if cfg.model not in TYPED_MODELS:
+        raise ValueError(f"model {cfg.model!r} does not take a typed graph ({ds.path}: "
+                         f"{len(ds.types)} node types); use rsage or rgat")
+    return HeteroGNN(HeteroGNNConfig(
+        model=TYPED_MODELS[cfg.model], feature_dims={t.name: t.feature_dim for t in ds.types},
+        num_nodes={t.name: t.num_nodes for t in ds.types}, relations=ds.relations,
+        target_type=ds.meta.target_type, num_classes=meta.num_classes, num_layers=layers,
+        hidden=cfg.hidden, heads=cfg.heads, dropout=cfg.dropout))
 
 
 def _check_first_hop(model: ModelConfig, loaders) -> None:
