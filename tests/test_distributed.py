@@ -7,13 +7,14 @@ from pathlib import Path
 
 import pytest
 from helpers import newest_checkpoint, prepare, torchrun
-from tinygraphs import make_dataset
+from tinygraphs import make_dataset, make_typed_dataset
 
 from disktrain.errors import CheckpointError
 from disktrain.loader.schedule import epoch_batches, worker_share
 from disktrain.models import ModelConfig
 from disktrain.pack import PackConfig
-from disktrain.sample import SampleStore
+from disktrain.pack.prepare import prepare_dataset
+from disktrain.sample import SampleConfig, SampleStore
 from disktrain.train import TrainConfig, train
 from disktrain.train.checkpoint import CheckpointConfig, checkpoint_name
 from disktrain.train.loop import params_digest
@@ -218,4 +219,16 @@ def test_torchrun_trains_on_first_hop_aggregated_batches(tmp_path):
              "--metrics", str(tmp_path / "m.jsonl"))
     record = json.loads((tmp_path / "m.jsonl").read_text().splitlines()[-1])
     assert record["eval"] == {"val": "packed", "test": "packed"}
+    assert all(t.isfinite().all() for t in newest_checkpoint(tmp_path / "ck")["model"].values())
+
+
+def test_torchrun_trains_a_typed_graph(tmp_path):
+    path = make_typed_dataset(tmp_path / "typed")
+    prepare_dataset(path, SampleConfig(fanouts=(3, 2), batch_size=4),
+                    PackConfig(cpu_cache_bytes=600, chunk_bytes=256), progress=False)
+    torchrun("-m", "disktrain.train", str(path), "--model", "rgat", "--epochs", "1",
+             "--hidden", "8", "--heads", "2", "--checkpoint-dir", str(tmp_path / "ck"),
+             "--metrics", str(tmp_path / "m.jsonl"))
+    record = json.loads((tmp_path / "m.jsonl").read_text().splitlines()[-1])
+    assert record["eval"] == {"val": "packed", "test": "packed"} and record["batches"] > 1
     assert all(t.isfinite().all() for t in newest_checkpoint(tmp_path / "ck")["model"].values())

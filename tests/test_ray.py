@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from helpers import newest_checkpoint, prepare
-from tinygraphs import make_dataset
+from tinygraphs import make_dataset, make_typed_dataset
 
 from disktrain.cluster.head import (
     LOOPBACK,
@@ -313,6 +313,23 @@ def test_fit_on_ray_workers_hold_identical_parameters(uninterrupted, prepared):
     state = newest_checkpoint(Path(s["checkpoint"]).parent)
     assert state["epoch"] == 2 and state["trainer"]["steps"] == s["steps"]
     assert params_digest(state["model"]) == s["params_sha256"]
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_ray_prepares_and_trains_a_typed_graph(cluster, tmp_path):
+    """Ray tasks sample and pack a typed graph as one process does; two Ray Train workers
+    train R-SAGE on it and end with identical parameters."""
+    sample = SampleConfig(fanouts=(3, 2), batch_size=4, group_size=2)
+    local, remote = make_typed_dataset(tmp_path / "local"), make_typed_dataset(tmp_path / "ray")
+    prepare(local, sample, PACK)
+    prepare_on_ray(remote, sample, PACK, cluster.address, progress=False)
+    _same_packed(local, remote)
+    cfg = TrainConfig(dataset=str(remote), epochs=1, seed=1, progress=False,
+                      model=ModelConfig(model="rsage", hidden=8, dropout=0.0),
+                      checkpoint=CheckpointConfig(dir=str(tmp_path / "ck")))
+    s = fit_on_ray(cfg, RayTrainConfig(workers=2, storage_path=str(tmp_path / "ray-out")))
+    assert s["world_size"] == 2 and s["steps"] > 0 and s["replicas_identical"]
 
 
 def dying_rank(fail_rank: int, fail_step: int, marker: Path):

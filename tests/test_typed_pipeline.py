@@ -48,12 +48,15 @@ def test_typed_batches_hold_each_types_rows_and_real_edges(typed, caches):
     with Loader(typed, shuffle=False) as loader:
         batches = list(loader)
     assert len(batches) == samples.num_batches == 4
+    seeds = np.concatenate([b.n_id_dict["paper"][:b.batch_size].numpy() for b in batches])
+    assert np.array_equal(np.sort(seeds), np.sort(ds.split("train")))
     for batch in batches:
         assert set(batch.x_dict) == {"paper", "author"}  # subject has no features
         for t, x in batch.x_dict.items():
             assert torch.equal(x, torch.from_numpy(raw[t][batch.n_id_dict[t].numpy()]))
-        assert batch.batch_size == 8 and torch.equal(
-            batch.seed_labels, torch.from_numpy(ds.labels[batch.n_id_dict["paper"][:8]]))
+        n = batch.batch_size
+        assert torch.equal(batch.seed_labels, torch.from_numpy(ds.labels[batch.n_id_dict[
+            "paper"][:n]]))
         for block in batch.blocks:
             for rel, (src, dst) in block.edges.items():
                 s_ids = batch.n_id_dict[rel[0]][src] + int(ds.type_offsets[ds.type_index(rel[0])])
@@ -70,13 +73,21 @@ def test_typed_batch_as_pyg_heterodata(typed):
     with Loader(typed, shuffle=False, max_batches=1) as loader:
         batch = next(iter(loader))
     data = batch.to_pyg()
-    assert data["paper"].batch_size == 8 and torch.equal(data["paper"].x, batch.x_dict["paper"])
+    assert data["paper"].batch_size == batch.batch_size
+    assert torch.equal(data["paper"].x, batch.x_dict["paper"])
     assert data["subject"].num_nodes == len(batch.n_id_dict["subject"])
     for rel, edges in batch.edge_index_dict.items():
-        assert edges.shape[0] == 2
-        assert int(edges[0].max(initial=-1)) < data[rel[0]].num_nodes
-        assert int(edges[1].max(initial=-1)) < data[rel[2]].num_nodes
+        assert edges.shape[0] == 2 and edges.shape[1] > 0
+        assert int(edges[0].max()) < data[rel[0]].num_nodes
+        assert int(edges[1].max()) < data[rel[2]].num_nodes
     assert sum(batch.num_sampled_edges) == sum(e.shape[1] for e in data.edge_index_dict.values())
+    # a user's PyG hetero model runs on it (relations between the featured types)
+    from torch_geometric.nn import HeteroConv, SAGEConv
+    rels = [r for r in data.edge_types if r[0] in data.x_dict and r[2] in data.x_dict]
+    conv = HeteroConv({r: SAGEConv((-1, -1), 8) for r in rels}, aggr="sum")
+    out = conv(data.x_dict, data.edge_index_dict)
+    assert out["paper"].shape == (data["paper"].num_nodes, 8)
+    assert out["paper"][:batch.batch_size].isfinite().all()
 
 
 @pytest.mark.parametrize("model", ["rsage", "rgat"])
