@@ -6,14 +6,16 @@ import numpy as np
 import pytest
 import torch
 from helpers import SAMPLE, prepare
+from tinygraphs import make_typed_dataset
 
 from disktrain.errors import DataError
 from disktrain.loader.config import LoaderConfig
 from disktrain.loader.pipeline import PackedLoader
 from disktrain.pack import PackConfig, PackedStore, Tiers
 from disktrain.pack.memory import MemoryPacked
+from disktrain.pack.prepare import prepare_dataset
 from disktrain.pack.store import PackedSource
-from disktrain.sample import SampleStore
+from disktrain.sample import SampleConfig, SampleStore
 from disktrain.sample.memory import MemorySamples
 from disktrain.sample.store import SampleSource
 from disktrain.storage.dataset import Dataset
@@ -92,3 +94,30 @@ def test_a_twin_of_other_features_is_refused_by_name(prepared, wrong):
         PackedLoader(prepared, stores=(samples, packed))
     with pytest.raises(ValueError, match=r"features must be 2-D .* got shape \(300,\)"):
         MemoryPacked(samples, features[:, 0], Tiers(np.zeros(0, np.int64), np.zeros(0, np.int64)))
+
+
+def test_typed_twins_give_the_loader_the_stored_batches(tmp_path):
+    path = make_typed_dataset(tmp_path / "typed")
+    sample = SampleConfig(fanouts=(3, 2), batch_size=8)
+    prepare_dataset(path, sample, PackConfig(chunk_bytes=256, cpu_cache_bytes=300),
+                    evaluation=False, progress=False)
+    store, dataset = PackedStore(path), Dataset(path)
+    samples = MemorySamples.sample(dataset, sample)
+    features = np.zeros((dataset.num_nodes, dataset.meta.feature_dim), np.float32)
+    for i, t in enumerate(dataset.types):
+        ids = np.arange(dataset.type_offsets[i], dataset.type_offsets[i + 1])
+        if t.feature_dim:
+            features[ids] = dataset.gather_sorted(ids)
+    packed = MemoryPacked(samples, features, Tiers(store.gpu_nodes, store.cpu_nodes))
+    cfg = LoaderConfig(prefetch=1)
+    disk, memory = PackedLoader(path, cfg), PackedLoader(path, cfg, stores=(samples, packed))
+    order = list(range(disk.num_batches))
+    for want, got in zip(disk(order), memory(order), strict=True):
+        assert torch.equal(got.x, want.x) and torch.equal(got.labels, want.labels)
+        assert got.type_rows == want.type_rows
+        assert all(torch.equal(got.n_id_dict[t], want.n_id_dict[t]) for t in want.n_id_dict)
+        for g, w in zip(got.blocks, want.blocks, strict=True):
+            assert (g.num_src, g.num_dst) == (w.num_src, w.num_dst) and g.edges.keys() == \
+                w.edges.keys()
+            assert all(torch.equal(a, b) for r in w.edges for a, b in zip(g.edges[r],
+                                                                          w.edges[r]))

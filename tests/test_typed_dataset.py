@@ -68,15 +68,15 @@ def test_verify_names_a_damaged_relation(tmp_path):
 
 
 @pytest.mark.parametrize("change,message", [
-    (dict(relations={("paper", "cites", "venue"): lambda: []}),
+    ({"relations": {("paper", "cites", "venue"): list}},
      r"relation \('paper', 'cites', 'venue'\): destination type 'venue' is not a node type"),
-    (dict(features={"paper": feature_source(np.zeros((59, 6), np.float32))}),
+    ({"features": {"paper": feature_source(np.zeros((59, 6), np.float32))}},
      "node type 'paper': features .* have 59 rows, but the type has 60 nodes"),
-    (dict(target_type="author"),
+    ({"target_type": "author"},
      "split 'train' entry .*|labels must be integers, one per 'author' node"),
-    (dict(labels=None), "split 'train' on type 'paper', which has no labels"),
-    (dict(labels=np.full(60, -1)), "node .* of type 'paper' has no label"),
-    (dict(node_counts={"paper": 60, "author": 90, "sub__ject": 5}),
+    ({"labels": None}, "split 'train' on type 'paper', which has no labels"),
+    ({"labels": np.full(60, -1)}, "node .* of type 'paper' has no label"),
+    ({"node_counts": {"paper": 60, "author": 90, "sub__ject": 5}},
      "node type name 'sub__ject'"),
 ])
 def test_bad_typed_inputs_are_named(change, message):

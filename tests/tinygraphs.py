@@ -61,14 +61,14 @@ def typed_inputs(num_papers: int = 60, num_authors: int = 90, num_subjects: int 
     about = (np.arange(num_papers), labels % num_subjects)
     perm = rng.permutation(num_papers)
     a, b = num_papers // 2, 3 * num_papers // 4
-    fields = dict(
-        node_counts={"author": num_authors, "paper": num_papers, "subject": num_subjects},
-        relations={("paper", "cites", "paper"): lambda: [cites],
+    fields = {
+        "node_counts": {"author": num_authors, "paper": num_papers, "subject": num_subjects},
+        "relations": {("paper", "cites", "paper"): lambda: [cites],
                    ("paper", "written_by", "author"): lambda: [written],
                    ("paper", "about", "subject"): lambda: [about]},
-        target_type="paper",
-        features={"paper": feature_source(papers), "author": feature_source(authors)},
-        labels=labels, splits={"train": perm[:a], "val": perm[a:b], "test": perm[b:]})
+        "target_type": "paper",
+        "features": {"paper": feature_source(papers), "author": feature_source(authors)},
+        "labels": labels, "splits": {"train": perm[:a], "val": perm[a:b], "test": perm[b:]}}
     return TypedInputs(**{**fields, **changes})
 
 

@@ -32,8 +32,8 @@ import numpy as np
 import torch
 
 from disktrain.errors import DataError
-from disktrain.loader.batch import CopyEvent, MiniBatch
 from disktrain.kernels.typed_sampling import TypedSampledBatch
+from disktrain.loader.batch import CopyEvent, MiniBatch
 from disktrain.loader.block import Block, HeteroBlock
 from disktrain.loader.config import LoaderConfig
 from disktrain.loader.device import DeviceAssembler

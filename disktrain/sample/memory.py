@@ -57,6 +57,14 @@ def _concat(parts: list):
     return kind(**out)
 
 
+def featured_types(dataset: Dataset) -> list[int] | None:
+    """The node types (indices) of a typed dataset whose rows its batches read (None for one
+    type)."""
+    if not isinstance(dataset, TypedDataset):
+        return None
+    return [i for i, t in enumerate(dataset.types) if t.feature_dim]
+
+
 def typed_input_nodes(batch, featured: Sequence[int]) -> np.ndarray:
     """The global ids of the rows a typed batch reads: its featured types' nodes, type after
     type, each in its positions' order."""
@@ -69,9 +77,12 @@ class MemorySamples:
     :class:`~disktrain.sample.store.SampleSource`): ``batches`` of ``config``'s plan, batch
     ``b`` of epoch ``config.first_epoch + b // batches_per_epoch``."""
 
-    def __init__(self, batches: SampledBatches, config: SampleConfig, batches_per_epoch: int):
+    def __init__(self, batches: SampledBatches | TypedSampledBatches, config: SampleConfig,
+                 batches_per_epoch: int, featured_types: list[int] | None = None):
         self.batches, self.config = batches, config
         self.num_batches, self.batches_per_epoch = batches.num_batches, batches_per_epoch
+        self.featured_types = featured_types
+        """A typed graph's node types (indices) whose rows the batches read; None: one type."""
         self.store_id = new_id()
 
     @classmethod
@@ -82,15 +93,20 @@ class MemorySamples:
         if plan.num_batches == 0:
             raise DataError(f"{dataset.path}: the {config.split} split is empty; nothing to sample")
         return cls(sample_plan_batches(dataset, plan, range(plan.num_batches)), config,
-                   plan.batches_per_epoch)
+                   plan.batches_per_epoch, featured_types(dataset))
 
     def batch(self, b: int) -> SampledBatch:
         return self.batches.batch(b)
 
     def input_nodes(self, b: int) -> np.ndarray:
+        if self.featured_types is not None:
+            return typed_input_nodes(self.batch(b), self.featured_types)
         return self.batch(b).input_nodes
 
     def inner_count(self, b: int) -> int:
-        """Input nodes of batch ``b`` that later layers also read (the last hop's come after)."""
+        """Input nodes of batch ``b`` that later layers also read (the last hop's come after;
+        a typed batch's rows all count as inner)."""
+        if self.featured_types is not None:
+            return len(self.input_nodes(b))
         hops = self.batches.hop_counts[b]
         return int(hops[len(hops) - 2])

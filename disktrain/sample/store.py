@@ -36,7 +36,7 @@ from tqdm.auto import tqdm
 from disktrain.errors import DataError
 from disktrain.kernels.sampling import SampledBatch, SampledBatches
 from disktrain.kernels.typed_sampling import TypedSampledBatch, TypedSampledBatches
-from disktrain.sample.memory import sample_plan_batches, typed_input_nodes
+from disktrain.sample.memory import featured_types, sample_plan_batches, typed_input_nodes
 from disktrain.sample.plan import SampleConfig, SamplePlan
 from disktrain.storage.atomic import atomic_dir, replace_dir
 from disktrain.storage.chunkfile import StoreRef
@@ -180,7 +180,7 @@ def typed_attrs(dataset: Dataset) -> dict:
     if not isinstance(dataset, TypedDataset):
         return {}
     return {"num_types": len(dataset.types), "num_relations": len(dataset.relations),
-            "featured_types": [i for i, t in enumerate(dataset.types) if t.feature_dim]}
+            "featured_types": featured_types(dataset)}
 
 
 def _made_from(path: Path, cfg: SampleConfig, dataset_id: str, complete: bool = False) -> bool:

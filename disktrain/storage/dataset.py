@@ -330,15 +330,14 @@ class Dataset:
     """
 
     def __new__(cls, path: str | Path, **_):
+        typed = False
         if cls is Dataset and (Path(path) / "zarr.json").exists():
             try:
                 typed = bool(json.loads((Path(path) / "zarr.json").read_text())
                              .get("attributes", {}).get("node_types"))
             except (OSError, ValueError, AttributeError):
-                typed = False  # __init__ names the problem
-            if typed:
-                cls = TypedDataset
-        return super().__new__(cls)
+                pass  # __init__ names the problem
+        return super().__new__(TypedDataset if typed else cls)
 
     def __init__(self, path: str | Path, *, csr: str = "auto", csr_budget: int | None = None):
         self.path = Path(path)
