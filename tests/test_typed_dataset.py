@@ -50,8 +50,9 @@ def test_typed_dataset_reads_back_what_was_written(tmp_path):
     assert np.array_equal(ds.labels, inputs.labels)
     assert np.array_equal(ds.split("train"), inputs.splits["train"])
     info = ds.info()
-    assert [r["name"] for r in info["relations"]][:3] == [
+    assert list(info["relations"])[:3] == [
         "paper__cites__paper", "paper__written_by__author", "paper__about__subject"]
+    assert info["node_types"]["subject"] == {"num_nodes": 5, "features": "none"}
     assert verify(path).clean
 
 

@@ -682,9 +682,13 @@ class TypedDataset(Dataset):
                 yield i + a, i + b, self._wide(rows)
 
     def info(self) -> dict:
+        """As a dataset's, with ``node_types`` and ``relations`` by name."""
         out = super().info()
-        out["relations"] = [{**r, "name": relation_name((r["src"], r["rel"], r["dst"]))}
-                            for r in self.meta.relations]
+        out["node_types"] = {t.name: {"num_nodes": t.num_nodes, "features": (
+            f"{t.feature_dim} {t.feature_dtype}" if t.feature_dim else "none")}
+            for t in self.types}
+        out["relations"] = {relation_name((r["src"], r["rel"], r["dst"])): r["num_edges"]
+                            for r in self.meta.relations}
         return out
 
 
