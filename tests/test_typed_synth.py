@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from helpers import needs_two_threads
 
+from disktrain.cli import build_parser, configs, main
 from disktrain.ingest.synth import class_centroids, node_labels
 from disktrain.ingest.typed_synth import (
     NODE_TYPES,
@@ -171,3 +172,33 @@ def test_bad_options_named_with_their_value(tmp_path, bad):
     with pytest.raises(ValueError, match=name) as info:
         _cfg(tmp_path, **bad)
     assert repr(value) in str(info.value) or str(value) in str(info.value)
+
+
+def test_cli_typed(tmp_path, capsys):
+    out = tmp_path / "ds"
+    argv = ["synth", "--typed", "igbh", "--out", str(out), "--papers", "300"]
+    assert configs(build_parser("synth").parse_args(argv)) == {
+        "": TypedSynthConfig(out=out, num_papers=300)}  # the shared options' defaults agree
+    assert main([*argv, "--feature-dim", "4", "--classes", "3", "--cites-degree", "5",
+                 "--no-progress"]) == 0
+    assert "wrote" in capsys.readouterr().out
+    ds = Dataset(out)
+    assert ds.type_names == list(NODE_TYPES) and ds.meta.feature_dim == 4
+    assert {r["rel"]: r["num_edges"] for r in ds.meta.relations}["cites"] == 1500
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["--typed", "igbh"], "synth: --papers N is required with --typed igbh"),
+    ([], "synth: --nodes N is required (or --typed igbh --papers N)"),
+    (["--typed", "igbh", "--papers", "50", "--nodes", "50"],
+     "synth: --nodes only without --typed"),
+    (["--nodes", "50", "--papers", "50", "--topic-degree", "2"],
+     "synth: --papers, --topic-degree only with --typed"),
+    (["--typed", "igbh", "--papers", "1"], "num_papers must be in [2, 281474976710656], got 1"),
+])
+def test_cli_errors(tmp_path, capsys, argv, message):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["synth", "--out", str(tmp_path / "ds"), *argv])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err == f"disktrain: error: {message}\n"
+    assert not (tmp_path / "ds").exists()
