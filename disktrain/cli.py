@@ -303,20 +303,43 @@ def _run_ingest(args: argparse.Namespace) -> None:
 
 # synth
 
+_SYNTH_ONLY = {"num_nodes": "--nodes", "avg_degree": "--avg-degree"}
+"""Options of the homogeneous graph alone (dest -> flag)."""
+_TYPED_ONLY = {"num_papers": "--papers", **{f"{rel}_degree": f"--{rel.replace('_', '-')}-degree"
+                                            for rel in ("cites", "written_by", "affiliated_to",
+                                                        "topic")}}
+"""Options of the typed graph (``--typed``) alone (dest -> flag)."""
+
+
 @_command("synth", help="generate a synthetic dataset (R-MAT graph, planted classes)",
           description="Generate a synthetic dataset: an R-MAT graph with planted homophilous "
-          "classes, noisy class-centroid features and train/val/test splits.")
+          "classes, noisy class-centroid features and train/val/test splits; with --typed "
+          "igbh, an IGBH-like typed graph instead (papers, authors, institutes, fields of "
+          "study and their relations, every type with features, classes on the papers).")
 def _synth_options(p: argparse.ArgumentParser) -> None:
     from disktrain.ingest.synth import FEATURE_DTYPES
     from disktrain.ingest.synth import SynthConfig as C
+    from disktrain.ingest.typed_synth import SCHEMAS
+    from disktrain.ingest.typed_synth import TypedSynthConfig as T
 
-    p.set_defaults(func=_run_synth, configs=_configs_of({"": C}))
+    p.set_defaults(func=_run_synth, configs=_synth_configs)
     _option(p, "--out", C, "out", type=Path, required=True, metavar="DIR",
             help="dataset directory to create")
-    _option(p, "--nodes", C, "num_nodes", type=int, required=True, metavar="N",
-            help="number of nodes")
+    _option(p, "--nodes", C, "num_nodes", type=int, metavar="N",
+            help="number of nodes (required without --typed)")
     _option(p, "--avg-degree", C, "avg_degree", type=float, metavar="D",
             help="mean in-degree (default: %(default)s)")
+    p.add_argument("--typed", choices=SCHEMAS, default=None,
+                   help="generate this typed graph instead of the homogeneous one")
+    _option(p, "--papers", T, "num_papers", type=int, metavar="N",
+            help="with --typed: number of papers; the other types' counts scale from it "
+            "(IGBH-full's ratios)")
+    for dest, flag in _TYPED_ONLY.items():
+        if dest != "num_papers":
+            per = "author" if dest == "affiliated_to_degree" else "paper"
+            _option(p, flag, T, dest, type=float, metavar="D",
+                    help=f"with --typed: {dest.removesuffix('_degree')} edges per {per} "
+                    "(default: %(default).3g, IGBH-full's)")
     _option(p, "--feature-dim", C, "feature_dim", type=int, metavar="F",
             help="features per node (default: %(default)s)")
     _option(p, "--classes", C, "num_classes", type=int, metavar="C",
@@ -333,10 +356,33 @@ def _synth_options(p: argparse.ArgumentParser) -> None:
     _add_progress(p, C)
 
 
+def _synth_configs(args: argparse.Namespace) -> dict[str, object]:
+    """SynthConfig, or TypedSynthConfig with ``--typed`` (the options they share have the
+    same field names and defaults); an option of the other graph alone is an error."""
+    from disktrain.ingest.synth import SynthConfig
+    from disktrain.ingest.typed_synth import TypedSynthConfig
+
+    typed = args.typed is not None
+    cls, other = (TypedSynthConfig, SynthConfig) if typed else (SynthConfig, TypedSynthConfig)
+    own, foreign = (_TYPED_ONLY, _SYNTH_ONLY) if typed else (_SYNTH_ONLY, _TYPED_ONLY)
+    stray = [flag for dest, flag in foreign.items()
+             if getattr(args, dest) not in (None, _field_default(other, dest))]
+    if stray:
+        raise ConfigError(f"synth: {', '.join(stray)} only "
+                          f"{'without' if typed else 'with'} --typed")
+    size = next(iter(own))
+    if getattr(args, size) is None:
+        raise ConfigError(f"synth: {own[size]} N is required"
+                          + (f" with --typed {args.typed}" if typed else
+                             " (or --typed igbh --papers N)"))
+    return {"": _config(cls, args)}
+
+
 def _run_synth(args: argparse.Namespace) -> None:
     from disktrain.ingest.synth import synthesize
+    from disktrain.ingest.typed_synth import synthesize_typed
 
-    _print_summary(synthesize(configs(args)[""]))
+    _print_summary((synthesize_typed if args.typed else synthesize)(configs(args)[""]))
 
 
 # info

@@ -63,6 +63,10 @@ CONTEXT = {"--byzantine-f": ["--aggregator", "krum"], "--flag-subspace": ["--agg
 CLI_ONLY = {("prepare", "evaluation"), ("prepare", "eval_batch_size"),
             ("prepare", "ray_address"), ("prepare", "progress")}
 """Options that are settings of the command itself, not of a config."""
+CLI_ONLY |= {("synth", "typed")}  # picks synth's config: TypedSynthConfig
+_TYPED = ["o", "--typed", "igbh", "--papers", "100"]  # after "synth --out"
+CONTEXT.update({"--papers": _TYPED[:3], **{f"--{rel}-degree": _TYPED for rel in (
+    "cites", "written-by", "affiliated-to", "topic")}})
 
 
 def _other_value(action: argparse.Action) -> tuple[list[str], object]:
