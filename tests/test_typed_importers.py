@@ -7,6 +7,7 @@ from __future__ import annotations
 import datetime
 import gzip
 import tracemalloc
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -279,16 +280,30 @@ M_RELS = {("author", "writes", "paper"): [[0, 1, 2, 3, 4, 4], [0, 1, 2, 3, 4, 7]
 M_SPLIT = {"train": np.array([0, 1, 2]), "valid": np.array([3, 7]), "test": np.array([5, 6])}
 
 
-def write_mag240m(root: Path, split=M_SPLIT) -> Path:
+def save_as_numpy1(value, path: Path) -> None:
+    """torch.save, the pickle naming numpy 1's numpy.core.multiarray._reconstruct (numpy 2
+    writes numpy._core): the released split_dict.pt was written under numpy 1."""
+    torch.save(value, path)
+    with zipfile.ZipFile(path) as z:
+        members = [(info, z.read(info)) for info in z.infolist()]
+    with zipfile.ZipFile(path, "w") as z:
+        for info, data in members:
+            if info.filename.endswith("data.pkl"):
+                data = data.replace(b"numpy._core.multiarray", b"numpy.core.multiarray")
+            z.writestr(info, data)
+
+
+def write_mag240m(root: Path, split=M_SPLIT, save=save_as_numpy1) -> Path:
     """MAG240M as OGB-LSC ships it (ogb/lsc/mag240m.py MAG240MDataset): meta.pt, a torch.save'd
     dict of the node counts and num_classes; split_dict.pt, a dict of numpy int64 id arrays
-    ('test' unlabelled: its labels are hidden); processed/paper/node_feat.npy (N, 768)
-    float16, node_label.npy (N,) float with NaN, node_year.npy (N,) int64;
+    pickled under numpy 1 ('test' unlabelled: its labels are hidden);
+    processed/paper/node_feat.npy (N, 768) float16, node_label.npy (N,) float with NaN,
+    node_year.npy (N,) int64;
     processed/<src>___<rel>___<dst>/edge_index.npy (2, E) int64."""
     processed = root / "processed"
     (processed / "paper").mkdir(parents=True)
     torch.save({**M_COUNTS, "num_classes": 153}, root / "meta.pt")
-    torch.save(split, root / "split_dict.pt")
+    save(split, root / "split_dict.pt")
     np.save(processed / "paper" / "node_feat.npy", M_FEAT)
     np.save(processed / "paper" / "node_label.npy", M_LABEL)
     np.save(processed / "paper" / "node_year.npy", np.full(8, 2019, np.int64))
@@ -317,9 +332,10 @@ def test_mag240m_round_trip(tmp_path, capsys):
 
 
 def test_mag240m_bad_input(tmp_path, capsys):
-    bad = {**M_SPLIT, "train": np.array([0, 4])}
-    run_bad(capsys, tmp_path / "o1", ["--mag240m", write_mag240m(tmp_path / "a", bad)],
-            "split_dict.pt", "train split row 1: node 4 of type 'paper' has no label")
+    bad = {**M_SPLIT, "train": np.array([0, 4])}  # pickled under numpy 2 (numpy._core)
+    root = write_mag240m(tmp_path / "a", bad, torch.save)
+    run_bad(capsys, tmp_path / "o1", ["--mag240m", root], "split_dict.pt",
+            "train split row 1: node 4 of type 'paper' has no label")
     pickled = {**M_SPLIT, "train": datetime.date(2021, 1, 1)}  # not an array: code to run
     run_bad(capsys, tmp_path / "o2", ["--mag240m", write_mag240m(tmp_path / "b", pickled)],
             "split_dict.pt", "weights_only=True")
@@ -405,3 +421,5 @@ def test_options_of_the_other_kind_are_refused(tmp_path, capsys):
             "--undirected apply only to an edge list or a homogeneous OGB dataset")
     run_bad(capsys, tmp_path / "o2", ["--edges", tmp_path / "e.npy", "--igb-size", "tiny"],
             "--igb-size apply only with --igb, --mag240m or a typed --ogb")
+    run_bad(capsys, tmp_path / "o3", ["--mag240m", tmp_path, "--igb-size", "tiny"],
+            "igb_size ('tiny') needs igb")

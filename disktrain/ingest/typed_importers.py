@@ -144,6 +144,9 @@ class TypedIngestConfig:
             raise ValueError(f"igb_classes must be 19 or 2983, got {self.igb_classes}")
         if self.igb_labelled is not None and self.igb_labelled < 0:
             raise ValueError(f"igb_labelled must be >= 0, got {self.igb_labelled}")
+        for name, needs in (("igb_size", "igb"), ("igb_labelled", "igb"), ("ogb_split", "ogb")):
+            if getattr(self, name) is not None and getattr(self, needs) is None:
+                raise ValueError(f"{name} ({getattr(self, name)!r}) needs {needs}")
 
     @property
     def source(self) -> Path:
