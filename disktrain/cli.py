@@ -246,26 +246,52 @@ def _add_progress(parser: argparse.ArgumentParser, cls=None) -> None:
 
 # ingest
 
-@_command("ingest", help="validate an edge list (+ features, labels, splits) or an OGB "
-          "dataset into a dataset",
+@_command("ingest", help="validate an edge list (+ features, labels, splits), or an OGB, IGB "
+          "or MAG240M dataset, into a dataset",
           description="Validate an edge list (Parquet file or directory, CSV, or an (E, 2) "
-          ".npy) and optional features, labels and splits, or an OGB node property prediction "
-          "dataset (--ogb), and write a dataset directory (see docs/FORMAT.md). The CSR is over "
-          "in-neighbors: row = dst, indices = src.")
+          ".npy) and optional features, labels and splits, or a dataset in its published "
+          "layout (--ogb: OGB's node property prediction CSVs or binary data.npz, or a "
+          "heterogeneous one as ogbn-mag; --igb: IGB / IGBH; --mag240m), and write a dataset "
+          "directory (see docs/FORMAT.md). The CSR is over in-neighbors: row = dst, indices = "
+          "src; a typed dataset has one per relation.")
 def _ingest_options(p: argparse.ArgumentParser) -> None:
     from disktrain.ingest.inputs import IngestConfig as C
+    from disktrain.ingest.typed_importers import IGB_LABEL_FILES, IGB_SIZES
+    from disktrain.ingest.typed_importers import TypedIngestConfig as T
 
-    p.set_defaults(func=_run_ingest, configs=_configs_of({"": C}))
+    p.set_defaults(func=_run_ingest, configs=_ingest_configs)
     source = p.add_mutually_exclusive_group(required=True)
     _option(source, "--edges", C, "edges", type=Path, metavar="PATH",
             help="edge list: .parquet file or directory, .csv/.tsv[.gz], or (E, 2) .npy")
     _option(source, "--ogb", C, "ogb", type=Path, metavar="DIR",
             help="instead of --edges and the files below: an OGB node property prediction "
             "dataset directory (raw/edge.csv.gz, raw/node-feat.csv.gz, raw/node-label.csv.gz, "
-            "split/NAME/...), streamed; ogbn-products needs --undirected, as OGB adds the "
-            "reverse edges")
+            "split/NAME/...; or raw/data.npz + raw/node-label.npz, as ogbn-papers100M; or "
+            "raw/relations/, a typed graph as ogbn-mag), streamed; ogbn-products needs "
+            "--undirected, as OGB adds the reverse edges")
+    _option(source, "--igb", T, "igb", prefix="typed.", type=Path, metavar="DIR",
+            help="an IGB / IGBH download: DIR/SIZE/processed/TYPE/node_feat.npy, "
+            "SRC__REL__DST/edge_index.npy (typed; IGB's homogeneous graph: paper and "
+            "paper__cites__paper only)")
+    _option(source, "--mag240m", T, "mag240m", prefix="typed.", type=Path, metavar="DIR",
+            help="MAG240M (mag240m_kddcup2021: meta.pt, split_dict.pt, processed/), typed")
     _option(p, "--ogb-split", C, "ogb_split", metavar="NAME",
             help="with --ogb: which split/NAME to use (default: the only one)")
+    _option(p, "--igb-size", T, "igb_size", prefix="typed.", choices=IGB_SIZES,
+            help="with --igb: which DIR/SIZE (default: the only one)")
+    _option(p, "--igb-classes", T, "igb_classes", prefix="typed.", type=int,
+            choices=tuple(IGB_LABEL_FILES), help="with --igb: 19 (node_label_19.npy) or 2983 "
+            "(node_label_2K.npy) classes (default: %(default)s)")
+    _option(p, "--igb-feature-dim", T, "igb_feature_dim", prefix="typed.", type=int,
+            metavar="DIM", help="with --igb: the row width of a node_feat.npy without a .npy "
+            "header (large, full; default: %(default)s)")
+    _option(p, "--igb-labelled", T, "igb_labelled", prefix="typed.", type=int, metavar="N",
+            help="with --igb: the papers with a label, a prefix (default: IGB's counts for "
+            "full, 227,130,858 or 157,675,969; else every paper)")
+    _option(p, "--add-reverse", T, "add_reverse", prefix="typed.",
+            action=argparse.BooleanOptionalAction, help="with --igb, --mag240m or a typed "
+            "--ogb: add the relation (DST, rev_REL, SRC) for each (SRC, REL, DST), so that "
+            "every type receives messages (default: on)")
     _option(p, "--out", C, "out", type=Path, required=True, metavar="DIR",
             help="dataset directory to create")
     _option(p, "--features", C, "features", type=Path, metavar="F",
@@ -295,10 +321,42 @@ def _ingest_options(p: argparse.ArgumentParser) -> None:
     _add_progress(p, C)
 
 
+_INGEST_SHARED = ("out", "ogb", "ogb_split", "dedup", "overwrite", "progress", "chunk_rows")
+"""IngestConfig's fields that TypedIngestConfig has too (one option each)."""
+_INGEST_ONLY = {"": ("features", "labels", "train", "val", "test", "src_col", "dst_col",
+                     "undirected", "drop_self_loops", "num_nodes"),
+                "typed.": ("igb_size", "igb_classes", "igb_feature_dim", "igb_labelled",
+                           "add_reverse")}
+"""The fields of each of ingest's configs that the other lacks, by dest prefix."""
+
+
+def _ingest_configs(args: argparse.Namespace) -> dict:
+    """``{"": IngestConfig}``, or ``{"typed.": TypedIngestConfig}`` for --igb, --mag240m or a
+    typed --ogb; the options of the other config refused."""
+    from disktrain.ingest.inputs import IngestConfig
+    from disktrain.ingest.typed_importers import TypedIngestConfig, is_typed_ogb
+
+    values = vars(args)
+    typed = bool(values["typed.igb"] or values["typed.mag240m"]
+                 or (values["ogb"] is not None and is_typed_ogb(values["ogb"])))
+    kinds = [("", IngestConfig), ("typed.", TypedIngestConfig)]
+    (prefix, cls), (other, other_cls) = kinds[::-1] if typed else kinds
+    if given := [f"--{name.replace('_', '-')}" for name in _INGEST_ONLY[other]
+                 if values[other + name] != _default(other_cls, name)]:
+        raise ConfigError(f"{', '.join(given)} apply only " + (
+            "to an edge list or a homogeneous OGB dataset" if typed else
+            "with --igb, --mag240m or a typed --ogb (one with raw/relations/)"))
+    if typed:
+        args = argparse.Namespace(**values, **{f"typed.{k}": values[k] for k in _INGEST_SHARED})
+    return {prefix: _config(cls, args, prefix)}
+
+
 def _run_ingest(args: argparse.Namespace) -> None:
     from disktrain.ingest import ingest
+    from disktrain.ingest.typed_importers import ingest_typed
 
-    _print_summary(ingest(configs(args)[""]))
+    cfg = configs(args)
+    _print_summary(ingest_typed(cfg["typed."]) if "typed." in cfg else ingest(cfg[""]))
 
 
 # synth

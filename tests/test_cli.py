@@ -58,7 +58,11 @@ CONTEXT = {"--byzantine-f": ["--aggregator", "krum"], "--flag-subspace": ["--agg
            "--byzantine-ranks": ["--attack", "sign-flip"],
            "--attack-param": ["--attack", "ipm", "--byzantine-ranks", "1"],
            "--attack-seed": ["--attack", "gaussian", "--byzantine-ranks", "1"],
-           "--momentum": ["--optimizer", "sgd"], "--ogb": ["--out", "o"], "--ogb-split": ["--out", "o", "--ogb", "d"]}
+           "--momentum": ["--optimizer", "sgd"], "--ogb": ["--out", "o"], "--ogb-split": ["--out", "o", "--ogb", "d"],
+           "--igb": ["--out", "o"], "--mag240m": ["--out", "o"],
+           **{f: ["--out", "o", "--igb", "d"] for f in ("--igb-size", "--igb-classes",
+                                                     "--igb-feature-dim", "--igb-labelled",
+                                                     "--add-reverse")}}
 """Options whose non-default value is valid only with others (instead of BASE's options)."""
 CLI_ONLY = {("prepare", "evaluation"), ("prepare", "eval_batch_size"),
             ("prepare", "ray_address"), ("prepare", "progress")}
@@ -77,7 +81,7 @@ def _other_value(action: argparse.Action) -> tuple[list[str], object]:
         return [flag], not default
     if action.choices:
         value = next(c for c in action.choices if c != default)
-        return [flag, value], value
+        return [flag, str(value)], value
     if action.type is parse_fanouts:
         return [f"{flag}=3,2"], (3, 2)
     if action.type is parse_bytes:

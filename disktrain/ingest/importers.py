@@ -15,7 +15,10 @@ get its checks, its disk-space estimate and its atomic write.
       DIR/split/<name>/{train,valid,test}.csv.gz   one node id per line
 
   Features are written one chunk at a time; edges stream into the CSR build; labels and
-  splits (O(num_nodes)) are read whole. Rows are numbered from 0 (the first line).
+  splits (O(num_nodes)) are read whole. Rows are numbered from 0 (the first line). OGB's
+  binary layout (ogbn-papers100M: ``raw/data.npz``) is read by :func:`read_ogb_binary`,
+  its zip members streamed; heterogeneous OGB datasets by
+  :mod:`disktrain.ingest.typed_importers`.
 - :func:`from_pyg`: a ``torch_geometric.data.Data`` (or any object with its attributes) in
   memory. PyG itself is never imported.
 """
@@ -32,6 +35,7 @@ import pyarrow as pa
 import pyarrow.csv as pcsv
 
 from disktrain.errors import DataError
+from disktrain.ingest.arrays import NpzMember, PairEdges, stream_labels
 from disktrain.ingest.csr import CSRConfig
 from disktrain.ingest.edges import CsvEdges, check_ids, checked_chunks, open_edges
 from disktrain.ingest.inputs import (
@@ -86,10 +90,13 @@ def read_ogb(cfg: IngestConfig) -> Inputs:
     ``cfg.ogb_split`` picks ``split/<name>/`` (default: the only one). ``cfg.num_nodes``, if
     given, must match ``num-node-list.csv.gz``. OGB lists each edge of ogbn-products and
     ogbn-proteins once and adds the reverse when loading (its ``add_inverse_edge``); pass
-    ``undirected`` for the same graph.
+    ``undirected`` for the same graph. OGB's binary layout (``raw/data.npz``, as
+    ogbn-papers100M's) is read by :func:`read_ogb_binary`.
     """
     root, raw = cfg.ogb, cfg.ogb / "raw"
     _check_layout(root)
+    if (raw / "data.npz").exists():
+        return read_ogb_binary(cfg)
     num_nodes = _read_count(raw / "num-node-list.csv.gz", "node")
     origin = f"the count in {raw / 'num-node-list.csv.gz'}"
     if cfg.num_nodes is not None and cfg.num_nodes != num_nodes:
@@ -106,10 +113,7 @@ def read_ogb(cfg: IngestConfig) -> Inputs:
     labels = check_labels(labels_path, _read_column(
         labels_path, "class id per node",
         "multi-task labels, as ogbn-proteins', are not supported"), num_nodes, origin)
-    split_dir = _split_dir(root, cfg.ogb_split)
-    split_paths = {name: split_dir / file for name, file in OGB_SPLIT_FILES.items()}
-    splits = check_splits({name: (path, _read_column(path, f"{name} node id"))
-                           for name, path in split_paths.items()}, num_nodes)
+    splits, split_paths = ogb_splits(_split_dir(root, cfg.ogb_split), num_nodes, labels)
     sources = {"ogb": root, "edges": edges.path, "labels": labels_path, **split_paths}
     if features is not None:
         sources["features"] = features.path
@@ -119,6 +123,63 @@ def read_ogb(cfg: IngestConfig) -> Inputs:
                   splits=splits, sources={k: str(Path(v).resolve()) for k, v in sources.items()})
 
 
+def read_ogb_binary(cfg: IngestConfig) -> Inputs:
+    """The :class:`~disktrain.ingest.inputs.Inputs` of an OGB dataset in OGB's binary layout
+    (ogbn-papers100M's), every large array streamed out of its zip member::
+
+        raw/data.npz         edge_index (2, E) int, node_feat (N, F), num_nodes_list (1,)
+        raw/node-label.npz   node_label (N, 1) float, NaN for an unlabelled node
+        split/<name>/{train,valid,test}.csv.gz
+
+    An unlabelled node gets label -1; a split may hold labelled nodes only.
+    """
+    root, raw = cfg.ogb, cfg.ogb / "raw"
+    data = raw / "data.npz"
+    edges = PairEdges(NpzMember(data, "edge_index"), cfg.chunk_rows)
+    feat = NpzMember(data, "node_feat")
+    if len(feat.shape) != 2 or feat.dtype.kind not in "biuf":
+        raise DataError(f"{feat.where}: array of shape {feat.shape} and dtype {feat.dtype}, "
+                        "expected (num_nodes, feature_dim) numbers")
+    num_nodes, origin = feat.shape[0], f"the rows of {feat.where}"
+    with np.load(data, allow_pickle=False) as members:  # loads only the member asked for
+        listed = members["num_nodes_list"].tolist() if "num_nodes_list" in members else None
+    if listed is not None and sum(listed) != num_nodes:
+        raise DataError(f"{data}[num_nodes_list]: {listed} nodes, but {feat.where} has "
+                        f"{num_nodes} rows")
+    if cfg.num_nodes is not None and cfg.num_nodes != num_nodes:
+        raise DataError(f"{feat.where}: {num_nodes} rows, but num_nodes is {cfg.num_nodes}")
+    stored = np.dtype(np.float16 if feat.dtype == np.float16 else np.float32)
+    features = FeatureSource(Path(feat.where), num_nodes, feat.shape[1], stored, feat.rows,
+                             lambda j: f"column {j}")
+    label = NpzMember(raw / "node-label.npz", "node_label")
+    if label.shape not in ((num_nodes,), (num_nodes, 1)):
+        raise DataError(f"{label.where}: labels of shape {label.shape}, expected "
+                        f"({num_nodes}, 1) ({origin})")
+    labels = stream_labels(label, num_nodes, cfg.chunk_rows)
+    splits, split_paths = ogb_splits(_split_dir(root, cfg.ogb_split), num_nodes, labels)
+    sources = {"ogb": root, "edges": data, "features": data, "labels": label.path,
+               **split_paths}
+    return Inputs(num_nodes=num_nodes, num_nodes_from=origin,
+                  edges=lambda: checked_chunks(edges, num_nodes), num_input_edges=edges.num_rows,
+                  edges_estimate=edges.num_rows, features=features, labels=labels,
+                  splits=splits, sources={k: str(Path(v).resolve()) for k, v in sources.items()})
+
+
+def ogb_splits(split_dir: Path, num_nodes: int, labels: np.ndarray,
+               ) -> tuple[dict[str, np.ndarray], dict[str, Path]]:
+    """OGB's ``train``/``valid``/``test.csv.gz`` of ``split_dir`` read and checked (a split
+    node must have a label, not -1), and their paths."""
+    paths = {name: split_dir / file for name, file in OGB_SPLIT_FILES.items()}
+    splits = check_splits({name: (path, _read_column(path, f"{name} node id"))
+                           for name, path in paths.items()}, num_nodes)
+    for name, ids in splits.items():
+        unlabelled = np.flatnonzero(labels[ids] < 0)
+        if unlabelled.size:
+            raise DataError(f"{paths[name]}: {name} split row {int(unlabelled[0])}: node "
+                            f"{int(ids[unlabelled[0]])} has no label")
+    return splits, paths
+
+
 def _check_layout(root: Path) -> None:
     raw = root / "raw"
     if not raw.is_dir():
@@ -126,17 +187,20 @@ def _check_layout(root: Path) -> None:
                         "layout (raw/edge.csv.gz, raw/num-node-list.csv.gz, raw/node-feat.csv.gz, "
                         "raw/node-label.csv.gz, split/<name>/{train,valid,test}.csv.gz)")
     if (raw / "triplet-type-list.csv.gz").exists() or (raw / "edge_index_dict.npz").exists():
-        raise DataError(f"{root}: a heterogeneous OGB dataset (as ogbn-mag); only homogeneous "
-                        "graphs are supported")
-    for name in ("edge.csv.gz", "num-node-list.csv.gz", "node-label.csv.gz"):
+        raise DataError(f"{root}: a heterogeneous OGB dataset (as ogbn-mag) without "
+                        "raw/relations/; `disktrain ingest --ogb` reads one with it "
+                        "(disktrain.ingest.typed_importers)")
+    binary = (raw / "data.npz").exists()
+    for name in (("data.npz", "node-label.npz") if binary else
+                 ("edge.csv.gz", "num-node-list.csv.gz", "node-label.csv.gz")):
         if not (raw / name).exists():
-            binary = " (this is OGB's binary layout, raw/data.npz, which is not supported)" \
-                if (raw / "data.npz").exists() else ""
             raise DataError(f"{raw / name}: file not found; expected OGB's node property "
-                            f"prediction layout{binary}")
+                            "prediction layout" + (" (binary: raw/data.npz)" if binary else ""))
 
 
-def _split_dir(root: Path, name: str | None) -> Path:
+def _split_dir(root: Path, name: str | None, node_type: str = "") -> Path:
+    """``split/<name>/`` (``split/<name>/<node_type>/`` of a heterogeneous dataset), its three
+    files checked present; ``name`` None: the only split."""
     split = root / "split"
     found = sorted(p.name for p in split.iterdir() if p.is_dir()) if split.is_dir() else []
     if name is None:
@@ -148,12 +212,13 @@ def _split_dir(root: Path, name: str | None) -> Path:
         name = found[0]
     if name not in found:
         raise DataError(f"{split / name}: no such split; present: {', '.join(found) or '(none)'}")
+    folder = split / name / node_type
     for file in OGB_SPLIT_FILES.values():
-        if not (split / name / file).exists():
+        if not (folder / file).exists():
             pickle = (" (split_dict.pt is a pickle, which disktrain does not load)"
                       if (split / name / "split_dict.pt").exists() else "")
-            raise DataError(f"{split / name / file}: split file not found{pickle}")
-    return split / name
+            raise DataError(f"{folder / file}: split file not found{pickle}")
+    return folder
 
 
 class HeaderlessCsv:
