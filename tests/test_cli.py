@@ -20,6 +20,7 @@ from disktrain.cli import (
     parse_names,
     parse_param,
     parse_ranks,
+    parse_relation_fanouts,
 )
 from disktrain.cluster.ray_train import RayTrainConfig
 from disktrain.demo import DemoConfig
@@ -84,6 +85,8 @@ def _other_value(action: argparse.Action) -> tuple[list[str], object]:
         return [flag, str(value)], value
     if action.type is parse_fanouts:
         return [f"{flag}=3,2"], (3, 2)
+    if action.type is parse_relation_fanouts:
+        return [flag, "cites=3,2,1"], (("cites", (3, 2, 1)),)
     if action.type is parse_bytes:
         return [flag, "3K"], 3072
     if action.type is parse_names:
