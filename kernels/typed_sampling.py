@@ -28,16 +28,38 @@ Randomness: the sample of node ``v`` (global id) at hop ``l`` along relation ``r
 function of ``(key, l, r, v)`` and its row: stream ``stream_key(hop_key_l ^ (GOLDEN * r), v)``
 with ``hop_key_l = stream_key(key, l)`` as in :mod:`disktrain.kernels.sampling` (relation 0's
 stream is the homogeneous sampler's), sampling without replacement as there.
+
+The implementation is the homogeneous sampler's (threads over batches, one serial GIL-free
+Numba kernel per batch, work buffers reused across batches and calls, prefetched CSR reads, one
+hash table per batch), over every relation's CSR: see :func:`_sample_typed_batch`.
 """
 
 from __future__ import annotations
 
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
+import numba as nb
 import numpy as np
 
 from .rng import GOLDEN, stream_key
-from .sampling import _check_fanouts, _floyd_small
+from .sampling import (
+    _AHEAD,
+    _EMPTY,
+    _SMALL_FANOUT,
+    _assemble,
+    _check_csr,
+    _check_fanouts,
+    _check_seeds,
+    _floyd_hashed,
+    _floyd_small,
+    _grow,
+    _insert_known,
+    _leave_buffers,
+    _prefetch,
+    _take_buffers,
+)
 
 _MASK64 = (1 << 64) - 1
 
@@ -140,7 +162,8 @@ def sample_typed_batches(indptrs, indices, rel_src, rel_dst, type_offsets, seeds
 
     Args:
         indptrs, indices: per relation its in-neighbor CSR (int64 row pointers over the dst
-            type's local ids; int32 or int64 src-type local ids), memmaps allowed.
+            type's local ids; int32 or int64 src-type local ids, one dtype for all relations),
+            memmaps allowed (never copied); the indices are not validated.
         rel_src, rel_dst: int (R,) type of each relation's src and dst nodes.
         type_offsets: int64 (T+1,) global id ranges of the types.
         seeds: int64 global ids of all batches, concatenated; unique within a batch.
@@ -148,77 +171,300 @@ def sample_typed_batches(indptrs, indices, rel_src, rel_dst, type_offsets, seeds
         fanouts: int (L, R): ``fanouts[l-1, r]`` picks per dst node at hop ``l`` along ``r``.
         key: the random key, as for :func:`disktrain.kernels.sampling.sample_batches`.
         frontier_only: at hop ``l`` sample only the nodes first reached at hop ``l - 1``.
+
+    Returns:
+        :class:`TypedSampledBatches`. Runs on ``numba.get_num_threads()`` threads, one batch
+        each at a time, as :func:`~disktrain.kernels.sampling.sample_batches` does; the result
+        does not depend on their number.
     """
-    rel_src, rel_dst = np.asarray(rel_src, np.int64), np.asarray(rel_dst, np.int64)
-    type_offsets = np.asarray(type_offsets, np.int64)
+    indptrs, indices, rel_src, rel_dst, type_offsets = _check_graph(indptrs, indices, rel_src,
+                                                                    rel_dst, type_offsets)
+    seeds, seed_offsets = _check_seeds(seeds, seed_offsets, int(type_offsets[-1]))
     fanouts = np.asarray(fanouts)
     if fanouts.ndim != 2 or fanouts.shape[1] != len(rel_src):
         raise ValueError(f"fanouts must be (hops, relations) = (L, {len(rel_src)}), got shape "
                          f"{fanouts.shape}")
     fanouts = _check_fanouts(fanouts.reshape(-1)).reshape(fanouts.shape)
+    num_hops, num_rels = fanouts.shape
     ukey = np.uint64(int(key) & _MASK64)
-    num_hops = fanouts.shape[0]
-    hop_keys = [int(stream_key(ukey, hop)) for hop in range(1, num_hops + 1)]
-    out = [_sample_one(indptrs, indices, rel_src, rel_dst, type_offsets,
-                       seeds[seed_offsets[b]:seed_offsets[b + 1]], fanouts, hop_keys,
-                       frontier_only) for b in range(len(seed_offsets) - 1)]
-    node_offsets = np.concatenate(([0], np.cumsum([len(o[0]) for o in out]))).astype(np.int64)
-    edge_counts = np.concatenate([np.diff(o[4]) for o in out]) if out else np.zeros(0)
-    return TypedSampledBatches(
-        nodes=np.concatenate([o[0] for o in out]) if out else np.zeros(0, np.int64),
-        node_offsets=node_offsets,
-        type_counts=np.stack([o[1] for o in out]) if out else
-        np.zeros((0, len(type_offsets) - 1, num_hops + 1), np.int64),
-        edge_src=np.concatenate([o[2] for o in out]).astype(np.int32) if out else
-        np.zeros(0, np.int32),
-        edge_dst=np.concatenate([o[3] for o in out]).astype(np.int32) if out else
-        np.zeros(0, np.int32),
-        edge_offsets=np.concatenate(([0], np.cumsum(edge_counts))).astype(np.int64))
+    rel_keys = np.array([[(int(stream_key(ukey, hop)) ^ (int(GOLDEN) * r)) & _MASK64
+                          for r in range(num_rels)] for hop in range(1, num_hops + 1)],
+                        np.uint64)
+    num_batches = seed_offsets.shape[0] - 1
+    results: list = [None] * num_batches
+    type_counts = np.zeros((num_batches, len(type_offsets) - 1, num_hops + 1), np.int64)
+    spools: dict = {}  # per thread: [work buffers, where its next batch's nodes, edges go]
+
+    def run(b: int) -> None:
+        spool = spools.get(threading.get_ident())
+        if spool is None:
+            spool = spools[threading.get_ident()] = [_take_buffers(), 0, 0]
+        buffers, node_base, edge_base = spool
+        counts, offsets, duplicate, too_big, spool[0] = _sample_typed_batch(
+            indptrs, indices, rel_src, rel_dst, type_offsets,
+            seeds[seed_offsets[b]:seed_offsets[b + 1]], fanouts, rel_keys, frontier_only,
+            buffers, node_base, edge_base)
+        type_counts[b] = counts
+        num_nodes = counts[:, -1].sum()
+        # in sampling's layout, each (hop, relation) one of its hops; only the last hop count
+        # (the batch's number of nodes) is read there
+        results[b] = (np.full(offsets.shape[0], num_nodes), offsets, duplicate, too_big, spool,
+                      node_base, edge_base)
+        spool[1] += num_nodes
+        spool[2] += offsets[-1]
+
+    try:
+        num_threads = min(nb.get_num_threads(), num_batches)
+        if num_threads <= 1:
+            for b in range(num_batches):
+                run(b)
+        else:
+            with ThreadPoolExecutor(num_threads, thread_name_prefix="sample_typed") as pool:
+                list(pool.map(run, range(num_batches)))
+        flat = _assemble(results, num_hops * num_rels)
+    finally:
+        _leave_buffers([spool[0] for spool in spools.values()])
+    return TypedSampledBatches(nodes=flat.nodes, node_offsets=flat.node_offsets,
+                               type_counts=type_counts, edge_src=flat.edge_src,
+                               edge_dst=flat.edge_dst, edge_offsets=flat.edge_offsets)
 
 
-def _sample_one(indptrs, indices, rel_src, rel_dst, type_offsets, seeds, fanouts, hop_keys,
-                frontier_only):
-    num_types, (num_hops, num_rels) = len(type_offsets) - 1, fanouts.shape
-    lists: list[list[int]] = [[] for _ in range(num_types)]
-    pos: dict[int, int] = {}
+def _check_graph(indptrs, indices, rel_src, rel_dst, type_offsets) -> tuple:
+    """The validated graph: CSRs as tuples of read-only views (one Numba type for every
+    relation, so that the kernel indexes them by a runtime relation number), int64 arrays."""
+    type_offsets = np.asarray(type_offsets)
+    if type_offsets.ndim != 1 or type_offsets.shape[0] < 2 or \
+            not np.issubdtype(type_offsets.dtype, np.integer) or type_offsets[0] != 0 or \
+            (np.diff(type_offsets) < 0).any():
+        raise ValueError(f"type_offsets must be T+1 ints rising from 0, got {type_offsets!r}")
+    type_offsets = type_offsets.astype(np.int64)
+    num_types = type_offsets.shape[0] - 1
+    rels = []
+    for name, arr in (("rel_src", rel_src), ("rel_dst", rel_dst)):
+        arr = np.asarray(arr)
+        if arr.ndim != 1 or arr.size == 0 or not np.issubdtype(arr.dtype, np.integer):
+            raise ValueError(f"{name} must be a non-empty 1-d int array (a type per relation), "
+                             f"got {arr!r}")
+        bad = np.flatnonzero((arr < 0) | (arr >= num_types))
+        if bad.size:
+            raise ValueError(f"{name}: relation {bad[0]} has type {arr[bad[0]]}, outside "
+                             f"[0, {num_types})")
+        rels.append(arr.astype(np.int64))
+    rel_src, rel_dst = rels
+    num_rels = rel_src.shape[0]
+    if rel_dst.shape[0] != num_rels or len(indptrs) != num_rels or len(indices) != num_rels:
+        raise ValueError(f"rel_src, rel_dst, indptrs and indices must have one entry per "
+                         f"relation, got {num_rels}, {rel_dst.shape[0]}, {len(indptrs)}, "
+                         f"{len(indices)}")
+    csrs = []
+    for r in range(num_rels):
+        try:
+            indptr, ind = _check_csr(indptrs[r], indices[r])
+        except ValueError as e:
+            raise ValueError(f"relation {r}: {e}") from None
+        d = rel_dst[r]
+        num_dst = type_offsets[d + 1] - type_offsets[d]
+        if indptr.shape[0] != num_dst + 1:
+            raise ValueError(f"relation {r}: indptr has {indptr.shape[0]} row pointers, but its "
+                             f"dst type {d} has {num_dst} nodes (expected {num_dst + 1})")
+        csrs.append((_read_only(indptr), _read_only(ind)))
+    dtypes = sorted({str(ind.dtype) for _, ind in csrs})
+    if len(dtypes) > 1:
+        raise ValueError(f"indices: every relation's indices must have one dtype, got {dtypes}")
+    return (tuple(c[0] for c in csrs), tuple(c[1] for c in csrs), rel_src, rel_dst,
+            type_offsets)
+
+
+def _read_only(arr: np.ndarray) -> np.ndarray:
+    view = arr.view()
+    view.flags.writeable = False
+    return view
+
+
+@nb.njit(nogil=True, cache=True)
+def _sample_typed_batch(indptrs, indices, rel_src, rel_dst, type_offsets, seeds, fanouts,
+                        rel_keys, frontier_only, buffers, node_base, edge_base):
+    """Sample and relabel one typed batch, every hop and relation, into work buffers reused
+    across batches (those of :func:`disktrain.kernels.sampling._sample_batch`, used alike).
+
+    The type-grouped node list lives at ``nodes[node_base:]``, type ``t``'s segment from
+    ``starts[t]``; the hash table maps a global id to its position in its type's segment. A
+    hop reads the dst nodes from the segments, samples every relation into one flat list of
+    CSR offsets (``rows`` holds the dst nodes' row starts, lengths and sampled-degree prefix
+    sums, relation after relation), gathers the picked ids, relabels them (new ones compacted
+    at the front of ``ids``, a run of one src type per relation) and then merges the new nodes
+    into the segments. Returns ``(type_counts, edge_offsets, repeated seed or -1, hop whose
+    local ids would overflow int32 or 0, buffers)``.
+    """
+    table, ids, rows, node_buf, src_buf, dst_buf = buffers
+    num_types = type_offsets.shape[0] - 1
+    num_hops, num_rels = fanouts.shape
     counts = np.zeros((num_types, num_hops + 1), np.int64)
-    for v in seeds.tolist():
-        t = int(np.searchsorted(type_offsets, v, side="right")) - 1
-        if v in pos:
-            raise ValueError(f"seeds: a batch repeats seed {v} (seeds must be unique within "
-                             "a batch)")
-        pos[v] = len(lists[t])
-        lists[t].append(v)
-    counts[:, 0] = [len(x) for x in lists]
-    src, dst, offsets = [], [], [0]
-    picks = np.empty(max(1, int(fanouts.max())), np.int64)
+    edge_offsets = np.zeros(num_hops * num_rels + 1, np.int64)
+    n = seeds.shape[0]
+    # the seeds, grouped by type
+    seed_types = np.empty(n, np.int64)
+    for i in range(n):
+        t = 0
+        while type_offsets[t + 1] <= seeds[i]:
+            t += 1
+        seed_types[i] = t
+        counts[t, 0] += 1
+    starts = np.zeros(num_types + 1, np.int64)
+    for t in range(num_types):
+        starts[t + 1] = starts[t] + counts[t, 0]
+    known = counts[:, 0].copy()  # nodes of each type known so far
+    fill = starts[:num_types].copy()
+    node_buf = _grow(node_buf, node_base + n, node_base)
+    nodes = node_buf[node_base:]
+    for i in range(n):
+        nodes[fill[seed_types[i]]] = seeds[i]
+        fill[seed_types[i]] += 1
+    src = src_buf[edge_base:]
+    dst = dst_buf[edge_base:]
+    num_edges = 0
+    duplicate = -1
+    too_big = 0
+    max_fanout = max(1, fanouts.max())
+    picks = np.empty(max_fanout, np.int64)
+    slots = np.empty(max_fanout, np.int64)
+    pick_bits = 4
+    while (1 << pick_bits) < 2 * max_fanout:
+        pick_bits += 1
+    pick_table = np.full((1 << pick_bits) if max_fanout > _SMALL_FANOUT else 1, _EMPTY, np.int64)
+    pick_shift = np.uint64(64 - pick_bits)
+    dst_lo = np.zeros(num_rels, np.int64)  # per relation: its first dst position
+    rel_rows = np.zeros(num_rels + 1, np.int64)  # and where its dst nodes start in rows
+    new_end = np.zeros(num_rels, np.int64)  # where its new src nodes end in ids
+    bits = 0  # the hash table has 2**bits slots; 0: not built yet for this batch
     for hop in range(1, num_hops + 1):
+        m = 0
         for r in range(num_rels):
-            f, s, d = int(fanouts[hop - 1, r]), int(rel_src[r]), int(rel_dst[r])
-            lo = int(counts[d, hop - 2]) if frontier_only and hop > 1 else 0
-            indptr, ind = indptrs[r], indices[r]
-            stream_base = np.uint64((hop_keys[hop - 1] ^ (GOLDEN_INT * r)) & _MASK64)
-            for i in range(lo, int(counts[d, hop - 1]) if f else lo):
-                v = lists[d][i]
-                row = v - int(type_offsets[d])
-                start, deg = int(indptr[row]), int(indptr[row + 1] - indptr[row])
-                k = deg if f < 0 or deg <= f else f
+            d = rel_dst[r]
+            dst_lo[r] = counts[d, hop - 2] if frontier_only and hop > 1 else 0
+            rel_rows[r] = m
+            if fanouts[hop - 1, r] != 0:
+                m += counts[d, hop - 1] - dst_lo[r]
+        rel_rows[num_rels] = m
+        rows = _grow(rows, 3 * m + 1, 0)
+        row_start = rows[:m]
+        row_len = rows[m:2 * m]
+        eptr = rows[2 * m:]
+        eptr[0] = 0
+        for r in range(num_rels):
+            fanout = fanouts[hop - 1, r]
+            d = rel_dst[r]
+            indptr = indptrs[r]
+            first = starts[d] + dst_lo[r]
+            offset = type_offsets[d]
+            lo, hi = rel_rows[r], rel_rows[r + 1]
+            for i in range(lo, hi):
+                if i + _AHEAD < hi:
+                    _prefetch(indptr, nodes[first + i - lo + _AHEAD] - offset)
+                v = nodes[first + i - lo] - offset
+                start = indptr[v]
+                deg = indptr[v + 1] - start
+                row_start[i] = start
+                row_len[i] = deg
+                eptr[i + 1] = eptr[i] + (deg if fanout < 0 or deg <= fanout else fanout)
+        e = eptr[m]
+        if n + e >= 2**31 or num_edges + e >= 2**31:
+            too_big = hop
+            break
+        ids = _grow(ids, e, 0)
+        src_buf = _grow(src_buf, edge_base + num_edges + e, edge_base + num_edges)
+        dst_buf = _grow(dst_buf, edge_base + num_edges + e, edge_base + num_edges)
+        node_buf = _grow(node_buf, node_base + n + e, node_base + n)
+        nodes = node_buf[node_base:]
+        src = src_buf[edge_base:]
+        dst = dst_buf[edge_base:]
+        # the hash table stays at most half full; rebuilt from the known nodes when it grows
+        if (1 << bits) < 2 * (n + e):
+            bits = 4
+            while (1 << bits) < 2 * (n + e):
+                bits += 1
+            if table.shape[0] < (2 << bits):
+                table = np.empty(2 << bits, np.int64)
+            table[:2 << bits] = _EMPTY
+            for t in range(num_types):
+                duplicate = _insert_known(table, bits, nodes[starts[t]:], known[t])
+                if duplicate >= 0:
+                    break
+            if duplicate >= 0:
+                break
+        # picks as CSR offsets, then per relation one gather loop of prefetched loads
+        for r in range(num_rels):
+            first = starts[rel_dst[r]] + dst_lo[r]
+            for i in range(rel_rows[r], rel_rows[r + 1]):
+                o = eptr[i]
+                k = eptr[i + 1] - o
+                start = row_start[i]
+                deg = row_len[i]
                 if k == deg:
-                    chosen = range(deg)
+                    for j in range(k):
+                        ids[o + j] = start + j
+                    continue
+                stream = stream_key(rel_keys[hop - 1, r], nodes[first + i - rel_rows[r]])
+                if k <= _SMALL_FANOUT:
+                    _floyd_small(stream, deg, k, picks)
                 else:
-                    _floyd_small(np.uint64(stream_key(stream_base, v)), deg, k, picks)
-                    chosen = picks[:k].tolist()
-                for p in chosen:
-                    u = int(ind[start + p]) + int(type_offsets[s])
-                    if u not in pos:
-                        pos[u] = len(lists[s])
-                        lists[s].append(u)
-                    src.append(pos[u])
-                    dst.append(i)
-            offsets.append(len(src))
-        counts[:, hop] = [len(x) for x in lists]
-    nodes = np.array([v for x in lists for v in x], np.int64)
-    return nodes, counts, np.array(src, np.int64), np.array(dst, np.int64), np.array(offsets)
-
-
-GOLDEN_INT = int(GOLDEN)
+                    _floyd_hashed(stream, deg, k, picks, pick_table, pick_shift, slots)
+                for j in range(k):
+                    ids[o + j] = start + picks[j]
+        for r in range(num_rels):
+            ind = indices[r]
+            offset = type_offsets[rel_src[r]]
+            lo, hi = eptr[rel_rows[r]], eptr[rel_rows[r + 1]]
+            for j in range(lo, hi):
+                if j + _AHEAD < hi:
+                    _prefetch(ind, ids[j + _AHEAD])
+                ids[j] = ind[ids[j]] + offset
+        # relabel: known ids map to their position, new ones are appended to their type
+        mask = (1 << bits) - 1
+        shift = np.uint64(64 - bits)
+        num_new = 0
+        for r in range(num_rels):
+            s = rel_src[r]
+            for i in range(rel_rows[r], rel_rows[r + 1]):
+                dst[num_edges + eptr[i]:num_edges + eptr[i + 1]] = dst_lo[r] + i - rel_rows[r]
+            for j in range(eptr[rel_rows[r]], eptr[rel_rows[r + 1]]):
+                if j + _AHEAD < e:
+                    _prefetch(table, 2 * np.int64((np.uint64(ids[j + _AHEAD]) * GOLDEN) >> shift))
+                g = ids[j]
+                h = np.int64((np.uint64(g) * GOLDEN) >> shift)
+                while True:
+                    slot_key = table[2 * h]
+                    if slot_key == g:
+                        src[num_edges + j] = table[2 * h + 1]
+                        break
+                    if slot_key == _EMPTY:
+                        table[2 * h] = g
+                        table[2 * h + 1] = known[s]
+                        src[num_edges + j] = known[s]
+                        known[s] += 1
+                        ids[num_new] = g  # num_new <= j: ids[j] is read already
+                        num_new += 1
+                        break
+                    h = (h + 1) & mask
+            new_end[r] = num_new
+            edge_offsets[(hop - 1) * num_rels + r + 1] = num_edges + eptr[rel_rows[r + 1]]
+        # merge: the segments move up (the last type first) and take their new nodes
+        n += num_new
+        end = n
+        for t in range(num_types - 1, -1, -1):
+            begin = end - known[t]
+            old = counts[t, hop - 1]
+            for i in range(old - 1, -1, -1):  # downwards: the ranges may overlap
+                nodes[begin + i] = nodes[starts[t] + i]
+            at = begin + old
+            for r in range(num_rels):
+                if rel_src[r] == t:
+                    lo = new_end[r - 1] if r > 0 else 0
+                    nodes[at:at + new_end[r] - lo] = ids[lo:new_end[r]]
+                    at += new_end[r] - lo
+            starts[t] = begin
+            end = begin
+        num_edges += e
+        counts[:, hop] = known
+    return counts, edge_offsets, duplicate, too_big, (table, ids, rows, node_buf, src_buf,
+                                                      dst_buf)
