@@ -355,13 +355,13 @@ def _sample_typed_batch(indptrs, indices, rel_src, rel_dst, type_offsets, seeds,
             fanout = fanouts[hop - 1, r]
             d = rel_dst[r]
             indptr = indptrs[r]
-            first = starts[d] + dst_lo[r]
-            offset = type_offsets[d]
             lo, hi = rel_rows[r], rel_rows[r + 1]
+            first = starts[d] + dst_lo[r] - lo  # rows[i] is the dst node nodes[first + i]
+            offset = type_offsets[d]
             for i in range(lo, hi):
                 if i + _AHEAD < hi:
-                    _prefetch(indptr, nodes[first + i - lo + _AHEAD] - offset)
-                v = nodes[first + i - lo] - offset
+                    _prefetch(indptr, nodes[first + i + _AHEAD] - offset)
+                v = nodes[first + i] - offset
                 start = indptr[v]
                 deg = indptr[v + 1] - start
                 row_start[i] = start
@@ -394,8 +394,10 @@ def _sample_typed_batch(indptrs, indices, rel_src, rel_dst, type_offsets, seeds,
                 break
         # picks as CSR offsets, then per relation one gather loop of prefetched loads
         for r in range(num_rels):
-            first = starts[rel_dst[r]] + dst_lo[r]
-            for i in range(rel_rows[r], rel_rows[r + 1]):
+            lo, hi = rel_rows[r], rel_rows[r + 1]
+            first = starts[rel_dst[r]] + dst_lo[r] - lo
+            key = rel_keys[hop - 1, r]
+            for i in range(lo, hi):
                 o = eptr[i]
                 k = eptr[i + 1] - o
                 start = row_start[i]
@@ -404,7 +406,7 @@ def _sample_typed_batch(indptrs, indices, rel_src, rel_dst, type_offsets, seeds,
                     for j in range(k):
                         ids[o + j] = start + j
                     continue
-                stream = stream_key(rel_keys[hop - 1, r], nodes[first + i - rel_rows[r]])
+                stream = stream_key(key, nodes[first + i])
                 if k <= _SMALL_FANOUT:
                     _floyd_small(stream, deg, k, picks)
                 else:
@@ -424,10 +426,12 @@ def _sample_typed_batch(indptrs, indices, rel_src, rel_dst, type_offsets, seeds,
         shift = np.uint64(64 - bits)
         num_new = 0
         for r in range(num_rels):
-            s = rel_src[r]
-            for i in range(rel_rows[r], rel_rows[r + 1]):
-                dst[num_edges + eptr[i]:num_edges + eptr[i + 1]] = dst_lo[r] + i - rel_rows[r]
-            for j in range(eptr[rel_rows[r]], eptr[rel_rows[r + 1]]):
+            lo, hi = rel_rows[r], rel_rows[r + 1]
+            first = dst_lo[r] - lo
+            for i in range(lo, hi):
+                dst[num_edges + eptr[i]:num_edges + eptr[i + 1]] = first + i
+            position = known[rel_src[r]]  # of the next new node of the src type
+            for j in range(eptr[lo], eptr[hi]):
                 if j + _AHEAD < e:
                     _prefetch(table, 2 * np.int64((np.uint64(ids[j + _AHEAD]) * GOLDEN) >> shift))
                 g = ids[j]
@@ -439,23 +443,25 @@ def _sample_typed_batch(indptrs, indices, rel_src, rel_dst, type_offsets, seeds,
                         break
                     if slot_key == _EMPTY:
                         table[2 * h] = g
-                        table[2 * h + 1] = known[s]
-                        src[num_edges + j] = known[s]
-                        known[s] += 1
+                        table[2 * h + 1] = position
+                        src[num_edges + j] = position
+                        position += 1
                         ids[num_new] = g  # num_new <= j: ids[j] is read already
                         num_new += 1
                         break
                     h = (h + 1) & mask
+            known[rel_src[r]] = position
             new_end[r] = num_new
-            edge_offsets[(hop - 1) * num_rels + r + 1] = num_edges + eptr[rel_rows[r + 1]]
+            edge_offsets[(hop - 1) * num_rels + r + 1] = num_edges + eptr[hi]
         # merge: the segments move up (the last type first) and take their new nodes
         n += num_new
         end = n
         for t in range(num_types - 1, -1, -1):
             begin = end - known[t]
             old = counts[t, hop - 1]
-            for i in range(old - 1, -1, -1):  # downwards: the ranges may overlap
-                nodes[begin + i] = nodes[starts[t] + i]
+            if begin > starts[t]:
+                for i in range(old - 1, -1, -1):  # downwards: the ranges may overlap
+                    nodes[begin + i] = nodes[starts[t] + i]
             at = begin + old
             for r in range(num_rels):
                 if rel_src[r] == t:
