@@ -29,7 +29,7 @@ CACHES = {"none": {}, "cpu": {"cpu_cache_bytes": 1024},
 def _reference(kind: str, x: torch.Tensor, block) -> torch.Tensor:
     """The first layer's aggregate of the raw rows ``x`` as the layers compute it."""
     if kind == "mean":
-        return mean_by_dst(x, block)
+        return mean_by_dst(x, block.src, block.dst, block.num_dst)
     conv = GCNConv(x.shape[1], x.shape[1], bias=False)
     with torch.no_grad():
         conv.lin.weight.copy_(torch.eye(x.shape[1]))

@@ -5,6 +5,8 @@ from dataclasses import dataclass, replace
 import numpy as np
 import torch
 
+from disktrain.storage.dataset import Relation
+
 
 @dataclass(frozen=True, eq=False)
 class Block:
@@ -73,6 +75,63 @@ class Block:
             np.ascontiguousarray(src_degree[:num_src], dtype=np.int64))
         return cls(src=torch.from_numpy(src), dst=torch.from_numpy(dst), num_src=int(num_src),
                    num_dst=int(num_dst), src_degree=degree)
+
+
+@dataclass(frozen=True, eq=False)
+class HeteroBlock:
+    """One layer of a typed mini-batch (PyG ``HeteroData`` / DGL hetero block layout).
+
+    Per node type, the output nodes are the first ``num_dst`` input nodes of that type, so a
+    block's ``num_dst`` is the next block's ``num_src`` type by type. A type absent from
+    ``num_src`` / ``num_dst`` has no nodes; a relation absent from ``edges`` has no edges.
+    """
+
+    edges: dict[Relation, tuple[torch.Tensor, torch.Tensor]]
+    """Relation -> ``(src, dst)`` int64 (nnz,) edge tensors, ids local to the layer's nodes of
+    each type: ``src < num_src[src_type]``, ``dst < num_dst[dst_type]``."""
+    num_src: dict[str, int]
+    """Node type -> its input nodes (rows of that type's features this layer reads)."""
+    num_dst: dict[str, int]
+    """Node type -> its output nodes, the type's input nodes ``0 .. num_dst - 1``."""
+
+    def __post_init__(self) -> None:
+        for rel, (src, dst) in self.edges.items():
+            for name, t in (("src", src), ("dst", dst)):
+                if t.dtype != torch.int64 or t.dim() != 1:
+                    raise ValueError(f"HeteroBlock relation {rel}: {name} must be a 1-D int64 "
+                                     f"tensor, got {t.dtype}{list(t.shape)}")
+            if src.shape != dst.shape or src.device != dst.device:
+                raise ValueError(f"HeteroBlock relation {rel}: src and dst must match in shape "
+                                 f"and device, got {list(src.shape)} on {src.device} and "
+                                 f"{list(dst.shape)} on {dst.device}")
+        for t in self.num_src.keys() | self.num_dst.keys():
+            if not 0 <= self.num_dst.get(t, 0) <= self.num_src.get(t, 0):
+                raise ValueError(f"HeteroBlock needs 0 <= num_dst <= num_src for node type "
+                                 f"{t!r}, got num_dst={self.num_dst.get(t, 0)}, "
+                                 f"num_src={self.num_src.get(t, 0)}")
+
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> "HeteroBlock":
+        """This block with its edge tensors on ``device`` (pinned sources copy asynchronously)."""
+        return replace(self, edges={
+            rel: (src.to(device, non_blocking=non_blocking),
+                  dst.to(device, non_blocking=non_blocking))
+            for rel, (src, dst) in self.edges.items()})
+
+    @classmethod
+    def from_numpy(cls, edges: dict[Relation, tuple[np.ndarray, np.ndarray]],
+                   num_src: dict[str, int], num_dst: dict[str, int]) -> "HeteroBlock":
+        """A block from integer edge arrays per relation; ids are range-checked, copied only
+        if not int64."""
+        tensors = {}
+        for rel, (edge_src, edge_dst) in edges.items():
+            src = _edge_ids(f"relation {rel}: edge_src", edge_src, num_src.get(rel[0], 0))
+            dst = _edge_ids(f"relation {rel}: edge_dst", edge_dst, num_dst.get(rel[2], 0))
+            if src.shape != dst.shape:
+                raise ValueError(f"relation {rel}: edge_src and edge_dst must have the same "
+                                 f"length, got {src.shape[0]} and {dst.shape[0]}")
+            tensors[rel] = (torch.from_numpy(src), torch.from_numpy(dst))
+        return cls(edges=tensors, num_src={t: int(n) for t, n in num_src.items()},
+                   num_dst={t: int(n) for t, n in num_dst.items()})
 
 
 def self_loop_edges(block: Block) -> tuple[torch.Tensor, torch.Tensor]:

@@ -34,9 +34,10 @@ class SAGEConv(nn.Module):
         d_in, d_out = self.lin_neigh.in_features, self.lin_neigh.out_features
         project_first = block.num_src * d_in * d_out + block.num_edges * d_out
         aggregate_first = block.num_edges * d_in + block.num_dst * d_in * d_out
+        edges = block.src, block.dst, block.num_dst
         if project_first < aggregate_first:
-            return self.lin_self(x[: block.num_dst]) + mean_by_dst(self.lin_neigh(x), block)
-        return self.aggregated(x[: block.num_dst], mean_by_dst(x, block))
+            return self.lin_self(x[: block.num_dst]) + mean_by_dst(self.lin_neigh(x), *edges)
+        return self.aggregated(x[: block.num_dst], mean_by_dst(x, *edges))
 
     def aggregated(self, x_self: torch.Tensor, x_agg: torch.Tensor) -> torch.Tensor:
         """The layer's output from the dst nodes' own rows ``x_self`` and their neighbours'
@@ -44,8 +45,10 @@ class SAGEConv(nn.Module):
         return self.lin_self(x_self) + self.lin_neigh(x_agg)
 
 
-def mean_by_dst(h: torch.Tensor, block: Block) -> torch.Tensor:
-    """(num_dst, d): mean of ``h[src]`` over each dst node's in-edges; zeros where none."""
-    total = h.new_zeros(block.num_dst, h.shape[1]).index_add_(0, block.dst, h[block.src])
-    deg = torch.bincount(block.dst, minlength=block.num_dst).clamp_(min=1).to(h.dtype)
+def mean_by_dst(h: torch.Tensor, src: torch.Tensor, dst: torch.Tensor,
+                num_dst: int) -> torch.Tensor:
+    """(num_dst, d): mean of ``h[src]`` over the edges ``src -> dst`` into each dst node;
+    zeros where none. ``h`` holds the source nodes' rows, which need not be dst nodes."""
+    total = h.new_zeros(num_dst, h.shape[1]).index_add_(0, dst, h[src])
+    deg = torch.bincount(dst, minlength=num_dst).clamp_(min=1).to(h.dtype)
     return total / deg.unsqueeze(1)
