@@ -2,16 +2,20 @@
 with the same model, and a features-only MLP; mean test accuracy over seeds.
 
 Usage: python scripts/acm_accuracy.py [--acm ../shared/datasets/acm] [--seeds 3]
-          [--epochs 60] [--mlp-epochs 100] [--eval-every K] [--sides disktrain,pyg,mlp]
+          [--epochs 20] [--mlp-epochs 20] [--eval-every K] [--sides disktrain,pyg,mlp]
 
 The graph: papers (1,902-d 0/1 features, the target), featureless authors and subjects, the
 edges paper -> author and paper -> subject and their reverses (``rev_<rel>``, as
 ``write_typed_dataset(add_reverse=True)`` names them); HeCo's split, 20 train papers per class,
 1,000 val, 1,000 test. Every side trains ``SETTINGS``: R-SAGE (PyG's ``HeteroConv`` of
 ``SAGEConv``, summed over relations) with learned embeddings for the featureless types,
-fanouts per relation and hop, Adam; val and test are sampled with the same fanouts. The epoch
-counts were picked on val (``--eval-every 10`` prints each side's mean val accuracy along the
-way). Prints one JSON line: per side, the per-seed and mean val and test accuracy.
+fanouts per relation and hop, Adam; val and test are sampled with the same fanouts. Prints one
+JSON line: per side, the per-seed and mean val and test accuracy.
+
+The epoch counts were picked on val (``--eval-every 10`` prints each side's mean val accuracy
+along the way; one batch per epoch): PyG's R-SAGE, 3 seeds, 150 epochs, peaks at 20 (0.836)
+and 140 (0.839) with single seeds collapsing to 0.67 between; the MLP's val peaks at 20
+(0.750) and falls to 0.67 by 300.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ import torch.nn.functional as F
 
 from disktrain.ingest.inputs import FeatureSource, open_features
 from disktrain.ingest.typed import REVERSE_PREFIX, TypedInputs
+from disktrain.storage.dataset import relation_name
 
 SETTINGS = {"hidden": 64, "num_layers": 2, "embedding_dim": 64, "fanouts": [10, 10],
             "batch_size": 64, "lr": 0.01, "weight_decay": 5e-4, "dropout": 0.5}
@@ -48,10 +53,10 @@ def acm_inputs(root: Path) -> TypedInputs:
     meta = json.loads((root / "meta.json").read_text())
     relations, num_edges, sources = {}, {}, {}
     for rel in map(tuple, meta["edge_types"]):
-        path = root / f"{'__'.join(rel)}.npy"
+        path = root / f"{relation_name(rel)}.npy"
         pairs = np.load(path, allow_pickle=False)
         relations[rel] = lambda pairs=pairs: [(pairs[:, 0], pairs[:, 1])]
-        num_edges[rel], sources["__".join(rel)] = len(pairs), str(path)
+        num_edges[rel], sources[relation_name(rel)] = len(pairs), str(path)
     features = {t: _binary(open_features(root / f"{t}_features.npy"))
                 for t in meta["feature_dims"]}
     sources.update({f"{t}_features": str(f.path) for t, f in features.items()},
@@ -183,7 +188,7 @@ def run_mlp(root: Path, seed: int, epochs: int, every: int) -> Curve:
 
     @torch.no_grad()
     def accuracy(split: str) -> float:
-        return float((model(x[ids[split]]).argmax(1) == y[ids[split]]).float().mean())
+        return int((model(x[ids[split]]).argmax(1) == y[ids[split]]).sum()) / ids[split].numel()
 
     return _train(model, [None], step, accuracy, epochs, every)
 
@@ -214,8 +219,8 @@ def main() -> None:
     ap.add_argument("--acm", type=Path,
                     default=Path(__file__).resolve().parents[2] / "shared" / "datasets" / "acm")
     ap.add_argument("--seeds", type=int, default=3)
-    ap.add_argument("--epochs", type=int, default=60, help="R-SAGE epochs (both sides)")
-    ap.add_argument("--mlp-epochs", type=int, default=100)
+    ap.add_argument("--epochs", type=int, default=20, help="R-SAGE epochs (both sides)")
+    ap.add_argument("--mlp-epochs", type=int, default=20)
     ap.add_argument("--eval-every", type=int, default=0,
                     help="also report each side's mean val accuracy every K epochs")
     ap.add_argument("--sides", default="disktrain,pyg,mlp")
