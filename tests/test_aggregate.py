@@ -34,7 +34,7 @@ def test_mean_is_sage_mean_by_dst():
     src, dst, num_src, num_dst = _block(rng)
     x = rng.standard_normal((num_src, 16)).astype(np.float32)
     block = Block.from_numpy(src, dst, num_src, num_dst)
-    want = mean_by_dst(torch.from_numpy(x), block)
+    want = mean_by_dst(torch.from_numpy(x), block.src, block.dst, block.num_dst)
     got = _aggregate("mean", x, src, dst, num_dst)
     assert torch.allclose(got, want, atol=1e-6)
     assert not got[-2:].any()  # no in-edges: zeros, as mean_by_dst
