@@ -94,6 +94,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _benchlib import (
     Regime,
     device_of,
+    last_json,
     parse_bytes,
     run_measured,
     stderr_tail,
@@ -225,14 +226,6 @@ def mean(values) -> float | None:
 def step_summary(rec: dict) -> dict:
     """A child's measurements without its stdout."""
     return {k: v for k, v in rec.items() if k != "stdout"}
-
-
-def last_json(stdout: str) -> dict | None:
-    lines = stdout.strip().splitlines()
-    try:
-        return json.loads(lines[-1]) if lines else None
-    except json.JSONDecodeError:
-        return None
 
 
 def disktrain_record(prepare: dict, train: dict | None, per_epoch: list[dict],
