@@ -71,12 +71,12 @@ GiB = 1 << 30
 RSS_GOAL = 8 * GiB
 
 
-def planned_sizes(papers: int, feature_dim: int) -> dict:
+def planned_sizes(papers: int, feature_dim: int, classes: int) -> dict:
     """Node counts, stored edges and feature bytes ``synth --typed igbh`` will write."""
     from disktrain.ingest.typed_synth import RELATIONS, TypedSynthConfig
 
     cfg = TypedSynthConfig(out="-", num_papers=papers, feature_dim=feature_dim,
-                           feature_dtype="float16")
+                           feature_dtype="float16", num_classes=classes)
     counts = cfg.node_counts
     edges = sum(counts[src] * getattr(cfg, f"{rel}_degree") for src, rel, _ in RELATIONS)
     return {"node_counts": counts, "stored_edges": round(2 * edges),
@@ -330,7 +330,7 @@ def main(argv=None) -> int:
                    "memory_limit_bytes": args.memory_limit},
         "workdir": str(work), "steps": {}}
     try:
-        planned = in_child(planned_sizes, args.papers, args.feature_dim)
+        planned = in_child(planned_sizes, args.papers, args.feature_dim, args.classes)
         copies = 1 if args.skip_pyg else 2  # the dataset's features, the PyG export's
         need = copies * planned["feature_bytes"] + 16 * planned["stored_edges"] + 2 * GiB
         free = shutil.disk_usage(work).free
