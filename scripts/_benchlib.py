@@ -1,5 +1,7 @@
-"""Measuring a child process for scripts/bench_vs_pyg.py: memory cgroups, page-cache eviction,
-and the wall time, CPU, peak memory and storage reads of a command and its descendants.
+"""Measuring a child process for the benchmarks (scripts/bench_vs_pyg.py, bench_billion.py,
+bench_typed.py): memory cgroups, page-cache eviction, the regime a run happens in, disk
+footprints, and the wall time, CPU, peak memory and storage reads of a command and its
+descendants.
 
 Storage reads come from ``os.wait4``'s rusage of the child: ``ru_inblock`` x 512 is the child's
 ``read_bytes`` of ``/proc/PID/io``, summed over all its threads and over every descendant it
@@ -15,15 +17,31 @@ interval: every process's reads.
 
 from __future__ import annotations
 
+import argparse
+import json
+import multiprocessing
 import os
 import signal
 import subprocess
 import threading
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Self
 
 CGROUP_V1 = Path("/sys/fs/cgroup/memory")
+
+
+def parse_bytes(text: str) -> int:
+    """``2.5G``, ``800M``, ``1073741824`` -> bytes (binary units)."""
+    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+    t = text.strip().upper().removesuffix("IB").removesuffix("B")
+    try:
+        if t and t[-1] in units:
+            return int(float(t[:-1]) * units[t[-1]])
+        return int(t)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a byte count: {text!r} (e.g. 2.5G)") from None
 
 
 def own_memory_cgroup(proc_cgroup: str) -> str | None:
@@ -176,6 +194,67 @@ class PeriodicEvictor:
         self._thread.join()
 
 
+class Regime:
+    """Where a run happens: ``warm_files`` read into the page cache (in_ram), or ``files``
+    dropped from it and the run's memory capped (out_of_core); holds the cgroup its commands
+    run in (unlimited in RAM, for its peak usage) or the fallback evictor."""
+
+    def __init__(self, name: str, files: list[Path], mem_limit: int, evict_interval: float,
+                 tag: str, warm_files: list[Path] | None = None):
+        self.name, self.files, self.mem_limit = name, files, mem_limit
+        self.warm_files = files if warm_files is None else warm_files
+        self.evict_interval, self.tag = evict_interval, tag
+        self.cgroup: MemoryCgroup | None = None
+        self.evictor: PeriodicEvictor | None = None
+        self.method = "none"
+
+    def __enter__(self) -> Self:
+        limit = self.mem_limit if self.name == "out_of_core" else None
+        if self.name == "out_of_core":
+            evict(self.files)
+        else:
+            warm(self.warm_files)
+        self.cgroup = MemoryCgroup.create(self.tag, limit)
+        if self.name == "out_of_core":
+            if self.cgroup is not None:
+                self.method = "cgroup-v1"
+            else:
+                self.method = "periodic-eviction"
+                self.evictor = PeriodicEvictor(self.files, self.evict_interval).__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.evictor is not None:
+            self.evictor.__exit__(*exc)
+        if self.cgroup is not None:
+            self.cgroup.remove()
+
+    @property
+    def info(self) -> dict:
+        return {"out_of_core_method": self.method,
+                "memory_limit_bytes": self.mem_limit if self.method == "cgroup-v1" else None,
+                "cgroup_note": MemoryCgroup.unavailable if self.cgroup is None else None}
+
+
+def footprint(root: Path) -> int:
+    """Bytes of the files under ``root`` (hard links counted once)."""
+    seen, total = set(), 0
+    for path in root.rglob("*"):
+        if path.is_file():
+            st = path.stat()
+            if (st.st_dev, st.st_ino) not in seen:
+                seen.add((st.st_dev, st.st_ino))
+                total += st.st_blocks * 512
+    return total
+
+
+def in_child(func, *args):
+    """``func(*args)`` in a spawned process, so its memory maps and arrays never count in
+    this process's peak RSS (which every later child's ``ru_maxrss`` starts from)."""
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return pool.submit(func, *args).result()
+
+
 def device_of(path: Path) -> str | None:
     """The /proc/diskstats name of the block device holding ``path`` (None if none)."""
     st = os.stat(path)
@@ -265,3 +344,11 @@ def stderr_tail(path: Path, lines: int = 20) -> str:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
     except OSError:
         return ""
+
+
+def last_json(stdout: str) -> dict | None:
+    lines = stdout.strip().splitlines()
+    try:
+        return json.loads(lines[-1]) if lines else None
+    except json.JSONDecodeError:
+        return None

@@ -47,37 +47,16 @@ from pathlib import Path
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _benchlib import evict, footprint, in_child
+
 DISKTRAIN = [sys.executable, "-m", "disktrain"]
-
-
-def evict(root: Path) -> None:
-    """Write back dirty pages, then drop every file under ``root`` from the page cache."""
-    os.sync()
-    for path in root.rglob("*"):
-        if path.is_file():
-            fd = os.open(path, os.O_RDONLY)
-            try:
-                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-            finally:
-                os.close(fd)
-
-
-def footprint(root: Path) -> int:
-    """Bytes of the files under ``root`` (hard links counted once)."""
-    seen, total = set(), 0
-    for path in root.rglob("*"):
-        if path.is_file():
-            st = path.stat()
-            if (st.st_dev, st.st_ino) not in seen:
-                seen.add((st.st_dev, st.st_ino))
-                total += st.st_blocks * 512
-    return total
 
 
 def run(name: str, argv: list[str], work: Path, may_fail: bool = False) -> dict:
     """Run one step as a child process; its wall time, CPU, peak RSS, I/O and last line
     (a failure stops the run unless ``may_fail``: then it is recorded as ``exit_status``)."""
-    evict(work)
+    evict([work])
     t0 = time.perf_counter()
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)
     out = proc.stdout.read()
@@ -144,16 +123,6 @@ def export_arrays(dataset: Path, out: Path) -> list[str]:
         np.save(out / f"{name}.npy", ds.labels if name == "labels" else ds.split(name))
         flags += [f"--{name}", str(out / f"{name}.npy")]
     return flags
-
-
-def in_child(func, *args):
-    """``func(*args)`` in a spawned process, so its memory maps and arrays never count in
-    this process's peak RSS (which every later child's ``ru_maxrss`` starts from)."""
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
-
-    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
-        return pool.submit(func, *args).result()
 
 
 def same_csr(a: Path, b: Path) -> bool:

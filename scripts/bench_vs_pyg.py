@@ -87,19 +87,17 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Self
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _benchlib import (
-    MemoryCgroup,
-    PeriodicEvictor,
+    Regime,
     device_of,
-    evict,
+    last_json,
+    parse_bytes,
     run_measured,
     stderr_tail,
-    warm,
 )
 
 DISKTRAIN = [sys.executable, "-m", "disktrain"]
@@ -155,18 +153,6 @@ class Job:
     @property
     def fanout_arg(self) -> str:
         return ",".join(map(str, self.fanouts))
-
-
-def parse_bytes(text: str) -> int:
-    """``2.5G``, ``800M``, ``1073741824`` -> bytes (binary units)."""
-    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
-    t = text.strip().upper().removesuffix("IB").removesuffix("B")
-    try:
-        if t and t[-1] in units:
-            return int(float(t[:-1]) * units[t[-1]])
-        return int(t)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a byte count: {text!r} (e.g. 2.5G)") from None
 
 
 def split_fraction(count: int, nodes: int) -> float:
@@ -228,48 +214,6 @@ def clean_prepared(ds: Path) -> None:
 # ---------------------------------------------------------------- running
 
 
-class Regime:
-    """Where a run happens: ``warm_files`` read into the page cache (in_ram), or ``files``
-    dropped from it and the run's memory capped (out_of_core); holds the cgroup its commands
-    run in (unlimited in RAM, for its peak usage) or the fallback evictor."""
-
-    def __init__(self, name: str, files: list[Path], mem_limit: int, evict_interval: float,
-                 tag: str, warm_files: list[Path] | None = None):
-        self.name, self.files, self.mem_limit = name, files, mem_limit
-        self.warm_files = files if warm_files is None else warm_files
-        self.evict_interval, self.tag = evict_interval, tag
-        self.cgroup: MemoryCgroup | None = None
-        self.evictor: PeriodicEvictor | None = None
-        self.method = "none"
-
-    def __enter__(self) -> Self:
-        limit = self.mem_limit if self.name == "out_of_core" else None
-        if self.name == "out_of_core":
-            evict(self.files)
-        else:
-            warm(self.warm_files)
-        self.cgroup = MemoryCgroup.create(self.tag, limit)
-        if self.name == "out_of_core":
-            if self.cgroup is not None:
-                self.method = "cgroup-v1"
-            else:
-                self.method = "periodic-eviction"
-                self.evictor = PeriodicEvictor(self.files, self.evict_interval).__enter__()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        if self.evictor is not None:
-            self.evictor.__exit__(*exc)
-        if self.cgroup is not None:
-            self.cgroup.remove()
-
-    @property
-    def info(self) -> dict:
-        return {"out_of_core_method": self.method,
-                "memory_limit_bytes": self.mem_limit if self.method == "cgroup-v1" else None,
-                "cgroup_note": MemoryCgroup.unavailable if self.cgroup is None else None}
-
-
 def ratio(a: float | None, b: float | None) -> float | None:
     return a / b if a is not None and b else None
 
@@ -282,14 +226,6 @@ def mean(values) -> float | None:
 def step_summary(rec: dict) -> dict:
     """A child's measurements without its stdout."""
     return {k: v for k, v in rec.items() if k != "stdout"}
-
-
-def last_json(stdout: str) -> dict | None:
-    lines = stdout.strip().splitlines()
-    try:
-        return json.loads(lines[-1]) if lines else None
-    except json.JSONDecodeError:
-        return None
 
 
 def disktrain_record(prepare: dict, train: dict | None, per_epoch: list[dict],

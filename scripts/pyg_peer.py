@@ -102,11 +102,18 @@ def build_data(dataset: Path, features: Path, advice: str):
     return data, splits, ds.meta.num_classes
 
 
-class Phase:
-    """Batches of one pass (an epoch or an evaluation) under the caps; its timing."""
+def input_rows(batch) -> int:
+    """A homogeneous batch's distinct input rows."""
+    return int(batch.n_id.numel())
 
-    def __init__(self, loader, max_batches: int, max_s: float):
+
+class Phase:
+    """Batches of one pass (an epoch or an evaluation) under the caps; its timing, and the sum
+    of ``needed(batch)`` over its batches in ``needed_rows`` (default: their input rows)."""
+
+    def __init__(self, loader, max_batches: int, max_s: float, needed=input_rows):
         self.loader, self.max_batches, self.max_s = loader, max_batches, max_s
+        self.needed = needed
         self.total = len(loader)
         self.batches = 0
         self.seconds = 0.0
@@ -117,7 +124,7 @@ class Phase:
         for batch in self.loader:
             yield batch
             self.batches += 1
-            self.needed_rows += int(batch.n_id.numel())
+            self.needed_rows += self.needed(batch)
             self.seconds = time.perf_counter() - t0
             if self.batches < self.total and (
                     (self.max_batches and self.batches >= self.max_batches)
