@@ -47,7 +47,8 @@ def test_models_declare_whether_they_need_whole_graph_degrees():
     assert (GCNConv.needs_degrees, SAGEConv.needs_degrees, GATConv.needs_degrees) == \
         (True, False, False)
     assert {m: ModelConfig(model=m).needs_degrees for m in MODELS} == \
-        {"sage": False, "gcn": True, "gat": False, "mlp": False}
+        {"sage": False, "gcn": True, "gat": False, "mlp": False, "rsage": False,
+         "rgat": False}
 
 
 @pytest.mark.parametrize(("model", "degrees"), [("gcn", True), ("sage", False)])

@@ -93,7 +93,7 @@ def dataset_arrays(path: Path) -> dict[str, np.ndarray]:
     ds = Dataset(path)
     out = {"indptr": np.array(ds.indptr), "indices": np.array(ds.indices),
            "features": np.asarray(ds.features[...]), "labels": np.array(ds.labels)}
-    out.update({s: np.array(ds.split(s)) for s in SPLITS if s in ds.group})
+    out.update({s: np.array(ds.split(s)) for s in SPLITS if ds.has(s)})
     return out
 
 
