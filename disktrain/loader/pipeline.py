@@ -347,6 +347,11 @@ class _BufferPool:
             fits = [i for i, (free, _) in enumerate(self.free) if free.shape[0] >= rows]
             done = [i for i in fits if self.free[i][1] is None or self.free[i][1].query()]
             buf, event = self.free.pop((done or fits)[0]) if fits else (None, None)
+            if buf is None:  # a larger one replaces a free one too small: the pool does not
+                # grow with every batch larger than those before (typed batches vary a lot)
+                idle = [i for i, (_, e) in enumerate(self.free) if e is None or e.query()]
+                if idle:
+                    self.free.pop(idle[0])
         if buf is None:
             return self._new(rows + rows // 4)
         if not done:
