@@ -174,6 +174,22 @@ def test_buffer_pool_hands_out_only_buffers_whose_copy_completed():
     assert pool.take(10) is a
 
 
+def test_buffer_pool_does_not_grow_with_ever_larger_batches():
+    import numpy as np
+
+    from disktrain.loader.pipeline import _BufferPool
+
+    pool = _BufferPool(4, np.dtype(np.float32), pin=False)
+    for rows in (10, 20, 40, 80, 160):  # each too large for the buffer freed before it
+        pool.give(pool.take(rows))
+    assert len(pool.free) == 1 and pool.free[0][0].shape[0] >= 160
+    busy = FakeEvent()
+    pool.give(pool.take(10), busy)  # a free buffer still being copied is kept
+    assert len(pool.free) == 1
+    pool.give(pool.take(400))
+    assert len(pool.free) == 2
+
+
 def test_each_buffer_returns_with_the_event_recorded_after_its_copy(loader):
     from disktrain.loader.pipeline import _Run
 
