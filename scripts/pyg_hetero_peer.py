@@ -46,7 +46,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from pyg_peer import Phase, export_features, job_estimate, open_features
+from pyg_peer import Phase, add_evaluation, export_features, job_estimate, open_features
 
 from disktrain.models.hetero import HeteroGNNConfig
 from disktrain.storage.dataset import Dataset
@@ -227,14 +227,8 @@ def main(argv=None) -> int:
                   "epoch_est_s": phase.estimate_s, "needed_bytes": phase.needed_rows}
         evals = {s: Phase(loader, args.max_batches, args.max_phase_s, needed)
                  for s, loader in eval_loaders.items()}
-        for s, ev in evals.items():
-            record[f"{s}_acc"] = accuracy(model, ev, target)
-        record["eval_s"] = sum(ev.seconds for ev in evals.values())
-        record["eval_est_s"] = sum(ev.estimate_s for ev in evals.values())
-        record["eval_batches"] = sum(ev.batches for ev in evals.values())
-        record["eval_total_batches"] = sum(ev.total for ev in evals.values())
-        record["needed_bytes"] += sum(ev.needed_rows for ev in evals.values())
-        record["extrapolated"] = phase.capped or any(ev.capped for ev in evals.values())
+        add_evaluation(record, phase, evals, lambda ev: accuracy(model, ev, target),
+                       "needed_bytes")
         epochs.append(record)
         print(json.dumps(record), file=sys.stderr)
         if record["extrapolated"]:

@@ -158,6 +158,20 @@ def train_epoch(model, opt, phase: Phase) -> float:
 
 
 @torch.no_grad()
+def add_evaluation(record: dict, phase: Phase, evals: dict, accuracy, needed: str) -> None:
+    """Run the eval ``evals`` (split -> Phase) with ``accuracy(phase)`` and add their figures
+    to the epoch ``record`` of training ``phase`` (``needed``: the key counting what they
+    need)."""
+    for s, ev in evals.items():
+        record[f"{s}_acc"] = accuracy(ev)
+    record["eval_s"] = sum(ev.seconds for ev in evals.values())
+    record["eval_est_s"] = sum(ev.estimate_s for ev in evals.values())
+    record["eval_batches"] = sum(ev.batches for ev in evals.values())
+    record["eval_total_batches"] = sum(ev.total for ev in evals.values())
+    record[needed] += sum(ev.needed_rows for ev in evals.values())
+    record["extrapolated"] = phase.capped or any(ev.capped for ev in evals.values())
+
+
 def accuracy(model, phase: Phase) -> float:
     model.eval()
     correct = total = 0
@@ -236,14 +250,7 @@ def main() -> int:
                   "epoch_est_s": phase.estimate_s, "needed_rows": phase.needed_rows}
         evals = {s: Phase(loader, args.max_batches, args.max_phase_s)
                  for s, loader in eval_loaders.items()}
-        for s, ev in evals.items():
-            record[f"{s}_acc"] = accuracy(model, ev)
-        record["eval_s"] = sum(ev.seconds for ev in evals.values())
-        record["eval_est_s"] = sum(ev.estimate_s for ev in evals.values())
-        record["eval_batches"] = sum(ev.batches for ev in evals.values())
-        record["eval_total_batches"] = sum(ev.total for ev in evals.values())
-        record["needed_rows"] += sum(ev.needed_rows for ev in evals.values())
-        record["extrapolated"] = phase.capped or any(ev.capped for ev in evals.values())
+        add_evaluation(record, phase, evals, lambda ev: accuracy(model, ev), "needed_rows")
         epochs.append(record)
         print(json.dumps(record), file=sys.stderr)
         if record["extrapolated"]:
