@@ -656,6 +656,9 @@ def _train_options(p: argparse.ArgumentParser) -> None:
             help="cpu, cuda (this worker's GPU), cuda:N (default: %(default)s)")
     _option(p, "--prefetch", T, "loader.prefetch", type=int,
             help="batches in flight per stage (default: %(default)s)")
+    _option(p, "--loader-buffer-bytes", T, "loader.buffer_bytes", type=parse_bytes,
+            help="most bytes of feature buffers the loader holds at once; fewer batches are "
+            "prefetched where they are larger (default: %(default)s)")
     _option(p, "--read-threads", T, "loader.read_threads", type=int,
             help="threads reading packed ranges (default: %(default)s)")
     _option(p, "--compute-threads", T, "compute_threads", type=int,

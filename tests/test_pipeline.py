@@ -190,6 +190,52 @@ def test_buffer_pool_does_not_grow_with_ever_larger_batches():
     assert len(pool.free) == 2
 
 
+def test_buffer_pool_waits_for_a_buffer_back_beyond_its_byte_budget():
+    from disktrain.loader.pipeline import _BufferPool, _Stop
+
+    stop = threading.Event()
+    pool = _BufferPool(4, np.dtype(np.float32), pin=False, budget=1000, stop=stop)
+    a = pool.take(40)  # 50 rows of 16 bytes: 800 of the 1000 bytes
+    got = []
+    taker = threading.Thread(target=lambda: got.append(pool.take(60)))
+    taker.start()
+    taker.join(0.3)
+    assert taker.is_alive() and not got  # a second buffer would pass the budget: it waits
+    pool.give(a)
+    taker.join(5)
+    assert got and got[0].shape[0] >= 60 and got[0] is not a  # a, too small, was dropped
+    assert pool.free == [] and pool.held == got[0].shape[0] * 16
+    pool.give(got[0])
+    big = pool.take(200)  # alone, a buffer may pass the budget
+    assert big.shape[0] >= 200 and pool.free == []
+    stopped = []
+
+    def take_until_stopped():
+        with pytest.raises(_Stop):
+            pool.take(10)  # big is out and fills the budget: waits until stopped
+        stopped.append(True)
+
+    waiting = threading.Thread(target=take_until_stopped)
+    waiting.start()
+    waiting.join(0.3)
+    assert waiting.is_alive()
+    stop.set()
+    waiting.join(5)
+    assert stopped == [True]
+
+
+def test_a_loader_under_a_tiny_buffer_budget_yields_the_same_batches(prepared):
+    import torch
+
+    import disktrain
+
+    runs = [[(b.x.clone(), b.n_id.clone()) for b in disktrain.Loader(prepared, "train", config=cfg)]
+            for cfg in (LoaderConfig(), LoaderConfig(buffer_bytes=1))]
+    assert len(runs[0]) > 2
+    for (x1, n1), (x2, n2) in zip(*runs, strict=True):
+        assert torch.equal(x1, x2) and torch.equal(n1, n2)
+
+
 def test_each_buffer_returns_with_the_event_recorded_after_its_copy(loader):
     from disktrain.loader.pipeline import _Run
 

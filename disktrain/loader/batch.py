@@ -4,6 +4,7 @@ our blocks, one object)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
@@ -58,6 +59,9 @@ class MiniBatch:
     """Where each input row came from and went."""
     copied: CopyEvent | None = field(default=None, repr=False)
     """Recorded on the copy stream after the batch's copy (None on a CPU)."""
+    release: Callable[[], None] | None = field(default=None, repr=False)
+    """Gives ``buffer`` back to the loader before the next batch is asked for: for a consumer
+    that no longer reads it (its features copied out); the loader gives it back then if not."""
     type_rows: dict[str, tuple[int, int, int]] | None = None
     """A typed batch: per node type with features, its rows ``[start, stop)`` of ``x`` and
     its feature width (``x`` is as wide as the widest type); None for one type."""

@@ -19,6 +19,11 @@ class LoaderConfig:
 
     prefetch: int = 2
     """Batches in flight between consecutive stages."""
+    buffer_bytes: int = 2 << 30
+    """Most bytes of host feature buffers the pipeline holds at once (batches being read,
+    assembled, waiting and consumed): fewer than ``prefetch`` batches are in flight where they
+    are large (typed 3-hop batches run to hundreds of MB each). One batch is always in flight,
+    whatever its size."""
     read_threads: int = 2
     """Threads reading packed ranges."""
     device: str = "cpu"
@@ -35,7 +40,7 @@ class LoaderConfig:
     the checks cost: ``scripts/bench_integrity.py``)."""
 
     def __post_init__(self):
-        check_min(self, 1, "prefetch", "read_threads")
+        check_min(self, 1, "prefetch", "read_threads", "buffer_bytes")
         check_min(self, 0, "assemble_threads")
         try:
             device = torch.device(self.device)

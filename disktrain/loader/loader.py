@@ -235,7 +235,10 @@ class Loader:
         y = (None if self._labels is None
              else torch.from_numpy(self._labels[labelled]).to(self.device))
         x_agg = None if mb.x_agg is None else self._own(mb.x_agg)
-        return Batch.of(mb, self._own(mb.x), y, x_agg)
+        batch = Batch.of(mb, self._own(mb.x), y, x_agg)
+        if not self.reuse_buffers and mb.release is not None:
+            mb.release()  # its rows are copied out: the pipeline may read the next batch in
+        return batch
 
     def _own(self, x: torch.Tensor) -> torch.Tensor:
         """``x`` (features of a batch) in the loader's dtype, and not in the pipeline's buffer

@@ -334,33 +334,51 @@ class _BufferPool:
     _slack: ClassVar[weakref.WeakValueDictionary] = weakref.WeakValueDictionary()
     """The buffers :meth:`align` may slide (every pool's), by id."""
 
-    def __init__(self, dim: int, dtype: np.dtype, pin: bool):
+    def __init__(self, dim: int, dtype: np.dtype, pin: bool,
+                 budget: int = LoaderConfig.buffer_bytes, stop: threading.Event | None = None):
         self.dim, self.dtype, self.pin = dim, _torch_dtype(dtype), pin
+        self.budget, self.stop = budget, stop or threading.Event()
         self.free: list[tuple[torch.Tensor, CopyEvent | None]] = []
-        self.lock = threading.Lock()
+        self.held = 0
+        """Bytes of every buffer of the pool, free or handed out."""
+        self.cond = threading.Condition()
 
     def take(self, rows: int) -> torch.Tensor:
         """A buffer of at least ``rows`` rows: a free one whose copy has completed, else the
         one given back first once its copy completes (no more buffers than before), else a
-        new one (starting on a 4 KiB boundary)."""
-        with self.lock:
-            fits = [i for i, (free, _) in enumerate(self.free) if free.shape[0] >= rows]
-            done = [i for i in fits if self.free[i][1] is None or self.free[i][1].query()]
-            buf, event = self.free.pop((done or fits)[0]) if fits else (None, None)
-            if buf is None:  # a larger one replaces a free one too small: the pool does not
-                # grow with every batch larger than those before (typed batches vary a lot)
+        new one (starting on a 4 KiB boundary) once the pool's buffers leave room for it
+        under ``budget`` (free ones too small are dropped; one buffer is always allowed).
+        :class:`_Stop` if ``stop`` is set while waiting."""
+        new = self._bytes(rows + rows // 4)
+        with self.cond:
+            while True:
+                fits = [i for i, (free, _) in enumerate(self.free) if free.shape[0] >= rows]
+                done = [i for i in fits if self.free[i][1] is None or self.free[i][1].query()]
+                if fits:
+                    buf, event = self.free.pop((done or fits)[0])
+                    break
+                # a larger one replaces free ones too small: the pool does not grow with
+                # every batch larger than those before (typed batches vary a lot)
                 idle = [i for i, (_, e) in enumerate(self.free) if e is None or e.query()]
-                if idle:
-                    self.free.pop(idle[0])
-        if buf is None:
-            return self._new(rows + rows // 4)
+                for k, i in enumerate(reversed(idle)):
+                    if k and self.held + new <= self.budget:
+                        break
+                    self.held -= self._bytes(self.free.pop(i)[0].shape[0])
+                if self.held + new <= self.budget or self.held == 0:
+                    self.held += new
+                    return self._new(rows + rows // 4)
+                if self.stop.is_set():
+                    raise _Stop
+                self.cond.wait(0.1)
         if not done:
             event.synchronize()
         return buf
 
+    def _bytes(self, rows: int) -> int:
+        return rows * self.dim * self.dtype.itemsize
+
     def _new(self, rows: int) -> torch.Tensor:
-        nbytes = rows * self.dim * self.dtype.itemsize
-        raw = torch.empty(nbytes + BLOCK, dtype=torch.uint8, pin_memory=self.pin)
+        raw = torch.empty(self._bytes(rows) + BLOCK, dtype=torch.uint8, pin_memory=self.pin)
         buf = torch.empty(0, dtype=self.dtype).set_(raw.untyped_storage(), 0,
                                                     (rows, self.dim), (self.dim, 1))
         self._slack[id(buf)] = buf
@@ -382,8 +400,9 @@ class _BufferPool:
 
     def give(self, buf: torch.Tensor, event: CopyEvent | None = None) -> None:
         """Return ``buf``; ``event``: recorded after its last copy was enqueued."""
-        with self.lock:
+        with self.cond:
             self.free.append((buf, event))
+            self.cond.notify()
 
 
 class _Run:
@@ -405,7 +424,8 @@ class _Run:
         self.read_q: queue.Queue = queue.Queue(depth)
         self.ready_q: queue.Queue = queue.Queue(depth)
         self.buffers = _BufferPool(loader.packed.feature_dim, loader.packed.dtype,
-                                   loader.device.type == "cuda")
+                                   loader.device.type == "cuda", loader.cfg.buffer_bytes,
+                                   self.stop)
         self.stream = (torch.cuda.Stream(loader.device) if loader.device.type == "cuda"
                        else None)
         self.copy = CopyStage(loader.caches.gpu, loader.device, self.stream,
@@ -477,9 +497,18 @@ class _Run:
                     raise batch.error
                 if self.stream is not None:
                     _consume_on_current_stream(batch, batch.copied)
-                yield batch
-                self.buffers.give(batch.buffer, batch.copied)  # the consumer is done with it
+                batch.release = lambda b=batch: self._give(b)
+                try:
+                    yield batch
+                finally:
+                    self._give(batch)  # the consumer is done with it
         finally:
             self.stop.set()
             for t in threads:
                 t.join()
+
+    def _give(self, batch: MiniBatch) -> None:
+        """Give ``batch``'s buffer back to the pool, once."""
+        if batch.buffer is not None:
+            self.buffers.give(batch.buffer, batch.copied)
+        batch.buffer = batch.release = None  # no cycle keeps this run's pool alive
