@@ -2,7 +2,7 @@
 and evaluation, against PyG's hetero NeighborLoader on the same graph and model.
 
 Usage: python scripts/bench_typed.py [--papers 7000000] [--feature-dim 512]
-           [--memory-limit 8G] [--fanouts 15,10,5] [--batch-size 1024] [--hidden 128]
+           [--memory-limit 8G] [--pyg-memory-limit BYTES] [--fanouts 15,10,5] [--batch-size 1024] [--hidden 128]
            [--heads 4] [--train-fraction 0.002] [--val-fraction 0.0002]
            [--test-fraction 0.0002] [--prepare-args "..."] [--pyg-max-phase-s 600]
            [--skip-pyg] [--step-timeout 14400] [--workdir DIR] [--keep]
@@ -119,10 +119,11 @@ class Bench:
         self.logs.mkdir()
         self.device = device_of(work)
 
-    def step(self, name: str, argv: list[str]) -> dict:
+    def step(self, name: str, argv: list[str], limit: int | None = None) -> dict:
         log = self.logs / f"{name}.err"
         tag = f"bench-typed-{os.getpid()}-{name}"
-        with Regime("out_of_core", [self.work], self.args.memory_limit,
+        limit = limit or self.args.memory_limit
+        with Regime("out_of_core", [self.work], limit,
                     self.args.evict_interval, tag) as env:
             rec = run_measured(argv, cgroup=env.cgroup, stderr_path=log, device=self.device,
                                timeout_s=self.args.step_timeout)
@@ -273,7 +274,8 @@ def run_steps(args, bench: Bench, result: dict, out: Path | None) -> None:
             "--batch-size", str(args.batch_size), "--eval-batch-size", str(args.batch_size),
             "--epochs", "1", "--hidden", str(args.hidden), "--heads", str(args.heads),
             "--lr", str(args.lr), "--weight-decay", "0", "--dropout", str(args.dropout),
-            "--seed", str(args.seed), "--max-phase-s", str(args.pyg_max_phase_s)])
+            "--seed", str(args.seed), "--max-phase-s", str(args.pyg_max_phase_s)],
+            args.pyg_memory_limit)
 
 
 def write_json(result: dict, path: Path | None) -> None:
@@ -294,6 +296,9 @@ def parse_args(argv=None):
     ap.add_argument("--test-fraction", type=float, default=0.0002)
     ap.add_argument("--memory-limit", type=parse_bytes, default=8 * GiB,
                     help="each step's memory cgroup limit, page cache included (default: 8G)")
+    ap.add_argument("--pyg-memory-limit", type=parse_bytes, default=None,
+                    help="the PyG step's limit, where it needs more room than ours (default: "
+                    "--memory-limit)")
     ap.add_argument("--fanouts", default="15,10,5", help="per hop, every relation")
     ap.add_argument("--batch-size", type=int, default=1024)
     ap.add_argument("--hidden", type=int, default=128)
