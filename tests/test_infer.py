@@ -146,6 +146,8 @@ def test_a_killed_run_resumes_to_the_same_bytes(graph, tmp_path, monkeypatch):
     assert not out.exists()
     left = sorted(p.name for p in out.with_name("out.layers").iterdir())
     assert left == ["layer-1", "layer-2.partial"]  # layer 0 went once layer 1 was complete
+    torn = out.with_name("out.layers") / "layer-2.partial" / "features" / "c" / "0" / "0"
+    torn.write_bytes(torn.read_bytes()[:100])  # as a kill in the middle of writing it leaves
     first, kill = len(calls), False
     infer(dataset=graph, checkpoint=ckpt, out=out, format="npy", **SMALL)
     assert (out / "embeddings.npy").read_bytes() == (whole / "embeddings.npy").read_bytes()

@@ -116,7 +116,8 @@ def run_layer(trained: Trained, layer: int, graph: Graph, source: LayerInput,
     last = layer == len(dims) - 2
     per_node, per_edge = range_costs(dims[layer], dims[layer + 1])
     total = sum(b - a for a, b in spans)
-    with tqdm(total=total, desc=f"infer: layer {layer}", unit="node", unit_scale=True, disable=not progress) as bar:
+    with tqdm(total=total, desc=f"infer: layer {layer}", unit="node", unit_scale=True,
+              disable=not progress) as bar:
         for start, stop in spans:
             for a, b in ranges(None if mlp else graph, ids, start, stop, per_node, per_edge,
                                budget):
