@@ -4,6 +4,10 @@ bytes however the nodes are cut into ranges and after a kill, formats, subsets, 
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -312,3 +316,21 @@ def test_a_trained_checkpoint_records_its_model_and_dataset(prepared, tmp_path):
                                  "num_nodes": 300, "feature_dim": 16, "num_classes": 4}
     got = evaluate_exact(prepared, tmp_path / "ck")
     assert 0 <= got["test_acc"] <= 1 and got["model"] == "gcn"
+
+
+@pytest.mark.slow
+def test_a_sigkilled_run_resumes_to_the_same_bytes(tmp_path):
+    ds = make_dataset(tmp_path / "ds", num_nodes=6000, num_edges=60000)
+    ckpt = save("sage", ds, tmp_path / "ck", 3)
+    run = [sys.executable, "-m", "disktrain", "infer", str(ds), "--checkpoint", str(ckpt),
+           "--format", "npy", "--chunk-rows", "200", "--memory-budget", "1", "--no-progress"]
+    subprocess.run([*run, "--out", str(tmp_path / "whole")], check=True, capture_output=True)
+    killed = subprocess.Popen([*run, "--out", str(tmp_path / "out")])
+    chunks = tmp_path / "out.layers" / "layer-1.partial" / "features" / "c"
+    while killed.poll() is None and len(list(chunks.glob("*"))) < 5:
+        time.sleep(0.005)
+    killed.kill()
+    assert killed.wait() == -signal.SIGKILL and not (tmp_path / "out").exists()
+    subprocess.run([*run, "--out", str(tmp_path / "out")], check=True, capture_output=True)
+    assert (tmp_path / "out" / "embeddings.npy").read_bytes() == \
+        (tmp_path / "whole" / "embeddings.npy").read_bytes()
