@@ -778,6 +778,84 @@ def _close_process_group() -> None:
         dist.destroy_process_group()
 
 
+# infer, evaluate
+
+@_command("infer", help="a trained model's outputs for every node (or some), out of core",
+          description="Layer-wise, full-neighbourhood inference: each layer computed for "
+          "ranges of nodes in order, its input rows read from disk (the features, then the "
+          "layer below's store), every layer a checked store that a rerun resumes from after "
+          "a kill. Writes the last layer (the logits) as Zarr, .npy or Parquet, with the "
+          "node ids and, with --predictions, the predicted class and class probabilities.")
+def _infer_options(p: argparse.ArgumentParser) -> None:
+    from disktrain.infer.config import FORMATS
+    from disktrain.infer.config import InferConfig as C
+
+    p.set_defaults(func=_run_infer, configs=_configs_of({"": C}))
+    p.add_argument("dataset", type=Path, metavar="DIR", help="dataset directory")
+    _option(p, "--checkpoint", C, "checkpoint", type=Path, required=True, metavar="CKPT",
+            help="a checkpoint file, or a checkpoint directory (its newest good file)")
+    _option(p, "--out", C, "out", type=Path, required=True, metavar="OUT",
+            help="output directory (zarr, npy) or file (parquet); the layers are computed "
+            "in OUT.layers/")
+    _option(p, "--format", C, "format", choices=FORMATS,
+            help="output format (default: %(default)s)")
+    _option(p, "--predictions", C, "predictions", action="store_true",
+            help="also write the predicted class (argmax) and class probabilities (softmax)")
+    _option(p, "--nodes", C, "nodes", metavar="all|train|val|test|IDS.npy",
+            help="whose outputs: all nodes, a split, or a .npy file of node ids; a subset "
+            "computes each layer over the nodes it needs only (default: %(default)s)")
+    _infer_shared(p, C)
+    _option(p, "--chunk-rows", C, "chunk_rows", type=int, metavar="ROWS",
+            help="rows per chunk file of the layer stores (default: about 4 MiB chunks)")
+    _option(p, "--keep-layers", C, "keep_layers", action="store_true",
+            help="keep every layer's store in OUT.layers/ (default: removed when done)")
+    _option(p, "--overwrite", C, "overwrite", action="store_true",
+            help="replace OUT if it exists")
+    _add_progress(p, C)
+
+
+def _infer_shared(p: argparse.ArgumentParser, C) -> None:
+    """The options ``infer`` and ``evaluate`` share."""
+    _option(p, "--fanout-cap", C, "fanout_cap", type=int, metavar="K",
+            help="aggregate at most K in-neighbours per node, the same K at every layer, "
+            "drawn deterministically (training's sampler, key --seed); 0: all (default)")
+    _option(p, "--seed", C, "seed", type=int, help="key of the --fanout-cap draws "
+            "(default: %(default)s)")
+    _option(p, "--memory-budget", C, "memory_budget", type=parse_bytes, metavar="BYTES",
+            help="bytes a range of nodes may take, e.g. 2G (default: a quarter of the "
+            "memory available)")
+
+
+def _run_infer(args: argparse.Namespace) -> None:
+    from disktrain.infer import infer
+
+    print(json.dumps({"out": str(infer(configs(args)[""]))}))
+
+
+@_command("evaluate", help="exact val and test accuracy of a checkpoint (no sampling)",
+          description="Val and test accuracy of a checkpoint's model from layer-wise, "
+          "full-neighbourhood inference over the nodes those splits need; prints one JSON "
+          "object.")
+def _evaluate_options(p: argparse.ArgumentParser) -> None:
+    from disktrain.infer.config import InferConfig as C
+
+    p.set_defaults(func=_run_evaluate)
+    p.add_argument("dataset", type=Path, metavar="DIR", help="dataset directory")
+    _option(p, "--checkpoint", C, "checkpoint", type=Path, required=True, metavar="CKPT",
+            help="a checkpoint file, or a checkpoint directory (its newest good file)")
+    _infer_shared(p, C)
+    _add_progress(p, C)
+
+
+def _run_evaluate(args: argparse.Namespace) -> None:
+    from disktrain.infer import InferConfig, evaluate_exact
+
+    cfg = _config(InferConfig, argparse.Namespace(**vars(args), out=Path("-")))  # checked
+    print(json.dumps(evaluate_exact(cfg.dataset, cfg.checkpoint, fanout_cap=cfg.fanout_cap,
+                                    seed=cfg.seed, memory_budget=cfg.memory_budget,
+                                    progress=cfg.progress)))
+
+
 # demo
 
 @_command("demo", help="the whole path on a small built-in synthetic graph",

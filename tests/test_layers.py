@@ -22,6 +22,7 @@ LAYERS = [
     ("disktrain.loader",),
     ("disktrain.models", "disktrain.robust"),
     ("disktrain.train",),
+    ("disktrain.infer",),
     ("disktrain.cluster",),
     ("disktrain", "disktrain.train.__main__", "disktrain.cluster.job"),
 ]

@@ -253,11 +253,13 @@ def read_small_array(root: str | Path, name: str, ref: StoreRef,
     return data.view(meta.dtype).reshape(meta.shape)
 
 
-def create_features(group: zarr.Group, num_nodes: int, feature_dim: int, dtype) -> zarr.Array:
-    """Create the row-chunked feature array (~4 MiB chunks, a crc32c each, every chunk
-    written even when all zeros)."""
+def create_features(group: zarr.Group, num_nodes: int, feature_dim: int, dtype,
+                    chunk_rows: int = 0) -> zarr.Array:
+    """Create the row-chunked feature array (~4 MiB chunks, or of ``chunk_rows`` rows; a
+    crc32c each, every chunk written even when all zeros)."""
     dtype = np.dtype(dtype)
-    rows = max(1, min(num_nodes, FEATURE_CHUNK_BYTES // max(1, feature_dim * dtype.itemsize)))
+    rows = chunk_rows or FEATURE_CHUNK_BYTES // max(1, feature_dim * dtype.itemsize)
+    rows = max(1, min(num_nodes, rows))
     return group.create_array("features", shape=(num_nodes, feature_dim), dtype=dtype,
                               chunks=(rows, feature_dim), compressors=CHECKSUM, fill_value=0,
                               config={"write_empty_chunks": True})
@@ -315,7 +317,96 @@ DATASET_ATTRS = ("num_nodes", "num_edges", "feature_dim", "num_classes")
 """The attributes a dataset's ``zarr.json`` must hold (the others have defaults)."""
 
 
-class Dataset:
+class FeatureRows:
+    """Reads a row-chunked, checksummed 2-D array (a dataset's ``features``, a layer of
+    layer-wise inference, :mod:`disktrain.infer.store`): rows by range, or the rows of
+    ascending ids in one ordered pass, every chunk crc-checked when read."""
+
+    def __init__(self, rows_dir: str | Path, ref: StoreRef, shape: tuple | None = None):
+        self.rows_dir, self.ref = Path(rows_dir), ref
+        self._features = read_array_meta(self.rows_dir, ref, self.rows_dir.name, shape=shape)
+        self._last_chunk: tuple[int, np.ndarray | None] = (-1, None)
+
+    @property
+    def chunk_rows(self) -> int:
+        """Rows per chunk file."""
+        return self._features.chunks[0]
+
+    def feature_rows(self, start: int, stop: int) -> np.ndarray:
+        """Rows [start, stop) of the features, read as whole chunk files, each crc-checked.
+
+        The last chunk read is kept, so ascending calls read every chunk once.
+        """
+        rows, dim = self._features.chunks
+        out = np.empty((stop - start, dim), self._features.dtype)
+        pos = start
+        while pos < stop and dim:
+            c, r0 = divmod(pos, rows)
+            n = min(stop - pos, rows - r0)
+            out[pos - start:pos - start + n] = self._feature_chunk(c)[r0:r0 + n]
+            pos += n
+        return out
+
+    def _feature_chunk(self, c: int) -> np.ndarray:
+        """Feature chunk ``c`` (all its rows), checked; the last one read is kept."""
+        last, chunk = self._last_chunk
+        if last != c or chunk is None:
+            data = read_chunk(chunk_file(self.rows_dir, c, 0),
+                              self._features.chunk_bytes, self.ref, "features")
+            chunk = data.view(self._features.dtype).reshape(self._features.chunks)
+            self._last_chunk = (c, chunk)
+        return chunk
+
+    def iter_sorted(self, ids: np.ndarray, max_read_bytes: int = 64 << 20):
+        """Read the feature rows of ascending ``ids`` in one ordered pass, each chunk once.
+
+        Yields ``(i, j, rows)``: ``rows`` are the features of ``ids[i:j]``, from chunk files
+        spanning at most ``max_read_bytes`` (at least one chunk), in a buffer that the step
+        after next reuses (copy what must outlive it). Two threads read the chunk files of the
+        next span and copy out its rows while the caller uses this one, past the page cache
+        where the filesystem allows: a pass over the whole feature file neither copies it
+        through the page cache nor evicts what the cache holds.
+        """
+        chunks, bounds = self._chunk_bounds(ids)
+        span = max(1, max_read_bytes // max(1, self._features.chunk_bytes))
+        spans = [range(s, min(s + span, len(chunks))) for s in range(0, len(chunks), span)]
+        most = max((int(bounds[s.stop] - bounds[s.start]) for s in spans), default=0)
+        bufs = [np.empty((most, self._features.shape[1]), self._features.dtype) for _ in range(2)]
+        with _Copier(self, ids, chunks, bounds, direct=True) as copier:
+            ahead = copier.start(spans[0], bufs[0]) if spans else []
+            for n, s in enumerate(spans):
+                copier.wait(ahead)
+                if n + 1 < len(spans):
+                    ahead = copier.start(spans[n + 1], bufs[(n + 1) % 2])
+                i, j = int(bounds[s.start]), int(bounds[s.stop])
+                yield i, j, bufs[n % 2][:j - i]
+
+    def gather_sorted(self, ids: np.ndarray) -> np.ndarray:
+        """Feature rows of ascending ``ids``: each chunk holding some read once, on two
+        threads, through the page cache (repeated calls find it there)."""
+        out = np.empty((len(ids), self._features.shape[1]), self._features.dtype)
+        chunks, bounds = self._chunk_bounds(ids)
+        with _Copier(self, ids, chunks, bounds, direct=False) as copier:
+            copier.wait(copier.start(range(len(chunks)), out))
+        return out
+
+    def _chunk_bounds(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The feature chunks holding ascending ``ids`` (ascending, distinct) and, for each,
+        where its ids start in ``ids`` (one more entry: ``len(ids)``)."""
+        if not self._features.shape[1] or not len(ids):
+            return np.zeros(0, np.int64), np.zeros(1, np.int64)
+        of = np.asarray(ids, np.int64) // self._features.chunks[0]
+        starts = np.flatnonzero(of[1:] != of[:-1]) + 1
+        return of[np.concatenate(([0], starts))], np.concatenate(([0], starts, [len(ids)]))
+
+    def _read_feature_chunk(self, c: int, buf: np.ndarray | None) -> tuple[np.ndarray, object]:
+        """Feature chunk ``c``'s data bytes, checked, and ``buf``: read into ``buf`` (past the
+        page cache where allowed) or, without one, through the page cache."""
+        return read_chunk(chunk_file(self.rows_dir, c, 0), self._features.chunk_bytes,
+                          self.ref, "features", into=buf), buf
+
+
+class Dataset(FeatureRows):
     """A dataset directory opened read-only: CSR, features, labels, splits (a typed dataset
     opens as a :class:`TypedDataset`).
 
@@ -357,6 +448,7 @@ class Dataset:
         self._small: dict[str, np.ndarray] = {}
         self._lock = threading.Lock()
         self._last_chunk: tuple[int, np.ndarray | None] = (-1, None)
+        self.rows_dir = self.path / "features"
         self._open_features()
 
     def _open_features(self) -> None:
@@ -446,79 +538,6 @@ class Dataset:
         """Whole-graph in-degree of each node in ``nodes``."""
         indptr = self.indptr
         return indptr[nodes + 1] - indptr[nodes]
-
-    def feature_rows(self, start: int, stop: int) -> np.ndarray:
-        """Rows [start, stop) of the features, read as whole chunk files, each crc-checked.
-
-        The last chunk read is kept, so ascending calls read every chunk once.
-        """
-        rows, dim = self._features.chunks
-        out = np.empty((stop - start, dim), self._features.dtype)
-        pos = start
-        while pos < stop and dim:
-            c, r0 = divmod(pos, rows)
-            n = min(stop - pos, rows - r0)
-            out[pos - start:pos - start + n] = self._feature_chunk(c)[r0:r0 + n]
-            pos += n
-        return out
-
-    def _feature_chunk(self, c: int) -> np.ndarray:
-        """Feature chunk ``c`` (all its rows), checked; the last one read is kept."""
-        last, chunk = self._last_chunk
-        if last != c or chunk is None:
-            data = read_chunk(chunk_file(self.path / "features", c, 0),
-                              self._features.chunk_bytes, self.ref, "features")
-            chunk = data.view(self._features.dtype).reshape(self._features.chunks)
-            self._last_chunk = (c, chunk)
-        return chunk
-
-    def iter_sorted(self, ids: np.ndarray, max_read_bytes: int = 64 << 20):
-        """Read the feature rows of ascending ``ids`` in one ordered pass, each chunk once.
-
-        Yields ``(i, j, rows)``: ``rows`` are the features of ``ids[i:j]``, from chunk files
-        spanning at most ``max_read_bytes`` (at least one chunk), in a buffer that the step
-        after next reuses (copy what must outlive it). Two threads read the chunk files of the
-        next span and copy out its rows while the caller uses this one, past the page cache
-        where the filesystem allows: a pass over the whole feature file neither copies it
-        through the page cache nor evicts what the cache holds.
-        """
-        chunks, bounds = self._chunk_bounds(ids)
-        span = max(1, max_read_bytes // max(1, self._features.chunk_bytes))
-        spans = [range(s, min(s + span, len(chunks))) for s in range(0, len(chunks), span)]
-        most = max((int(bounds[s.stop] - bounds[s.start]) for s in spans), default=0)
-        bufs = [np.empty((most, self.meta.feature_dim), self._features.dtype) for _ in range(2)]
-        with _Copier(self, ids, chunks, bounds, direct=True) as copier:
-            ahead = copier.start(spans[0], bufs[0]) if spans else []
-            for n, s in enumerate(spans):
-                copier.wait(ahead)
-                if n + 1 < len(spans):
-                    ahead = copier.start(spans[n + 1], bufs[(n + 1) % 2])
-                i, j = int(bounds[s.start]), int(bounds[s.stop])
-                yield i, j, bufs[n % 2][:j - i]
-
-    def gather_sorted(self, ids: np.ndarray) -> np.ndarray:
-        """Feature rows of ascending ``ids``: each chunk holding some read once, on two
-        threads, through the page cache (repeated calls find it there)."""
-        out = np.empty((len(ids), self.meta.feature_dim), self._features.dtype)
-        chunks, bounds = self._chunk_bounds(ids)
-        with _Copier(self, ids, chunks, bounds, direct=False) as copier:
-            copier.wait(copier.start(range(len(chunks)), out))
-        return out
-
-    def _chunk_bounds(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """The feature chunks holding ascending ``ids`` (ascending, distinct) and, for each,
-        where its ids start in ``ids`` (one more entry: ``len(ids)``)."""
-        if not self.meta.feature_dim or not len(ids):
-            return np.zeros(0, np.int64), np.zeros(1, np.int64)
-        of = np.asarray(ids, np.int64) // self._features.chunks[0]
-        starts = np.flatnonzero(of[1:] != of[:-1]) + 1
-        return of[np.concatenate(([0], starts))], np.concatenate(([0], starts, [len(ids)]))
-
-    def _read_feature_chunk(self, c: int, buf: np.ndarray | None) -> tuple[np.ndarray, object]:
-        """Feature chunk ``c``'s data bytes, checked, and ``buf``: read into ``buf`` (past the
-        page cache where allowed) or, without one, through the page cache."""
-        return read_chunk(chunk_file(self.path / "features", c, 0), self._features.chunk_bytes,
-                          self.ref, "features", into=buf), buf
 
     def info(self) -> dict:
         """The dataset's attributes plus the arrays present."""

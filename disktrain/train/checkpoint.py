@@ -17,12 +17,13 @@ damaged, resuming is an error naming them (the files are left as they are).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 import re
 import sys
 import zipfile
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -63,6 +64,37 @@ class CheckpointConfig:
         """The checkpoint directory of a run writing to ``run_dir`` (``TrainConfig.writes_to``:
         its run directory, or its dataset)."""
         return Path(self.dir) if self.dir else Path(run_dir) / "checkpoints"
+
+
+@dataclass(frozen=True)
+class ModelRecord:
+    """What a checkpoint's weights are: the sized model config (the fields of
+    :class:`~disktrain.models.gnn.GNNConfig` or of a typed graph's
+    :class:`~disktrain.models.hetero.HeteroGNNConfig`) and the dataset the model was trained
+    on, as plain values (``weights_only`` loads them). A part of the trainer's checkpoints
+    (``"model_record"``), from which inference rebuilds the model; a checkpoint written
+    before it has none."""
+
+    model: dict
+    """The config's fields."""
+    dataset: dict = field(default_factory=dict)
+    """``dataset_id``, ``path``, ``num_nodes``, ``feature_dim``, ``num_classes``."""
+
+    @classmethod
+    def of(cls, config, dataset) -> ModelRecord:
+        """The record of model ``config`` trained on ``dataset`` (a :class:`Dataset`)."""
+        meta = dataset.meta
+        return cls(dataclasses.asdict(config), {
+            "dataset_id": meta.dataset_id, "path": str(dataset.path),
+            "num_nodes": meta.num_nodes, "feature_dim": meta.feature_dim,
+            "num_classes": meta.num_classes})
+
+    def state_dict(self) -> dict:
+        return {"model": dict(self.model), "dataset": dict(self.dataset)}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Nothing to restore: a resumed run records its own model and dataset (its model
+        state must fit it all the same)."""
 
 
 def checkpoint_name(epoch: int, cursor: int) -> str:

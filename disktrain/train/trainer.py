@@ -17,11 +17,11 @@ from tqdm.auto import tqdm
 from disktrain.errors import DataError, NonFiniteError
 from disktrain.loader.dist import DistEnv
 from disktrain.loader.loader import Loader
-from disktrain.models.gnn import MODELS, TYPED_MODELS, ModelConfig, build_model
+from disktrain.models.gnn import MODELS, TYPED_MODELS, GNNConfig, ModelConfig, build_model
 from disktrain.models.hetero import HeteroGNN, HeteroGNNConfig
 from disktrain.robust import check_replicas
 from disktrain.storage.dataset import TypedDataset
-from disktrain.train.checkpoint import CheckpointWriter, checkpoint_state, resume
+from disktrain.train.checkpoint import CheckpointWriter, ModelRecord, checkpoint_state, resume
 from disktrain.train.config import TrainConfig
 from disktrain.train.evaluate import Evaluator
 from disktrain.train.gradsync import GradientPath
@@ -40,14 +40,17 @@ class Trainer:
         meta = _trainable(cfg, loader)
         _check_first_hop(cfg.model, [loader])
         self.cfg, self.env, self.device, self.loader = cfg, env, device, loader
-        self.model = _build_model(cfg.model, loader, meta).to(device)
+        sized = _model_config(cfg.model, loader, meta)
+        self.model = (build_model(sized) if isinstance(sized, GNNConfig)
+                      else HeteroGNN(sized)).to(device)
         self.opt = cfg.optimizer.build(self.model.parameters())
         self.grads = GradientPath(cfg, env, meta.num_classes, grad_sync,
                                   [p for p in self.model.parameters() if p.requires_grad])
         self.ckpt_dir = cfg.checkpoint.directory(cfg.writes_to)
         self.writer = CheckpointWriter(self.ckpt_dir, cfg.checkpoint.keep)
         self.progress = Progress()
-        self.parts = {"model": self.model, "optimizer": self.opt, "loader": loader,
+        self.parts = {"model": self.model, "model_record": ModelRecord.of(sized, loader.dataset),
+                      "optimizer": self.opt, "loader": loader,
                       "trainer": self.progress, "rng": PerRank(RngState(device), env, device),
                       **self.grads.parts(env, device)}
         if env.world_size > 1:
@@ -189,7 +192,7 @@ def _trainable(cfg: TrainConfig, loader: Loader):
     return meta
 
 
-def _build_model(cfg: ModelConfig, loader: Loader, meta) -> torch.nn.Module:
+def _model_config(cfg: ModelConfig, loader: Loader, meta) -> GNNConfig | HeteroGNNConfig:
     """``cfg``'s model sized for the dataset: a relational one (R-SAGE, R-GAT) on a typed
     graph."""
     ds, layers = loader.dataset, len(loader.fanouts)
@@ -197,16 +200,16 @@ def _build_model(cfg: ModelConfig, loader: Loader, meta) -> torch.nn.Module:
         if cfg.model not in MODELS[:4]:
             raise ValueError(f"model {cfg.model!r} is for typed graphs; {ds.path} has one node "
                              f"type (models: {', '.join(MODELS[:4])})")
-        return build_model(cfg.sized(in_dim=meta.feature_dim, num_layers=layers,
-                                     num_classes=meta.num_classes))
+        return cfg.sized(in_dim=meta.feature_dim, num_layers=layers,
+                         num_classes=meta.num_classes)
     if cfg.model not in TYPED_MODELS:
         raise ValueError(f"model {cfg.model!r} does not take a typed graph ({ds.path}: "
                          f"{len(ds.types)} node types); use rsage or rgat")
-    return HeteroGNN(HeteroGNNConfig(
+    return HeteroGNNConfig(
         model=TYPED_MODELS[cfg.model], feature_dims={t.name: t.feature_dim for t in ds.types},
         num_nodes={t.name: t.num_nodes for t in ds.types}, relations=ds.relations,
         target_type=ds.meta.target_type, num_classes=meta.num_classes, num_layers=layers,
-        hidden=cfg.hidden, heads=cfg.heads, dropout=cfg.dropout))
+        hidden=cfg.hidden, heads=cfg.heads, dropout=cfg.dropout)
 
 
 def _check_first_hop(model: ModelConfig, loaders) -> None:

@@ -1,0 +1,144 @@
+"""Layer-wise, full-neighbourhood inference: each layer computed for ranges of destination
+nodes in ascending order, its input rows streamed from the layer below's store.
+
+For a range of destinations, the CSR by destination gives their in-neighbours (read by range:
+training's sampler at fanout -1, or at ``fanout_cap``, which draws a node's neighbours from
+its own counter-based stream: the same ones whatever the range); the input rows of the range's
+nodes are read in one ascending pass (each chunk holding some once, crc-checked); the block
+(the destinations first among its source nodes, whole-graph in-degrees for GCN) goes through
+the trained layer, in eval mode, the same code as training. A node's output row depends on
+its own neighbourhood only, so any cut into ranges gives the same bytes (ranges of at least
+:data:`MIN_RANGE` nodes: BLAS rounds a product of a few rows differently).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from disktrain.infer.model import Trained
+from disktrain.kernels.rng import derive_key
+from disktrain.kernels.sampling import sample_batches
+from disktrain.loader.block import Block
+from disktrain.models.gnn import MLP
+from disktrain.models.sage import mean_by_dst
+from disktrain.storage.dataset import Dataset, FeatureRows
+
+MIN_RANGE = 64
+"""Nodes a range holds at least (but the last, when fewer are left)."""
+
+
+class Graph:
+    """The dataset's CSR by destination, read by range, and what a range of destinations
+    needs of it: their in-neighbours (all, or at most ``cap`` of them drawn with ``key``)."""
+
+    def __init__(self, dataset: Dataset, cap: int, seed: int):
+        self.dataset, self.cap = dataset, cap
+        self.key = derive_key(seed)
+
+    def neighbourhood(self, dst: np.ndarray):
+        """The block of ascending ``dst``: ``(nodes, edge_src, edge_dst)``, ``nodes`` the
+        destinations first, then their in-neighbours in order of first appearance."""
+        batch = sample_batches(self.dataset.indptr, self.dataset.indices, dst,
+                               np.array([0, len(dst)], np.int64), [self.cap or -1],
+                               self.key).batch(0)
+        src, dst_local = batch.hop(1)
+        return batch.nodes, src, dst_local
+
+    def degrees(self, ids: np.ndarray) -> np.ndarray:
+        """In-degree of each of ``ids``, at most ``cap``."""
+        deg = self.dataset.in_degrees(ids)
+        return np.minimum(deg, self.cap) if self.cap else deg
+
+    def needed(self, nodes: np.ndarray, hops: int, step: int = 1 << 16) -> list[np.ndarray]:
+        """The nodes each of ``hops + 1`` layers computes for ``nodes``' outputs, top layer
+        last: every layer the nodes of the one above and their (capped) in-neighbours."""
+        sets = [nodes]
+        for _ in range(hops):
+            mask = np.zeros(self.dataset.num_nodes, bool)
+            for a in range(0, len(sets[0]), step):
+                mask[self.neighbourhood(sets[0][a:a + step])[0]] = True
+            sets.insert(0, np.flatnonzero(mask))
+        return sets
+
+
+def ranges(graph: Graph | None, ids: np.ndarray, start: int, stop: int, per_node: int,
+           per_edge: int, budget: int):
+    """Cut positions ``[start, stop)`` of ``ids`` into ranges ``(a, b)`` whose cost
+    (``per_node`` bytes a node, ``per_edge`` an in-edge) fits ``budget``, each at least
+    :data:`MIN_RANGE` nodes (the last may hold fewer; none leaves fewer after it)."""
+    a = start
+    while a < stop:
+        window = ids[a:min(stop, a + max(MIN_RANGE, budget // per_node))]
+        edges = graph.degrees(window) if graph is not None else np.zeros(len(window), np.int64)
+        cost = np.cumsum(edges * per_edge + per_node)
+        b = a + max(MIN_RANGE, int(np.searchsorted(cost, budget, side="right")))
+        b = stop if stop - b < MIN_RANGE else b
+        yield a, b
+        a = b
+
+
+def range_costs(in_dim: int, out_dim: int) -> tuple[int, int]:
+    """Bytes per node and per in-edge of a range, at most: the input rows of the sources (at
+    most one per node and per edge), the edges (ids, a gathered row each as the layers
+    aggregate) and the outputs."""
+    row_in, row_out = 4 * in_dim, 4 * out_dim
+    return row_in + 3 * row_out + 64, 2 * row_in + 2 * row_out + 64
+
+
+class LayerInput:
+    """The rows a layer reads: the dataset's features (the first layer) or the layer below's
+    store (``nodes``: the ids of its rows, None for every node)."""
+
+    def __init__(self, rows: FeatureRows, nodes: np.ndarray | None):
+        self.rows, self.nodes = rows, nodes
+
+    def gather(self, ids: np.ndarray) -> torch.Tensor:
+        """The rows of ``ids`` (any order), read in one ascending pass, as float32."""
+        order = np.argsort(ids, kind="stable")
+        sorted_ids = ids[order]
+        pos = sorted_ids if self.nodes is None else np.searchsorted(self.nodes, sorted_ids)
+        rows = self.rows.gather_sorted(pos)
+        out = np.empty(rows.shape, np.float32)
+        out[order] = rows
+        return torch.from_numpy(out)
+
+
+def run_layer(trained: Trained, layer: int, graph: Graph, source: LayerInput,
+              ids: np.ndarray, spans, writer, budget: int, progress: bool) -> None:
+    """Compute layer ``layer`` of ``trained`` for positions ``spans`` (``(start, stop)``
+    pairs) of ``ids`` (ascending node ids) and hand each range's rows to ``writer.put``."""
+    model, dims = trained.model, trained.config.dims
+    mlp = isinstance(model, MLP)
+    op = model.lins[layer] if mlp else model.convs[layer]
+    last = layer == len(dims) - 2
+    per_node, per_edge = range_costs(dims[layer], dims[layer + 1])
+    total = sum(b - a for a, b in spans)
+    with tqdm(total=total, desc=f"infer: layer {layer}", unit="node", unit_scale=True,
+              disable=not progress) as bar:
+        for start, stop in spans:
+            for a, b in ranges(None if mlp else graph, ids, start, stop, per_node, per_edge,
+                               budget):
+                h = _forward(op, mlp, graph, source, ids[a:b])
+                writer.put(a, (h if last else F.relu(h)).numpy())
+                bar.update(b - a)
+
+
+@torch.no_grad()
+def _forward(op, mlp: bool, graph: Graph, source: LayerInput, dst: np.ndarray) -> torch.Tensor:
+    """One layer's outputs for the destinations ``dst``."""
+    if mlp:
+        return op(source.gather(dst))
+    nodes, src, dst_local = graph.neighbourhood(dst)
+    degree = graph.dataset.in_degrees(nodes) if op.needs_degrees else None
+    block = Block.from_numpy(src, dst_local, len(nodes), len(dst), degree)
+    x = source.gather(nodes)
+    if op.first_hop == "mean":
+        # SAGE: its forward projects or aggregates first as the block's shape makes cheaper,
+        # which rounds a node's row differently from range to range; aggregate first always
+        return op.aggregated(x[:block.num_dst], mean_by_dst(x, block.src, block.dst,
+                                                            block.num_dst))
+    return op(x, block)
+

@@ -1,0 +1,176 @@
+"""Layer-wise inference end to end: which nodes, every layer's store, the output; and exact
+evaluation on the val and test nodes."""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+from disktrain.errors import DataError
+from disktrain.infer.config import DEFAULT_MEMORY_SHARE, InferConfig
+from disktrain.infer.export import columns, widths, writer
+from disktrain.infer.layers import Graph, LayerInput, run_layer
+from disktrain.infer.model import Trained, load_trained
+from disktrain.infer.store import LayerWriter, layer_dir, open_layer
+from disktrain.models.gnn import MLP
+from disktrain.storage.atomic import temporary_name
+from disktrain.storage.chunkfile import crc32c
+from disktrain.storage.dataset import FEATURE_CHUNK_BYTES, SPLITS, Dataset
+from disktrain.storage.lock import read_lock
+from disktrain.storage.residency import mem_available
+
+
+class AllNodes:
+    """The ids ``0 .. n - 1`` as slices are taken of an id array, without storing them."""
+
+    def __init__(self, n: int):
+        self.n = n
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, s: slice) -> np.ndarray:
+        return np.arange(*s.indices(self.n), dtype=np.int64)
+
+
+def select_nodes(dataset: Dataset, spec: str) -> np.ndarray | None:
+    """The ascending ids ``spec`` names (``all``: None, a split, or a ``.npy`` file of ids,
+    checked: integers in ``[0, num_nodes)``)."""
+    if spec == "all":
+        return None
+    if spec in SPLITS:
+        return np.unique(dataset.split(spec))
+    try:
+        ids = np.load(spec, allow_pickle=False)
+    except (OSError, ValueError) as e:
+        raise DataError(f"--nodes {spec}: cannot read the node ids ({e})") from None
+    if ids.ndim != 1 or ids.dtype.kind not in "iu" or not len(ids):
+        raise DataError(f"--nodes {spec}: expected a non-empty 1-D integer array of node ids, "
+                        f"got {ids.dtype} of shape {ids.shape}")
+    bad = np.flatnonzero((ids < 0) | (ids >= dataset.num_nodes))
+    if len(bad):
+        raise DataError(f"--nodes {spec}: row {bad[0]} holds node id {ids[bad[0]]}, out of "
+                        f"range [0, {dataset.num_nodes}) of {dataset.path}")
+    return np.unique(ids).astype(np.int64)
+
+
+def compute_layers(dataset: Dataset, trained: Trained, nodes: np.ndarray | None, work: Path,
+                   cfg: InferConfig) -> tuple[LayerInput, int]:
+    """Every layer of ``trained`` for ``nodes`` (None: all) under ``work``, resuming what a
+    run killed before left there (from its highest complete layer, and that layer's chunks
+    written); the last layer's rows and their number."""
+    graph = Graph(dataset, cfg.fanout_cap, cfg.seed)
+    num_layers, n = trained.config.num_layers, dataset.num_nodes
+    if nodes is None or isinstance(trained.model, MLP):
+        sets = [nodes] * num_layers
+    else:
+        sets = [None if len(s) == n else s for s in graph.needed(nodes, num_layers - 1)]
+    ids = [_identity(dataset, trained, cfg, layer, s) for layer, s in enumerate(sets)]
+    budget = cfg.memory_budget or int(DEFAULT_MEMORY_SHARE * mem_available()) or 1 << 30
+    source, start = LayerInput(dataset, None), 0
+    for layer in reversed(range(num_layers)):
+        with contextlib.suppress(KeyError):
+            source, start = LayerInput(*open_layer(work, layer, ids[layer])), layer + 1
+            break
+    for layer in range(start, num_layers):
+        out, rows = LayerWriter(work, layer, ids[layer], sets[layer]), ids[layer]["num_rows"]
+        try:
+            run_layer(trained, layer, graph, source, AllNodes(n) if sets[layer] is None
+                      else sets[layer], _spans(out.pending, out.rows, rows), out, budget,
+                      cfg.progress)
+        except BaseException:
+            out.abort()
+            raise
+        out.finish()
+        source = LayerInput(*open_layer(work, layer, ids[layer]))
+        if layer and not cfg.keep_layers:
+            shutil.rmtree(layer_dir(work, layer - 1), ignore_errors=True)
+    return source, ids[-1]["num_rows"]
+
+
+def _identity(dataset: Dataset, trained: Trained, cfg: InferConfig, layer: int,
+              nodes: np.ndarray | None) -> dict:
+    """What layer ``layer``'s store holds (a store of another identity is not resumed from):
+    its inputs, its nodes, its shape and chunking."""
+    width, rows = trained.config.dims[layer + 1], dataset.num_nodes if nodes is None else len(nodes)
+    return {"dataset_id": dataset.dataset_id, "checkpoint": trained.fingerprint,
+            "layer": layer, "fanout_cap": cfg.fanout_cap, "seed": cfg.seed,
+            "nodes": "all" if nodes is None else f"{crc32c(nodes):08x}-{len(nodes)}",
+            "subset": nodes is not None, "num_rows": rows, "width": width,
+            "chunk_rows": max(1, min(rows, cfg.chunk_rows or FEATURE_CHUNK_BYTES // (4 * width)))}
+
+
+def _spans(chunks: list[int], chunk_rows: int, num_rows: int) -> list[tuple[int, int]]:
+    """The row spans of runs of consecutive ``chunks``."""
+    spans: list[list[int]] = []
+    for c in chunks:
+        if spans and spans[-1][1] == c * chunk_rows:
+            spans[-1][1] = min(num_rows, (c + 1) * chunk_rows)
+        else:
+            spans.append([c * chunk_rows, min(num_rows, (c + 1) * chunk_rows)])
+    return [(a, b) for a, b in spans]
+
+
+def infer(cfg: InferConfig | None = None, **kwargs) -> Path:
+    """Run ``cfg`` (or ``InferConfig(**kwargs)``): the trained model's final layer for the
+    nodes asked, written to ``cfg.out`` in ``cfg.format``; return ``cfg.out``."""
+    cfg = cfg or InferConfig(**kwargs)
+    if cfg.out.exists() and not cfg.overwrite:
+        raise FileExistsError(f"{cfg.out} already exists (pass --overwrite to replace it)")
+    with read_lock(cfg.dataset, "infer"):
+        dataset = Dataset(cfg.dataset, csr="map")
+        trained = load_trained(cfg.checkpoint, dataset)
+        source, num_rows = compute_layers(dataset, trained, select_nodes(dataset, cfg.nodes),
+                                          cfg.work, cfg)
+    step = source.rows.chunk_rows
+    attrs = {"dataset_id": dataset.dataset_id, "dataset": str(dataset.path),
+             "checkpoint": str(trained.path), "model": trained.config.model,
+             "nodes": cfg.nodes, "fanout_cap": cfg.fanout_cap}
+    shapes = widths(trained.config.dims[-1], trained.config.num_classes, cfg.predictions)
+    with writer(cfg.format, cfg.out, num_rows, shapes, step, attrs, cfg.overwrite) as put:
+        ids = AllNodes(num_rows) if source.nodes is None else source.nodes
+        for a in range(0, num_rows, step):
+            b = min(num_rows, a + step)
+            put(a, columns(ids[a:b], source.rows.feature_rows(a, b), cfg.predictions))
+    if not cfg.keep_layers:
+        shutil.rmtree(cfg.work, ignore_errors=True)
+    return cfg.out
+
+
+def evaluate_exact(dataset_dir: str | Path, checkpoint: str | Path, *, fanout_cap: int = 0,
+                   seed: int = 0, memory_budget: int = 0, progress: bool = False) -> dict:
+    """Val and test accuracy of ``checkpoint``'s model on ``dataset_dir`` from layer-wise
+    full-neighbourhood inference over the nodes those splits need (no sampling; at most
+    ``fanout_cap`` neighbours, keyed by ``seed``, where given), and their node counts."""
+    with read_lock(dataset_dir, "evaluate"):
+        return _evaluate(Dataset(dataset_dir, csr="map"), checkpoint, fanout_cap, seed,
+                         memory_budget, progress)
+
+
+def _evaluate(dataset: Dataset, checkpoint: str | Path, fanout_cap: int, seed: int,
+              memory_budget: int, progress: bool) -> dict:
+    trained = load_trained(checkpoint, dataset)
+    splits = {s: dataset.split(s) for s in ("val", "test") if dataset.has(s)}
+    if not splits or not dataset.has("labels"):
+        raise DataError(f"{dataset.path}: no labels or no val/test split to evaluate on")
+    nodes = np.unique(np.concatenate(list(splits.values())))
+    work = temporary_name(dataset.path / "evaluate")
+    cfg = InferConfig(dataset=dataset.path, checkpoint=trained.path, out=work,
+                      fanout_cap=fanout_cap, seed=seed, memory_budget=memory_budget,
+                      progress=progress)
+    try:
+        source, num_rows = compute_layers(dataset, trained, nodes, work, cfg)
+        pred = np.concatenate([source.rows.feature_rows(a, min(num_rows, a + 65536)).argmax(1)
+                               for a in range(0, num_rows, 65536)])
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    ids = source.nodes if source.nodes is not None else np.arange(num_rows)
+    out = {"checkpoint": str(trained.path), "model": trained.config.model}
+    for s, members in splits.items():
+        hit = pred[np.searchsorted(ids, members)] == dataset.labels[members]
+        out[f"{s}_acc"] = float(hit.mean()) if len(members) else None
+        out[f"{s}_nodes"] = len(members)
+    return out
