@@ -9,6 +9,14 @@ nodes are read in one ascending pass (each chunk holding some once, crc-checked)
 the trained layer, in eval mode, the same code as training. A node's output row depends on
 its own neighbourhood only, so any cut into ranges gives the same bytes (ranges of at least
 :data:`MIN_RANGE` nodes: BLAS rounds a product of a few rows differently).
+
+SAGE and GCN aggregate linearly, so their layers never gather a row per edge or per
+neighbour: a range's in-edges become weighted edges (:func:`first_hop_edges`, the pack-time
+aggregate's) sorted by source row, and the input rows are summed into the range's float32
+aggregates block by block (:func:`scatter_add_rows`, GIL-free) as they are read in order;
+then ``conv.aggregated(x_dst, agg)``. The input is held in memory whole when it fits half the
+budget (read once for the layer), else streamed in blocks for every range. Each destination
+sums its edges in ascending source order whatever the cut, so the bytes stay the same.
 """
 
 from __future__ import annotations
@@ -19,11 +27,11 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from disktrain.infer.model import Trained
+from disktrain.kernels.aggregate import first_hop_edges, scatter_add_rows
 from disktrain.kernels.rng import derive_key
 from disktrain.kernels.sampling import sample_batches
 from disktrain.loader.block import Block
 from disktrain.models.gnn import MLP
-from disktrain.models.sage import mean_by_dst
 from disktrain.storage.dataset import Dataset, FeatureRows
 
 MIN_RANGE = 64
@@ -88,22 +96,54 @@ def range_costs(in_dim: int, out_dim: int) -> tuple[int, int]:
     return row_in + 3 * row_out + 64, 2 * row_in + 2 * row_out + 64
 
 
+def linear_costs(in_dim: int, out_dim: int) -> tuple[int, int]:
+    """Bytes per node and per in-edge of a range of a linear (SAGE, GCN) layer: the
+    destinations' aggregates, own rows and outputs; an edge's ids and weight, sorted."""
+    return 8 * in_dim + 12 * out_dim + 64, 96
+
+
+BLOCK_BYTES = 64 << 20
+"""Input rows summed per call of the aggregation kernel (widened to float32 for it)."""
+
+
 class LayerInput:
     """The rows a layer reads: the dataset's features (the first layer) or the layer below's
-    store (``nodes``: the ids of its rows, None for every node)."""
+    store (``nodes``: the ids of its rows, None for every node); held in memory by
+    :meth:`hold` when they fit."""
 
     def __init__(self, rows: FeatureRows, nodes: np.ndarray | None):
         self.rows, self.nodes = rows, nodes
+        self.held: np.ndarray | None = None
+        meta = rows.rows_meta
+        self.num_rows, self.dim, self.row_bytes = *meta.shape, meta.shape[1] * meta.dtype.itemsize
+
+    def position(self, ids: np.ndarray) -> np.ndarray:
+        """The store rows of ascending or unordered ``ids``."""
+        return ids if self.nodes is None else np.searchsorted(self.nodes, ids)
+
+    def hold(self, budget: int) -> bool:
+        """Read every row into memory, in order, if they take at most ``budget`` bytes."""
+        if self.held is None and self.num_rows * self.row_bytes <= budget:
+            self.held = self.rows.feature_rows(0, self.num_rows)
+        return self.held is not None
 
     def gather(self, ids: np.ndarray) -> torch.Tensor:
         """The rows of ``ids`` (any order), read in one ascending pass, as float32."""
         order = np.argsort(ids, kind="stable")
-        sorted_ids = ids[order]
-        pos = sorted_ids if self.nodes is None else np.searchsorted(self.nodes, sorted_ids)
-        rows = self.rows.gather_sorted(pos)
+        pos = self.position(ids[order])
+        rows = self.held[pos] if self.held is not None else self.rows.gather_sorted(pos)
         out = np.empty(rows.shape, np.float32)
         out[order] = rows
         return torch.from_numpy(out)
+
+    def blocks(self, block_bytes: int):
+        """``(start, rows)``: every row in order, as float32 blocks of about ``block_bytes``
+        (from memory when held, else read)."""
+        step = max(1, block_bytes // max(1, 4 * self.dim))
+        for a in range(0, self.num_rows, step):
+            b = min(self.num_rows, a + step)
+            rows = self.held[a:b] if self.held is not None else self.rows.feature_rows(a, b)
+            yield a, rows.astype(np.float32, copy=False)
 
 
 def run_layer(trained: Trained, layer: int, graph: Graph, source: LayerInput,
@@ -114,14 +154,18 @@ def run_layer(trained: Trained, layer: int, graph: Graph, source: LayerInput,
     mlp = isinstance(model, MLP)
     op = model.lins[layer] if mlp else model.convs[layer]
     last = layer == len(dims) - 2
-    per_node, per_edge = range_costs(dims[layer], dims[layer + 1])
+    linear = None if mlp else op.first_hop
+    per_node, per_edge = (linear_costs if linear else range_costs)(dims[layer], dims[layer + 1])
+    if linear and source.hold(budget // 2):
+        budget -= budget // 2
     total = sum(b - a for a, b in spans)
     with tqdm(total=total, desc=f"infer: layer {layer}", unit="node", unit_scale=True,
               disable=not progress) as bar:
         for start, stop in spans:
             for a, b in ranges(None if mlp else graph, ids, start, stop, per_node, per_edge,
                                budget):
-                h = _forward(op, mlp, graph, source, ids[a:b])
+                h = (_aggregated(op, graph, source, ids[a:b]) if linear
+                     else _forward(op, mlp, graph, source, ids[a:b]))
                 writer.put(a, (h if last else F.relu(h)).numpy())
                 bar.update(b - a)
 
@@ -134,11 +178,24 @@ def _forward(op, mlp: bool, graph: Graph, source: LayerInput, dst: np.ndarray) -
     nodes, src, dst_local = graph.neighbourhood(dst)
     degree = graph.dataset.in_degrees(nodes) if op.needs_degrees else None
     block = Block.from_numpy(src, dst_local, len(nodes), len(dst), degree)
-    x = source.gather(nodes)
-    if op.first_hop == "mean":
-        # SAGE: its forward projects or aggregates first as the block's shape makes cheaper,
-        # which rounds a node's row differently from range to range; aggregate first always
-        return op.aggregated(x[:block.num_dst], mean_by_dst(x, block.src, block.dst,
-                                                            block.num_dst))
-    return op(x, block)
+    return op(source.gather(nodes), block)
 
+
+@torch.no_grad()
+def _aggregated(op, graph: Graph, source: LayerInput, dst: np.ndarray) -> torch.Tensor:
+    """A linear layer's (SAGE's mean, GCN's normalized sum) outputs for the destinations
+    ``dst``: its weighted in-edges summed over the input rows in order, block by block."""
+    nodes, src, dst_local = graph.neighbourhood(dst)
+    degree = graph.dataset.in_degrees(nodes) if op.needs_degrees else None
+    src, dst_local, weight = first_hop_edges(op.first_hop, src, dst_local, len(dst), degree)
+    pos = source.position(nodes[src])
+    order = np.argsort(pos, kind="stable")  # each destination sums in ascending source order
+    pos, dst_local, weight = pos[order], dst_local[order], weight[order]
+    agg = np.zeros((len(dst), source.dim), np.float32)
+    for start, rows in source.blocks(BLOCK_BYTES):
+        i, j = np.searchsorted(pos, [start, start + len(rows)])
+        if i < j:
+            scatter_add_rows(agg, rows, pos[i:j] - start, dst_local[i:j], weight[i:j])
+    # GCN's self loop is one of its weighted edges: it reads no own rows
+    x_dst = source.gather(dst) if op.first_hop == "mean" else None
+    return op.aggregated(x_dst, torch.from_numpy(agg))

@@ -332,6 +332,11 @@ class FeatureRows:
         """Rows per chunk file."""
         return self._features.chunks[0]
 
+    @property
+    def rows_meta(self) -> ArrayMeta:
+        """The array's shape, dtype and chunking."""
+        return self._features
+
     def feature_rows(self, start: int, stop: int) -> np.ndarray:
         """Rows [start, stop) of the features, read as whole chunk files, each crc-checked.
 
