@@ -753,6 +753,12 @@ def _run_train(args: argparse.Namespace) -> None:
 
     built = configs(args)
     cfg, ray_cfg = built[""], built["ray."]
+    if cfg.evaluation.mode == "exact":
+        from disktrain.storage.dataset import Dataset, TypedDataset
+
+        if isinstance(Dataset(cfg.dataset), TypedDataset):
+            raise ConfigError(f"--eval exact: {cfg.dataset} is a typed graph, which layer-wise "
+                              "inference does not run yet; use --eval auto")
     if ray_cfg.workers > 1 or ray_cfg.address:
         from disktrain.cluster.ray_train import fit_on_ray
 
@@ -765,7 +771,19 @@ def _run_train(args: argparse.Namespace) -> None:
         result = train(cfg)
         _close_process_group()
     if int(os.environ.get("RANK", "0")) == 0:
+        if cfg.evaluation.mode == "exact":
+            result.update(_exact_accuracy(cfg))
         print(json.dumps(result))
+
+
+def _exact_accuracy(cfg) -> dict:
+    """``exact_val_acc`` and ``exact_test_acc`` of the run's last checkpoint (``--eval
+    exact``), beside the sampled ones."""
+    from disktrain.infer import evaluate_exact
+
+    found = evaluate_exact(cfg.dataset, cfg.checkpoint.directory(cfg.writes_to),
+                           work_dir=cfg.writes_to)
+    return {f"exact_{k}": v for k, v in found.items() if k.endswith(("_acc", "_nodes"))}
 
 
 def _close_process_group() -> None:

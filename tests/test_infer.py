@@ -318,6 +318,25 @@ def test_a_trained_checkpoint_records_its_model_and_dataset(prepared, tmp_path):
     assert 0 <= got["test_acc"] <= 1 and got["model"] == "gcn"
 
 
+def test_train_eval_exact_reports_the_checkpoints_exact_accuracy(prepared, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["train", str(prepared), "--epochs", "1", "--eval", "exact", "--run-dir",
+                 str(run), "--no-progress"]) == 0
+    report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    exact = evaluate_exact(prepared, run / "checkpoints")
+    assert report["val_acc"] is not None  # the sampled accuracy, beside the exact one
+    for key in ("val_acc", "test_acc", "val_nodes", "test_nodes"):
+        assert report[f"exact_{key}"] == exact[key]
+    assert not list(run.glob("evaluate*")) and not list(prepared.glob("evaluate*"))
+
+
+def test_train_eval_exact_refuses_a_typed_graph_before_training(tmp_path, capsys):
+    ds = make_typed_dataset(tmp_path / "typed")
+    with pytest.raises(SystemExit):
+        main(["train", str(ds), "--eval", "exact", "--no-progress"])
+    assert "is a typed graph" in capsys.readouterr().err
+
+
 @pytest.mark.slow
 def test_a_sigkilled_run_resumes_to_the_same_bytes(tmp_path):
     ds = make_dataset(tmp_path / "ds", num_nodes=6000, num_edges=60000)

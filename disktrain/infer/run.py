@@ -141,23 +141,25 @@ def infer(cfg: InferConfig | None = None, **kwargs) -> Path:
 
 
 def evaluate_exact(dataset_dir: str | Path, checkpoint: str | Path, *, fanout_cap: int = 0,
-                   seed: int = 0, memory_budget: int = 0, progress: bool = False) -> dict:
+                   seed: int = 0, memory_budget: int = 0, progress: bool = False,
+                   work_dir: str | Path | None = None) -> dict:
     """Val and test accuracy of ``checkpoint``'s model on ``dataset_dir`` from layer-wise
     full-neighbourhood inference over the nodes those splits need (no sampling; at most
-    ``fanout_cap`` neighbours, keyed by ``seed``, where given), and their node counts."""
+    ``fanout_cap`` neighbours, keyed by ``seed``, where given), and their node counts. The
+    layers are computed under ``work_dir`` (default: the dataset's directory) and removed."""
     with read_lock(dataset_dir, "evaluate"):
         return _evaluate(Dataset(dataset_dir, csr="map"), checkpoint, fanout_cap, seed,
-                         memory_budget, progress)
+                         memory_budget, progress, Path(work_dir or dataset_dir))
 
 
 def _evaluate(dataset: Dataset, checkpoint: str | Path, fanout_cap: int, seed: int,
-              memory_budget: int, progress: bool) -> dict:
+              memory_budget: int, progress: bool, work_dir: Path) -> dict:
     trained = load_trained(checkpoint, dataset)
     splits = {s: dataset.split(s) for s in ("val", "test") if dataset.has(s)}
     if not splits or not dataset.has("labels"):
         raise DataError(f"{dataset.path}: no labels or no val/test split to evaluate on")
     nodes = np.unique(np.concatenate(list(splits.values())))
-    work = temporary_name(dataset.path / "evaluate")
+    work = temporary_name(work_dir / "evaluate")
     cfg = InferConfig(dataset=dataset.path, checkpoint=trained.path, out=work,
                       fanout_cap=fanout_cap, seed=seed, memory_budget=memory_budget,
                       progress=progress)

@@ -27,7 +27,7 @@ from disktrain.storage.dataset import Dataset, TypedDataset
 from disktrain.storage.roots import EVAL_SPLITS, eval_root
 from disktrain.storage.schema import group_attrs
 
-EVAL_MODES = ("auto", "packed", "online")
+EVAL_MODES = ("auto", "packed", "online", "exact")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -37,7 +37,9 @@ class EvalConfig:
     mode: str = "auto"
     """packed: their batches as `disktrain prepare` sampled and packed them, read through the
     training pipeline; online: sampled now, features read from the raw array; auto: packed
-    where prepared, else online."""
+    where prepared, else online; exact: as auto during training, and after it the exact
+    accuracy of the last checkpoint by layer-wise full-neighbourhood inference
+    (``disktrain evaluate``, which the command line runs: the training function does not)."""
     every: int = 1
     """Evaluate every this many epochs (and after the last)."""
     batch_size: int = 4096
