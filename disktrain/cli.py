@@ -829,6 +829,10 @@ def _infer_options(p: argparse.ArgumentParser) -> None:
             help="keep every layer's store in OUT.layers/ (default: removed when done)")
     _option(p, "--overwrite", C, "overwrite", action="store_true",
             help="replace OUT if it exists")
+    p.add_argument("--ray-address", dest="ray_address", metavar="ADDR",
+                   help="compute each layer's ranges as Ray tasks on this cluster ('auto' "
+                   "inside a Ray job, 'local' to start one here); every node sees the same "
+                   "paths")
     _add_progress(p, C)
 
 
@@ -847,7 +851,14 @@ def _infer_shared(p: argparse.ArgumentParser, C) -> None:
 def _run_infer(args: argparse.Namespace) -> None:
     from disktrain.infer import infer
 
-    print(json.dumps({"out": str(infer(configs(args)[""]))}))
+    cfg = configs(args)[""]
+    if args.ray_address:
+        from disktrain.cluster.ray_infer import infer_on_ray
+
+        out = infer_on_ray(cfg, None if args.ray_address == "local" else args.ray_address)
+    else:
+        out = infer(cfg)
+    print(json.dumps({"out": str(out)}))
 
 
 @_command("evaluate", help="exact val and test accuracy of a checkpoint (no sampling)",

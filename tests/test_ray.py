@@ -281,6 +281,36 @@ def test_prepare_on_ray_aggregates_the_first_hop_as_one_process(cluster, tmp_pat
     _same_packed(local, remote)
 
 
+@pytest.mark.ray
+@pytest.mark.slow
+@pytest.mark.parametrize("model,nodes", [("sage", "all"), ("gat", "val")])
+def test_infer_on_ray_writes_the_single_process_bytes(cluster, tmp_path, model, nodes):
+    import zarr
+
+    from disktrain.cluster.ray_infer import infer_on_ray
+    from disktrain.infer import InferConfig, infer
+    from disktrain.models.gnn import ModelConfig, build_model
+    from disktrain.storage.dataset import Dataset
+    from disktrain.train.checkpoint import CheckpointWriter, ModelRecord, checkpoint_state
+
+    path = make_dataset(tmp_path / "ds", num_nodes=600, num_edges=3600)
+    ds = Dataset(path)
+    cfg = ModelConfig(model=model, hidden=8, heads=2).sized(
+        in_dim=ds.meta.feature_dim, num_classes=ds.meta.num_classes, num_layers=2)
+    ckpt = CheckpointWriter(tmp_path / "ck", 1).save(checkpoint_state(
+        {"model": build_model(cfg), "model_record": ModelRecord.of(cfg, ds)}, 1, 0))
+    runs = {}
+    for name, run in (("one", infer), ("ray", lambda c: infer_on_ray(c, cluster.address))):
+        out = run(InferConfig(dataset=path, checkpoint=ckpt, out=tmp_path / name, nodes=nodes,
+                              chunk_rows=64, progress=False))
+        group = zarr.open_group(out, mode="r")
+        runs[name] = {k: group[k][:] for k in group.array_keys()}
+    assert runs["one"]["embeddings"].shape[0] == (600 if nodes == "all" else len(ds.split(nodes)))
+    for k, v in runs["one"].items():
+        assert np.array_equal(v, runs["ray"][k]), k
+    assert not (tmp_path / "ray.layers").exists()
+
+
 def _train_cfg(dataset: Path, ckpt: Path) -> TrainConfig:
     return TrainConfig(dataset=str(dataset), epochs=2, seed=1, progress=False,
                        model=ModelConfig(model="sage", hidden=16, dropout=0.0),

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import contextlib
 import shutil
+from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -57,11 +59,20 @@ def select_nodes(dataset: Dataset, spec: str) -> np.ndarray | None:
     return np.unique(ids).astype(np.int64)
 
 
+RunChunks = Callable[[InferConfig, int, list[int], "np.ndarray | None", list[dict]], None]
+"""Computes pending chunks of a layer elsewhere (Ray tasks, :mod:`disktrain.cluster.ray_infer`):
+called with the run's config (its checkpoint the file the layers are made with), the layer,
+its pending chunks, its nodes (None: all) and every layer's identity; each share of the
+chunks goes through :func:`run_chunks`."""
+
+
 def compute_layers(dataset: Dataset, trained: Trained, nodes: np.ndarray | None, work: Path,
-                   cfg: InferConfig) -> tuple[LayerInput, int]:
+                   cfg: InferConfig, chunks_on: RunChunks | None = None
+                   ) -> tuple[LayerInput, int]:
     """Every layer of ``trained`` for ``nodes`` (None: all) under ``work``, resuming what a
     run killed before left there (from its highest complete layer, and that layer's chunks
-    written); the last layer's rows and their number."""
+    written); the last layer's rows and their number. ``chunks_on``: where each layer's
+    pending chunks are computed (default: here)."""
     graph = Graph(dataset, cfg.fanout_cap, cfg.seed)
     num_layers, n = trained.config.num_layers, dataset.num_nodes
     if nodes is None or isinstance(trained.model, MLP):
@@ -69,7 +80,7 @@ def compute_layers(dataset: Dataset, trained: Trained, nodes: np.ndarray | None,
     else:
         sets = [None if len(s) == n else s for s in graph.needed(nodes, num_layers - 1)]
     ids = [_identity(dataset, trained, cfg, layer, s) for layer, s in enumerate(sets)]
-    budget = cfg.memory_budget or int(DEFAULT_MEMORY_SHARE * mem_available()) or 1 << 30
+    budget = _budget(cfg)
     source, start = LayerInput(dataset, None), 0
     for layer in reversed(range(num_layers)):
         with contextlib.suppress(KeyError):
@@ -78,9 +89,13 @@ def compute_layers(dataset: Dataset, trained: Trained, nodes: np.ndarray | None,
     for layer in range(start, num_layers):
         out, rows = LayerWriter(work, layer, ids[layer], sets[layer]), ids[layer]["num_rows"]
         try:
-            run_layer(trained, layer, graph, source, AllNodes(n) if sets[layer] is None
-                      else sets[layer], _spans(out.pending, out.rows, rows), out, budget,
-                      cfg.progress)
+            if chunks_on is not None:
+                chunks_on(replace(cfg, checkpoint=trained.path), layer, out.pending,
+                          sets[layer], ids)
+            else:
+                run_layer(trained, layer, graph, source, AllNodes(n) if sets[layer] is None
+                          else sets[layer], _spans(out.pending, out.rows, rows), out, budget,
+                          cfg.progress)
         except BaseException:
             out.abort()
             raise
@@ -89,6 +104,37 @@ def compute_layers(dataset: Dataset, trained: Trained, nodes: np.ndarray | None,
         if layer and not cfg.keep_layers:
             shutil.rmtree(layer_dir(work, layer - 1), ignore_errors=True)
     return source, ids[-1]["num_rows"]
+
+
+def run_chunks(cfg: InferConfig, layer: int, chunks: list[int], nodes: np.ndarray | None,
+               ids: list[dict]) -> int:
+    """Compute ``chunks`` of layer ``layer`` (nodes ``nodes``, None: all; ``ids`` every
+    layer's identity) into the partial layer store another process made, as a share of its
+    pending chunks; return the rows computed. The same bytes as computed there: a node's row
+    depends on its neighbourhood only (see :mod:`disktrain.infer.layers`)."""
+    with read_lock(cfg.dataset, "infer"):
+        dataset = Dataset(cfg.dataset, csr="map")
+        trained = load_trained(cfg.checkpoint, dataset)
+        if trained.fingerprint != ids[layer]["checkpoint"]:
+            raise DataError(f"infer: {cfg.checkpoint} is not the checkpoint layer {layer} is "
+                            f"computed with ({ids[layer]['checkpoint']})")
+        source = LayerInput(dataset, None) if layer == 0 else LayerInput(
+            *open_layer(cfg.work, layer - 1, ids[layer - 1]))
+        out = LayerWriter(cfg.work, layer, ids[layer], nodes, attach=True)
+        spans = _spans(chunks, out.rows, out.num_rows)
+        try:
+            run_layer(trained, layer, Graph(dataset, cfg.fanout_cap, cfg.seed), source,
+                      AllNodes(dataset.num_nodes) if nodes is None else nodes, spans, out,
+                      _budget(cfg), False)
+        except BaseException:
+            out.abort()
+            raise
+        out.finish(rename=False)
+    return sum(b - a for a, b in spans)
+
+
+def _budget(cfg: InferConfig) -> int:
+    return cfg.memory_budget or int(DEFAULT_MEMORY_SHARE * mem_available()) or 1 << 30
 
 
 def _identity(dataset: Dataset, trained: Trained, cfg: InferConfig, layer: int,
@@ -114,9 +160,11 @@ def _spans(chunks: list[int], chunk_rows: int, num_rows: int) -> list[tuple[int,
     return [(a, b) for a, b in spans]
 
 
-def infer(cfg: InferConfig | None = None, **kwargs) -> Path:
+def infer(cfg: InferConfig | None = None, *, chunks_on: RunChunks | None = None,
+          **kwargs) -> Path:
     """Run ``cfg`` (or ``InferConfig(**kwargs)``): the trained model's final layer for the
-    nodes asked, written to ``cfg.out`` in ``cfg.format``; return ``cfg.out``."""
+    nodes asked, written to ``cfg.out`` in ``cfg.format``; return ``cfg.out``.
+    ``chunks_on``: where the layers' chunks are computed (default: in this process)."""
     cfg = cfg or InferConfig(**kwargs)
     if cfg.out.exists() and not cfg.overwrite:
         raise FileExistsError(f"{cfg.out} already exists (pass --overwrite to replace it)")
@@ -124,7 +172,7 @@ def infer(cfg: InferConfig | None = None, **kwargs) -> Path:
         dataset = Dataset(cfg.dataset, csr="map")
         trained = load_trained(cfg.checkpoint, dataset)
         source, num_rows = compute_layers(dataset, trained, select_nodes(dataset, cfg.nodes),
-                                          cfg.work, cfg)
+                                          cfg.work, cfg, chunks_on)
     step = source.rows.chunk_rows
     attrs = {"dataset_id": dataset.dataset_id, "dataset": str(dataset.path),
              "checkpoint": str(trained.path), "model": trained.config.model,

@@ -78,16 +78,23 @@ class LayerWriter:
     from the first row of a pending chunk on, :meth:`finish` renames the layer into place.
     Free disk space for the layer is checked first (:class:`DiskSpaceError`)."""
 
-    def __init__(self, work: Path, layer: int, identity: dict, nodes: np.ndarray | None):
+    def __init__(self, work: Path, layer: int, identity: dict, nodes: np.ndarray | None,
+                 *, attach: bool = False):
+        """``attach``: write chunks into the partial layer another writer made (a worker's
+        share of the pending chunks; that writer checks, resumes and finishes)."""
         self.final = layer_dir(work, layer)
         self.partial = self.final.with_name(self.final.name + ".partial")
         self.num_rows, self.width = identity["num_rows"], identity["width"]
         self.rows = identity["chunk_rows"]
+        self.chunk_bytes = self.rows * self.width * 4
+        self._pool = ChunkWriter(self.chunk_bytes, self._place, 1, 4)
+        self._buf: np.ndarray | None = None
+        if attach:
+            return
         if self.partial.exists() and _identity(self.partial) != identity:
             shutil.rmtree(self.partial)
         resumed = self.partial.exists()
         num_chunks = -(-self.num_rows // self.rows) if self.width else 0
-        self.chunk_bytes = self.rows * self.width * 4
         self.pending = [c for c in range(num_chunks) if not resumed or
                         check_chunk(self._place(c)[0], self.chunk_bytes)[0] is not None]
         need = LAYER.disk_bytes({"num_rows": self.rows * len(self.pending), "width": self.width},
@@ -95,8 +102,6 @@ class LayerWriter:
         require_free(work, need, f"infer: layer {layer}")
         if not resumed:
             self._create(identity, nodes)
-        self._pool = ChunkWriter(self.chunk_bytes, self._place, 1, 4)
-        self._buf: np.ndarray | None = None
 
     def _create(self, identity: dict, nodes: np.ndarray | None) -> None:
         tmp = self.partial.with_name(self.partial.name + ".new")
@@ -128,10 +133,11 @@ class LayerWriter:
                 self._pool.submit(chunk, self._buf)
                 self._buf = None
 
-    def finish(self) -> None:
-        """Wait for every chunk, then rename the layer into place."""
+    def finish(self, rename: bool = True) -> None:
+        """Wait for every chunk, then rename the layer into place (not: a worker's share)."""
         self._pool.close()
-        replace_dir(self.partial, self.final)
+        if rename:
+            replace_dir(self.partial, self.final)
 
     def abort(self) -> None:
         """Stop writing (chunks not started are dropped; those written stay for a rerun)."""
