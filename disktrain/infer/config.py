@@ -63,6 +63,13 @@ class InferConfig:
             if getattr(self, name) < 0:
                 raise ValueError(f"InferConfig.{name} must be >= 0, got {getattr(self, name)}")
 
+    def budget(self) -> int:
+        """The bytes a range may take: ``memory_budget``, else the default share of the
+        memory available."""
+        from disktrain.storage.residency import mem_available
+
+        return self.memory_budget or int(DEFAULT_MEMORY_SHARE * mem_available()) or 1 << 30
+
     @property
     def work(self) -> Path:
         """The directory of the layer stores: ``OUT.layers``."""

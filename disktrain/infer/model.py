@@ -10,6 +10,7 @@ import torch
 
 from disktrain.errors import CheckpointError
 from disktrain.models.gnn import MODELS, GNNConfig, build_model
+from disktrain.models.hetero import HETERO_MODELS, HeteroGNN, HeteroGNNConfig
 from disktrain.storage.chunkfile import crc32c
 from disktrain.storage.dataset import Dataset, TypedDataset
 from disktrain.train.checkpoint import load_bytes, read_newest
@@ -23,7 +24,7 @@ class Trained:
     """A trained model in eval mode, its sized config and where it came from."""
 
     model: torch.nn.Module
-    config: GNNConfig
+    config: GNNConfig | HeteroGNNConfig
     path: Path
     """The checkpoint file."""
     fingerprint: str
@@ -49,7 +50,8 @@ def load_trained(checkpoint: str | Path, dataset: Dataset) -> Trained:
     """The model checkpoint ``checkpoint`` holds, to run on ``dataset``; CheckpointError
     naming both sides when it was trained on another dataset (id, feature width, classes), or
     its weights do not fit its record; refused for a checkpoint without a record (written
-    before checkpoints said what model they hold) and for typed graphs (not yet)."""
+    before checkpoints said what model they hold) and for a model of the other kind of graph
+    (typed or not)."""
     path, data = checkpoint_bytes(checkpoint)
     state = load_bytes(data, path)
     record = state.get("model_record")
@@ -58,14 +60,19 @@ def load_trained(checkpoint: str | Path, dataset: Dataset) -> Trained:
                               "(written by an older disktrain, without a model record); "
                               "retrain with this disktrain to run inference")
     fields, trained_on = record["model"], record.get("dataset", {})
-    if isinstance(dataset, TypedDataset) or fields.get("model") not in HOMOGENEOUS:
-        raise CheckpointError(f"{path}: model {fields.get('model')!r} on {dataset.path} "
-                              f"({'typed' if isinstance(dataset, TypedDataset) else 'one type'}"
-                              "): typed graphs: not yet (inference runs models "
-                              f"{', '.join(HOMOGENEOUS)} on homogeneous datasets)")
+    typed = isinstance(dataset, TypedDataset)
+    if fields.get("model") not in (HETERO_MODELS if typed else HOMOGENEOUS):
+        raise CheckpointError(f"{path}: model {fields.get('model')!r} does not run on "
+                              f"{dataset.path} ({'typed' if typed else 'one node type'}; "
+                              f"models: {', '.join(HETERO_MODELS if typed else HOMOGENEOUS)})")
     _check_dataset(path, trained_on, dataset)
-    config = GNNConfig(**fields)
-    model = build_model(config)
+    if typed:
+        config = HeteroGNNConfig(**{**fields, "relations": [tuple(r) for r in
+                                                            fields["relations"]]})
+        model = HeteroGNN(config)
+    else:
+        config = GNNConfig(**fields)
+        model = build_model(config)
     try:
         model.load_state_dict(state["model"])
     except RuntimeError as e:

@@ -12,17 +12,17 @@ from pathlib import Path
 import numpy as np
 
 from disktrain.errors import DataError
-from disktrain.infer.config import DEFAULT_MEMORY_SHARE, InferConfig
+from disktrain.infer.config import InferConfig
 from disktrain.infer.export import columns, widths, writer
 from disktrain.infer.layers import Graph, LayerInput, run_layer
 from disktrain.infer.model import Trained, load_trained
 from disktrain.infer.store import LayerWriter, layer_dir, open_layer
+from disktrain.infer.typed import compute_typed
 from disktrain.models.gnn import MLP
 from disktrain.storage.atomic import temporary_name
 from disktrain.storage.chunkfile import crc32c
-from disktrain.storage.dataset import FEATURE_CHUNK_BYTES, SPLITS, Dataset
+from disktrain.storage.dataset import FEATURE_CHUNK_BYTES, SPLITS, Dataset, TypedDataset
 from disktrain.storage.lock import read_lock
-from disktrain.storage.residency import mem_available
 
 
 class AllNodes:
@@ -72,7 +72,14 @@ def compute_layers(dataset: Dataset, trained: Trained, nodes: np.ndarray | None,
     """Every layer of ``trained`` for ``nodes`` (None: all) under ``work``, resuming what a
     run killed before left there (from its highest complete layer, and that layer's chunks
     written); the last layer's rows and their number. ``chunks_on``: where each layer's
-    pending chunks are computed (default: here)."""
+    pending chunks are computed (default: here). A typed graph: every node of the types each
+    layer needs (:mod:`disktrain.infer.typed`), here."""
+    if isinstance(dataset, TypedDataset):
+        if chunks_on is not None or cfg.fanout_cap:
+            raise ValueError(f"{dataset.path} is a typed graph: its inference runs in one "
+                             "process (no --ray-address) over full neighbourhoods (no "
+                             "--fanout-cap) for now")
+        return compute_typed(dataset, trained, work, cfg)
     graph = Graph(dataset, cfg.fanout_cap, cfg.seed)
     num_layers, n = trained.config.num_layers, dataset.num_nodes
     if nodes is None or isinstance(trained.model, MLP):
@@ -80,7 +87,7 @@ def compute_layers(dataset: Dataset, trained: Trained, nodes: np.ndarray | None,
     else:
         sets = [None if len(s) == n else s for s in graph.needed(nodes, num_layers - 1)]
     ids = [_identity(dataset, trained, cfg, layer, s) for layer, s in enumerate(sets)]
-    budget = _budget(cfg)
+    budget = cfg.budget()
     source, start = LayerInput(dataset, None), 0
     for layer in reversed(range(num_layers)):
         with contextlib.suppress(KeyError):
@@ -125,16 +132,12 @@ def run_chunks(cfg: InferConfig, layer: int, chunks: list[int], nodes: np.ndarra
         try:
             run_layer(trained, layer, Graph(dataset, cfg.fanout_cap, cfg.seed), source,
                       AllNodes(dataset.num_nodes) if nodes is None else nodes, spans, out,
-                      _budget(cfg), False)
+                      cfg.budget(), False)
         except BaseException:
             out.abort()
             raise
         out.finish(rename=False)
     return sum(b - a for a, b in spans)
-
-
-def _budget(cfg: InferConfig) -> int:
-    return cfg.memory_budget or int(DEFAULT_MEMORY_SHARE * mem_available()) or 1 << 30
 
 
 def _identity(dataset: Dataset, trained: Trained, cfg: InferConfig, layer: int,
@@ -171,18 +174,22 @@ def infer(cfg: InferConfig | None = None, *, chunks_on: RunChunks | None = None,
     with read_lock(cfg.dataset, "infer"):
         dataset = Dataset(cfg.dataset, csr="map")
         trained = load_trained(cfg.checkpoint, dataset)
-        source, num_rows = compute_layers(dataset, trained, select_nodes(dataset, cfg.nodes),
-                                          cfg.work, cfg, chunks_on)
+        nodes = select_nodes(dataset, cfg.nodes)
+        source, num_rows = compute_layers(dataset, trained, nodes, cfg.work, cfg, chunks_on)
     step = source.rows.chunk_rows
+    rows = source.rows.feature_rows
+    if nodes is not None and source.nodes is None:  # every node computed (a typed graph)
+        source, num_rows = LayerInput(source.rows, nodes), len(nodes)
+        rows = lambda a, b: source.rows.gather_sorted(nodes[a:b])
     attrs = {"dataset_id": dataset.dataset_id, "dataset": str(dataset.path),
              "checkpoint": str(trained.path), "model": trained.config.model,
              "nodes": cfg.nodes, "fanout_cap": cfg.fanout_cap}
-    shapes = widths(trained.config.dims[-1], trained.config.num_classes, cfg.predictions)
+    shapes = widths(trained.config.num_classes, trained.config.num_classes, cfg.predictions)
     with writer(cfg.format, cfg.out, num_rows, shapes, step, attrs, cfg.overwrite) as put:
         ids = AllNodes(num_rows) if source.nodes is None else source.nodes
         for a in range(0, num_rows, step):
             b = min(num_rows, a + step)
-            put(a, columns(ids[a:b], source.rows.feature_rows(a, b), cfg.predictions))
+            put(a, columns(ids[a:b], rows(a, b), cfg.predictions))
     if not cfg.keep_layers:
         shutil.rmtree(cfg.work, ignore_errors=True)
     return cfg.out

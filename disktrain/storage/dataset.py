@@ -663,6 +663,12 @@ class TypedDataset(Dataset):
                                         for name in ("indptr", "indices"))
         return self._flat[key]
 
+    def type_dataset(self, name: str) -> Dataset:
+        """Node type ``name``'s nodes as a dataset of their own (features by local id)."""
+        if name not in self._by_type:
+            raise DataError(f"{self.path}: node type {name!r} has no features")
+        return self._by_type[name]
+
     def type_index(self, name: str) -> int:
         if name not in self.type_names:
             raise ValueError(f"unknown node type {name!r} (types: {self.type_names})")
