@@ -200,7 +200,7 @@ def _features(cfg: SynthConfig, name: str) -> FeatureSource:
             yield a, node_features(cfg, a, min(a + rows, cfg.num_nodes), centroids)
 
     return FeatureSource(Path(f"synthetic {name} features"), cfg.num_nodes, cfg.feature_dim,
-                         np.dtype(cfg.feature_dtype), blocks, lambda j: f"column {j}")
+                         np.dtype(cfg.feature_dtype), blocks)
 
 
 def _splits(cfg: SynthConfig) -> dict[str, np.ndarray]:
