@@ -160,8 +160,9 @@ class TypedSynthConfig:
             for i, t in enumerate(NODE_TYPES)}
 
 
-class BipartiteEdges:
-    """A relation between two types in chunks: callable, returning a fresh iterator."""
+class BipartiteEdges(EdgeGenerator):
+    """A relation between two types in chunks: callable, returning a fresh iterator (the
+    generator's chunking over :func:`~disktrain.kernels.bipartite.bipartite_edges`)."""
 
     def __init__(self, cfg: TypedSynthConfig, rel: Relation):
         types = cfg.type_configs()
@@ -179,10 +180,6 @@ class BipartiteEdges:
         dst = np.empty(stop - start, np.int64)
         kbip.bipartite_edges(start, src, dst, *self._args)
         return src, dst
-
-    def __call__(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        for start in range(0, self.num_edges, self.chunk_edges):
-            yield self.chunk(start, min(start + self.chunk_edges, self.num_edges))
 
 
 def relation_edges(cfg: TypedSynthConfig, rel: Relation) -> EdgeChunks:
