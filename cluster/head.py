@@ -35,6 +35,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Self
 
+from disktrain.errors import check_min
+
 LOOPBACK = "127.0.0.1"
 LOOPBACK_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
 """Environment that keeps a Ray instance on this machine bound to 127.0.0.1."""
@@ -73,9 +75,7 @@ class HeadConfig:
         for name in ("port", "dashboard_port"):
             if not 0 <= getattr(self, name) < 65536:
                 raise ValueError(f"{name} must be in [0, 65536), got {getattr(self, name)}")
-        for name in ("num_cpus", "num_gpus"):
-            if getattr(self, name) is not None and getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        check_min(self, 0, "num_cpus", "num_gpus")
 
     @property
     def loopback(self) -> bool:
@@ -108,12 +108,10 @@ def head_command(cfg: HeadConfig) -> HeadCommand:
                  "--dashboard-agent-grpc-port", "--runtime-env-agent-port",
                  "--metrics-export-port"):
         argv += [flag, str(pick(0))]
-    if cfg.num_cpus is not None:
-        argv += ["--num-cpus", str(cfg.num_cpus)]
-    if cfg.num_gpus is not None:
-        argv += ["--num-gpus", str(cfg.num_gpus)]
-    if cfg.temp_dir is not None:
-        argv += ["--temp-dir", cfg.temp_dir]
+    for flag, value in (("--num-cpus", cfg.num_cpus), ("--num-gpus", cfg.num_gpus),
+                        ("--temp-dir", cfg.temp_dir)):
+        if value is not None:
+            argv += [flag, str(value)]
     return HeadCommand(argv, dict(LOOPBACK_ENV) if cfg.loopback else {}, port, dashboard)
 
 

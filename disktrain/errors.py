@@ -26,9 +26,9 @@ class CheckpointError(DataError):
 
 def check_min(cfg, low: int, *names: str, owner: str = "") -> None:
     """ValueError naming the first of the fields ``names`` of ``cfg`` below ``low`` (after
-    ``owner``, e.g. ``"TrainConfig."``) and its value."""
+    ``owner``, e.g. ``"TrainConfig."``) and its value; a field that is None (unset) passes."""
     for name in names:
-        if (value := getattr(cfg, name)) < low:
+        if (value := getattr(cfg, name)) is not None and value < low:
             raise ValueError(f"{owner}{name} must be >= {low}, got {value}")
 
 

@@ -187,7 +187,16 @@ def sample_batches(indptr: np.ndarray, indices: np.ndarray, seeds: np.ndarray,
     ukey = np.uint64(int(key) & ((1 << 64) - 1))
     hop_keys = np.array([stream_key(ukey, hop) for hop in range(1, fanouts.shape[0] + 1)],
                         np.uint64)
-    num_batches = seed_offsets.shape[0] - 1
+    return _run_batches(seed_offsets.shape[0] - 1, lambda b, *work: _sample_batch(
+        indptr, indices, seeds[seed_offsets[b]:seed_offsets[b + 1]], fanouts, hop_keys,
+        frontier_only, *work), fanouts.shape[0], "sample_batches")
+
+
+def _run_batches(num_batches: int, sample, num_hops: int, name: str) -> SampledBatches:
+    """``sample(b, buffers, node_base, edge_base)`` for every batch ``b`` on
+    ``numba.get_num_threads()`` threads (``name``), each writing its batches one after another
+    into work buffers of its own, then the batches :func:`_assemble`-d. ``sample`` returns
+    what :func:`_sample_batch` does, with ``num_hops`` hops."""
     results: list = [None] * num_batches
     spools: dict = {}  # per thread: [work buffers, where its next batch's nodes, edges go]
 
@@ -196,9 +205,7 @@ def sample_batches(indptr: np.ndarray, indices: np.ndarray, seeds: np.ndarray,
         if spool is None:
             spool = spools[threading.get_ident()] = [_take_buffers(), 0, 0]
         buffers, node_base, edge_base = spool
-        *out, spool[0] = _sample_batch(indptr, indices,
-                                       seeds[seed_offsets[b]:seed_offsets[b + 1]], fanouts,
-                                       hop_keys, frontier_only, buffers, node_base, edge_base)
+        *out, spool[0] = sample(b, buffers, node_base, edge_base)
         results[b] = (*out, spool, node_base, edge_base)
         spool[1] += out[0][-1]  # hop_counts[-1]: the batch's nodes
         spool[2] += out[1][-1]  # and edges
@@ -209,9 +216,9 @@ def sample_batches(indptr: np.ndarray, indices: np.ndarray, seeds: np.ndarray,
             for b in range(num_batches):
                 run(b)
         else:
-            with ThreadPoolExecutor(num_threads, thread_name_prefix="sample_batches") as pool:
+            with ThreadPoolExecutor(num_threads, thread_name_prefix=name) as pool:
                 list(pool.map(run, range(num_batches)))
-        return _assemble(results, fanouts.shape[0])
+        return _assemble(results, num_hops)
     finally:
         _leave_buffers([spool[0] for spool in spools.values()])
 
@@ -419,6 +426,85 @@ def _insert_known(table, bits, nodes, n):
 
 
 @nb.njit(nogil=True, cache=True)
+def _table_bits(count):
+    """The smallest ``bits >= 4`` with ``2**bits >= 2 * count``: a table at most half full."""
+    bits = 4
+    while (1 << bits) < 2 * count:
+        bits += 1
+    return bits
+
+
+@nb.njit(nogil=True, cache=True)
+def _empty_table(table, bits):
+    """``table`` (or a larger one in its place) with the ``2**bits`` (key, value) slot pairs
+    of a hash table all empty."""
+    if table.shape[0] < (2 << bits):
+        table = np.empty(2 << bits, np.int64)
+    table[:2 << bits] = _EMPTY
+    return table
+
+
+@nb.njit(nogil=True, cache=True)
+def _pick_work(max_fanout):
+    """Floyd's work arrays for up to ``max_fanout`` picks: ``(picks, slots, table, shift)``,
+    the hash set of :func:`_floyd_hashed` only where a fanout exceeds ``_SMALL_FANOUT``."""
+    bits = _table_bits(max_fanout)
+    table = np.full((1 << bits) if max_fanout > _SMALL_FANOUT else 1, _EMPTY, np.int64)
+    return (np.empty(max_fanout, np.int64), np.empty(max_fanout, np.int64), table,
+            np.uint64(64 - bits))
+
+
+@nb.njit(nogil=True, cache=True)
+def _sampled_degrees(indptr, nodes, first, offset, lo, hi, fanout, row_start, row_len, eptr):
+    """For rows ``i`` in ``[lo, hi)`` of a hop, dst node ``nodes[first + i]`` (``- offset``: its
+    row of ``indptr``): its CSR row start and length, and ``eptr[i + 1]``, the prefix sum of
+    the sampled degrees (min(length, fanout); the whole row with -1)."""
+    for i in range(lo, hi):
+        if i + _AHEAD < hi:
+            _prefetch(indptr, nodes[first + i + _AHEAD] - offset)
+        v = nodes[first + i] - offset
+        start = indptr[v]
+        deg = indptr[v + 1] - start
+        row_start[i] = start
+        row_len[i] = deg
+        eptr[i + 1] = eptr[i] + (deg if fanout < 0 or deg <= fanout else fanout)
+
+
+@nb.njit(nogil=True, cache=True)
+def _pick(ids, eptr, row_start, row_len, lo, hi, nodes, first, key, work):
+    """The picks of rows ``[lo, hi)`` of a hop as CSR offsets, row ``i``'s into
+    ``ids[eptr[i]:eptr[i + 1]]``: its whole row, or Floyd's sample from the stream of its dst
+    node ``nodes[first + i]`` under ``key`` (``work``: :func:`_pick_work`'s arrays)."""
+    picks, slots, table, shift = work
+    for i in range(lo, hi):
+        o = eptr[i]
+        k = eptr[i + 1] - o
+        start = row_start[i]
+        deg = row_len[i]
+        if k == deg:
+            for j in range(k):
+                ids[o + j] = start + j
+            continue
+        stream = stream_key(key, nodes[first + i])
+        if k <= _SMALL_FANOUT:
+            _floyd_small(stream, deg, k, picks)
+        else:
+            _floyd_hashed(stream, deg, k, picks, table, shift, slots)
+        for j in range(k):
+            ids[o + j] = start + picks[j]
+
+
+@nb.njit(nogil=True, cache=True)
+def _gather(ids, indices, lo, hi, offset):
+    """``ids[lo:hi]``, CSR offsets, replaced by the ids there (plus ``offset``): one loop of
+    independent (prefetched) loads."""
+    for j in range(lo, hi):
+        if j + _AHEAD < hi:
+            _prefetch(indices, ids[j + _AHEAD])
+        ids[j] = indices[ids[j]] + offset
+
+
+@nb.njit(nogil=True, cache=True)
 def _sample_batch(indptr, indices, seeds, fanouts, hop_keys, frontier_only, buffers,
                   node_base, edge_base):
     """Sample and relabel one batch, every hop, into work buffers reused across batches.
@@ -445,14 +531,7 @@ def _sample_batch(indptr, indices, seeds, fanouts, hop_keys, frontier_only, buff
     num_edges = 0
     duplicate = -1
     too_big = 0
-    max_fanout = max(1, fanouts.max())
-    picks = np.empty(max_fanout, np.int64)
-    slots = np.empty(max_fanout, np.int64)
-    pick_bits = 4
-    while (1 << pick_bits) < 2 * max_fanout:
-        pick_bits += 1
-    pick_table = np.full((1 << pick_bits) if max_fanout > _SMALL_FANOUT else 1, _EMPTY, np.int64)
-    pick_shift = np.uint64(64 - pick_bits)
+    work = _pick_work(max(1, fanouts.max()))
     bits = 0  # the hash table has 2**bits slots; 0: not built yet for this batch
     for hop in range(1, num_hops + 1):
         fanout = fanouts[hop - 1]
@@ -464,15 +543,7 @@ def _sample_batch(indptr, indices, seeds, fanouts, hop_keys, frontier_only, buff
         row_len = rows[m:2 * m]
         eptr = rows[2 * m:]
         eptr[0] = 0
-        for i in range(m):
-            if i + _AHEAD < m:
-                _prefetch(indptr, nodes[lo + i + _AHEAD])
-            v = nodes[lo + i]
-            start = indptr[v]
-            deg = indptr[v + 1] - start
-            row_start[i] = start
-            row_len[i] = deg
-            eptr[i + 1] = eptr[i] + (deg if fanout < 0 or deg <= fanout else fanout)
+        _sampled_degrees(indptr, nodes, lo, 0, 0, m, fanout, row_start, row_len, eptr)
         e = eptr[m]
         if n + e >= 2**31 or num_edges + e >= 2**31:
             too_big = hop
@@ -486,36 +557,14 @@ def _sample_batch(indptr, indices, seeds, fanouts, hop_keys, frontier_only, buff
         dst = dst_buf[edge_base:]
         # the hash table stays at most half full; rebuilt from the known nodes when it grows
         if (1 << bits) < 2 * (n + e):
-            bits = 4
-            while (1 << bits) < 2 * (n + e):
-                bits += 1
-            if table.shape[0] < (2 << bits):
-                table = np.empty(2 << bits, np.int64)
-            table[:2 << bits] = _EMPTY
+            bits = _table_bits(n + e)
+            table = _empty_table(table, bits)
             duplicate = _insert_known(table, bits, nodes, n)
             if duplicate >= 0:
                 break
         # picks as CSR offsets, then one gather loop of independent (prefetched) loads
-        for i in range(m):
-            o = eptr[i]
-            k = eptr[i + 1] - o
-            start = row_start[i]
-            deg = row_len[i]
-            if k == deg:
-                for j in range(k):
-                    ids[o + j] = start + j
-                continue
-            stream = stream_key(hop_keys[hop - 1], nodes[lo + i])
-            if k <= _SMALL_FANOUT:
-                _floyd_small(stream, deg, k, picks)
-            else:
-                _floyd_hashed(stream, deg, k, picks, pick_table, pick_shift, slots)
-            for j in range(k):
-                ids[o + j] = start + picks[j]
-        for j in range(e):
-            if j + _AHEAD < e:
-                _prefetch(indices, ids[j + _AHEAD])
-            ids[j] = indices[ids[j]]
+        _pick(ids, eptr, row_start, row_len, 0, m, nodes, lo, hop_keys[hop - 1], work)
+        _gather(ids, indices, 0, e, 0)
         # relabel: known ids map to their local id, new ones are appended in order
         for i in range(m):
             dst[num_edges + eptr[i]:num_edges + eptr[i + 1]] = lo + i

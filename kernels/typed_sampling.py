@@ -36,8 +36,6 @@ hash table per batch), over every relation's CSR: see :func:`_sample_typed_batch
 
 from __future__ import annotations
 
-import threading
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numba as nb
@@ -47,18 +45,19 @@ from .rng import GOLDEN, stream_key
 from .sampling import (
     _AHEAD,
     _EMPTY,
-    _SMALL_FANOUT,
-    _assemble,
     _check_csr,
     _check_fanouts,
     _check_seeds,
-    _floyd_hashed,
-    _floyd_small,
+    _empty_table,
+    _gather,
     _grow,
     _insert_known,
-    _leave_buffers,
+    _pick,
+    _pick_work,
     _prefetch,
-    _take_buffers,
+    _run_batches,
+    _sampled_degrees,
+    _table_bits,
 )
 
 _MASK64 = (1 << 64) - 1
@@ -191,39 +190,18 @@ def sample_typed_batches(indptrs, indices, rel_src, rel_dst, type_offsets, seeds
                           for r in range(num_rels)] for hop in range(1, num_hops + 1)],
                         np.uint64)
     num_batches = seed_offsets.shape[0] - 1
-    results: list = [None] * num_batches
     type_counts = np.zeros((num_batches, len(type_offsets) - 1, num_hops + 1), np.int64)
-    spools: dict = {}  # per thread: [work buffers, where its next batch's nodes, edges go]
 
-    def run(b: int) -> None:
-        spool = spools.get(threading.get_ident())
-        if spool is None:
-            spool = spools[threading.get_ident()] = [_take_buffers(), 0, 0]
-        buffers, node_base, edge_base = spool
-        counts, offsets, duplicate, too_big, spool[0] = _sample_typed_batch(
+    def sample(b: int, *work) -> tuple:
+        counts, offsets, duplicate, too_big, buffers = _sample_typed_batch(
             indptrs, indices, rel_src, rel_dst, type_offsets,
-            seeds[seed_offsets[b]:seed_offsets[b + 1]], fanouts, rel_keys, frontier_only,
-            buffers, node_base, edge_base)
+            seeds[seed_offsets[b]:seed_offsets[b + 1]], fanouts, rel_keys, frontier_only, *work)
         type_counts[b] = counts
-        num_nodes = counts[:, -1].sum()
         # in sampling's layout, each (hop, relation) one of its hops; only the last hop count
         # (the batch's number of nodes) is read there
-        results[b] = (np.full(offsets.shape[0], num_nodes), offsets, duplicate, too_big, spool,
-                      node_base, edge_base)
-        spool[1] += num_nodes
-        spool[2] += offsets[-1]
+        return np.full(offsets.shape[0], counts[:, -1].sum()), offsets, duplicate, too_big, buffers
 
-    try:
-        num_threads = min(nb.get_num_threads(), num_batches)
-        if num_threads <= 1:
-            for b in range(num_batches):
-                run(b)
-        else:
-            with ThreadPoolExecutor(num_threads, thread_name_prefix="sample_typed") as pool:
-                list(pool.map(run, range(num_batches)))
-        flat = _assemble(results, num_hops * num_rels)
-    finally:
-        _leave_buffers([spool[0] for spool in spools.values()])
+    flat = _run_batches(num_batches, sample, num_hops * num_rels, "sample_typed")
     return TypedSampledBatches(nodes=flat.nodes, node_offsets=flat.node_offsets,
                                type_counts=type_counts, edge_src=flat.edge_src,
                                edge_dst=flat.edge_dst, edge_offsets=flat.edge_offsets)
@@ -325,14 +303,7 @@ def _sample_typed_batch(indptrs, indices, rel_src, rel_dst, type_offsets, seeds,
     num_edges = 0
     duplicate = -1
     too_big = 0
-    max_fanout = max(1, fanouts.max())
-    picks = np.empty(max_fanout, np.int64)
-    slots = np.empty(max_fanout, np.int64)
-    pick_bits = 4
-    while (1 << pick_bits) < 2 * max_fanout:
-        pick_bits += 1
-    pick_table = np.full((1 << pick_bits) if max_fanout > _SMALL_FANOUT else 1, _EMPTY, np.int64)
-    pick_shift = np.uint64(64 - pick_bits)
+    work = _pick_work(max(1, fanouts.max()))
     dst_lo = np.zeros(num_rels, np.int64)  # per relation: its first dst position
     rel_rows = np.zeros(num_rels + 1, np.int64)  # and where its dst nodes start in rows
     new_end = np.zeros(num_rels, np.int64)  # where its new src nodes end in ids
@@ -352,21 +323,11 @@ def _sample_typed_batch(indptrs, indices, rel_src, rel_dst, type_offsets, seeds,
         eptr = rows[2 * m:]
         eptr[0] = 0
         for r in range(num_rels):
-            fanout = fanouts[hop - 1, r]
             d = rel_dst[r]
-            indptr = indptrs[r]
             lo, hi = rel_rows[r], rel_rows[r + 1]
             first = starts[d] + dst_lo[r] - lo  # rows[i] is the dst node nodes[first + i]
-            offset = type_offsets[d]
-            for i in range(lo, hi):
-                if i + _AHEAD < hi:
-                    _prefetch(indptr, nodes[first + i + _AHEAD] - offset)
-                v = nodes[first + i] - offset
-                start = indptr[v]
-                deg = indptr[v + 1] - start
-                row_start[i] = start
-                row_len[i] = deg
-                eptr[i + 1] = eptr[i] + (deg if fanout < 0 or deg <= fanout else fanout)
+            _sampled_degrees(indptrs[r], nodes, first, type_offsets[d], lo, hi,
+                             fanouts[hop - 1, r], row_start, row_len, eptr)
         e = eptr[m]
         if n + e >= 2**31 or num_edges + e >= 2**31:
             too_big = hop
@@ -380,12 +341,8 @@ def _sample_typed_batch(indptrs, indices, rel_src, rel_dst, type_offsets, seeds,
         dst = dst_buf[edge_base:]
         # the hash table stays at most half full; rebuilt from the known nodes when it grows
         if (1 << bits) < 2 * (n + e):
-            bits = 4
-            while (1 << bits) < 2 * (n + e):
-                bits += 1
-            if table.shape[0] < (2 << bits):
-                table = np.empty(2 << bits, np.int64)
-            table[:2 << bits] = _EMPTY
+            bits = _table_bits(n + e)
+            table = _empty_table(table, bits)
             for t in range(num_types):
                 duplicate = _insert_known(table, bits, nodes[starts[t]:], known[t])
                 if duplicate >= 0:
@@ -396,31 +353,10 @@ def _sample_typed_batch(indptrs, indices, rel_src, rel_dst, type_offsets, seeds,
         for r in range(num_rels):
             lo, hi = rel_rows[r], rel_rows[r + 1]
             first = starts[rel_dst[r]] + dst_lo[r] - lo
-            key = rel_keys[hop - 1, r]
-            for i in range(lo, hi):
-                o = eptr[i]
-                k = eptr[i + 1] - o
-                start = row_start[i]
-                deg = row_len[i]
-                if k == deg:
-                    for j in range(k):
-                        ids[o + j] = start + j
-                    continue
-                stream = stream_key(key, nodes[first + i])
-                if k <= _SMALL_FANOUT:
-                    _floyd_small(stream, deg, k, picks)
-                else:
-                    _floyd_hashed(stream, deg, k, picks, pick_table, pick_shift, slots)
-                for j in range(k):
-                    ids[o + j] = start + picks[j]
+            _pick(ids, eptr, row_start, row_len, lo, hi, nodes, first, rel_keys[hop - 1, r], work)
         for r in range(num_rels):
-            ind = indices[r]
-            offset = type_offsets[rel_src[r]]
-            lo, hi = eptr[rel_rows[r]], eptr[rel_rows[r + 1]]
-            for j in range(lo, hi):
-                if j + _AHEAD < hi:
-                    _prefetch(ind, ids[j + _AHEAD])
-                ids[j] = ind[ids[j]] + offset
+            _gather(ids, indices[r], eptr[rel_rows[r]], eptr[rel_rows[r + 1]],
+                    type_offsets[rel_src[r]])
         # relabel: known ids map to their position, new ones are appended to their type
         mask = (1 << bits) - 1
         shift = np.uint64(64 - bits)

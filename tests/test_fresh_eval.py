@@ -24,7 +24,7 @@ from disktrain.storage.dataset import Dataset
 from disktrain.storage.roots import epoch_root, eval_root, is_prepared, new_run, runs_dir
 from disktrain.train import EvalConfig, TrainConfig, train
 from disktrain.train.checkpoint import CheckpointConfig
-from disktrain.train.evaluate import Evaluator, evaluate_packed
+from disktrain.train.evaluate import Evaluator
 
 SAMPLE = {"fanouts": (4, 3), "batch_size": 32, "seed": 0, "group_size": 2}
 PACK = PackConfig(gpu_cache_bytes=16 * 64, cpu_cache_bytes=24 * 64, chunk_bytes=512)
@@ -145,7 +145,6 @@ def test_packed_evaluation_reads_the_raw_rows_exactly(one_epoch):
     got = evaluator(model)
     for split in ("val", "test"):
         assert got[f"{split}_acc"] == pytest.approx(_raw_accuracy(model, one_epoch, split))
-        assert evaluate_packed(model, evaluator.packed[split]) == got[f"{split}_acc"]
         assert evaluator.packed[split].tiers_id == loader.tiers_id
 
 

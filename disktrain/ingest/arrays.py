@@ -16,7 +16,6 @@ import numpy as np
 
 from disktrain.errors import DataError
 from disktrain.ingest.edges import EdgeBatch, EdgeReader, NpyRows
-from disktrain.ingest.inputs import FeatureSource
 
 NPY_MAGIC = b"\x93NUMPY"
 """The first bytes of every ``.npy`` file: without them a file is a headerless array."""
@@ -81,13 +80,7 @@ class FileElements:
 
     def elements(self, start: int, count: int, step: int) -> Iterator[np.ndarray]:
         for a in range(0, count, step):
-            n = min(step, count - a)
-            flat = np.fromfile(self.rows.path, self.dtype, n,
-                               offset=self.rows.offset + (start + a) * self.dtype.itemsize)
-            if flat.size != n:
-                raise DataError(f"{self.where}: file truncated (array of shape {self.shape} "
-                                "ends early)")
-            yield flat
+            yield self.rows.read_flat(start + a, min(step, count - a))
 
 
 class PairEdges(EdgeReader):
@@ -128,23 +121,6 @@ class HeaderlessRows(NpyRows):
                             f"of {dim} {dtype} values ({row} bytes); is the feature width "
                             f"{dim} right?")
         self.shape = (size // row, dim)
-
-
-def rows_features(rows: NpyRows) -> FeatureSource:
-    """A 2-D array of numbers read by :class:`~disktrain.ingest.edges.NpyRows` as a feature
-    source (float16 kept, anything else stored float32)."""
-    if len(rows.shape) != 2 or rows.dtype.kind not in "biuf":
-        raise DataError(f"{rows.path}: feature array of shape {rows.shape} and dtype "
-                        f"{rows.dtype}, expected (num_nodes, feature_dim) numbers")
-    num = rows.shape[0]
-
-    def blocks(step: int) -> Iterator[tuple[int, np.ndarray]]:
-        for a in range(0, num, step):
-            yield a, rows.read(a, min(a + step, num))
-
-    stored = np.dtype(np.float16 if rows.dtype == np.float16 else np.float32)
-    return FeatureSource(rows.path, num, rows.shape[1], stored, blocks,
-                         lambda j: f"column {j}")
 
 
 def is_npy(path: Path) -> bool:

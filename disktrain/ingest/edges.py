@@ -255,14 +255,14 @@ class NpyRows:
         """Rows ``[a, b)`` as an in-memory array."""
         rows, cols = b - a, self.shape[1]
         if not self.fortran_order:
-            flat = self._read(a * cols, rows * cols)
-            return flat.reshape(rows, cols)
+            return self.read_flat(a * cols, rows * cols).reshape(rows, cols)
         out = np.empty((rows, cols), self.dtype)
         for j in range(cols):  # column-major file: one read per column
-            out[:, j] = self._read(j * self.shape[0] + a, rows)
+            out[:, j] = self.read_flat(j * self.shape[0] + a, rows)
         return out
 
-    def _read(self, first: int, count: int) -> np.ndarray:
+    def read_flat(self, first: int, count: int) -> np.ndarray:
+        """Flat elements ``[first, first + count)`` in the file's order."""
         flat = np.fromfile(self.path, self.dtype, count,
                            offset=self.offset + first * self.dtype.itemsize)
         if flat.size != count:

@@ -49,6 +49,7 @@ from disktrain.ingest.inputs import (
     open_features,
     read_labels,
     read_splits,
+    stored_dtype,
     write_dataset,
 )
 from disktrain.storage.dataset import SPLITS
@@ -148,9 +149,8 @@ def read_ogb_binary(cfg: IngestConfig) -> Inputs:
                         f"{num_nodes} rows")
     if cfg.num_nodes is not None and cfg.num_nodes != num_nodes:
         raise DataError(f"{feat.where}: {num_nodes} rows, but num_nodes is {cfg.num_nodes}")
-    stored = np.dtype(np.float16 if feat.dtype == np.float16 else np.float32)
-    features = FeatureSource(Path(feat.where), num_nodes, feat.shape[1], stored, feat.rows,
-                             lambda j: f"column {j}")
+    features = FeatureSource(Path(feat.where), num_nodes, feat.shape[1],
+                             stored_dtype(feat.dtype == np.float16), feat.rows)
     label = NpzMember(raw / "node-label.npz", "node_label")
     if label.shape not in ((num_nodes,), (num_nodes, 1)):
         raise DataError(f"{label.where}: labels of shape {label.shape}, expected "
@@ -570,8 +570,7 @@ def _tensor_features(x, num_nodes: int) -> FeatureSource:
         raise DataError(f"data.x has shape {tuple(x.shape)}, expected ({num_nodes}, "
                         "num_features)")
     array = x if isinstance(x, np.ndarray) else None
-    dtype = str(x.dtype).removeprefix("torch.")
-    stored = np.dtype(np.float16 if dtype == "float16" else np.float32)
+    stored = stored_dtype(str(x.dtype).removeprefix("torch.") == "float16")
 
     def blocks(rows: int) -> Iterator[tuple[int, np.ndarray]]:
         for a in range(0, num_nodes, rows):
@@ -580,5 +579,4 @@ def _tensor_features(x, num_nodes: int) -> FeatureSource:
                 raise DataError(f"data.x has dtype {block.dtype}, expected numbers")
             yield a, block
 
-    return FeatureSource(Path("data.x"), num_nodes, int(x.shape[1]), stored, blocks,
-                         lambda j: f"column {j}")
+    return FeatureSource(Path("data.x"), num_nodes, int(x.shape[1]), stored, blocks)

@@ -100,9 +100,7 @@ class IngestConfig:
             value = getattr(self, name)
             if value is not None and not isinstance(value, Path):
                 object.__setattr__(self, name, Path(value))
-        if self.num_nodes is not None and self.num_nodes < 1:
-            raise ValueError(f"num_nodes must be >= 1, got {self.num_nodes}")
-        check_min(self, 1, "chunk_rows")
+        check_min(self, 1, "num_nodes", "chunk_rows")
         if self.src_col == self.dst_col:
             raise ValueError(f"src_col and dst_col must differ, both are {self.src_col!r}")
         if (self.edges is None) == (self.ogb is None):
@@ -281,7 +279,7 @@ class FeatureSource:
     """Stored dtype: float16 if the input is float16, else float32."""
     blocks: Callable[[int], Iterator[tuple[int, np.ndarray]]]
     """blocks(rows) yields (first row, 2-D block) covering all rows in order."""
-    column: Callable[[int], str]
+    column: Callable[[int], str] = lambda j: f"column {j}"
     """Name of feature column j, for error messages."""
 
 
@@ -291,16 +289,19 @@ def open_features(path: Path) -> FeatureSource:
     if path.is_dir() or name.endswith(PARQUET_SUFFIXES):
         return _parquet_features(path)
     if name.endswith(".npy"):
-        return _npy_features(path)
+        return rows_features(NpyRows(path))
     raise DataError(f"{path}: unknown feature format; expected .npy or Parquet")
 
 
-def _stored_dtype(float16: bool) -> np.dtype:
+def stored_dtype(float16: bool) -> np.dtype:
+    """The dtype features are stored in: float16 kept, anything else float32."""
     return np.dtype(np.float16 if float16 else np.float32)
 
 
-def _npy_features(path: Path) -> FeatureSource:
-    rows = NpyRows(path)
+def rows_features(rows: NpyRows) -> FeatureSource:
+    """A 2-D array of numbers read by :class:`~disktrain.ingest.edges.NpyRows` (a ``.npy``
+    file, or IGB's headerless rows) as a feature source."""
+    path = rows.path
     if len(rows.shape) != 2:
         raise DataError(f"{path}: feature array has shape {rows.shape}, expected "
                         "(num_nodes, feature_dim)")
@@ -312,9 +313,8 @@ def _npy_features(path: Path) -> FeatureSource:
         for a in range(0, num_rows, step):
             yield a, rows.read(a, min(a + step, num_rows))
 
-    return FeatureSource(path, num_rows, rows.shape[1],
-                         _stored_dtype(rows.dtype == np.float16), blocks,
-                         lambda j: f"column {j}")
+    return FeatureSource(path, num_rows, rows.shape[1], stored_dtype(rows.dtype == np.float16),
+                         blocks)
 
 
 def _is_number(kind: pa.DataType) -> bool:
@@ -357,7 +357,7 @@ def _parquet_features(path: Path) -> FeatureSource:
     column = (lambda j: f"column {schema[0].name!r}[{j}]") if is_list else (
         lambda j: f"column {schema.names[j]!r}")
     float16 = all(pa.types.is_float16(t) for t in types)
-    return FeatureSource(path, num_rows, dim, _stored_dtype(float16), blocks, column)
+    return FeatureSource(path, num_rows, dim, stored_dtype(float16), blocks, column)
 
 
 def _first_null(column: pa.Array) -> int | None:

@@ -191,6 +191,7 @@ class EdgeGenerator:
 
     def __init__(self, cfg: SynthConfig):
         self.cfg = cfg
+        self.num_edges, self.chunk_edges = cfg.num_input_edges, cfg.chunk_edges
         probs = np.cumsum(RMAT_PROBS[:3]) * 65536
         self._thresholds = np.round(probs).astype(np.int64)
         self._edge_key = _key(cfg.seed, "edges")
@@ -211,9 +212,8 @@ class EdgeGenerator:
         """All edges in chunks of ``chunk_edges``, one at a time: the generator takes every
         core, then the caller's kernels do (Numba's parallel regions do not share cores
         well)."""
-        total, step = self.cfg.num_input_edges, self.cfg.chunk_edges
-        for start in range(0, total, step):
-            yield self.chunk(start, min(start + step, total))
+        for start in range(0, self.num_edges, self.chunk_edges):
+            yield self.chunk(start, min(start + self.chunk_edges, self.num_edges))
 
 
 def node_labels(cfg: SynthConfig, start: int, stop: int) -> np.ndarray:

@@ -59,7 +59,6 @@ from disktrain.ingest.arrays import (
     HeaderlessRows,
     PairEdges,
     is_npy,
-    rows_features,
     stream_labels,
 )
 from disktrain.ingest.csr import CSRConfig
@@ -77,6 +76,7 @@ from disktrain.ingest.inputs import (
     Inputs,
     check_labels,
     open_features,
+    rows_features,
     write_dataset,
 )
 from disktrain.ingest.typed import TypedInputs, write_typed_dataset
@@ -142,8 +142,7 @@ class TypedIngestConfig:
             raise ValueError(f"igb_size must be one of {IGB_SIZES}, got {self.igb_size!r}")
         if self.igb_classes not in IGB_LABEL_FILES:
             raise ValueError(f"igb_classes must be 19 or 2983, got {self.igb_classes}")
-        if self.igb_labelled is not None and self.igb_labelled < 0:
-            raise ValueError(f"igb_labelled must be >= 0, got {self.igb_labelled}")
+        check_min(self, 0, "igb_labelled")
         for name, needs in (("igb_size", "igb"), ("igb_labelled", "igb"), ("ogb_split", "ogb")):
             if getattr(self, name) is not None and getattr(self, needs) is None:
                 raise ValueError(f"{name} ({getattr(self, name)!r}) needs {needs}")

@@ -160,8 +160,9 @@ class TypedSynthConfig:
             for i, t in enumerate(NODE_TYPES)}
 
 
-class BipartiteEdges:
-    """A relation between two types in chunks: callable, returning a fresh iterator."""
+class BipartiteEdges(EdgeGenerator):
+    """A relation between two types in chunks: callable, returning a fresh iterator (the
+    generator's chunking over :func:`~disktrain.kernels.bipartite.bipartite_edges`)."""
 
     def __init__(self, cfg: TypedSynthConfig, rel: Relation):
         types = cfg.type_configs()
@@ -180,10 +181,6 @@ class BipartiteEdges:
         kbip.bipartite_edges(start, src, dst, *self._args)
         return src, dst
 
-    def __call__(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        for start in range(0, self.num_edges, self.chunk_edges):
-            yield self.chunk(start, min(start + self.chunk_edges, self.num_edges))
-
 
 def relation_edges(cfg: TypedSynthConfig, rel: Relation) -> EdgeChunks:
     """The seeded edge stream of relation ``rel`` (one of :data:`RELATIONS`)."""
@@ -200,7 +197,7 @@ def _features(cfg: SynthConfig, name: str) -> FeatureSource:
             yield a, node_features(cfg, a, min(a + rows, cfg.num_nodes), centroids)
 
     return FeatureSource(Path(f"synthetic {name} features"), cfg.num_nodes, cfg.feature_dim,
-                         np.dtype(cfg.feature_dtype), blocks, lambda j: f"column {j}")
+                         np.dtype(cfg.feature_dtype), blocks)
 
 
 def _splits(cfg: SynthConfig) -> dict[str, np.ndarray]:

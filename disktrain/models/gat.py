@@ -36,9 +36,8 @@ class GATConv(nn.Module):
         self.att_dst = nn.Parameter(torch.empty(heads, out_dim))
         width = heads * out_dim if concat else out_dim
         self.bias = nn.Parameter(torch.zeros(width)) if bias else None
-        nn.init.xavier_uniform_(self.lin.weight)
-        nn.init.xavier_uniform_(self.att_src)
-        nn.init.xavier_uniform_(self.att_dst)
+        for weight in (self.lin.weight, self.att_src, self.att_dst):
+            nn.init.xavier_uniform_(weight)
 
     def forward(self, x: torch.Tensor, block: Block) -> torch.Tensor:
         check_features(x, block, "GATConv")

@@ -150,8 +150,7 @@ class TrainConfig:
             raise ValueError(f"TrainConfig.worker_momentum must be in [0, 1), got "
                              f"{self.worker_momentum}")
         check_min(self, 0, "seed", "compute_threads", owner="TrainConfig.")
-        if self.max_batches is not None and self.max_batches < 1:
-            raise ValueError(f"TrainConfig.max_batches must be >= 1, got {self.max_batches}")
+        check_min(self, 1, "max_batches", owner="TrainConfig.")
 
     @property
     def writes_to(self) -> Path:

@@ -107,8 +107,10 @@ class Evaluator:
         out = {}
         train = self.train
         for split in EVAL_SPLITS:
-            if split in self.packed:
-                acc = evaluate_packed(model, self.packed[split])
+            if split in self.packed:  # each rank its share of the batches, counts summed
+                loader = self.packed[split]
+                acc = accuracy(model, loader, len(loader.dataset.split(split)), loader.device,
+                               loader.world_size)
             elif not train.dataset.has(split):  # (e.g. PyG data without its mask)
                 acc = float("nan")
             else:
@@ -132,13 +134,6 @@ def _tiers_from(root: Path) -> str | None:
         return None
     attrs = group_attrs(path, packed_ref(path))
     return (attrs.get("tiers_from") or attrs.get("store_id")) if attrs.get("complete") else None
-
-
-def evaluate_packed(model: torch.nn.Module, loader: Loader) -> float:
-    """Accuracy of ``model`` over every packed batch of ``loader`` (a val or test loader):
-    each rank evaluates its share of the batches, the counts summed over the process group."""
-    return accuracy(model, loader, len(loader.dataset.split(loader.split)), loader.device,
-                    loader.world_size)
 
 
 def evaluate(model: torch.nn.Module, dataset: Dataset, split: str, fanouts: tuple[int, ...],
