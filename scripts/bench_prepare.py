@@ -15,8 +15,9 @@ on the same filesystem:
     ``O_DIRECT``; the disk's read and write bandwidths are the best of these;
   - runs the stages below, each with the page cache of the dataset directory dropped first,
     recording wall, user and sys seconds (``resource.getrusage``: every thread of this
-    process), bytes read from and written to storage (``/proc/self/io`` read_bytes /
-    write_bytes) and the time of an ``os.sync`` right after (the writeback the stage left):
+    process; ``thread_cpu_s``: by thread name, sampled from ``/proc/self/task``), bytes read
+    from and written to storage (``/proc/self/io`` read_bytes / write_bytes) and the time of
+    an ``os.sync`` right after (the writeback the stage left):
       sample   `sample_dataset` of the training root
       pack     `pack_dataset` of the training root
       epoch    `prepare_epoch(1)`: what training runs in the background for each fresh epoch
@@ -51,8 +52,10 @@ import resource
 import shutil
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
+from typing import Self
 
 import numpy as np
 
@@ -65,6 +68,7 @@ from disktrain.storage.io import RWF_DONTCACHE
 from disktrain.storage.roots import epoch_root, new_run
 
 IO_BLOCK = 16 << 20
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
 def proc_io() -> dict[str, int]:
@@ -135,15 +139,63 @@ def disk_bandwidth(path: Path, nbytes: int) -> dict[str, float]:
     return out
 
 
+class ThreadCPU:
+    """CPU seconds (user + sys) of this process's threads while it runs, by Python thread
+    name less its pool index (``chunk-writer_3`` -> ``chunk-writer``), from
+    ``/proc/self/task`` sampled every ``interval`` s (a thread's last moments before it
+    ends may be missed)."""
+
+    def __init__(self, interval: float = 0.05):
+        self.interval, self.seen, self.names = interval, {}, {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="bench-sampler")
+
+    def _sample(self) -> None:
+        self.names.update({t.native_id: t.name.rsplit("_", 1)[0]
+                           for t in threading.enumerate()})
+        for tid in os.listdir("/proc/self/task"):
+            try:
+                with open(f"/proc/self/task/{tid}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+            except OSError:  # the thread ended
+                continue
+            self.seen[int(tid)] = (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self._sample()
+
+    def __enter__(self) -> Self:
+        self._sample()
+        self.start = dict(self.seen)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._sample()
+
+    def by_name(self) -> dict[str, float]:
+        out: dict[str, float] = {}
+        for tid, cpu in self.seen.items():
+            name = self.names.get(tid, "?")
+            out[name] = out.get(name, 0.0) + cpu - self.start.get(tid, 0.0)
+        return {k: round(v, 2) for k, v in sorted(out.items(), key=lambda kv: -kv[1])
+                if v >= 0.01 and k != "bench-sampler"}
+
+
 def measure(stage, root: Path, disk: dict, profile: int = 0) -> dict:
-    """Run ``stage()`` with ``root``'s page cache dropped first; its time, CPU and I/O."""
+    """Run ``stage()`` with ``root``'s page cache dropped first; its time, CPU (also per
+    thread) and I/O."""
     drop_cache(root)
     io0, ru0 = proc_io(), resource.getrusage(resource.RUSAGE_SELF)
     prof = cProfile.Profile() if profile else None
     t = time.perf_counter()
     if prof:
         prof.enable()
-    stage()
+    with ThreadCPU() as threads:
+        stage()
     if prof:
         prof.disable()
     wall = time.perf_counter() - t
@@ -152,8 +204,9 @@ def measure(stage, root: Path, disk: dict, profile: int = 0) -> dict:
     io1, ru1 = proc_io(), resource.getrusage(resource.RUSAGE_SELF)
     if prof:
         pstats.Stats(prof, stream=sys.stderr).sort_stats("cumulative").print_stats(profile)
-    return summary(synced, wall, io1["read"] - io0["read"], io1["written"] - io0["written"],
-                   ru1.ru_utime - ru0.ru_utime, ru1.ru_stime - ru0.ru_stime, disk)
+    return {**summary(synced, wall, io1["read"] - io0["read"], io1["written"] - io0["written"],
+                      ru1.ru_utime - ru0.ru_utime, ru1.ru_stime - ru0.ru_stime, disk),
+            "thread_cpu_s": threads.by_name()}
 
 
 def summary(seconds: float, wall: float, read: int, written: int, user: float, sys_s: float,
