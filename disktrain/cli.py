@@ -753,12 +753,6 @@ def _run_train(args: argparse.Namespace) -> None:
 
     built = configs(args)
     cfg, ray_cfg = built[""], built["ray."]
-    if cfg.evaluation.mode == "exact":
-        from disktrain.storage.dataset import Dataset, TypedDataset
-
-        if isinstance(Dataset(cfg.dataset), TypedDataset):
-            raise ConfigError(f"--eval exact: {cfg.dataset} is a typed graph, which layer-wise "
-                              "inference does not run yet; use --eval auto")
     if ray_cfg.workers > 1 or ray_cfg.address:
         from disktrain.cluster.ray_train import fit_on_ray
 

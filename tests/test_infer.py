@@ -422,11 +422,15 @@ def test_train_eval_exact_reports_the_checkpoints_exact_accuracy(prepared, tmp_p
     assert not list(run.glob("evaluate*")) and not list(prepared.glob("evaluate*"))
 
 
-def test_train_eval_exact_refuses_a_typed_graph_before_training(tmp_path, capsys):
+def test_train_eval_exact_on_a_typed_graph(tmp_path, capsys):
     ds = make_typed_dataset(tmp_path / "typed")
-    with pytest.raises(SystemExit):
-        main(["train", str(ds), "--eval", "exact", "--no-progress"])
-    assert "is a typed graph" in capsys.readouterr().err
+    assert main(["prepare", str(ds), "--fanouts", "4,4", "--batch-size", "16",
+                 "--no-progress"]) == 0
+    assert main(["train", str(ds), "--model", "rsage", "--epochs", "1", "--eval", "exact",
+                 "--no-progress"]) == 0
+    report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert report["exact_test_acc"] == evaluate_exact(ds, ds / "checkpoints")["test_acc"]
+    assert report["exact_test_nodes"] == 15
 
 
 @pytest.mark.slow
