@@ -106,6 +106,40 @@ BLOCK_BYTES = 64 << 20
 """Input rows summed per call of the aggregation kernel (widened to float32 for it)."""
 
 
+PROJECT_ROWS = 1 << 14
+"""Rows projected per matrix product when a linear layer projects before aggregating: fixed
+and aligned, so a row is rounded the same whether the input is held or streamed."""
+
+
+class ProjectedInput:
+    """A layer input's rows through ``lin`` (a bias-free map that commutes with the
+    aggregation), for aggregating where the layer's output is narrower than its input;
+    :meth:`gather` gives the rows themselves (the destinations' own)."""
+
+    def __init__(self, base: LayerInput, lin: torch.nn.Linear):
+        self.base, self.lin = base, lin
+        self.num_rows, self.dim = base.num_rows, lin.out_features
+        self.row_bytes, self.held = 4 * self.dim, None
+        self.position, self.gather = base.position, base.gather
+
+    def hold(self, budget: int) -> bool:
+        if self.held is None and self.num_rows * self.row_bytes <= budget:
+            self.held = np.concatenate([rows for _, rows in self._project()]) if \
+                self.num_rows else np.zeros((0, self.dim), np.float32)
+        return self.held is not None
+
+    def blocks(self, block_bytes: int):
+        if self.held is not None:
+            yield from LayerInput.blocks(self, block_bytes)
+        else:
+            yield from self._project()
+
+    @torch.no_grad()
+    def _project(self):
+        for start, rows in self.base.blocks(PROJECT_ROWS * 4 * self.base.dim):
+            yield start, self.lin(torch.from_numpy(rows)).numpy()
+
+
 class LayerInput:
     """The rows a layer reads: the dataset's features (the first layer) or the layer below's
     store (``nodes``: the ids of its rows, None for every node); held in memory by
@@ -155,7 +189,10 @@ def run_layer(trained: Trained, layer: int, graph: Graph, source: LayerInput,
     op = model.lins[layer] if mlp else model.convs[layer]
     last = layer == len(dims) - 2
     linear = None if mlp else op.first_hop
-    per_node, per_edge = (linear_costs if linear else range_costs)(dims[layer], dims[layer + 1])
+    projected = bool(linear) and dims[layer + 1] < dims[layer]
+    if projected:  # aggregate the narrower projected rows
+        source = ProjectedInput(source, op.neighbour_projection)
+    per_node, per_edge = (linear_costs if linear else range_costs)(source.dim, dims[layer + 1])
     if linear and source.hold(budget // 2):
         budget -= budget // 2
     total = sum(b - a for a, b in spans)
@@ -164,7 +201,7 @@ def run_layer(trained: Trained, layer: int, graph: Graph, source: LayerInput,
         for start, stop in spans:
             for a, b in ranges(None if mlp else graph, ids, start, stop, per_node, per_edge,
                                budget):
-                h = (_aggregated(op, graph, source, ids[a:b]) if linear
+                h = (_aggregated(op, graph, source, ids[a:b], projected) if linear
                      else _forward(op, mlp, graph, source, ids[a:b]))
                 writer.put(a, (h if last else F.relu(h)).numpy())
                 bar.update(b - a)
@@ -182,9 +219,11 @@ def _forward(op, mlp: bool, graph: Graph, source: LayerInput, dst: np.ndarray) -
 
 
 @torch.no_grad()
-def _aggregated(op, graph: Graph, source: LayerInput, dst: np.ndarray) -> torch.Tensor:
+def _aggregated(op, graph: Graph, source: LayerInput | ProjectedInput, dst: np.ndarray,
+                projected: bool) -> torch.Tensor:
     """A linear layer's (SAGE's mean, GCN's normalized sum) outputs for the destinations
-    ``dst``: its weighted in-edges summed over the input rows in order, block by block."""
+    ``dst``: its weighted in-edges summed over the input rows in order, block by block
+    (``projected``: over the rows already through the layer's neighbour map)."""
     nodes, src, dst_local = graph.neighbourhood(dst)
     degree = graph.dataset.in_degrees(nodes) if op.needs_degrees else None
     src, dst_local, weight = first_hop_edges(op.first_hop, src, dst_local, len(dst), degree)
@@ -198,4 +237,4 @@ def _aggregated(op, graph: Graph, source: LayerInput, dst: np.ndarray) -> torch.
             scatter_add_rows(agg, rows, pos[i:j] - start, dst_local[i:j], weight[i:j])
     # GCN's self loop is one of its weighted edges: it reads no own rows
     x_dst = source.gather(dst) if op.first_hop == "mean" else None
-    return op.aggregated(x_dst, torch.from_numpy(agg))
+    return (op.projected if projected else op.aggregated)(x_dst, torch.from_numpy(agg))

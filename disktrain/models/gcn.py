@@ -60,3 +60,12 @@ class GCNConv(nn.Module):
         (self loop included, whole-graph degrees: pre-aggregated); ``x_self`` is not read."""
         out = self.lin(x_agg)
         return out if self.bias is None else out + self.bias
+
+    @property
+    def neighbour_projection(self) -> nn.Linear:
+        """The bias-free map of the rows, which commutes with their normalized sum."""
+        return self.lin
+
+    def projected(self, x_self: torch.Tensor | None, p_agg: torch.Tensor) -> torch.Tensor:
+        """The output from the normalized sum of the projected rows (``x_self`` not read)."""
+        return p_agg if self.bias is None else p_agg + self.bias

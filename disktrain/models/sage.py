@@ -44,6 +44,16 @@ class SAGEConv(nn.Module):
         mean ``x_agg`` (pre-aggregated: :func:`mean_by_dst` of the raw rows)."""
         return self.lin_self(x_self) + self.lin_neigh(x_agg)
 
+    @property
+    def neighbour_projection(self) -> nn.Linear:
+        """The bias-free map of neighbour rows, which commutes with their mean."""
+        return self.lin_neigh
+
+    def projected(self, x_self: torch.Tensor, p_agg: torch.Tensor) -> torch.Tensor:
+        """The output from ``x_self`` and the mean of the neighbours' projected rows
+        (:attr:`neighbour_projection` applied before aggregating)."""
+        return self.lin_self(x_self) + p_agg
+
 
 def mean_by_dst(h: torch.Tensor, src: torch.Tensor, dst: torch.Tensor,
                 num_dst: int) -> torch.Tensor:
