@@ -21,6 +21,8 @@ sums its edges in ascending source order whatever the cut, so the bytes stay the
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -97,13 +99,42 @@ def range_costs(in_dim: int, out_dim: int) -> tuple[int, int]:
 
 
 def linear_costs(in_dim: int, out_dim: int) -> tuple[int, int]:
-    """Bytes per node and per in-edge of a range of a linear (SAGE, GCN) layer: the
-    destinations' aggregates, own rows and outputs; an edge's ids and weight, sorted."""
-    return 8 * in_dim + 12 * out_dim + 64, 96
+    """Bytes per node and per in-edge of a range of a linear (SAGE, GCN) layer, beside its
+    :class:`Workspace`: the destinations' aggregates; an edge's source row, destination and
+    weight, sorted."""
+    return 4 * in_dim + 16, 16
 
 
 BLOCK_BYTES = 64 << 20
-"""Input rows summed per call of the aggregation kernel (widened to float32 for it)."""
+"""Input rows summed per call, at most of the aggregation kernel (widened to float32 for it)."""
+SUB_EDGES = 1 << 21
+"""In-edges whose weighted edges are made at once (then kept compact, sorted by source), at
+most."""
+OUT_ROWS = 1 << 14
+"""Destinations whose outputs are computed at once, from their aggregates, at most."""
+
+
+@dataclass(frozen=True)
+class Workspace:
+    """What a range of a linear layer makes at once beside its nodes and edges, sized to a
+    quarter of the budget at most: the weighted edges of ``sub_edges`` in-edges, an input
+    block of ``block_bytes``, the outputs of ``out_rows`` destinations; ``bytes`` in all."""
+
+    sub_edges: int
+    block_bytes: int
+    out_rows: int
+    bytes: int
+
+    @classmethod
+    def of(cls, budget: int, in_dim: int, out_dim: int) -> Workspace:
+        share = budget // 12
+        sub = min(SUB_EDGES, max(1 << 10, share // 112))
+        block = min(BLOCK_BYTES, max(1 << 20, share // 2))
+        row = 4 * (2 * in_dim + 4 * out_dim)
+        rows = min(OUT_ROWS, max(MIN_RANGE, share // row))
+        return cls(sub, block, rows, sub * 112 + 2 * block + rows * row)
+
+
 
 
 PROJECT_ROWS = 1 << 14
@@ -193,18 +224,21 @@ def run_layer(trained: Trained, layer: int, graph: Graph, source: LayerInput,
     if projected:  # aggregate the narrower projected rows
         source = ProjectedInput(source, op.neighbour_projection)
     per_node, per_edge = (linear_costs if linear else range_costs)(source.dim, dims[layer + 1])
-    if linear and source.hold(budget // 2):
-        budget -= budget // 2
+    work = Workspace.of(budget, dims[layer], dims[layer + 1])
+    if linear:
+        budget -= budget // 2 if source.hold(budget // 2) else 0
+        budget = max(1, budget - work.bytes)
     total = sum(b - a for a, b in spans)
     with tqdm(total=total, desc=f"infer: layer {layer}", unit="node", unit_scale=True,
               disable=not progress) as bar:
         for start, stop in spans:
             for a, b in ranges(None if mlp else graph, ids, start, stop, per_node, per_edge,
                                budget):
-                h = (_aggregated(op, graph, source, ids[a:b], projected) if linear
-                     else _forward(op, mlp, graph, source, ids[a:b]))
-                writer.put(a, (h if last else F.relu(h)).numpy())
-                bar.update(b - a)
+                outs = (_aggregated(op, graph, source, ids[a:b], projected, work) if linear
+                        else [(0, _forward(op, mlp, graph, source, ids[a:b]))])
+                for i, h in outs:
+                    writer.put(a + i, (h if last else F.relu(h)).numpy())
+                    bar.update(len(h))
 
 
 @torch.no_grad()
@@ -218,23 +252,48 @@ def _forward(op, mlp: bool, graph: Graph, source: LayerInput, dst: np.ndarray) -
     return op(source.gather(nodes), block)
 
 
-@torch.no_grad()
 def _aggregated(op, graph: Graph, source: LayerInput | ProjectedInput, dst: np.ndarray,
-                projected: bool) -> torch.Tensor:
+                projected: bool, work: Workspace):
     """A linear layer's (SAGE's mean, GCN's normalized sum) outputs for the destinations
-    ``dst``: its weighted in-edges summed over the input rows in order, block by block
-    (``projected``: over the rows already through the layer's neighbour map)."""
-    nodes, src, dst_local = graph.neighbourhood(dst)
-    degree = graph.dataset.in_degrees(nodes) if op.needs_degrees else None
-    src, dst_local, weight = first_hop_edges(op.first_hop, src, dst_local, len(dst), degree)
-    pos = source.position(nodes[src])
-    order = np.argsort(pos, kind="stable")  # each destination sums in ascending source order
-    pos, dst_local, weight = pos[order], dst_local[order], weight[order]
+    ``dst``, as ``(offset in dst, rows)`` in order: its weighted in-edges (made
+    ``work.sub_edges`` at a time, kept sorted by source row) summed over the input rows in
+    order, block by block (``projected``: rows already through the layer's neighbour map);
+    then the outputs, ``work.out_rows`` destinations at a time."""
+    cuts = _cuts(graph.degrees(dst), work.sub_edges)
+    edges = [_weighted(op, graph, source, dst, i, j) for i, j in cuts]
     agg = np.zeros((len(dst), source.dim), np.float32)
-    for start, rows in source.blocks(BLOCK_BYTES):
-        i, j = np.searchsorted(pos, [start, start + len(rows)])
-        if i < j:
-            scatter_add_rows(agg, rows, pos[i:j] - start, dst_local[i:j], weight[i:j])
-    # GCN's self loop is one of its weighted edges: it reads no own rows
-    x_dst = source.gather(dst) if op.first_hop == "mean" else None
-    return (op.projected if projected else op.aggregated)(x_dst, torch.from_numpy(agg))
+    for start, rows in source.blocks(work.block_bytes):
+        for pos, to, weight in edges:
+            i, j = np.searchsorted(pos, [start, start + len(rows)])
+            if i < j:
+                scatter_add_rows(agg, rows, pos[i:j] - start, to[i:j], weight[i:j])
+    finish = op.projected if projected else op.aggregated
+    with torch.no_grad():
+        step = work.out_rows
+        for a in range(0, len(dst), step):
+            b = len(dst) if len(dst) - a < step + MIN_RANGE else a + step
+            # GCN's self loop is one of its weighted edges: it reads no own rows
+            x_dst = source.gather(dst[a:b]) if op.first_hop == "mean" else None
+            yield a, finish(x_dst, torch.from_numpy(agg[a:b]))
+            if b == len(dst):
+                break
+
+
+def _cuts(degrees: np.ndarray, sub_edges: int) -> list[tuple[int, int]]:
+    """Consecutive destinations in runs of about ``sub_edges`` in-edges (one at least)."""
+    ends = np.searchsorted(np.cumsum(degrees, dtype=np.int64),
+                           np.arange(sub_edges, int(degrees.sum()), sub_edges), side="right")
+    bounds = np.unique(np.concatenate([[0], ends, [len(degrees)]]))
+    return list(zip(bounds[:-1].tolist(), bounds[1:].tolist(), strict=True))
+
+
+def _weighted(op, graph: Graph, source, dst: np.ndarray, a: int, b: int):
+    """The weighted in-edges of ``dst[a:b]``: ``(source row, destination in dst, weight)``,
+    compact and sorted by source row (each destination sums in ascending source order)."""
+    nodes, src, dst_local = graph.neighbourhood(dst[a:b])
+    degree = graph.dataset.in_degrees(nodes) if op.needs_degrees else None
+    src, dst_local, weight = first_hop_edges(op.first_hop, src, dst_local, b - a, degree)
+    pos = source.position(nodes[src])
+    order = np.argsort(pos, kind="stable")
+    small = np.int32 if source.num_rows < 2**31 else np.int64
+    return pos[order].astype(small), (dst_local[order] + a).astype(np.int32), weight[order]
