@@ -32,7 +32,10 @@ and ``out_of_core_method`` says so), as scripts/bench_typed.py's:
      the first of them (the others show zero). Each layer's minimum: read the CSR (the
      ``indptr`` and ``indices`` files) and the layer's input rows (N x width x itemsize:
      the float16 features, then float32 layer outputs) once, write its output rows
-     (N x out_width x 4) once;
+     (N x out_width x 4) once. Reads made in ``startup`` (the CSR, where loaded up front)
+     and a CSR kept in the page cache from layer to layer put single layers below their
+     minimum: the whole run's ratio (``summary.disktrain.moved_over_min``: the child's
+     bytes read and written over the sum of the minimums) is the figure to quote;
   4. ``disktrain evaluate`` (exact val/test accuracy; ``--skip-evaluate``);
   5. PyG (scripts/pyg_infer_peer.py): the same weights in ``torch_geometric.nn.GraphSAGE``,
      layer-wise over a ``NeighborLoader(num_neighbors=[-1], input_nodes=None)`` on the stored
