@@ -346,6 +346,24 @@ def stderr_tail(path: Path, lines: int = 20) -> str:
         return ""
 
 
+def run_header(name: str, script: str, args: argparse.Namespace, argv: list[str] | None,
+               work: Path) -> dict:
+    """A benchmark's JSON record before its steps: the command, the machine, the config
+    (``args``; ``memory_limit`` as ``memory_limit_bytes``), the work directory."""
+    import shlex
+    import sys
+
+    return {"benchmark": name,
+            "command": shlex.join([sys.executable, script, *(sys.argv[1:] if argv is None
+                                                             else argv)]),
+            "machine": {"cores": os.cpu_count(), "mem_total_bytes":
+                        os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")},
+            "config": {**{k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()
+                          if k not in ("memory_limit", "out", "plot")},
+                       "memory_limit_bytes": args.memory_limit},
+            "workdir": str(work), "steps": {}}
+
+
 def last_json(stdout: str) -> dict | None:
     lines = stdout.strip().splitlines()
     try:

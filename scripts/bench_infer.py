@@ -73,6 +73,7 @@ from _benchlib import (
     in_child,
     last_json,
     parse_bytes,
+    run_header,
     run_measured,
     stderr_tail,
 )
@@ -463,16 +464,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     term = signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     work = Path(tempfile.mkdtemp(prefix="bench-infer-", dir=args.workdir))
-    result: dict = {
-        "benchmark": "bench_infer",
-        "command": shlex.join([sys.executable, __file__, *(sys.argv[1:] if argv is None
-                                                           else argv)]),
-        "machine": {"cores": os.cpu_count(), "mem_total_bytes":
-                    os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")},
-        "config": {**{k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()
-                      if k not in ("memory_limit", "out", "plot")},
-                   "memory_limit_bytes": args.memory_limit},
-        "workdir": str(work), "steps": {}}
+    result = run_header("bench_infer", __file__, args, argv, work)
     try:
         need, free = disk_need(args), shutil.disk_usage(work).free
         result["disk"] = {"need_bytes": need, "free_bytes": free}

@@ -63,6 +63,7 @@ from _benchlib import (
     in_child,
     last_json,
     parse_bytes,
+    run_header,
     run_measured,
     stderr_tail,
 )
@@ -326,16 +327,7 @@ def main(argv=None) -> int:
     # a TERM unwinds like Ctrl-C: the running step's session and cgroup go, the work dir too
     term = signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     work = Path(tempfile.mkdtemp(prefix="bench-typed-", dir=args.workdir))
-    result: dict = {
-        "benchmark": "bench_typed",
-        "command": shlex.join([sys.executable, __file__, *(sys.argv[1:] if argv is None
-                                                           else argv)]),
-        "machine": {"cores": os.cpu_count(), "mem_total_bytes":
-                    os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")},
-        "config": {**{k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()
-                      if k not in ("memory_limit", "out", "plot")},
-                   "memory_limit_bytes": args.memory_limit},
-        "workdir": str(work), "steps": {}}
+    result = run_header("bench_typed", __file__, args, argv, work)
     try:
         planned = in_child(planned_sizes, args.papers, args.feature_dim, args.classes)
         copies = 1 if args.skip_pyg else 2  # the dataset's features, the PyG export's

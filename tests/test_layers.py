@@ -152,3 +152,16 @@ def test_the_checker_sees_a_circle(tmp_path):
 @pytest.mark.parametrize("module", ["disktrain.storage.dataset", "disktrain.loader.loader"])
 def test_layer_of_known_modules(module):
     assert layer_of(module)[1] in module
+
+
+def test_every_package_is_in_the_distribution():
+    """A package folder missing from pyproject's list works in an editable checkout and is
+    absent from every installed one (as disktrain.infer once was)."""
+    import tomllib
+
+    listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())
+                 ["tool"]["setuptools"]["packages"])
+    folders = {"disktrain." + ".".join(p.parent.relative_to(ROOT / "disktrain").parts)
+               for p in (ROOT / "disktrain").rglob("__init__.py")} - {"disktrain."}
+    found = {"disktrain", "disktrain.kernels", "disktrain.cluster", *folders}
+    assert found == listed
