@@ -27,12 +27,13 @@ from .head import init_ray
 from .ray_prepare import TASKS_PER_CPU, split_runs
 
 
-def infer_on_ray(cfg: InferConfig, address: str | None = None) -> Path:
+def infer_on_ray(cfg: InferConfig, address: str | None = None, *,
+                 num_cpus: int | None = None) -> Path:
     """:func:`disktrain.infer.infer` with every layer's chunks computed by Ray tasks.
 
     ``address``: "auto", a GCS address, or None (RAY_ADDRESS if set, else a local Ray bound
-    to 127.0.0.1 for this call)."""
-    started = init_ray(address)
+    to 127.0.0.1 for this call, with ``num_cpus`` CPUs)."""
+    started = init_ray(address, num_cpus=num_cpus)
     try:
         return infer(cfg, chunks_on=lambda *a: _layer_on_ray(*a, progress=cfg.progress))
     finally:

@@ -827,6 +827,9 @@ def _infer_options(p: argparse.ArgumentParser) -> None:
                    help="compute each layer's ranges as Ray tasks on this cluster ('auto' "
                    "inside a Ray job, 'local' to start one here); every node sees the same "
                    "paths")
+    p.add_argument("--workers", type=int, metavar="N",
+                   help="compute each layer's ranges as Ray tasks on N CPUs of a Ray started "
+                   "here (without --ray-address)")
     _add_progress(p, C)
 
 
@@ -846,10 +849,14 @@ def _run_infer(args: argparse.Namespace) -> None:
     from disktrain.infer import infer
 
     cfg = configs(args)[""]
-    if args.ray_address:
+    if args.workers is not None and (args.workers < 1 or args.ray_address):
+        raise ConfigError(f"--workers must be >= 1 and without --ray-address, got "
+                          f"{args.workers} (--ray-address {args.ray_address})")
+    if args.ray_address or args.workers:
         from disktrain.cluster.ray_infer import infer_on_ray
 
-        out = infer_on_ray(cfg, None if args.ray_address == "local" else args.ray_address)
+        address = None if args.ray_address in (None, "local") else args.ray_address
+        out = infer_on_ray(cfg, address, num_cpus=args.workers)
     else:
         out = infer(cfg)
     print(json.dumps({"out": str(out)}))

@@ -398,6 +398,10 @@ def test_cli_infer_and_evaluate(graph, tmp_path, capsys):
         main(["infer", str(graph), "--checkpoint", str(tmp_path / "ck"), "--out",
               str(tmp_path / "o.parquet"), "--format", "parquet"])
     assert "already exists" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["infer", str(graph), "--checkpoint", str(tmp_path / "ck"), "--out",
+              str(tmp_path / "o2"), "--workers", "0"])
+    assert "--workers must be >= 1" in capsys.readouterr().err
 
 
 def test_a_trained_checkpoint_records_its_model_and_dataset(prepared, tmp_path):

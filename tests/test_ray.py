@@ -309,6 +309,13 @@ def test_infer_on_ray_writes_the_single_process_bytes(cluster, tmp_path, model, 
     for k, v in runs["one"].items():
         assert np.array_equal(v, runs["ray"][k]), k
     assert not (tmp_path / "ray.layers").exists()
+    if model == "sage":  # the command line's --workers, on the cluster this process joined
+        from disktrain.cli import main
+
+        assert main(["infer", str(path), "--checkpoint", str(ckpt), "--out",
+                     str(tmp_path / "cli"), "--workers", "2", "--no-progress"]) == 0
+        got = zarr.open_group(tmp_path / "cli", mode="r")["embeddings"][:]
+        assert np.array_equal(got, runs["one"]["embeddings"])
 
 
 def _train_cfg(dataset: Path, ckpt: Path) -> TrainConfig:
