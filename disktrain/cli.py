@@ -600,6 +600,7 @@ def _run_prepare(args: argparse.Namespace) -> None:
           "standard output is one JSON object (epochs, val_acc, test_acc, epoch_time_s, ...).")
 def _train_options(p: argparse.ArgumentParser) -> None:
     from disktrain.cluster.ray_train import RayTrainConfig as R
+    from disktrain.loader.config import LoaderConfig
     from disktrain.loader.loader import PLAN_REUSE
     from disktrain.models import MODELS
     from disktrain.robust import AGGREGATORS, PRE_AGGREGATORS, WORKER_ATTACKS
@@ -658,7 +659,8 @@ def _train_options(p: argparse.ArgumentParser) -> None:
             help="batches in flight per stage (default: %(default)s)")
     _option(p, "--loader-buffer-bytes", T, "loader.buffer_bytes", type=parse_bytes,
             help="most bytes of feature buffers the loader holds at once; fewer batches are "
-            "prefetched where they are larger (default: %(default)s)")
+            f"prefetched where they are larger (default: "
+            f"{format_bytes(LoaderConfig.buffer_bytes)})")
     _option(p, "--read-threads", T, "loader.read_threads", type=int,
             help="threads reading packed ranges (default: %(default)s)")
     _option(p, "--compute-threads", T, "compute_threads", type=int,

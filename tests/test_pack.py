@@ -31,6 +31,9 @@ def test_assign_tiers_table():
     assert cache_rows_to_fit(counts, 100) == 0
     never = assign_tiers(counts, 10, 1000, 1000)
     assert 0 not in never.gpu_nodes and 5 not in never.cpu_nodes
+    none = assign_tiers(counts, 10, 0, 9)  # no cache holds a row: nothing ranked
+    assert none.gpu_nodes.dtype == tiers.gpu_nodes.dtype and not len(none.gpu_nodes)
+    assert not len(none.cpu_nodes) and none.codes(7).tolist() == [NOT_CACHED] * 7
 
 
 def _prepare(path, pack_cfg, dtype=np.float32):

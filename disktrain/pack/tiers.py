@@ -37,6 +37,10 @@ def assign_tiers(counts: np.ndarray, row_bytes: int, gpu_cache_bytes: int,
 
     Rows never accessed are never cached.
     """
+    if not rows_for_bytes(gpu_cache_bytes, row_bytes) + rows_for_bytes(cpu_cache_bytes,
+                                                                         row_bytes):
+        empty = np.zeros(0, np.int64)  # no cache: no ranking (a sort of every count)
+        return Tiers(empty, empty.copy())
     order = hot_order(counts)
     n_gpu = min(rows_for_bytes(gpu_cache_bytes, row_bytes), len(order))
     n_cpu = min(rows_for_bytes(cpu_cache_bytes, row_bytes), len(order) - n_gpu)
