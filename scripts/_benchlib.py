@@ -364,6 +364,14 @@ def run_header(name: str, script: str, args: argparse.Namespace, argv: list[str]
             "workdir": str(work), "steps": {}}
 
 
+def write_json(result: dict, path: Path | None) -> None:
+    """``result`` to ``path`` (if any), through a temporary file renamed into place."""
+    if path is not None:
+        tmp = path.with_name(path.name + f".tmp-{os.getpid()}")
+        tmp.write_text(json.dumps(result, indent=1))
+        tmp.rename(path)
+
+
 def last_json(stdout: str) -> dict | None:
     lines = stdout.strip().splitlines()
     try:

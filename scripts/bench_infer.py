@@ -76,6 +76,7 @@ from _benchlib import (
     run_header,
     run_measured,
     stderr_tail,
+    write_json,
 )
 
 DISKTRAIN = [sys.executable, "-m", "disktrain"]
@@ -404,13 +405,6 @@ def plot(result: dict, path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
-
-
-def write_json(result: dict, path: Path | None) -> None:
-    if path is not None:
-        tmp = path.with_name(path.name + f".tmp-{os.getpid()}")
-        tmp.write_text(json.dumps(result, indent=1))
-        tmp.rename(path)
 
 
 def parse_args(argv=None):

@@ -66,6 +66,7 @@ from _benchlib import (
     run_header,
     run_measured,
     stderr_tail,
+    write_json,
 )
 
 DISKTRAIN = [sys.executable, "-m", "disktrain"]
@@ -277,13 +278,6 @@ def run_steps(args, bench: Bench, result: dict, out: Path | None) -> None:
             "--lr", str(args.lr), "--weight-decay", "0", "--dropout", str(args.dropout),
             "--seed", str(args.seed), "--max-phase-s", str(args.pyg_max_phase_s)],
             args.pyg_memory_limit)
-
-
-def write_json(result: dict, path: Path | None) -> None:
-    if path is not None:
-        tmp = path.with_name(path.name + f".tmp-{os.getpid()}")
-        tmp.write_text(json.dumps(result, indent=1))
-        tmp.rename(path)
 
 
 def parse_args(argv=None):
