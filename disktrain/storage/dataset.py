@@ -78,8 +78,18 @@ DATASET = StoreSchema((
     ArraySpec("indices", ("num_edges",), "index_dtype", mapped=True),
     ArraySpec("features", ("num_nodes", "feature_dim"), "feature_dtype", ROWS),
     ArraySpec("labels", ("num_nodes",), "int64", present="num_classes"),
-    *(ArraySpec(split, (split,), "int64", present=False) for split in SPLITS)))
-"""The dataset's arrays (a split's length is its own)."""
+    *(ArraySpec(split, (split,), "int64", present=False) for split in SPLITS),
+    ArraySpec("link_train", ("link_train", 2), "index_dtype", present=False),
+    *(ArraySpec(f"link_{split}", (f"link_{split}", 2), "int64", present=False)
+      for split in SPLITS[1:]),
+    *(ArraySpec(f"link_{split}_neg", (f"link_{split}", "eval_negatives"), "int64",
+                present=False) for split in SPLITS[1:])))
+"""The dataset's arrays (a split's length is its own). A dataset split for link prediction
+(``ingest --edge-split``) holds its supervision edges as ``(src, dst)`` rows: ``link_train``
+(every edge of the CSR once: one direction of an undirected graph's; memory-mapped),
+``link_val`` and ``link_test`` (absent from the CSR, both directions) and, per val/test edge,
+the ``eval_negatives`` destinations its ranking is against (``link_val_neg``,
+``link_test_neg``)."""
 
 
 Relation = tuple[str, str, str]
@@ -175,10 +185,10 @@ _VERIFIED: set[tuple] = set()
 _VERIFIED_LOCK = threading.Lock()
 
 
-def verify_flat_once(root: str | Path, name: str, ref: StoreRef) -> None:
-    """Check a 1-D single-chunk array's crc32c unless this process already checked this very
-    file (same path, inode, size and modification time)."""
-    key = file_identity(chunk_file(Path(root) / name, 0))
+def verify_flat_once(root: str | Path, name: str, ref: StoreRef, ndim: int = 1) -> None:
+    """Check an ``ndim``-D single-chunk array's crc32c unless this process already checked
+    this very file (same path, inode, size and modification time)."""
+    key = file_identity(chunk_file(Path(root) / name, *[0] * ndim))
     with _VERIFIED_LOCK:
         if key in _VERIFIED:
             return
@@ -538,6 +548,34 @@ class Dataset(FeatureRows):
         if name not in SPLITS:
             raise ValueError(f"split must be one of {SPLITS}, got {name!r}")
         return self._load(name)
+
+    @property
+    def has_link_split(self) -> bool:
+        """Whether the dataset holds edges split for link prediction (``link_train``...)."""
+        return self.has("link_train")
+
+    def link_edges(self, split: str) -> np.ndarray:
+        """(E, 2) ``(src, dst)`` supervision edges of ``split``: ``train`` memory-mapped
+        (crc-checked once per process), ``val``/``test`` read into memory."""
+        if split not in SPLITS:
+            raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+        name = f"link_{split}"
+        if not self.has(name):
+            raise DataError(f"{self.path}: dataset has no link prediction split ({name!r}); "
+                            "ingest it with --edge-split")
+        if split != "train":
+            return self._load(name)
+        if name not in self._flat:
+            verify_flat_once(self.path, name, self.ref, ndim=2)
+            self._flat[name] = open_flat_array(self.path, name, ref=self.ref)
+        return self._flat[name]
+
+    def link_negatives(self, split: str) -> np.ndarray:
+        """(E, K) per ``val``/``test`` edge of :meth:`link_edges`, the destinations ranked
+        against it (its source kept), fixed at ingest."""
+        if split not in SPLITS[1:]:
+            raise ValueError(f"link negatives are stored for val and test, not {split!r}")
+        return self._load(f"link_{split}_neg")
 
     def in_degrees(self, nodes: np.ndarray) -> np.ndarray:
         """Whole-graph in-degree of each node in ``nodes``."""
