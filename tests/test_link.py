@@ -181,3 +181,11 @@ def test_link_sample_store_estimate_bounds_what_it_writes(linked):
     estimate = sample_store_bytes(dataset, SamplePlan.of(dataset, LINK))
     written = disk_use(SampleStore(linked).path)
     assert written <= estimate <= 1.5 * written
+
+
+def test_link_training_on_first_hop_aggregated_batches(tmp_path):
+    path = make_link_dataset(tmp_path / "agg", num_nodes=120, num_edges=800)
+    prepare(path, replace(LINK, epochs=1), replace(PACK, aggregate_first_hop="mean"))
+    out = train(TrainConfig(dataset=str(path), task="link", epochs=1, progress=False,
+                            plan_reuse="cycle", model=ModelConfig(hidden=16)))
+    assert out["steps"] == SampleStore(path).batches_per_epoch and np.isfinite(out["loss"])
