@@ -551,6 +551,9 @@ def _prepare_options(p: argparse.ArgumentParser) -> None:
     _option(p, "--negative-sampling", S, "negative_sampling", "sample.",
             choices=NEGATIVE_SAMPLING, help="--task link: negatives drawn uniformly over the "
             "nodes or by in-degree^0.75 (default: %(default)s)")
+    _option(p, "--edges-per-epoch", S, "edges_per_epoch", "sample.", type=int, metavar="N",
+            help="--task link: train each epoch on N of the training edges, another random "
+            "subset every epoch (default: all)")
     _option(p, "--shared-negatives", S, "shared_negatives", "sample.",
             action=argparse.BooleanOptionalAction, help="--task link: one set of negatives "
             "per batch, paired with every positive's source (default: no)")
