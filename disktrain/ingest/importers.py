@@ -68,8 +68,10 @@ def ingest(cfg: IngestConfig) -> Path:
     if cfg.out.exists() and not cfg.overwrite:
         raise FileExistsError(f"{cfg.out} already exists (pass overwrite to replace it)")
     if cfg.ogb is not None:
-        return write_dataset(cfg.out, read_ogb(cfg), cfg.csr_config(),
-                             overwrite=cfg.overwrite, importer="ogb")
+        inputs = read_ogb(cfg)
+        return write_dataset(cfg.out, inputs, cfg.csr_config(), overwrite=cfg.overwrite,
+                             importer="ogb-link" if inputs.links else "ogb", link=cfg.link,
+                             chunk_rows=cfg.chunk_rows)
     edges = open_edges(cfg.edges, cfg.src_col, cfg.dst_col, cfg.chunk_rows)
     features = open_features(cfg.features) if cfg.features else None
     num_nodes, origin = count_nodes(cfg, edges, features)
@@ -79,7 +81,8 @@ def ingest(cfg: IngestConfig) -> Path:
                     edges=lambda: checked_chunks(edges, num_nodes),
                     num_input_edges=edges.num_rows or 0, edges_estimate=edges.estimate_rows(),
                     features=features, labels=labels, splits=splits, sources=cfg.sources())
-    return write_dataset(cfg.out, inputs, cfg.csr_config(), overwrite=cfg.overwrite)
+    return write_dataset(cfg.out, inputs, cfg.csr_config(), overwrite=cfg.overwrite,
+                         link=cfg.link, chunk_rows=cfg.chunk_rows)
 
 
 # OGB

@@ -587,6 +587,11 @@ class Dataset(FeatureRows):
         out = asdict(self.meta)
         out["path"] = str(self.path)
         out["splits"] = {s: self._array_meta(s).shape[0] for s in SPLITS if self.has(s)}
+        if self.has_link_split:
+            out["link_split"] = {s: self._array_meta(f"link_{s}").shape[0] for s in SPLITS
+                                 if self.has(f"link_{s}")}
+            if self.has("link_val_neg"):
+                out["link_split"]["eval_negatives"] = self._array_meta("link_val_neg").shape[1]
         return out
 
 
