@@ -286,13 +286,15 @@ class GivenSplit(EdgeSplit):
         if num_nodes > 2**32:
             raise DataError(f"given link splits need num_nodes <= 2**32, got {num_nodes}")
         self.given = given
+        for where, pairs in given.edges.values():
+            _check_pairs(where, pairs, num_nodes)
         self.held = {split: a for split, (_, a) in given.edges.items()}
         self.negatives = dict(given.negatives)
         keys = {split: _pair_keys(a[:, 0], a[:, 1], num_nodes) for split, a in self.held.items()}
         self._check_disjoint(keys)
         self._keys, inverse = np.unique(np.concatenate(list(keys.values())), return_inverse=True)
         cuts = np.cumsum([0, *(len(k) for k in keys.values())])
-        self._inverse = {s: inverse[a:b] for s, a, b in zip(keys, cuts, cuts[1:], strict=True)}
+        self._inverse = {s: inverse[a:b] for s, a, b in zip(keys, cuts[:-1], cuts[1:], strict=True)}
         self._found = np.zeros(len(self._keys), bool)
         self._check_negatives()
 
@@ -338,6 +340,20 @@ class GivenSplit(EdgeSplit):
 
     def held_bounds(self, num_input_edges: int) -> dict[str, int]:
         return {s: len(a) for s, a in self.held.items()}
+
+
+def _check_pairs(where: str, pairs: np.ndarray, num_nodes: int) -> None:
+    """DataError naming ``where`` and the row unless ``pairs`` is (E >= 1, 2) node ids."""
+    if pairs.ndim != 2 or pairs.shape[1] != 2 or pairs.dtype.kind not in "iu":
+        raise DataError(f"{where}: edges of shape {pairs.shape} and dtype {pairs.dtype}, "
+                        "expected (E, 2) integers")
+    if not len(pairs):
+        raise DataError(f"{where}: no edges")
+    bad = np.flatnonzero(((pairs < 0) | (pairs >= num_nodes)).any(axis=1))
+    if bad.size:
+        row = int(bad[0])
+        node = int(pairs[row, 0] if not 0 <= pairs[row, 0] < num_nodes else pairs[row, 1])
+        raise DataError(f"{where}: row {row}: node {node} out of range [0, {num_nodes})")
 
 
 def _pair_keys(src: np.ndarray, dst: np.ndarray, num_nodes: int) -> np.ndarray:
