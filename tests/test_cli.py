@@ -17,9 +17,9 @@ from disktrain.cli import (
     main,
     parse_bytes,
     parse_fanouts,
+    parse_fractions,
     parse_names,
     parse_param,
-    parse_fractions,
     parse_ranks,
     parse_relation_fanouts,
 )

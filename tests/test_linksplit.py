@@ -18,7 +18,8 @@ from helpers import assert_user_error
 from disktrain.cli import main
 from disktrain.ingest import IngestConfig, SynthConfig, ingest, synthesize
 from disktrain.ingest.linksplit import LinkSplitConfig
-from disktrain.storage.dataset import Dataset
+from disktrain.storage.dataset import Dataset, dataset_bytes
+from disktrain.verify import verify
 
 N = 60
 
@@ -141,11 +142,20 @@ def test_synth_split(tmp_path, capsys):
         assert ds.link_negatives(split).shape == (len(ds.link_edges(split)), 9)
     assert len(ds.link_edges("train")) == ds.meta.num_edges // 2
     assert ds.meta.provenance["sources"]["split_seed"] == "3"
+    assert verify(tmp_path / "s", progress=False).clean
     synthesize(SynthConfig(out=tmp_path / "t", num_nodes=500, feature_dim=4, progress=False,
                            link=LinkSplitConfig(edge_split=(0.8, 0.1, 0.1), split_seed=3,
                                                 eval_negatives=9)))
     np.testing.assert_array_equal(Dataset(tmp_path / "t").link_edges("val"),
                                   ds.link_edges("val"))
+
+
+def test_disk_estimate_counts_the_link_arrays():
+    sizes = {"num_nodes": 100, "num_edges": 1000, "feature_dim": 0, "feature_dtype": "float32",
+             "labels": False, "splits": {}}
+    link = {"link_train": 500, "link_val": 50, "link_test": 40, "eval_negatives": 1000}
+    extra = dataset_bytes(**sizes, link=link) - dataset_bytes(**sizes)
+    assert extra >= 500 * 2 * 4 + 90 * 2 * 8 + 90 * 1000 * 8
 
 
 def test_cora(tmp_path, capsys, cora_dir):
