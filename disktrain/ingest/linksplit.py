@@ -199,9 +199,6 @@ class EdgeSplit:
     def write(self, group: zarr.Group) -> dict[str, int]:
         """Store ``link_train`` (from the CSR in ``group``), the held-out edges and their
         negatives; return the arrays' lengths."""
-        for split in HELD:
-            if not len(self.held.get(split, ())):
-                raise DataError(self._empty_message(split))
         sizes = {"train": write_link_train(group, self.csr)}
         for k, split in enumerate(HELD):
             write_small_array(group, f"link_{split}", self.held[split])
@@ -213,9 +210,6 @@ class EdgeSplit:
                 write_negatives(group, f"link_{split}_neg", key, sizes[split],
                                 self.num_negatives, self.num_nodes)
         return sizes
-
-    def _empty_message(self, split: str) -> str:
-        return f"the {split} split holds no edge"
 
 
 class HashSplit(EdgeSplit):
@@ -247,6 +241,12 @@ class HashSplit(EdgeSplit):
 
     def _finish(self) -> None:
         self.held = {split: self._normal(parts) for split, parts in self._parts.items()}
+        for k, split in enumerate(HELD, 1):
+            if not len(self.held[split]):
+                raise DataError(
+                    f"edge_split {','.join(f'{f:g}' for f in self.cfg.edge_split)} left the "
+                    f"{split} split empty ({self._num_input} input edges, "
+                    f"{self.cfg.edge_split[k]:g} of them expected): give it a larger fraction")
 
     def _normal(self, parts: list[np.ndarray]) -> np.ndarray:
         """Held-out edges as stored: self loops dropped if the graph drops them; canonical
@@ -263,12 +263,6 @@ class HashSplit(EdgeSplit):
     def held_bounds(self, num_input_edges: int) -> dict[str, int]:
         shares = dict(zip(HELD, self.cfg.edge_split[1:], strict=True))
         return {s: math.ceil(f * num_input_edges * 1.1) + 64 for s, f in shares.items()}
-
-    def _empty_message(self, split: str) -> str:
-        share = self.cfg.edge_split[1 + HELD.index(split)]
-        return (f"edge_split {','.join(f'{f:g}' for f in self.cfg.edge_split)} left the {split} "
-                f"split empty ({self._num_input} input edges, {share:g} of them expected): "
-                "give it a larger fraction")
 
 
 def _threshold(fraction: float) -> int:
