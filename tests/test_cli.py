@@ -17,6 +17,7 @@ from disktrain.cli import (
     main,
     parse_bytes,
     parse_fanouts,
+    parse_fractions,
     parse_names,
     parse_param,
     parse_ranks,
@@ -72,6 +73,10 @@ CLI_ONLY |= {("synth", "typed")}  # picks synth's config: TypedSynthConfig
 _TYPED = ["o", "--typed", "igbh", "--papers", "100"]  # after "synth --out"
 CONTEXT.update({"--papers": _TYPED[:3], **{f"--{rel}-degree": _TYPED for rel in (
     "cites", "written-by", "affiliated-to", "topic")}})
+_LINK_FILES = [*BASE["ingest"][1:], "--link-val", "v", "--link-test", "t"]
+CONTEXT.update({"--link-val": _LINK_FILES[:-4] + _LINK_FILES[-2:],
+                "--link-test": _LINK_FILES[:-2], "--link-val-neg": _LINK_FILES,
+                "--link-test-neg": _LINK_FILES})
 
 
 def _other_value(action: argparse.Action) -> tuple[list[str], object]:
@@ -91,6 +96,8 @@ def _other_value(action: argparse.Action) -> tuple[list[str], object]:
         return [flag, "3K"], 3072
     if action.type is parse_names:
         return [flag, "nnm,clip"], ("nnm", "clip")
+    if action.type is parse_fractions:
+        return [flag, "0.7,0.2,0.1"], (0.7, 0.2, 0.1)
     if action.type is parse_ranks:
         return [flag, "0,2"], (0, 2)
     if action.type is parse_param:
