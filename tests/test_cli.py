@@ -83,7 +83,8 @@ def _other_value(action: argparse.Action) -> tuple[list[str], object]:
     """A command-line value of ``action`` other than its default, and what it parses to."""
     flag, default = action.option_strings[0], action.default
     if action.nargs == 0:  # store_true, store_false, --no-eval
-        flag = next((f for f in action.option_strings if f.startswith("--no-")), flag)
+        if default:
+            flag = next((f for f in action.option_strings if f.startswith("--no-")), flag)
         return [flag], not default
     if action.choices:
         value = next(c for c in action.choices if c != default)
@@ -153,11 +154,15 @@ def test_the_command_line_defaults_are_the_configs(command, defaults):
 
 
 def test_choices_are_the_configs_lists():
+    from disktrain.models.link import DECODERS
+    from disktrain.sample.plan import TASKS
+
     choices = {a.dest: tuple(a.choices) for a in _options("train") if a.choices}
     assert choices == {"model.model": MODELS, "plan_reuse": PLAN_REUSE,
                        "evaluation.mode": EVAL_MODES, "robust.aggregator": tuple(AGGREGATORS),
                        "on_nonfinite": ON_NONFINITE, "attack.attack": WORKER_ATTACKS,
-                       "optimizer.optimizer": OPTIMIZERS}
+                       "optimizer.optimizer": OPTIMIZERS, "task": TASKS,
+                       "model.decoder": DECODERS}
 
 
 def test_bad_model_options_fail_before_anything_loads(tmp_path, capsys):
