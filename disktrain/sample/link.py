@@ -22,6 +22,7 @@ import numpy as np
 from disktrain.errors import DataError
 from disktrain.kernels.rmat import permutation_bits, permutation_keys, permute_range
 from disktrain.kernels.rng import derive_key
+from disktrain.sample.batching import Batching
 
 NEGATIVE_SAMPLING = ("uniform", "degree")
 DEGREE_POWER = 0.75
@@ -72,7 +73,7 @@ class LinkBatches:
                 "label_offsets": self.label_offsets, "label_pos": self.label_pos}
 
 
-class LinkPlan:
+class LinkPlan(Batching):
     """The edge batches of every epoch of a :class:`~disktrain.sample.plan.SampleConfig`
     with ``task="link"``: the interface of :class:`~disktrain.sample.plan.SamplePlan`, a
     batch being ``batch_size`` positive edges and their negatives."""
@@ -90,29 +91,10 @@ class LinkPlan:
         return min(len(self.edges), self.config.edges_per_epoch or len(self.edges))
 
     @property
-    def batches_per_epoch(self) -> int:
-        return -(-self.num_items // self.config.batch_size)
-
-    @property
-    def num_batches(self) -> int:
-        return self.batches_per_epoch * self.config.epochs
-
-    @property
-    def num_groups(self) -> int:
-        return -(-self.num_batches // self.config.group_size)
-
-    @property
     def max_seeds(self) -> int:
         """The most seeds (distinct endpoints) a batch can have."""
         p, k = self.config.batch_size, self.config.num_negatives
         return min(self.num_nodes, 2 * p + (k if self.config.shared_negatives else p * k))
-
-    def group_batches(self, group: int) -> range:
-        g = self.config.group_size
-        return range(group * g, min((group + 1) * g, self.num_batches))
-
-    def batch_epoch(self, batch: int) -> int:
-        return self.config.first_epoch + batch // self.batches_per_epoch
 
     def epoch_order(self, epoch: int) -> int:
         """The epoch (batches are computed on their own; no order is precomputed)."""

@@ -12,6 +12,7 @@ import numpy as np
 
 from disktrain.errors import DataError, check_min
 from disktrain.kernels.rng import derive_key
+from disktrain.sample.batching import Batching
 from disktrain.sample.link import NEGATIVE_SAMPLING, LinkPlan
 from disktrain.storage.dataset import TypedDataset
 
@@ -110,7 +111,7 @@ def sampling_key(seed: int, epoch: int) -> int:
 
 
 @dataclass(frozen=True)
-class SamplePlan:
+class SamplePlan(Batching):
     """Batches of every epoch: epoch e's seed ids (the config's split) shuffled with
     (seed, e), cut in order. Batch ``b`` of the plan belongs to epoch ``first_epoch + b //
     batches_per_epoch`` of the run."""
@@ -140,26 +141,9 @@ class SamplePlan:
         """What an epoch batches: its seed nodes."""
         return len(self.train_ids)
 
-    @property
-    def batches_per_epoch(self) -> int:
-        return -(-self.num_items // self.config.batch_size)
-
-    @property
-    def num_batches(self) -> int:
-        return self.batches_per_epoch * self.config.epochs
-
-    @property
-    def num_groups(self) -> int:
-        return -(-self.num_batches // self.config.group_size)
-
     def epoch_order(self, epoch: int) -> np.ndarray:
         """Seed ids in (run) epoch ``epoch``'s shuffled order."""
         return np.random.default_rng([self.config.seed, epoch]).permutation(self.train_ids)
-
-    def group_batches(self, group: int) -> range:
-        """Global batch indices in ``group``."""
-        g = self.config.group_size
-        return range(group * g, min((group + 1) * g, self.num_batches))
 
     def batch_seeds(self, batch: int, order: np.ndarray | None = None) -> np.ndarray:
         """Seed ids of global batch ``batch`` (pass the epoch order to avoid reshuffling)."""
@@ -168,7 +152,3 @@ class SamplePlan:
             order = self.epoch_order(self.batch_epoch(batch))
         b = self.config.batch_size
         return order[i * b:(i + 1) * b]
-
-    def batch_epoch(self, batch: int) -> int:
-        """The run epoch of the plan's batch ``batch``."""
-        return self.config.first_epoch + batch // self.batches_per_epoch
