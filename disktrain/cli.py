@@ -563,7 +563,7 @@ def _prepare_options(p: argparse.ArgumentParser) -> None:
     from disktrain.kernels.aggregate import AGGREGATIONS
     from disktrain.pack import PackConfig as P
     from disktrain.sample import SampleConfig as S
-    from disktrain.sample.link import NEGATIVE_SAMPLING
+    from disktrain.sample.link import NEGATIVE_MODES, NEGATIVE_SAMPLING
     from disktrain.sample.plan import TASKS
 
     p.set_defaults(func=_run_prepare, configs=_configs_of({"sample.": S, "pack.": P}))
@@ -585,17 +585,19 @@ def _prepare_options(p: argparse.ArgumentParser) -> None:
             "edges of a dataset ingested with --edge-split, with negatives drawn for them, "
             "for `train --task link` (default: %(default)s)")
     _option(p, "--num-negatives", S, "num_negatives", "sample.", type=int, metavar="K",
-            help="--task link: negative destinations per positive edge (per batch with "
-            "--shared-negatives) (default: %(default)s)")
+            help="--task link: negatives per positive edge (per batch with --negative-mode "
+            "shared) (default: %(default)s)")
     _option(p, "--negative-sampling", S, "negative_sampling", "sample.",
             choices=NEGATIVE_SAMPLING, help="--task link: negatives drawn uniformly over the "
             "nodes or by in-degree^0.75 (default: %(default)s)")
     _option(p, "--edges-per-epoch", S, "edges_per_epoch", "sample.", type=int, metavar="N",
             help="--task link: train each epoch on N of the training edges, another random "
             "subset every epoch (default: all)")
-    _option(p, "--shared-negatives", S, "shared_negatives", "sample.",
-            action=argparse.BooleanOptionalAction, help="--task link: one set of negatives "
-            "per batch, paired with every positive's source (default: no)")
+    _option(p, "--negative-mode", S, "negative_mode", "sample.", choices=NEGATIVE_MODES,
+            help="--task link: source: each negative keeps its positive's source (PyG's "
+            "triplet negatives); pairs: a random source and destination (PyG's binary); "
+            "shared: --num-negatives destinations per batch, paired with every source "
+            "(default: %(default)s)")
     _option(p, "--seed", S, "seed", "sample.", type=int,
             help="random seed (default: %(default)s)")
     _option(p, "--group-size", S, "group_size", "sample.", type=int,

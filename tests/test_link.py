@@ -80,17 +80,28 @@ def test_negatives_per_edge_keep_the_source(linked):
 
 def test_shared_and_degree_negatives(linked):
     ds = Dataset(linked)
-    plan = SamplePlan.of(ds, replace(LINK, shared_negatives=True, num_negatives=5,
+    plan = SamplePlan.of(ds, replace(LINK, negative_mode="shared", num_negatives=5,
                                      negative_sampling="degree"))
     seeds, links = plan.batch(0)
     p = links.num_pos
     negs = seeds[links.label_dst[p:]]
     assert len(np.unique(negs)) <= 5 and len(links.label_src) == p * 6
     degree = np.diff(ds.indptr)
-    many = plan.negatives(0, 5000)
+    many = plan.negatives(0, 5000)[0]
     assert (degree[many] > 0).all()  # drawn by in-degree ** 0.75: never a node without
     top = np.argsort(degree)[-20:]
     assert np.isin(many, top).mean() > 20 / ds.num_nodes  # high degree drawn more
+
+
+def test_pairs_negatives_draw_both_endpoints(linked):
+    plan = SamplePlan.of(Dataset(linked), replace(LINK, negative_mode="pairs", num_negatives=3))
+    seeds, links = plan.batch(0)
+    p = links.num_pos
+    assert len(links.label_src) == 4 * p
+    negative = np.stack((seeds[links.label_src[p:]], seeds[links.label_dst[p:]]), 1)
+    sources = plan.positives(0)[:, 0]
+    assert not np.isin(negative[:, 0], sources).all()  # sources drawn, not the positives'
+    assert plan.max_seeds >= len(seeds)
 
 
 def test_bad_link_configs(tmp_path):
@@ -100,6 +111,8 @@ def test_bad_link_configs(tmp_path):
         SampleConfig(task="link", negative_sampling="popular")
     with pytest.raises(ValueError, match="task"):
         SampleConfig(task="graph")
+    with pytest.raises(ValueError, match="negative_mode"):
+        SampleConfig(task="link", negative_mode="triplet")
     plain = make_dataset(tmp_path / "plain")
     with pytest.raises(DataError, match="edge-split"):
         sample_dataset(plain, LINK, progress=False)
@@ -132,12 +145,12 @@ def test_task_mismatch_is_refused(linked, tmp_path):
         train(TrainConfig(dataset=str(plain), task="link", epochs=1, progress=False))
 
 
-@pytest.mark.parametrize("decoder", ["dot", "mlp"])
-def test_link_training_learns_and_evaluates_exactly(linked, tmp_path, decoder):
+@pytest.mark.parametrize("model,decoder", [("sage", "dot"), ("sage", "mlp"), ("gat", "dot")])
+def test_link_training_learns_and_evaluates_exactly(linked, tmp_path, model, decoder):
     run = tmp_path / "run"
     out = train(TrainConfig(dataset=str(linked), task="link", epochs=4, progress=False,
                             run_dir=str(run), plan_reuse="cycle",
-                            model=ModelConfig(hidden=32, decoder=decoder)))
+                            model=ModelConfig(model=model, hidden=32, decoder=decoder)))
     assert out["steps"] == 4 * SampleStore(linked).batches_per_epoch
     ckpt = run / "checkpoints"
     trained = load_trained(ckpt, Dataset(linked))

@@ -5,8 +5,9 @@ Epoch ``e``'s order of the training edges (``link_train``) is a seeded hash perm
 their indices (:func:`~disktrain.kernels.rmat.permute`, keyed by ``(seed, e)``), so any worker
 computes any batch's positives in O(batch), without an O(E) shuffle. Batch ``b`` takes
 ``batch_size`` of them, then draws ``num_negatives`` destinations per positive (its source
-kept; ``shared_negatives``: that many for the whole batch, every positive's source paired
-with each), uniformly over the nodes or by in-degree ** 0.75 (word2vec's smoothing), from a
+kept; ``negative_mode`` "pairs": a drawn source too; "shared": that many for the whole batch,
+every positive's source paired with each), uniformly over the nodes or by in-degree ** 0.75
+(word2vec's smoothing; a drawn source: uniformly), from a
 generator seeded with ``(seed, epoch, batch)``. Its seeds, the nodes it samples neighbours
 of, are the distinct endpoints of every pair, ascending; the pairs are stored as positions
 among them (``label_src``, ``label_dst``), positives first.
@@ -25,6 +26,7 @@ from disktrain.kernels.rng import derive_key
 from disktrain.sample.batching import Batching
 
 NEGATIVE_SAMPLING = ("uniform", "degree")
+NEGATIVE_MODES = ("source", "pairs", "shared")
 DEGREE_POWER = 0.75
 
 
@@ -94,7 +96,8 @@ class LinkPlan(Batching):
     def max_seeds(self) -> int:
         """The most seeds (distinct endpoints) a batch can have."""
         p, k = self.config.batch_size, self.config.num_negatives
-        return min(self.num_nodes, 2 * p + (k if self.config.shared_negatives else p * k))
+        per_batch = {"source": p * k, "pairs": 2 * p * k, "shared": k}
+        return min(self.num_nodes, 2 * p + per_batch[self.config.negative_mode])
 
     def epoch_order(self, epoch: int) -> int:
         """The epoch (batches are computed on their own; no order is precomputed)."""
@@ -115,13 +118,18 @@ class LinkPlan(Batching):
         out[order] = self.edges[picks[order]]
         return out
 
-    def negatives(self, batch: int, count: int) -> np.ndarray:
-        """``count`` negative destinations of the plan's batch ``batch``."""
+    def negatives(self, batch: int, count: int) -> tuple[np.ndarray, np.ndarray | None]:
+        """``count`` negative destinations of the plan's batch ``batch``, and as many sources
+        with ``negative_mode`` "pairs" (else None)."""
         rng = np.random.default_rng([self.config.seed, self.batch_epoch(batch), batch, 0x4E6])
         if self.config.negative_sampling == "uniform":
-            return rng.integers(0, self.num_nodes, count, dtype=np.int64)
-        cdf = self._degree_cdf
-        return np.searchsorted(cdf, rng.random(count) * cdf[-1], side="right").astype(np.int64)
+            dst = rng.integers(0, self.num_nodes, count, dtype=np.int64)
+        else:
+            cdf = self._degree_cdf
+            dst = np.searchsorted(cdf, rng.random(count) * cdf[-1], side="right")
+        src = (rng.integers(0, self.num_nodes, count, dtype=np.int64)
+               if self.config.negative_mode == "pairs" else None)
+        return dst.astype(np.int64), src
 
     @cached_property
     def _degree_cdf(self) -> np.ndarray:
@@ -138,14 +146,15 @@ class LinkPlan(Batching):
         """The seeds (distinct endpoints, ascending) of the plan's batch ``batch`` and its
         pairs as positions among them."""
         pos = self.positives(batch)
-        p, k = len(pos), self.config.num_negatives
-        neg = self.negatives(batch, k if self.config.shared_negatives else p * k)
-        seeds, inverse = np.unique(np.concatenate((pos[:, 0], pos[:, 1], neg)),
-                                   return_inverse=True)
-        src, dst, neg = inverse[:p], inverse[p:2 * p], inverse[2 * p:]
-        if self.config.shared_negatives:
+        p, k, mode = len(pos), self.config.num_negatives, self.config.negative_mode
+        neg, neg_src = self.negatives(batch, k if mode == "shared" else p * k)
+        ends = (pos[:, 0], pos[:, 1], neg) + ((neg_src,) if neg_src is not None else ())
+        seeds, inverse = np.unique(np.concatenate(ends), return_inverse=True)
+        src, dst, neg = inverse[:p], inverse[p:2 * p], inverse[2 * p:2 * p + len(neg)]
+        if mode == "shared":
             neg_src, neg_dst = np.repeat(src, k), np.tile(neg, p)
         else:
-            neg_src, neg_dst = np.repeat(src, k), neg
+            neg_dst = neg
+            neg_src = inverse[2 * p + len(neg):] if mode == "pairs" else np.repeat(src, k)
         return seeds, LinkLabels(np.concatenate((src, neg_src)).astype(np.int32),
                                  np.concatenate((dst, neg_dst)).astype(np.int32), p)

@@ -13,7 +13,7 @@ import numpy as np
 from disktrain.errors import DataError, check_min
 from disktrain.kernels.rng import derive_key
 from disktrain.sample.batching import Batching
-from disktrain.sample.link import NEGATIVE_SAMPLING, LinkPlan
+from disktrain.sample.link import NEGATIVE_MODES, NEGATIVE_SAMPLING, LinkPlan
 from disktrain.storage.dataset import TypedDataset
 
 SPLITS = ("train", "val", "test")
@@ -49,17 +49,19 @@ class SampleConfig:
     """"node": batches of seed nodes (``split``'s); "link": batches of the dataset's training
     edges (``link_train``) and negatives drawn for them (:mod:`disktrain.sample.link`)."""
     num_negatives: int = 1
-    """Link prediction: negative destinations drawn per positive edge (its source kept), or
-    per batch with ``shared_negatives``."""
+    """Link prediction: negatives drawn per positive edge (per batch with ``negative_mode``
+    "shared")."""
     negative_sampling: str = "uniform"
     """Link prediction: negatives drawn "uniform" over the nodes, or by in-"degree" ** 0.75."""
     edges_per_epoch: int = 0
     """Link prediction: train each epoch on this many of the training edges, a different
     random subset every epoch (0: all of them), as a LinkNeighborLoader over a sampled
     ``edge_label_index``; bounds an epoch of a graph of billions of edges."""
-    shared_negatives: bool = False
-    """Link prediction: one set of ``num_negatives`` destinations per batch, paired with
-    every positive's source (fewer nodes to sample per batch) instead of one per edge."""
+    negative_mode: str = "source"
+    """Link prediction, how a negative pair is made: "source", the positive's source with a
+    drawn destination (PyG's "triplet" negatives, scored as pairs); "pairs", a drawn source
+    and a drawn destination (PyG's "binary"); "shared", ``num_negatives`` destinations per
+    batch, each paired with every positive's source (fewer nodes to sample per batch)."""
 
     def __post_init__(self):
         object.__setattr__(self, "fanouts", tuple(int(f) for f in self.fanouts))
@@ -79,6 +81,9 @@ class SampleConfig:
             raise ValueError(f"split must be one of {SPLITS}, got {self.split!r}")
         if self.task not in TASKS:
             raise ValueError(f"task must be one of {TASKS}, got {self.task!r}")
+        if self.negative_mode not in NEGATIVE_MODES:
+            raise ValueError(f"negative_mode must be one of {NEGATIVE_MODES}, got "
+                             f"{self.negative_mode!r}")
         if self.negative_sampling not in NEGATIVE_SAMPLING:
             raise ValueError(f"negative_sampling must be one of {NEGATIVE_SAMPLING}, got "
                              f"{self.negative_sampling!r}")
