@@ -1,5 +1,6 @@
 """scripts/pyg_link_peer.py: PyG's LinkNeighborLoader training on a tiny dataset split for link
-prediction, evaluated with finite metrics (with the `bench` extra installed)."""
+prediction, evaluated with finite metrics (with the `bench` extra installed); how
+scripts/bench_link.py summarizes the seeds of both systems."""
 
 from __future__ import annotations
 
@@ -19,9 +20,36 @@ from disktrain.storage.atomic import atomic_dir
 from disktrain.storage.dataset import DatasetMeta, create_features, write_small_array
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+import bench_link as bench
 
-pytestmark = pytest.mark.skipif(importlib.util.find_spec("torch_geometric") is None,
-                                reason="needs the `bench` extra (torch-geometric)")
+needs_pyg = pytest.mark.skipif(importlib.util.find_spec("torch_geometric") is None,
+                               reason="needs the `bench` extra (torch-geometric)")
+
+
+def metrics(auc: float, mrr: float) -> dict:
+    return {"val": {"auc": auc + 0.01, "mrr": mrr}, "test": {"auc": auc, "mrr": mrr}}
+
+
+def test_summary_means_stds_and_the_goal_on_the_test_means():
+    runs = {"disktrain": [metrics(0.905, 0.30), metrics(0.925, 0.34)],
+            "pyg": [metrics(0.91, 0.36), metrics(0.93, 0.36)]}
+    s = bench.summarize(runs)
+    auc = s["test"]["auc"]
+    assert auc["disktrain"]["mean"] == pytest.approx(0.915)
+    assert auc["disktrain"]["std"] == pytest.approx(np.std([0.905, 0.925], ddof=1))
+    assert auc["disktrain"]["n"] == 2 and auc["pyg"]["std"] == pytest.approx(0.01 * 2 ** 0.5)
+    assert auc["diff"] == pytest.approx(-0.005)
+    assert s["test"]["mrr"]["diff"] == pytest.approx(-0.04)
+    assert s["val"]["auc"]["diff"] == pytest.approx(-0.005)
+    assert bench.goal(s) == {"auc": True, "mrr": False}  # half a point below: met; 4: not
+    assert "-0.0400" in bench.table({"cora": {"summary": s}})
+
+
+def test_summary_without_the_other_systems_runs_judges_nothing():
+    s = bench.summarize({"disktrain": [], "pyg": [metrics(0.9, 0.3)]})
+    assert "diff" not in s["test"]["auc"] and s["test"]["auc"]["pyg"]["std"] == 0.0
+    assert bench.goal(s) == {"auc": None, "mrr": None}
+    assert "-" in bench.table({"synth": {"summary": s}}).splitlines()[-1].split()
 
 
 def make_link_dataset(path: Path, num_nodes: int = 200, num_edges: int = 2000, dim: int = 8,
@@ -69,6 +97,7 @@ def run_peer(ds: Path, capsys, *flags: str) -> dict:
     return json.loads(capsys.readouterr().out.splitlines()[-1])
 
 
+@needs_pyg
 @pytest.mark.parametrize("flags", [(), ("--negative-mode", "triplet", "--num-negatives", "3",
                                         "--negative-sampling", "degree")])
 def test_peer_trains_and_ranks_the_held_out_edges_with_finite_metrics(link_ds, capsys, flags):
@@ -85,6 +114,7 @@ def test_peer_trains_and_ranks_the_held_out_edges_with_finite_metrics(link_ds, c
     assert result["link"]["test"]["auc"] > 0.6
 
 
+@needs_pyg
 def test_peer_refuses_zero_negatives(link_ds, capsys):
     from pyg_link_peer import main as peer
 
@@ -93,6 +123,7 @@ def test_peer_refuses_zero_negatives(link_ds, capsys):
     assert "--num-negatives must be >= 1, got 0" in capsys.readouterr().err
 
 
+@needs_pyg
 def test_peer_model_is_disktrains_sage_on_the_full_graph(link_ds):
     """The peer's GraphSAGE, its weights copied into disktrain's SAGE, gives the same
     embeddings: the same layers, widths and activation (eval mode: no dropout)."""
@@ -116,3 +147,23 @@ def test_peer_model_is_disktrains_sage_on_the_full_graph(link_ds):
         block = Block(data.edge_index[0], data.edge_index[1], n, n)
         np.testing.assert_allclose(ours(data.x, [block, block]).numpy(),
                                    theirs(data.x, data.edge_index).numpy(), atol=1e-5)
+
+
+@pytest.mark.slow
+@needs_pyg
+def test_accuracy_driver_runs_the_peer_per_seed_and_writes_the_summary(link_ds, tmp_path,
+                                                                        monkeypatch, capsys):
+    monkeypatch.setattr(bench, "build_datasets", lambda *_: {"synth": link_ds})
+    out = tmp_path / "acc.json"
+    assert bench.main(["--accuracy", "--graphs", "synth", "--systems", "pyg", "--seeds", "2",
+                       "--fanouts", "5,5", "--batch-size", "256", "--hidden", "16",
+                       "--epochs", "2", "--workdir", str(tmp_path), "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    rec = result["graphs"]["synth"]
+    assert rec["dataset"]["eval_negatives"] == 20 and len(rec["runs"]["pyg"]) == 2
+    assert list(result["steps"]) == ["synth/seed0/pyg", "synth/seed1/pyg"]
+    assert "--seed" in result["steps"]["synth/seed1/pyg"]["argv"]
+    assert rec["summary"]["test"]["mrr"]["pyg"]["n"] == 2
+    assert rec["goal_within_1_point"] == {"auc": None, "mrr": None}
+    assert "synth  test  auc" in capsys.readouterr().out
+    assert [p.name for p in tmp_path.iterdir()] == ["acc.json"]  # the work dir removed
