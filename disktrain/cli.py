@@ -524,6 +524,8 @@ def _prepare_options(p: argparse.ArgumentParser) -> None:
     from disktrain.kernels.aggregate import AGGREGATIONS
     from disktrain.pack import PackConfig as P
     from disktrain.sample import SampleConfig as S
+    from disktrain.sample.link import NEGATIVE_SAMPLING
+    from disktrain.sample.plan import TASKS
 
     p.set_defaults(func=_run_prepare, configs=_configs_of({"sample.": S, "pack.": P}))
     p.add_argument("dataset", type=Path, metavar="DATASET", help="dataset directory")
@@ -536,9 +538,22 @@ def _prepare_options(p: argparse.ArgumentParser) -> None:
             help="typed graphs: these relations' own neighbors per hop (0: not sampled at "
             "that hop); a relation is src__rel__dst, or rel alone when unique")
     _option(p, "--batch-size", S, "batch_size", "sample.", type=int,
-            help="seeds per batch (default: %(default)s)")
+            help="seeds per batch; with --task link, positive edges (default: %(default)s)")
     _option(p, "--epochs", S, "epochs", "sample.", type=int,
             help="epochs of batches to pre-sample (default: %(default)s)")
+    _option(p, "--task", S, "task", "sample.", choices=TASKS,
+            help="node: batches of the train split's nodes; link: batches of the training "
+            "edges of a dataset ingested with --edge-split, with negatives drawn for them, "
+            "for `train --task link` (default: %(default)s)")
+    _option(p, "--num-negatives", S, "num_negatives", "sample.", type=int, metavar="K",
+            help="--task link: negative destinations per positive edge (per batch with "
+            "--shared-negatives) (default: %(default)s)")
+    _option(p, "--negative-sampling", S, "negative_sampling", "sample.",
+            choices=NEGATIVE_SAMPLING, help="--task link: negatives drawn uniformly over the "
+            "nodes or by in-degree^0.75 (default: %(default)s)")
+    _option(p, "--shared-negatives", S, "shared_negatives", "sample.",
+            action=argparse.BooleanOptionalAction, help="--task link: one set of negatives "
+            "per batch, paired with every positive's source (default: no)")
     _option(p, "--seed", S, "seed", "sample.", type=int,
             help="random seed (default: %(default)s)")
     _option(p, "--group-size", S, "group_size", "sample.", type=int,
@@ -603,8 +618,10 @@ def _train_options(p: argparse.ArgumentParser) -> None:
     from disktrain.loader.config import LoaderConfig
     from disktrain.loader.loader import PLAN_REUSE
     from disktrain.models import MODELS
+    from disktrain.models.link import DECODERS
     from disktrain.robust import AGGREGATORS, PRE_AGGREGATORS, WORKER_ATTACKS
     from disktrain.robust import AttackConfig as A
+    from disktrain.sample.plan import TASKS
     from disktrain.train.config import ON_NONFINITE, OPTIMIZERS
     from disktrain.train.config import TrainConfig as T
     from disktrain.train.evaluate import EVAL_MODES
@@ -615,6 +632,13 @@ def _train_options(p: argparse.ArgumentParser) -> None:
             help="the node classifier; mlp: a features-only baseline; on a typed graph rsage "
             "or rgat (sage, gat mean them there) (default: %(default)s)")
     _option(p, "--epochs", T, "epochs", type=int, help="training epochs (default: %(default)s)")
+    _option(p, "--task", T, "task", choices=TASKS,
+            help="node: classify the seed nodes; link: score edges against negatives, on a "
+            "dataset prepared with --task link; MRR, Hits@K and AUC of the val and test edges "
+            "from exact embeddings after training (default: %(default)s)")
+    _option(p, "--decoder", T, "model.decoder", choices=DECODERS,
+            help="--task link: score a pair of node embeddings by their dot product, or by "
+            "an MLP over their elementwise product (default: %(default)s)")
     _option(p, "--seed", T, "seed", type=int,
             help="seeds initialization, dropout and the batch order (default: %(default)s)")
     _option(p, "--hidden", T, "model.hidden", type=int,
@@ -767,9 +791,21 @@ def _run_train(args: argparse.Namespace) -> None:
         result = train(cfg)
         _close_process_group()
     if int(os.environ.get("RANK", "0")) == 0:
-        if cfg.evaluation.mode == "exact":
+        if cfg.task == "link":
+            result["link"] = _link_metrics(cfg)
+        elif cfg.evaluation.mode == "exact":
             result.update(_exact_accuracy(cfg))
         print(json.dumps(result))
+
+
+def _link_metrics(cfg) -> dict:
+    """Per split, MRR, Hits@K and AUC of the run's last checkpoint on exact embeddings."""
+    from disktrain.infer import evaluate_exact
+
+    found = evaluate_exact(cfg.dataset, cfg.checkpoint.directory(cfg.writes_to),
+                           work_dir=cfg.writes_to)
+    return {split: {k.removeprefix(f"{split}_"): v for k, v in found.items()
+                    if k.startswith(f"{split}_")} for split in ("val", "test")}
 
 
 def _exact_accuracy(cfg) -> dict:

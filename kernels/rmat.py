@@ -15,7 +15,7 @@ from statistics import NormalDist
 import numba as nb
 import numpy as np
 
-from .rng import draw
+from .rng import derive_key, draw
 
 _U16 = np.uint64(16)
 _U11 = np.uint64(11)
@@ -49,6 +49,30 @@ def permute(v, n, perm, bits):
     while x >= np.uint64(n):
         x = _perm_pow2(x, perm, bits)
     return np.int64(x)
+
+
+@nb.njit(nogil=True, cache=True)
+def permute_range(start, stop, n, perm, bits):
+    """int64 ``[permute(i) for i in range(start, stop)]``: a slice of the permutation."""
+    out = np.empty(stop - start, np.int64)
+    for i in range(start, stop):
+        out[i - start] = permute(i, n, perm, bits)
+    return out
+
+
+def permutation_keys(key: int, rounds: int = 4) -> np.ndarray:
+    """Round keys of a hash permutation from a uint64 ``key``: row 0 XOR keys, row 1 odd
+    multipliers (``perm`` of :func:`permute`)."""
+    keys = np.empty((2, rounds), np.uint64)
+    for r in range(rounds):
+        keys[0, r] = derive_key(key, 2 * r)
+        keys[1, r] = derive_key(key, 2 * r + 1) | 1
+    return keys
+
+
+def permutation_bits(n: int) -> int:
+    """The ``bits`` of :func:`permute` for ``[0, n)``: ``n <= 2**bits < 2n`` (1 at least)."""
+    return max(1, (n - 1).bit_length())
 
 
 @nb.njit(nogil=True, cache=True, inline="always")

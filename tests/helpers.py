@@ -51,6 +51,14 @@ def prepare(path: Path, sample: SampleConfig = SAMPLE, pack: PackConfig = PACK, 
     return packed
 
 
+def disk_use(path: Path) -> int:
+    """Bytes allocated to ``path`` and everything under it (files and directories)."""
+    total = os.lstat(path).st_blocks * 512
+    for root, dirs, files in os.walk(path):
+        total += sum(os.lstat(os.path.join(root, n)).st_blocks * 512 for n in dirs + files)
+    return total
+
+
 def newest_checkpoint(directory: Path) -> dict:
     """The newest checkpoint in ``directory`` that loads."""
     path, data = read_newest(directory)

@@ -16,7 +16,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pcsv
 import pytest
-from helpers import assert_user_error
+from helpers import assert_user_error, disk_use
 
 from disktrain.errors import DiskSpaceError
 from disktrain.ingest import IngestConfig, ingest
@@ -35,13 +35,6 @@ from disktrain.storage.io import disk_full_errors, preallocate
 
 ROOT = Path(__file__).resolve().parents[1]
 
-
-def disk_use(path: Path) -> int:
-    """Bytes allocated to ``path`` and everything under it (files and directories)."""
-    total = os.lstat(path).st_blocks * 512
-    for root, dirs, files in os.walk(path):
-        total += sum(os.lstat(os.path.join(root, n)).st_blocks * 512 for n in dirs + files)
-    return total
 
 
 def run_cli(*args, script: str | None = None) -> subprocess.CompletedProcess:

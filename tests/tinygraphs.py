@@ -38,6 +38,45 @@ def make_dataset(path: Path, num_nodes: int = 300, num_edges: int = 3000, dim: i
     return path
 
 
+def make_link_dataset(path: Path, num_nodes: int = 200, num_edges: int = 2000, dim: int = 8,
+                      eval_negatives: int = 20, seed: int = 0) -> Path:
+    """A graph split for link prediction: 10% of random edges held out (half val, half test,
+    with ``eval_negatives`` random destinations each), the rest the CSR and ``link_train``.
+    Features carry a planted signal: nodes of one of 4 groups link mostly within it."""
+    rng = np.random.default_rng(seed)
+    group = rng.integers(0, 4, num_nodes)
+    src = rng.integers(0, num_nodes, num_edges)
+    dst = np.where(rng.random(num_edges) < 0.8,  # a random node of src's group, mostly
+                   _same_group(rng, group, src), rng.integers(0, num_nodes, num_edges))
+    keep = src != dst
+    pairs = np.unique(np.stack((src[keep], dst[keep]), 1), axis=0)
+    held = rng.random(len(pairs)) < 0.1
+    train, held = pairs[~held], pairs[held]
+    with atomic_dir(path) as tmp:
+        g = zarr.open_group(tmp, mode="w")
+        e = build_csr(g, lambda: [(train[:, 0], train[:, 1])], num_nodes, len(train),
+                      CSRConfig(progress=False))
+        feats = create_features(g, num_nodes, dim, np.float32)
+        feats[...] = (np.eye(4, dim)[group] + 0.3 * rng.standard_normal((num_nodes, dim))
+                      ).astype(np.float32)
+        indptr, indices = g["indptr"][:], g["indices"][:]
+        rows = np.repeat(np.arange(num_nodes), np.diff(indptr))
+        write_small_array(g, "link_train", np.stack((indices, rows), 1).astype(np.int32))
+        for name, part in (("link_val", held[::2]), ("link_test", held[1::2])):
+            write_small_array(g, name, part.astype(np.int64))
+            write_small_array(g, f"{name}_neg",
+                              rng.integers(0, num_nodes, (len(part), eval_negatives)))
+        g.attrs.update(asdict(DatasetMeta(num_nodes=num_nodes, num_edges=e, feature_dim=dim,
+                                          num_classes=0, feature_dtype="float32")))
+    return path
+
+
+def _same_group(rng, group: np.ndarray, nodes: np.ndarray) -> np.ndarray:
+    """A random member of each node's group."""
+    members = [np.flatnonzero(group == k) for k in range(group.max() + 1)]
+    return np.array([rng.choice(members[group[v]]) for v in nodes])
+
+
 def feature_source(x: np.ndarray, name: str = "mem") -> FeatureSource:
     """An in-memory feature matrix as a :class:`FeatureSource`."""
     return FeatureSource(Path(name), x.shape[0], x.shape[1], np.dtype(x.dtype),

@@ -11,6 +11,7 @@ import torch
 from disktrain.errors import CheckpointError
 from disktrain.models.gnn import MODELS, GNNConfig, build_model
 from disktrain.models.hetero import HETERO_MODELS, HeteroGNN, HeteroGNNConfig
+from disktrain.models.link import LinkModel, build_decoder
 from disktrain.storage.chunkfile import crc32c
 from disktrain.storage.dataset import Dataset, TypedDataset
 from disktrain.train.checkpoint import load_bytes, read_newest
@@ -30,6 +31,9 @@ class Trained:
     fingerprint: str
     """crc32c and size of the checkpoint's bytes: layer stores made with another model are
     not resumed from."""
+    decoder: torch.nn.Module | None = None
+    """A link prediction model's decoder (``model`` is then its encoder); None: a node
+    classifier."""
 
 
 def checkpoint_bytes(checkpoint: str | Path) -> tuple[Path, bytes]:
@@ -73,12 +77,18 @@ def load_trained(checkpoint: str | Path, dataset: Dataset) -> Trained:
     else:
         config = GNNConfig(**fields)
         model = build_model(config)
+    link = record.get("task") == "link"
+    if link:  # an encoder and a decoder (disktrain.models.link)
+        model = LinkModel(model, build_decoder(config.decoder, config.num_classes))
     try:
         model.load_state_dict(state["model"])
     except RuntimeError as e:
         raise CheckpointError(f"{path}: its weights do not fit the model its record names "
                               f"({fields}): {e}") from e
-    return Trained(model.eval(), config, path, f"{crc32c(data):08x}-{len(data)}")
+    fingerprint = f"{crc32c(data):08x}-{len(data)}"
+    if link:
+        return Trained(model.encoder.eval(), config, path, fingerprint, model.decoder.eval())
+    return Trained(model.eval(), config, path, fingerprint)
 
 
 def _check_dataset(path: Path, trained_on: dict, dataset: Dataset) -> None:

@@ -15,6 +15,7 @@ from disktrain.errors import DataError
 from disktrain.infer.config import InferConfig
 from disktrain.infer.export import columns, widths, writer
 from disktrain.infer.layers import Graph, LayerInput, run_layer
+from disktrain.infer.link import link_nodes, link_splits, score_links
 from disktrain.infer.model import Trained, load_trained
 from disktrain.infer.store import LayerWriter, layer_dir, open_layer
 from disktrain.infer.typed import compute_typed
@@ -198,8 +199,9 @@ def infer(cfg: InferConfig | None = None, *, chunks_on: RunChunks | None = None,
 def evaluate_exact(dataset_dir: str | Path, checkpoint: str | Path, *, fanout_cap: int = 0,
                    seed: int = 0, memory_budget: int = 0, progress: bool = False,
                    work_dir: str | Path | None = None) -> dict:
-    """Val and test accuracy of ``checkpoint``'s model on ``dataset_dir`` from layer-wise
-    full-neighbourhood inference over the nodes those splits need (no sampling; at most
+    """Val and test accuracy of ``checkpoint``'s model on ``dataset_dir`` (a link prediction
+    model's MRR, Hits@K and AUC over the val and test edges: :mod:`disktrain.infer.link`)
+    from layer-wise full-neighbourhood inference over the nodes those splits need (no sampling; at most
     ``fanout_cap`` neighbours, keyed by ``seed``, where given), and their node counts. The
     layers are computed under ``work_dir`` (default: the dataset's directory) and removed."""
     with read_lock(dataset_dir, "evaluate"):
@@ -210,22 +212,31 @@ def evaluate_exact(dataset_dir: str | Path, checkpoint: str | Path, *, fanout_ca
 def _evaluate(dataset: Dataset, checkpoint: str | Path, fanout_cap: int, seed: int,
               memory_budget: int, progress: bool, work_dir: Path) -> dict:
     trained = load_trained(checkpoint, dataset)
-    splits = {s: dataset.split(s) for s in ("val", "test") if dataset.has(s)}
-    if not splits or not dataset.has("labels"):
-        raise DataError(f"{dataset.path}: no labels or no val/test split to evaluate on")
-    nodes = np.unique(np.concatenate(list(splits.values())))
+    if trained.decoder is not None:  # link prediction: val/test edges against negatives
+        splits = link_splits(dataset)
+        if not splits:
+            raise DataError(f"{dataset.path}: no val/test edges to evaluate link prediction "
+                            "on (ingest with --edge-split)")
+        nodes = link_nodes(splits)
+    else:
+        splits = {s: dataset.split(s) for s in ("val", "test") if dataset.has(s)}
+        if not splits or not dataset.has("labels"):
+            raise DataError(f"{dataset.path}: no labels or no val/test split to evaluate on")
+        nodes = np.unique(np.concatenate(list(splits.values())))
     work = temporary_name(work_dir / "evaluate")
     cfg = InferConfig(dataset=dataset.path, checkpoint=trained.path, out=work,
                       fanout_cap=fanout_cap, seed=seed, memory_budget=memory_budget,
                       progress=progress)
+    out = {"checkpoint": str(trained.path), "model": trained.config.model}
     try:
         source, num_rows = compute_layers(dataset, trained, nodes, work, cfg)
+        if trained.decoder is not None:
+            return {**out, "task": "link", **score_links(source, trained.decoder, splits)}
         pred = np.concatenate([source.rows.feature_rows(a, min(num_rows, a + 65536)).argmax(1)
                                for a in range(0, num_rows, 65536)])
     finally:
         shutil.rmtree(work, ignore_errors=True)
     ids = source.nodes if source.nodes is not None else np.arange(num_rows)
-    out = {"checkpoint": str(trained.path), "model": trained.config.model}
     for s, members in splits.items():
         hit = pred[np.searchsorted(ids, members)] == dataset.labels[members]
         out[f"{s}_acc"] = float(hit.mean()) if len(members) else None

@@ -48,6 +48,13 @@ class MiniBatch:
     targets' own rows and ``x_agg`` their aggregates."""
     labels: torch.Tensor | None = None
     """The seeds' labels (None for a dataset without labels)."""
+    edge_label_index: torch.Tensor | None = None
+    """An edge batch (link prediction): (2, pairs) int64 source and destination of each
+    supervision pair, as positions among the seeds (rows of the model's output), positives
+    first; None for node batches."""
+    edge_label: torch.Tensor | None = None
+    """An edge batch: float32 1 for each positive pair of ``edge_label_index``, 0 for a
+    negative one."""
     input_nodes: np.ndarray | None = None
     """Global id of each row of ``x`` (the sample store's order, last hop reordered: see
     :mod:`disktrain.pack.slots`)."""
@@ -124,6 +131,13 @@ class Batch:
     """The pre-sampled batch this is (its id in its sample store)."""
     seconds: dict[str, float] = field(default_factory=dict)
     """Time the batch spent in the loader's stages."""
+    edge_label_index: torch.Tensor | None = None
+    """An edge batch (link prediction; PyG's ``LinkNeighborLoader`` layout): (2, pairs)
+    int64 local ids (rows of ``x``, all among the first ``batch_size``: the pairs'
+    endpoints are the seeds) of each pair scored, positives first; None for node batches."""
+    edge_label: torch.Tensor | None = None
+    """An edge batch: float32 1 for each positive pair of ``edge_label_index``, 0 for each
+    negative."""
     x_dict: dict[str, torch.Tensor] | None = None
     """A typed batch (PyG's ``HeteroData`` layout): per node type with features, the rows of
     its nodes (views of ``x``, which holds them type after type); None for one type."""
@@ -149,7 +163,8 @@ class Batch:
         return cls(x=x, edge_index=edge_index, n_id=n_id.to(x.device),
                    batch_size=mb.blocks[-1].num_dst if mb.blocks else x.shape[0],
                    num_sampled_nodes=nodes, num_sampled_edges=edges, blocks=mb.blocks,
-                   x_agg=x_agg, y=y, index=mb.index, seconds=mb.seconds)
+                   x_agg=x_agg, y=y, index=mb.index, seconds=mb.seconds,
+                   edge_label_index=mb.edge_label_index, edge_label=mb.edge_label)
 
     @classmethod
     def _typed(cls, mb: MiniBatch, x: torch.Tensor, y: torch.Tensor | None) -> Batch:
@@ -206,6 +221,8 @@ class Batch:
                     num_sampled_edges=self.num_sampled_edges)
         if self.y is not None:
             data.y = self.y
+        if self.edge_label_index is not None:
+            data.edge_label_index, data.edge_label = self.edge_label_index, self.edge_label
         return data
 
 

@@ -154,6 +154,11 @@ class Loader:
         return self._source.samples.config.fanouts
 
     @property
+    def task(self) -> str:
+        """What the batches are: "node" (seed nodes) or "link" (edges and negatives)."""
+        return self._source.samples.config.task
+
+    @property
     def aggregate(self) -> str | None:
         """The first-hop aggregation the batches carry in ``x_agg`` (None: none)."""
         return self._source.packed.aggregate

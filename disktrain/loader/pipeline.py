@@ -130,6 +130,10 @@ class AssembleStage:
             batch.x_agg = batch.buffer[start:start + inner]
         batch.labels = (None if self.labels is None
                         else self.labels[torch.from_numpy(sampled.seeds.astype(np.int64))])
+        if (links := self.samples.link_labels(b)) is not None:
+            batch.edge_label_index = torch.from_numpy(
+                np.stack((links.label_src, links.label_dst)).astype(np.int64))
+            batch.edge_label = torch.from_numpy(links.edge_label)
         batch.x, batch.input_nodes = batch.buffer[:layout.num_rows], layout.input_nodes
         batch.layout = layout
         batch.seconds["assemble"] = time.perf_counter() - t
@@ -187,8 +191,9 @@ class CopyStage:
                                    for t, ids in batch.n_id_dict.items()}
             if batch.x_agg is not None:
                 batch.x_agg = batch.x_agg.to(self.device, non_blocking=nb)
-            if batch.labels is not None:
-                batch.labels = batch.labels.to(self.device, non_blocking=nb)
+            for name in ("labels", "edge_label_index", "edge_label"):
+                if (value := getattr(batch, name)) is not None:
+                    setattr(batch, name, value.to(self.device, non_blocking=nb))
         if self.new_event is not None:
             batch.copied = self.new_event()
             batch.copied.record(self.stream)  # after the copy of the buffer, on that stream
@@ -308,8 +313,8 @@ def _consume_on_current_stream(batch: MiniBatch, event: torch.cuda.Event) -> Non
     blocks = (u for b in batch.blocks for u in (
         (b.src, b.dst, b.src_degree) if isinstance(b, Block) else
         (t for edges in b.edges.values() for t in edges)) if u is not None)
-    extra = [u for u in (batch.labels, batch.x_agg, *(batch.n_id_dict or {}).values())
-             if u is not None]
+    extra = [u for u in (batch.labels, batch.x_agg, batch.edge_label_index, batch.edge_label,
+                         *(batch.n_id_dict or {}).values()) if u is not None]
     for t in (batch.x, *blocks, *extra):
         t.record_stream(stream)
 

@@ -11,6 +11,7 @@ from torch import nn
 from disktrain.loader.block import Block
 from disktrain.models.gat import GATConv
 from disktrain.models.gcn import GCNConv
+from disktrain.models.link import DECODERS
 from disktrain.models.sage import SAGEConv
 
 MODELS = ("sage", "gcn", "gat", "mlp", "rsage", "rgat")
@@ -39,6 +40,9 @@ class ModelConfig:
     """GAT attention heads; ``hidden`` must be divisible by it. Ignored by other models."""
     attn_dropout: float = 0.0
     """GAT dropout probability on attention weights. Ignored by other models."""
+    decoder: str = "dot"
+    """Link prediction: how a pair of node embeddings is scored, "dot" or "mlp"
+    (:mod:`disktrain.models.link`). Ignored by node classification."""
 
     def __post_init__(self) -> None:
         name = type(self).__name__
@@ -52,6 +56,8 @@ class ModelConfig:
             value = getattr(self, field)
             if not 0.0 <= value < 1.0:
                 raise ValueError(f"{name}.{field} must be in [0, 1), got {value!r}")
+        if self.decoder not in DECODERS:
+            raise ValueError(f"{name}.decoder must be one of {DECODERS}, got {self.decoder!r}")
         if self.model == "gat" and self.hidden % self.heads:
             raise ValueError(f"{name}.hidden must be divisible by heads for model 'gat', "
                              f"got hidden={self.hidden}, heads={self.heads}")

@@ -39,7 +39,8 @@ def prepare_dataset(dataset_path: str | Path, sample_cfg: SampleConfig,
     dataset = Dataset(dataset_path)
     with write_lock(dataset.path, "prepare"):
         sample_dataset(dataset.path, sample_cfg, progress)
-        splits = _eval_splits(dataset) if evaluation else []
+        # link prediction evaluates on exact embeddings (disktrain.infer), not node batches
+        splits = _eval_splits(dataset) if evaluation and sample_cfg.task == "node" else []
         for split in splits:
             sample_dataset(dataset.path, eval_config(sample_cfg, split, eval_batch_size),
                            progress, root=eval_root(dataset.path, split))

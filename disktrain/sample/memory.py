@@ -10,6 +10,7 @@ import numpy as np
 from disktrain.errors import DataError
 from disktrain.kernels.sampling import SampledBatch, SampledBatches, sample_batches
 from disktrain.kernels.typed_sampling import TypedSampledBatches, sample_typed_batches
+from disktrain.sample.link import LinkBatches, LinkLabels, LinkPlan
 from disktrain.sample.plan import SampleConfig, SamplePlan, sampling_key
 from disktrain.storage.dataset import Dataset, TypedDataset, new_id
 
@@ -32,6 +33,13 @@ def sample_plan_batches(dataset: Dataset, plan: SamplePlan,
             parts.append(sample_batches(dataset.indptr, dataset.indices, seeds, offsets,
                                         np.asarray(plan.config.fanouts, np.int64), key))
     return parts[0] if len(parts) == 1 else _concat(parts)
+
+
+def link_labels(plan, batches: Sequence[int]) -> LinkBatches | None:
+    """The supervision pairs of the plan's edge batches ``batches`` (None: node batches)."""
+    if not isinstance(plan, LinkPlan):
+        return None
+    return LinkBatches.of([plan.batch(b)[1] for b in batches])
 
 
 def _sample_typed(dataset: TypedDataset, cfg: SampleConfig, seeds: np.ndarray,
@@ -78,8 +86,9 @@ class MemorySamples:
     ``b`` of epoch ``config.first_epoch + b // batches_per_epoch``."""
 
     def __init__(self, batches: SampledBatches | TypedSampledBatches, config: SampleConfig,
-                 batches_per_epoch: int, featured_types: list[int] | None = None):
-        self.batches, self.config = batches, config
+                 batches_per_epoch: int, featured_types: list[int] | None = None,
+                 links: LinkBatches | None = None):
+        self.batches, self.config, self.links = batches, config, links
         self.num_batches, self.batches_per_epoch = batches.num_batches, batches_per_epoch
         self.featured_types = featured_types
         """A typed graph's node types (indices) whose rows the batches read; None: one type."""
@@ -92,8 +101,9 @@ class MemorySamples:
         plan = SamplePlan.of(dataset, config)
         if plan.num_batches == 0:
             raise DataError(f"{dataset.path}: the {config.split} split is empty; nothing to sample")
-        return cls(sample_plan_batches(dataset, plan, range(plan.num_batches)), config,
-                   plan.batches_per_epoch, featured_types(dataset))
+        every = range(plan.num_batches)
+        return cls(sample_plan_batches(dataset, plan, every), config, plan.batches_per_epoch,
+                   featured_types(dataset), link_labels(plan, every))
 
     def batch(self, b: int) -> SampledBatch:
         return self.batches.batch(b)
@@ -102,6 +112,10 @@ class MemorySamples:
         if self.featured_types is not None:
             return typed_input_nodes(self.batch(b), self.featured_types)
         return self.batch(b).input_nodes
+
+    def link_labels(self, b: int) -> LinkLabels | None:
+        """Edge batch ``b``'s supervision pairs (None: node batches)."""
+        return None if self.links is None else self.links.batch(b)
 
     def inner_count(self, b: int) -> int:
         """Input nodes of batch ``b`` that later layers also read (the last hop's come after;

@@ -10,10 +10,13 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from disktrain.errors import check_min
+from disktrain.errors import DataError, check_min
 from disktrain.kernels.rng import derive_key
+from disktrain.sample.link import NEGATIVE_SAMPLING, LinkPlan
+from disktrain.storage.dataset import TypedDataset
 
 SPLITS = ("train", "val", "test")
+TASKS = ("node", "link")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -23,7 +26,7 @@ class SampleConfig:
     fanouts: tuple[int, ...] = (15, 10, 5)
     """Neighbors per hop, first hop from the seeds first (PyG order); -1 takes all."""
     batch_size: int = 1024
-    """Seeds per mini-batch."""
+    """Seeds per mini-batch (link prediction: positive edges per batch)."""
     epochs: int = 1
     """Epochs of batches to pre-sample (training may reuse them cyclically)."""
     first_epoch: int = 0
@@ -41,6 +44,17 @@ class SampleConfig:
     neighbors per hop (``0``: not sampled at that hop) instead of ``fanouts``, as PyG's
     ``num_neighbors`` dict; a relation is named ``src__rel__dst``, or ``rel`` alone where
     no other relation has that name."""
+    task: str = "node"
+    """"node": batches of seed nodes (``split``'s); "link": batches of the dataset's training
+    edges (``link_train``) and negatives drawn for them (:mod:`disktrain.sample.link`)."""
+    num_negatives: int = 1
+    """Link prediction: negative destinations drawn per positive edge (its source kept), or
+    per batch with ``shared_negatives``."""
+    negative_sampling: str = "uniform"
+    """Link prediction: negatives drawn "uniform" over the nodes, or by in-"degree" ** 0.75."""
+    shared_negatives: bool = False
+    """Link prediction: one set of ``num_negatives`` destinations per batch, paired with
+    every positive's source (fewer nodes to sample per batch) instead of one per edge."""
 
     def __post_init__(self):
         object.__setattr__(self, "fanouts", tuple(int(f) for f in self.fanouts))
@@ -54,10 +68,18 @@ class SampleConfig:
             if len(fs) != len(self.fanouts) or any(f < -1 for f in fs):
                 raise ValueError(f"relation_fanouts[{name!r}] must be {len(self.fanouts)} "
                                  f"ints >= -1 (one per hop, as fanouts), got {list(fs)}")
-        check_min(self, 1, "batch_size", "epochs", "group_size")
+        check_min(self, 1, "batch_size", "epochs", "group_size", "num_negatives")
         check_min(self, 0, "seed", "first_epoch")
         if self.split not in SPLITS:
             raise ValueError(f"split must be one of {SPLITS}, got {self.split!r}")
+        if self.task not in TASKS:
+            raise ValueError(f"task must be one of {TASKS}, got {self.task!r}")
+        if self.negative_sampling not in NEGATIVE_SAMPLING:
+            raise ValueError(f"negative_sampling must be one of {NEGATIVE_SAMPLING}, got "
+                             f"{self.negative_sampling!r}")
+        if self.task == "link" and (self.split != "train" or self.relation_fanouts):
+            raise ValueError("task 'link' batches the training edges of a graph of one node "
+                             "type: split must be 'train' and relation_fanouts empty")
 
     def to_attrs(self) -> dict:
         out = {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
@@ -94,13 +116,29 @@ class SamplePlan:
     """The seed ids (those of ``config.split``)."""
 
     @classmethod
-    def of(cls, dataset, config: SampleConfig) -> SamplePlan:
-        """The plan of ``config`` over ``dataset`` (a :class:`~disktrain.storage.dataset.Dataset`)."""
+    def of(cls, dataset, config: SampleConfig) -> SamplePlan | LinkPlan:
+        """The plan of ``config`` over ``dataset`` (a :class:`~disktrain.storage.dataset.Dataset`):
+        a :class:`~disktrain.sample.link.LinkPlan` for link prediction."""
+        if config.task == "link":
+            if isinstance(dataset, TypedDataset):
+                raise DataError(f"{dataset.path}: link prediction on a typed graph is not "
+                                "supported yet (one node type only)")
+            return LinkPlan(dataset, config)
         return cls(config, dataset.split(config.split))
 
     @property
+    def max_seeds(self) -> int:
+        """The most seeds a batch has."""
+        return self.config.batch_size
+
+    @property
+    def num_items(self) -> int:
+        """What an epoch batches: its seed nodes."""
+        return len(self.train_ids)
+
+    @property
     def batches_per_epoch(self) -> int:
-        return -(-len(self.train_ids) // self.config.batch_size)
+        return -(-self.num_items // self.config.batch_size)
 
     @property
     def num_batches(self) -> int:

@@ -36,7 +36,13 @@ from tqdm.auto import tqdm
 from disktrain.errors import DataError
 from disktrain.kernels.sampling import SampledBatch, SampledBatches
 from disktrain.kernels.typed_sampling import TypedSampledBatch, TypedSampledBatches
-from disktrain.sample.memory import featured_types, sample_plan_batches, typed_input_nodes
+from disktrain.sample.link import LinkBatches, LinkLabels
+from disktrain.sample.memory import (
+    featured_types,
+    link_labels,
+    sample_plan_batches,
+    typed_input_nodes,
+)
 from disktrain.sample.plan import SampleConfig, SamplePlan
 from disktrain.storage.atomic import atomic_dir, replace_dir
 from disktrain.storage.chunkfile import StoreRef
@@ -64,14 +70,22 @@ SAMPLES = StoreSchema(
         ("hop_counts", ("batches", "num_layers+1"), "int64"), ("edge_src", ("edges",), "int32"),
         ("edge_dst", ("edges",), "int32"), ("edge_offsets", ("blocks+1",), "int64"))),
         ArraySpec("type_counts", ("batches", "num_types", "num_layers+1"), "int64",
-                  batches="group", present="num_types")))
+                  batches="group", present="num_types"),
+        *(ArraySpec(name, shape, dtype, batches="group", present="link_labels")
+          for name, shape, dtype in (
+              ("label_src", ("pairs",), "int32"), ("label_dst", ("pairs",), "int32"),
+              ("label_offsets", ("batches+1",), "int64"), ("label_pos", ("batches",), "int64")))))
 """The store's arrays; a group's (``groups/gNNNNNN/``, :func:`group_name`) are sized by its
 ``batches``, their ``nodes`` and ``edges``, ``num_layers`` and ``blocks`` (batches * layers,
 times the relations of a typed graph). A typed graph's batches
 (:class:`~disktrain.kernels.typed_sampling.TypedSampledBatch`) also hold ``type_counts`` (their
 ``hop_counts`` summed over the types); its store records ``num_types`` and the
-``featured_types`` whose rows the batches read."""
+``featured_types`` whose rows the batches read. Edge batches (link prediction) also hold
+their supervision ``pairs`` (:class:`~disktrain.sample.link.LinkBatches`: ``label_src``,
+``label_dst`` as positions among the batch's seeds, positives first); their store records
+``link_labels``."""
 GROUP_ARRAYS = tuple(a.name for a in SAMPLES.groups if a.present is True)
+LABEL_ARRAYS = tuple(a.name for a in SAMPLES.groups if a.present == "link_labels")
 SAMPLE_ATTRS = ("complete", "config", "store_id", "dataset_id", "num_batches",
                 "batches_per_epoch", "num_groups")
 """The attributes the readers of a complete store rely on."""
@@ -99,6 +113,8 @@ def sample_group(dataset: Dataset, plan: SamplePlan, group: int, groups_dir: Pat
         arrays["hop_counts"] = merged.type_counts.sum(axis=1)
     else:
         arrays["hop_counts"] = merged.hop_counts
+    if (links := link_labels(plan, plan.group_batches(group))) is not None:
+        arrays.update(links.arrays())
     with atomic_dir(groups_dir / group_name(group), overwrite=True) as tmp:
         g = zarr.open_group(tmp, mode="w")
         for name, values in arrays.items():
@@ -156,7 +172,7 @@ def _sample(dataset: Dataset, cfg: SampleConfig, root: Path, progress: bool,
                                    overwrite=True)
     typed = typed_attrs(dataset)
     reader = _GroupReader(partial, cfg.group_size, plan.num_batches,
-                          featured=typed.get("featured_types"))
+                          featured=typed.get("featured_types"))  # its labels not needed
     for b in range(plan.num_batches):
         counts[reader.input_nodes(b)] += 1
     num_input_nodes = int(counts.sum(dtype=np.int64))
@@ -170,6 +186,7 @@ def _sample(dataset: Dataset, cfg: SampleConfig, root: Path, progress: bool,
         "num_nodes": dataset.num_nodes,
         "num_input_nodes": num_input_nodes,
         **typed,
+        **({"link_labels": True} if cfg.task == "link" else {}),
     })
     replace_dir(partial, root / STORE)
 
@@ -226,7 +243,7 @@ class _GroupReader:
 
     def __init__(self, root: Path, group_size: int, num_batches: int,
                  cache_bytes: int = 256 << 20, verify: bool = True,
-                 featured: list[int] | None = None):
+                 featured: list[int] | None = None, links: bool = False):
         if cache_bytes < 0:
             raise ValueError(f"cache_bytes must be >= 0, got {cache_bytes}")
         self.root = Path(root)
@@ -236,7 +253,8 @@ class _GroupReader:
         self.verify = verify
         self.featured = featured
         """A typed graph's featured types (None: one type)."""
-        self.names = GROUP_ARRAYS + (() if featured is None else ("type_counts",))
+        self.names = GROUP_ARRAYS + (() if featured is None else ("type_counts",)) + \
+            (LABEL_ARRAYS if links else ())
         self.ref = samples_ref(self.root)
         self._groups: OrderedDict[int, _Loading] = OrderedDict()
         self._bytes = 0
@@ -303,9 +321,14 @@ class _GroupReader:
         g, i = divmod(b, self.group_size)
         arrays = self._group(g)
         if self.featured is None:
-            return SampledBatches(**arrays).batch(i, index=b)
+            return SampledBatches(**{k: arrays[k] for k in GROUP_ARRAYS}).batch(i, index=b)
         return TypedSampledBatches(**{k: v for k, v in arrays.items() if k != "hop_counts"}
                                    ).batch(i, index=b)
+
+    def link_labels(self, b: int) -> LinkLabels:
+        g, i = divmod(b, self.group_size)
+        arrays = self._group(g)
+        return LinkBatches(**{k: arrays[k] for k in LABEL_ARRAYS}).batch(i)
 
     def inner_count(self, b: int) -> int:
         """Input nodes that are also dst nodes of the first block (the rest: last hop only;
@@ -346,6 +369,7 @@ class SampleSource(Protocol):
 
     def batch(self, b: int) -> SampledBatch: ...
     def input_nodes(self, b: int) -> np.ndarray: ...
+    def link_labels(self, b: int) -> LinkLabels | None: ...
     def inner_count(self, b: int) -> int: ...
 
 
@@ -366,8 +390,10 @@ class SampleStore:
         self.batches_per_epoch = int(self.attrs["batches_per_epoch"])
         self.featured_types = self.attrs.get("featured_types")
         """A typed graph's node types (indices) whose rows the batches read; None: one type."""
+        self.links = bool(self.attrs.get("link_labels"))
+        """Edge batches (link prediction): :meth:`link_labels` gives their pairs."""
         self._reader = _GroupReader(self.path, self.config.group_size, self.num_batches,
-                                    cache_bytes, verify, self.featured_types)
+                                    cache_bytes, verify, self.featured_types, self.links)
         self._access_counts: np.ndarray | None = None
 
     @property
@@ -386,6 +412,10 @@ class SampleStore:
 
     def input_nodes(self, b: int) -> np.ndarray:
         return self._reader.input_nodes(b)
+
+    def link_labels(self, b: int) -> LinkLabels | None:
+        """Edge batch ``b``'s supervision pairs (None: node batches)."""
+        return self._reader.link_labels(b) if self.links else None
 
     def inner_count(self, b: int) -> int:
         """Input nodes of batch ``b`` that later layers also read (the last hop's come after)."""
@@ -438,18 +468,21 @@ def sample_store_bytes(dataset, plan, num_groups: int | None = None, probes: int
     picks = np.unique(np.linspace(0, plan.batches_per_epoch - 1, probes).round().astype(int))
     got = sample_plan_batches(dataset, plan, picks.tolist())
     hops = got.type_counts.sum(1) if hasattr(got, "type_counts") else got.hop_counts
-    scale = cfg.batch_size / hops[:, 0] * _MARGIN  # measured sizes, per full batch
+    scale = plan.max_seeds / hops[:, 0] * _MARGIN  # measured sizes, per full batch
     blocks = (len(got.edge_offsets) - 1) // len(hops)
     measured = (math.ceil((np.diff(got.node_offsets) * scale).max()),
                 math.ceil((np.diff(got.edge_offsets[::blocks]) * scale).max()))
 
-    def batch(num_seeds: int) -> int:
-        most = batch_bound(num_seeds, cfg.fanouts, dataset.num_nodes, num_edges)
-        return _batch_bytes(min(most[0], measured[0]), min(most[1], measured[1]),
-                            num_layers) + 8 * hops.shape[1] * blocks  # + a typed batch's
-        # type_counts and its relations' edge offsets
+    pairs = (cfg.num_negatives + 1) * 8 + 16 if cfg.task == "link" else 0  # per positive
 
-    full, last = batch(cfg.batch_size), len(plan.train_ids) % cfg.batch_size
+    def batch(num_items: int) -> int:
+        seeds = round(num_items * plan.max_seeds / cfg.batch_size)
+        most = batch_bound(seeds, cfg.fanouts, dataset.num_nodes, num_edges)
+        return _batch_bytes(min(most[0], measured[0]), min(most[1], measured[1]),
+                            num_layers) + 8 * hops.shape[1] * blocks + pairs * num_items
+        # + a typed batch's type_counts and its relations' edge offsets; an edge batch's pairs
+
+    full, last = batch(cfg.batch_size), plan.num_items % cfg.batch_size
     if num_groups is None or num_groups >= plan.num_groups:
         num_groups = plan.num_groups  # every epoch's last batch may be smaller
         data = plan.num_batches * full - (cfg.epochs * (full - batch(last)) if last else 0)
@@ -457,6 +490,8 @@ def sample_store_bytes(dataset, plan, num_groups: int | None = None, probes: int
         data = min(plan.num_batches, num_groups * cfg.group_size) * full
     # Per group: its arrays (block rounding, metadata), the row directory of the 2-D
     # hop_counts, the group's metadata and directory.
-    per_group = len(SAMPLES.groups) * array_bytes(0) + 3 * BLOCK
+    arrays = len(GROUP_ARRAYS) + hasattr(got, "type_counts") + \
+        (len(LABEL_ARRAYS) if cfg.task == "link" else 0)
+    per_group = arrays * array_bytes(0) + 3 * BLOCK
     return (data + num_groups * per_group + SAMPLES.disk_bytes({"num_nodes": dataset.num_nodes})
             + BLOCK)  # the groups/ directory

@@ -783,5 +783,6 @@ def dataset_bytes(*, num_nodes: int, num_edges: int, feature_dim: int, feature_d
             "feature_dtype": feature_dtype, "index_dtype": index_dtype(num_nodes), **splits}
     row_bytes = feature_dim * np.dtype(feature_dtype).itemsize
     rows = max(1, min(num_nodes, FEATURE_CHUNK_BYTES // max(1, row_bytes)))
-    without = [s for s in SPLITS if s not in splits] + ([] if labels else ["labels"])
+    without = [s for s in SPLITS if s not in splits] + ([] if labels else ["labels"]) + \
+        [a.name for a in DATASET.arrays if None in a.shape_in(dims)]  # e.g. no link split
     return DATASET.disk_bytes(dims, rows, without=without) + (array_bytes(spill) if spill else 0)

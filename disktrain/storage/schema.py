@@ -37,7 +37,7 @@ class ArraySpec:
     """One array of a store."""
 
     name: str
-    shape: tuple[str, ...]
+    shape: tuple[str | int, ...]
     dtype: str
     chunks: str = SINGLE
     mapped: bool = False
@@ -52,8 +52,9 @@ class ArraySpec:
     wherever this attribute is set."""
 
     def shape_in(self, dims: Mapping) -> tuple:
-        """The shape ``dims`` give (None where one is unknown)."""
-        return tuple(None if (v := dims.get(d.removesuffix("+1"))) is None
+        """The shape ``dims`` give (None where one is unknown; a number is itself)."""
+        return tuple(d if isinstance(d, int) else
+                     None if (v := dims.get(d.removesuffix("+1"))) is None
                      else v + d.endswith("+1") for d in self.shape)
 
     def disk_bytes(self, dims: Mapping, chunk_rows: int, shard_bytes: int) -> int:

@@ -79,18 +79,22 @@ class ModelRecord:
     """The config's fields."""
     dataset: dict = field(default_factory=dict)
     """``dataset_id``, ``path``, ``num_nodes``, ``feature_dim``, ``num_classes``."""
+    task: str = "node"
+    """node: the weights are the model's; link: a link model's (its ``encoder.`` and
+    ``decoder.``, :class:`~disktrain.models.link.LinkModel`)."""
 
     @classmethod
-    def of(cls, config, dataset) -> ModelRecord:
-        """The record of model ``config`` trained on ``dataset`` (a :class:`Dataset`)."""
+    def of(cls, config, dataset, task: str = "node") -> ModelRecord:
+        """The record of model ``config`` trained on ``dataset`` (a :class:`Dataset`) for
+        ``task``."""
         meta = dataset.meta
         return cls(dataclasses.asdict(config), {
             "dataset_id": meta.dataset_id, "path": str(dataset.path),
             "num_nodes": meta.num_nodes, "feature_dim": meta.feature_dim,
-            "num_classes": meta.num_classes})
+            "num_classes": meta.num_classes}, task)
 
     def state_dict(self) -> dict:
-        return {"model": dict(self.model), "dataset": dict(self.dataset)}
+        return {"model": dict(self.model), "dataset": dict(self.dataset), "task": self.task}
 
     def load_state_dict(self, state: dict) -> None:
         """Nothing to restore: a resumed run records its own model and dataset (its model

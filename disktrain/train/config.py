@@ -17,6 +17,7 @@ from disktrain.loader.config import LoaderConfig
 from disktrain.loader.loader import PLAN_REUSE
 from disktrain.models.gnn import ModelConfig
 from disktrain.robust import AttackConfig, RobustConfig, aggregate
+from disktrain.sample.plan import TASKS
 from disktrain.storage.atomic import require_writable
 from disktrain.train.checkpoint import CheckpointConfig
 from disktrain.train.evaluate import EvalConfig
@@ -104,6 +105,10 @@ class TrainConfig:
     """Where and how often to checkpoint, and whether to resume."""
     epochs: int = 10
     """Training epochs."""
+    task: str = "node"
+    """node: classify the seed nodes (cross-entropy on their labels); link: score edges,
+    ``model.decoder`` over the model's node embeddings (binary cross-entropy over positive
+    and negative pairs), on a dataset prepared with ``--task link``."""
     seed: int = 0
     """Seeds initialization, dropout and the batch order."""
     worker_momentum: float = 0.0
@@ -141,7 +146,8 @@ class TrainConfig:
                     not (value is None and f.name in _OPTIONAL):
                 raise ValueError(f"TrainConfig.{f.name} must be a {kind.__name__}, got "
                                  f"{value!r}")
-        for name, allowed in (("plan_reuse", PLAN_REUSE), ("on_nonfinite", ON_NONFINITE)):
+        for name, allowed in (("plan_reuse", PLAN_REUSE), ("on_nonfinite", ON_NONFINITE),
+                              ("task", TASKS)):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"TrainConfig.{name} must be one of {allowed}, got "
                                  f"{getattr(self, name)!r}")

@@ -19,6 +19,7 @@ from disktrain.loader.dist import DistEnv
 from disktrain.loader.loader import Loader
 from disktrain.models.gnn import MODELS, TYPED_MODELS, GNNConfig, ModelConfig, build_model
 from disktrain.models.hetero import HeteroGNN, HeteroGNNConfig
+from disktrain.models.link import LinkModel, build_decoder
 from disktrain.robust import check_replicas
 from disktrain.storage.dataset import TypedDataset
 from disktrain.train.checkpoint import CheckpointWriter, ModelRecord, checkpoint_state, resume
@@ -40,16 +41,21 @@ class Trainer:
         meta = _trainable(cfg, loader)
         _check_first_hop(cfg.model, [loader])
         self.cfg, self.env, self.device, self.loader = cfg, env, device, loader
-        sized = _model_config(cfg.model, loader, meta)
-        self.model = (build_model(sized) if isinstance(sized, GNNConfig)
-                      else HeteroGNN(sized)).to(device)
+        self.link = cfg.task == "link"
+        sized = _model_config(cfg.model, loader, meta, self.link)
+        model = build_model(sized) if isinstance(sized, GNNConfig) else HeteroGNN(sized)
+        if self.link:  # the encoder's embeddings scored in pairs by the decoder
+            model = LinkModel(model, build_decoder(sized.decoder, sized.num_classes,
+                                                   sized.dropout))
+        self.model = model.to(device)
         self.opt = cfg.optimizer.build(self.model.parameters())
-        self.grads = GradientPath(cfg, env, meta.num_classes, grad_sync,
+        self.grads = GradientPath(cfg, env, 2 if self.link else meta.num_classes, grad_sync,
                                   [p for p in self.model.parameters() if p.requires_grad])
         self.ckpt_dir = cfg.checkpoint.directory(cfg.writes_to)
         self.writer = CheckpointWriter(self.ckpt_dir, cfg.checkpoint.keep)
         self.progress = Progress()
-        self.parts = {"model": self.model, "model_record": ModelRecord.of(sized, loader.dataset),
+        self.parts = {"model": self.model,
+                      "model_record": ModelRecord.of(sized, loader.dataset, cfg.task),
                       "optimizer": self.opt, "loader": loader,
                       "trainer": self.progress, "rng": PerRank(RngState(device), env, device),
                       **self.grads.parts(env, device)}
@@ -67,12 +73,14 @@ class Trainer:
         return every epoch's record."""
         cfg, loader = self.cfg, self.loader
         _warn_reuse(cfg, loader.sampled_epochs, self.env)
-        evaluator = Evaluator(cfg.evaluation, loader, cfg.seed)
-        _check_first_hop(cfg.model, evaluator.packed.values())
+        # link prediction is evaluated after training, on exact embeddings (disktrain.infer)
+        evaluator = None if self.link else Evaluator(cfg.evaluation, loader, cfg.seed)
+        if evaluator is not None:
+            _check_first_hop(cfg.model, evaluator.packed.values())
         for epoch in range(loader.epoch, cfg.epochs):
             loader.set_epoch(epoch)
             record = self._epoch(epoch)
-            if cfg.evaluation.due(epoch, cfg.epochs):
+            if evaluator is not None and cfg.evaluation.due(epoch, cfg.epochs):
                 record.update(_evaluation(evaluator, self.model))
             self.progress.history.append(record)
             loader.set_epoch(epoch + 1)
@@ -113,8 +121,12 @@ class Trainer:
         """One optimizer step on batch ``mb`` (number ``step`` of ``epoch``), unless its loss
         or synchronized gradient is not finite: then skipped or stopped, as configured."""
         self.opt.zero_grad(set_to_none=True)
-        loss = F.cross_entropy(self.forward(*mb.inputs),
-                               self.grads.labels(mb.seed_labels))
+        if self.link:
+            loss = F.binary_cross_entropy_with_logits(
+                self.forward(*mb.inputs, mb.edge_label_index),
+                self.grads.labels(mb.edge_label.long()).to(mb.edge_label.dtype))
+        else:
+            loss = F.cross_entropy(self.forward(*mb.inputs), self.grads.labels(mb.seed_labels))
         self.grads.backward(loss)
         # several ranks decide on the synced gradients alone, alike: a rank's own non-finite
         # loss is in them already (poisoned row), which a robust rule may drop; an attacking
@@ -181,27 +193,35 @@ class EpochMeter:
 
 
 def _trainable(cfg: TrainConfig, loader: Loader):
-    """The dataset's metadata; DataError when it has no features or labels to train on."""
+    """The dataset's metadata; DataError when it has no features or labels to train on, or
+    its batches are not of the run's task."""
     meta = loader.dataset.meta
     if meta.feature_dim < 1:
         raise DataError(f"{cfg.dataset}: the dataset has no node features (feature_dim 0); "
                         "ingest it with --features")
-    if not loader.dataset.has("labels"):
+    prepared = loader.task
+    if prepared != cfg.task:
+        raise DataError(f"{cfg.dataset}: prepared for task {prepared!r} (its batches are "
+                        f"{'edges' if prepared == 'link' else 'nodes'}), but the run's task is "
+                        f"{cfg.task!r}: train with --task {prepared}, or `disktrain prepare "
+                        f"--task {cfg.task}` first")
+    if not loader.dataset.has("labels") and cfg.task == "node":
         raise DataError(f"{cfg.dataset}: the dataset has no labels to train on; ingest it "
                         "with --labels (or train your own model with disktrain.Loader)")
     return meta
 
 
-def _model_config(cfg: ModelConfig, loader: Loader, meta) -> GNNConfig | HeteroGNNConfig:
+def _model_config(cfg: ModelConfig, loader: Loader, meta,
+                  link: bool = False) -> GNNConfig | HeteroGNNConfig:
     """``cfg``'s model sized for the dataset: a relational one (R-SAGE, R-GAT) on a typed
-    graph."""
+    graph; for link prediction an encoder of ``hidden``-wide embeddings."""
     ds, layers = loader.dataset, len(loader.fanouts)
     if not isinstance(ds, TypedDataset):
         if cfg.model not in MODELS[:4]:
             raise ValueError(f"model {cfg.model!r} is for typed graphs; {ds.path} has one node "
                              f"type (models: {', '.join(MODELS[:4])})")
         return cfg.sized(in_dim=meta.feature_dim, num_layers=layers,
-                         num_classes=meta.num_classes)
+                         num_classes=cfg.hidden if link else meta.num_classes)
     if cfg.model not in TYPED_MODELS:
         raise ValueError(f"model {cfg.model!r} does not take a typed graph ({ds.path}: "
                          f"{len(ds.types)} node types); use rsage or rgat")
