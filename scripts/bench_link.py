@@ -8,6 +8,7 @@ Usage: python scripts/bench_link.py --accuracy [--cora DIR] [--graphs cora,synth
            [--eval-negatives 1000] [--seeds 3] [--fanouts 10,10] [--batch-size 512]
            [--num-negatives 1] [--epochs 10] [--hidden 128]
            [--pyg-negative-mode binary|triplet] [--systems disktrain,pyg]
+           [--prebuilt GRAPH=DIR ...]
            [--step-timeout-s 1800] [--workdir /tmp/linkpeer] [--keep]
            [--out docs/perf/link_accuracy.json]
 
@@ -16,7 +17,8 @@ process (scripts/_benchlib.py's ``run_measured``):
   1. the datasets, split once (``--split-seed``): Cora ingested with ``--undirected --dedup
      --edge-split``, and a ``disktrain synth`` graph (R-MAT with planted homophilous classes:
      nodes link mostly within their class, whose centroid their features carry) with
-     ``--edge-split``; ``--eval-negatives`` stored negatives per val/test edge;
+     ``--edge-split``; ``--eval-negatives`` stored negatives per val/test edge (or, with
+     ``--prebuilt GRAPH=DIR``, a dataset already split);
   2. per seed ``S`` and graph: ``disktrain prepare --task link --num-negatives K
      --negative-sampling uniform --fanouts F --batch-size B --seed S``, then ``disktrain train
      --task link --decoder dot --model sage --hidden H --epochs E --seed S`` (evaluated after
@@ -44,6 +46,8 @@ from _benchlib import last_json, run_header, run_measured, stderr_tail, write_js
 SCRIPTS = Path(__file__).resolve().parent
 ROOT = SCRIPTS.parent
 SYSTEMS = ("disktrain", "pyg")
+METRICS = ("mrr", "hits@10", "hits@50", "hits@100", "auc")
+"""The metrics summarized (disktrain.train.linkmetrics.link_metrics')."""
 GOAL_METRICS = ("auc", "mrr")
 GOAL_POINTS = 0.01
 """disktrain's test AUC and MRR means may be at most this far below PyG's."""
@@ -55,6 +59,9 @@ def parse_args(argv):
                     help="disktrain against the PyG peer, accuracy over seeds")
     ap.add_argument("--cora", type=Path, default=ROOT.parent / "shared" / "datasets" / "cora")
     ap.add_argument("--graphs", default="cora,synth")
+    ap.add_argument("--prebuilt", action="append", default=[], metavar="GRAPH=DIR",
+                    help="use this dataset, already split for link prediction, as GRAPH "
+                    "instead of making it (repeatable)")
     ap.add_argument("--synth-nodes", type=int, default=20000)
     ap.add_argument("--synth-avg-degree", type=float, default=5.0)
     ap.add_argument("--synth-classes", type=int, default=10)
@@ -83,6 +90,10 @@ def parse_args(argv):
             ap.error(f"--{name} must be a comma-separated subset of {allowed}, got "
                      f"{getattr(args, name)!r}")
         setattr(args, name, values)
+    try:
+        args.prebuilt = dict(p.split("=", 1) for p in args.prebuilt)
+    except ValueError:
+        ap.error(f"--prebuilt takes GRAPH=DIR, got {args.prebuilt}")
     return args
 
 
@@ -122,6 +133,9 @@ def build_datasets(args, steps: Steps, work: Path) -> dict[str, Path]:
     made = {}
     for graph in args.graphs:
         ds = work / graph
+        if graph in args.prebuilt:
+            made[graph] = Path(args.prebuilt[graph])
+            continue
         if graph == "cora":
             argv = ["ingest", "--edges", args.cora / "edges.parquet", "--features",
                     args.cora / "features.npy", "--undirected", "--dedup", "--out", ds]
@@ -155,7 +169,7 @@ def run_disktrain(args, steps: Steps, graph: str, ds: Path, seed: int, work: Pat
         return None
     out = steps.disktrain(f"{name}-train", "train", ds, "--task", "link", "--decoder", "dot",
                           "--model", "sage", "--hidden", args.hidden, "--epochs", args.epochs,
-                          "--eval-every", args.epochs, "--seed", seed, "--run-dir",
+                          "--seed", seed, "--run-dir",
                           work / "runs" / f"{graph}-{seed}", "--no-progress")
     return None if out is None else out.get("link")
 
@@ -178,17 +192,18 @@ def summarize(runs: dict[str, list[dict]]) -> dict:
     metrics and, with both systems, the difference of the means (disktrain - pyg)."""
     out = {}
     for split in ("val", "test"):
-        metrics = {m for seeds in runs.values() for r in seeds for m in r[split]}
-        for metric in sorted(metrics):
+        for metric in METRICS:
             row = {}
             for system, seeds in runs.items():
-                vals = np.asarray([r[split][metric] for r in seeds], np.float64)
+                vals = np.asarray([r[split][metric] for r in seeds if metric in r[split]],
+                                  np.float64)
                 if len(vals):
                     row[system] = {"mean": float(vals.mean()), "n": len(vals),
                                    "std": float(vals.std(ddof=1)) if len(vals) > 1 else 0.0}
             if all(s in row for s in SYSTEMS):
                 row["diff"] = row["disktrain"]["mean"] - row["pyg"]["mean"]
-            out.setdefault(split, {})[metric] = row
+            if row:
+                out.setdefault(split, {})[metric] = row
     return out
 
 

@@ -8,16 +8,11 @@ import importlib.util
 import json
 import math
 import sys
-from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 import pytest
-import zarr
-
-from disktrain.ingest.csr import CSRConfig, build_csr
-from disktrain.storage.atomic import atomic_dir
-from disktrain.storage.dataset import DatasetMeta, create_features, write_small_array
+from tinygraphs import make_link_dataset
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
 import bench_link as bench
@@ -50,38 +45,6 @@ def test_summary_without_the_other_systems_runs_judges_nothing():
     assert "diff" not in s["test"]["auc"] and s["test"]["auc"]["pyg"]["std"] == 0.0
     assert bench.goal(s) == {"auc": None, "mrr": None}
     assert "-" in bench.table({"synth": {"summary": s}}).splitlines()[-1].split()
-
-
-def make_link_dataset(path: Path, num_nodes: int = 200, num_edges: int = 2000, dim: int = 8,
-                      eval_negatives: int = 20, seed: int = 0) -> Path:
-    """10% of random edges held out (half val, half test, ``eval_negatives`` random
-    destinations each), the rest the CSR and ``link_train``; 4 planted groups that link
-    mostly within themselves, visible in the features."""
-    rng = np.random.default_rng(seed)
-    group = rng.integers(0, 4, num_nodes)
-    src = rng.integers(0, num_nodes, num_edges)
-    members = [np.flatnonzero(group == k) for k in range(4)]
-    same = np.array([rng.choice(members[group[v]]) for v in src])
-    dst = np.where(rng.random(num_edges) < 0.8, same, rng.integers(0, num_nodes, num_edges))
-    pairs = np.unique(np.stack((src, dst), 1)[src != dst], axis=0)
-    held = rng.random(len(pairs)) < 0.1
-    train, held = pairs[~held], pairs[held]
-    with atomic_dir(path) as tmp:
-        g = zarr.open_group(tmp, mode="w")
-        e = build_csr(g, lambda: [(train[:, 0], train[:, 1])], num_nodes, len(train),
-                      CSRConfig(progress=False))
-        create_features(g, num_nodes, dim, np.float32)[...] = (
-            np.eye(4, dim)[group] + 0.3 * rng.standard_normal((num_nodes, dim)))
-        indptr, indices = g["indptr"][:], g["indices"][:]
-        rows = np.repeat(np.arange(num_nodes), np.diff(indptr))
-        write_small_array(g, "link_train", np.stack((indices, rows), 1).astype(np.int32))
-        for name, part in (("link_val", held[::2]), ("link_test", held[1::2])):
-            write_small_array(g, name, part.astype(np.int64))
-            write_small_array(g, f"{name}_neg",
-                              rng.integers(0, num_nodes, (len(part), eval_negatives)))
-        g.attrs.update(asdict(DatasetMeta(num_nodes=num_nodes, num_edges=e, feature_dim=dim,
-                                          num_classes=0)))
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -152,10 +115,10 @@ def test_peer_model_is_disktrains_sage_on_the_full_graph(link_ds):
 @pytest.mark.slow
 @needs_pyg
 def test_accuracy_driver_runs_the_peer_per_seed_and_writes_the_summary(link_ds, tmp_path,
-                                                                        monkeypatch, capsys):
-    monkeypatch.setattr(bench, "build_datasets", lambda *_: {"synth": link_ds})
+                                                                        capsys):
     out = tmp_path / "acc.json"
-    assert bench.main(["--accuracy", "--graphs", "synth", "--systems", "pyg", "--seeds", "2",
+    assert bench.main(["--accuracy", "--graphs", "synth", "--prebuilt", f"synth={link_ds}",
+                       "--systems", "pyg", "--seeds", "2",
                        "--fanouts", "5,5", "--batch-size", "256", "--hidden", "16",
                        "--epochs", "2", "--workdir", str(tmp_path), "--out", str(out)]) == 0
     result = json.loads(out.read_text())
