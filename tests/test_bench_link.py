@@ -25,26 +25,32 @@ def metrics(auc: float, mrr: float) -> dict:
     return {"val": {"auc": auc + 0.01, "mrr": mrr}, "test": {"auc": auc, "mrr": mrr}}
 
 
-def test_summary_means_stds_and_the_goal_on_the_test_means():
+def test_summary_means_stds_and_the_goal_on_the_test_means_per_peer():
     runs = {"disktrain": [metrics(0.905, 0.30), metrics(0.925, 0.34)],
-            "pyg": [metrics(0.91, 0.36), metrics(0.93, 0.36)]}
+            "pyg": [metrics(0.91, 0.36), metrics(0.93, 0.36)],
+            "pyg-triplet": [metrics(0.95, 0.33)]}
     s = bench.summarize(runs)
     auc = s["test"]["auc"]
     assert auc["disktrain"]["mean"] == pytest.approx(0.915)
     assert auc["disktrain"]["std"] == pytest.approx(np.std([0.905, 0.925], ddof=1))
     assert auc["disktrain"]["n"] == 2 and auc["pyg"]["std"] == pytest.approx(0.01 * 2 ** 0.5)
-    assert auc["diff"] == pytest.approx(-0.005)
-    assert s["test"]["mrr"]["diff"] == pytest.approx(-0.04)
-    assert s["val"]["auc"]["diff"] == pytest.approx(-0.005)
-    assert bench.goal(s) == {"auc": True, "mrr": False}  # half a point below: met; 4: not
-    assert "-0.0400" in bench.table({"cora": {"summary": s}})
+    assert auc["pyg-triplet"] == {"mean": 0.95, "n": 1, "std": 0.0}
+    assert auc["diff_vs_pyg"] == pytest.approx(-0.005)
+    assert auc["diff_vs_pyg-triplet"] == pytest.approx(-0.035)
+    assert s["test"]["mrr"]["diff_vs_pyg"] == pytest.approx(-0.04)
+    assert s["test"]["mrr"]["diff_vs_pyg-triplet"] == pytest.approx(-0.01)
+    assert s["val"]["auc"]["diff_vs_pyg"] == pytest.approx(-0.005)
+    assert bench.goal(s) == {"pyg": {"auc": True, "mrr": False},  # 0.5 point below; 4
+                             "pyg-triplet": {"auc": False, "mrr": True}}  # 3.5; 1 (rounded)
+    text = bench.table({"cora": {"summary": s}}, bench.SYSTEMS)
+    assert "-0.0400" in text and "-0.0350" in text
 
 
 def test_summary_without_the_other_systems_runs_judges_nothing():
     s = bench.summarize({"disktrain": [], "pyg": [metrics(0.9, 0.3)]})
-    assert "diff" not in s["test"]["auc"] and s["test"]["auc"]["pyg"]["std"] == 0.0
-    assert bench.goal(s) == {"auc": None, "mrr": None}
-    assert "-" in bench.table({"synth": {"summary": s}}).splitlines()[-1].split()
+    assert set(s["test"]["auc"]) == {"pyg"} and s["test"]["auc"]["pyg"]["std"] == 0.0
+    assert bench.goal(s)["pyg"] == {"auc": None, "mrr": None}
+    assert "-" in bench.table({"synth": {"summary": s}}, ["disktrain", "pyg"]).splitlines()[-1]
 
 
 @pytest.fixture(scope="module")
@@ -127,6 +133,6 @@ def test_accuracy_driver_runs_the_peer_per_seed_and_writes_the_summary(link_ds, 
     assert list(result["steps"]) == ["synth/seed0/pyg", "synth/seed1/pyg"]
     assert "--seed" in result["steps"]["synth/seed1/pyg"]["argv"]
     assert rec["summary"]["test"]["mrr"]["pyg"]["n"] == 2
-    assert rec["goal_within_1_point"] == {"auc": None, "mrr": None}
+    assert rec["goal_within_1_point"]["pyg"] == {"auc": None, "mrr": None}
     assert "synth  test  auc" in capsys.readouterr().out
     assert [p.name for p in tmp_path.iterdir()] == ["acc.json"]  # the work dir removed
