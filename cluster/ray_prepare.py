@@ -54,7 +54,7 @@ def prepare_on_ray(dataset_path: str | Path, sample_cfg: SampleConfig,
             packed = pack_dataset(dataset_path, pack_cfg or PackConfig(), progress,
                                   run_groups=run_pack)
             stores = (prepare_eval(dataset_path, eval_batch_size, progress, run_sample, run_pack)
-                      if evaluation else {})
+                      if evaluation and sample_cfg.task == "node" else {})
             return packed, stores
         finally:
             if started:

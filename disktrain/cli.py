@@ -192,6 +192,15 @@ def parse_relation_fanouts(text: str) -> tuple[tuple[str, tuple[int, ...]], ...]
     return tuple(pairs)
 
 
+def parse_fractions(text: str) -> tuple[float, ...]:
+    """``"0.85,0.05,0.10"`` -> (0.85, 0.05, 0.1)."""
+    try:
+        return tuple(float(f) for f in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated fractions like 0.85,0.05,0.10, got {text!r}") from None
+
+
 def parse_names(text: str) -> tuple[str, ...]:
     """``"nnm,clip"`` -> ("nnm", "clip"); ``""`` -> ()."""
     return tuple(name.strip() for name in text.split(",") if name.strip())
@@ -316,15 +325,40 @@ def _ingest_options(p: argparse.ArgumentParser) -> None:
             help="node count (default: feature rows, else largest edge id + 1)")
     _option(p, "--chunk-rows", C, "chunk_rows", type=int, metavar="ROWS",
             help="edges read per chunk (default: %(default)s)")
+    _link_options(p, C)
+    for split in ("val", "test"):
+        _option(p, f"--link-{split}", C, f"link.link_{split}", type=Path, metavar="FILE",
+                help=f"instead of --edge-split: the {split} edges, an (E, 2) integer .npy or "
+                "Parquet with the src/dst columns, each an edge of the graph; removed from it "
+                "(both directions)")
+        _option(p, f"--link-{split}-neg", C, f"link.link_{split}_neg", type=Path,
+                metavar="FILE", help=f"with --link-{split}: the negative destinations of each "
+                f"{split} edge, an (E, K) integer .npy (default: drawn)")
     _option(p, "--overwrite", C, "overwrite", action="store_true",
             help="replace DIR if it exists")
     _add_progress(p, C)
 
 
+def _link_options(p: argparse.ArgumentParser, cls) -> None:
+    """The edge split options of ingest and synth (their configs' ``link`` field)."""
+    _option(p, "--edge-split", cls, "link.edge_split", type=parse_fractions,
+            metavar="TRAIN,VAL,TEST", help="split the edges for link prediction, e.g. "
+            "0.85,0.05,0.10 (shares, approximate: a hash of each edge picks its split, both "
+            "directions alike); val and test edges are left out of the graph")
+    _option(p, "--split-seed", cls, "link.split_seed", type=int, metavar="S",
+            help="seed of the edge split and of the negatives drawn (default: %(default)s)")
+    _option(p, "--eval-negatives", cls, "link.eval_negatives", type=int, metavar="K",
+            help="negative destinations drawn per val/test edge, uniform over the nodes "
+            "(default: %(default)s)")
+
+
 _INGEST_SHARED = ("out", "ogb", "ogb_split", "dedup", "overwrite", "progress", "chunk_rows")
 """IngestConfig's fields that TypedIngestConfig has too (one option each)."""
+_LINK = ("link.edge_split", "link.split_seed", "link.eval_negatives")
+"""The edge split options (ingest and synth of a homogeneous graph only)."""
 _INGEST_ONLY = {"": ("features", "labels", "train", "val", "test", "src_col", "dst_col",
-                     "undirected", "drop_self_loops", "num_nodes"),
+                     "undirected", "drop_self_loops", "num_nodes", *_LINK, "link.link_val",
+                     "link.link_test", "link.link_val_neg", "link.link_test_neg"),
                 "typed.": ("igb_size", "igb_classes", "igb_feature_dim", "igb_labelled",
                            "add_reverse")}
 """The fields of each of ingest's configs that the other lacks, by dest prefix."""
@@ -341,7 +375,7 @@ def _ingest_configs(args: argparse.Namespace) -> dict:
                  or (values["ogb"] is not None and is_typed_ogb(values["ogb"])))
     kinds = [("", IngestConfig), ("typed.", TypedIngestConfig)]
     (prefix, cls), (other, other_cls) = kinds[::-1] if typed else kinds
-    if given := [f"--{name.replace('_', '-')}" for name in _INGEST_ONLY[other]
+    if given := [f"--{name.rsplit('.')[-1].replace('_', '-')}" for name in _INGEST_ONLY[other]
                  if values[other + name] != _default(other_cls, name)]:
         raise ConfigError(f"{', '.join(given)} apply only " + (
             "to an edge list or a homogeneous OGB dataset" if typed else
@@ -361,7 +395,8 @@ def _run_ingest(args: argparse.Namespace) -> None:
 
 # synth
 
-_SYNTH_ONLY = {"num_nodes": "--nodes", "avg_degree": "--avg-degree"}
+_SYNTH_ONLY = {"num_nodes": "--nodes", "avg_degree": "--avg-degree",
+               **{dest: f"--{dest[5:].replace('_', '-')}" for dest in _LINK}}
 """Options of the homogeneous graph alone (dest -> flag)."""
 _TYPED_ONLY = {"num_papers": "--papers", **{f"{rel}_degree": f"--{rel.replace('_', '-')}-degree"
                                             for rel in ("cites", "written_by", "affiliated_to",
@@ -409,6 +444,7 @@ def _synth_options(p: argparse.ArgumentParser) -> None:
                 help=f"share of the nodes in the {split} split (default: %(default)s)")
     _option(p, "--feature-dtype", C, "feature_dtype", choices=FEATURE_DTYPES,
             help="stored feature type (default: %(default)s)")
+    _link_options(p, C)
     _option(p, "--overwrite", C, "overwrite", action="store_true",
             help="replace DIR if it exists")
     _add_progress(p, C)
@@ -424,7 +460,7 @@ def _synth_configs(args: argparse.Namespace) -> dict[str, object]:
     cls, other = (TypedSynthConfig, SynthConfig) if typed else (SynthConfig, TypedSynthConfig)
     own, foreign = (_TYPED_ONLY, _SYNTH_ONLY) if typed else (_SYNTH_ONLY, _TYPED_ONLY)
     stray = [flag for dest, flag in foreign.items()
-             if getattr(args, dest) not in (None, _field_default(other, dest))]
+             if getattr(args, dest) not in (None, _default(other, dest))]
     if stray:
         raise ConfigError(f"synth: {', '.join(stray)} only "
                           f"{'without' if typed else 'with'} --typed")
@@ -490,6 +526,9 @@ def _print_summary(path: Path) -> None:
     print(f"wrote {path}: {info['num_nodes']} nodes, {info['num_edges']} edges, "
           f"{info['feature_dim']} features ({info['feature_dtype']}), "
           f"{info['num_classes']} classes")
+    if link := info.get("link_split"):
+        print(f"link split: {link['train']} train, {link['val']} val, {link['test']} test "
+              f"edges, {link.get('eval_negatives', 0)} negatives per val/test edge")
 
 
 # verify
@@ -551,6 +590,9 @@ def _prepare_options(p: argparse.ArgumentParser) -> None:
     _option(p, "--negative-sampling", S, "negative_sampling", "sample.",
             choices=NEGATIVE_SAMPLING, help="--task link: negatives drawn uniformly over the "
             "nodes or by in-degree^0.75 (default: %(default)s)")
+    _option(p, "--edges-per-epoch", S, "edges_per_epoch", "sample.", type=int, metavar="N",
+            help="--task link: train each epoch on N of the training edges, another random "
+            "subset every epoch (default: all)")
     _option(p, "--shared-negatives", S, "shared_negatives", "sample.",
             action=argparse.BooleanOptionalAction, help="--task link: one set of negatives "
             "per batch, paired with every positive's source (default: no)")

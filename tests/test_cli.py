@@ -17,6 +17,7 @@ from disktrain.cli import (
     main,
     parse_bytes,
     parse_fanouts,
+    parse_fractions,
     parse_names,
     parse_param,
     parse_ranks,
@@ -72,13 +73,18 @@ CLI_ONLY |= {("synth", "typed")}  # picks synth's config: TypedSynthConfig
 _TYPED = ["o", "--typed", "igbh", "--papers", "100"]  # after "synth --out"
 CONTEXT.update({"--papers": _TYPED[:3], **{f"--{rel}-degree": _TYPED for rel in (
     "cites", "written-by", "affiliated-to", "topic")}})
+_LINK_FILES = [*BASE["ingest"][1:], "--link-val", "v", "--link-test", "t"]
+CONTEXT.update({"--link-val": _LINK_FILES[:-4] + _LINK_FILES[-2:],
+                "--link-test": _LINK_FILES[:-2], "--link-val-neg": _LINK_FILES,
+                "--link-test-neg": _LINK_FILES})
 
 
 def _other_value(action: argparse.Action) -> tuple[list[str], object]:
     """A command-line value of ``action`` other than its default, and what it parses to."""
     flag, default = action.option_strings[0], action.default
     if action.nargs == 0:  # store_true, store_false, --no-eval
-        flag = next((f for f in action.option_strings if f.startswith("--no-")), flag)
+        if default:
+            flag = next((f for f in action.option_strings if f.startswith("--no-")), flag)
         return [flag], not default
     if action.choices:
         value = next(c for c in action.choices if c != default)
@@ -91,6 +97,8 @@ def _other_value(action: argparse.Action) -> tuple[list[str], object]:
         return [flag, "3K"], 3072
     if action.type is parse_names:
         return [flag, "nnm,clip"], ("nnm", "clip")
+    if action.type is parse_fractions:
+        return [flag, "0.7,0.2,0.1"], (0.7, 0.2, 0.1)
     if action.type is parse_ranks:
         return [flag, "0,2"], (0, 2)
     if action.type is parse_param:
@@ -146,11 +154,15 @@ def test_the_command_line_defaults_are_the_configs(command, defaults):
 
 
 def test_choices_are_the_configs_lists():
+    from disktrain.models.link import DECODERS
+    from disktrain.sample.plan import TASKS
+
     choices = {a.dest: tuple(a.choices) for a in _options("train") if a.choices}
     assert choices == {"model.model": MODELS, "plan_reuse": PLAN_REUSE,
                        "evaluation.mode": EVAL_MODES, "robust.aggregator": tuple(AGGREGATORS),
                        "on_nonfinite": ON_NONFINITE, "attack.attack": WORKER_ATTACKS,
-                       "optimizer.optimizer": OPTIMIZERS}
+                       "optimizer.optimizer": OPTIMIZERS, "task": TASKS,
+                       "model.decoder": DECODERS}
 
 
 def test_bad_model_options_fail_before_anything_loads(tmp_path, capsys):

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 from helpers import newest_checkpoint, prepare, torchrun
-from tinygraphs import make_dataset, make_typed_dataset
+from tinygraphs import make_dataset, make_link_dataset, make_typed_dataset
 
 from disktrain.errors import CheckpointError
 from disktrain.loader.schedule import epoch_batches, worker_share
@@ -232,3 +232,15 @@ def test_torchrun_trains_a_typed_graph(tmp_path):
     record = json.loads((tmp_path / "m.jsonl").read_text().splitlines()[-1])
     assert record["eval"] == {"val": "packed", "test": "packed"} and record["batches"] > 1
     assert all(t.isfinite().all() for t in newest_checkpoint(tmp_path / "ck")["model"].values())
+
+
+def test_torchrun_trains_link_prediction(tmp_path):
+    path = make_link_dataset(tmp_path / "link")
+    prepare(path, SampleConfig(fanouts=(3, 2), batch_size=32, task="link", num_negatives=2))
+    done = torchrun("-m", "disktrain.train", str(path), "--task", "link", "--epochs", "2",
+                    "--hidden", "16", "--plan-reuse", "cycle", "--no-progress",
+                    "--checkpoint-dir", str(tmp_path / "ck"))
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["world_size"] == 2 and result["steps"] == expected_steps(path, 2, 0, 2) > 0
+    assert set(result["link"]) == {"val", "test"} and 0 < result["link"]["test"]["mrr"] <= 1
+    assert newest_checkpoint(tmp_path / "ck")["model_record"]["task"] == "link"

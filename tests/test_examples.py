@@ -56,6 +56,17 @@ def test_pyg_sage(tmp_path):
     assert out["mean_test_acc"] == pytest.approx(np.mean(out["test_acc"]), abs=1e-4)
 
 
+@pytest.mark.slow
+def test_pyg_link(tmp_path):
+    pytest.importorskip("torch_geometric")
+    cora = _tiny_cora(tmp_path / "cora")
+    proc = _run([sys.executable, str(EXAMPLES / "pyg_link.py"), "--cora", str(cora),
+                 "--epochs", "2"])
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["model"] == "torch_geometric.nn.GraphSAGE"
+    assert 0.0 < out["mrr"] <= 1.0 and 0.0 <= out["auc"] <= 1.0
+
+
 @pytest.mark.dist
 @pytest.mark.slow
 def test_custom_loop_under_torchrun(tiny_dataset):

@@ -181,3 +181,23 @@ def test_link_sample_store_estimate_bounds_what_it_writes(linked):
     estimate = sample_store_bytes(dataset, SamplePlan.of(dataset, LINK))
     written = disk_use(SampleStore(linked).path)
     assert written <= estimate <= 1.5 * written
+
+
+def test_link_training_on_first_hop_aggregated_batches(tmp_path):
+    path = make_link_dataset(tmp_path / "agg", num_nodes=120, num_edges=800)
+    prepare(path, replace(LINK, epochs=1), replace(PACK, aggregate_first_hop="mean"))
+    out = train(TrainConfig(dataset=str(path), task="link", epochs=1, progress=False,
+                            plan_reuse="cycle", model=ModelConfig(hidden=16)))
+    assert out["steps"] == SampleStore(path).batches_per_epoch and np.isfinite(out["loss"])
+
+
+def test_edges_per_epoch_takes_another_subset_every_epoch(linked):
+    ds = Dataset(linked)
+    plan = SamplePlan.of(ds, replace(LINK, edges_per_epoch=100, batch_size=30, epochs=3))
+    assert plan.batches_per_epoch == 4
+    epochs = [np.concatenate([plan.positives(b) for b in range(e * 4, (e + 1) * 4)])
+              for e in range(3)]
+    train_edges = _rows(ds.link_edges("train"))
+    for got in epochs:
+        assert len(got) == 100 and len(_rows(got)) == 100 and _rows(got) <= train_edges
+    assert _rows(epochs[0]) != _rows(epochs[1])

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from helpers import newest_checkpoint, prepare
-from tinygraphs import make_dataset, make_typed_dataset
+from tinygraphs import make_dataset, make_link_dataset, make_typed_dataset
 
 from disktrain.cluster.head import (
     LOOPBACK,
@@ -367,6 +367,30 @@ def test_ray_prepares_and_trains_a_typed_graph(cluster, tmp_path):
                       checkpoint=CheckpointConfig(dir=str(tmp_path / "ck")))
     s = fit_on_ray(cfg, RayTrainConfig(workers=2, storage_path=str(tmp_path / "ray-out")))
     assert s["world_size"] == 2 and s["steps"] > 0 and s["replicas_identical"]
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_ray_prepares_and_trains_link_prediction(cluster, tmp_path):
+    """Ray tasks sample and pack edge batches as one process does, their negatives included;
+    two Ray Train workers train a link model on them and end with identical parameters."""
+    sample = SampleConfig(fanouts=(3, 2), batch_size=32, group_size=2, task="link",
+                          num_negatives=2)
+    local, remote = make_link_dataset(tmp_path / "local"), make_link_dataset(tmp_path / "ray")
+    prepare(local, sample, PACK)
+    prepare_on_ray(remote, sample, PACK, cluster.address, progress=False)
+    _same_packed(local, remote)
+    a, b = SampleStore(local), SampleStore(remote)
+    for i in range(a.num_batches):
+        x, y = a.link_labels(i), b.link_labels(i)
+        assert np.array_equal(x.label_src, y.label_src) and np.array_equal(x.label_dst,
+                                                                           y.label_dst)
+    cfg = TrainConfig(dataset=str(remote), task="link", epochs=1, seed=1, progress=False,
+                      model=ModelConfig(hidden=8, dropout=0.0),
+                      checkpoint=CheckpointConfig(dir=str(tmp_path / "ck")))
+    s = fit_on_ray(cfg, RayTrainConfig(workers=2, storage_path=str(tmp_path / "ray-out")))
+    assert s["world_size"] == 2 and s["steps"] > 0 and s["replicas_identical"]
+    assert newest_checkpoint(tmp_path / "ck")["model_record"]["task"] == "link"
 
 
 def dying_rank(fail_rank: int, fail_step: int, marker: Path):

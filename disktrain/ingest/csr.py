@@ -172,15 +172,23 @@ def build_csr(group: zarr.Group, chunks: EdgeChunks, num_nodes: int, num_input_e
         with create_flat(group, "indptr", (num_nodes + 1,), np.int64) as indptr, \
                 ChunkFileWriter(scratch, spill.num_edges * layout.index.itemsize) as indices:
             num_edges = _fill(spill, pool, threads, indptr, indices, cfg)
-    group.create_array("indices", shape=(num_edges,), dtype=layout.index, chunks=(num_edges,),
-                       compressors=CHECKSUM, fill_value=0)
-    if num_edges:
-        final = chunk_file(root / "indices", 0)
+    place_chunk_file(group, "indices", (num_edges,), layout.index, scratch)
+    return num_edges
+
+
+def place_chunk_file(group: zarr.Group, name: str, shape: tuple[int, ...], dtype,
+                     scratch: Path) -> None:
+    """Declare the single-chunk array ``name`` of ``group`` and make ``scratch`` (its data
+    and crc32c, written by a :class:`~disktrain.storage.chunkfile.ChunkFileWriter` before
+    its length was known) its chunk file; a zero-size array has none (``scratch`` removed)."""
+    group.create_array(name, shape=shape, dtype=dtype, chunks=shape, compressors=CHECKSUM,
+                       fill_value=0)
+    if math.prod(shape):
+        final = chunk_file(Path(group.store.root) / group.path / name, *[0] * len(shape))
         final.parent.mkdir(parents=True, exist_ok=True)
         os.replace(scratch, final)
     else:
         scratch.unlink()
-    return num_edges
 
 
 def _partition(edges: tuple[np.ndarray, np.ndarray], layout: Buckets,

@@ -18,13 +18,15 @@ get its checks, its disk-space estimate and its atomic write.
   splits (O(num_nodes)) are read whole. Rows are numbered from 0 (the first line). OGB's
   binary layout (ogbn-papers100M: ``raw/data.npz``) is read by :func:`read_ogb_binary`,
   its zip members streamed; heterogeneous OGB datasets by
-  :mod:`disktrain.ingest.typed_importers`.
+  :mod:`disktrain.ingest.typed_importers`; OGB's link property prediction layout
+  (``split/<name>/valid.pt``: ogbl-citation2, ogbl-collab) by :func:`read_ogb_link`.
 - :func:`from_pyg`: a ``torch_geometric.data.Data`` (or any object with its attributes) in
   memory. PyG itself is never imported.
 """
 
 from __future__ import annotations
 
+import pickle
 import sys
 import warnings
 from collections.abc import Iterator
@@ -52,10 +54,13 @@ from disktrain.ingest.inputs import (
     stored_dtype,
     write_dataset,
 )
+from disktrain.ingest.linksplit import GivenLinks, check_negatives
 from disktrain.storage.dataset import SPLITS
 
 OGB_SPLIT_FILES = {"train": "train.csv.gz", "val": "valid.csv.gz", "test": "test.csv.gz"}
 """Our split name -> OGB's file in ``split/<name>/``."""
+OGB_LINK_FILES = {"val": "valid.pt", "test": "test.pt"}
+"""Our held-out split -> OGB's link prediction file in ``split/<name>/``."""
 _CSV_BLOCK_BYTES = 1 << 20
 """Text per record batch: Arrow holds a few dozen blocks at once, so this bounds memory."""
 
@@ -68,8 +73,10 @@ def ingest(cfg: IngestConfig) -> Path:
     if cfg.out.exists() and not cfg.overwrite:
         raise FileExistsError(f"{cfg.out} already exists (pass overwrite to replace it)")
     if cfg.ogb is not None:
-        return write_dataset(cfg.out, read_ogb(cfg), cfg.csr_config(),
-                             overwrite=cfg.overwrite, importer="ogb")
+        inputs = read_ogb(cfg)
+        return write_dataset(cfg.out, inputs, cfg.csr_config(), overwrite=cfg.overwrite,
+                             importer="ogb-link" if inputs.links else "ogb", link=cfg.link,
+                             chunk_rows=cfg.chunk_rows)
     edges = open_edges(cfg.edges, cfg.src_col, cfg.dst_col, cfg.chunk_rows)
     features = open_features(cfg.features) if cfg.features else None
     num_nodes, origin = count_nodes(cfg, edges, features)
@@ -79,7 +86,8 @@ def ingest(cfg: IngestConfig) -> Path:
                     edges=lambda: checked_chunks(edges, num_nodes),
                     num_input_edges=edges.num_rows or 0, edges_estimate=edges.estimate_rows(),
                     features=features, labels=labels, splits=splits, sources=cfg.sources())
-    return write_dataset(cfg.out, inputs, cfg.csr_config(), overwrite=cfg.overwrite)
+    return write_dataset(cfg.out, inputs, cfg.csr_config(), overwrite=cfg.overwrite,
+                         link=cfg.link, chunk_rows=cfg.chunk_rows)
 
 
 # OGB
@@ -95,21 +103,13 @@ def read_ogb(cfg: IngestConfig) -> Inputs:
     ogbn-papers100M's) is read by :func:`read_ogb_binary`.
     """
     root, raw = cfg.ogb, cfg.ogb / "raw"
+    if is_link_ogb(root):
+        return read_ogb_link(cfg)
     _check_layout(root)
     if (raw / "data.npz").exists():
         return read_ogb_binary(cfg)
-    num_nodes = _read_count(raw / "num-node-list.csv.gz", "node")
-    origin = f"the count in {raw / 'num-node-list.csv.gz'}"
-    if cfg.num_nodes is not None and cfg.num_nodes != num_nodes:
-        raise DataError(f"{raw / 'num-node-list.csv.gz'}: {num_nodes} nodes, but num_nodes "
-                        f"is {cfg.num_nodes}")
-    num_edges = None
-    if (raw / "num-edge-list.csv.gz").exists():
-        num_edges = _read_count(raw / "num-edge-list.csv.gz", "edge", allow_zero=True)
-    edges = OgbEdges(raw / "edge.csv.gz", cfg.chunk_rows, num_edges)
-    features = None
-    if (raw / "node-feat.csv.gz").exists():
-        features = csv_features(raw / "node-feat.csv.gz", num_nodes, origin)
+    num_nodes, origin, edges, features = _ogb_graph(cfg)
+    num_edges = edges.num_rows
     labels_path = raw / "node-label.csv.gz"
     labels = check_labels(labels_path, _read_column(
         labels_path, "class id per node",
@@ -122,6 +122,126 @@ def read_ogb(cfg: IngestConfig) -> Inputs:
                   edges=lambda: edges.checked(num_nodes), num_input_edges=num_edges or 0,
                   edges_estimate=edges.estimate_rows(), features=features, labels=labels,
                   splits=splits, sources={k: str(Path(v).resolve()) for k, v in sources.items()})
+
+
+def _ogb_graph(cfg: IngestConfig) -> tuple[int, str, OgbEdges, FeatureSource | None]:
+    """The node count (and where it came from), edges and features (if any) of OGB's raw
+    CSV layout."""
+    raw = cfg.ogb / "raw"
+    num_nodes = _read_count(raw / "num-node-list.csv.gz", "node")
+    origin = f"the count in {raw / 'num-node-list.csv.gz'}"
+    if cfg.num_nodes is not None and cfg.num_nodes != num_nodes:
+        raise DataError(f"{raw / 'num-node-list.csv.gz'}: {num_nodes} nodes, but num_nodes "
+                        f"is {cfg.num_nodes}")
+    num_edges = None
+    if (raw / "num-edge-list.csv.gz").exists():
+        num_edges = _read_count(raw / "num-edge-list.csv.gz", "edge", allow_zero=True)
+    edges = OgbEdges(raw / "edge.csv.gz", cfg.chunk_rows, num_edges)
+    features = None
+    if (raw / "node-feat.csv.gz").exists():
+        features = csv_features(raw / "node-feat.csv.gz", num_nodes, origin)
+    return num_nodes, origin, edges, features
+
+
+def is_link_ogb(root: Path) -> bool:
+    """Whether ``root`` is in OGB's link property prediction layout (``split/*/valid.pt``)."""
+    return any((root / "split").glob(f"*/{OGB_LINK_FILES['val']}"))
+
+
+def read_ogb_link(cfg: IngestConfig) -> Inputs:
+    """The :class:`~disktrain.ingest.inputs.Inputs` of an OGB link property prediction
+    dataset, its val/test edges as :class:`~disktrain.ingest.linksplit.GivenLinks`::
+
+        raw/edge.csv.gz, raw/num-node-list.csv.gz, raw/num-edge-list.csv.gz (optional),
+        raw/node-feat.csv.gz (optional)          as read_ogb reads them; no labels
+        split/<name>/{valid,test}.pt              dicts of arrays (train.pt is not read)
+
+    The ``.pt`` files are read with ``torch.load(weights_only=True)``, numpy's array globals
+    allowed and nothing else (:func:`load_pt`). Two layouts: ogbl-citation2's
+    ``source_node``, ``target_node`` (n,) and ``target_node_neg`` (n, K), the negatives
+    stored as given; ogbl-collab's ``edge`` (n, 2), whose ``edge_neg`` is one set shared by
+    all positives, not K per positive: per-positive negatives are drawn instead
+    (``link.eval_negatives``, uniform; a note says so). OGB's graph (``raw/edge.csv.gz``)
+    holds the train edges only: val/test edges are removed from it if there (both
+    directions), not required to be.
+    """
+    root = cfg.ogb
+    for name in ("edge.csv.gz", "num-node-list.csv.gz"):
+        if not (root / "raw" / name).exists():
+            raise DataError(f"{root / 'raw' / name}: file not found; expected OGB's link "
+                            "property prediction layout")
+    num_nodes, origin, edges, features = _ogb_graph(cfg)
+    folder = _split_dir(root, cfg.ogb_split, files=tuple(OGB_LINK_FILES.values()))
+    held, negatives = {}, {}
+    for split, file in OGB_LINK_FILES.items():
+        path = folder / file
+        data = load_pt(path)
+        held[split] = (str(path), _pt_pairs(path, data))
+        if "target_node_neg" in data:
+            negatives[split] = (f"{path}[target_node_neg]", check_negatives(
+                f"{path}[target_node_neg]", _pt_array(path, data, "target_node_neg"),
+                len(held[split][1]), num_nodes))
+        elif "edge_neg" in data:
+            print(f"note: {path}: edge_neg is one set of negatives shared by every edge; "
+                  f"drawing {cfg.link.eval_negatives} per {split} edge instead "
+                  "(--eval-negatives)", file=sys.stderr)
+    sources = {"ogb": root, "edges": edges.path, **{f"link_{s}": p for s, (p, _) in held.items()}}
+    if features is not None:
+        sources["features"] = features.path
+    return Inputs(num_nodes=num_nodes, num_nodes_from=origin,
+                  edges=lambda: edges.checked(num_nodes), num_input_edges=edges.num_rows or 0,
+                  edges_estimate=edges.estimate_rows(), features=features,
+                  sources={k: str(Path(v).resolve()) for k, v in sources.items()},
+                  links=GivenLinks(held, negatives, must_be_edges=False, source=str(folder)))
+
+
+def load_pt(path: Path) -> dict:
+    """A ``.pt`` file holding a dict, read with ``torch.load(weights_only=True)``: tensors,
+    and numpy arrays of numbers (the globals their pickles name allowed), nothing else."""
+    import torch
+    from numpy._core import multiarray
+
+    numbers = {type(np.dtype(c)) for c in "?bBhHiIlLqQefd"}
+    allowed = [multiarray._reconstruct, np.ndarray, np.dtype, *numbers,
+               (multiarray._reconstruct, "numpy.core.multiarray._reconstruct")]  # numpy 1's
+    try:
+        with torch.serialization.safe_globals(allowed):
+            data = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, OSError, EOFError) as e:
+        why = next((line.strip() for line in str(e).splitlines() if "Unsupported" in line),
+                   str(e).splitlines()[0] if str(e) else type(e).__name__)
+        raise DataError(f"{path}: cannot read as a torch file of arrays, weights only "
+                        f"({why})") from None
+    if not isinstance(data, dict):
+        raise DataError(f"{path}: holds a {type(data).__name__}, expected a dict of arrays")
+    return data
+
+
+def _pt_array(path: Path, data: dict, key: str) -> np.ndarray:
+    """``data[key]`` (a tensor or a numpy array) as a numpy array of integers."""
+    value = data[key]
+    torch = sys.modules["torch"]
+    if isinstance(value, torch.Tensor):
+        value = value.numpy()
+    if not isinstance(value, np.ndarray) or value.dtype.kind not in "iu":
+        kind = getattr(value, "dtype", type(value).__name__)
+        raise DataError(f"{path}[{key!r}]: {kind}, expected an integer array")
+    return value
+
+
+def _pt_pairs(path: Path, data: dict) -> np.ndarray:
+    """The (n, 2) edges of an OGB link split dict: ``edge`` (ogbl-collab), or
+    ``source_node`` and ``target_node`` (ogbl-citation2)."""
+    if "edge" in data:
+        return _pt_array(path, data, "edge")
+    if "source_node" in data and "target_node" in data:
+        src, dst = (_pt_array(path, data, k) for k in ("source_node", "target_node"))
+        if src.shape != dst.shape or src.ndim != 1:
+            raise DataError(f"{path}: source_node {src.shape} and target_node {dst.shape}, "
+                            "expected two (n,) arrays")
+        return np.column_stack((src, dst))
+    raise DataError(f"{path}: keys {sorted(map(str, data))}, expected 'edge' (ogbl-collab) or "
+                    "'source_node' and 'target_node' (ogbl-citation2)")
 
 
 def read_ogb_binary(cfg: IngestConfig) -> Inputs:
@@ -198,9 +318,10 @@ def _check_layout(root: Path) -> None:
                             "prediction layout" + (" (binary: raw/data.npz)" if binary else ""))
 
 
-def _split_dir(root: Path, name: str | None, node_type: str = "") -> Path:
-    """``split/<name>/`` (``split/<name>/<node_type>/`` of a heterogeneous dataset), its three
-    files checked present; ``name`` None: the only split."""
+def _split_dir(root: Path, name: str | None, node_type: str = "",
+               files: tuple[str, ...] = tuple(OGB_SPLIT_FILES.values())) -> Path:
+    """``split/<name>/`` (``split/<name>/<node_type>/`` of a heterogeneous dataset), its
+    ``files`` checked present; ``name`` None: the only split."""
     split = root / "split"
     found = sorted(p.name for p in split.iterdir() if p.is_dir()) if split.is_dir() else []
     if name is None:
@@ -213,7 +334,7 @@ def _split_dir(root: Path, name: str | None, node_type: str = "") -> Path:
     if name not in found:
         raise DataError(f"{split / name}: no such split; present: {', '.join(found) or '(none)'}")
     folder = split / name / node_type
-    for file in OGB_SPLIT_FILES.values():
+    for file in files:
         if not (folder / file).exists():
             pickle = (" (split_dict.pt is a pickle, which disktrain does not load)"
                       if (split / name / "split_dict.pt").exists() else "")

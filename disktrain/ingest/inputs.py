@@ -32,6 +32,7 @@ from disktrain.ingest.edges import (
     parquet_fragments,
     scan_edges,
 )
+from disktrain.ingest.linksplit import GivenLinks, LinkSplitConfig, edge_split
 from disktrain.storage.atomic import atomic_dir
 from disktrain.storage.dataset import (
     SPLITS,
@@ -94,6 +95,9 @@ class IngestConfig:
     """Show progress bars."""
     chunk_rows: int = 1 << 20
     """Edges read per chunk; bounds the memory used by the edge stream."""
+    link: LinkSplitConfig = field(default_factory=LinkSplitConfig)
+    """The edge split for link prediction (none by default; an OGB link dataset brings its
+    own, :func:`disktrain.ingest.importers.read_ogb_link`)."""
 
     def __post_init__(self):
         for name in ("out", *_INPUTS):
@@ -120,7 +124,8 @@ class IngestConfig:
 
     def sources(self) -> dict[str, str]:
         """The input files given, as absolute paths."""
-        return {n: str(getattr(self, n).resolve()) for n in _INPUTS if getattr(self, n)}
+        files = {n: getattr(self, n) for n in _INPUTS if getattr(self, n)}
+        return {n: str(path.resolve()) for n, path in {**files, **self.link.files}.items()}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -142,26 +147,35 @@ class Inputs:
     splits: dict[str, np.ndarray] = field(default_factory=dict)
     sources: dict[str, str] = field(default_factory=dict)
     """Input name -> where it came from (recorded in the provenance)."""
+    links: GivenLinks | None = None
+    """The val/test edges of a dataset that brings its link split (OGB's link layouts)."""
 
 
 def write_dataset(out: Path, inputs: Inputs, csr: CSRConfig, *, overwrite: bool = False,
-                  importer: str | None = None) -> Path:
+                  importer: str | None = None, link: LinkSplitConfig | None = None,
+                  chunk_rows: int = 1 << 20) -> Path:
     """Write ``inputs`` as the dataset directory ``out`` (under a temporary name, renamed
     into place when complete), after checking the disk has room; ``importer`` is recorded in
-    the provenance."""
+    the provenance. ``link``: split the edges for link prediction
+    (:mod:`disktrain.ingest.linksplit`), as do ``inputs.links``."""
     features, labels, num_nodes = inputs.features, inputs.labels, inputs.num_nodes
+    split = edge_split(inputs.edges, link, num_nodes, csr, inputs.links, chunk_rows)
     edges_bound = inputs.edges_estimate * (2 if csr.undirected else 1)
     need = dataset_bytes(num_nodes=num_nodes, num_edges=edges_bound,
                          feature_dim=features.dim if features else 0,
                          feature_dtype=features.dtype if features else np.float32,
                          labels=labels is not None,
                          splits={name: ids.size for name, ids in inputs.splits.items()},
-                         spill=spill_bytes(num_nodes, edges_bound))
+                         spill=spill_bytes(num_nodes, edges_bound),
+                         link=split.bounds(inputs.edges_estimate) if split else None)
     require_free(out, need, "ingest")
     with write_lock(out, "ingest"), atomic_dir(out, overwrite=overwrite) as tmp:
         group = zarr.open_group(tmp, mode="w")
         write_features(group, features, num_nodes, csr.progress)
-        num_edges = build_csr(group, inputs.edges, num_nodes, inputs.num_input_edges, csr)
+        num_edges = build_csr(group, split or inputs.edges, num_nodes, inputs.num_input_edges,
+                              csr)
+        if split:
+            split.write(group)
         if labels is not None:
             write_small_array(group, "labels", labels)
         for name, ids in inputs.splits.items():
@@ -172,6 +186,8 @@ def write_dataset(out: Path, inputs: Inputs, csr: CSRConfig, *, overwrite: bool 
                             "num_nodes_from": inputs.num_nodes_from}
         if importer is not None:
             source["ingest"]["importer"] = importer
+        if split:
+            source["ingest"]["edge_split"] = split.settings()
         meta = DatasetMeta(
             num_nodes=num_nodes, num_edges=num_edges,
             feature_dim=features.dim if features else 0,

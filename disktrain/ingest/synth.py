@@ -29,7 +29,7 @@ import math
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -37,6 +37,7 @@ import zarr
 from tqdm.auto import tqdm
 
 from disktrain.ingest.csr import CSRConfig, build_csr, spill_bytes
+from disktrain.ingest.linksplit import HashSplit, LinkSplitConfig
 from disktrain.kernels import rmat as krmat
 from disktrain.kernels.rng import derive_key
 from disktrain.storage.atomic import atomic_dir
@@ -113,9 +114,15 @@ class SynthConfig:
     """Replace ``out`` if it exists."""
     progress: bool = True
     """Show tqdm progress bars."""
+    link: LinkSplitConfig = field(default_factory=LinkSplitConfig)
+    """The edge split for link prediction (``edge_split``; none by default): link prediction
+    on the planted classes is learnable (an edge joins a class more often than chance)."""
 
     def __post_init__(self):
         _check_int("num_nodes", self.num_nodes, 2, MAX_NODES)
+        if self.link.files:
+            raise ValueError(f"synth splits its edges by edge_split, not from files "
+                             f"({', '.join(self.link.files)})")
         _check_int("csr_memory_bytes", self.csr_memory_bytes, 1)
         _check_int("csr_bucket_rows", self.csr_bucket_rows, 1)
         if self.csr_bucket_rows & (self.csr_bucket_rows - 1):
@@ -263,8 +270,11 @@ def synthesize(cfg: SynthConfig) -> Path:
                             memory_bytes=cfg.csr_memory_bytes)
         require_free(cfg.out, _disk_need(cfg, csr_cfg), "synth")
         group = zarr.open_group(tmp, mode="w", zarr_format=3)
-        num_edges = build_csr(group, EdgeGenerator(cfg), cfg.num_nodes, cfg.num_input_edges,
-                              csr_cfg)
+        split = _link_split(cfg, csr_cfg)
+        num_edges = build_csr(group, split or EdgeGenerator(cfg), cfg.num_nodes,
+                              cfg.num_input_edges, csr_cfg)
+        if split:
+            split.write(group)
         _write_features(group, cfg)
         _write_labels_and_splits(group, cfg)
         meta = DatasetMeta(num_nodes=cfg.num_nodes, num_edges=num_edges,
@@ -276,22 +286,35 @@ def synthesize(cfg: SynthConfig) -> Path:
     return Path(cfg.out)
 
 
+def _link_split(cfg: SynthConfig, csr_cfg: CSRConfig) -> HashSplit | None:
+    """The generated edges split for link prediction, if ``cfg.link`` asks."""
+    if cfg.link.edge_split is None:
+        return None
+    return HashSplit(EdgeGenerator(cfg), cfg.link, cfg.num_nodes, csr_cfg)
+
+
 def _disk_need(cfg: SynthConfig, csr_cfg: CSRConfig) -> int:
     """The most disk space synth holds at once: the dataset, or, while the CSR is built
-    (first), the CSR and its temporary spill file."""
+    (first), the CSR, the link split's arrays and the CSR's temporary spill file."""
     num_edges = cfg.num_input_edges * (2 if cfg.undirected else 1)
+    split = _link_split(cfg, csr_cfg)
+    link = split.bounds(cfg.num_input_edges) if split else None
     dataset = dataset_bytes(num_nodes=cfg.num_nodes, num_edges=num_edges,
                             feature_dim=cfg.feature_dim, feature_dtype=cfg.feature_dtype,
-                            labels=True, splits=dict(zip(SPLITS, cfg.split_sizes())))
+                            labels=True, splits=dict(zip(SPLITS, cfg.split_sizes())),
+                            link=link)
     csr = dataset_bytes(num_nodes=cfg.num_nodes, num_edges=num_edges, feature_dim=0,
-                        feature_dtype=np.uint8, labels=False, splits={})
+                        feature_dtype=np.uint8, labels=False, splits={}, link=link)
     return max(dataset, csr + spill_bytes(cfg.num_nodes, num_edges, csr_cfg))
 
 
 def _sources(cfg: SynthConfig) -> dict[str, str]:
     params = {k: str(v) for k, v in asdict(cfg).items()
               if k not in ("out", "overwrite", "progress", "chunk_edges", "csr_bucket_rows",
-                           "csr_memory_bytes")}
+                           "csr_memory_bytes", "link")}
+    if cfg.link.edge_split is not None:
+        params.update({k: str(getattr(cfg.link, k))
+                       for k in ("edge_split", "split_seed", "eval_negatives")})
     return {"generator": "rmat", "rmat_probs": str(RMAT_PROBS), **params}
 
 

@@ -86,8 +86,8 @@ class LinkPlan:
 
     @property
     def num_items(self) -> int:
-        """What an epoch batches: the training edges."""
-        return len(self.edges)
+        """What an epoch batches: the training edges (``edges_per_epoch`` of them)."""
+        return min(len(self.edges), self.config.edges_per_epoch or len(self.edges))
 
     @property
     def batches_per_epoch(self) -> int:
@@ -124,9 +124,9 @@ class LinkPlan:
     def positives(self, batch: int) -> np.ndarray:
         """(P, 2) ``(src, dst)`` positive edges of the plan's batch ``batch``."""
         i, p = batch % self.batches_per_epoch, self.config.batch_size
-        n = self.num_items
+        n, last = len(self.edges), self.num_items
         key = derive_key(self.config.seed, self.batch_epoch(batch), 0x11AB)
-        picks = permute_range(i * p, min((i + 1) * p, n), n, permutation_keys(key),
+        picks = permute_range(i * p, min((i + 1) * p, last), n, permutation_keys(key),
                               permutation_bits(n))
         order = np.argsort(picks)  # ascending reads of the (memory-mapped) edges
         out = np.empty((len(picks), 2), np.int64)

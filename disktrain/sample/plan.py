@@ -52,6 +52,10 @@ class SampleConfig:
     per batch with ``shared_negatives``."""
     negative_sampling: str = "uniform"
     """Link prediction: negatives drawn "uniform" over the nodes, or by in-"degree" ** 0.75."""
+    edges_per_epoch: int = 0
+    """Link prediction: train each epoch on this many of the training edges, a different
+    random subset every epoch (0: all of them), as a LinkNeighborLoader over a sampled
+    ``edge_label_index``; bounds an epoch of a graph of billions of edges."""
     shared_negatives: bool = False
     """Link prediction: one set of ``num_negatives`` destinations per batch, paired with
     every positive's source (fewer nodes to sample per batch) instead of one per edge."""
@@ -69,7 +73,7 @@ class SampleConfig:
                 raise ValueError(f"relation_fanouts[{name!r}] must be {len(self.fanouts)} "
                                  f"ints >= -1 (one per hop, as fanouts), got {list(fs)}")
         check_min(self, 1, "batch_size", "epochs", "group_size", "num_negatives")
-        check_min(self, 0, "seed", "first_epoch")
+        check_min(self, 0, "seed", "first_epoch", "edges_per_epoch")
         if self.split not in SPLITS:
             raise ValueError(f"split must be one of {SPLITS}, got {self.split!r}")
         if self.task not in TASKS:

@@ -587,6 +587,11 @@ class Dataset(FeatureRows):
         out = asdict(self.meta)
         out["path"] = str(self.path)
         out["splits"] = {s: self._array_meta(s).shape[0] for s in SPLITS if self.has(s)}
+        if self.has_link_split:
+            out["link_split"] = {s: self._array_meta(f"link_{s}").shape[0] for s in SPLITS
+                                 if self.has(f"link_{s}")}
+            if self.has("link_val_neg"):
+                out["link_split"]["eval_negatives"] = self._array_meta("link_val_neg").shape[1]
         return out
 
 
@@ -769,9 +774,12 @@ class _FeatureShape:
 
 
 def dataset_bytes(*, num_nodes: int, num_edges: int, feature_dim: int, feature_dtype,
-                  labels: bool, splits: Mapping[str, int], spill: int = 0) -> int:
+                  labels: bool, splits: Mapping[str, int], spill: int = 0,
+                  link: Mapping[str, int] | None = None) -> int:
     """What ``ingest`` or ``synth`` holds on disk at most: the arrays of :data:`DATASET`,
-    ``labels`` or not, the ``splits`` of these sizes.
+    ``labels`` or not, the ``splits`` of these sizes, the link prediction arrays if ``link``
+    gives their sizes (``link_train``, ``link_val``, ``link_test``: edges, upper bounds;
+    ``eval_negatives``: K).
 
     ``num_edges`` counts the edges stored before dedup (reverse edges included). ``spill``:
     the bytes of the CSR build's temporary spill file, if it is on disk with the dataset
@@ -780,9 +788,10 @@ def dataset_bytes(*, num_nodes: int, num_edges: int, feature_dim: int, feature_d
     room of its own (the build keeps no second indices array).
     """
     dims = {"num_nodes": num_nodes, "num_edges": num_edges, "feature_dim": feature_dim,
-            "feature_dtype": feature_dtype, "index_dtype": index_dtype(num_nodes), **splits}
+            "feature_dtype": feature_dtype, "index_dtype": index_dtype(num_nodes), **splits,
+            **(link or {})}
     row_bytes = feature_dim * np.dtype(feature_dtype).itemsize
     rows = max(1, min(num_nodes, FEATURE_CHUNK_BYTES // max(1, row_bytes)))
     without = [s for s in SPLITS if s not in splits] + ([] if labels else ["labels"]) + \
-        [a.name for a in DATASET.arrays if None in a.shape_in(dims)]  # e.g. no link split
+        ([] if link else [a.name for a in DATASET.arrays if a.name.startswith("link_")])
     return DATASET.disk_bytes(dims, rows, without=without) + (array_bytes(spill) if spill else 0)

@@ -6,7 +6,7 @@ JSON, or lacks what its readers rely on is a :class:`~disktrain.errors.DataError
 the step that rewrites it.
 
 A shape is written in the names of the store's attributes (``num_nodes``, ``feature_dim``;
-``name+1``: one more), a dtype as a NumPy type or the attribute naming one
+``name+1``: one more; an int: that length), a dtype as a NumPy type or the attribute naming one
 (``feature_dtype``): the attributes, or the sizes a writer is about to write, give both.
 """
 
@@ -52,7 +52,7 @@ class ArraySpec:
     wherever this attribute is set."""
 
     def shape_in(self, dims: Mapping) -> tuple:
-        """The shape ``dims`` give (None where one is unknown; a number is itself)."""
+        """The shape ``dims`` give (None where one is unknown); an int is a fixed length."""
         return tuple(d if isinstance(d, int) else
                      None if (v := dims.get(d.removesuffix("+1"))) is None
                      else v + d.endswith("+1") for d in self.shape)
