@@ -7,7 +7,7 @@ Usage: python scripts/bench_link.py --accuracy [--cora DIR] [--graphs cora,synth
            [--synth-feature-dim 64] [--edge-split 0.85,0.05,0.10] [--split-seed 0]
            [--eval-negatives 1000] [--seeds 3] [--fanouts 10,10] [--batch-size 512]
            [--num-negatives 1] [--epochs 20] [--hidden 128]
-           [--systems disktrain,pyg,pyg-triplet]
+           [--systems disktrain,disktrain-pairs,pyg-triplet,pyg]
            [--prebuilt GRAPH=DIR ...]
            [--step-timeout-s 1800] [--workdir /tmp/linkpeer] [--keep]
            [--out docs/perf/link_accuracy.json]
@@ -19,7 +19,9 @@ process (scripts/_benchlib.py's ``run_measured``):
      nodes link mostly within their class, whose centroid their features carry) with
      ``--edge-split``; ``--eval-negatives`` stored negatives per val/test edge (or, with
      ``--prebuilt GRAPH=DIR``, a dataset already split);
-  2. per seed ``S`` and graph: ``disktrain prepare --task link --num-negatives K
+  2. per seed ``S`` and graph, twice (``disktrain``: ``--negative-mode source``, each
+     positive's source kept with K drawn destinations; ``disktrain-pairs``: ``pairs``, drawn
+     sources and destinations): ``disktrain prepare --task link --num-negatives K
      --negative-sampling uniform --fanouts F --batch-size B --seed S``, then ``disktrain train
      --task link --decoder dot --model sage --hidden H --epochs E --seed S`` (evaluated after
      the last epoch, on exact full-neighbourhood embeddings); lr, weight decay and dropout are
@@ -27,10 +29,12 @@ process (scripts/_benchlib.py's ``run_measured``):
   3. per seed and graph: the PyG peer with the same flags, twice: ``pyg`` with
      ``NegativeSampling("binary")`` (random (src, dst) pairs, PyG's usual setup) and
      ``pyg-triplet`` with ``"triplet"`` (each positive's source kept and K random
-     destinations, as disktrain draws them; still BCE over every pair).
+     destinations, as ``disktrain`` draws them; still BCE over every pair).
 Per graph, system, split and metric (MRR, Hits@10/50/100, AUC) the mean and sample standard
-deviation over the seeds and the difference of the means (disktrain - peer); the goal (AUC and
-MRR within 1 point of PyG's) is judged on the test split's means, against each peer. Written
+deviation over the seeds and the difference of the means (disktrain - peer, each peer against
+the disktrain run drawing the same kind of negatives: pyg-triplet against disktrain, pyg against
+disktrain-pairs); the goal (AUC and MRR within 1 point of PyG's) is judged on the test split's
+means, per pair. Written
 to ``--out`` and printed as a table; the work directory is deleted unless ``--keep``. The figures are
 accuracies: wall seconds are recorded per step but are no timing claim.
 """
@@ -48,10 +52,14 @@ from _benchlib import last_json, run_header, run_measured, stderr_tail, write_js
 
 SCRIPTS = Path(__file__).resolve().parent
 ROOT = SCRIPTS.parent
-PEERS = {"pyg": "binary", "pyg-triplet": "triplet"}
-"""The PyG peers and their ``NegativeSampling`` mode: ``binary`` random (src, dst) pairs,
-``triplet`` each positive's source kept with random destinations (disktrain's negatives)."""
-SYSTEMS = ("disktrain", *PEERS)
+OURS = {"disktrain": "source", "disktrain-pairs": "pairs"}
+"""disktrain's runs and their ``--negative-mode``: ``source`` each positive's source kept
+with drawn destinations, ``pairs`` a drawn source and destination."""
+PEERS = {"pyg-triplet": "triplet", "pyg": "binary"}
+"""The PyG peers and their ``NegativeSampling`` mode, the same negatives as ``MATCH``'s."""
+MATCH = {"pyg-triplet": "disktrain", "pyg": "disktrain-pairs"}
+"""Each peer and the disktrain run drawing its kind of negatives, the pair compared."""
+SYSTEMS = (*OURS, *PEERS)
 METRICS = ("mrr", "hits@10", "hits@50", "hits@100", "auc")
 """The metrics summarized (disktrain.train.linkmetrics.link_metrics')."""
 GOAL_METRICS = ("auc", "mrr")
@@ -163,18 +171,21 @@ def dataset_sizes(ds: Path) -> dict:
     return sizes
 
 
-def run_disktrain(args, steps: Steps, graph: str, ds: Path, seed: int, work: Path):
-    """``disktrain prepare`` + ``train --task link`` at ``seed``: the summary's ``link``."""
-    name = f"{graph}/seed{seed}/disktrain"
+def run_disktrain(args, steps: Steps, graph: str, ds: Path, seed: int, work: Path,
+                  system: str = "disktrain"):
+    """``disktrain prepare`` + ``train --task link`` at ``seed`` with ``system``'s negatives
+    (:data:`OURS`): the summary's ``link``."""
+    name = f"{graph}/seed{seed}/{system}"
     if steps.disktrain(f"{name}-prepare", "prepare", ds, "--task", "link", "--num-negatives",
-                       args.num_negatives, "--negative-sampling", "uniform", "--fanouts",
+                       args.num_negatives, "--negative-mode", OURS[system],
+                       "--negative-sampling", "uniform", "--fanouts",
                        args.fanouts, "--batch-size", args.batch_size, "--seed", seed,
                        "--no-progress") is None:
         return None
     out = steps.disktrain(f"{name}-train", "train", ds, "--task", "link", "--decoder", "dot",
                           "--model", "sage", "--hidden", args.hidden, "--epochs", args.epochs,
                           "--seed", seed, "--run-dir",
-                          work / "runs" / f"{graph}-{seed}", "--no-progress")
+                          work / "runs" / f"{graph}-{seed}-{system}", "--no-progress")
     return None if out is None else out.get("link")
 
 
@@ -193,7 +204,7 @@ def run_pyg(args, steps: Steps, graph: str, ds: Path, seed: int, peer: str):
 def summarize(runs: dict[str, list[dict]]) -> dict:
     """Per split and metric: each system's mean and sample std over its seeds' ``link``
     metrics and, per PyG peer, the difference of the means ``diff_vs_<peer>`` (disktrain -
-    peer) where both ran."""
+    peer, for the disktrain run of the peer's negatives, :data:`MATCH`) where both ran."""
     out = {}
     for split in ("val", "test"):
         for metric in METRICS:
@@ -204,17 +215,18 @@ def summarize(runs: dict[str, list[dict]]) -> dict:
                 if len(vals):
                     row[system] = {"mean": float(vals.mean()), "n": len(vals),
                                    "std": float(vals.std(ddof=1)) if len(vals) > 1 else 0.0}
-            for peer in PEERS:
-                if peer in row and "disktrain" in row:
-                    row[f"diff_vs_{peer}"] = row["disktrain"]["mean"] - row[peer]["mean"]
+            for peer, ours in MATCH.items():
+                if peer in row and ours in row:
+                    row[f"diff_vs_{peer}"] = row[ours]["mean"] - row[peer]["mean"]
             if row:
                 out.setdefault(split, {})[metric] = row
     return out
 
 
 def goal(summary: dict) -> dict:
-    """Per PyG peer, whether disktrain's test AUC and MRR means are within ``GOAL_POINTS``
-    of its (or above them); None where either has no runs."""
+    """Per PyG peer, whether the test AUC and MRR means of the disktrain run with its
+    negatives are within ``GOAL_POINTS`` of its (or above them); None where either has no
+    runs."""
     test = summary.get("test", {})
     return {peer: {m: None if (d := test.get(m, {}).get(f"diff_vs_{peer}")) is None
                    else d >= -GOAL_POINTS - 1e-12 for m in GOAL_METRICS}  # 1 point: met
@@ -224,7 +236,7 @@ def goal(summary: dict) -> dict:
 def table(graphs: dict, systems) -> str:
     """The summaries of ``systems`` and disktrain's differences to the peers, as text."""
     peers = [p for p in PEERS if p in systems]
-    head = [f"{s:>18}" for s in systems] + [f"{'- ' + p:>14}" for p in peers]
+    head = [f"{s:>18}" for s in systems] + [f"{'vs ' + p:>14}" for p in peers]
     lines = [f"{'graph':<7}{'split':<6}{'metric':<9}" + "".join(head)]
 
     def cell(row, system):
@@ -254,8 +266,8 @@ def main(argv: list[str] | None = None) -> int:
             runs = {s: [] for s in args.systems}
             for seed in range(args.seeds):
                 for system in args.systems:
-                    link = run_disktrain(args, steps, graph, ds, seed, work) \
-                        if system == "disktrain" else run_pyg(args, steps, graph, ds, seed, system)
+                    link = run_disktrain(args, steps, graph, ds, seed, work, system) \
+                        if system in OURS else run_pyg(args, steps, graph, ds, seed, system)
                     if link is not None:
                         runs[system].append(link)
             summary = summarize(runs)

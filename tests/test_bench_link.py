@@ -27,6 +27,7 @@ def metrics(auc: float, mrr: float) -> dict:
 
 def test_summary_means_stds_and_the_goal_on_the_test_means_per_peer():
     runs = {"disktrain": [metrics(0.905, 0.30), metrics(0.925, 0.34)],
+            "disktrain-pairs": [metrics(0.905, 0.30), metrics(0.925, 0.34)],
             "pyg": [metrics(0.91, 0.36), metrics(0.93, 0.36)],
             "pyg-triplet": [metrics(0.95, 0.33)]}
     s = bench.summarize(runs)
@@ -47,10 +48,11 @@ def test_summary_means_stds_and_the_goal_on_the_test_means_per_peer():
 
 
 def test_summary_without_the_other_systems_runs_judges_nothing():
-    s = bench.summarize({"disktrain": [], "pyg": [metrics(0.9, 0.3)]})
+    s = bench.summarize({"disktrain-pairs": [], "pyg": [metrics(0.9, 0.3)]})
     assert set(s["test"]["auc"]) == {"pyg"} and s["test"]["auc"]["pyg"]["std"] == 0.0
     assert bench.goal(s)["pyg"] == {"auc": None, "mrr": None}
-    assert "-" in bench.table({"synth": {"summary": s}}, ["disktrain", "pyg"]).splitlines()[-1]
+    assert "-" in bench.table({"synth": {"summary": s}},
+                              ["disktrain-pairs", "pyg"]).splitlines()[-1]
 
 
 @pytest.fixture(scope="module")
