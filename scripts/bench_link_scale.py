@@ -407,7 +407,7 @@ class Bench:
         record = disktrain_record(prepare, train, per_epoch, eval_s)
         record.update(repeat=repeat, **info)
         if not record["ok"]:
-            record["error"] = stderr_tail(log)
+            record["error"] = failure((train or prepare)["returncode"], info, log)
         for name in PREPARED:
             shutil.rmtree(self.ds / name, ignore_errors=True)
         shutil.rmtree(run_dir, ignore_errors=True)
@@ -429,8 +429,16 @@ class Bench:
         record = peer_record(rec, last_json(rec["stdout"]))
         record.update(repeat=repeat, **info)
         if not record["ok"]:
-            record["error"] = stderr_tail(log)
+            record["error"] = failure(rec["returncode"], info, log)
         return record
+
+
+def failure(returncode: int, info: dict, log: Path) -> str:
+    """Why a run failed: its exit status or signal, the cgroup's OOM kills, its stderr."""
+    why = f"exit {returncode}" if returncode >= 0 else f"killed by signal {-returncode}"
+    if info.get("cgroup_oom_kills"):
+        why += f" ({info['cgroup_oom_kills']} OOM kill(s) in the memory cgroup)"
+    return f"{why}\n{stderr_tail(log)}"
 
 
 def build_dataset(args, scale: Scale, work: Path, result: dict) -> tuple[Path, Path]:

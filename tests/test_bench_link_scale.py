@@ -200,3 +200,11 @@ def test_tiny_run_end_to_end_without_the_cgroup(tmp_path, capsys):
     assert png.exists() and out.with_suffix(".md").read_text().startswith("| |")
     assert "| test mrr |" in capsys.readouterr().out
     assert list((tmp_path / "w").iterdir()) == []  # the work directory removed
+
+
+def test_failure_names_the_signal_and_the_oom_kills(tmp_path):
+    log = tmp_path / "run.err"
+    log.write_text("line one\nTraceback: boom\n")
+    assert bench.failure(-9, {"cgroup_oom_kills": 1}, log) == (
+        "killed by signal 9 (1 OOM kill(s) in the memory cgroup)\nline one\nTraceback: boom")
+    assert bench.failure(2, {}, log).startswith("exit 2\nline one")
