@@ -61,7 +61,8 @@ DEGREE_POWER = 0.75
 
 def load(dataset: Path):
     """A PyG ``Data`` of the dataset's CSR graph and features; the training edges (E, 2)
-    (memory-mapped); per val/test split its (P, 2) edges and (P, K) negatives."""
+    (memory-mapped); the ``Dataset`` (its val/test edges are read by :func:`eval_splits`
+    once training is done, out of its memory)."""
     from torch_geometric.data import Data
 
     from disktrain.storage.dataset import Dataset
@@ -73,7 +74,7 @@ def load(dataset: Path):
     edge_index = torch.from_numpy(np.stack((np.asarray(ds.indices, np.int64), dst)))
     x = torch.from_numpy(np.asarray(ds.feature_rows(0, n), np.float32))
     data = Data(x=x, edge_index=edge_index, num_nodes=n)
-    return data, ds.link_edges("train"), eval_splits(ds)
+    return data, ds.link_edges("train"), ds
 
 
 def load_mapped(dataset: Path, features: Path):
@@ -93,10 +94,11 @@ def load_mapped(dataset: Path, features: Path):
     adj_t = SparseTensor(rowptr=torch.from_numpy(np.asarray(ds.indptr, np.int64)),
                          col=torch.from_numpy(np.asarray(ds.indices, np.int64)),
                          sparse_sizes=(n, n), is_sorted=True, trust_data=True)
-    return Data(x=x, adj_t=adj_t, num_nodes=n), ds.link_edges("train"), eval_splits(ds)
+    return Data(x=x, adj_t=adj_t, num_nodes=n), ds.link_edges("train"), ds
 
 
 def eval_splits(ds) -> dict:
+    """Per val/test split its (P, 2) edges and (P, K) negatives."""
     return {s: (torch.from_numpy(np.asarray(ds.link_edges(s), np.int64)),
                 torch.from_numpy(np.asarray(ds.link_negatives(s), np.int64)))
             for s in ("val", "test")}
@@ -297,7 +299,7 @@ def main(argv: list[str] | None = None) -> int:
     np.random.seed(args.seed)
     rng = np.random.default_rng(args.seed)
     fanouts = [int(f) for f in args.fanouts.split(",")]
-    data, train, evals = (load(args.dataset) if args.features is None
+    data, train, ds = (load(args.dataset) if args.features is None
                           else load_mapped(args.dataset, args.features))
     neg = negative_sampling(args, data)
     model = GraphSAGE(data.num_features, args.hidden, num_layers=len(fanouts),
@@ -330,6 +332,7 @@ def main(argv: list[str] | None = None) -> int:
         if phase.capped:  # the epochs left are estimated at this one's pace
             break
     t0 = time.perf_counter()
+    evals = eval_splits(ds)
     if args.features is None:
         evaluated = {"link": evaluate(model, data, evals, args.eval_chunk_rows)}
     else:
