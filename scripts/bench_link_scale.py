@@ -6,7 +6,7 @@ Usage: python scripts/bench_link_scale.py [--setting quick|full] [--repeats 1]
            [--nodes N] [--avg-degree D] [--feature-dim F] [--edge-split TR,VA,TE]
            [--eval-negatives K] [--edges-per-epoch M] [--epochs E] [--batch-size P]
            [--fanouts 10,5] [--hidden 128] [--mem-limit 2.5G] [--no-cgroup]
-           [--peer-max-phase-s T] [--run-timeout S] [--prepare-args "..."] [--train-args "..."]
+           [--peer-settings random|normal|random,normal] [--peer-max-phase-s T] [--run-timeout S] [--prepare-args "..."] [--train-args "..."]
            [--workdir /tmp/linkscale] [--keep] [--out docs/perf/link_scale.json]
            [--plots docs/perf/link_scale.png]
 
@@ -39,6 +39,11 @@ val and test edges against their stored negatives on exact full-neighbourhood em
              ``LinkNeighborLoader`` over the stored CSR (``adj_t``), features memory-mapped
              from a .npy exported once (untimed) beside the dataset, then layer-wise inference
              of every node (each layer's output a memory-mapped .npy) and the same scoring;
+             at each of ``--peer-settings``: ``random`` (``madvise(MADV_RANDOM)`` on the map,
+             the default) or ``normal`` (the kernel's readahead: out of core each row's fault
+             reads far more than the row, and the cache, too small to keep it, thrashes: at
+             1024-d, 500k nodes and a 1.25 GiB limit it read 185 GB in 3 minutes without
+             finishing a batch); the ratios take the fastest setting, per figure;
              job = the child's wall, or its estimate where a phase (a training epoch, an
              inference layer) ran past ``--peer-max-phase-s`` and was extrapolated from its
              batch rate (``extrapolated``; its metrics are then None).
@@ -165,6 +170,9 @@ def parse_args(argv=None):
     ap.add_argument("--mem-limit", type=parse_bytes, help="page cache included")
     ap.add_argument("--peer-max-phase-s", type=float,
                     help="cap each peer phase at this many seconds, extrapolate (0: none)")
+    ap.add_argument("--peer-settings", default="random",
+                    help="the peer's madvise on the feature map, each run: random (no "
+                    "readahead), normal (the kernel's readahead), or both: random,normal")
     ap.add_argument("--batch-size", type=int, default=1024, help="positive edges per batch")
     ap.add_argument("--fanouts", default="10,5")
     ap.add_argument("--num-negatives", type=int, default=1, help="negatives per positive")
@@ -188,6 +196,9 @@ def parse_args(argv=None):
         args.fanouts = [int(f) for f in args.fanouts.split(",")]
     except ValueError:
         ap.error(f"--fanouts: expected integers like 10,5, got {args.fanouts!r}")
+    args.peer_settings = args.peer_settings.split(",")
+    if not set(args.peer_settings) <= {"random", "normal"}:
+        ap.error(f"--peer-settings: random, normal or both, got {','.join(args.peer_settings)}")
     over = {k: getattr(args, k) for k in SCALE_FLAGS if getattr(args, k) is not None}
     scale = dataclasses.replace(SETTINGS[args.setting], **over)
     for name in ("nodes", "feature_dim", "eval_negatives", "edges_per_epoch", "epochs",
@@ -282,16 +293,21 @@ MEDIAN_KEYS = ("job_s", "epoch_s", "eval_s", "prepare_s", "read_bytes", "peak_rs
                "cgroup_max_usage_bytes", "epoch_io_amplification", "read_over_needed")
 
 
+def label(run: dict) -> str:
+    """``disktrain``, or ``pyg/<advice>`` for a peer setting."""
+    return run["system"] if run["system"] == "disktrain" else f"pyg/{run['setting']}"
+
+
 def summarize(runs: list[dict], scale: Scale, dataset: dict | None = None) -> dict:
-    """Medians over each system's ok runs (metrics: test and val MRR, Hits@K, AUC), the
-    ratios peer / disktrain of job, epoch and evaluation seconds, and the goal checks (the
-    graph's edges: the ``dataset``'s CSR edges and its val/test pairs in both directions,
-    else the setting's nodes x avg degree)."""
+    """Medians over each system's (peer setting's) ok runs (metrics: test and val MRR,
+    Hits@K, AUC); per figure (job, epoch, evaluation seconds) the fastest peer setting and its
+    ratio to disktrain's; the goal checks (the graph's edges: the ``dataset``'s CSR edges and
+    its val/test pairs in both directions, else the setting's nodes x avg degree)."""
     edges = scale.csr_edges if dataset is None else (
         dataset["csr_edges"] + 2 * (dataset["link_val"] + dataset["link_test"]))
     systems = {}
-    for name in dict.fromkeys(r["system"] for r in runs):
-        rs = [r for r in runs if r["system"] == name]
+    for name in dict.fromkeys(map(label, runs)):
+        rs = [r for r in runs if label(r) == name]
         ok = [r for r in rs if r["ok"]]
         systems[name] = {
             "runs": len(rs), "ok_runs": len(ok),
@@ -300,12 +316,17 @@ def summarize(runs: list[dict], scale: Scale, dataset: dict | None = None) -> di
             **{k: median(r.get(k) for r in ok) for k in MEDIAN_KEYS},
             "link": {s: {m: median(r["link"][s][m] for r in ok if r["link"])
                          for m in METRICS} for s in ("val", "test")}}
-    d, p = systems.get("disktrain", {}), systems.get("pyg", {})
+    d = systems.get("disktrain", {})
+    peers = {k: m for k, m in systems.items() if k != "disktrain"}
+    best = {k.removesuffix("_s"): min((p for p in peers if peers[p][k]),
+                                      key=lambda p, k=k: peers[p][k], default=None)
+            for k in ("job_s", "epoch_s", "eval_s")}
     amp = d.get("epoch_io_amplification")
-    return {"systems": systems,
-            "ratios_peer_over_disktrain": {k.removesuffix("_s"): ratio(p.get(k), d.get(k))
-                                           for k in ("job_s", "epoch_s", "eval_s")},
-            "peer_extrapolated": p.get("extrapolated"),
+    return {"systems": systems, "peer_best": best,
+            "ratios_peer_over_disktrain": {
+                k: ratio(peers[b][f"{k}_s"], d.get(f"{k}_s")) if b else None
+                for k, b in best.items()},
+            "peer_extrapolated": any(peers[b]["extrapolated"] for b in best.values() if b),
             "goals": {"epoch_io_amplification": {
                           "value": amp, "goal": EPOCH_IO_GOAL,
                           "met": None if amp is None else amp <= EPOCH_IO_GOAL},
@@ -317,34 +338,36 @@ def summarize(runs: list[dict], scale: Scale, dataset: dict | None = None) -> di
 
 
 def table(summary: dict) -> str:
-    """The summary as a markdown table (for the README)."""
-    s, r = summary["systems"], summary["ratios_peer_over_disktrain"]
+    """The summary as a markdown table (for the README): a column per system and peer
+    setting, and the fastest peer setting's ratio to disktrain."""
+    s, r, best = summary["systems"], summary["ratios_peer_over_disktrain"], summary["peer_best"]
+    names = ["disktrain", *(k for k in s if k != "disktrain")]
 
-    def cell(system: str, key: str, fmt: str, unit: float = 1.0) -> str:
-        v = s.get(system, {}).get(key)
-        return "-" if v is None else format(v / unit, fmt)
+    def cells(key: str, fmt: str, unit: float = 1.0) -> str:
+        return " | ".join("-" if s[n].get(key) is None else format(s[n][key] / unit, fmt)
+                          for n in names)
 
-    def metric(system: str, m: str) -> str:
-        v = s.get(system, {}).get("link", {}).get("test", {}).get(m)
-        return "-" if v is None else f"{v:.4f}"
+    def metric(m: str) -> str:
+        return " | ".join("-" if (v := s[n]["link"]["test"][m]) is None else f"{v:.4f}"
+                          for n in names)
 
-    def times(v):
-        return "-" if v is None else f"{v:.2f}x"
+    def times(k: str | None) -> str:
+        return "" if k is None or r[k] is None else f"{r[k]:.2f}x ({best[k]})"
 
-    rows = [("job s", "job_s", ".1f", r["job"]), ("epoch s", "epoch_s", ".2f", r["epoch"]),
-            ("evaluation s", "eval_s", ".1f", r["eval"]), ("prepare s", "prepare_s", ".1f", None)]
-    extra = " (extrapolated)" if summary["peer_extrapolated"] else ""
-    lines = ["| | disktrain | PyG LinkNeighborLoader, mmap features" + extra
-             + " | PyG / disktrain |", "|---|---|---|---|"]
-    lines += [f"| {name} | {cell('disktrain', k, f)} | {cell('pyg', k, f)} | {times(q)} |"
-              for name, k, f, q in rows]
-    lines += [f"| {name} GB | {cell('disktrain', k, '.2f', 1e9)} | {cell('pyg', k, '.2f', 1e9)}"
-              " | |" for name, k in (("read", "read_bytes"), ("peak RSS", "peak_rss_bytes"))]
-    lines += [f"| test {m} | {metric('disktrain', m)} | {metric('pyg', m)} | |"
-              for m in ("mrr", "hits@10", "auc")]
+    head = [n if n == "disktrain" else f"PyG LinkNeighborLoader, mmap {n.split('/')[1]}"
+            + (" (extrapolated)" if s[n]["extrapolated"] else "") for n in names]
+    lines = [f"| | {' | '.join(head)} | fastest PyG / disktrain |",
+             "|---" * (len(names) + 2) + "|"]
+    rows = [("job s", "job_s", ".1f", "job"), ("epoch s", "epoch_s", ".2f", "epoch"),
+            ("evaluation s", "eval_s", ".1f", "eval"), ("prepare s", "prepare_s", ".1f", None)]
+    lines += [f"| {name} | {cells(k, f)} | {times(q)} |" for name, k, f, q in rows]
+    lines += [f"| {name} GB | {cells(k, '.2f', 1e9)} | |"
+              for name, k in (("read", "read_bytes"), ("peak RSS", "peak_rss_bytes"))]
+    lines += [f"| test {m} | {metric(m)} | |" for m in ("mrr", "hits@10", "auc")]
     g = summary["goals"]["epoch_io_amplification"]
     lines.append(f"| epoch I/O amplification (goal <= {g['goal']}) | "
-                 f"{'-' if g['value'] is None else format(g['value'], '.3f')} | | |")
+                 f"{'-' if g['value'] is None else format(g['value'], '.3f')} |"
+                 + " |" * len(names))
     return "\n".join(lines)
 
 
@@ -405,7 +428,7 @@ class Bench:
         per_epoch = ([json.loads(line) for line in metrics.read_text().splitlines()]
                      if metrics.exists() else [])
         record = disktrain_record(prepare, train, per_epoch, eval_s)
-        record.update(repeat=repeat, **info)
+        record.update(setting="default", repeat=repeat, **info)
         if not record["ok"]:
             record["error"] = failure((train or prepare)["returncode"], info, log)
         for name in PREPARED:
@@ -413,10 +436,10 @@ class Bench:
         shutil.rmtree(run_dir, ignore_errors=True)
         return record
 
-    def peer(self, repeat: int) -> dict:
-        a, s, label = self.args, self.scale, f"pyg-{repeat}"
+    def peer(self, advice: str, repeat: int) -> dict:
+        a, s, label = self.args, self.scale, f"pyg-{advice}-{repeat}"
         argv = PEER + [
-            self.ds, "--features", self.npy, "--scratch", self.work,
+            self.ds, "--features", self.npy, "--advice", advice, "--scratch", self.work,
             "--fanouts", ",".join(map(str, a.fanouts)), "--batch-size", a.batch_size,
             "--num-negatives", a.num_negatives, "--negative-mode", "triplet",
             "--edges-per-epoch", s.edges_per_epoch, "--epochs", s.epochs,
@@ -427,7 +450,7 @@ class Bench:
         with self.out_of_core(label) as (cgroup, info):
             rec = self.run(argv, cgroup, log)
         record = peer_record(rec, last_json(rec["stdout"]))
-        record.update(repeat=repeat, **info)
+        record.update(setting=advice, repeat=repeat, **info)
         if not record["ok"]:
             record["error"] = failure(rec["returncode"], info, log)
         return record
@@ -474,8 +497,8 @@ def dataset_sizes(ds: Path) -> dict:
 
 
 def plot(summary: dict, path: Path) -> Path:
-    """Bars of job, epoch and evaluation seconds (log scale), disktrain against the peer;
-    hatched where extrapolated."""
+    """Bars of job, epoch and evaluation seconds (median, log scale), one per system and peer
+    setting; hatched where extrapolated."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -483,14 +506,16 @@ def plot(summary: dict, path: Path) -> Path:
     path = path / "link_scale.png" if path.suffix != ".png" else path
     path.parent.mkdir(parents=True, exist_ok=True)
     keys = (("job_s", "whole job"), ("epoch_s", "training epoch"), ("eval_s", "evaluation"))
+    names = list(summary["systems"])
+    width = 0.8 / len(names)
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    for i, (system, label) in enumerate((("disktrain", "disktrain"),
-                                         ("pyg", "PyG LinkNeighborLoader (mmap)"))):
-        m = summary["systems"].get(system, {})
+    for i, name in enumerate(names):
+        m = summary["systems"][name]
         ys = [m.get(k) or 0.0 for k, _ in keys]
-        xs = [j + (i - 0.5) * 0.38 for j in range(len(keys))]
-        ax.bar(xs, ys, 0.38, color=f"C{i}", label=label,
-               hatch="//" if m.get("extrapolated") else "")
+        xs = [j + (i - (len(names) - 1) / 2) * width for j in range(len(keys))]
+        ax.bar(xs, ys, width, color=f"C{i}", hatch="//" if m["extrapolated"] else "",
+               label=name if name == "disktrain"
+               else f"PyG LinkNeighborLoader (mmap, {name.split('/')[1]})")
         for x, y in zip(xs, ys):
             if y:
                 ax.annotate(f"{y:.3g}", (x, y), ha="center", va="bottom", fontsize=8)
@@ -498,9 +523,9 @@ def plot(summary: dict, path: Path) -> Path:
     ax.set_yscale("log")
     ax.set_ylabel("seconds (median, log)")
     r = summary["ratios_peer_over_disktrain"]
-    ax.set_title(f"Link prediction out of core: PyG / disktrain job "
+    ax.set_title(f"Link prediction out of core: fastest PyG / disktrain job "
                  f"{r['job'] or float('nan'):.1f}x, epoch {r['epoch'] or float('nan'):.1f}x"
-                 + (" (PyG hatched: extrapolated)" if summary["peer_extrapolated"] else ""),
+                 + (" (hatched: extrapolated)" if summary["peer_extrapolated"] else ""),
                  fontsize=9)
     ax.legend(fontsize=8)
     fig.tight_layout()
@@ -534,10 +559,11 @@ def main(argv=None) -> int:
         result["dataset"] = in_child(dataset_sizes, ds)  # the maps stay out of our RSS
         bench = Bench(args, scale, work, ds, npy)
         for repeat in range(args.repeats):
-            for system in ("disktrain", "pyg"):
-                rec = bench.disktrain(repeat) if system == "disktrain" else bench.peer(repeat)
+            for system in ("disktrain", *args.peer_settings):
+                rec = (bench.disktrain(repeat) if system == "disktrain"
+                       else bench.peer(system, repeat))
                 result["runs"].append(rec)
-                print(f"bench_link_scale: #{repeat} {system}: ok={rec['ok']} job "
+                print(f"bench_link_scale: #{repeat} {label(rec)}: ok={rec['ok']} job "
                       f"{rec['job_s']:.1f} s, epoch {rec['epoch_s'] or float('nan'):.2f} s"
                       f"{' (extrapolated)' if rec['extrapolated'] else ''}", file=sys.stderr)
                 result["summary"] = summarize(result["runs"], scale, result["dataset"])
@@ -551,7 +577,8 @@ def main(argv=None) -> int:
             args.out.with_suffix(".md").write_text(text + "\n")
         print(text)
         print(json.dumps({k: result["summary"][k] for k in
-                          ("ratios_peer_over_disktrain", "peer_extrapolated", "goals")}))
+                          ("ratios_peer_over_disktrain", "peer_best", "peer_extrapolated",
+                           "goals")}))
         return 0 if all(r["ok"] for r in result["runs"]) else 1
     finally:
         if not args.keep:

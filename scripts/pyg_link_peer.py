@@ -5,7 +5,8 @@ Usage: python scripts/pyg_link_peer.py DATASET [--fanouts 15,10,5] [--batch-size
            [--num-negatives 1] [--negative-mode binary|triplet]
            [--negative-sampling uniform|degree] [--epochs 10] [--hidden 128] [--lr 0.01]
            [--weight-decay 5e-4] [--dropout 0.5] [--seed 0] [--eval-chunk-rows 4096]
-           [--edges-per-epoch M] [--features F.npy [--eval-batch-size 4096] [--scratch DIR]]
+           [--edges-per-epoch M] [--features F.npy [--advice normal|random]
+                                   [--eval-batch-size 4096] [--scratch DIR]]
            [--max-phase-s T]
 
 DATASET is a disktrain dataset split for link prediction (``link_train``, ``link_val``,
@@ -29,7 +30,8 @@ prepare` / `disktrain train`), so the same flags give the same model and setting
 ``--edges-per-epoch M``: each epoch trains on M training edges drawn at random (without
 replacement, another subset every epoch), as ``disktrain prepare --edges-per-epoch``.
 ``--features F.npy`` (scripts/bench_link_scale.py, features larger than memory): the features
-memory-mapped from the .npy (scripts/pyg_peer.py's ``open_features``), the graph the stored CSR
+memory-mapped from the .npy (scripts/pyg_peer.py's ``open_features``; ``--advice random``:
+``madvise(MADV_RANDOM)`` on the map, no readahead), the graph the stored CSR
 as a ``torch_sparse.SparseTensor`` ``adj_t`` (no 2 x E ``edge_index``), the training edges
 read from their memory map one epoch's subset at a time, and the evaluation's embeddings
 computed layer-wise as ``BasicGNN.inference`` does (``NeighborLoader(num_neighbors=[-1])``
@@ -77,9 +79,10 @@ def load(dataset: Path):
     return data, ds.link_edges("train"), ds
 
 
-def load_mapped(dataset: Path, features: Path):
-    """As :func:`load`, with the features memory-mapped from ``features`` (the exported .npy)
-    and the graph the stored CSR as ``adj_t``, a ``torch_sparse.SparseTensor``."""
+def load_mapped(dataset: Path, features: Path, advice: str = "normal"):
+    """As :func:`load`, with the features memory-mapped from ``features`` (the exported .npy;
+    ``advice="random"``: ``madvise(MADV_RANDOM)``, no readahead) and the graph the stored CSR
+    as ``adj_t``, a ``torch_sparse.SparseTensor``."""
     from pyg_peer import open_features
     from torch_geometric.data import Data
     from torch_sparse import SparseTensor
@@ -88,7 +91,7 @@ def load_mapped(dataset: Path, features: Path):
 
     ds = Dataset(dataset)
     n = ds.num_nodes
-    x = open_features(features, "normal")
+    x = open_features(features, advice)
     if x.shape[0] != n:
         raise ValueError(f"{features}: {x.shape[0]} rows, dataset {dataset} has {n} nodes")
     adj_t = SparseTensor(rowptr=torch.from_numpy(np.asarray(ds.indptr, np.int64)),
@@ -258,6 +261,9 @@ def parse_args(argv):
     ap.add_argument("--features", type=Path,
                     help="the features as one .npy, memory-mapped (graph as adj_t, layer-wise "
                     "evaluation)")
+    ap.add_argument("--advice", choices=("normal", "random"), default="normal",
+                    help="with --features: madvise on the feature map (normal: the kernel's "
+                    "readahead; random: none)")
     ap.add_argument("--eval-batch-size", type=int, default=4096,
                     help="with --features: target nodes per batch of layer-wise inference")
     ap.add_argument("--scratch", type=Path, help="with --features: where the layer outputs "
@@ -300,7 +306,7 @@ def main(argv: list[str] | None = None) -> int:
     rng = np.random.default_rng(args.seed)
     fanouts = [int(f) for f in args.fanouts.split(",")]
     data, train, ds = (load(args.dataset) if args.features is None
-                          else load_mapped(args.dataset, args.features))
+                          else load_mapped(args.dataset, args.features, args.advice))
     neg = negative_sampling(args, data)
     model = GraphSAGE(data.num_features, args.hidden, num_layers=len(fanouts),
                       out_channels=args.hidden, dropout=args.dropout)

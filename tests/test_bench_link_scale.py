@@ -30,30 +30,36 @@ def link(mrr: float) -> dict:
 
 
 def fake(system: str, job: float, epoch: float, *, ok=True, extrapolated=False,
-         amp: float | None = None) -> dict:
-    return {"system": system, "ok": ok, "extrapolated": extrapolated, "job_s": job,
+         amp: float | None = None, setting: str = "random") -> dict:
+    return {"system": system, "setting": "default" if system == "disktrain" else setting,
+            "ok": ok, "extrapolated": extrapolated, "job_s": job,
             "epoch_s": epoch, "eval_s": job / 10, "prepare_s": 1.0 if system == "disktrain"
             else None, "read_bytes": 100, "peak_rss_bytes": 10, "cgroup_oom_kills": 0,
             "epoch_io_amplification": amp, "read_over_needed": None,
             "link": link(0.5) if ok else None}
 
 
-def test_summary_medians_ratios_and_goals():
+def test_summary_medians_ratios_to_the_fastest_peer_setting_and_goals():
     runs = [fake("disktrain", 10.0, 2.0, amp=1.02), fake("disktrain", 14.0, 4.0, amp=1.04),
             fake("disktrain", 99.0, 99.0, ok=False),  # not counted
-            fake("pyg", 120.0, 30.0), fake("pyg", 240.0, 50.0, extrapolated=True)]
+            fake("pyg", 120.0, 30.0), fake("pyg", 240.0, 50.0, extrapolated=True),
+            fake("pyg", 150.0, 20.0, setting="normal")]
     scale = bench.SETTINGS["full"]
     s = bench.summarize(runs, scale, {"csr_edges": 99_990_000, "link_val": 5_000,
                                       "link_test": 5_000})
-    d, p = s["systems"]["disktrain"], s["systems"]["pyg"]
+    d, p = s["systems"]["disktrain"], s["systems"]["pyg/random"]
+    assert list(s["systems"]) == ["disktrain", "pyg/random", "pyg/normal"]
     assert (d["runs"], d["ok_runs"], d["job_s"], d["epoch_s"]) == (3, 2, 12.0, 3.0)
-    assert p["job_s"] == 180.0 and p["extrapolated"] and s["peer_extrapolated"]
-    assert s["ratios_peer_over_disktrain"] == {"job": 15.0, "epoch": 40.0 / 3, "eval": 15.0}
+    assert p["job_s"] == 180.0 and p["extrapolated"]
+    assert s["peer_best"] == {"job": "pyg/normal", "epoch": "pyg/normal", "eval": "pyg/normal"}
+    assert s["ratios_peer_over_disktrain"] == {"job": 12.5, "epoch": 20.0 / 3, "eval": 12.5}
+    assert not s["peer_extrapolated"]  # the fastest setting was measured throughout
     assert d["link"]["test"]["mrr"] == 0.5
     assert s["goals"]["epoch_io_amplification"] == {"value": 1.03, "goal": 1.05, "met": True}
     assert s["goals"]["scale"]["graph_edges"] == 100_010_000 and s["goals"]["scale"]["met"]
     text = bench.table(s)
-    assert "| job s | 12.0 | 180.0 | 15.00x |" in text and "(extrapolated)" in text
+    assert "| job s | 12.0 | 180.0 | 150.0 | 12.50x (pyg/normal) |" in text
+    assert "mmap random (extrapolated) |" in text and "mmap normal |" in text
 
 
 def test_summary_judges_nothing_without_runs_and_fails_the_goals_it_misses():
@@ -61,7 +67,7 @@ def test_summary_judges_nothing_without_runs_and_fails_the_goals_it_misses():
     assert s["ratios_peer_over_disktrain"] == {"job": None, "epoch": None, "eval": None}
     assert s["goals"]["epoch_io_amplification"]["met"] is False
     assert s["goals"]["scale"]["met"] is False  # 2M edges, features under the limit
-    assert "| job s | 10.0 | - | - |" in bench.table(s)
+    assert "| job s | 10.0 |  |" in bench.table(s)
 
 
 def step(wall: float, rc: int = 0, stdout: str = "") -> dict:
@@ -104,9 +110,13 @@ def test_arguments_take_the_setting_and_its_overrides(capsys):
                                     "--fanouts", "5,5,5", "--no-cgroup"])
     assert (scale.nodes, scale.mem_limit, scale.epochs) == (500, 3 << 30, 4)
     assert args.fanouts == [5, 5, 5] and args.memory_limit is None
+    assert args.peer_settings == ["random"]
+    assert bench.parse_args(["--peer-settings", "random,normal"])[0].peer_settings == [
+        "random", "normal"]
     for bad, said in ((["--epochs", "0"], "--epochs must be >= 1, got 0"),
                       (["--fanouts", "10,x"], "--fanouts: expected integers"),
-                      (["--batch-size", "0"], "--batch-size must be >= 1, got 0")):
+                      (["--batch-size", "0"], "--batch-size must be >= 1, got 0"),
+                      (["--peer-settings", "fast"], "--peer-settings: random, normal or both")):
         with pytest.raises(SystemExit):
             bench.parse_args(bad)
         assert said in capsys.readouterr().err
@@ -189,8 +199,8 @@ def test_tiny_run_end_to_end_without_the_cgroup(tmp_path, capsys):
                        "--hidden", "16", "--no-cgroup", "--workdir", str(tmp_path / "w"),
                        "--out", str(out), "--plots", str(png)]) == 0
     result = json.loads(out.read_text())
-    assert [(r["system"], r["ok"]) for r in result["runs"]] == [("disktrain", True),
-                                                                 ("pyg", True)]
+    assert [(bench.label(r), r["ok"]) for r in result["runs"]] == [("disktrain", True),
+                                                                    ("pyg/random", True)]
     d = result["runs"][0]
     assert len(d["per_epoch"]) == 2 and d["epoch_io_amplification"] >= 1.0
     assert d["eval_s"] > 0 and d["out_of_core_method"] == "evict-only"
