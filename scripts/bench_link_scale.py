@@ -444,7 +444,7 @@ class Bench:
             "--num-negatives", a.num_negatives, "--negative-mode", "triplet",
             "--edges-per-epoch", s.edges_per_epoch, "--epochs", s.epochs,
             "--hidden", a.hidden, "--lr", 0.01, "--weight-decay", 5e-4, "--dropout", 0.5,
-            "--seed", a.seed, "--eval-chunk-rows", 256,
+            "--seed", a.seed,
             "--max-phase-s", s.peer_max_phase_s]
         log = self.logs / f"{label}.err"
         with self.out_of_core(label) as (cgroup, info):

@@ -36,8 +36,11 @@ as a ``torch_sparse.SparseTensor`` ``adj_t`` (no 2 x E ``edge_index``), the trai
 read from their memory map one epoch's subset at a time, and the evaluation's embeddings
 computed layer-wise as ``BasicGNN.inference`` does (``NeighborLoader(num_neighbors=[-1])``
 over every node, ``eval-batch-size`` targets a batch, ``x_all[batch.n_id]`` per layer) with
-each layer's output (N x hidden float32) written to a memory-mapped .npy under ``--scratch``
-(default: a temporary directory beside F.npy, removed at the end) rather than held in memory.
+each layer's output (N x hidden float32) written to a .npy under ``--scratch`` (default: a
+temporary directory beside F.npy, removed at the end) and memory-mapped back (with
+``--advice``) rather than held in memory; the last one scored against the negatives reading it
+once in order, block by block (the negatives spread over every node: gathering them edge by
+edge from a map larger than the page cache would reread it for every chunk of edges).
 ``--max-phase-s T`` cuts a training epoch or an inference layer short after T seconds and
 extrapolates its time from its batch rate; the first capped epoch is the last one trained (the
 epochs left are estimated at its pace), the layers after a capped one at its rate, and the
@@ -175,12 +178,39 @@ def evaluate(model, data, evals: dict, chunk_rows: int) -> dict:
 
 
 @torch.no_grad()
-def layerwise(model, data, batch_size: int, scratch: Path, max_s: float):
+def score_streamed(h: torch.Tensor, evals: dict, block_rows: int = 1 << 15) -> dict:
+    """:func:`score`'s metrics with ``h`` (memory-mapped, larger than the page cache) read
+    once per split, ``block_rows`` rows at a time in order: the negatives spread over every
+    node, so gathering them edge by edge would reread the whole map for each chunk of edges."""
+    from disktrain.train.linkmetrics import link_metrics
+
+    out = {}
+    for split, (edges, neg) in evals.items():
+        src = h[edges[:, 0]]
+        pos = (src * h[edges[:, 1]]).sum(-1)
+        flat, order = torch.sort(neg.reshape(-1))
+        starts = torch.arange(0, len(h) + block_rows, block_rows)
+        bounds = torch.searchsorted(flat, starts).tolist()
+        scores = torch.empty(flat.shape)
+        for j, a in enumerate(starts[:-1].tolist()):
+            lo, hi = bounds[j], bounds[j + 1]
+            if lo < hi:
+                block = h[a:a + block_rows].clone()  # one sequential read
+                ids = order[lo:hi]
+                scores[ids] = (src[ids // neg.shape[1]] * block[flat[lo:hi] - a]).sum(-1)
+        out[split] = link_metrics(pos, scores.view(neg.shape))
+    return out
+
+
+@torch.no_grad()
+def layerwise(model, data, batch_size: int, scratch: Path, max_s: float,
+              advice: str = "normal"):
     """``BasicGNN.inference``'s loop, each layer's output written to ``scratch/layer-<i>.npy``
-    (memory-mapped) instead of kept in memory; a layer stops once ``max_s`` seconds (0: no
-    cap) have passed. The last output written (partial where capped) as a tensor, whether
-    every layer completed, and a record per layer run."""
-    from pyg_peer import Phase
+    and read back as the next layer's input memory-mapped (with ``advice``) instead of kept
+    in memory; a layer stops once ``max_s`` seconds (0: no cap) have passed. The last output
+    written (partial where capped), whether every layer completed, and a record per layer
+    run."""
+    from pyg_peer import Phase, open_features
     from torch_geometric.data import Data
     from torch_geometric.loader import NeighborLoader
 
@@ -190,7 +220,8 @@ def layerwise(model, data, batch_size: int, scratch: Path, max_s: float):
                             shuffle=False)  # no x: each layer gathers its own input rows
     x_all, layers = data.x, []
     for i, conv in enumerate(model.convs):
-        out = np.lib.format.open_memmap(scratch / f"layer-{i}.npy", "w+", np.float32,
+        path = scratch / f"layer-{i}.npy"
+        out = np.lib.format.open_memmap(path, "w+", np.float32,
                                         (data.num_nodes, conv.out_channels))
         phase = Phase(loader, 0, max_s)
         for batch in phase:
@@ -198,30 +229,31 @@ def layerwise(model, data, batch_size: int, scratch: Path, max_s: float):
                                           batch.batch_size)
             out[batch.n_id[:batch.batch_size].numpy()] = h.numpy()
         out.flush()
-        x_all = torch.from_numpy(out)
+        del out
+        x_all = open_features(path, advice)
         layers.append({"layer": i, "batches": phase.batches, "total_batches": phase.total,
                        "seconds": phase.seconds})
         if phase.capped:
-            return x_all, False, layers
-    return x_all, True, layers
+            return path, False, layers
+    return path, True, layers
 
 
 def evaluate_mapped(model, data, evals: dict, args) -> dict:
     """:func:`layerwise` embeddings under ``args.scratch`` (a temporary directory beside the
-    features by default, removed after), scored by :func:`score` even where capped (for its
-    time; the metrics are then None); the phases' seconds."""
+    features by default, removed after), scored by :func:`score_streamed` even where capped
+    (for its time; the metrics are then None); the phases' seconds."""
     import tempfile
 
     from pyg_infer_peer import estimate
+    from pyg_peer import open_features
 
     scratch = args.scratch or args.features.parent
     with tempfile.TemporaryDirectory(prefix="pyg-link-peer-", dir=scratch) as tmp:
-        h, complete, layers = layerwise(model, data, args.eval_batch_size, Path(tmp),
-                                        args.max_phase_s)
+        last, complete, layers = layerwise(model, data, args.eval_batch_size, Path(tmp),
+                                           args.max_phase_s, args.advice)
         t0 = time.perf_counter()
-        link = score(h, evals, args.eval_chunk_rows)
+        link = score_streamed(open_features(last, "normal"), evals)  # read in order
         score_s = time.perf_counter() - t0
-        del h
     est = estimate(layers, model.num_layers)
     return {"link": link if complete else None, "embed_layers": est, "score_s": score_s,
             "eval_extrapolated": not complete, "extrapolated_extra_s":

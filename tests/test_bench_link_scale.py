@@ -141,6 +141,22 @@ def test_epoch_edges_a_distinct_random_subset_or_all_in_order():
     np.testing.assert_array_equal(pyg_link_peer.epoch_edges(train, 99, rng).numpy(), train.T)
 
 
+def test_streamed_scores_equal_the_gathered_ones_across_blocks():
+    import torch
+
+    g = torch.Generator().manual_seed(0)
+    h = torch.randn(50, 4, generator=g)
+    edges = torch.randint(0, 50, (9, 2), generator=g)
+    neg = torch.randint(0, 50, (9, 6), generator=g)
+    neg[0] = 49  # the last block's last row
+    evals = {"val": (edges, neg), "test": (edges[:4], neg[:4])}
+    want = pyg_link_peer.score(h, evals, 4)
+    for block_rows in (1, 7, 50, 64):
+        got = pyg_link_peer.score_streamed(h, evals, block_rows)
+        for split in evals:
+            assert got[split] == pytest.approx(want[split])
+
+
 @pytest.fixture(scope="module")
 def mapped(tmp_path_factory):
     from pyg_peer import export_features
