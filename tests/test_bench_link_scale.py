@@ -32,7 +32,9 @@ def link(mrr: float) -> dict:
 def fake(system: str, job: float, epoch: float, *, ok=True, extrapolated=False,
          amp: float | None = None, setting: str = "random") -> dict:
     return {"system": system, "setting": "default" if system == "disktrain" else setting,
-            "ok": ok, "extrapolated": extrapolated, "job_s": job,
+            "ok": ok, "extrapolated": extrapolated,
+            "extrapolated_figures": {"job": extrapolated, "epoch": False,
+                                     "eval": extrapolated}, "job_s": job,
             "epoch_s": epoch, "eval_s": job / 10, "prepare_s": 1.0 if system == "disktrain"
             else None, "read_bytes": 100, "peak_rss_bytes": 10, "cgroup_oom_kills": 0,
             "epoch_io_amplification": amp, "read_over_needed": None,
@@ -58,8 +60,11 @@ def test_summary_medians_ratios_to_the_fastest_peer_setting_and_goals():
     assert s["goals"]["epoch_io_amplification"] == {"value": 1.03, "goal": 1.05, "met": True}
     assert s["goals"]["scale"]["graph_edges"] == 100_010_000 and s["goals"]["scale"]["met"]
     text = bench.table(s)
-    assert "| job s | 12.0 | 180.0 | 150.0 | 12.50x (pyg/normal) |" in text
-    assert "mmap random (extrapolated) |" in text and "mmap normal |" in text
+    assert "| job s | 12.0 | 180.0* | 150.0 | 12.50x (pyg/normal) |" in text
+    assert "| epoch s | 3.00 | 40.00 | 20.00 | 6.67x (pyg/normal) |" in text
+    assert "mmap random |" in text and "* extrapolated" in text
+    slow = bench.summarize(runs[:5], scale)  # the extrapolated setting the only one
+    assert slow["peer_extrapolated"] and slow["peer_best"]["job"] == "pyg/random"
 
 
 def test_summary_judges_nothing_without_runs_and_fails_the_goals_it_misses():
@@ -91,11 +96,13 @@ def test_disktrain_record_amplification_from_the_epochs_packed_bytes():
 
 
 def test_peer_record_takes_the_estimate_only_where_extrapolated():
-    epoch = {"epoch_est_s": 30.0, "batches": 3, "needed_bytes": 500}
+    epoch = {"epoch_est_s": 30.0, "batches": 3, "total_batches": 3,
+             "needed_bytes": 500}
     result = {"per_epoch": [epoch], "extrapolated": True, "job_est_s": 400.0, "setup_s": 1.0,
               "eval_est_s": 50.0, "link": None}
-    r = bench.peer_record(step(100.0), result)
+    r = bench.peer_record(step(100.0), {**result, "eval_extrapolated": True})
     assert r["ok"] and r["extrapolated"] and r["job_s"] == 400.0 and r["job_wall_s"] == 100.0
+    assert r["extrapolated_figures"] == {"job": True, "epoch": False, "eval": True}
     assert r["read_over_needed"] == 2.0 and r["eval_s"] == 50.0
     r = bench.peer_record(step(100.0), {**result, "extrapolated": False, "link": link(0.3)})
     assert r["job_s"] == 100.0 and r["link"] == link(0.3)
