@@ -19,13 +19,15 @@ synth``, R-MAT with planted classes, undirected: CSR edges = nodes x avg degree)
          protocol; 26M scored pairs whose negatives touch nearly every node, so both systems
          embed the whole graph either way, and the scoring stays a small part of the
          evaluation); 20,480 training edges an epoch (20 batches of 1,024, about 3 GB of
-         input rows each), 3 epochs; the peer's phases capped at 300 s. Needs about 24 GB of
-         disk and, with the machine to itself, about 25-30 minutes (data 3-5, disktrain about
-         10 of which most is the exact evaluation, the peer at most about 13 with its caps);
+         packed input rows an epoch), 3 epochs; the peer's phases capped at 300 s. Needs
+         about 24 GB of disk and, with the machine to itself, about 25-30 minutes (data 3-5,
+         disktrain about 10, most of it the exact evaluation, the peer at most about 13 with
+         its caps: its layer-wise inference is what gets capped and extrapolated);
   quick  a smoke run: 200k nodes, avg degree 10, 128-d (102 MB), split 0.99,0.005,0.005,
          100 negatives, 10,240 edges an epoch, 2 epochs, limit 1 GiB (features fit in it:
          no out-of-core claim), phases capped at 60 s.
-The flags override the setting. The same job both ways: GraphSAGE (mean, 2 layers = the
+The flags override the setting. Limits much under about 1.5 GiB OOM-kill the runs of either
+system (seen at 0.8-1.25 GiB with 0.5-1M nodes), whatever the graph's size. The same job both ways: GraphSAGE (mean, 2 layers = the
 fanouts, hidden 128, dropout 0.5) with a dot decoder, BCE over each positive and its
 ``--num-negatives`` negative destinations (the positive's source kept), Adam lr 0.01 weight
 decay 5e-4, ``--epochs`` epochs of ``--edges-per-epoch`` random training edges each (another
