@@ -214,3 +214,25 @@ def test_edges_per_epoch_takes_another_subset_every_epoch(linked):
     for got in epochs:
         assert len(got) == 100 and len(_rows(got)) == 100 and _rows(got) <= train_edges
     assert _rows(epochs[0]) != _rows(epochs[1])
+
+
+def test_scoring_streamed_by_destination_equals_gathered_scores(linked, tmp_path):
+    from disktrain.infer import link as ilink
+    from disktrain.infer.layers import LayerInput
+    from disktrain.models.link import MLPDecoder
+
+    ds = Dataset(linked)
+    rows = LayerInput(ds, None)  # the features as "embeddings"
+    decoder = MLPDecoder(ds.meta.feature_dim)
+    splits = ilink.link_splits(ds)
+    got = ilink.score_links(rows, decoder, splits)
+    edges, negatives = splits["test"]
+    x = torch.from_numpy(ds.feature_rows(0, ds.num_nodes))
+    with torch.no_grad():
+        pos = decoder(x[edges[:, 0]], x[edges[:, 1]])
+        neg = decoder(x[edges[:, 0]].repeat_interleave(negatives.shape[1], 0),
+                      x[negatives.reshape(-1)]).view(len(edges), -1)
+    want = link_metrics(pos, neg)
+    assert got["test_mrr"] == pytest.approx(want["mrr"], rel=1e-5)
+    assert got["test_auc"] == pytest.approx(want["auc"], rel=1e-5)
+    assert got["test_edges"] == len(edges)
