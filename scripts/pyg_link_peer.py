@@ -85,22 +85,11 @@ def load(dataset: Path):
 def load_mapped(dataset: Path, features: Path, advice: str = "normal"):
     """As :func:`load`, with the features memory-mapped from ``features`` (the exported .npy;
     ``advice="random"``: ``madvise(MADV_RANDOM)``, no readahead) and the graph the stored CSR
-    as ``adj_t``, a ``torch_sparse.SparseTensor``."""
-    from pyg_peer import open_features
-    from torch_geometric.data import Data
-    from torch_sparse import SparseTensor
+    as ``adj_t`` (``pyg_peer.mapped_data``)."""
+    from pyg_peer import mapped_data
 
-    from disktrain.storage.dataset import Dataset
-
-    ds = Dataset(dataset)
-    n = ds.num_nodes
-    x = open_features(features, advice)
-    if x.shape[0] != n:
-        raise ValueError(f"{features}: {x.shape[0]} rows, dataset {dataset} has {n} nodes")
-    adj_t = SparseTensor(rowptr=torch.from_numpy(np.asarray(ds.indptr, np.int64)),
-                         col=torch.from_numpy(np.asarray(ds.indices, np.int64)),
-                         sparse_sizes=(n, n), is_sorted=True, trust_data=True)
-    return Data(x=x, adj_t=adj_t, num_nodes=n), ds.link_edges("train"), ds
+    data, ds = mapped_data(dataset, features, advice)
+    return data, ds.link_edges("train"), ds
 
 
 def eval_splits(ds) -> dict:

@@ -79,9 +79,10 @@ def export_features(dataset: Path, npy: Path) -> None:
     tmp.rename(npy)
 
 
-def build_data(dataset: Path, features: Path, advice: str):
-    """A PyG ``Data`` with the dataset's graph as ``adj_t``, mapped features and labels, and
-    the train/val/test node ids."""
+def mapped_data(dataset: Path, features: Path, advice: str):
+    """A PyG ``Data`` of the dataset's stored CSR as ``adj_t`` (a ``torch_sparse``
+    ``SparseTensor``) and the features mapped from ``features`` (:func:`open_features`), and
+    the ``Dataset``."""
     from torch_geometric.data import Data
     from torch_sparse import SparseTensor
 
@@ -95,8 +96,13 @@ def build_data(dataset: Path, features: Path, advice: str):
     adj_t = SparseTensor(rowptr=torch.from_numpy(np.asarray(ds.indptr, np.int64)),
                          col=torch.from_numpy(np.asarray(ds.indices, np.int64)),
                          sparse_sizes=(n, n), is_sorted=True, trust_data=True)
-    data = Data(x=x, adj_t=adj_t, y=torch.from_numpy(np.asarray(ds.labels, np.int64)),
-                num_nodes=n)
+    return Data(x=x, adj_t=adj_t, num_nodes=n), ds
+
+
+def build_data(dataset: Path, features: Path, advice: str):
+    """:func:`mapped_data` with the labels, and the train/val/test node ids."""
+    data, ds = mapped_data(dataset, features, advice)
+    data.y = torch.from_numpy(np.asarray(ds.labels, np.int64))
     splits = {s: torch.from_numpy(np.asarray(ds.split(s), np.int64))
               for s in ("train", "val", "test")}
     return data, splits, ds.meta.num_classes
