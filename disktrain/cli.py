@@ -835,30 +835,22 @@ def _run_train(args: argparse.Namespace) -> None:
         result = train(cfg)
         _close_process_group()
     if int(os.environ.get("RANK", "0")) == 0:
-        if cfg.task == "link":
-            result["link"] = _link_metrics(cfg)
-        elif cfg.evaluation.mode == "exact":
-            result.update(_exact_accuracy(cfg))
+        if cfg.task == "link" or cfg.evaluation.mode == "exact":
+            result.update(_exact_metrics(cfg))
         print(json.dumps(result))
 
 
-def _link_metrics(cfg) -> dict:
-    """Per split, MRR, Hits@K and AUC of the run's last checkpoint on exact embeddings."""
+def _exact_metrics(cfg) -> dict:
+    """What the run's last checkpoint scores on exact embeddings: a link model's ``link``,
+    per split its MRR, Hits@K and AUC; a node classifier's ``exact_val_acc`` and
+    ``exact_test_acc`` (``--eval exact``), beside the sampled ones."""
     from disktrain.infer import evaluate_exact
 
     found = evaluate_exact(cfg.dataset, cfg.checkpoint.directory(cfg.writes_to),
                            work_dir=cfg.writes_to)
-    return {split: {k.removeprefix(f"{split}_"): v for k, v in found.items()
-                    if k.startswith(f"{split}_")} for split in ("val", "test")}
-
-
-def _exact_accuracy(cfg) -> dict:
-    """``exact_val_acc`` and ``exact_test_acc`` of the run's last checkpoint (``--eval
-    exact``), beside the sampled ones."""
-    from disktrain.infer import evaluate_exact
-
-    found = evaluate_exact(cfg.dataset, cfg.checkpoint.directory(cfg.writes_to),
-                           work_dir=cfg.writes_to)
+    if cfg.task == "link":
+        return {"link": {split: {k.removeprefix(f"{split}_"): v for k, v in found.items()
+                                 if k.startswith(f"{split}_")} for split in ("val", "test")}}
     return {f"exact_{k}": v for k, v in found.items() if k.endswith(("_acc", "_nodes"))}
 
 
