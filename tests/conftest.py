@@ -61,3 +61,23 @@ def uncached_tmp(uncached_root) -> Path:
     path = Path(tempfile.mkdtemp(prefix="disktrain-direct-", dir=uncached_root))
     yield path
     shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """An S3 API server on 127.0.0.1 (moto), for the session; skips without moto."""
+    pytest.importorskip("moto.server", reason="moto[server] (the dev extra) is not installed")
+    from objstore import S3Server
+
+    with S3Server() as server:
+        yield server
+
+
+@pytest.fixture
+def s3(s3_server, monkeypatch, tmp_path):
+    """A fresh bucket on :func:`s3_server`, this test's environment pointing at it and a stage
+    directory of its own; yields ``s3://BUCKET``."""
+    for key, value in s3_server.env().items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setenv("DISKTRAIN_STAGE_DIR", str(tmp_path / "stage"))
+    return f"s3://{s3_server.new_bucket()}"

@@ -29,6 +29,7 @@ when read.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
@@ -39,6 +40,7 @@ from disktrain.sample.store import store_attrs
 from disktrain.storage.chunkfile import StoreRef
 from disktrain.storage.dataset import open_flat_array, read_small_array
 from disktrain.storage.io import BLOCK, aligned_buffer
+from disktrain.storage.remote import RemoteFiles
 from disktrain.storage.schema import SHARDS, ArraySpec, StoreSchema, group_attrs, read_array_meta
 
 STORE = "packed"
@@ -142,7 +144,10 @@ class PackedStore:
         self._slots = open_flat_array(self.path, "slots", verify=True, ref=self.ref)
         self._cache_rows: np.ndarray | None = None
         self.layout = rows.shard_layout(self.path / "rows")
-        """Where each packed chunk lies in the shard files."""
+        """Where each packed chunk lies in the shard files (on object storage for a staged
+        store whose shards were not fetched: :class:`RemoteFiles`)."""
+        if self.layout.num_shards and not self.layout.path(0).exists():
+            self.layout = replace(self.layout, remote=RemoteFiles.of(self.layout.array_dir))
         self.chunk_stride = self.layout.stride
         for shard in range(self.layout.num_shards):
             if problem := self.layout.index_problem(shard):

@@ -47,6 +47,7 @@ from disktrain.storage.io import (
     set_direct,
     write_blocks,
 )
+from disktrain.storage.remote import fetch_missing
 
 CRC_BYTES = 4
 SLICE_BYTES = 64 << 20
@@ -106,7 +107,7 @@ def read_chunk(path: str | os.PathLike, nbytes: int, ref: StoreRef, array: str,
     want, direct = nbytes + CRC_BYTES, into is not None
     buf = np.empty(want, np.uint8) if into is None else into
     try:
-        fd, refused = open_direct(path, os.O_RDONLY, direct)
+        fd, refused = _open_staged(path, lambda: open_direct(path, os.O_RDONLY, direct))
     except FileNotFoundError:
         raise ref.corrupt(array, path, "is missing", batches) from None
     try:
@@ -123,13 +124,24 @@ def read_chunk(path: str | os.PathLike, nbytes: int, ref: StoreRef, array: str,
     return buf[:nbytes]
 
 
+def _open_staged(path, open_file):
+    """``open_file()``; a chunk file of a staged remote store not fetched yet is fetched
+    first (:func:`disktrain.storage.remote.fetch_missing`)."""
+    try:
+        return open_file()
+    except FileNotFoundError:
+        if not fetch_missing(path):
+            raise
+        return open_file()
+
+
 def check_chunk(path: str | os.PathLike, nbytes: int, into: np.ndarray | None = None,
                 slice_bytes: int = SLICE_BYTES, verify: bool = True) -> tuple[str | None, int]:
     """What is wrong with chunk file ``path`` of ``nbytes`` data bytes (None: nothing) and the
     bytes read: missing, size, crc32c (unless not ``verify``; see :func:`check_region`).
     Other ``OSError`` s are raised."""
     try:
-        fd = os.open(path, os.O_RDONLY)
+        fd = _open_staged(path, lambda: os.open(path, os.O_RDONLY))
     except FileNotFoundError:
         return "is missing", 0
     try:

@@ -34,6 +34,7 @@ from disktrain.storage.io import (
     read_at,
     round_up,
 )
+from disktrain.storage.remote import RemoteFiles
 
 EMPTY = 2**64 - 1
 """Offset and size of a chunk the shard does not hold."""
@@ -54,6 +55,9 @@ class ShardLayout:
     per_shard: int
     """Chunks per shard file (the last may hold fewer)."""
     num_chunks: int
+    remote: RemoteFiles | None = None
+    """The shard files on object storage, read by ranged GETs (a staged store's packed rows,
+    :class:`~disktrain.storage.remote.RemoteFiles`); None: local files."""
 
     @classmethod
     def of(cls, array: zarr.Array, array_dir: str | os.PathLike) -> ShardLayout:
@@ -116,15 +120,18 @@ class ShardLayout:
         """What is wrong with shard ``shard``'s size and index (None: as the layout says)."""
         path = self.path(shard)
         try:
-            size = path.stat().st_size
+            size = self.remote.size(path.name) if self.remote else path.stat().st_size
         except FileNotFoundError:
             return "is missing"
         if size != self.file_bytes(shard):
             return (f"has {size} bytes, expected {self.file_bytes(shard)} (truncated or "
                     "overwritten)")
-        with open(path, "rb") as f:
-            f.seek(size - self.index_bytes)
-            stored = f.read()
+        if self.remote:
+            stored = self.remote.read_at(path.name, size - self.index_bytes, self.index_bytes)
+        else:
+            with open(path, "rb") as f:
+                f.seek(size - self.index_bytes)
+                stored = f.read()
         if crc32c(stored[:-CRC_BYTES]) != int.from_bytes(stored[-CRC_BYTES:], "little"):
             return "has a shard index that failed its crc32c check (corrupted)"
         if stored != self.index(shard):
@@ -134,7 +141,8 @@ class ShardLayout:
     def read(self, first: int, data: np.ndarray, ref: StoreRef, array: str,
              batches: range | None = None, *, verify: bool = True, direct: bool = False) -> bool:
         """Read chunks ``first`` onwards into ``data`` (uint8, whole chunks' data bytes, one
-        after the other) with one ``preadv`` per shard they are in, and check every chunk's
+        after the other) with one ``preadv`` (remote: one ranged GET) per shard they are
+        in, and check every chunk's
         crc32c (unless not ``verify``); errors name ``ref``'s store, ``array``, the shard
         file and ``batches``.
 
@@ -145,6 +153,22 @@ class ShardLayout:
         """
         count, tail = len(data) // max(1, self.chunk_bytes), self.stride - self.chunk_bytes
         tails = aligned_buffer(count * tail)
+        refused = (self._fetch if self.remote is not None else self._pread)(
+            first, count, data, tails, ref, array, batches, direct)
+        if verify:
+            for j in range(count):
+                if crc32c(data[j * self.chunk_bytes:(j + 1) * self.chunk_bytes]) != \
+                        int.from_bytes(tails[j * tail:j * tail + CRC_BYTES], "little"):
+                    shard, at = divmod(first + j, self.per_shard)
+                    raise ref.corrupt(array, self.path(shard), f"holds chunk {at} (at byte "
+                                      f"{at * self.stride}), which failed its crc32c check "
+                                      "(corrupted)", batches)
+        return refused
+
+    def _pread(self, first: int, count: int, data: np.ndarray, tails: np.ndarray,
+               ref: StoreRef, array: str, batches: range | None, direct: bool) -> bool:
+        """:meth:`read`'s chunks from local shard files: one ``preadv`` per shard file."""
+        tail = self.stride - self.chunk_bytes
         direct = direct and self.chunk_bytes % BLOCK == 0 and data.ctypes.data % BLOCK == 0
         refused, done = False, 0
         while done < count:
@@ -170,15 +194,25 @@ class ShardLayout:
             finally:
                 os.close(fd)
             done += n
-        if verify:
-            for j in range(count):
-                if crc32c(data[j * self.chunk_bytes:(j + 1) * self.chunk_bytes]) != \
-                        int.from_bytes(tails[j * tail:j * tail + CRC_BYTES], "little"):
-                    shard, at = divmod(first + j, self.per_shard)
-                    raise ref.corrupt(array, self.path(shard), f"holds chunk {at} (at byte "
-                                      f"{at * self.stride}), which failed its crc32c check "
-                                      "(corrupted)", batches)
         return refused
+
+    def _fetch(self, first: int, count: int, data: np.ndarray, tails: np.ndarray,
+               ref: StoreRef, array: str, batches: range | None, direct: bool) -> bool:
+        """:meth:`read`'s chunks from object storage: one ranged GET per shard file."""
+        cb, done = self.chunk_bytes, 0
+        while done < count:
+            shard, at = divmod(first + done, self.per_shard)
+            n = min(count - done, self.per_shard - at)
+            got = np.frombuffer(self.remote.read_at(self.path(shard).name, at * self.stride,
+                                                    n * self.stride), np.uint8)
+            if len(got) != n * self.stride:
+                raise ref.corrupt(array, self.path(shard), "is truncated (ends in chunk "
+                                  f"{at + len(got) // self.stride})", batches)
+            got, tail = got.reshape(n, self.stride), self.stride - cb
+            data[done * cb:(done + n) * cb].reshape(n, cb)[:] = got[:, :cb]
+            tails[done * tail:(done + n) * tail].reshape(n, tail)[:] = got[:, cb:]
+            done += n
+        return False
 
 
 def create_sharded(group: zarr.Group, name: str, shape: tuple[int, ...], dtype,

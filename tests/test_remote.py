@@ -1,0 +1,105 @@
+"""Object storage: publish a dataset and its stores under s3://, stage it per node, read
+packed rows by ranged GETs (an S3 API server on 127.0.0.1: moto)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from disktrain.errors import DataError
+from disktrain.loader.pipeline import PackedLoader
+from disktrain.storage import remote
+from disktrain.storage.remote import MANIFEST, MARKER, RemoteError, publish, stage
+
+
+def _batches(path):
+    loader = PackedLoader(path)
+    try:
+        return [(mb.x.clone(), [torch.stack([b.src, b.dst]) for b in mb.blocks], mb.labels.clone())
+                for mb in loader(range(loader.num_batches))]
+    finally:
+        loader.close()
+
+
+def test_staged_dataset_reads_the_same_batches(prepared, s3, tmp_path):
+    url = f"{s3}/tiny"
+    manifest = publish(prepared, url)
+    assert "packed/zarr.json" in manifest["files"] and ".lock" not in manifest["files"]
+    local = stage(url, tmp_path / "node1")
+    assert local != prepared and (local / MARKER).exists()
+    shards = [r for r in manifest["files"] if r.startswith("packed/rows/c.")]
+    assert shards and not any((local / r).exists() for r in shards)  # never downloaded
+    assert not (local / "samples" / "groups").exists() or not any(
+        p.is_file() for p in (local / "samples" / "groups").rglob("c/*"))  # fetched on use
+    want, got = _batches(prepared), _batches(local)
+    assert len(want) == len(got)
+    for (x0, e0, y0), (x1, e1, y1) in zip(want, got):
+        assert torch.equal(x0, x1) and torch.equal(y0, y1)
+        assert all(torch.equal(a, b) for a, b in zip(e0, e1))
+    assert not any((local / r).exists() for r in shards)  # read by ranged GETs only
+    assert any((local / "samples").rglob("c/0"))  # sample groups fetched and kept
+
+
+def test_ranged_reads_fetch_what_batches_need(prepared, s3, tmp_path):
+    from disktrain.pack.store import PackedStore
+
+    url = f"{s3}/tiny"
+    publish(prepared, url)
+    store = PackedStore(stage(url, tmp_path / "node"))
+    files = store.layout.remote
+    assert files is not None
+    opened = files.requests
+    for b in range(store.num_batches):
+        want = PackedStore(prepared).read_packed(b).copy()
+        assert np.array_equal(store.read_packed(b), want)
+    assert files.requests - opened == store.num_batches  # one GET per batch (one shard)
+    padded = int(store.batch_rows[-1]) // store.chunk_rows * store.chunk_stride
+    assert files.bytes - store.layout.num_shards * store.layout.index_bytes == padded
+
+
+def test_stage_reuses_a_copy_and_replaces_an_old_one(prepared, s3, tmp_path):
+    url = f"{s3}/tiny"
+    first = publish(prepared, url)
+    local = stage(url, tmp_path)
+    stamp = (local / "zarr.json").stat().st_mtime_ns
+    assert stage(url, tmp_path) == local and (local / "zarr.json").stat().st_mtime_ns == stamp
+    second = publish(prepared, url)  # nothing changed: no upload, a new manifest
+    assert second["files"] == first["files"] and second["manifest_id"] != first["manifest_id"]
+    assert stage(url, tmp_path) == local
+    assert json.loads((local / MARKER).read_text())["manifest_id"] == second["manifest_id"]
+
+
+def test_a_corrupted_object_is_refused(prepared, s3, tmp_path):
+    url = f"{s3}/tiny"
+    publish(prepared, url)
+    rem = remote.Remote.of(url)
+    with rem.fs.open_output_stream(rem.key("labels/zarr.json")) as f:
+        f.write(b"{}")
+    with pytest.raises(RemoteError, match=r"labels/zarr.json: downloaded 2 bytes"):
+        stage(url, tmp_path / "node")
+    left = [p.name for p in (tmp_path / "node").iterdir()]
+    assert len(left) == 1 and left[0].endswith(".stage-lock")  # nothing half-staged
+
+
+def test_a_prefix_without_manifest_is_incomplete(prepared, s3, tmp_path):
+    url = f"{s3}/tiny"
+    publish(prepared, url)
+    rem = remote.Remote.of(url)
+    rem.fs.delete_file(rem.key(MANIFEST))
+    with pytest.raises(RemoteError, match="no disktrain-manifest.json: not a complete"):
+        stage(url, tmp_path)
+
+
+def test_errors_name_the_url(prepared, s3, monkeypatch, tmp_path):
+    with pytest.raises(RemoteError, match=r"s3://no-such-bucket-x/ds: the bucket .* does not"):
+        publish(prepared, "s3://no-such-bucket-x/ds")
+    with pytest.raises(DataError, match=f"{tmp_path}: not a disktrain dataset"):
+        publish(tmp_path, f"{s3}/x")
+    with pytest.raises(RemoteError, match="not a bare bucket"):
+        stage(s3)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
+    with pytest.raises(RemoteError, match=r"s3://b/ds: .*cannot reach the endpoint"):
+        stage("s3://b/ds")
