@@ -301,8 +301,9 @@ def _ingest_options(p: argparse.ArgumentParser) -> None:
             action=argparse.BooleanOptionalAction, help="with --igb, --mag240m or a typed "
             "--ogb: add the relation (DST, rev_REL, SRC) for each (SRC, REL, DST), so that "
             "every type receives messages (default: on)")
-    _option(p, "--out", C, "out", type=Path, required=True, metavar="DIR",
-            help="dataset directory to create")
+    _option(p, "--out", C, "out", type=_location, required=True, metavar="DIR",
+            help="dataset directory to create, or an object-store URL (s3://bucket/prefix: "
+            "written on this node, then published there)")
     _option(p, "--features", C, "features", type=Path, metavar="F",
             help="node features: (N, F) .npy of any numeric dtype, or Parquet (numeric "
             "columns or one list column); stored float32 (float16 kept)")
@@ -390,7 +391,10 @@ def _run_ingest(args: argparse.Namespace) -> None:
     from disktrain.ingest.typed_importers import ingest_typed
 
     cfg = configs(args)
-    _print_summary(ingest_typed(cfg["typed."]) if "typed." in cfg else ingest(cfg[""]))
+    if "typed." in cfg:
+        _print_summary(_published(cfg["typed."], ingest_typed))
+    else:
+        _print_summary(_published(cfg[""], ingest))
 
 
 # synth
@@ -416,8 +420,9 @@ def _synth_options(p: argparse.ArgumentParser) -> None:
     from disktrain.ingest.typed_synth import TypedSynthConfig as T
 
     p.set_defaults(func=_run_synth, configs=_synth_configs)
-    _option(p, "--out", C, "out", type=Path, required=True, metavar="DIR",
-            help="dataset directory to create")
+    _option(p, "--out", C, "out", type=_location, required=True, metavar="DIR",
+            help="dataset directory to create, or an object-store URL (s3://bucket/prefix: "
+            "written on this node, then published there)")
     _option(p, "--nodes", C, "num_nodes", type=int, metavar="N",
             help="number of nodes (required without --typed)")
     _option(p, "--avg-degree", C, "avg_degree", type=float, metavar="D",
@@ -476,7 +481,37 @@ def _run_synth(args: argparse.Namespace) -> None:
     from disktrain.ingest.synth import synthesize
     from disktrain.ingest.typed_synth import synthesize_typed
 
-    _print_summary((synthesize_typed if args.typed else synthesize)(configs(args)[""]))
+    _print_summary(_published(configs(args)[""], synthesize_typed if args.typed else synthesize))
+
+
+def _location(text: str) -> str | Path:
+    """A path on the command line: an object-store URL (``s3://...``) stays a string."""
+    from disktrain.storage.remote import is_url
+
+    return text if is_url(text) else Path(text)
+
+
+def _local(location: str | Path) -> Path:
+    """The local directory of ``location``: itself, or a URL's copy staged on this node."""
+    from disktrain.storage.remote import is_url, stage
+
+    return stage(location) if is_url(location) else Path(location)
+
+
+def _published(cfg, write):
+    """``write(cfg)`` (a dataset writer); with ``cfg.out`` a URL, into this node's stage of
+    it, then published there (refused where a dataset is published, unless
+    ``cfg.overwrite``); the local path written."""
+    from disktrain.storage.remote import Remote, is_url, publish, staged_path
+
+    if not is_url(url := cfg.out):
+        return write(cfg)
+    if Remote.of(url).manifest(missing_ok=True) is not None and not cfg.overwrite:
+        raise FileExistsError(f"{url} already holds a published dataset (pass --overwrite "
+                              "to replace it)")
+    local = write(dataclasses.replace(cfg, out=staged_path(url), overwrite=True))
+    publish(local, url, progress=cfg.progress)
+    return local
 
 
 # info
@@ -484,7 +519,8 @@ def _run_synth(args: argparse.Namespace) -> None:
 @_command("info", help="print a dataset's attributes",
           description="Print a dataset's attributes and arrays.")
 def _info_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("path", type=Path, metavar="DIR", help="dataset directory")
+    p.add_argument("path", type=_location, metavar="DIR",
+                   help="dataset directory or object-store URL")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=_run_info)
 
@@ -505,7 +541,7 @@ def dataset_info(path: str | Path) -> dict:
 
 
 def _run_info(args: argparse.Namespace) -> None:
-    info = dataset_info(args.path)
+    info = dataset_info(_local(args.path))
     if args.json:
         print(json.dumps(info))
     else:
@@ -539,7 +575,7 @@ def _print_summary(path: Path) -> None:
           "this dataset and from each other. Names each bad array, chunk file and batch, and "
           "the step to rerun. Exit status 0: clean; 1: damage found; 2: not a dataset.")
 def _verify_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("path", type=Path, metavar="DIR", help="dataset directory")
+    p.add_argument("path", type=_location, metavar="DIR", help="dataset directory")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     _add_progress(p)
     p.set_defaults(func=_run_verify)
@@ -548,6 +584,10 @@ def _verify_options(p: argparse.ArgumentParser) -> None:
 def _run_verify(args: argparse.Namespace) -> int:
     from disktrain.verify import verify
 
+    if isinstance(args.path, str):
+        raise ConfigError(f"verify checks a local directory, not {args.path}: a published "
+                          "dataset is checked as it is read (every object against its "
+                          "manifest's crc32c, every packed chunk against its own)")
     report = verify(args.path, progress=args.progress)
     print(json.dumps(report.to_dict()) if args.json else "\n".join(report.lines()))
     return 0 if report.clean else 1
@@ -567,7 +607,9 @@ def _prepare_options(p: argparse.ArgumentParser) -> None:
     from disktrain.sample.plan import TASKS
 
     p.set_defaults(func=_run_prepare, configs=_configs_of({"sample.": S, "pack.": P}))
-    p.add_argument("dataset", type=Path, metavar="DATASET", help="dataset directory")
+    p.add_argument("dataset", type=_location, metavar="DATASET",
+                   help="dataset directory, or object-store URL (s3://bucket/prefix: staged "
+                   "on this node, prepared, and the stores published there)")
     fanouts = ",".join(map(str, _default(S, "fanouts")))
     _option(p, "--fanouts", S, "fanouts", "sample.", type=parse_fanouts, metavar="F1,F2,..",
             help="neighbors per hop from the seeds; -1 = all; write --fanouts=-1,-1 when the "
@@ -642,11 +684,21 @@ def _run_prepare(args: argparse.Namespace) -> None:
     if args.ray_address:
         from disktrain.cluster.ray_prepare import prepare_on_ray
 
+        if isinstance(args.dataset, str):
+            raise ConfigError(f"--ray-address with {args.dataset}: preparing a dataset on "
+                              "object storage with Ray tasks on several nodes is not built; "
+                              "run `disktrain prepare URL` on one node (the Ray job's "
+                              "entrypoint): it stages, prepares and publishes the stores")
         prepare = functools.partial(prepare_on_ray, address=args.ray_address)
-    packed, evaluation = prepare(args.dataset, sample_cfg, pack_cfg, evaluation=args.evaluation,
+    local = _local(args.dataset)
+    packed, evaluation = prepare(local, sample_cfg, pack_cfg, evaluation=args.evaluation,
                                  eval_batch_size=args.eval_batch_size, progress=args.progress)
+    if isinstance(args.dataset, str):
+        from disktrain.storage.remote import publish
+
+        publish(local, args.dataset, progress=args.progress)
     # the stores just made (opening the packed store again would re-check all of `slots`)
-    print(json.dumps({"samples": SampleStore(args.dataset).info(), "packed": packed.info(),
+    print(json.dumps({"samples": SampleStore(local).info(), "packed": packed.info(),
                       "eval": {split: store.info() for split, store in evaluation.items()}}))
 
 
@@ -846,7 +898,7 @@ def _exact_metrics(cfg) -> dict:
     ``exact_test_acc`` (``--eval exact``), beside the sampled ones."""
     from disktrain.infer import evaluate_exact
 
-    found = evaluate_exact(cfg.dataset, cfg.checkpoint.directory(cfg.writes_to),
+    found = evaluate_exact(cfg.staged().dataset, cfg.checkpoint.directory(cfg.writes_to),
                            work_dir=cfg.writes_to)
     if cfg.task == "link":
         return {"link": {split: {k.removeprefix(f"{split}_"): v for k, v in found.items()
@@ -877,7 +929,8 @@ def _infer_options(p: argparse.ArgumentParser) -> None:
     from disktrain.infer.config import InferConfig as C
 
     p.set_defaults(func=_run_infer, configs=_configs_of({"": C}))
-    p.add_argument("dataset", type=Path, metavar="DIR", help="dataset directory")
+    p.add_argument("dataset", type=_location, metavar="DIR",
+                   help="dataset directory or object-store URL (staged on this node)")
     _option(p, "--checkpoint", C, "checkpoint", type=Path, required=True, metavar="CKPT",
             help="a checkpoint file, or a checkpoint directory (its newest good file)")
     _option(p, "--out", C, "out", type=Path, required=True, metavar="OUT",
@@ -922,6 +975,10 @@ def _infer_shared(p: argparse.ArgumentParser, C) -> None:
 def _run_infer(args: argparse.Namespace) -> None:
     from disktrain.infer import infer
 
+    if isinstance(args.dataset, str) and (args.ray_address or args.workers):
+        raise ConfigError(f"infer with Ray on {args.dataset}: inference of a dataset on "
+                          "object storage runs on one node (without --workers/--ray-address)")
+    args.dataset = _local(args.dataset)
     cfg = configs(args)[""]
     if args.workers is not None and (args.workers < 1 or args.ray_address):
         raise ConfigError(f"--workers must be >= 1 and without --ray-address, got "
@@ -944,7 +1001,8 @@ def _evaluate_options(p: argparse.ArgumentParser) -> None:
     from disktrain.infer.config import InferConfig as C
 
     p.set_defaults(func=_run_evaluate)
-    p.add_argument("dataset", type=Path, metavar="DIR", help="dataset directory")
+    p.add_argument("dataset", type=_location, metavar="DIR",
+                   help="dataset directory or object-store URL (staged on this node)")
     _option(p, "--checkpoint", C, "checkpoint", type=Path, required=True, metavar="CKPT",
             help="a checkpoint file, or a checkpoint directory (its newest good file)")
     _infer_shared(p, C)
@@ -954,6 +1012,7 @@ def _evaluate_options(p: argparse.ArgumentParser) -> None:
 def _run_evaluate(args: argparse.Namespace) -> None:
     from disktrain.infer import InferConfig, evaluate_exact
 
+    args.dataset = _local(args.dataset)
     cfg = _config(InferConfig, argparse.Namespace(**vars(args), out=Path("-")))  # checked
     print(json.dumps(evaluate_exact(cfg.dataset, cfg.checkpoint, fanout_cap=cfg.fanout_cap,
                                     seed=cfg.seed, memory_budget=cfg.memory_budget,

@@ -103,3 +103,33 @@ def test_errors_name_the_url(prepared, s3, monkeypatch, tmp_path):
     monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
     with pytest.raises(RemoteError, match=r"s3://b/ds: .*cannot reach the endpoint"):
         stage("s3://b/ds")
+
+
+def test_cli_synth_prepare_train_on_s3(s3, tmp_path, capsys):
+    from disktrain.cli import main
+
+    url = f"{s3}/cli"
+    assert main(["synth", "--out", url, "--nodes", "400", "--feature-dim", "4", "--classes",
+                 "3", "--no-progress"]) == 0
+    assert not (tmp_path / "s3:").exists()  # a URL is never a local directory
+    assert remote.Remote.of(url).manifest()["files"]["features/zarr.json"]
+    with pytest.raises(SystemExit):
+        main(["synth", "--out", url, "--nodes", "400", "--no-progress"])
+    assert "already holds a published dataset" in capsys.readouterr().err
+    assert main(["prepare", url, "--fanouts", "3,3", "--batch-size", "64", "--epochs", "2",
+                 "--no-progress"]) == 0
+    files = remote.Remote.of(url).manifest()["files"]
+    assert "packed/zarr.json" in files and "eval/val/packed/zarr.json" in files
+    assert "features/c/0/0" in files  # kept though this node's stage may not hold it
+    capsys.readouterr()
+    node2 = tmp_path / "node2"
+    env_stage = {"DISKTRAIN_STAGE_DIR": str(node2)}
+    with pytest.MonkeyPatch.context() as m:
+        for k, v in env_stage.items():
+            m.setenv(k, v)
+        assert main(["train", url, "--epochs", "2", "--hidden", "8", "--no-progress"]) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result["epochs"] == 2 and 0 <= result["val_acc"] <= 1
+    staged = next(node2.glob("*_cli-*"))
+    assert not any(staged.glob("packed/rows/c.*"))  # packed rows read by ranged GETs
+    assert any(staged.glob("checkpoints/*"))

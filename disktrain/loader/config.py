@@ -26,6 +26,10 @@ class LoaderConfig:
     whatever its size."""
     read_threads: int = 2
     """Threads reading packed ranges."""
+    remote_window: int = 8
+    """Batches read at once, ahead of the one consumed, from a packed store on object
+    storage (its rows fetched by ranged GETs): the read threads and queue depth there, so
+    that the requests' latency overlaps (``buffer_bytes`` still bounds their memory)."""
     device: str = "cpu"
     """Where batches end up: "cpu", "cuda" or "cuda:N" (in training, "cuda" is the GPU of
     the worker's LOCAL_RANK)."""
@@ -40,7 +44,7 @@ class LoaderConfig:
     the checks cost: ``scripts/bench_integrity.py``)."""
 
     def __post_init__(self):
-        check_min(self, 1, "prefetch", "read_threads", "buffer_bytes")
+        check_min(self, 1, "prefetch", "read_threads", "buffer_bytes", "remote_window")
         check_min(self, 0, "assemble_threads")
         try:
             device = torch.device(self.device)

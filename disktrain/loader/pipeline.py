@@ -424,7 +424,10 @@ class _Run:
                  new_event: Callable[[], CopyEvent] | None = None):
         self.loader = loader
         self.batch_ids = batch_ids
-        depth = loader.cfg.prefetch
+        cfg, remote = loader.cfg, getattr(loader.packed, "remote_files", None) is not None
+        depth = max(cfg.prefetch, cfg.remote_window) if remote else cfg.prefetch
+        self.read_threads = max(cfg.read_threads, cfg.remote_window) if remote \
+            else cfg.read_threads
         self.stop = threading.Event()
         self.read_q: queue.Queue = queue.Queue(depth)
         self.ready_q: queue.Queue = queue.Queue(depth)
@@ -456,7 +459,7 @@ class _Run:
 
     def _reader(self) -> None:
         """Submit reads in order to the pool; hand futures on in order."""
-        with ThreadPoolExecutor(self.loader.cfg.read_threads,
+        with ThreadPoolExecutor(self.read_threads,
                                 thread_name_prefix="disktrain-read") as pool:
             try:
                 for b in self.batch_ids:

@@ -180,6 +180,11 @@ class PackedStore:
                      int(np.searchsorted(self.batch_rows, hi, side="left")))
 
     @property
+    def remote_files(self) -> RemoteFiles | None:
+        """Where the packed rows are read from object storage (None: local shard files)."""
+        return self.layout.remote
+
+    @property
     def max_padded_rows(self) -> int:
         return int(np.diff(self.batch_rows).max(initial=0))
 

@@ -210,10 +210,32 @@ def _published_files(local: Path) -> list[str]:
                   if p.is_file() and not skip.search(str(p.relative_to(local))))
 
 
+def _store_of(rel: str) -> str:
+    """The store a dataset's file belongs to: ``samples``, ``packed``,
+    ``eval/SPLIT/samples|packed``, or ``""`` (the dataset's own arrays)."""
+    parts = rel.split("/")
+    depth = 3 if parts[0] == "eval" else 1 if parts[0] in ("samples", "packed") else 0
+    return "/".join(parts[:depth]) if len(parts) > depth else ""
+
+
+def _kept(old: dict, digests: dict) -> dict:
+    """The files of the remote manifest ``old`` that a staged copy (its files: ``digests``)
+    has not fetched but still holds: those of every store whose ``zarr.json`` is unchanged
+    (not re-made)."""
+    return {r: tuple(v) for r, v in old.items() if r not in digests
+            and (meta := _meta(_store_of(r))) in digests
+            and digests[meta] == tuple(old.get(meta, ()))}
+
+
+def _meta(store: str) -> str:
+    return f"{store}/zarr.json" if store else "zarr.json"
+
+
 def publish(local: str | os.PathLike, url: str, *, progress: bool = False) -> dict:
     """Upload the dataset directory ``local`` (its prepared stores too) to ``url``; return the
     manifest written. Files the prefix already holds (same size and crc32c) are not sent again;
-    objects the new manifest does not name are deleted once it is written."""
+    a staged copy's files not fetched yet are kept where their store is unchanged; objects the
+    new manifest does not name are deleted once it is written."""
     from tqdm.auto import tqdm
 
     local, remote = Path(local), Remote.of(url)
@@ -228,10 +250,12 @@ def publish(local: str | os.PathLike, url: str, *, progress: bool = False) -> di
                   desc=f"upload {url}", disable=not progress) as bar:
             for r in pool.map(lambda r: remote.upload(local / r, r) or r, send):
                 bar.update(digests[r][0])
+    if _marker(local).get("url") == remote.url:  # a staged copy: keep what it did not fetch
+        digests.update(_kept(old, digests))
     attrs = json.loads((local / "zarr.json").read_text()).get("attributes", {})
     manifest = {"manifest_id": uuid.uuid4().hex, "dataset_id": attrs.get("dataset_id"),
                 "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                "files": {r: list(digests[r]) for r in rels}}
+                "files": {r: list(digests[r]) for r in sorted(digests)}}
     remote.put_bytes(MANIFEST, json.dumps(manifest, indent=1).encode())
     remote.delete(sorted(set(old) - set(digests)))
     _mark(local, url, manifest)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -19,6 +19,7 @@ from disktrain.models.gnn import ModelConfig
 from disktrain.robust import AttackConfig, RobustConfig, aggregate
 from disktrain.sample.plan import TASKS
 from disktrain.storage.atomic import require_writable
+from disktrain.storage.remote import is_url, stage, staged_path
 from disktrain.train.checkpoint import CheckpointConfig
 from disktrain.train.evaluate import EvalConfig
 
@@ -160,8 +161,18 @@ class TrainConfig:
 
     @property
     def writes_to(self) -> Path:
-        """The directory the run writes to: ``run_dir``, else the dataset's."""
+        """The directory the run writes to: ``run_dir``, else the dataset's (for a dataset on
+        object storage, its copy staged on this node: :func:`~disktrain.storage.remote.stage`)."""
+        if self.run_dir is None and is_url(self.dataset):
+            return staged_path(self.dataset)
         return Path(self.run_dir or self.dataset)
+
+    def staged(self) -> TrainConfig:
+        """This run on the dataset's copy staged on this node, when ``dataset`` is a URL
+        (staged first, once per node); else itself."""
+        if not is_url(self.dataset):
+            return self
+        return replace(self, dataset=str(stage(self.dataset)))
 
     def check_writable(self, fresh_epochs: bool) -> None:
         """Refuse (ConfigError), before anything loads, a run that could not write where it
