@@ -567,6 +567,46 @@ def _print_summary(path: Path) -> None:
               f"edges, {link.get('eval_negatives', 0)} negatives per val/test edge")
 
 
+# publish, stage
+
+@_command("publish", help="upload a dataset directory and its prepared stores to object storage",
+          description="Upload a local dataset directory (with its sample, packed and "
+          "evaluation stores) to an object-store URL (s3://bucket/prefix, any URL pyarrow "
+          "opens), files the prefix already holds unchanged skipped, then write its manifest "
+          "last: a prefix without one is incomplete and refused by readers. Credentials and "
+          "endpoint come from the environment or ~/.aws (AWS_ENDPOINT_URL for a non-AWS S3).")
+def _publish_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("path", type=Path, metavar="DIR", help="dataset directory")
+    p.add_argument("url", metavar="URL", help="object-store prefix, e.g. s3://bucket/papers")
+    _add_progress(p)
+    p.set_defaults(func=_run_publish)
+
+
+def _run_publish(args: argparse.Namespace) -> None:
+    from disktrain.storage.remote import is_url, publish
+
+    if not is_url(args.url):
+        raise ConfigError(f"URL must be an object-store URL (s3://bucket/prefix), got "
+                          f"{args.url!r}")
+    manifest = publish(args.path, args.url, progress=args.progress)
+    print(json.dumps({"url": args.url, "files": len(manifest["files"]),
+                      "bytes": sum(size for size, _ in manifest["files"].values())}))
+
+
+@_command("stage", help="stage a published dataset on this node and print its local path",
+          description="Make this node's copy of a dataset published under an object-store "
+          "URL (DISKTRAIN_STAGE_DIR, default ~/.cache/disktrain/stage): its metadata now, "
+          "chunk files when first read, packed rows never (read by ranged GETs). prepare, "
+          "train, infer and evaluate stage a URL themselves; this prints where.")
+def _stage_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("url", metavar="URL", help="object-store prefix, e.g. s3://bucket/papers")
+    p.set_defaults(func=_run_stage)
+
+
+def _run_stage(args: argparse.Namespace) -> None:
+    print(_local(_location(args.url)))
+
+
 # verify
 
 @_command("verify", help="check every stored byte of a dataset and its prepared stores",

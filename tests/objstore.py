@@ -8,6 +8,7 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass
+from typing import Self
 
 CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
                "AWS_DEFAULT_REGION": "us-east-1"}
@@ -20,7 +21,7 @@ class S3Server:
 
     endpoint: str = ""
 
-    def __enter__(self) -> S3Server:
+    def __enter__(self) -> Self:
         import logging
 
         from moto.server import ThreadedMotoServer
@@ -75,7 +76,7 @@ class LatencyProxy:
         self._stop.set()
         self._listen.close()
 
-    def __enter__(self) -> LatencyProxy:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *_) -> None:

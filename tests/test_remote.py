@@ -4,6 +4,7 @@ packed rows by ranged GETs (an S3 API server on 127.0.0.1: moto)."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -133,3 +134,34 @@ def test_cli_synth_prepare_train_on_s3(s3, tmp_path, capsys):
     staged = next(node2.glob("*_cli-*"))
     assert not any(staged.glob("packed/rows/c.*"))  # packed rows read by ranged GETs
     assert any(staged.glob("checkpoints/*"))
+
+
+def test_cli_publish_and_stage(prepared, s3, capsys, tmp_path):
+    from disktrain.cli import main
+
+    url = f"{s3}/pub"
+    assert main(["publish", str(prepared), url, "--no-progress"]) == 0
+    sent = json.loads(capsys.readouterr().out)
+    assert sent["files"] == len(remote.Remote.of(url).manifest()["files"]) > 10
+    assert main(["stage", url]) == 0
+    local = capsys.readouterr().out.strip()
+    assert json.loads((Path(local) / MARKER).read_text())["url"] == url
+    with pytest.raises(SystemExit):
+        main(["publish", str(prepared), str(tmp_path / "x")])
+    assert "must be an object-store URL" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_typed_dataset_on_s3(s3, capsys, tmp_path, monkeypatch):
+    from disktrain.cli import main
+
+    url = f"{s3}/igbh"
+    assert main(["synth", "--typed", "igbh", "--out", url, "--papers", "200",
+                 "--no-progress"]) == 0
+    assert main(["prepare", url, "--fanouts", "3,2", "--batch-size", "32",
+                 "--no-progress"]) == 0
+    monkeypatch.setenv("DISKTRAIN_STAGE_DIR", str(tmp_path / "node2"))
+    capsys.readouterr()
+    assert main(["train", url, "--model", "rgat", "--epochs", "1", "--hidden", "8",
+                 "--no-progress"]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["epochs"] == 1

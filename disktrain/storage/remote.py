@@ -52,7 +52,7 @@ MANIFEST = "disktrain-manifest.json"
 """The completion manifest at the root of a published prefix, written last."""
 MARKER = ".disktrain-remote.json"
 """In a staged directory: the URL it stages and the manifest it was staged from."""
-_CHUNK = re.compile(r"(^|/)c(/|\.\d)")
+_CHUNK = re.compile(r"(^|/)c((/\d+)+|(\.\d+)+)$")
 """Chunk files (``ARRAY/c/i/j``, shard files ``ARRAY/c.K.0``): fetched on first use."""
 _UPLOAD_THREADS = 8
 
