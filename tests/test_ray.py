@@ -67,6 +67,8 @@ def test_split_runs_table(n, tasks, expect):
     (["prepare", "D", "--ray-address=10.0.0.1:6379"], ["prepare", "D",
                                                        "--ray-address=10.0.0.1:6379"]),
     (["info", "D"], ["info", "D"]),
+    (["prepare", "s3://b/d"], ["prepare", "s3://b/d"]),  # one node, published to the store
+    (["train", "s3://b/d"], ["train", "s3://b/d", "--ray-address", "auto"]),
 ])
 def test_job_argv_table(argv, expect):
     assert job_argv(argv) == expect

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from disktrain.errors import ConfigError
 from disktrain.loader.config import LoaderConfig
 from disktrain.loader.dist import DistEnv
 from disktrain.loader.loader import Loader
@@ -79,8 +80,14 @@ def train(cfg: TrainConfig, grad_sync=None, on_epoch=None) -> dict:
     """
     env = DistEnv.from_env()
     cfg.check_world_size(env.world_size)
-    cfg = cfg.staged()
+    url, cfg = cfg.dataset, cfg.staged()
     fresh = _prepares_fresh_epochs(cfg)
+    if fresh and env.world_size > 1 and url != cfg.dataset:
+        raise ConfigError(
+            f"{url}: {cfg.epochs} epochs are more than `disktrain prepare` sampled, and rank "
+            "0's fresh epochs would stay on its node (a dataset on object storage has no "
+            "shared directory); prepare them all (disktrain prepare URL --epochs N) or pass "
+            "--plan-reuse cycle")
     if env.is_main:  # rank 0 writes
         cfg.check_writable(fresh)
     device = env.device(cfg.loader.device)
