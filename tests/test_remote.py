@@ -165,3 +165,15 @@ def test_typed_dataset_on_s3(s3, capsys, tmp_path, monkeypatch):
     assert main(["train", url, "--model", "rgat", "--epochs", "1", "--hidden", "8",
                  "--no-progress"]) == 0
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["epochs"] == 1
+
+
+def test_fresh_epochs_of_a_url_dataset_need_one_worker(prepared, s3, monkeypatch):
+    from disktrain.errors import ConfigError
+    from disktrain.train import TrainConfig, train
+
+    url = f"{s3}/tiny"
+    publish(prepared, url)
+    for key, value in (("RANK", "0"), ("LOCAL_RANK", "0"), ("WORLD_SIZE", "2")):
+        monkeypatch.setenv(key, value)
+    with pytest.raises(ConfigError, match=f"{url}: 50 epochs are more than .* --plan-reuse"):
+        train(TrainConfig(dataset=url, epochs=50))
