@@ -21,6 +21,12 @@ reads once; packed ``rows`` shards are never downloaded whole: :class:`RemoteFil
 batch's range with one ranged GET per shard file. Every downloaded file is checked against the
 manifest's size and crc32c; ranged reads are checked per chunk by their readers.
 
+Why pyarrow's filesystem layer rather than Zarr's store API: it is already a dependency
+(Zarr's ``FsspecStore`` would add s3fs and aiobotocore, its ``ObjectStore`` obstore), its S3
+client is the AWS C++ SDK (the standard credential chain, retries, multipart uploads,
+thread-safe ranged ``read_at`` without the GIL), and Ray Train takes the same filesystem object
+as ``storage_filesystem`` for checkpoints. The stores stay Zarr v3 on the object store.
+
 Credentials and the endpoint come only from the environment and the standard AWS files
 (``AWS_ACCESS_KEY_ID``, ``AWS_PROFILE``, ``~/.aws/credentials``, ``AWS_ENDPOINT_URL``, ...,
 through pyarrow's AWS SDK); nothing here logs or stores them. Failures are ``RemoteError``
