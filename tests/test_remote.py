@@ -101,6 +101,9 @@ def test_errors_name_the_url(prepared, s3, monkeypatch, tmp_path):
         publish(tmp_path, f"{s3}/x")
     with pytest.raises(RemoteError, match="not a bare bucket"):
         stage(s3)
+    with pytest.raises(RemoteError, match="credentials or options in the URL") as e:
+        stage("s3://AKIA:SECRET@bucket/ds")
+    assert "SECRET" not in str(e.value)
     monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
     with pytest.raises(RemoteError, match=r"s3://b/ds: .*cannot reach the endpoint"):
         stage("s3://b/ds")

@@ -122,6 +122,12 @@ class Remote:
         import pyarrow.fs
 
         url = url.rstrip("/")
+        scheme, rest = url.split("://", 1)
+        if "@" in rest.split("/", 1)[0] or "?" in rest:  # never echo it: it may hold a secret
+            raise RemoteError(f"{scheme}://{rest.split('/', 1)[0].rpartition('@')[2]}/...: "
+                              "credentials or options in the URL are refused; give them in "
+                              "the environment (AWS_ACCESS_KEY_ID, AWS_PROFILE, "
+                              "AWS_ENDPOINT_URL, ...) or ~/.aws")
         with _errors(url, "opening the object store"):
             try:
                 fs, base = pyarrow.fs.FileSystem.from_uri(url)
