@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from disktrain.cli import (
+    _location,
     build_parser,
     configs,
     main,
@@ -109,7 +110,7 @@ def _other_value(action: argparse.Action) -> tuple[list[str], object]:
     if action.type is float:
         value = default / 2 if default else 0.25
         return [flag, str(value)], value
-    if action.type is Path:
+    if action.type in (Path, _location):
         return [flag, "p/x"], Path("p/x")
     return [flag, "cuda:1" if flag == "--device" else "x"], "cuda:1" if flag == "--device" else "x"
 
