@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+import disktrain
 from disktrain.errors import DataError
 from disktrain.loader.pipeline import PackedLoader
 from disktrain.storage import remote
@@ -42,6 +43,13 @@ def test_staged_dataset_reads_the_same_batches(prepared, s3, tmp_path):
         assert all(torch.equal(a, b) for a, b in zip(e0, e1))
     assert not any((local / r).exists() for r in shards)  # read by ranged GETs only
     assert any((local / "samples").rglob("c/0"))  # sample groups fetched and kept
+    mine, theirs = (disktrain.Loader(p, plan_reuse="cycle") for p in (url, prepared))
+    try:  # the public loader takes the URL
+        assert mine.dataset_dir == stage(url) and len(mine) == len(theirs) > 1
+        assert all(torch.equal(a.x, b.x) for a, b in zip(mine, theirs))
+    finally:
+        mine.close()
+        theirs.close()
 
 
 def test_ranged_reads_fetch_what_batches_need(prepared, s3, tmp_path):

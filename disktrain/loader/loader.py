@@ -36,6 +36,7 @@ from disktrain.loader.pipeline import PackedLoader
 from disktrain.loader.schedule import epoch_batches, worker_share
 from disktrain.sample.plan import SPLITS
 from disktrain.storage.dataset import Dataset
+from disktrain.storage.remote import is_url, stage
 from disktrain.storage.roots import eval_root, is_prepared, train_root
 
 STATE_VERSION = 1
@@ -53,7 +54,9 @@ def packed_bytes(store, batch_ids) -> dict[str, int]:
 
 
 class Loader:
-    """Iterate the pre-sampled mini-batches of ``split`` of a prepared dataset.
+    """Iterate the pre-sampled mini-batches of ``split`` of a prepared dataset (a directory,
+    or an object-store URL, ``s3://bucket/prefix``, staged on this node first:
+    :mod:`disktrain.storage.remote`).
 
     ``device``/``dtype``: where the batch tensors go (default: ``config.device``, "cpu"
     unless set) and the feature dtype (float32 by default, whatever is stored).
@@ -101,6 +104,8 @@ class Loader:
         for name, value in (("prepare_ahead", prepare_ahead), ("max_batches", max_batches)):
             if value is not None and value < 1:
                 raise ValueError(f"{name} must be >= 1, got {value}")
+        if is_url(dataset_dir):
+            dataset_dir = stage(dataset_dir)
         self.dataset_dir, self.split = Path(dataset_dir), split
         self.run_dir = Path(run_dir) if run_dir is not None else self.dataset_dir
         self.dtype, self.seed = dtype, seed
