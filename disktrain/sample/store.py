@@ -59,6 +59,7 @@ from disktrain.storage.dataset import (
 from disktrain.storage.diskspace import array_bytes, require_free
 from disktrain.storage.io import BLOCK, disk_full_errors
 from disktrain.storage.lock import replacing
+from disktrain.storage.remote import fetch_missing
 from disktrain.storage.schema import ArraySpec, StoreSchema, group_attrs
 
 STORE = "samples"
@@ -303,7 +304,8 @@ class _GroupReader:
     def _read(self, g: int) -> dict[str, np.ndarray]:
         group = f"groups/{group_name(g)}"
         batches = range(g * self.group_size, min((g + 1) * self.group_size, self.num_batches))
-        if not (self.root / group / "zarr.json").exists():
+        meta = self.root / group / "zarr.json"
+        if not meta.exists() and not fetch_missing(meta):  # a staged store's: fetched now
             raise DataError(f"{self.root}: sample group {group} (batches {batches.start}.."
                             f"{batches.stop - 1}) is missing; {self.ref.rerun}")
         return {name: read_small_array(self.root, f"{group}/{name}", self.ref, batches,

@@ -15,8 +15,8 @@ the new manifest does not name. A prefix without a manifest is incomplete and re
 
 :func:`stage` makes a node-local copy (``stage_dir()``, ``DISKTRAIN_STAGE_DIR``) that the
 rest of disktrain opens as an ordinary dataset directory: the metadata files are downloaded
-at once; every chunk file is fetched on first use (:func:`fetch_missing`, called by the chunk
-readers) and kept, so a node downloads the sample groups, cache rows and feature chunks it
+at once; every chunk file, and the sample groups' metadata, is fetched on first use
+(:func:`fetch_missing`, called by the readers of chunks and metadata) and kept, so a node downloads the sample groups, cache rows and feature chunks it
 reads once; packed ``rows`` shards are never downloaded whole: :class:`RemoteFiles` reads a
 batch's range with one ranged GET per shard file. Every downloaded file is checked against the
 manifest's size and crc32c; ranged reads are checked per chunk by their readers.
@@ -58,8 +58,9 @@ MANIFEST = "disktrain-manifest.json"
 """The completion manifest at the root of a published prefix, written last."""
 MARKER = ".disktrain-remote.json"
 """In a staged directory: the URL it stages and the manifest it was staged from."""
-_CHUNK = re.compile(r"(^|/)c((/\d+)+|(\.\d+)+)$")
-"""Chunk files (``ARRAY/c/i/j``, shard files ``ARRAY/c.K.0``): fetched on first use."""
+_LAZY = re.compile(r"(^|/)c((/\d+)+|(\.\d+)+)$|(^|/)groups/g\d+/")
+"""Files fetched on first use, not when staged: chunk files (``ARRAY/c/i/j``, shard files
+``ARRAY/c.K.0``) and everything of a sample store's groups (a node reads its own)."""
 _UPLOAD_THREADS = 8
 
 
@@ -301,7 +302,7 @@ def stage(url: str, base: str | os.PathLike | None = None) -> Path:
         if _marker(path).get("manifest_id") == manifest["manifest_id"]:
             return path
         with atomic_dir(path, overwrite=True) as tmp:
-            eager = [r for r in manifest["files"] if not _CHUNK.search(r)]
+            eager = [r for r in manifest["files"] if not _LAZY.search(r)]
             with ThreadPoolExecutor(_UPLOAD_THREADS) as pool:
                 list(pool.map(lambda r: remote.download(r, tmp / r, manifest["files"][r]),
                               eager))

@@ -24,6 +24,7 @@ from disktrain.errors import CorruptDataError, DataError
 from disktrain.storage.chunkfile import CRC_BYTES, StoreRef
 from disktrain.storage.diskspace import array_bytes
 from disktrain.storage.io import BLOCK, round_up
+from disktrain.storage.remote import fetch_missing
 from disktrain.storage.shards import ShardLayout
 
 SINGLE, ROWS, SHARDS = "single", "rows", "shards"
@@ -172,7 +173,13 @@ def read_meta(path: str | Path, ref: StoreRef) -> dict:
     object."""
     path = Path(path)
     try:
-        meta = json.loads(path.read_bytes())
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            if not fetch_missing(path):  # a staged store's file not fetched yet
+                raise
+            data = path.read_bytes()
+        meta = json.loads(data)
     except FileNotFoundError:
         raise _unreadable(ref, path, "is missing") from None
     except (OSError, ValueError) as e:  # ValueError: JSONDecodeError, UnicodeDecodeError
@@ -204,7 +211,7 @@ def read_array_meta(array_dir: str | Path, ref: StoreRef, name: str, *,
     any length)."""
     path = Path(array_dir) / "zarr.json"
     where = f"{ref.kind} {ref.path}: array {name!r}"
-    if not path.exists():
+    if not path.exists() and not fetch_missing(path):
         raise DataError(f"{where} is missing ({path}); {ref.rerun}")
     raw = read_meta(path, ref)
     try:
