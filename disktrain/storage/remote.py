@@ -327,17 +327,6 @@ def _staged_root(directory: str) -> tuple[Path, str, dict] | None:
     return None
 
 
-def remote_of(path: str | os.PathLike) -> tuple[Remote, str, tuple[int, int]] | None:
-    """For a file of a staged directory that its manifest names: the remote, the file's
-    relative path and its (size, crc32c); None otherwise."""
-    path = Path(path).absolute()
-    if (found := _staged_root(str(path.parent))) is None:
-        return None
-    root, url, files = found
-    rel = str(path.relative_to(root))
-    return (_remote(url), rel, tuple(files[rel])) if rel in files else None
-
-
 def _remote(url: str) -> Remote:
     """One :class:`Remote` per URL and endpoint in a process."""
     return _remote_at(url, os.environ.get("AWS_ENDPOINT_URL"))
@@ -348,13 +337,32 @@ def _remote_at(url: str, endpoint: str | None) -> Remote:
     return Remote.of(url)
 
 
+_GROUP = re.compile(r"^(.*/)?groups/g\d+/")
+_fetching: dict[str, threading.Lock] = {}
+_fetching_lock = threading.Lock()
+
+
 def fetch_missing(path: str | os.PathLike) -> bool:
-    """Download ``path``, a file of a staged directory not fetched yet (its chunk files are
-    fetched on first use); whether it was one."""
-    if (found := remote_of(path)) is None:
+    """Download ``path``, a file of a staged directory its manifest names but not fetched yet
+    (chunk files and sample groups are fetched on first use); whether it was one. A sample
+    group's files come together, in parallel (its reader needs them all); threads asking
+    for the same one wait for one download."""
+    path = Path(path).absolute()
+    if (found := _staged_root(str(path.parent))) is None:
         return False
-    remote, rel, expect = found
-    remote.download(rel, Path(path), expect)
+    root, url, files = found
+    rel = str(path.relative_to(root))
+    if rel not in files:
+        return False
+    unit = m.group(0) if (m := _GROUP.match(rel)) else rel
+    with _fetching_lock:
+        lock = _fetching.setdefault(f"{root}/{unit}", threading.Lock())
+    with lock:
+        want = [r for r in ([r for r in files if r.startswith(unit)] if unit != rel else [rel])
+                if not (root / r).exists()]
+        remote = _remote(url)
+        with ThreadPoolExecutor(min(_UPLOAD_THREADS, max(1, len(want)))) as pool:
+            list(pool.map(lambda r: remote.download(r, root / r, tuple(files[r])), want))
     return True
 
 
