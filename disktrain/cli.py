@@ -874,7 +874,8 @@ def _train_options(p: argparse.ArgumentParser) -> None:
     _option(p, "--on-nonfinite", T, "on_nonfinite", choices=ON_NONFINITE,
             help="a step with a non-finite loss or gradient: stop with an error or skip it "
             "(no update; counted as skipped_steps) (default: %(default)s)")
-    _option(p, "--metrics", T, "metrics", help="append one JSON record per epoch to this file")
+    _option(p, "--metrics", T, "metrics", help="append one JSON record per epoch to this file "
+            "(or object: s3://bucket/run/metrics.jsonl)")
     _option(p, "--max-batches", T, "max_batches", type=int,
             help="at most this many batches per epoch")
     _option(p, "--workers", R, "workers", "ray.", type=int,

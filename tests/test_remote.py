@@ -138,12 +138,17 @@ def test_cli_synth_prepare_train_on_s3(s3, tmp_path, capsys):
     with pytest.MonkeyPatch.context() as m:
         for k, v in env_stage.items():
             m.setenv(k, v)
-        assert main(["train", url, "--epochs", "2", "--hidden", "8", "--no-progress"]) == 0
+        assert main(["train", url, "--epochs", "2", "--hidden", "8", "--no-progress",
+                     "--metrics", f"{url}/runs/metrics.jsonl"]) == 0
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert result["epochs"] == 2 and 0 <= result["val_acc"] <= 1
     staged = next(p for p in node2.glob("*_cli-*") if p.is_dir())
     assert not any(staged.glob("packed/rows/c.*"))  # packed rows read by ranged GETs
     assert any(staged.glob("checkpoints/*"))
+    rem = remote.Remote.of(url)
+    with rem.fs.open_input_stream(rem.key("runs/metrics.jsonl")) as f:
+        lines = f.read().decode().splitlines()
+    assert [json.loads(line)["epoch"] for line in lines] == [0, 1]
 
 
 def test_cli_publish_and_stage(prepared, s3, capsys, tmp_path):

@@ -206,6 +206,22 @@ class Remote:
                 self.fs.delete_file(self.key(rel))
 
 
+def append_line(url: str, line: str) -> None:
+    """Append ``line`` to the object at ``url`` (a metrics file: object stores have no append,
+    so the object is read and written whole; a few KB per epoch)."""
+    import pyarrow.fs
+
+    with _errors(url, "appending to"):
+        fs, key = pyarrow.fs.FileSystem.from_uri(url)
+        try:
+            with fs.open_input_stream(key) as f:
+                old = f.read()
+        except FileNotFoundError:
+            old = b""
+        with fs.open_output_stream(key) as f:
+            f.write(old + line.encode())
+
+
 def file_digest(path: Path) -> tuple[int, int]:
     """(size, crc32c) of local file ``path``."""
     crc, size = 0, 0

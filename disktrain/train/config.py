@@ -186,7 +186,7 @@ class TrainConfig:
         if fresh_epochs:
             epochs = self.writes_to / "epochs"
             places.append((self.writes_to, f"the run's fresh epochs go to {epochs}", run_dir))
-        if self.metrics:
+        if self.metrics and not is_url(self.metrics):
             places.append((Path(self.metrics).parent, f"the run's metrics go to {self.metrics}",
                            "give a writable --metrics FILE"))
         for path, what, fix in places:

@@ -22,6 +22,7 @@ from disktrain.models.hetero import HeteroGNN, HeteroGNNConfig
 from disktrain.models.link import LinkModel, build_decoder
 from disktrain.robust import check_replicas
 from disktrain.storage.dataset import TypedDataset
+from disktrain.storage.remote import append_line, is_url
 from disktrain.train.checkpoint import CheckpointWriter, ModelRecord, checkpoint_state, resume
 from disktrain.train.config import TrainConfig
 from disktrain.train.evaluate import Evaluator
@@ -86,8 +87,11 @@ class Trainer:
             loader.set_epoch(epoch + 1)
             self.checkpoint(epoch + 1, 0)
             if self.env.is_main and cfg.metrics:
-                with open(cfg.metrics, "a") as f:
-                    f.write(json.dumps(record) + "\n")
+                if is_url(cfg.metrics):  # on object storage, beside Ray Train's checkpoints
+                    append_line(cfg.metrics, json.dumps(record) + "\n")
+                else:
+                    with open(cfg.metrics, "a") as f:
+                        f.write(json.dumps(record) + "\n")
             if on_epoch is not None:
                 on_epoch(record, self.ckpt_dir)
         return self.progress.history
