@@ -582,12 +582,19 @@ def _publish_options(p: argparse.ArgumentParser) -> None:
     p.set_defaults(func=_run_publish)
 
 
-def _run_publish(args: argparse.Namespace) -> None:
-    from disktrain.storage.remote import is_url, publish
+def _url(text: str) -> str:
+    """An object-store URL argument (ConfigError for anything else)."""
+    from disktrain.storage.remote import is_url
 
-    if not is_url(args.url):
-        raise ConfigError(f"URL must be an object-store URL (s3://bucket/prefix), got "
-                          f"{args.url!r}")
+    if not is_url(text):
+        raise ConfigError(f"URL must be an object-store URL (s3://bucket/prefix), got {text!r}")
+    return text
+
+
+def _run_publish(args: argparse.Namespace) -> None:
+    from disktrain.storage.remote import publish
+
+    _url(args.url)
     manifest = publish(args.path, args.url, progress=args.progress)
     print(json.dumps({"url": args.url, "files": len(manifest["files"]),
                       "bytes": sum(size for size, _ in manifest["files"].values())}))
@@ -604,7 +611,7 @@ def _stage_options(p: argparse.ArgumentParser) -> None:
 
 
 def _run_stage(args: argparse.Namespace) -> None:
-    print(_local(_location(args.url)))
+    print(_local(_url(args.url)))
 
 
 # verify
