@@ -14,13 +14,15 @@ and rank 0 attaches its checkpoint directory, which Ray copies to ``storage_path
 directory every node sees, or an object-store URL, through pyarrow's filesystem: the default
 for a dataset URL is ``URL/ray_results``). When a worker dies, Ray restarts the whole group
 (up to ``max_failures`` times) and every new worker resumes from the last reported checkpoint
-(``ray.train.get_checkpoint()``). Each worker checkpoints into a directory of its own in its
-node's temporary directory; when the run ends, the driver copies the last reported checkpoint
-to ``checkpoint_dir`` (default RUN_DIR/checkpoints; for a dataset URL without a run directory,
-the driver node's staged copy), and with ``resume`` hands the newest checkpoint there to the
-workers, so ``--resume`` continues a Ray run as it continues a local one. Rank 0 appends to
-``metrics`` on whatever node it runs. Credentials for object storage come from each node's
-environment or AWS files, never from the configuration.
+(``ray.train.get_checkpoint()``; Ray registers a report when it next polls the workers, every
+RAY_TRAIN_HEALTH_CHECK_INTERVAL_S, 2 s: a worker lost sooner resumes from the one before).
+Each worker checkpoints into a directory of its own in its node's temporary directory; when
+the run ends, the driver copies the last reported checkpoint to ``checkpoint_dir`` (default
+RUN_DIR/checkpoints; for a dataset URL without a run directory, the driver node's staged
+copy), and with ``resume`` hands the newest checkpoint there to the workers, so ``--resume``
+continues a Ray run as it continues a local one. Rank 0 appends to ``metrics`` on whatever
+node it runs (give an object URL where nodes share no directory). Credentials for object
+storage come from each node's environment or AWS files, never from the configuration.
 
     from disktrain.cluster.ray_train import RayTrainConfig, fit_on_ray
     fit_on_ray(TrainConfig(dataset="s3://bucket/papers"), RayTrainConfig(workers=4, address="auto"))
