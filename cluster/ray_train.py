@@ -4,23 +4,33 @@ Ray Train (its V2 API, the default in Ray 2.60) starts one actor per worker, set
 LOCAL_RANK / WORLD_SIZE and MASTER_ADDR / MASTER_PORT and initializes the torch process
 group (gloo on CPU, nccl with GPUs) before the per-worker loop runs; ``train`` then finds the
 group initialized and trains on its rank's share of every epoch's batches, all-reducing the
-gradients. Each worker keeps its own caches and reads the shared dataset directory.
+gradients. Each worker keeps its own caches. A dataset on object storage (``s3://...``) goes
+to the workers as its URL: each stages it on its own node (``train`` does,
+:mod:`disktrain.storage.remote`), so the nodes share no filesystem; a local path must name the
+same dataset on every node.
 
 Fault tolerance is Ray Train's: after each epoch every worker calls ``ray.train.report``
-and rank 0 attaches its checkpoint directory, which Ray copies to ``storage_path``. When a
-worker dies, Ray restarts the whole group (up to ``max_failures`` times) and every new
-worker resumes from the last reported checkpoint (``ray.train.get_checkpoint()``). Each
-worker checkpoints into a directory of its own on its node; when the run ends, the driver
-copies the last reported checkpoint to ``checkpoint_dir`` (default RUN_DIR/checkpoints), so
-``--resume`` continues a Ray run as it continues a local one. Rank 0 appends to
-``metrics`` on whatever node it runs: give a path on shared storage.
+and rank 0 attaches its checkpoint directory, which Ray copies to ``storage_path`` (a
+directory every node sees, or an object-store URL, through pyarrow's filesystem: the default
+for a dataset URL is ``URL/ray_results``). When a worker dies, Ray restarts the whole group
+(up to ``max_failures`` times) and every new worker resumes from the last reported checkpoint
+(``ray.train.get_checkpoint()``; Ray registers a report when it next polls the workers, every
+RAY_TRAIN_HEALTH_CHECK_INTERVAL_S, 2 s: a worker lost sooner resumes from the one before).
+Each worker checkpoints into a directory of its own in its node's temporary directory; when
+the run ends, the driver copies the last reported checkpoint to ``checkpoint_dir`` (default
+RUN_DIR/checkpoints; for a dataset URL without a run directory, the driver node's staged
+copy), and with ``resume`` hands the newest checkpoint there to the workers, so ``--resume``
+continues a Ray run as it continues a local one. Rank 0 appends to ``metrics`` on whatever
+node it runs (give an object URL where nodes share no directory). Credentials for object
+storage come from each node's environment or AWS files, never from the configuration.
 
     from disktrain.cluster.ray_train import RayTrainConfig, fit_on_ray
-    fit_on_ray(TrainConfig(dataset="/data/papers"), RayTrainConfig(workers=4, address="auto"))
+    fit_on_ray(TrainConfig(dataset="s3://bucket/papers"), RayTrainConfig(workers=4, address="auto"))
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import tempfile
@@ -30,6 +40,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from disktrain.errors import check_min
+from disktrain.storage.remote import Remote, is_url
 from disktrain.train.checkpoint import CheckpointWriter, checkpoint_files, read_newest
 from disktrain.train.config import TrainConfig
 
@@ -54,9 +65,9 @@ class RayTrainConfig:
     max_failures: int = 3
     """Restarts of the worker group after a worker failure (-1: unlimited)."""
     storage_path: str | None = None
-    """Where Ray keeps reported checkpoints and results: a directory every node sees
-    (default: RUN_DIR/ray_results, the dataset's without a run directory, as the dataset is
-    on shared storage)."""
+    """Where Ray keeps reported checkpoints and results: a directory every node sees or an
+    object-store URL (``s3://bucket/prefix``; default: for a dataset URL ``URL/ray_results``,
+    else RUN_DIR/ray_results, the dataset's without a run directory)."""
 
     def __post_init__(self):
         check_min(self, 1, "workers")
@@ -92,44 +103,56 @@ def _fit(train_cfg: TrainConfig, ray_cfg: RayTrainConfig, grad_sync) -> dict:
     import ray.train
     from ray.train.torch import TorchTrainer
 
-    dataset = Path(train_cfg.dataset).resolve()
-    run_dir = None if train_cfg.run_dir is None else str(Path(train_cfg.run_dir).resolve())
-    train_cfg = replace(train_cfg, dataset=str(dataset), run_dir=run_dir)
+    if not is_url(train_cfg.dataset):  # a URL goes as it is: each worker stages it
+        train_cfg = replace(train_cfg, dataset=str(Path(train_cfg.dataset).resolve()))
+    if train_cfg.run_dir is not None:
+        train_cfg = replace(train_cfg, run_dir=str(Path(train_cfg.run_dir).resolve()))
     resources = {"CPU": ray_cfg.cpus_per_worker}
     if ray_cfg.gpus_per_worker:
         resources["GPU"] = ray_cfg.gpus_per_worker
-    storage = Path(ray_cfg.storage_path or train_cfg.writes_to / "ray_results").resolve()
-    scratch = storage / f"scratch-{os.getpid()}-{time.time_ns()}"  # workers' checkpoint dirs
+    storage = _storage(train_cfg, ray_cfg)
+    remote = Remote.of(storage) if is_url(storage) else None  # credentials: each node's own
+    name = f"disktrain-{train_cfg.model.model}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
+    own = train_cfg.checkpoint.directory(train_cfg.writes_to)
+    found = read_newest(own) if train_cfg.checkpoint.resume else None
     trainer = TorchTrainer(
         _worker_loop,
         train_loop_config={
             "train_cfg": train_cfg,
             "use_gpu": ray_cfg.gpus_per_worker > 0,
-            "scratch": str(scratch),
+            "run": name,
+            "initial": None if found is None else (found[0].name, found[1]),
             "grad_sync": grad_sync,
         },
         scaling_config=ray.train.ScalingConfig(num_workers=ray_cfg.workers,
                                                use_gpu=ray_cfg.gpus_per_worker > 0,
                                                resources_per_worker=resources),
         run_config=ray.train.RunConfig(
-            name=f"disktrain-{train_cfg.model.model}-{time.strftime('%Y%m%d-%H%M%S')}-"
-                 f"{os.getpid()}",
-            storage_path=str(storage),
+            name=name, storage_path=remote.base if remote else storage,
+            storage_filesystem=remote.fs if remote else None,
             failure_config=ray.train.FailureConfig(max_failures=ray_cfg.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2)),
     )
-    try:
-        result = trainer.fit()
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)  # also what killed workers left behind
+    result = trainer.fit()
     summary = dict(result.return_value or {})
     if result.checkpoint is not None:
-        target = train_cfg.checkpoint.directory(train_cfg.writes_to)
         with result.checkpoint.as_directory() as d:
-            summary["checkpoint"] = str(_copy_checkpoint(Path(d), target,
+            summary["checkpoint"] = str(_copy_checkpoint(Path(d), own,
                                                          train_cfg.checkpoint.keep))
-    summary["ray_result_path"] = result.path
+    summary["ray_result_path"] = f"{remote.url}/{name}" if remote else result.path
     return summary
+
+
+def _storage(train_cfg: TrainConfig, ray_cfg: RayTrainConfig) -> str:
+    """Where Ray keeps the run: ``ray_cfg.storage_path``, by default ``URL/ray_results`` for a
+    dataset URL (the nodes share no filesystem), else RUN_DIR/ray_results (the dataset's
+    without a run directory); a local path absolute."""
+    path = ray_cfg.storage_path
+    if path is None and is_url(train_cfg.dataset):
+        path = f"{train_cfg.dataset.rstrip('/')}/ray_results"
+    if path is not None and is_url(path):
+        return path
+    return str(Path(path or train_cfg.writes_to / "ray_results").resolve())
 
 
 def _copy_checkpoint(source: Path, target: Path, keep: int) -> Path:
@@ -160,10 +183,9 @@ def _worker_loop(config: dict) -> dict | None:
                        ("WORLD_SIZE", ctx.get_world_size())):
         os.environ.setdefault(key, str(value))
     cfg: TrainConfig = config["train_cfg"]
-    Path(config["scratch"]).mkdir(parents=True, exist_ok=True)
-    workdir = Path(tempfile.mkdtemp(prefix=f"rank{rank}-", dir=config["scratch"]))
+    workdir = _scratch(config["run"], rank)
     try:
-        resume = _restore(cfg, workdir)
+        resume = _restore(config["initial"], workdir) or cfg.checkpoint.resume
         loader = cfg.loader
         if config["use_gpu"]:
             import ray.train.torch
@@ -187,24 +209,45 @@ def _worker_loop(config: dict) -> dict | None:
         return summary if rank == 0 else None
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
+        with contextlib.suppress(OSError):  # the last of the run's workers on this node
+            workdir.parent.rmdir()
 
 
-def _restore(cfg: TrainConfig, workdir: Path) -> bool:
-    """Put the checkpoint to resume from in ``workdir``; return whether there is one.
+def _scratch(run: str, rank: int) -> Path:
+    """A new checkpoint directory for this worker of ``run``, on its own node (the temporary
+    directory, never one the nodes share); those a killed worker of the run left there go."""
+    root = Path(tempfile.gettempdir()) / run
+    root.mkdir(parents=True, exist_ok=True)
+    for left in root.glob("rank*-pid*"):
+        if not _alive(int(left.name.rpartition("pid")[2])):
+            shutil.rmtree(left, ignore_errors=True)
+    (path := root / f"rank{rank}-pid{os.getpid()}").mkdir()
+    return path
 
-    Ray's last reported checkpoint wins (a restart after a failure); else, with
-    ``cfg.checkpoint.resume``, the run's own checkpoint directory (a new run continuing an old one).
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    return True
+
+
+def _restore(initial: tuple[str, bytes] | None, workdir: Path) -> bool:
+    """Put the checkpoint to resume from in ``workdir``; return whether it is Ray's.
+
+    Ray's last reported checkpoint wins (a restart after a failure); else ``initial``, the
+    newest one in the run's own checkpoint directory as the driver read it with
+    ``cfg.checkpoint.resume`` (a new run continuing an old one).
     """
     import ray.train
 
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint is not None:
+    found = None
+    if (checkpoint := ray.train.get_checkpoint()) is not None:
         with checkpoint.as_directory() as d:
             found = read_newest(d)
-        if found is not None:
-            (workdir / found[0].name).write_bytes(found[1])
-            return True
-    own = cfg.checkpoint.directory(cfg.writes_to)
-    if cfg.checkpoint.resume and (found := read_newest(own)) is not None:
-        (workdir / found[0].name).write_bytes(found[1])
-    return cfg.checkpoint.resume
+    if (chosen := found or initial) is not None:
+        (workdir / Path(chosen[0]).name).write_bytes(chosen[1])
+    return found is not None

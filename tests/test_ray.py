@@ -395,12 +395,14 @@ def test_ray_prepares_and_trains_link_prediction(cluster, tmp_path):
     assert newest_checkpoint(tmp_path / "ck")["model_record"]["task"] == "link"
 
 
-def dying_rank(fail_rank: int, fail_step: int, marker: Path):
+def dying_rank(fail_rank: int, fail_step: int, marker: Path, pause_s: float = 0.0):
     """A per-rank gradient sync for ``fit_on_ray``: rank ``fail_rank`` exits abruptly at its
     ``fail_step``-th step, once (while ``marker`` does not exist; it creates it). Until then
     every rank syncs with the flat all-reduce (the same on every rank), afterwards with the
-    configured sync. A closure, so Ray pickles it by value to workers that cannot import
-    this test module."""
+    configured sync. It waits ``pause_s`` before exiting: Ray Train's controller collects an
+    epoch's reports when it polls the workers (every RAY_TRAIN_HEALTH_CHECK_INTERVAL_S), so a
+    worker dying sooner after a report loses its checkpoint. A closure, so Ray pickles it by
+    value to workers that cannot import this test module."""
 
     def grad_sync(rank: int):
         if marker.exists():
@@ -415,6 +417,7 @@ def dying_rank(fail_rank: int, fail_step: int, marker: Path):
             seen[0] += 1
             if seen[0] == fail_step:
                 marker.touch()
+                time.sleep(pause_s)
                 os._exit(1)
             sync(params)
 
