@@ -54,7 +54,7 @@ def test_train_resumes_from_the_object_store(nodes, prepared, s3, tmp_path):
                       model=ModelConfig(model="sage", hidden=16, dropout=0.0))
     first = fit_on_ray(cfg, RayTrainConfig(workers=2))
     assert first["ray_result_path"].startswith(f"{url}/ray_results/disktrain-sage-")
-    ours = staged_path(url) / "checkpoints"  # the driver's stage directory (the s3 fixture's)
+    ours = cfg.writes_to / "checkpoints"  # beside the driver's staged copy (the s3 fixture's)
     assert first["checkpoint"] == str(ours / "ckpt-e000001-b00000000.pt")
 
     per_epoch = _expected_steps(prepared, cfg, 2)

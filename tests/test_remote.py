@@ -142,9 +142,9 @@ def test_cli_synth_prepare_train_on_s3(s3, tmp_path, capsys):
                      "--metrics", f"{url}/runs/metrics.jsonl"]) == 0
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert result["epochs"] == 2 and 0 <= result["val_acc"] <= 1
-    staged = next(p for p in node2.glob("*_cli-*") if p.is_dir())
+    staged = next(p for p in node2.glob("*_cli-*") if p.is_dir() and p.suffix != ".run")
     assert not any(staged.glob("packed/rows/c.*"))  # packed rows read by ranged GETs
-    assert any(staged.glob("checkpoints/*"))
+    assert any(staged.with_name(f"{staged.name}.run").glob("checkpoints/*"))
     rem = remote.Remote.of(url)
     with rem.fs.open_input_stream(rem.key("runs/metrics.jsonl")) as f:
         lines = f.read().decode().splitlines()

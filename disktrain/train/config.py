@@ -162,17 +162,19 @@ class TrainConfig:
     @property
     def writes_to(self) -> Path:
         """The directory the run writes to: ``run_dir``, else the dataset's (for a dataset on
-        object storage, its copy staged on this node: :func:`~disktrain.storage.remote.stage`)."""
+        object storage, ``<its staged copy>.run`` on this node, beside the copy
+        :func:`~disktrain.storage.remote.stage` replaces when the dataset is published again)."""
         if self.run_dir is None and is_url(self.dataset):
-            return staged_path(self.dataset)
+            staged = staged_path(self.dataset)
+            return staged.with_name(f"{staged.name}.run")
         return Path(self.run_dir or self.dataset)
 
     def staged(self) -> TrainConfig:
-        """This run on the dataset's copy staged on this node, when ``dataset`` is a URL
-        (staged first, once per node); else itself."""
+        """This run on the dataset's copy staged on this node, writing to :attr:`writes_to`,
+        when ``dataset`` is a URL (staged first, once per node); else itself."""
         if not is_url(self.dataset):
             return self
-        return replace(self, dataset=str(stage(self.dataset)))
+        return replace(self, dataset=str(stage(self.dataset)), run_dir=str(self.writes_to))
 
     def check_writable(self, fresh_epochs: bool) -> None:
         """Refuse (ConfigError), before anything loads, a run that could not write where it
