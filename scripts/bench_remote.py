@@ -57,6 +57,7 @@ import json
 import multiprocessing
 import multiprocessing.connection
 import os
+import shlex
 import shutil
 import sys
 import tempfile
@@ -368,8 +369,8 @@ def plot(result: dict, path: Path) -> None:
     ax.set_ylabel("epoch seconds")
     ax.set_ylim(bottom=0)
     n = result["needed"]
-    ax.set_title(f"{n['batches']} batches, {n['needed_bytes'] / 1e6:.0f} MB of packed rows "
-                 "an epoch", fontsize=10)
+    ax.set_title(f"warm epochs: {n['batches']} batches, {n['needed_bytes'] / 1e6:.0f} MB of "
+                 "packed chunks each", fontsize=10)
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -387,7 +388,8 @@ def main(argv=None) -> int:
     store = None
     try:
         data, layers = work / "data", len(setting.fanouts)
-        result = {"benchmark": "remote", "command": " ".join([sys.executable, *sys.argv]),
+        result = {"benchmark": "remote", "command": shlex.join(
+                      [sys.executable, __file__, *(sys.argv[1:] if argv is None else argv)]),
                   "machine": {"cores": os.cpu_count()}, "setting": args.setting,
                   "scale": dataclasses.asdict(setting), "latency_ms": args.latency_ms,
                   "chunk_bytes": args.chunk_bytes, "shard_bytes": args.shard_bytes,

@@ -71,7 +71,7 @@ def test_tiny_run_end_to_end(tmp_path):
     assert [(x["setting"], x["window"]) for x in r["runs"]] == [
         ("local", None), ("s3", 1), ("s3", 4), ("s3+lat", 1), ("s3+lat", 4)]
     for run in r["runs"][1:]:
-        for kind, e in run["epochs"].items():
+        for e in run["epochs"].values():
             assert e["batches"] == need["batches"] and e["seconds"] > 0
             # what the layout says an epoch fetches, one GET per batch (one shard file)
             assert e["fetched_bytes"] == need["layout"]["fetched_bytes"]
