@@ -2,8 +2,8 @@
 loader's prefetch window hides the requests' latency (issue 29, goal "Benchmarks").
 
 Usage: python scripts/bench_remote.py [--setting default|tiny] [--windows 1,4,8,16]
-           [--latency-ms 50] [--chunk-bytes 256K] [--shard-bytes 8M] [--no-train]
-           [--workdir /tmp/s3bench] [--out remote.json] [--plot remote.png]
+           [--latency-ms 50] [--chunk-bytes 256K] [--shard-bytes 8M] [--repeats 3]
+           [--no-train] [--workdir /tmp/s3bench] [--out remote.json] [--plot remote.png]
 
 Builds a synthetic dataset (``disktrain.ingest.synth``), prepares it (node classification, one
 epoch of batches, no cache tiers: every input row is packed), starts moto's S3 server on
@@ -11,16 +11,17 @@ epoch of batches, no cache tiers: every input row is packed), starts moto's S3 s
 it does not take the loader's GIL; with the ``dev`` extra) with two of that file's
 ``LatencyProxy`` in front of it, one adding nothing and one holding every request
 ``--latency-ms``, and publishes the dataset there. Then, per setting, a ``PackedLoader`` reads
-every batch of the epoch (reading and assembly, no model) three times: ``cold`` (the first
-epoch of a freshly staged copy: sample groups and labels fetched on first use, as a new node's
-first epoch), ``warm`` (the same again) and ``train`` (the same with a small GraphSAGE step per
+every batch of the epoch (reading and assembly, no model): ``cold`` (the first epoch of a
+freshly staged copy: sample groups and labels fetched on first use, as a new node's first
+epoch), ``warm`` (the same again, ``--repeats`` times: the median run) and ``train`` (the same with a small GraphSAGE step per
 batch, forward, backward and Adam, as a trainer overlaps it; skipped with ``--no-train``):
   local      the prepared directory itself (local disk; the loader's defaults);
   s3         a fresh stage of the published prefix through the proxy adding nothing, with
              ``LoaderConfig.remote_window`` = each of ``--windows`` (read threads and queue
              depth = the window; window 1 also sets ``read_threads`` = ``prefetch`` = 1, so
              one request at a time);
-  s3+lat     the same through the proxy adding ``--latency-ms`` per request.
+  s3+lat     the same through the proxy adding ``--latency-ms`` per request (run right
+             after s3 at the same window, so that both see about the same machine load).
 Per epoch: seconds, batches, packed-row bytes fetched (``RemoteFiles.bytes`` over the epoch;
 the shard indexes read when the store opens are reported apart, ``open``), packed-row
 requests (``RemoteFiles.requests``, one GET per shard file a batch spans) and every HTTP
@@ -99,6 +100,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--shard-bytes", type=parse_bytes, default=8 << 20,
                     help="shard files of packed rows (moto copies a whole object per GET)")
     ap.add_argument("--no-train", action="store_true", help="skip the epoch with a model")
+    ap.add_argument("--repeats", type=int, default=3, help="warm epochs per setting (median)")
     ap.add_argument("--workdir", type=Path, default=Path("/tmp/s3bench"))
     ap.add_argument("--out", type=Path, help="the JSON result")
     ap.add_argument("--plot", type=Path, help="epoch seconds against the window (.png)")
@@ -107,9 +109,9 @@ def parse_args(argv=None) -> argparse.Namespace:
         args.windows = sorted({int(w) for w in args.windows.split(",")})
     except ValueError:
         ap.error(f"--windows: expected integers like 1,4,8, got {args.windows!r}")
-    if min(args.windows) < 1 or args.latency_ms < 0:
-        ap.error(f"--windows must be >= 1 and --latency-ms >= 0, got {args.windows}, "
-                 f"{args.latency_ms}")
+    if min(args.windows) < 1 or args.latency_ms < 0 or args.repeats < 1:
+        ap.error(f"--windows and --repeats must be >= 1 and --latency-ms >= 0, got "
+                 f"{args.windows}, {args.repeats}, {args.latency_ms}")
     return args
 
 
@@ -274,10 +276,11 @@ def epoch(loader, files, count, step=None) -> dict:
     return out
 
 
-def measure(name: str, window: int | None, path: Path, layers: int, count, train: bool,
+def measure(args, name: str, window: int | None, path: Path, count,
             stage_at: Path | None = None, url: str | None = None) -> dict:
     """Setting ``name``: stage ``url`` under ``stage_at`` (none: read ``path`` itself), open a
-    loader with ``window`` (None: the defaults) and time its epochs; the stage is removed."""
+    loader with ``window`` (None: the defaults) and time its epochs (the warm one
+    ``args.repeats`` times: the median run, every run's seconds); the stage is removed."""
     from disktrain.loader.config import LoaderConfig
     from disktrain.loader.pipeline import PackedLoader
     from disktrain.storage.remote import stage
@@ -295,11 +298,13 @@ def measure(name: str, window: int | None, path: Path, layers: int, count, train
                "open_s": time.perf_counter() - t1, "open_http_requests": count() - h0,
                "open": {"requests": files.requests, "fetched_bytes": files.bytes}
                if files else None, "epochs": {}}
-        step = model_step(loader, layers) if train else None
+        step = None if args.no_train else model_step(loader, args.layers)
         try:
-            for kind in PASSES if train else PASSES[:2]:
-                rec["epochs"][kind] = epoch(loader, files, count,
-                                            step if kind == "train" else None)
+            for kind in PASSES[:2] if args.no_train else PASSES:
+                runs = [epoch(loader, files, count, step if kind == "train" else None)
+                        for _ in range(args.repeats if kind == "warm" else 1)]
+                rec["epochs"][kind] = {**sorted(runs, key=lambda e: e["seconds"])[
+                    len(runs) // 2], "seconds_all": [e["seconds"] for e in runs]}
         finally:
             loader.close()
     finally:
@@ -387,7 +392,7 @@ def main(argv=None) -> int:
     work = Path(tempfile.mkdtemp(prefix="bench_remote-", dir=args.workdir))
     store = None
     try:
-        data, layers = work / "data", len(setting.fanouts)
+        data, args.layers = work / "data", len(setting.fanouts)
         result = {"benchmark": "remote", "command": shlex.join(
                       [sys.executable, __file__, *(sys.argv[1:] if argv is None else argv)]),
                   "machine": {"cores": os.cpu_count()}, "setting": args.setting,
@@ -395,7 +400,7 @@ def main(argv=None) -> int:
                   "chunk_bytes": args.chunk_bytes, "shard_bytes": args.shard_bytes,
                   "build": build(args, setting, data)}
         result["needed"] = needed(data, args.chunk_bytes)
-        runs = [measure("local", None, data, layers, lambda: 0, not args.no_train)]
+        runs = [measure(args, "local", None, data, lambda: 0)]
         (work / "spill").mkdir()
         store = ObjectStore(args.latency_ms / 1000, work / "spill")
         url = f"s3://{store.bucket}/ds"
@@ -403,11 +408,11 @@ def main(argv=None) -> int:
             t = time.perf_counter()
             publish(data, url)
             result["publish_s"] = time.perf_counter() - t
-        for name in ("s3", "s3+lat"):
-            for w in args.windows:
+        for w in args.windows:  # with and without latency one after the other: the same load
+            for name in ("s3", "s3+lat"):
                 with environ(store.env(name)):
-                    runs.append(measure(name, w, data, layers, lambda n=name: store.requests(n),
-                                        not args.no_train, work / "stage", url))
+                    runs.append(measure(args, name, w, data, lambda n=name: store.requests(n),
+                                        work / "stage", url))
         result["runs"] = runs
         default = LoaderConfig.remote_window
         result["summary"] = summarize(runs, result["needed"],

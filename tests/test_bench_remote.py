@@ -51,7 +51,8 @@ def test_summary_ratios_and_goals_at_the_chosen_window():
 def test_arguments(capsys):
     args = bench.parse_args(["--windows", "8,1,4,4", "--chunk-bytes", "64K"])
     assert args.windows == [1, 4, 8] and args.chunk_bytes == 64 << 10
-    for bad, said in ((["--windows", "0,4"], "--windows must be >= 1"),
+    for bad, said in ((["--windows", "0,4"], "--windows and --repeats must be >= 1"),
+                      (["--repeats", "0"], "--repeats must be >= 1"),
                       (["--windows", "a"], "--windows: expected integers")):
         with pytest.raises(SystemExit):
             bench.parse_args(bad)
@@ -63,13 +64,14 @@ def test_tiny_run_end_to_end(tmp_path):
     pytest.importorskip("moto.server", reason="moto[server] (the dev extra) is not installed")
     out, png = tmp_path / "r.json", tmp_path / "r.png"
     assert bench.main(["--setting", "tiny", "--windows", "1,4", "--latency-ms", "20",
+                       "--repeats", "2",
                        "--workdir", str(tmp_path / "w"), "--out", str(out),
                        "--plot", str(png)]) == 0
     r = json.loads(out.read_text())
     need = r["needed"]
     assert need["batches"] >= 10 and need["needed_bytes"] >= need["real_bytes"] > 0
     assert [(x["setting"], x["window"]) for x in r["runs"]] == [
-        ("local", None), ("s3", 1), ("s3", 4), ("s3+lat", 1), ("s3+lat", 4)]
+        ("local", None), ("s3", 1), ("s3+lat", 1), ("s3", 4), ("s3+lat", 4)]
     for run in r["runs"][1:]:
         for e in run["epochs"].values():
             assert e["batches"] == need["batches"] and e["seconds"] > 0
@@ -80,8 +82,9 @@ def test_tiny_run_end_to_end(tmp_path):
     s = r["summary"]
     assert s["window"] == 4 and 1.0 <= s["goals"]["fetched_over_needed"]["value"] < 1.05
     assert all(x["fetched_over_real"] > x["fetched_over_needed"] for x in s["reads"])
-    slow, plain = (r["runs"][3]["epochs"]["warm"]["seconds"],
+    slow, plain = (r["runs"][2]["epochs"]["warm"]["seconds"],
                    r["runs"][1]["epochs"]["warm"]["seconds"])
+    assert len(r["runs"][2]["epochs"]["warm"]["seconds_all"]) == 2
     assert slow >= plain and slow >= need["batches"] * 0.02  # one request at a time, 20 ms each
     assert png.stat().st_size > 0
     assert list((tmp_path / "w").iterdir()) == []  # the data, spill and stages removed
