@@ -42,9 +42,10 @@ with ``--shard-bytes`` (default 8 MiB) shard files (measured here, through the p
 256 KiB ranged GET took 4.4 ms from a 2 MiB object, 6.0 ms from 8 MiB, 62 ms from 64 MiB).
 Settings: ``default`` 20,000 nodes, 128-d float32 rows (512 B), batches of 32 seeds, fanouts
 5,5: 375 batches and about 190 MB of packed chunks an epoch (about 1.7x their real rows: a
-batch's 400-700 rows pad to whole 512-row chunks), a few minutes on 2 cores; ``tiny`` (the
-test's) 1,200 nodes, 16-d, seconds. The JSON goes to ``--out``, the plot (epoch seconds against the window, with and
-without latency, the local epoch as a line) to ``--plot``. Everything it writes (the dataset,
+batch's 400-700 rows pad to whole 512-row chunks), about 6 minutes on 2 shared cores;
+``tiny`` (the test's) 1,200 nodes, 16-d, seconds. The JSON goes to ``--out``, the plot (epoch
+seconds against the window, with and without latency, the local epoch as a line) to
+``--plot``. Everything it writes (the dataset,
 moto's spill files, the stages) lies in a temporary directory under ``--workdir``, removed at
 the end.
 """
