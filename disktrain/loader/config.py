@@ -26,7 +26,7 @@ class LoaderConfig:
     whatever its size."""
     read_threads: int = 2
     """Threads reading packed ranges."""
-    remote_window: int = 8
+    remote_window: int = 16
     """Batches read at once, ahead of the one consumed, from a packed store on object
     storage (its rows fetched by ranged GETs): the read threads and queue depth there, so
     that the requests' latency overlaps (``buffer_bytes`` still bounds their memory)."""

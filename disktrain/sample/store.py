@@ -59,7 +59,7 @@ from disktrain.storage.dataset import (
 from disktrain.storage.diskspace import array_bytes, require_free
 from disktrain.storage.io import BLOCK, disk_full_errors
 from disktrain.storage.lock import replacing
-from disktrain.storage.remote import fetch_missing
+from disktrain.storage.remote import fetch_missing, prefetch
 from disktrain.storage.schema import ArraySpec, StoreSchema, group_attrs
 
 STORE = "samples"
@@ -308,6 +308,8 @@ class _GroupReader:
         if not meta.exists() and not fetch_missing(meta):  # a staged store's: fetched now
             raise DataError(f"{self.root}: sample group {group} (batches {batches.start}.."
                             f"{batches.stop - 1}) is missing; {self.ref.rerun}")
+        if batches.stop < self.num_batches:  # a staged store's next group: fetched meanwhile
+            prefetch(self.root / "groups" / group_name(g + 1) / "zarr.json")
         return {name: read_small_array(self.root, f"{group}/{name}", self.ref, batches,
                                        self.verify)
                 for name in self.names}

@@ -382,6 +382,23 @@ def fetch_missing(path: str | os.PathLike) -> bool:
     return True
 
 
+def prefetch(path: str | os.PathLike) -> None:
+    """:func:`fetch_missing` of ``path`` in the background, when it is not here (a file that
+    fails is fetched again by the reader that needs it)."""
+    if not Path(path).exists():
+        _background().submit(_quietly, path)
+
+
+@cache
+def _background() -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(2, thread_name_prefix="disktrain-prefetch")
+
+
+def _quietly(path: str | os.PathLike) -> None:
+    with contextlib.suppress(Exception):
+        fetch_missing(path)
+
+
 class RemoteFiles:
     """Ranged reads of a staged directory's files that stay remote (packed ``rows`` shards):
     each file opened once per process (one HEAD), then one GET per :meth:`read_at`. Counts
