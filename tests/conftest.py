@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
 import tempfile
 from pathlib import Path
@@ -14,7 +15,7 @@ CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os
 os.environ.setdefault("NUMBA_NUM_THREADS", str(max(2, CORES or 1)))
 
 import pytest
-from helpers import prepare, uncached_reads
+from helpers import assert_no_ray_left, prepare, uncached_reads
 from tinygraphs import make_dataset
 
 REPO = Path(__file__).resolve().parents[1]
@@ -81,3 +82,28 @@ def s3(s3_server, monkeypatch, tmp_path):
         monkeypatch.setenv(key, value)
     monkeypatch.setenv("DISKTRAIN_STAGE_DIR", str(tmp_path / "stage"))
     return f"s3://{s3_server.new_bucket()}"
+
+
+# Ray
+
+@pytest.fixture(scope="session")
+def ray_env():
+    """Loopback, RAY_TMPDIR (short: Ray's socket paths must stay under 108 bytes), a token:
+    one for the session (a Ray started in this process keeps the first token it read)."""
+    from disktrain.cluster.head import LOOPBACK_ENV
+
+    root = Path(tempfile.mkdtemp(prefix="dtray", dir="/tmp"))
+    with pytest.MonkeyPatch.context() as mp:
+        # read when Ray is first imported (by the fixtures and tests below): loopback only
+        for key, value in LOOPBACK_ENV.items():
+            mp.setenv(key, value)
+        mp.setenv("RAY_TMPDIR", str(root))
+        mp.setenv("RAY_AUTH_MODE", "token")
+        mp.setenv("RAY_AUTH_TOKEN", secrets.token_hex(16))
+        mp.setenv("RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S", "0")
+        mp.delenv("RAY_ADDRESS", raising=False)
+        yield root
+    try:
+        assert_no_ray_left(root)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)

@@ -13,6 +13,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -166,3 +167,22 @@ def rows_chunk(ds: Path) -> tuple[int, int]:
     rows, dim = meta["codecs"][0]["configuration"]["chunk_shape"]
     chunk = int(batch_rows[3]) // rows
     return chunk, chunk * (-(-(rows * dim * 4 + 4) // 4096) * 4096)
+
+
+def ray_pids(root: Path) -> list[int]:
+    """Processes whose command line names ``root`` (every process of our Ray instances)."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and str(root).encode() in (proc / "cmdline").read_bytes():
+                pids.append(int(proc.name))
+        except OSError:
+            continue
+    return [p for p in pids if p != os.getpid()]
+
+
+def assert_no_ray_left(root: Path, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while (left := ray_pids(root)) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not left, f"Ray processes left behind: {left}"

@@ -8,19 +8,16 @@ end; the fixtures check that none of its processes remain.
 
 import contextlib
 import os
-import secrets
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import newest_checkpoint, prepare
+from helpers import assert_no_ray_left, newest_checkpoint, prepare
 from tinygraphs import make_dataset, make_link_dataset, make_typed_dataset
 
 from disktrain.cluster.head import (
@@ -124,45 +121,6 @@ def test_init_ray_starts_a_local_instance_without_an_address(ray_env, monkeypatc
 
 # Ray
 
-def _ray_pids(root: Path) -> list[int]:
-    """Processes whose command line names ``root`` (every process of our Ray instances)."""
-    pids = []
-    for proc in Path("/proc").iterdir():
-        try:
-            if proc.name.isdigit() and str(root).encode() in (proc / "cmdline").read_bytes():
-                pids.append(int(proc.name))
-        except OSError:
-            continue
-    return [p for p in pids if p != os.getpid()]
-
-
-def _assert_no_processes_left(root: Path, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while (left := _ray_pids(root)) and time.monotonic() < deadline:
-        time.sleep(0.5)
-    assert not left, f"Ray processes left behind: {left}"
-
-
-@pytest.fixture(scope="module")
-def ray_env():
-    """Loopback, RAY_TMPDIR (short: Ray's socket paths must stay under 108 bytes), a token."""
-    root = Path(tempfile.mkdtemp(prefix="dtray", dir="/tmp"))
-    with pytest.MonkeyPatch.context() as mp:
-        # read when Ray is first imported (by the fixtures and tests below): loopback only
-        for key, value in LOOPBACK_ENV.items():
-            mp.setenv(key, value)
-        mp.setenv("RAY_TMPDIR", str(root))
-        mp.setenv("RAY_AUTH_MODE", "token")
-        mp.setenv("RAY_AUTH_TOKEN", secrets.token_hex(16))
-        mp.setenv("RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S", "0")
-        mp.delenv("RAY_ADDRESS", raising=False)
-        yield root
-    try:
-        _assert_no_processes_left(root)
-    finally:
-        shutil.rmtree(root, ignore_errors=True)
-
-
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory) -> Path:
     """A tiny dataset prepared in this process (the reference for Ray's preparation)."""
@@ -213,7 +171,7 @@ def test_ray_job_submit(ray_env, prepared, tmp_path):
                              capture_output=True, text=True, timeout=60, check=False,
                              env={**os.environ, "RAY_AUTH_TOKEN": "wrong"})
         assert bad.returncode != 0
-    _assert_no_processes_left(root)
+    assert_no_ray_left(root)
 
 
 @pytest.fixture(scope="module")
@@ -462,7 +420,7 @@ def test_init_ray_ignores_a_dead_head_named_by_ray_current_cluster(ray_env):
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
     gcs = next(line.split()[1] for line in proc.stdout.splitlines() if line.startswith("GCS"))
     assert gcs != dead and gcs.startswith(LOOPBACK)
-    _assert_no_processes_left(tmp)
+    assert_no_ray_left(tmp)
 
 
 def _head_script_started(out: Path, proc: subprocess.Popen, timeout: float = 120.0) -> int:
@@ -498,7 +456,7 @@ def test_head_script_stops_its_cluster_on_signal(ray_env, tmp_path, signum):
         assert proc.wait(timeout=120) == 0, out.read_text()[-4000:]
         assert f"{signal.Signals(signum).name}: stopping the Ray head" in out.read_text()
         assert session_pids(ray_start) == [], out.read_text()[-4000:]
-        _assert_no_processes_left(root)
+        assert_no_ray_left(root)
     finally:  # whatever happened, nothing of this head survives the test
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)

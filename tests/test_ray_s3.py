@@ -5,7 +5,7 @@ Ray's storage on an S3 API server (moto) on 127.0.0.1, as test_ray.py starts its
 from dataclasses import replace
 
 import pytest
-from test_ray import _expected_steps, dying_rank, ray_env  # noqa: F401 (a fixture)
+from test_ray import _expected_steps, dying_rank
 
 from disktrain.cluster.head import LOOPBACK
 from disktrain.cluster.ray_train import RayTrainConfig, fit_on_ray
@@ -16,7 +16,7 @@ from disktrain.train.checkpoint import CheckpointConfig
 
 
 @pytest.fixture
-def nodes(ray_env, s3_server, tmp_path):  # noqa: F811 (the fixture imported above)
+def nodes(ray_env, s3_server, tmp_path):
     """Two Ray nodes of one CPU each (two one-CPU workers: one on each), each with its own
     DISKTRAIN_STAGE_DIR and TMPDIR and the object store's endpoint and (fake) credentials in
     its environment; this process connected. Yields the nodes' directories."""

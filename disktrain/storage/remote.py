@@ -383,15 +383,12 @@ def fetch_missing(path: str | os.PathLike) -> bool:
 
 
 def prefetch(path: str | os.PathLike) -> None:
-    """:func:`fetch_missing` of ``path`` in the background, when it is not here (a file that
-    fails is fetched again by the reader that needs it)."""
-    if not Path(path).exists():
-        _background().submit(_quietly, path)
-
-
-@cache
-def _background() -> ThreadPoolExecutor:
-    return ThreadPoolExecutor(2, thread_name_prefix="disktrain-prefetch")
+    """:func:`fetch_missing` of ``path``, a file of a staged directory not fetched yet, on a
+    thread of its own (a file that fails is fetched again by the reader that needs it)."""
+    path = Path(path).absolute()
+    if not path.exists() and _staged_root(str(path.parent)) is not None:
+        threading.Thread(target=_quietly, args=(path,), name="disktrain-prefetch",
+                         daemon=True).start()
 
 
 def _quietly(path: str | os.PathLike) -> None:
