@@ -702,6 +702,9 @@ def _prepare_options(p: argparse.ArgumentParser) -> None:
     _option(p, "--chunk-bytes", P, "chunk_bytes", "pack.", type=parse_bytes,
             metavar="BYTES", help="bytes per packed chunk file (default: "
             f"{format_bytes(_default(P, 'chunk_bytes'))})")
+    _option(p, "--shard-bytes", P, "shard_bytes", "pack.", type=parse_bytes,
+            metavar="BYTES", help="bytes per shard file of packed chunks (an object on object "
+            f"storage) (default: {format_bytes(_default(P, 'shard_bytes'))})")
     _option(p, "--aggregate-first-hop", P, "aggregate_first_hop", "pack.",
             choices=("off", *AGGREGATIONS), help="sum each batch's first-layer aggregates "
             "while packing and pack them with the first layer's targets' own rows instead of "

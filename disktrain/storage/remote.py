@@ -120,21 +120,8 @@ class Remote:
 
     @classmethod
     def of(cls, url: str) -> Remote:
-        import pyarrow.fs
-
         url = url.rstrip("/")
-        scheme, rest = url.split("://", 1)
-        if "@" in rest.split("/", 1)[0] or "?" in rest:  # never echo it: it may hold a secret
-            raise RemoteError(f"{scheme}://{rest.split('/', 1)[0].rpartition('@')[2]}/...: "
-                              "credentials or options in the URL are refused; give them in "
-                              "the environment (AWS_ACCESS_KEY_ID, AWS_PROFILE, "
-                              "AWS_ENDPOINT_URL, ...) or ~/.aws")
-        with _errors(url, "opening the object store"):
-            try:
-                fs, base = pyarrow.fs.FileSystem.from_uri(url)
-            except pyarrow.lib.ArrowInvalid as e:
-                raise RemoteError(f"{url}: not an object-store URL pyarrow can open ({e}); "
-                                  "give s3://bucket/prefix (or gs://, ...)") from None
+        fs, base = _filesystem(url)
         if not base.strip("/") or "/" not in base.strip("/"):
             raise RemoteError(f"{url}: give a prefix inside the bucket "
                               "(s3://bucket/prefix), not a bare bucket")
@@ -209,10 +196,8 @@ class Remote:
 def append_line(url: str, line: str) -> None:
     """Append ``line`` to the object at ``url`` (a metrics file: object stores have no append,
     so the object is read and written whole; a few KB per epoch)."""
-    import pyarrow.fs
-
+    fs, key = _filesystem(url)
     with _errors(url, "appending to"):
-        fs, key = pyarrow.fs.FileSystem.from_uri(url)
         try:
             with fs.open_input_stream(key) as f:
                 old = f.read()
@@ -220,6 +205,46 @@ def append_line(url: str, line: str) -> None:
             old = b""
         with fs.open_output_stream(key) as f:
             f.write(old + line.encode())
+
+
+def _filesystem(url: str):
+    """pyarrow's filesystem of ``url`` and the path in it (S3: tuned by :func:`_s3`);
+    credentials or options in the URL are refused (not echoed: they may hold a secret)."""
+    import pyarrow.fs
+
+    scheme, rest = url.split("://", 1)
+    if "@" in rest.split("/", 1)[0] or "?" in rest:
+        raise RemoteError(f"{scheme}://{rest.split('/', 1)[0].rpartition('@')[2]}/...: "
+                          "credentials or options in the URL are refused; give them in the "
+                          "environment (AWS_ACCESS_KEY_ID, AWS_PROFILE, AWS_ENDPOINT_URL, ...) "
+                          "or ~/.aws")
+
+    with _errors(url, "opening the object store"):
+        try:
+            fs, path = pyarrow.fs.FileSystem.from_uri(url)  # S3: finds the bucket's region
+        except pyarrow.lib.ArrowInvalid as e:
+            raise RemoteError(f"{url}: not an object-store URL pyarrow can open ({e}); "
+                              "give s3://bucket/prefix (or gs://, ...)") from None
+    return (_s3(fs.region) if isinstance(fs, pyarrow.fs.S3FileSystem) else fs), path
+
+
+REQUEST_TIMEOUT_S = 60.0
+"""An S3 request's socket timeout (the SDK's 3 s fails large ranged GETs of a busy server)."""
+
+
+def _s3(region: str):
+    """pyarrow's S3 filesystem for ``region``: uploads written part by part as they come
+    (pyarrow's background writes would buffer a whole shard file in memory per upload), the
+    endpoint ``AWS_ENDPOINT_URL_S3`` or ``AWS_ENDPOINT_URL``, ``AWS_MAX_ATTEMPTS`` tries per
+    request (default 3: the AWS SDKs' standard retries); credentials: the SDK's chain."""
+    import pyarrow.fs
+
+    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+    attempts = int(os.environ.get("AWS_MAX_ATTEMPTS") or 3)
+    return pyarrow.fs.S3FileSystem(
+        region=region, endpoint_override=endpoint or None, background_writes=False,
+        request_timeout=REQUEST_TIMEOUT_S, connect_timeout=10.0,
+        retry_strategy=pyarrow.fs.AwsStandardS3RetryStrategy(max_attempts=attempts))
 
 
 def file_digest(path: Path) -> tuple[int, int]:
