@@ -510,7 +510,9 @@ def _published(cfg, write):
         raise FileExistsError(f"{url} already holds a published dataset (pass --overwrite "
                               "to replace it)")
     local = write(dataclasses.replace(cfg, out=staged_path(url), overwrite=True))
-    publish(local, url, progress=cfg.progress)
+    files = publish(local, url, progress=cfg.progress)["files"]
+    print(f"published {url}: {len(files)} files, "
+          f"{format_bytes(sum(size for size, _ in files.values()))} (staged here: {local})")
     return local
 
 

@@ -124,6 +124,7 @@ def test_cli_synth_prepare_train_on_s3(s3, tmp_path, capsys):
     assert main(["synth", "--out", url, "--nodes", "400", "--feature-dim", "4", "--classes",
                  "3", "--no-progress"]) == 0
     assert not (tmp_path / "s3:").exists()  # a URL is never a local directory
+    assert f"published {url}: " in capsys.readouterr().out
     assert remote.Remote.of(url).manifest()["files"]["features/zarr.json"]
     with pytest.raises(SystemExit):
         main(["synth", "--out", url, "--nodes", "400", "--no-progress"])
