@@ -29,6 +29,7 @@ when read.
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 from typing import Protocol, runtime_checkable
@@ -149,8 +150,11 @@ class PackedStore:
         if self.layout.num_shards and not self.layout.path(0).exists():
             self.layout = replace(self.layout, remote=RemoteFiles.of(self.layout.array_dir))
         self.chunk_stride = self.layout.stride
-        for shard in range(self.layout.num_shards):
-            if problem := self.layout.index_problem(shard):
+        shards = range(self.layout.num_shards)
+        with ThreadPoolExecutor(16 if self.layout.remote else 1) as pool:  # remote: round trips
+            problems = list(pool.map(self.layout.index_problem, shards))
+        for shard, problem in zip(shards, problems):
+            if problem:
                 raise self.ref.corrupt("rows", self.layout.path(shard), problem,
                                        self.shard_batches(shard))
 

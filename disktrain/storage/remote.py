@@ -442,13 +442,14 @@ class RemoteFiles:
         return cls(_remote(url), str(directory.relative_to(root)))
 
     def _open(self, name: str):
-        with self._lock:
-            if (f := self._files.get(name)) is None:
-                rel = f"{self.root_rel}/{name}"
-                with _errors(self.remote.where(rel), "open"):
-                    f = self._files[name] = self.remote.fs.open_input_file(self.remote.key(rel))
+        if (f := self._files.get(name)) is None:  # opened outside the lock: a round trip
+            rel = f"{self.root_rel}/{name}"
+            with _errors(self.remote.where(rel), "open"):
+                f = self.remote.fs.open_input_file(self.remote.key(rel))
+            with self._lock:
                 self.requests += 1
-            return f
+                f = self._files.setdefault(name, f)
+        return f
 
     def size(self, name: str) -> int:
         return self._open(name).size()
