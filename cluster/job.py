@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import sys
 
-from disktrain.storage.remote import is_url
+from disktrain.storage.objstore import is_url
 
 from .head import init_ray
 

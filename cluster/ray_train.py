@@ -40,7 +40,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from disktrain.errors import check_min
-from disktrain.storage.remote import Remote, is_url
+from disktrain.storage.objstore import Remote, is_url
 from disktrain.train.checkpoint import CheckpointWriter, checkpoint_files, read_newest
 from disktrain.train.config import TrainConfig
 

@@ -486,14 +486,15 @@ def _run_synth(args: argparse.Namespace) -> None:
 
 def _location(text: str) -> str | Path:
     """A path on the command line: an object-store URL (``s3://...``) stays a string."""
-    from disktrain.storage.remote import is_url
+    from disktrain.storage.objstore import is_url
 
     return text if is_url(text) else Path(text)
 
 
 def _local(location: str | Path) -> Path:
     """The local directory of ``location``: itself, or a URL's copy staged on this node."""
-    from disktrain.storage.remote import is_url, stage
+    from disktrain.storage.objstore import is_url
+    from disktrain.storage.remote import stage
 
     return stage(location) if is_url(location) else Path(location)
 
@@ -502,7 +503,8 @@ def _published(cfg, write):
     """``write(cfg)`` (a dataset writer); with ``cfg.out`` a URL, into this node's stage of
     it, then published there (refused where a dataset is published, unless
     ``cfg.overwrite``); the local path written."""
-    from disktrain.storage.remote import Remote, is_url, publish, staged_path
+    from disktrain.storage.objstore import Remote, is_url
+    from disktrain.storage.remote import publish, staged_path
 
     if not is_url(url := cfg.out):
         return write(cfg)
@@ -586,7 +588,7 @@ def _publish_options(p: argparse.ArgumentParser) -> None:
 
 def _url(text: str) -> str:
     """An object-store URL argument (ConfigError for anything else)."""
-    from disktrain.storage.remote import is_url
+    from disktrain.storage.objstore import is_url
 
     if not is_url(text):
         raise ConfigError(f"URL must be an object-store URL (s3://bucket/prefix), got {text!r}")

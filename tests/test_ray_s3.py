@@ -10,7 +10,8 @@ from test_ray import _expected_steps, dying_rank
 from disktrain.cluster.head import LOOPBACK
 from disktrain.cluster.ray_train import RayTrainConfig, fit_on_ray
 from disktrain.models import ModelConfig
-from disktrain.storage.remote import MARKER, Remote, publish, staged_path
+from disktrain.storage.objstore import Remote
+from disktrain.storage.remote import MARKER, publish, staged_path
 from disktrain.train import TrainConfig
 from disktrain.train.checkpoint import CheckpointConfig
 

@@ -13,8 +13,8 @@ import torch
 import disktrain
 from disktrain.errors import DataError
 from disktrain.loader.pipeline import PackedLoader
-from disktrain.storage import remote
-from disktrain.storage.remote import MANIFEST, MARKER, RemoteError, publish, stage
+from disktrain.storage.objstore import MANIFEST, Remote, RemoteError
+from disktrain.storage.remote import MARKER, publish, stage
 
 
 def _batches(path):
@@ -83,7 +83,7 @@ def test_stage_reuses_a_copy_and_replaces_an_old_one(prepared, s3, tmp_path):
 def test_a_corrupted_object_is_refused(prepared, s3, tmp_path):
     url = f"{s3}/tiny"
     publish(prepared, url)
-    rem = remote.Remote.of(url)
+    rem = Remote.of(url)
     with rem.fs.open_output_stream(rem.key("labels/zarr.json")) as f:
         f.write(b"{}")
     with pytest.raises(RemoteError, match=r"labels/zarr.json: downloaded 2 bytes"):
@@ -95,7 +95,7 @@ def test_a_corrupted_object_is_refused(prepared, s3, tmp_path):
 def test_a_prefix_without_manifest_is_incomplete(prepared, s3, tmp_path):
     url = f"{s3}/tiny"
     publish(prepared, url)
-    rem = remote.Remote.of(url)
+    rem = Remote.of(url)
     rem.fs.delete_file(rem.key(MANIFEST))
     with pytest.raises(RemoteError, match="no disktrain-manifest.json: not a complete"):
         stage(url, tmp_path)
@@ -125,13 +125,13 @@ def test_cli_synth_prepare_train_on_s3(s3, tmp_path, capsys):
                  "3", "--no-progress"]) == 0
     assert not (tmp_path / "s3:").exists()  # a URL is never a local directory
     assert f"published {url}: " in capsys.readouterr().out
-    assert remote.Remote.of(url).manifest()["files"]["features/zarr.json"]
+    assert Remote.of(url).manifest()["files"]["features/zarr.json"]
     with pytest.raises(SystemExit):
         main(["synth", "--out", url, "--nodes", "400", "--no-progress"])
     assert "already holds a published dataset" in capsys.readouterr().err
     assert main(["prepare", url, "--fanouts", "3,3", "--batch-size", "64", "--epochs", "2",
                  "--no-progress"]) == 0
-    files = remote.Remote.of(url).manifest()["files"]
+    files = Remote.of(url).manifest()["files"]
     assert "packed/zarr.json" in files and "eval/val/packed/zarr.json" in files
     assert "features/c/0/0" in files  # kept though this node's stage may not hold it
     capsys.readouterr()
@@ -147,7 +147,7 @@ def test_cli_synth_prepare_train_on_s3(s3, tmp_path, capsys):
     staged = next(p for p in node2.glob("*_cli-*") if p.is_dir() and p.suffix != ".run")
     assert not any(staged.glob("packed/rows/c.*"))  # packed rows read by ranged GETs
     assert any(staged.with_name(f"{staged.name}.run").glob("checkpoints/*"))
-    rem = remote.Remote.of(url)
+    rem = Remote.of(url)
     with rem.fs.open_input_stream(rem.key("runs/metrics.jsonl")) as f:
         lines = f.read().decode().splitlines()
     assert [json.loads(line)["epoch"] for line in lines] == [0, 1]
@@ -159,7 +159,7 @@ def test_cli_publish_and_stage(prepared, s3, capsys, tmp_path):
     url = f"{s3}/pub"
     assert main(["publish", str(prepared), url, "--no-progress"]) == 0
     sent = json.loads(capsys.readouterr().out)
-    assert sent["files"] == len(remote.Remote.of(url).manifest()["files"]) > 10
+    assert sent["files"] == len(Remote.of(url).manifest()["files"]) > 10
     assert main(["stage", url]) == 0
     local = capsys.readouterr().out.strip()
     assert json.loads((Path(local) / MARKER).read_text())["url"] == url

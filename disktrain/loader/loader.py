@@ -36,7 +36,8 @@ from disktrain.loader.pipeline import PackedLoader
 from disktrain.loader.schedule import epoch_batches, worker_share
 from disktrain.sample.plan import SPLITS
 from disktrain.storage.dataset import Dataset
-from disktrain.storage.remote import is_url, stage
+from disktrain.storage.objstore import is_url
+from disktrain.storage.remote import stage
 from disktrain.storage.roots import eval_root, is_prepared, train_root
 
 STATE_VERSION = 1

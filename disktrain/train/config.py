@@ -19,7 +19,8 @@ from disktrain.models.gnn import ModelConfig
 from disktrain.robust import AttackConfig, RobustConfig, aggregate
 from disktrain.sample.plan import TASKS
 from disktrain.storage.atomic import require_writable
-from disktrain.storage.remote import is_url, stage, staged_path
+from disktrain.storage.objstore import is_url
+from disktrain.storage.remote import stage, staged_path
 from disktrain.train.checkpoint import CheckpointConfig
 from disktrain.train.evaluate import EvalConfig
 

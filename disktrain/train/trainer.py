@@ -22,7 +22,7 @@ from disktrain.models.hetero import HeteroGNN, HeteroGNNConfig
 from disktrain.models.link import LinkModel, build_decoder
 from disktrain.robust import check_replicas
 from disktrain.storage.dataset import TypedDataset
-from disktrain.storage.remote import append_line, is_url
+from disktrain.storage.objstore import append_line, is_url
 from disktrain.train.checkpoint import CheckpointWriter, ModelRecord, checkpoint_state, resume
 from disktrain.train.config import TrainConfig
 from disktrain.train.evaluate import Evaluator
