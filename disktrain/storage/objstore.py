@@ -49,7 +49,7 @@ def _problem(error: OSError) -> str:
     text = str(error)
     for code, why in (("NETWORK_CONNECTION", "cannot reach the endpoint"),
                       ("NO_SUCH_BUCKET", "the bucket does not exist"),
-                      ("ACCESS_DENIED", "access denied (check the credentials: environment, ~/.aws)"),
+                      ("ACCESS_DENIED", "access denied (check the credentials, ~/.aws)"),
                       ("INVALID_ACCESS_KEY_ID", "the access key is not valid"),
                       ("SIGNATURE_DOES_NOT_MATCH", "the secret key is not valid")):
         if code in text:
@@ -145,7 +145,8 @@ class Remote:
             shutil.copyfileobj(src, dst, 16 << 20)
 
     def put_bytes(self, rel: str, data: bytes) -> None:
-        with named_errors(self.where(rel), "upload"), self.fs.open_output_stream(self.key(rel)) as f:
+        with named_errors(self.where(rel), "upload"), \
+                self.fs.open_output_stream(self.key(rel)) as f:
             f.write(data)
 
     def delete(self, rels: list[str]) -> None:

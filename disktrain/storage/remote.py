@@ -17,8 +17,9 @@ the new manifest does not name. A prefix without a manifest is incomplete and re
 rest of disktrain opens as an ordinary dataset directory: the metadata files are downloaded
 at once; every chunk file, and the sample groups' metadata, is fetched on first use
 (:func:`fetch_missing`, called by the readers of chunks and metadata) and kept, so a node
-downloads the sample groups, cache rows and feature chunks it reads once; packed ``rows`` shards are never downloaded whole: :class:`RemoteFiles` reads a
-batch's range with one ranged GET per shard file. Every downloaded file is checked against the
+downloads the sample groups, cache rows and feature chunks it reads once; packed ``rows``
+shards are never downloaded whole: :class:`RemoteFiles` reads a batch's range with one ranged
+GET per shard file. Every downloaded file is checked against the
 manifest's size and crc32c; ranged reads are checked per chunk by their readers.
 
 The object store itself: :mod:`disktrain.storage.objstore` (credentials, errors).
@@ -67,7 +68,8 @@ def stage_dir() -> Path:
 def _published_files(local: Path) -> list[str]:
     """The files of ``local`` a publish uploads: not locks, temporaries, runs' fresh epochs or
     staging markers."""
-    skip = re.compile(r"(^|/)(\.lock(\.[^/]*)?|epochs|" + re.escape(MARKER) + r")(/|$)|\.(tmp|old)-")
+    skip = re.compile(r"(^|/)(\.lock(\.[^/]*)?|epochs|" + re.escape(MARKER)
+                      + r")(/|$)|\.(tmp|old)-")
     return sorted(str(p.relative_to(local)) for p in local.rglob("*")
                   if p.is_file() and not skip.search(str(p.relative_to(local))))
 

@@ -74,9 +74,9 @@ def train(cfg: TrainConfig, grad_sync=None, on_epoch=None) -> dict:
     (default: see :class:`~disktrain.train.gradsync.GradientPath`; give it on every rank or on
     none); ``on_epoch(record, checkpoint_dir)`` is called on every rank after each epoch (Ray
     Train reports through it). A dataset on object storage (``s3://...``) is staged on this
-    node first (:mod:`disktrain.storage.remote`). On a CPU device compute takes every core, but one while fresh
-    epochs are prepared in the background, unless ``cfg.compute_threads`` says otherwise
-    (``disktrain.train.threads``).
+    node first (:mod:`disktrain.storage.remote`). On a CPU device compute takes every core,
+    but one while fresh epochs are prepared in the background, unless
+    ``cfg.compute_threads`` says otherwise (``disktrain.train.threads``).
     """
     env = DistEnv.from_env()
     cfg.check_world_size(env.world_size)
