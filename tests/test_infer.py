@@ -129,9 +129,17 @@ def test_ranges_give_the_same_bytes_as_one_range(graph, tmp_path, model, monkeyp
     ckpt = save(model, graph, tmp_path / "ck", 3)
     one = infer(dataset=graph, checkpoint=ckpt, out=tmp_path / "one", format="npy",
                 memory_budget=1 << 30, progress=False)
+    spills, spill = [], layers.ProjectedInput.spill
+    monkeypatch.setattr(layers.ProjectedInput, "spill",
+                        lambda self, work: spills.append(work) or spill(self, work))
     many = infer(dataset=graph, checkpoint=ckpt, out=tmp_path / "many", format="npy",
                  chunk_rows=7, memory_budget=1, progress=False)  # every range MIN_RANGE nodes
     assert (one / "embeddings.npy").read_bytes() == (many / "embeddings.npy").read_bytes()
+    # sage's narrowing layers (16 -> 8 wide, 8 -> the classes) project their input once
+    # each, into a store they remove; gat's do not project
+    assert sorted(w.name.split(".")[0] for w in spills) == (
+        ["projected-0", "projected-2"] if model == "sage" else [])
+    assert not any(w.exists() for w in spills)
     # a linear layer's weighted edges made a few at a time, its outputs in small runs
     monkeypatch.setattr(layers, "SUB_EDGES", 50)
     monkeypatch.setattr(layers, "OUT_ROWS", 70)

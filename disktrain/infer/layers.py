@@ -21,7 +21,9 @@ sums its edges in ascending source order whatever the cut, so the bytes stay the
 
 from __future__ import annotations
 
+import shutil
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -29,12 +31,14 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from disktrain.infer.model import Trained
+from disktrain.infer.store import LayerWriter, open_layer
 from disktrain.kernels.aggregate import first_hop_edges, scatter_add_rows
 from disktrain.kernels.rng import derive_key
 from disktrain.kernels.sampling import sample_batches
 from disktrain.loader.block import Block
 from disktrain.models.gnn import MLP
-from disktrain.storage.dataset import Dataset, FeatureRows
+from disktrain.storage.atomic import temporary_name
+from disktrain.storage.dataset import FEATURE_CHUNK_BYTES, Dataset, FeatureRows
 
 MIN_RANGE = 64
 """Nodes a range holds at least (but the last, when fewer are left)."""
@@ -150,7 +154,7 @@ class ProjectedInput:
     def __init__(self, base: LayerInput, lin: torch.nn.Linear):
         self.base, self.lin = base, lin
         self.num_rows, self.dim = base.num_rows, lin.out_features
-        self.row_bytes, self.held = 4 * self.dim, None
+        self.row_bytes, self.held, self.stored = 4 * self.dim, None, None
         self.position, self.gather = base.position, base.gather
 
     def hold(self, budget: int) -> bool:
@@ -159,9 +163,29 @@ class ProjectedInput:
                 self.num_rows else np.zeros((0, self.dim), np.float32)
         return self.held is not None
 
+    def spill(self, work: Path) -> None:
+        """Project every row once into a checked store under ``work`` (a directory of this
+        process's, removed by the caller) and stream them from there: each range then reads
+        the narrower rows instead of projecting every input row again."""
+        identity = {"projected": True, "subset": False, "num_rows": self.num_rows,
+                    "width": self.dim, "chunk_rows": max(1, min(
+                        self.num_rows, FEATURE_CHUNK_BYTES // self.row_bytes))}
+        work.mkdir(parents=True, exist_ok=True)
+        out = LayerWriter(work, "projected", identity, None)
+        try:
+            for start, rows in self._project():
+                out.put(start, rows)
+        except BaseException:
+            out.abort()
+            raise
+        out.finish()
+        self.stored = LayerInput(*open_layer(work, "projected", identity))
+
     def blocks(self, block_bytes: int):
         if self.held is not None:
             yield from LayerInput.blocks(self, block_bytes)
+        elif self.stored is not None:
+            yield from self.stored.blocks(block_bytes)
         else:
             yield from self._project()
 
@@ -225,20 +249,38 @@ def run_layer(trained: Trained, layer: int, graph: Graph, source: LayerInput,
         source = ProjectedInput(source, op.neighbour_projection)
     per_node, per_edge = (linear_costs if linear else range_costs)(source.dim, dims[layer + 1])
     work = Workspace.of(budget, dims[layer], dims[layer + 1])
+    scratch = temporary_name(writer.final.with_name(f"projected-{layer}"))
     if linear:
-        budget -= budget // 2 if source.hold(budget // 2) else 0
+        held = source.hold(budget // 2)
+        budget -= budget // 2 if held else 0
         budget = max(1, budget - work.bytes)
+        if projected and not held and _ranges_over(graph, ids, spans, per_node, per_edge, budget):
+            source.spill(scratch)  # once, not once per range
     total = sum(b - a for a, b in spans)
-    with tqdm(total=total, desc=f"infer: layer {layer}", unit="node", unit_scale=True,
-              disable=not progress) as bar:
-        for start, stop in spans:
-            for a, b in ranges(None if mlp else graph, ids, start, stop, per_node, per_edge,
-                               budget):
-                outs = (_aggregated(op, graph, source, ids[a:b], projected, work) if linear
-                        else [(0, _forward(op, mlp, graph, source, ids[a:b]))])
-                for i, h in outs:
-                    writer.put(a + i, (h if last else F.relu(h)).numpy())
-                    bar.update(len(h))
+    try:
+        with tqdm(total=total, desc=f"infer: layer {layer}", unit="node", unit_scale=True,
+                  disable=not progress) as bar:
+            for start, stop in spans:
+                for a, b in ranges(None if mlp else graph, ids, start, stop, per_node,
+                                   per_edge, budget):
+                    outs = (_aggregated(op, graph, source, ids[a:b], projected, work) if linear
+                            else [(0, _forward(op, mlp, graph, source, ids[a:b]))])
+                    for i, h in outs:
+                        writer.put(a + i, (h if last else F.relu(h)).numpy())
+                        bar.update(len(h))
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _ranges_over(graph: Graph, ids, spans, per_node: int, per_edge: int, budget: int) -> bool:
+    """Whether ``spans`` take more than one range (each range streams every input row)."""
+    count = 0
+    for start, stop in spans:
+        for _ in ranges(graph, ids, start, stop, per_node, per_edge, budget):
+            count += 1
+            if count > 1:
+                return True
+    return False
 
 
 @torch.no_grad()
