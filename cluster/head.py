@@ -47,9 +47,17 @@ terminal."""
 
 def free_port(host: str = LOOPBACK) -> int:
     """A TCP port that is free now on ``host`` (bind to port 0)."""
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
+    return free_ports(1, host)[0]
+
+
+def free_ports(n: int, host: str = LOOPBACK) -> list[int]:
+    """``n`` distinct TCP ports free now on ``host``: bound at once, then released (ports
+    drawn one at a time can repeat, and Ray refuses two components on one port)."""
+    with contextlib.ExitStack() as stack:
+        socks = [stack.enter_context(socket.socket()) for _ in range(n)]
+        for s in socks:
+            s.bind((host, 0))
+        return [s.getsockname()[1] for s in socks]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -99,14 +107,15 @@ def head_command(cfg: HeadConfig) -> HeadCommand:
     instance on the same machine.
     """
     bind = LOOPBACK if cfg.loopback else cfg.host
-    pick = (lambda p: p or free_port(LOOPBACK if cfg.loopback else ""))
+    flags = ("--ray-client-server-port", "--dashboard-agent-listen-port",
+             "--dashboard-agent-grpc-port", "--runtime-env-agent-port", "--metrics-export-port")
+    fresh = iter(free_ports(2 + len(flags), LOOPBACK if cfg.loopback else ""))
+    pick = (lambda p: p or next(fresh))
     port, dashboard = pick(cfg.port), pick(cfg.dashboard_port)
     argv = [cfg.ray, "start", "--head", "--block", "--disable-usage-stats",
             "--node-ip-address", bind, "--port", str(port),
             "--dashboard-host", bind, "--dashboard-port", str(dashboard)]
-    for flag in ("--ray-client-server-port", "--dashboard-agent-listen-port",
-                 "--dashboard-agent-grpc-port", "--runtime-env-agent-port",
-                 "--metrics-export-port"):
+    for flag in flags:
         argv += [flag, str(pick(0))]
     for flag, value in (("--num-cpus", cfg.num_cpus), ("--num-gpus", cfg.num_gpus),
                         ("--temp-dir", cfg.temp_dir)):
