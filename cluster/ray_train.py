@@ -40,6 +40,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from disktrain.errors import check_min
+from disktrain.storage.atomic import start_tag
 from disktrain.storage.objstore import Remote, is_url
 from disktrain.train.checkpoint import CheckpointWriter, checkpoint_files, read_newest
 from disktrain.train.config import TrainConfig
@@ -219,20 +220,10 @@ def _scratch(run: str, rank: int) -> Path:
     root = Path(tempfile.gettempdir()) / run
     root.mkdir(parents=True, exist_ok=True)
     for left in root.glob("rank*-pid*"):
-        if not _alive(int(left.name.rpartition("pid")[2])):
+        if start_tag(int(left.name.rpartition("pid")[2])) is None:  # its worker is gone
             shutil.rmtree(left, ignore_errors=True)
     (path := root / f"rank{rank}-pid{os.getpid()}").mkdir()
     return path
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass
-    return True
 
 
 def _restore(initial: tuple[str, bytes] | None, workdir: Path) -> bool:
