@@ -8,9 +8,8 @@
 ``python -m disktrain.cluster.job COMMAND ARGS...`` connects to the cluster the job runs in
 (``ray.init(address="auto")``: the job supervisor sets RAY_ADDRESS) and runs ``disktrain
 COMMAND ARGS...``; for the commands that use Ray (train, prepare) it adds ``--ray-address
-auto`` unless ARGS name an address, so their work goes to the cluster's workers (but for
-``prepare`` of a dataset on object storage, which runs on the job's node and publishes the
-stores straight to the object store). The job's
+auto`` unless ARGS name an address, so their work goes to the cluster's workers (a dataset
+on object storage too: every node stages it and writes to it). The job's
 bare ``python`` is the one on the head's PATH: start the head from the environment where
 disktrain is installed, or name that interpreter.
 
@@ -24,8 +23,6 @@ regular install, submit without ``--working-dir .``.
 from __future__ import annotations
 
 import sys
-
-from disktrain.storage.objstore import is_url
 
 from .head import init_ray
 
@@ -41,8 +38,7 @@ def job_argv(argv: list[str]) -> list[str]:
                          f"(COMMAND: a disktrain subcommand, e.g. {' or '.join(RAY_COMMANDS)})")
     command, *rest = argv
     named = any(a == "--ray-address" or a.startswith("--ray-address=") for a in rest)
-    on_store = command == "prepare" and any(is_url(a) for a in rest)
-    if command in RAY_COMMANDS and not named and not on_store:  # see prepare's --ray-address
+    if command in RAY_COMMANDS and not named:
         rest += ["--ray-address", "auto"]
     return [command, *rest]
 

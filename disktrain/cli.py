@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import functools
 import json
 import math
 import os
@@ -709,6 +708,11 @@ def _prepare_options(p: argparse.ArgumentParser) -> None:
     _option(p, "--shard-bytes", P, "shard_bytes", "pack.", type=parse_bytes,
             metavar="BYTES", help="bytes per shard file of packed chunks (an object on object "
             f"storage) (default: {format_bytes(_default(P, 'shard_bytes'))})")
+    _option(p, "--group-bytes", P, "group_bytes", "pack.", type=parse_bytes,
+            metavar="BYTES", help="memory of one packing group (each group is one pass over "
+            "the raw features; with --ray-address the tasks share the groups out, so smaller "
+            "groups spread packing over more nodes) (default: "
+            f"{format_bytes(_default(P, 'group_bytes'))})")
     _option(p, "--aggregate-first-hop", P, "aggregate_first_hop", "pack.",
             choices=("off", *AGGREGATIONS), help="sum each batch's first-layer aggregates "
             "while packing and pack them with the first layer's targets' own rows instead of "
@@ -734,23 +738,21 @@ def _run_prepare(args: argparse.Namespace) -> None:
     sample_cfg, pack_cfg = built["sample."], built["pack."]
     if args.eval_batch_size is not None and args.eval_batch_size < 1:
         raise ConfigError(f"--eval-batch-size must be >= 1, got {args.eval_batch_size}")
-    prepare = prepare_dataset
-    if args.ray_address:
+    kwargs = {"evaluation": args.evaluation, "eval_batch_size": args.eval_batch_size,
+              "progress": args.progress}
+    if args.ray_address:  # a URL: its tasks stage it on their nodes, write to it, publish
         from disktrain.cluster.ray_prepare import prepare_on_ray
 
+        packed, evaluation = prepare_on_ray(args.dataset, sample_cfg, pack_cfg,
+                                            args.ray_address, **kwargs)
+        local = packed.path.parent
+    else:
+        local = _local(args.dataset)
+        packed, evaluation = prepare_dataset(local, sample_cfg, pack_cfg, **kwargs)
         if isinstance(args.dataset, str):
-            raise ConfigError(f"--ray-address with {args.dataset}: preparing a dataset on "
-                              "object storage with Ray tasks on several nodes is not built; "
-                              "run `disktrain prepare URL` on one node (the Ray job's "
-                              "entrypoint): it stages, prepares and publishes the stores")
-        prepare = functools.partial(prepare_on_ray, address=args.ray_address)
-    local = _local(args.dataset)
-    packed, evaluation = prepare(local, sample_cfg, pack_cfg, evaluation=args.evaluation,
-                                 eval_batch_size=args.eval_batch_size, progress=args.progress)
-    if isinstance(args.dataset, str):
-        from disktrain.storage.remote import publish
+            from disktrain.storage.remote import publish
 
-        publish(local, args.dataset, progress=args.progress)
+            publish(local, args.dataset, progress=args.progress)
     # the stores just made (opening the packed store again would re-check all of `slots`)
     print(json.dumps({"samples": SampleStore(local).info(), "packed": packed.info(),
                       "eval": {split: store.info() for split, store in evaluation.items()}}))

@@ -64,7 +64,7 @@ def test_split_runs_table(n, tasks, expect):
     (["prepare", "D", "--ray-address=10.0.0.1:6379"], ["prepare", "D",
                                                        "--ray-address=10.0.0.1:6379"]),
     (["info", "D"], ["info", "D"]),
-    (["prepare", "s3://b/d"], ["prepare", "s3://b/d"]),  # one node, published to the store
+    (["prepare", "s3://b/d"], ["prepare", "s3://b/d", "--ray-address", "auto"]),
     (["train", "s3://b/d"], ["train", "s3://b/d", "--ray-address", "auto"]),
 ])
 def test_job_argv_table(argv, expect):

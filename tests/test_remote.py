@@ -14,7 +14,7 @@ import disktrain
 from disktrain.errors import DataError
 from disktrain.loader.pipeline import PackedLoader
 from disktrain.storage.objstore import MANIFEST, Remote, RemoteError
-from disktrain.storage.remote import MARKER, publish, stage
+from disktrain.storage.remote import MARKER, fetch_missing, publish, stage
 
 
 def _batches(path):
@@ -78,6 +78,20 @@ def test_stage_reuses_a_copy_and_replaces_an_old_one(prepared, s3, tmp_path):
     assert second["files"] == first["files"] and second["manifest_id"] != first["manifest_id"]
     assert stage(url, tmp_path) == local
     assert json.loads((local / MARKER).read_text())["manifest_id"] == second["manifest_id"]
+    # a new manifest: the files it names unchanged are kept (fetched ones too), others fetched
+    fetched = local / "features" / "c" / "0" / "0"
+    assert fetch_missing(fetched) and fetched.is_file()
+    kept = {p: (local / p).stat().st_ino for p in ("features/zarr.json", "features/c/0/0")}
+    meta = json.loads((prepared / "zarr.json").read_text())
+    meta["attributes"]["note"] = "changed"
+    (prepared / "zarr.json").write_text(json.dumps(meta))
+    third = publish(prepared, url)
+    assert third["files"]["zarr.json"] != second["files"]["zarr.json"]
+    inode = (local / "zarr.json").stat().st_ino
+    assert stage(url, tmp_path) == local
+    assert {p: (local / p).stat().st_ino for p in kept} == kept
+    assert (local / "zarr.json").stat().st_ino != inode
+    assert json.loads((local / "zarr.json").read_text())["attributes"]["note"] == "changed"
 
 
 def test_a_corrupted_object_is_refused(prepared, s3, tmp_path):

@@ -228,10 +228,12 @@ class GroupPacker:
     of ``slots``.
     """
 
-    def __init__(self, dataset_path: str | Path, cfg: PackConfig, partial: str | Path):
+    def __init__(self, dataset_path: str | Path, cfg: PackConfig, partial: str | Path,
+                 samples_root: str | Path | None = None):
+        """``samples_root``: the root of the sample store (default: the partial store's)."""
         self.dataset = Dataset(dataset_path)
         self.partial = Path(partial)
-        self.samples = SampleStore(self.dataset.path, root=self.partial.parent)
+        self.samples = SampleStore(self.dataset.path, root=samples_root or self.partial.parent)
         root = zarr.open_group(self.partial, mode="r")
         rows = root["rows"]
         self.chunk_rows, self.dim, self.dtype = int(rows.chunks[0]), int(rows.shape[1]), rows.dtype
@@ -336,15 +338,18 @@ def pack_pass(dataset: Dataset, work: list[tuple[GroupPacker, int]]) -> None:
 
 def _lay_out(partial: Path, attrs: dict, dataset: Dataset, tiers, rows_shape: tuple[int, int],
              chunk_rows: int, shard_bytes: int, batch_rows: np.ndarray, n_packed: np.ndarray,
-             slot_offsets: np.ndarray, tiers_from: TierSource | None) -> None:
-    """Create the partial packed store: every array, the packed rows' shards and the slots
-    laid out (written by the groups), the cache rows filled (linked from ``tiers_from`` when
-    its tiers are used); ``done/`` last, once all is in place."""
+             slot_offsets: np.ndarray, tiers_from: TierSource | None,
+             rows_elsewhere: bool) -> None:
+    """Create the partial packed store: every array, the packed rows' shards (unless
+    ``rows_elsewhere``) and the slots laid out (written by the groups), the cache rows filled
+    (linked from ``tiers_from`` when its tiers are used); ``done/`` last, once all is in
+    place."""
     n_gpu, n_cpu, dim = len(tiers.gpu_nodes), len(tiers.cpu_nodes), rows_shape[1]
     feat_dtype = np.dtype(dataset.features.dtype)
     root = zarr.open_group(partial, mode="w")
     root.attrs.update(attrs)
-    create_sharded(root, "rows", rows_shape, feat_dtype, chunk_rows, shard_bytes)
+    create_sharded(root, "rows", rows_shape, feat_dtype, chunk_rows, shard_bytes,
+                   lay_out=not rows_elsewhere)
     write_small_array(root, "batch_rows", batch_rows)
     write_small_array(root, "batch_packed", n_packed)
     write_small_array(root, "slot_offsets", slot_offsets)
@@ -409,12 +414,14 @@ def pack_dataset(dataset_path: str | Path, cfg: PackConfig = PackConfig(),
     loader keeps the caches it holds (``cfg``'s cache sizes are then ignored).
     Resumes an interrupted run with the same configuration (finished groups are kept).
     ``run_groups(dataset_path, cfg, groups, partial_dir)`` may replace the local loop over
-    the pending packing groups (e.g. with Ray tasks running a :class:`GroupPacker`).
+    the pending packing groups (e.g. with Ray tasks running a :class:`GroupPacker`); one
+    whose ``rows_elsewhere`` attribute is true writes the packed rows' shard files elsewhere
+    (object storage), so they are not laid out here.
     """
     dataset = Dataset(dataset_path)
     root = Path(root) if root is not None else dataset.path
     tiers = TierSource.of(tiers_from) if tiers_from is not None else None
-    job = _plan(dataset, cfg, root, tiers)
+    job = _plan(dataset, cfg, root, tiers, getattr(run_groups, "rows_elsewhere", False))
     if isinstance(job, _Packing):
         with replacing(dataset.path, [root / STORE], "prepare: packing"):
             if run_groups is not None:
@@ -461,10 +468,11 @@ def pack_roots(dataset_path: str | Path, roots: list[str | Path], cfg: PackConfi
     return [PackedStore(dataset.path, root=r) for r in roots]
 
 
-def _plan(dataset: Dataset, cfg: PackConfig, root: Path,
-          tiers_from: TierSource | None) -> _Packing | None:
+def _plan(dataset: Dataset, cfg: PackConfig, root: Path, tiers_from: TierSource | None,
+          rows_elsewhere: bool = False) -> _Packing | None:
     """Lay out ``root``'s partial packed store (or find it laid out by an interrupted run with
-    the same configuration); None when ``root``'s packed store is complete already."""
+    the same configuration), its rows' shard files too unless ``rows_elsewhere``; None when
+    ``root``'s packed store is complete already."""
     samples = SampleStore(dataset.path, root=root)
     feat_dtype = np.dtype(dataset.features.dtype)
     dim = dataset.meta.feature_dim
@@ -524,7 +532,8 @@ def _plan(dataset: Dataset, cfg: PackConfig, root: Path,
                      _sum_bytes(cfg, n_slots, dim))
     pending = [g for g in range(len(groups)) if not (partial / "done" / group_name(g)).exists()]
     if not partial.exists():  # (a resumed run's files are laid out, their blocks reserved)
-        need = packed_store_bytes(padded_rows=total_padded, row_bytes=row_bytes,
+        need = packed_store_bytes(padded_rows=0 if rows_elsewhere else total_padded,
+                                  row_bytes=row_bytes,
                                   chunk_rows=chunk_rows, shard_bytes=cfg.shard_bytes,
                                   num_slots=int(slot_offsets[-1]), num_cache_rows=n_gpu + n_cpu,
                                   num_batches=samples.num_batches)
@@ -532,7 +541,7 @@ def _plan(dataset: Dataset, cfg: PackConfig, root: Path,
         with disk_full_errors(partial):
             _lay_out(partial, {**attrs, "complete": False, "store_id": new_id()}, dataset,
                      tiers, (total_padded, dim), chunk_rows, cfg.shard_bytes, batch_rows,
-                     n_packed, slot_offsets, tiers_from)
+                     n_packed, slot_offsets, tiers_from, rows_elsewhere)
     store_id = str(zarr.open_group(partial, mode="r").attrs["store_id"])
     return _Packing(root=root, partial=partial, attrs=attrs, groups=groups, pending=pending,
                     n_packed=n_packed, total_padded=total_padded,

@@ -20,7 +20,6 @@ import contextlib
 import json
 import os
 import re
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -139,10 +138,32 @@ class Remote:
         finally:
             tmp.unlink(missing_ok=True)
 
-    def upload(self, path: Path, rel: str) -> None:
+    def upload(self, path: Path, rel: str, offset: int = 0, nbytes: int | None = None) -> None:
+        """Local file ``path`` (or its ``nbytes`` from byte ``offset``) as object ``rel``."""
         with named_errors(self.where(rel), "upload"), open(path, "rb") as src, \
                 self.fs.open_output_stream(self.key(rel)) as dst:
-            shutil.copyfileobj(src, dst, 16 << 20)
+            src.seek(offset)
+            left = nbytes if nbytes is not None else os.fstat(src.fileno()).st_size - offset
+            while left > 0 and (block := src.read(min(left, 16 << 20))):
+                dst.write(block)
+                left -= len(block)
+
+    def read_into(self, rel: str, f, offset: int) -> int:
+        """Object ``rel`` written into the open binary file ``f`` from byte ``offset``; its
+        size."""
+        size = 0
+        with named_errors(self.where(rel), "download"), \
+                self.fs.open_input_stream(self.key(rel)) as src:
+            f.seek(offset)
+            while block := src.read(16 << 20):
+                f.write(block)
+                size += len(block)
+        return size
+
+    def delete_tree(self, rel: str) -> None:
+        """Every object under ``rel/`` (none: nothing to do)."""
+        with named_errors(self.where(rel), "delete"):
+            self.fs.delete_dir_contents(self.key(rel), missing_dir_ok=True)
 
     def put_bytes(self, rel: str, data: bytes) -> None:
         with named_errors(self.where(rel), "upload"), \

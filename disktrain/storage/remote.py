@@ -66,9 +66,9 @@ def stage_dir() -> Path:
 
 
 def _published_files(local: Path) -> list[str]:
-    """The files of ``local`` a publish uploads: not locks, temporaries, runs' fresh epochs or
-    staging markers."""
-    skip = re.compile(r"(^|/)(\.lock(\.[^/]*)?|epochs|" + re.escape(MARKER)
+    """The files of ``local`` a publish uploads: not locks, temporaries, stores being made,
+    runs' fresh epochs or staging markers."""
+    skip = re.compile(r"(^|/)(\.lock(\.[^/]*)?|epochs|[^/]*\.partial|" + re.escape(MARKER)
                       + r")(/|$)|\.(tmp|old)-")
     return sorted(str(p.relative_to(local)) for p in local.rglob("*")
                   if p.is_file() and not skip.search(str(p.relative_to(local))))
@@ -95,27 +95,34 @@ def _meta(store: str) -> str:
     return f"{store}/zarr.json" if store else "zarr.json"
 
 
-def publish(local: str | os.PathLike, url: str, *, progress: bool = False) -> dict:
+def publish(local: str | os.PathLike, url: str, *, progress: bool = False,
+            uploaded: dict[str, tuple[int, int]] | None = None) -> dict:
     """Upload the dataset directory ``local`` (its prepared stores too) to ``url``; return the
     manifest written. Files the prefix already holds (same size and crc32c) are not sent again;
     a staged copy's files not fetched yet are kept where their store is unchanged; objects the
-    new manifest does not name are deleted once it is written."""
+    new manifest does not name are deleted once it is written.
+
+    ``uploaded``: files written to the prefix by others (relative path: size, crc32c; Ray
+    tasks of :mod:`disktrain.cluster.ray_prepare`), named by the manifest whether or not
+    ``local`` holds them."""
     from tqdm.auto import tqdm
 
     local, remote = Path(local), Remote.of(url)
     if not (local / "zarr.json").is_file():
         raise DataError(f"{local}: not a disktrain dataset directory (no zarr.json)")
     old = (remote.manifest(missing_ok=True) or {}).get("files", {})
+    held = {**old, **(uploaded or {})}
     rels = _published_files(local)
     with ThreadPoolExecutor(_UPLOAD_THREADS, thread_name_prefix="disktrain-upload") as pool:
         digests = dict(zip(rels, pool.map(lambda r: file_digest(local / r), rels)))
-        send = [r for r in rels if tuple(old.get(r, ())) != digests[r]]
+        send = [r for r in rels if tuple(held.get(r, ())) != digests[r]]
         with tqdm(total=sum(digests[r][0] for r in send), unit="B", unit_scale=True,
                   desc=f"upload {url}", disable=not progress) as bar:
             for r in pool.map(lambda r: remote.upload(local / r, r) or r, send):
                 bar.update(digests[r][0])
     if _marker(local).get("url") == remote.url:  # a staged copy: keep what it did not fetch
         digests.update(_kept(old, digests))
+    digests.update({r: tuple(v) for r, v in (uploaded or {}).items() if r not in digests})
     attrs = json.loads((local / "zarr.json").read_text()).get("attributes", {})
     manifest = {"manifest_id": uuid.uuid4().hex, "dataset_id": attrs.get("dataset_id"),
                 "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -141,7 +148,8 @@ def staged_path(url: str, base: str | os.PathLike | None = None) -> Path:
 def stage(url: str, base: str | os.PathLike | None = None) -> Path:
     """Stage the published dataset ``url`` on this node (see the module docstring); return
     the local directory. A copy staged from the same manifest is reused; one from an older
-    manifest is replaced. Processes of one node staging at once download it once."""
+    manifest is replaced, keeping (hard-linked) the files it holds that the new manifest
+    names unchanged. Processes of one node staging at once download it once."""
     import fcntl
 
     remote = Remote.of(url)
@@ -150,14 +158,19 @@ def stage(url: str, base: str | os.PathLike | None = None) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path.parent / f".{path.name}.stage-lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # one stager per node; the others wait, then reuse
-        if _marker(path).get("manifest_id") == manifest["manifest_id"]:
-            return path
-        with atomic_dir(path, overwrite=True) as tmp:
-            eager = [r for r in manifest["files"] if not _LAZY.search(r)]
-            with ThreadPoolExecutor(_UPLOAD_THREADS) as pool:
-                list(pool.map(lambda r: remote.download(r, tmp / r, manifest["files"][r]),
-                              eager))
-            _mark(tmp, remote.url, manifest)
+        old = _marker(path)
+        if old.get("manifest_id") != manifest["manifest_id"]:
+            with atomic_dir(path, overwrite=True) as tmp:
+                files = manifest["files"]
+                for r in [r for r, v in old.get("files", {}).items()
+                          if tuple(files.get(r, ())) == tuple(v) and (path / r).is_file()]:
+                    (tmp / r).parent.mkdir(parents=True, exist_ok=True)
+                    os.link(path / r, tmp / r)
+                eager = [r for r in files if not _LAZY.search(r) and not (tmp / r).exists()]
+                with ThreadPoolExecutor(_UPLOAD_THREADS) as pool:
+                    list(pool.map(lambda r: remote.download(r, tmp / r, files[r]), eager))
+                _mark(tmp, remote.url, manifest)
+    _staged_root.cache_clear()  # another process may have re-staged it since this one looked
     return path
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -103,10 +104,11 @@ class ShardLayout:
         entries[:n, 1] = self.chunk_bytes + CRC_BYTES
         return entries.tobytes() + crc_bytes(entries)
 
-    def lay_out(self) -> None:
-        """Create every shard file at its full size (blocks reserved), its index in place."""
+    def lay_out(self, shards: Iterable[int] | None = None) -> None:
+        """Create every shard file (or those of ``shards``) at its full size (blocks
+        reserved), its index in place."""
         self.array_dir.mkdir(parents=True, exist_ok=True)
-        for s in range(self.num_shards):
+        for s in range(self.num_shards) if shards is None else shards:
             path = self.path(s)
             with disk_full_errors(path):
                 fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
@@ -216,9 +218,10 @@ class ShardLayout:
 
 
 def create_sharded(group: zarr.Group, name: str, shape: tuple[int, ...], dtype,
-                   chunk_rows: int, shard_bytes: int) -> ShardLayout:
+                   chunk_rows: int, shard_bytes: int, lay_out: bool = True) -> ShardLayout:
     """Create array ``name`` of ``group``: chunks of ``chunk_rows`` rows (a crc32c each), in
-    shard files of about ``shard_bytes``, laid out; its :class:`ShardLayout`."""
+    shard files of about ``shard_bytes``, laid out (unless not ``lay_out``: its shard files
+    are written elsewhere); its :class:`ShardLayout`."""
     dtype = np.dtype(dtype)
     chunk_bytes = chunk_rows * math.prod(shape[1:]) * dtype.itemsize
     per_shard = max(1, shard_bytes // round_up(chunk_bytes + CRC_BYTES))
@@ -227,5 +230,6 @@ def create_sharded(group: zarr.Group, name: str, shape: tuple[int, ...], dtype,
         shards=(per_shard * chunk_rows, *shape[1:]) if chunk_bytes else None,
         compressors=CHECKSUM, fill_value=0, chunk_key_encoding=KEY_ENCODING)
     layout = ShardLayout.of(array, Path(group.store.root) / group.path / name)
-    layout.lay_out()
+    if lay_out:
+        layout.lay_out()
     return layout
