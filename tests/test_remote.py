@@ -131,6 +131,31 @@ def test_errors_name_the_url(prepared, s3, monkeypatch, tmp_path):
         stage("s3://b/ds")
 
 
+def test_denied_requests_name_the_url(prepared, s3, s3_server, monkeypatch, tmp_path):
+    """With IAM checked (moto's simulation): a user without a policy is denied, an unknown
+    access key is refused; each error names the URL and says what to check."""
+    import boto3
+    from moto.core.authorization import enable_iam_authentication
+
+    url = f"{s3}/tiny"
+    publish(prepared, url)
+    iam = boto3.client("iam", endpoint_url=s3_server.endpoint, region_name="us-east-1")
+    user = f"u-{Path(s3).name}"
+    iam.create_user(UserName=user)
+    key = iam.create_access_key(UserName=user)["AccessKey"]
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", key["AccessKeyId"])
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", key["SecretAccessKey"])
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")
+    with enable_iam_authentication():
+        with pytest.raises(RemoteError, match=f"{url}: .*access denied"):
+            stage(url, tmp_path / "denied")
+        monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIAIOSFODNN7NOTAKEY")
+        with pytest.raises(RemoteError, match=f"{url}: .*(access denied|not valid)") as e:
+            publish(prepared, url)  # (a HEAD's 403 has no body: denied, whatever the cause)
+    assert key["SecretAccessKey"] not in str(e.value)
+    assert not (tmp_path / "denied").exists()  # nothing staged
+
+
 def test_cli_synth_prepare_train_on_s3(s3, tmp_path, capsys):
     from disktrain.cli import main
 
