@@ -15,7 +15,7 @@ CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os
 os.environ.setdefault("NUMBA_NUM_THREADS", str(max(2, CORES or 1)))
 
 import pytest
-from helpers import assert_no_ray_left, prepare, uncached_reads
+from helpers import RAY_PACK, RAY_SAMPLE, assert_no_ray_left, prepare, uncached_reads
 from tinygraphs import make_dataset
 
 REPO = Path(__file__).resolve().parents[1]
@@ -107,3 +107,31 @@ def ray_env():
         assert_no_ray_left(root)
     finally:
         shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def ray_cluster(ray_env):
+    """Two Ray nodes of 2 CPUs each on this machine, and this process connected."""
+    import ray
+    from ray.cluster_utils import Cluster
+
+    from disktrain.cluster.head import LOOPBACK
+
+    c = Cluster(initialize_head=True, head_node_args={
+        "num_cpus": 2, "node_ip_address": LOOPBACK, "include_dashboard": False})
+    try:
+        c.add_node(num_cpus=2, node_ip_address=LOOPBACK)
+        ray.init(address=c.address)
+        yield c
+    finally:
+        ray.shutdown()
+        c.shutdown()
+
+
+@pytest.fixture(scope="module")
+def ray_prepared(tmp_path_factory) -> Path:
+    """A tiny dataset prepared in this process with :data:`helpers.RAY_SAMPLE` and
+    :data:`helpers.RAY_PACK` (the reference for Ray's preparation)."""
+    path = make_dataset(tmp_path_factory.mktemp("ray") / "tiny")
+    prepare(path, RAY_SAMPLE, RAY_PACK)
+    return path

@@ -39,6 +39,9 @@ SAMPLE = SampleConfig(fanouts=(4, 3), batch_size=16, epochs=2, seed=0)
 PACK = PackConfig(cpu_cache_bytes=1024, chunk_bytes=256)
 """The settings :func:`prepare` takes by default: 2 epochs of small batches whose packed rows
 span many chunks."""
+RAY_SAMPLE = SampleConfig(fanouts=(4, 3), batch_size=16, epochs=2, seed=0, group_size=3)
+RAY_PACK = PackConfig(cpu_cache_bytes=1024, chunk_bytes=256, group_bytes=2000)
+"""The Ray tests' settings: several sampling and packing groups, so tasks split them."""
 
 
 def prepare(path: Path, sample: SampleConfig = SAMPLE, pack: PackConfig = PACK, *,

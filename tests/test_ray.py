@@ -1,5 +1,7 @@
-"""Ray tier: preprocessing as Ray tasks and training on Ray Train, on a two-node cluster
-simulated on this machine, and a real ``ray job submit`` to a head started here.
+"""Ray tier: preprocessing and inference as Ray tasks on a two-node cluster simulated on this
+machine (``ray_cluster``, conftest.py), the head script, and a real ``ray job submit`` to a
+head started here. Training on Ray Train: test_ray_train.py; without a shared filesystem:
+test_ray_s3.py.
 
 Every Ray instance here binds to 127.0.0.1, keeps its files under one temporary directory
 (RAY_TMPDIR), uses token authentication with a token of its own, and is stopped at the
@@ -17,8 +19,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import assert_no_ray_left, newest_checkpoint, prepare
-from tinygraphs import make_dataset, make_link_dataset, make_typed_dataset
+from helpers import RAY_PACK, RAY_SAMPLE, assert_no_ray_left, newest_checkpoint, prepare
+from tinygraphs import make_dataset
 
 from disktrain.cluster.head import (
     LOOPBACK,
@@ -32,19 +34,13 @@ from disktrain.cluster.head import (
 )
 from disktrain.cluster.job import job_argv
 from disktrain.cluster.ray_prepare import prepare_on_ray, split_runs
-from disktrain.cluster.ray_train import RayTrainConfig, fit_on_ray
-from disktrain.loader.schedule import epoch_batches, worker_share
-from disktrain.models import ModelConfig
-from disktrain.pack import PackConfig, PackedStore
-from disktrain.sample import SampleConfig, SampleStore
-from disktrain.train import TrainConfig
-from disktrain.train.checkpoint import CheckpointConfig
-from disktrain.train.loop import params_digest
+from disktrain.cluster.ray_train import RayTrainConfig
+from disktrain.pack import PackedStore
+from disktrain.sample import SampleStore
 
 REPO = Path(__file__).resolve().parents[1]
 RAY = Path(sys.executable).with_name("ray")
-SAMPLE = SampleConfig(fanouts=(4, 3), batch_size=16, epochs=2, seed=0, group_size=3)
-PACK = PackConfig(cpu_cache_bytes=1024, chunk_bytes=256, group_bytes=2000)
+SAMPLE, PACK = RAY_SAMPLE, RAY_PACK
 
 
 # no Ray: the pure pieces
@@ -121,14 +117,6 @@ def test_init_ray_starts_a_local_instance_without_an_address(ray_env, monkeypatc
 
 # Ray
 
-@pytest.fixture(scope="module")
-def prepared(tmp_path_factory) -> Path:
-    """A tiny dataset prepared in this process (the reference for Ray's preparation)."""
-    path = make_dataset(tmp_path_factory.mktemp("ray") / "tiny")
-    prepare(path, SAMPLE, PACK)
-    return path
-
-
 def _cli_has_train() -> bool:
     from disktrain.cli import build_parser
 
@@ -141,7 +129,7 @@ def _cli_has_train() -> bool:
 
 @pytest.mark.ray
 @pytest.mark.slow
-def test_ray_job_submit(ray_env, prepared, tmp_path):
+def test_ray_job_submit(ray_env, ray_prepared, tmp_path):
     """A head started like cluster/head.py does, then the documented job submission."""
     root = ray_env / "head"
     root.mkdir()
@@ -149,10 +137,10 @@ def test_ray_job_submit(ray_env, prepared, tmp_path):
               log=tmp_path / "head.log") as head:
         head.wait_ready()
         if _cli_has_train():
-            args = ["train", str(prepared), "--workers", "2", "--epochs", "1", "--hidden", "16",
+            args = ["train", str(ray_prepared), "--workers", "2", "--epochs", "1", "--hidden", "16",
                     "--max-batches", "2", "--checkpoint-dir", str(tmp_path / "ck")]
         else:  # until `disktrain train` exists: the job still connects and runs the CLI
-            args = ["info", str(prepared), "--json"]
+            args = ["info", str(ray_prepared), "--json"]
         cmd = [str(RAY), "job", "submit", "--address", head.dashboard_url,
                "--working-dir", str(REPO), "--", sys.executable, "-m",
                "disktrain.cluster.job", *args]
@@ -172,23 +160,6 @@ def test_ray_job_submit(ray_env, prepared, tmp_path):
                              env={**os.environ, "RAY_AUTH_TOKEN": "wrong"})
         assert bad.returncode != 0
     assert_no_ray_left(root)
-
-
-@pytest.fixture(scope="module")
-def cluster(ray_env):
-    """Two Ray nodes of 2 CPUs each on this machine, and this process connected."""
-    import ray
-    from ray.cluster_utils import Cluster
-
-    c = Cluster(initialize_head=True, head_node_args={
-        "num_cpus": 2, "node_ip_address": LOOPBACK, "include_dashboard": False})
-    try:
-        c.add_node(num_cpus=2, node_ip_address=LOOPBACK)
-        ray.init(address=c.address)
-        yield c
-    finally:
-        ray.shutdown()
-        c.shutdown()
 
 
 IDENTITY = ("store_id", "samples_id", "dataset_id")
@@ -221,21 +192,21 @@ def _same_packed(a: Path, b: Path) -> None:
 
 @pytest.mark.ray
 @pytest.mark.slow
-def test_prepare_on_ray_matches_single_process(cluster, prepared, tmp_path):
+def test_prepare_on_ray_matches_single_process(ray_cluster, ray_prepared, tmp_path):
     path = make_dataset(tmp_path / "tiny")
-    prepare_on_ray(path, SAMPLE, PACK, cluster.address, progress=False)
+    prepare_on_ray(path, SAMPLE, PACK, ray_cluster.address, progress=False)
     assert not (path / "samples.partial").exists() and not (path / "packed.partial").exists()
-    _same_samples(prepared, path)
-    _same_packed(prepared, path)
+    _same_samples(ray_prepared, path)
+    _same_packed(ray_prepared, path)
 
 
 @pytest.mark.ray
 @pytest.mark.slow
-def test_prepare_on_ray_aggregates_the_first_hop_as_one_process(cluster, tmp_path):
+def test_prepare_on_ray_aggregates_the_first_hop_as_one_process(ray_cluster, tmp_path):
     pack = replace(PACK, aggregate_first_hop="mean")
     local, remote = make_dataset(tmp_path / "local"), make_dataset(tmp_path / "ray")
     prepare(local, SAMPLE, pack)
-    prepare_on_ray(remote, SAMPLE, pack, cluster.address, progress=False)
+    prepare_on_ray(remote, SAMPLE, pack, ray_cluster.address, progress=False)
     assert PackedStore(remote).aggregate == "mean"
     _same_samples(local, remote)
     _same_packed(local, remote)
@@ -244,7 +215,7 @@ def test_prepare_on_ray_aggregates_the_first_hop_as_one_process(cluster, tmp_pat
 @pytest.mark.ray
 @pytest.mark.slow
 @pytest.mark.parametrize("model,nodes", [("sage", "all"), ("gat", "val")])
-def test_infer_on_ray_writes_the_single_process_bytes(cluster, tmp_path, model, nodes):
+def test_infer_on_ray_writes_the_single_process_bytes(ray_cluster, tmp_path, model, nodes):
     import zarr
 
     from disktrain.cluster.ray_infer import infer_on_ray
@@ -260,7 +231,7 @@ def test_infer_on_ray_writes_the_single_process_bytes(cluster, tmp_path, model, 
     ckpt = CheckpointWriter(tmp_path / "ck", 1).save(checkpoint_state(
         {"model": build_model(cfg), "model_record": ModelRecord.of(cfg, ds)}, 1, 0))
     runs = {}
-    for name, run in (("one", infer), ("ray", lambda c: infer_on_ray(c, cluster.address))):
+    for name, run in (("one", infer), ("ray", lambda c: infer_on_ray(c, ray_cluster.address))):
         out = run(InferConfig(dataset=path, checkpoint=ckpt, out=tmp_path / name, nodes=nodes,
                               chunk_rows=64, progress=False))
         group = zarr.open_group(out, mode="r")
@@ -276,128 +247,6 @@ def test_infer_on_ray_writes_the_single_process_bytes(cluster, tmp_path, model, 
                      str(tmp_path / "cli"), "--workers", "2", "--no-progress"]) == 0
         got = zarr.open_group(tmp_path / "cli", mode="r")["embeddings"][:]
         assert np.array_equal(got, runs["one"]["embeddings"])
-
-
-def _train_cfg(dataset: Path, ckpt: Path) -> TrainConfig:
-    return TrainConfig(dataset=str(dataset), epochs=2, seed=1, progress=False,
-                       model=ModelConfig(model="sage", hidden=16, dropout=0.0),
-                       checkpoint=CheckpointConfig(dir=str(ckpt)))
-
-
-def _expected_steps(dataset: Path, cfg: TrainConfig, world_size: int) -> int:
-    s = SampleStore(dataset)
-    sampled = s.num_batches // s.batches_per_epoch
-    return sum(len(worker_share(epoch_batches(e, cfg.seed, sampled, s.batches_per_epoch,
-                                              cfg.plan_reuse), 0, world_size))
-               for e in range(cfg.epochs))
-
-
-@pytest.fixture(scope="module")
-def uninterrupted(cluster, prepared, tmp_path_factory) -> dict:
-    out = tmp_path_factory.mktemp("fit")
-    return fit_on_ray(_train_cfg(prepared, out / "ck"),
-                      RayTrainConfig(workers=2, storage_path=str(out / "ray")))
-
-
-@pytest.mark.ray
-@pytest.mark.slow
-def test_fit_on_ray_workers_hold_identical_parameters(uninterrupted, prepared):
-    s = uninterrupted
-    cfg = _train_cfg(prepared, Path("unused"))
-    assert s["world_size"] == 2 and s["steps"] == _expected_steps(prepared, cfg, 2) > 0
-    assert s["replicas_identical"] and len(s["replica_sha256"]) == 2
-    assert set(s["replica_sha256"]) == {s["params_sha256"]}
-    state = newest_checkpoint(Path(s["checkpoint"]).parent)
-    assert state["epoch"] == 2 and state["trainer"]["steps"] == s["steps"]
-    assert params_digest(state["model"]) == s["params_sha256"]
-
-
-@pytest.mark.ray
-@pytest.mark.slow
-def test_ray_prepares_and_trains_a_typed_graph(cluster, tmp_path):
-    """Ray tasks sample and pack a typed graph as one process does; two Ray Train workers
-    train R-SAGE on it and end with identical parameters."""
-    sample = SampleConfig(fanouts=(3, 2), batch_size=4, group_size=2)
-    local, remote = make_typed_dataset(tmp_path / "local"), make_typed_dataset(tmp_path / "ray")
-    prepare(local, sample, PACK)
-    prepare_on_ray(remote, sample, PACK, cluster.address, progress=False)
-    _same_packed(local, remote)
-    cfg = TrainConfig(dataset=str(remote), epochs=1, seed=1, progress=False,
-                      model=ModelConfig(model="rsage", hidden=8, dropout=0.0),
-                      checkpoint=CheckpointConfig(dir=str(tmp_path / "ck")))
-    s = fit_on_ray(cfg, RayTrainConfig(workers=2, storage_path=str(tmp_path / "ray-out")))
-    assert s["world_size"] == 2 and s["steps"] > 0 and s["replicas_identical"]
-
-
-@pytest.mark.ray
-@pytest.mark.slow
-def test_ray_prepares_and_trains_link_prediction(cluster, tmp_path):
-    """Ray tasks sample edge batches as one process does, their negatives included (the
-    packing of their rows is a node batch's: test_prepare_on_ray_matches_single_process); two
-    Ray Train workers train a link model on them and end with identical parameters."""
-    sample = SampleConfig(fanouts=(3, 2), batch_size=32, group_size=2, task="link",
-                          num_negatives=2)
-    local, remote = make_link_dataset(tmp_path / "local"), make_link_dataset(tmp_path / "ray")
-    prepare(local, sample, PACK)
-    prepare_on_ray(remote, sample, PACK, cluster.address, progress=False)
-    a, b = SampleStore(local), SampleStore(remote)
-    for i in range(a.num_batches):
-        x, y = a.link_labels(i), b.link_labels(i)
-        assert np.array_equal(x.label_src, y.label_src) and np.array_equal(x.label_dst,
-                                                                           y.label_dst)
-    cfg = TrainConfig(dataset=str(remote), task="link", epochs=1, seed=1, progress=False,
-                      model=ModelConfig(hidden=8, dropout=0.0),
-                      checkpoint=CheckpointConfig(dir=str(tmp_path / "ck")))
-    s = fit_on_ray(cfg, RayTrainConfig(workers=2, storage_path=str(tmp_path / "ray-out")))
-    assert s["world_size"] == 2 and s["steps"] > 0 and s["replicas_identical"]
-    assert newest_checkpoint(tmp_path / "ck")["model_record"]["task"] == "link"
-
-
-def dying_rank(fail_rank: int, fail_step: int, marker: Path, pause_s: float = 0.0):
-    """A per-rank gradient sync for ``fit_on_ray``: rank ``fail_rank`` exits abruptly at its
-    ``fail_step``-th step, once (while ``marker`` does not exist; it creates it). Until then
-    every rank syncs with the flat all-reduce (the same on every rank), afterwards with the
-    configured sync. It waits ``pause_s`` before exiting: Ray Train's controller collects an
-    epoch's reports when it polls the workers (every RAY_TRAIN_HEALTH_CHECK_INTERVAL_S), so a
-    worker dying sooner after a report loses its checkpoint. A closure, so Ray pickles it by
-    value to workers that cannot import this test module."""
-
-    def grad_sync(rank: int):
-        if marker.exists():
-            return None
-        from disktrain.train.gradsync import AllReduceMean
-
-        sync, seen = AllReduceMean(), [0]
-        if rank != fail_rank:
-            return sync
-
-        def dying_sync(params) -> None:
-            seen[0] += 1
-            if seen[0] == fail_step:
-                marker.touch()
-                time.sleep(pause_s)
-                os._exit(1)
-            sync(params)
-
-        return dying_sync
-
-    return grad_sync
-
-
-@pytest.mark.ray
-@pytest.mark.slow
-def test_worker_killed_mid_epoch_restarts_from_checkpoint(uninterrupted, prepared, tmp_path):
-    cfg = _train_cfg(prepared, tmp_path / "ck")
-    per_epoch = _expected_steps(prepared, replace(cfg, epochs=1), 2)
-    marker = tmp_path / "died"
-    # rank 1 dies in the middle of epoch 1, after the epoch-0 checkpoint was reported
-    s = fit_on_ray(cfg, RayTrainConfig(workers=2, max_failures=1,
-                                       storage_path=str(tmp_path / "ray")),
-                   grad_sync=dying_rank(1, per_epoch + per_epoch // 2 + 1, marker))
-    assert marker.exists(), "the injected failure did not happen"
-    assert s["steps"] == uninterrupted["steps"] and s["replicas_identical"]
-    # resumed from the epoch-end checkpoint: the same model as the uninterrupted run
-    assert s["params_sha256"] == uninterrupted["params_sha256"]
 
 
 @pytest.mark.ray

@@ -7,7 +7,8 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
-from test_ray import PACK, SAMPLE, _content, _expected_steps, _same_samples, dying_rank
+from test_ray import PACK, SAMPLE, _content, _same_samples
+from test_ray_train import _expected_steps, dying_rank
 from tinygraphs import make_dataset
 
 from disktrain.cluster.head import LOOPBACK
