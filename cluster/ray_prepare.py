@@ -19,6 +19,7 @@ the prefix (:class:`ToObjectStore`).
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from collections import defaultdict
@@ -36,7 +37,7 @@ from disktrain.pack import PackConfig, PackedStore, pack_dataset
 from disktrain.pack.prepare import prepare_eval
 from disktrain.sample import SampleConfig, sample_dataset
 from disktrain.sample.store import group_name
-from disktrain.storage.atomic import atomic_dir
+from disktrain.storage.atomic import atomic_dir, atomic_write_bytes
 from disktrain.storage.dataset import chunk_file
 from disktrain.storage.lock import write_lock
 from disktrain.storage.objstore import Remote, file_digest, is_url
@@ -45,6 +46,9 @@ from disktrain.storage.shards import ShardLayout
 
 from .head import init_ray
 
+ROWS_UPLOADED = "uploaded-shards.json"
+"""In the ``rows/`` of a packed store made by :class:`ToObjectStore` (its shard files are on
+the object store only): each shard file's relative path, size and crc32c."""
 TASKS_PER_CPU = 2
 """Tasks per logical CPU of the cluster: enough to balance, few enough to amortize each
 task's opening of the dataset."""
@@ -162,8 +166,10 @@ class ToObjectStore:
       The slots come back to the driver, which finishes the store; its shard files stay on
       the object store (``rows_elsewhere``: not laid out on the driver).
 
-    ``uploaded`` names the files the tasks wrote, for :func:`publish`. A store's groups are
-    marked done once all of them are written: an interrupted packing is packed again whole.
+    ``uploaded`` names the files the tasks wrote, for :func:`publish`; a packed store's own
+    are also kept in its ``rows/`` (:data:`ROWS_UPLOADED`), so a rerun after an interruption
+    still names them. A store's groups are marked done once all of them are written: an
+    interrupted packing is packed again whole.
     """
 
     rows_elsewhere = True
@@ -172,6 +178,8 @@ class ToObjectStore:
         self.url, self.local, self.progress = url, Path(local), progress
         self.remote = Remote.of(url)
         self.uploaded: dict[str, tuple[int, int]] = {}
+        for done in self.local.rglob(f"rows/{ROWS_UPLOADED}"):  # an earlier run's stores
+            self.uploaded.update({r: tuple(d) for r, d in json.loads(done.read_text()).items()})
 
     def _final(self, path: Path) -> str:
         """``path`` (under ``local``) relative to the dataset, its ``X.partial`` as ``X``."""
@@ -213,15 +221,16 @@ class ToObjectStore:
         layout = ShardLayout.of(zarr.open_group(partial_dir, mode="r")["rows"],
                                 partial_dir / "rows")
         pieces = defaultdict(list)
-        for whole, parts, _ in made:
-            self.uploaded.update({r: tuple(d) for r, d in whole.items()})
+        for _, parts, _ in made:
             for shard, at0, at1 in parts:
                 pieces[shard].append((at0, at1))
         composed = ray.get([ray.remote(max_retries=3)(_compose).remote(
             self.url, store, layout.path(s).name, layout.file_bytes(s), layout.index(s),
             layout.stride, _cover(sorted(p), layout.chunks_in(s), layout.path(s)))
             for s, p in sorted(pieces.items())])
-        self.uploaded.update({r: tuple(d) for r, d in composed})
+        rows = {r: d for m in made for r, d in m[0].items()} | dict(composed)
+        self.uploaded.update({r: tuple(d) for r, d in rows.items()})
+        atomic_write_bytes(partial_dir / "rows" / ROWS_UPLOADED, json.dumps(rows).encode())
         fd = os.open(slots, os.O_WRONLY)
         try:
             for _, _, group_slots in made:

@@ -12,7 +12,7 @@ from test_ray_train import _expected_steps, dying_rank
 from tinygraphs import make_dataset
 
 from disktrain.cluster.head import LOOPBACK
-from disktrain.cluster.ray_prepare import prepare_on_ray
+from disktrain.cluster.ray_prepare import ToObjectStore, prepare_on_ray
 from disktrain.cluster.ray_train import RayTrainConfig, fit_on_ray
 from disktrain.models import ModelConfig
 from disktrain.pack import PackedStore
@@ -100,13 +100,24 @@ def _listing(url: str) -> list[str]:
 def test_prepare_on_ray_writes_the_stores_to_the_object_store(nodes, s3, tmp_path):
     """`prepare URL --ray-address`: sampling and packing tasks on both nodes stage the dataset
     and write their groups and shard files straight to the prefix (a shard two tasks share
-    from pieces); the stores published decode as one local process's, and the nodes keep
-    neither scratch files nor packed shards."""
+    from pieces); interrupted once the training store is packed, then run again; the stores
+    published decode as one local process's, and the nodes keep neither scratch files nor
+    packed shards."""
     pack = replace(PACK, shard_bytes=6 * 4096)  # 6 chunks of 256 bytes (a 4 KiB stride) each
     local = make_dataset(tmp_path / "local")
     prepare_dataset(local, SAMPLE, pack, progress=False)
     url = f"{s3}/ds"
     publish(make_dataset(tmp_path / "published"), url)
+    sample = ToObjectStore.sample
+
+    def interrupted(self, dataset_path, cfg, groups, groups_dir):
+        if "eval" in str(groups_dir):
+            raise KeyboardInterrupt
+        sample(self, dataset_path, cfg, groups, groups_dir)
+
+    with pytest.MonkeyPatch.context() as m, pytest.raises(KeyboardInterrupt):
+        m.setattr(ToObjectStore, "sample", interrupted)
+        prepare_on_ray(url, SAMPLE, pack, progress=False)
     packed, evaluation = prepare_on_ray(url, SAMPLE, pack, progress=False)
     assert sorted(evaluation) == ["test", "val"] and packed.remote_files is not None
 
