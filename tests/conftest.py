@@ -139,9 +139,9 @@ def ray_prepared(tmp_path_factory) -> Path:
 
 def pytest_collection_modifyitems(config, items):
     """The files holding Ray tests first, then those holding other slow tests, each file's
-    tests in their order: a parallel run (``-n auto --dist loadfile``, a file per worker)
-    starts its longest files first and ends on short ones, instead of one worker finishing
-    a Ray file alone."""
+    tests in their order: a parallel run (``-n auto --dist loadfile --no-loadscope-reorder``,
+    a file per worker, in this order) starts its longest files first and ends on short ones,
+    instead of one worker finishing a Ray file alone."""
     def rank(item) -> int:
         return 0 if item.get_closest_marker("ray") else 1 if item.get_closest_marker("slow") else 2
 
