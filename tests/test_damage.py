@@ -163,7 +163,8 @@ def test_csr_shape_disagreeing_with_its_file(tiny_dataset, capsys, key, value, p
 # small ones
 
 @pytest.mark.parametrize("option", ["--cpu-cache-bytes", "--gpu-cache-bytes",
-                                    "--max-packed-bytes", "--chunk-bytes"])
+                                    "--max-packed-bytes", "--chunk-bytes", "--shard-bytes",
+                                    "--group-bytes"])
 @pytest.mark.parametrize("value", ["inf", "nan", "-1", "1e400", "-inf"])
 def test_byte_options_refuse_inf_nan_and_negatives(tiny_dataset, capsys, option, value):
     """Was: an OverflowError traceback for inf."""
