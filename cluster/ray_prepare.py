@@ -40,7 +40,7 @@ from disktrain.sample.store import group_name
 from disktrain.storage.atomic import atomic_dir, atomic_write_bytes
 from disktrain.storage.dataset import chunk_file
 from disktrain.storage.lock import write_lock
-from disktrain.storage.objstore import Remote, file_digest, is_url
+from disktrain.storage.objstore import Remote, is_url
 from disktrain.storage.remote import publish, stage, stage_dir
 from disktrain.storage.shards import ShardLayout
 
@@ -268,8 +268,7 @@ def _upload_tree(remote: Remote, directory: Path, rel: str) -> dict[str, tuple[i
     done = {}
     for p in sorted(p for p in directory.rglob("*") if p.is_file()):
         r = f"{rel}/{p.relative_to(directory)}"
-        remote.upload(p, r)
-        done[r] = file_digest(p)
+        done[r] = remote.upload(p, r)
     return done
 
 
@@ -331,8 +330,7 @@ def _pack_to(url: str, cfg: PackConfig, groups: list[int], store: str, meta: dic
             path = layout.path(s)
             if ranges == [(0, layout.chunks_in(s))]:
                 rel = f"{store}/rows/{path.name}"
-                remote.upload(path, rel)
-                whole[rel] = file_digest(path)
+                whole[rel] = remote.upload(path, rel)
             else:
                 for at0, at1 in ranges:
                     remote.upload(path, f"{store}.pieces/{path.name}.{at0}",
@@ -352,20 +350,18 @@ def _pack_to(url: str, cfg: PackConfig, groups: list[int], store: str, meta: dic
 def _compose(url: str, store: str, name: str, size: int, index: bytes, stride: int,
              pieces: list[tuple[int, int]]) -> tuple[str, tuple[int, int]]:
     """Ray task: shard file ``store/rows/name`` of ``url`` (``size`` bytes, ending with
-    ``index``) from its pieces ``(first chunk, end chunk)``, uploaded; the pieces deleted.
-    Returns its relative path, size and crc32c."""
+    ``index``) streamed from its pieces ``(first chunk, end chunk)``, in order; the pieces
+    deleted. Returns its relative path, size and crc32c."""
     remote, rel = Remote.of(url), f"{store}/rows/{name}"
     keys = [f"{store}.pieces/{name}.{at0}" for at0, _ in pieces]
-    with _scratch(stage_dir()) as tmp:
-        path = tmp / name
-        with open(path, "wb") as f:
-            for key, (at0, at1) in zip(keys, pieces):
-                if (got := remote.read_into(key, f, at0 * stride)) != (at1 - at0) * stride:
-                    raise DataError(f"{remote.where(key)}: {got} bytes, expected "
-                                    f"{(at1 - at0) * stride} (chunks {at0} to {at1})")
-            f.seek(size - len(index))
-            f.write(index)
-        remote.upload(path, rel)
-        digest = file_digest(path)
+    with remote.writing(rel) as dst:
+        for key, (at0, at1) in zip(keys, pieces):
+            if (got := remote.read_into(key, dst)) != (at1 - at0) * stride:
+                raise DataError(f"{remote.where(key)}: {got} bytes, expected "
+                                f"{(at1 - at0) * stride} (chunks {at0} to {at1})")
+        if dst.size != size - len(index):
+            raise DataError(f"{remote.where(rel)}: its pieces hold {dst.size} bytes, expected "
+                            f"{size - len(index)}")
+        dst.write(index)
     remote.delete(keys)
-    return rel, digest
+    return rel, (dst.size, dst.crc)

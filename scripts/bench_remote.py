@@ -14,7 +14,8 @@ it does not take the loader's GIL; with the ``dev`` extra) with two of that file
 every batch of the epoch (reading and assembly, no model): ``cold`` (the first epoch of a
 freshly staged copy: sample groups and labels fetched on first use, as a new node's first
 epoch), ``warm`` (the same again, ``--repeats`` times: the median run) and ``train`` (the
-same with a small GraphSAGE step per batch, forward, backward and Adam, as a trainer overlaps it; skipped with ``--no-train``):
+same with a small GraphSAGE step per batch, forward, backward and Adam, as a trainer overlaps
+it; skipped with ``--no-train``):
   local      the prepared directory itself (local disk; the loader's defaults);
   s3         a fresh stage of the published prefix through the proxy adding nothing, with
              ``LoaderConfig.remote_window`` = each of ``--windows`` (read threads and queue

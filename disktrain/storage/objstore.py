@@ -138,23 +138,30 @@ class Remote:
         finally:
             tmp.unlink(missing_ok=True)
 
-    def upload(self, path: Path, rel: str, offset: int = 0, nbytes: int | None = None) -> None:
-        """Local file ``path`` (or its ``nbytes`` from byte ``offset``) as object ``rel``."""
-        with named_errors(self.where(rel), "upload"), open(path, "rb") as src, \
+    @contextlib.contextmanager
+    def writing(self, rel: str):
+        """Object ``rel`` as a writable (:class:`Digest`: its size and crc32c once written)."""
+        with named_errors(self.where(rel), "upload"), \
                 self.fs.open_output_stream(self.key(rel)) as dst:
+            yield Digest(dst)
+
+    def upload(self, path: Path, rel: str, offset: int = 0,
+               nbytes: int | None = None) -> tuple[int, int]:
+        """Local file ``path`` (or its ``nbytes`` from byte ``offset``) as object ``rel``; the
+        object's (size, crc32c)."""
+        with open(path, "rb") as src, self.writing(rel) as dst:
             src.seek(offset)
             left = nbytes if nbytes is not None else os.fstat(src.fileno()).st_size - offset
             while left > 0 and (block := src.read(min(left, 16 << 20))):
                 dst.write(block)
                 left -= len(block)
+        return dst.size, dst.crc
 
-    def read_into(self, rel: str, f, offset: int) -> int:
-        """Object ``rel`` written into the open binary file ``f`` from byte ``offset``; its
-        size."""
+    def read_into(self, rel: str, f) -> int:
+        """Object ``rel`` written to the writable ``f``; its size."""
         size = 0
         with named_errors(self.where(rel), "download"), \
                 self.fs.open_input_stream(self.key(rel)) as src:
-            f.seek(offset)
             while block := src.read(16 << 20):
                 f.write(block)
                 size += len(block)
@@ -174,6 +181,18 @@ class Remote:
         for rel in rels:
             with named_errors(self.where(rel), "delete"), contextlib.suppress(FileNotFoundError):
                 self.fs.delete_file(self.key(rel))
+
+
+class Digest:
+    """A writable passing bytes on to ``f``, counting their size and crc32c."""
+
+    def __init__(self, f):
+        self.f, self.size, self.crc = f, 0, 0
+
+    def write(self, data) -> None:
+        self.f.write(data)
+        self.size += len(data)
+        self.crc = google_crc32c.extend(self.crc, data)
 
 
 def append_line(url: str, line: str) -> None:

@@ -118,8 +118,8 @@ def publish(local: str | os.PathLike, url: str, *, progress: bool = False,
         send = [r for r in rels if tuple(held.get(r, ())) != digests[r]]
         with tqdm(total=sum(digests[r][0] for r in send), unit="B", unit_scale=True,
                   desc=f"upload {url}", disable=not progress) as bar:
-            for r in pool.map(lambda r: remote.upload(local / r, r) or r, send):
-                bar.update(digests[r][0])
+            for size, _ in pool.map(lambda r: remote.upload(local / r, r), send):
+                bar.update(size)
     if _marker(local).get("url") == remote.url:  # a staged copy: keep what it did not fetch
         digests.update(_kept(old, digests))
     digests.update({r: tuple(v) for r, v in (uploaded or {}).items() if r not in digests})
