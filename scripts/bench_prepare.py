@@ -34,7 +34,10 @@ For each stage, ``disk_fraction`` = (read_bytes / read bandwidth + write_bytes /
 bandwidth) / (wall + final sync): the share of the stage's time the disk would need to move
 the same bytes sequentially (1.0 = at disk speed); ``gb_per_s`` = (read + written) / that
 time; ``cpu_s_per_gb`` = (user + sys) / (read + written in GB). ``prepare`` sums sample and
-pack. ``--profile N`` prints packing's N most expensive functions (cProfile, cumulative; the
+pack. ``io_replay_s``: what the disk takes for packing's reads and writes alone, done
+concurrently as packing does them with nothing computed between (:func:`io_replay`), measured
+after the stages; ``device_share`` = that / packing's time (1.0 = packing costs no more than
+its I/O). ``--profile N`` prints packing's N most expensive functions (cProfile, cumulative; the
 main thread only) to stderr. Prints one JSON line. Everything written goes to a temporary
 directory deleted at the end (kept with ``--keep``; ``--data`` reuses a kept dataset, whose
 prepared stores are removed first).
@@ -54,6 +57,7 @@ import sys
 import tempfile
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Self
 
@@ -63,8 +67,10 @@ from disktrain.cli import parse_bytes, parse_fanouts
 from disktrain.ingest.synth import SynthConfig, synthesize
 from disktrain.pack import PackConfig, pack_dataset
 from disktrain.pack.prepare import prepare_epoch
+from disktrain.pack.store import PackedStore
 from disktrain.sample import SampleConfig, sample_dataset
-from disktrain.storage.io import RWF_DONTCACHE
+from disktrain.storage.chunkfile import CRC_BYTES
+from disktrain.storage.io import RWF_DONTCACHE, aligned_buffer, round_up, write_blocks
 from disktrain.storage.roots import epoch_root, new_run
 
 IO_BLOCK = 16 << 20
@@ -185,6 +191,51 @@ class ThreadCPU:
                 if v >= 0.01 and k != "bench-sampler"}
 
 
+def io_replay(features: Path, written: int, chunk_bytes: int, streams: int,
+              path: Path) -> float:
+    """Seconds the disk takes for packing's I/O alone, with no work between: every feature
+    chunk file read whole (``O_DIRECT``, two threads, out of the page cache) while a third
+    thread writes ``written`` bytes into ``path`` as packing does: a chunk (``chunk_bytes``
+    and its crc, to a block) at a time, past the page cache, round robin over ``streams``
+    batches' regions of a preallocated file; then an fsync."""
+    files = sorted(features.glob("c/*/0"))
+    drop_cache(features)
+    size = round_up(chunk_bytes + CRC_BYTES)
+    per = max(1, written // size // streams)
+    order = [s * per + k for k in range(per) for s in range(streams)]
+    block = aligned_buffer(size)
+    local = threading.local()
+
+    def read(f: Path) -> None:
+        if not hasattr(local, "buf"):
+            local.buf = aligned_buffer(round_up(f.stat().st_size))
+        fd = os.open(f, os.O_RDONLY | os.O_DIRECT)
+        try:
+            os.preadv(fd, [local.buf], 0)
+        finally:
+            os.close(fd)
+
+    def write() -> None:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            os.posix_fallocate(fd, 0, len(order) * size)
+            uncached = True
+            for c in order:
+                uncached = write_blocks(fd, block, c * size, uncached)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    t = time.perf_counter()
+    with ThreadPoolExecutor(1) as writer, ThreadPoolExecutor(2) as readers:
+        writing = writer.submit(write)
+        list(readers.map(read, files))
+        writing.result()
+    seconds = time.perf_counter() - t
+    path.unlink()
+    return seconds
+
+
 def measure(stage, root: Path, disk: dict, profile: int = 0) -> dict:
     """Run ``stage()`` with ``root``'s page cache dropped first; its time, CPU (also per
     thread) and I/O."""
@@ -275,6 +326,14 @@ def main() -> int:
                                                    disk)
             shutil.rmtree(data / "epochs")
         info = json.loads((data / "packed" / "zarr.json").read_text())["attributes"]
+        pack = stages["pack"]
+        store = PackedStore(data)
+        pack["io_replay_s"] = round(io_replay(
+            data / "features", pack["write_bytes"],
+            info["chunk_rows"] * store.feature_dim * store.dtype.itemsize, store.num_batches,
+            tmp / "replay.bin"), 2)
+        del store
+        pack["device_share"] = round(pack["io_replay_s"] / (pack["wall_s"] + pack["sync_s"]), 3)
         both = {k: stages["sample"][k] + stages["pack"][k] for k in ("read_bytes",
                                                                       "write_bytes")}
         seconds = sum(stages[s]["wall_s"] + stages[s]["sync_s"] for s in ("sample", "pack"))
