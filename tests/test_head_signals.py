@@ -1,5 +1,5 @@
 """The head script's stop signals and its clean-up of a session, without Ray (a fake
-``ray start``); tests/test_ray.py stops a real head with each signal."""
+``ray start``); tests/test_ray.py stops a real head with SIGTERM."""
 
 import os
 import signal
@@ -26,6 +26,10 @@ def signals():
         yield s
     finally:
         s.restore()
+
+
+def test_ctrl_c_kill_and_a_closed_terminal_stop_the_head():
+    assert set(STOP_SIGNALS) == {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
 
 
 @pytest.mark.parametrize("signum", STOP_SIGNALS)
