@@ -157,7 +157,14 @@ def test_a_killed_run_resumes_to_the_same_bytes(graph, tmp_path, monkeypatch):
         calls.append(self.final.name)
         done.append(len(rows))
         if calls.count("layer-2") == 3 and kill:
-            raise KeyboardInterrupt  # killed mid-layer
+            # killed mid-layer, once the chunks the first two puts filled (0-2 of 40 rows)
+            # are written: the background writer's timing must not decide what resumes
+            written = [self._place(c)[0] for c in range(3)]
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline and not all(
+                    w.exists() and w.stat().st_size == self.chunk_bytes + 4 for w in written):
+                time.sleep(0.01)
+            raise KeyboardInterrupt
         put(self, pos, rows)
 
     monkeypatch.setattr(store.LayerWriter, "put", counted)
