@@ -106,6 +106,22 @@ def test_auto_reads_into_memory_what_the_kernel_maps_in_small_pages(graph, monke
     assert np.array_equal(ds.indices, Dataset(graph, csr="map").indices)
 
 
+def test_auto_copies_the_csr_it_checked_rather_than_reading_it_again(graph, tmp_path,
+                                                                     monkeypatch):
+    from disktrain.storage import residency
+
+    fresh = tmp_path / "d"  # a copy no test loaded before (a process shares what it loaded)
+    shutil.copytree(graph, fresh)
+    monkeypatch.setattr(dataset_mod, "pmd_mapped_share", lambda array: 0.0)
+    reads = []
+    monkeypatch.setattr(residency, "check_chunk", lambda *a, **k: reads.append(a) or (None, 0))
+    ds = Dataset(fresh)
+    assert ds.csr_in_memory and not isinstance(ds.indices, np.memmap) and reads == []
+    mapped = Dataset(graph, csr="map")
+    assert np.array_equal(ds.indices, mapped.indices) and np.array_equal(ds.indptr,
+                                                                         mapped.indptr)
+
+
 def test_auto_maps_what_is_over_budget(graph, monkeypatch):
     monkeypatch.setattr(dataset_mod, "pmd_mapped_share", lambda array: 0.0)
     assert not Dataset(graph, csr_budget=csr_bytes(graph) - 1).csr_in_memory

@@ -506,17 +506,18 @@ class Dataset(FeatureRows):
                  for a in DATASET.arrays if a.mapped}
         fits = self.csr != "map" and \
             sum(m.chunk_bytes for m in metas.values()) <= csr_budget(self.csr_budget)
+        maps = {}
         if not fits or self.csr == "auto":
-            maps = {}
             for name in metas:
                 verify_flat_once(self.path, name, self.ref)
                 maps[name] = open_flat_array(self.path, name, ref=self.ref)
             if not fits or all(pmd_mapped_share(a) >= PMD_MAPPED_ENOUGH for a in maps.values()):
                 return maps
-        self._csr_in_memory = True
+        self._csr_in_memory = True  # (auto: copied from the mappings checked just now)
         return {name: load_checked(chunk_file(self.path / name, 0), meta.chunk_bytes,
-                                   meta.dtype, meta.shape, self.ref, name) if meta.size else
-                np.zeros(meta.shape, meta.dtype) for name, meta in metas.items()}
+                                   meta.dtype, meta.shape, self.ref, name, maps.get(name))
+                if meta.size else np.zeros(meta.shape, meta.dtype)
+                for name, meta in metas.items()}
 
     def _array_meta(self, name: str, one_chunk: bool = False) -> ArrayMeta:
         """Array ``name`` as its ``zarr.json`` describes it, checked against the shape the

@@ -34,7 +34,8 @@ DEFAULT_CSR_SHARE = 0.5
 RESIDENCIES = ("auto", "map", "memory")
 """``map``: always memory-mapped. ``memory``: read into huge-page memory when within the
 budget, else mapped. ``auto``: mapped, unless the kernel maps it in 4 KiB pages (checked by
-:func:`pmd_mapped_share` after the first touch), then read into memory within the budget."""
+:func:`pmd_mapped_share` after the first touch), then copied into memory within the budget (from
+the map, whose files were just checked through the page cache: not read from the disk twice)."""
 PMD_MAPPED_ENOUGH = 0.9
 """``auto`` keeps a map of which at least this share is mapped with 2 MiB entries."""
 _MAPPING = re.compile(r"^[0-9a-f]+-[0-9a-f]+ ", re.MULTILINE)
@@ -117,11 +118,12 @@ def file_identity(path: Path) -> tuple | None:
 
 
 def load_checked(path: Path, nbytes: int, dtype: np.dtype, shape: tuple[int, ...],
-                 ref: StoreRef, array: str) -> np.ndarray:
+                 ref: StoreRef, array: str, checked: np.ndarray | None = None) -> np.ndarray:
     """The data of chunk file ``path`` (``nbytes`` + its crc32c) in 2 MiB-aligned memory
-    advised ``MADV_HUGEPAGE``, read-only, checked while read; a file this process already
-    loaded (same path, inode, size and modification time) and still holds is shared, not read
-    again. Errors name ``path``."""
+    advised ``MADV_HUGEPAGE``, read-only, checked while read, or copied from ``checked``: a
+    mapping of the file this process checked already (its pages in the page cache, so not
+    read from the disk twice); a file this process already loaded (same path, inode, size and
+    modification time) and still holds is shared, not read again. Errors name ``path``."""
     key = file_identity(path)
     if key is None:
         raise ref.corrupt(array, path, "is missing")
@@ -129,7 +131,9 @@ def load_checked(path: Path, nbytes: int, dtype: np.dtype, shape: tuple[int, ...
         data = _LOADED.get(key)
         if data is None:  # read and checked in one sequential pass
             data = aligned_buffer(nbytes, HUGE_PAGE, hugepages=True)
-            if problem := check_chunk(path, nbytes, into=data)[0]:
+            if checked is not None:
+                data[:] = checked.reshape(-1).view(np.uint8)
+            elif problem := check_chunk(path, nbytes, into=data)[0]:
                 raise ref.corrupt(array, path, problem)
             data = data.view(dtype).reshape(shape)
             data.flags.writeable = False
