@@ -129,7 +129,7 @@ def load_checked(path: Path, nbytes: int, dtype: np.dtype, shape: tuple[int, ...
         raise ref.corrupt(array, path, "is missing")
     with _LOADED_LOCK:
         data = _LOADED.get(key)
-        if data is None:  # read and checked in one sequential pass
+        if data is None:  # copied, or read and checked in one sequential pass
             data = aligned_buffer(nbytes, HUGE_PAGE, hugepages=True)
             if checked is not None:
                 data[:] = checked.reshape(-1).view(np.uint8)
