@@ -229,11 +229,14 @@ class GroupPacker:
     """
 
     def __init__(self, dataset_path: str | Path, cfg: PackConfig, partial: str | Path,
-                 samples_root: str | Path | None = None):
-        """``samples_root``: the root of the sample store (default: the partial store's)."""
+                 samples_root: str | Path | None = None, samples: SampleStore | None = None):
+        """``samples_root``: the root of the sample store (default: the partial store's);
+        ``samples``: that store opened already (its groups read by the plan are not read
+        again)."""
         self.dataset = Dataset(dataset_path)
         self.partial = Path(partial)
-        self.samples = SampleStore(self.dataset.path, root=samples_root or self.partial.parent)
+        self.samples = samples or SampleStore(self.dataset.path,
+                                              root=samples_root or self.partial.parent)
         root = zarr.open_group(self.partial, mode="r")
         rows = root["rows"]
         self.chunk_rows, self.dim, self.dtype = int(rows.chunks[0]), int(rows.shape[1]), rows.dtype
@@ -401,6 +404,7 @@ class _Packing:
     row_bytes: int
     chunk_rows: int
     tiers: TierSource
+    samples: SampleStore
 
 
 def pack_dataset(dataset_path: str | Path, cfg: PackConfig = PackConfig(),
@@ -427,7 +431,7 @@ def pack_dataset(dataset_path: str | Path, cfg: PackConfig = PackConfig(),
             if run_groups is not None:
                 run_groups(dataset.path, cfg, job.pending, job.partial)
             else:
-                packer = GroupPacker(dataset.path, cfg, job.partial)
+                packer = GroupPacker(dataset.path, cfg, job.partial, samples=job.samples)
                 for g in tqdm(job.pending, desc="pack", unit="group", disable=not progress):
                     packer(g)
             _finish(job)
@@ -458,7 +462,7 @@ def pack_roots(dataset_path: str | Path, roots: list[str | Path], cfg: PackConfi
         jobs.append(job)
     jobs = [j for j in jobs if isinstance(j, _Packing)]
     with replacing(dataset.path, [j.root / STORE for j in jobs], "prepare: packing"):
-        packers = [GroupPacker(dataset.path, cfg, j.partial) for j in jobs]
+        packers = [GroupPacker(dataset.path, cfg, j.partial, samples=j.samples) for j in jobs]
         passes = [[(p, j.pending[k]) for p, j in zip(packers, jobs) if k < len(j.pending)]
                   for k in range(max((len(j.pending) for j in jobs), default=0))]
         for work in tqdm(passes, desc="pack", unit="pass", disable=not progress):
@@ -546,7 +550,7 @@ def _plan(dataset: Dataset, cfg: PackConfig, root: Path, tiers_from: TierSource 
     return _Packing(root=root, partial=partial, attrs=attrs, groups=groups, pending=pending,
                     n_packed=n_packed, total_padded=total_padded,
                     num_slots=int(slot_offsets[-1]), distinct=distinct,
-                    row_bytes=row_bytes, chunk_rows=chunk_rows,
+                    row_bytes=row_bytes, chunk_rows=chunk_rows, samples=samples,
                     tiers=tiers_from or TierSource(partial, tiers.gpu_nodes, tiers.cpu_nodes,
                                                    store_id))
 

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Self
 
-import google_crc32c
+import crc32c as _crc32c
 import numpy as np
 import zarr
 
@@ -77,9 +77,11 @@ class StoreRef:
         return CorruptDataError(f"{where}: chunk file {path} {problem}; {self.rerun}")
 
 
-def crc32c(data) -> int:
-    """crc32c of a bytes-like object (numpy arrays included)."""
-    return google_crc32c.value(data)
+def crc32c(data, value: int = 0) -> int:
+    """crc32c of a bytes-like object (numpy arrays included), continuing the crc ``value``
+    of the bytes before it. The GIL is released over large buffers, so threads checksum
+    chunks in parallel (the ``crc32c`` package; ``google_crc32c`` holds it)."""
+    return _crc32c.crc32c(data, value)
 
 
 def crc_bytes(data) -> bytes:
@@ -190,7 +192,7 @@ def file_crc(fd: int, offset: int, nbytes: int, into: np.ndarray | None = None,
             else:  # the last partial block (or no O_DIRECT): through the page cache
                 direct = direct and not set_direct(fd, False)
                 got = pread_full(fd, [view], offset + pos)
-            crc = google_crc32c.extend(crc, view[:got])
+            crc = crc32c(view[:got], crc)
             pos += got
             if got < len(view):
                 break
@@ -276,7 +278,7 @@ class ChunkFileWriter:
             if self._error is not None:
                 raise self._error
             with disk_full_errors(self.path):  # the crc after the data, zeros to a block
-                crc = google_crc32c.extend(self._crc, self._block[:self._used])
+                crc = crc32c(self._block[:self._used], self._crc)
                 end = self._used + CRC_BYTES
                 self._block[self._used:end] = np.frombuffer(crc.to_bytes(CRC_BYTES, "little"),
                                                             np.uint8)
@@ -313,7 +315,7 @@ class ChunkFileWriter:
         try:
             if self._error is None:
                 data = block[:self._block_bytes]
-                self._crc = google_crc32c.extend(self._crc, data)
+                self._crc = crc32c(data, self._crc)
                 with disk_full_errors(self.path):
                     pwrite_all(self._fd, [data], offset)
         except BaseException as e:  # noqa: BLE001 - raised in the caller's thread

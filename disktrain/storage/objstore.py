@@ -23,7 +23,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import google_crc32c
+from crc32c import crc32c
 
 from disktrain.errors import DataError
 from disktrain.storage.atomic import temporary_name
@@ -129,7 +129,7 @@ class Remote:
                     self.fs.open_input_stream(self.key(rel)) as src, open(tmp, "wb") as dst:
                 while block := src.read(16 << 20):
                     dst.write(block)
-                    crc, size = google_crc32c.extend(crc, block), size + len(block)
+                    crc, size = crc32c(block, crc), size + len(block)
             if (size, crc) != tuple(expect):
                 raise RemoteError(f"{self.where(rel)}: downloaded {size} bytes with crc32c "
                                   f"{crc:#010x}, but {MANIFEST} says {expect[0]} bytes, "
@@ -192,7 +192,7 @@ class Digest:
     def write(self, data) -> None:
         self.f.write(data)
         self.size += len(data)
-        self.crc = google_crc32c.extend(self.crc, data)
+        self.crc = crc32c(data, self.crc)
 
 
 def append_line(url: str, line: str) -> None:
@@ -254,5 +254,5 @@ def file_digest(path: Path) -> tuple[int, int]:
     crc, size = 0, 0
     with open(path, "rb") as f:
         while block := f.read(16 << 20):
-            crc, size = google_crc32c.extend(crc, block), size + len(block)
+            crc, size = crc32c(block, crc), size + len(block)
     return size, crc
