@@ -4,6 +4,8 @@ O_DIRECT or not; errors and aborts leave nothing behind."""
 from __future__ import annotations
 
 import errno
+import threading
+import time
 
 import google_crc32c
 import numpy as np
@@ -106,6 +108,47 @@ def test_writer_error_raised_on_close(tmp_path):
     writer.submit(0, writer.buffer())  # a parent that is a file
     with pytest.raises(OSError):
         writer.close()
+
+
+def test_writer_holds_at_most_depth_chunks_and_cancel_drops_the_waiting(tmp_path):
+    release, placed = threading.Event(), []
+
+    def place(c):  # the first chunk's write waits for `release`
+        placed.append(c)
+        if c == 0:
+            release.wait(10)
+        return chunk_file(tmp_path / "x", c, 0), None
+
+    writer = ChunkWriter(BLOCK, place, threads=1, depth=3)
+    for c in range(3):
+        writer.submit(c, writer.buffer())
+    fourth = threading.Thread(target=lambda: writer.submit(3, writer.buffer()))
+    fourth.start()
+    fourth.join(0.3)
+    assert fourth.is_alive()  # three chunks wait or are written: the fourth blocks
+    release.set()
+    fourth.join(10)
+    writer.close()
+    assert sorted(placed) == [0, 1, 2, 3]
+    assert all(chunk_file(tmp_path / "x", c, 0).stat().st_size == BLOCK + 4 for c in range(4))
+
+    release.clear()
+    placed.clear()
+    writer = ChunkWriter(BLOCK, place, threads=1, depth=3)
+    for c in range(3):
+        writer.submit(c, writer.buffer())
+    for _ in range(1000):  # the first chunk is being written
+        if placed:
+            break
+        time.sleep(0.01)
+    closing = threading.Thread(target=writer.close, kwargs={"cancel": True})
+    closing.start()
+    closing.join(0.2)
+    release.set()
+    closing.join(10)
+    assert placed == [0]  # the chunks still queued were dropped
+    with pytest.raises(ValueError, match="depth"):
+        ChunkWriter(BLOCK, place, depth=0)
 
 
 @pytest.mark.parametrize("align", [BLOCK, 2 << 20])

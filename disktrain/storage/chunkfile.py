@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 import os
+import queue
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -347,18 +348,29 @@ class ChunkWriter:
 
     :meth:`buffer` hands out page-aligned buffers of a chunk's whole blocks (reused once
     written); the caller fills their first ``chunk_bytes`` and :meth:`submit` queues one,
-    blocking while ``depth`` are queued. Each goes out with its crc32c and zeros to the next
-    block in one write: uncached (``RWF_DONTCACHE``) where the kernel has it, else with
-    ``O_DIRECT`` where the filesystem allows it, else through the page cache. :meth:`close`
-    waits for every chunk and raises the first error met (also raised by a later
-    :meth:`submit`; chunks queued after it are dropped). Memory: the buffers the caller
-    holds plus at most ``depth + threads``.
+    blocking while ``depth`` are queued or being written. Each goes out with its crc32c and
+    zeros to the next block in one write: uncached (``RWF_DONTCACHE``) where the kernel has
+    it, else with ``O_DIRECT`` where the filesystem allows it, else through the page cache.
+    :meth:`close` waits for every chunk and raises the first error met (also raised by a
+    later :meth:`submit`; chunks queued after it are dropped). Memory: the buffers the caller
+    holds plus at most ``depth``.
+
+    The threads start on the first chunk and take chunks from a queue, handing a slot back
+    per chunk written (both queues are ``queue.SimpleQueue``: a chunk costs no lock or
+    future made in Python, and packing writes tens of thousands).
     """
 
     def __init__(self, chunk_bytes: int, place, threads: int = 1, depth: int = 16):
+        if threads < 1 or depth < 1:
+            raise ValueError(f"threads and depth must be >= 1, got {threads} and {depth}")
         self.chunk_bytes, self.place = chunk_bytes, place
-        self._pool = ThreadPoolExecutor(threads, thread_name_prefix="chunk-writer")
-        self._queued = threading.BoundedSemaphore(depth)
+        self._work: queue.SimpleQueue = queue.SimpleQueue()  # (chunk, buffer); None: stop
+        self._slots: queue.SimpleQueue = queue.SimpleQueue()  # a token per chunk that may wait
+        for _ in range(depth):
+            self._slots.put(None)
+        self._threads = [threading.Thread(target=self._loop, name=f"chunk-writer_{i}",
+                                          daemon=True) for i in range(threads)]
+        self._started = self._closed = self._cancel = False
         self._free: list[np.ndarray] = []
         self._files: dict[Path, int] = {}
         self._lock = threading.Lock()
@@ -378,16 +390,30 @@ class ChunkWriter:
         ``chunk``."""
         if self._error is not None:
             raise self._error
-        if self.chunk_bytes and self._queued.acquire():  # an array of no bytes has no files
-            self._pool.submit(self._run, chunk, buf)
+        if not self.chunk_bytes:  # an array of no bytes has no files
+            return
+        if not self._started:
+            with self._lock:
+                if not self._started:
+                    for t in self._threads:
+                        t.start()
+                    self._started = True
+        self._slots.get()
+        self._work.put((chunk, buf))
 
     def close(self, cancel: bool = False) -> None:
         """Wait for every queued chunk; raise the first error met. ``cancel``: drop the
         chunks not started, raise nothing (the caller has an error of its own)."""
-        self._pool.shutdown(wait=True, cancel_futures=cancel)
-        for fd in self._files.values():
-            os.close(fd)
-        self._files.clear()
+        if not self._closed:
+            self._closed, self._cancel = True, cancel
+            if self._started:
+                for _ in self._threads:
+                    self._work.put(None)
+                for t in self._threads:
+                    t.join()
+            for fd in self._files.values():
+                os.close(fd)
+            self._files.clear()
         if self._error is not None and not cancel:
             raise self._error
 
@@ -397,15 +423,17 @@ class ChunkWriter:
     def __exit__(self, kind, *_) -> None:
         self.close(cancel=kind is not None)
 
-    def _run(self, chunk: int, buf: np.ndarray) -> None:
-        try:
-            if self._error is None:
-                self._write(chunk, buf)
-        except BaseException as e:  # noqa: BLE001 - raised in the caller's thread
-            self._error = self._error or e
-        finally:
-            self._free.append(buf)
-            self._queued.release()
+    def _loop(self) -> None:
+        while (item := self._work.get()) is not None:
+            chunk, buf = item
+            try:
+                if self._error is None and not self._cancel:
+                    self._write(chunk, buf)
+            except BaseException as e:  # noqa: BLE001 - raised in the caller's thread
+                self._error = self._error or e
+            finally:
+                self._free.append(buf)
+                self._slots.put(None)
 
     def _write(self, chunk: int, buf: np.ndarray) -> None:
         """Write chunk ``chunk`` (data in ``buf``) with its crc32c and zeros at its place."""
@@ -422,7 +450,10 @@ class ChunkWriter:
                 finally:
                     os.close(fd)
                 return
-            with self._lock:
-                if path not in self._files:
-                    self._files[path] = os.open(path, os.O_WRONLY)
-            self._uncached = write_blocks(self._files[path], buf, offset, self._uncached)
+            fd = self._files.get(path)
+            if fd is None:
+                with self._lock:
+                    if path not in self._files:
+                        self._files[path] = os.open(path, os.O_WRONLY)
+                    fd = self._files[path]
+            self._uncached = write_blocks(fd, buf, offset, self._uncached)

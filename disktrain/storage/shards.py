@@ -19,6 +19,7 @@ import math
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -88,7 +89,12 @@ class ShardLayout:
     def place(self, chunk: int) -> tuple[Path, int]:
         """The shard file holding chunk ``chunk`` and the byte it starts at."""
         shard, at = divmod(chunk, self.per_shard)
-        return self.path(shard), at * self.stride
+        return self._paths[shard], at * self.stride
+
+    @cached_property
+    def _paths(self) -> list[Path]:
+        """:meth:`path` of every shard (:meth:`place` runs once per chunk written)."""
+        return [self.path(s) for s in range(self.num_shards)]
 
     def chunks_in(self, shard: int) -> int:
         return min(self.per_shard, self.num_chunks - shard * self.per_shard)
