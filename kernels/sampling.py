@@ -192,6 +192,16 @@ def sample_batches(indptr: np.ndarray, indices: np.ndarray, seeds: np.ndarray,
         frontier_only, *work), fanouts.shape[0], "sample_batches")
 
 
+def load_kernels(index_dtype=np.int32) -> None:
+    """Load (or compile) :func:`sample_batches`' kernels for a read-only CSR with
+    ``index_dtype`` ids (as a dataset holds its CSR), by sampling a graph of one node: a
+    process's first call otherwise pays it (about a third of a second from Numba's cache),
+    which a thread can overlap with reading the CSR."""
+    indptr, indices = np.zeros(2, np.int64), np.zeros(0, index_dtype)
+    indptr.flags.writeable = indices.flags.writeable = False
+    sample_batches(indptr, indices, np.zeros(1, np.int64), np.array([0, 1], np.int64), (1,), 0)
+
+
 def _run_batches(num_batches: int, sample, num_hops: int, name: str) -> SampledBatches:
     """``sample(b, buffers, node_base, edge_base)`` for every batch ``b`` on
     ``numba.get_num_threads()`` threads (``name``), each writing its batches one after another

@@ -367,3 +367,17 @@ def test_errors_name_the_argument(graph):
     with pytest.raises(ValueError, match="hop must be"):
         sample_batches(indptr, indices, seeds[:2], np.array([0, 2], np.int64), [2], 0) \
             .batch(0).hop(2)
+
+
+def test_load_kernels_loads_what_sampling_a_dataset_runs(tiny_dataset):
+    from disktrain.storage.dataset import Dataset, index_dtype
+
+    ds = Dataset(tiny_dataset)
+    kernels = [getattr(sampling, n) for n in dir(sampling)
+               if isinstance(getattr(sampling, n), numba.core.registry.CPUDispatcher)]
+    sampling.load_kernels(index_dtype(ds.num_nodes))
+    loaded = [set(k.signatures) for k in kernels]
+    assert any(loaded)
+    sample_batches(ds.indptr, ds.indices, np.arange(4, dtype=np.int64),
+                   np.array([0, 2, 4], np.int64), np.array([3, 2], np.int64), 7)
+    assert [set(k.signatures) for k in kernels] == loaded  # nothing new to load or compile

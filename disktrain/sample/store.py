@@ -34,7 +34,7 @@ import zarr
 from tqdm.auto import tqdm
 
 from disktrain.errors import DataError
-from disktrain.kernels.sampling import SampledBatch, SampledBatches
+from disktrain.kernels.sampling import SampledBatch, SampledBatches, load_kernels
 from disktrain.kernels.typed_sampling import TypedSampledBatch, TypedSampledBatches
 from disktrain.sample.link import LinkBatches, LinkLabels
 from disktrain.sample.memory import (
@@ -51,6 +51,7 @@ from disktrain.storage.dataset import (
     TypedDataset,
     create_flat_array,
     finish_flat_array,
+    index_dtype,
     new_id,
     open_flat_array,
     read_small_array,
@@ -144,6 +145,9 @@ def _sample(dataset: Dataset, cfg: SampleConfig, root: Path, progress: bool,
             run_groups) -> None:
     """Sample ``cfg`` under ``ROOT/samples.partial`` (resuming it), then rename it into
     place."""
+    if not isinstance(dataset, TypedDataset):  # the kernels load while the CSR is read
+        threading.Thread(target=load_kernels, args=(index_dtype(dataset.num_nodes),),
+                         name="disktrain-load-kernels", daemon=True).start()
     plan = SamplePlan.of(dataset, cfg)
     if plan.num_batches == 0:
         raise DataError(f"{dataset.path}: the {cfg.split} split is empty; nothing to sample")
