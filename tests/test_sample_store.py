@@ -54,6 +54,14 @@ def test_store_layout_and_counts(tiny_dataset):
     assert np.array_equal(store.access_counts, counts)
     assert store.info()["num_batches"] == plan.num_batches
 
+    nodes = SampleStore(tiny_dataset, nodes_only=True)  # what packing reads: no blocks
+    for b in range(store.num_batches):
+        assert np.array_equal(nodes.input_nodes(b), store.input_nodes(b))
+        assert nodes.inner_count(b) == store.inner_count(b)
+    assert sorted(nodes._reader._group(0)) == ["hop_counts", "node_offsets", "nodes"]
+    with pytest.raises(TypeError, match="nodes_only"):
+        nodes.batch(0)
+
 
 def test_resume_after_crash_matches_clean_run(tiny_dataset, tmp_path, monkeypatch):
     cfg = SampleConfig(fanouts=(4, 3), batch_size=16, epochs=1, seed=7, group_size=2)

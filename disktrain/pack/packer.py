@@ -477,7 +477,7 @@ def _plan(dataset: Dataset, cfg: PackConfig, root: Path, tiers_from: TierSource 
     """Lay out ``root``'s partial packed store (or find it laid out by an interrupted run with
     the same configuration), its rows' shard files too unless ``rows_elsewhere``; None when
     ``root``'s packed store is complete already."""
-    samples = SampleStore(dataset.path, root=root)
+    samples = SampleStore(dataset.path, root=root, nodes_only=cfg.aggregate is None)
     feat_dtype = np.dtype(dataset.features.dtype)
     dim = dataset.meta.feature_dim
     row_bytes = dim * feat_dtype.itemsize

@@ -88,6 +88,8 @@ their supervision ``pairs`` (:class:`~disktrain.sample.link.LinkBatches`: ``labe
 ``link_labels``."""
 GROUP_ARRAYS = tuple(a.name for a in SAMPLES.groups if a.present is True)
 LABEL_ARRAYS = tuple(a.name for a in SAMPLES.groups if a.present == "link_labels")
+NODE_ARRAYS = ("nodes", "node_offsets", "hop_counts")
+"""What :meth:`SampleStore.input_nodes` and :meth:`SampleStore.inner_count` read."""
 SAMPLE_ATTRS = ("complete", "config", "store_id", "dataset_id", "num_batches",
                 "batches_per_epoch", "num_groups")
 """The attributes the readers of a complete store rely on."""
@@ -176,8 +178,8 @@ def _sample(dataset: Dataset, cfg: SampleConfig, root: Path, progress: bool,
         counts = create_flat_array(group, "access_counts", (dataset.num_nodes,), np.int32,
                                    overwrite=True)
     typed = typed_attrs(dataset)
-    reader = _GroupReader(partial, cfg.group_size, plan.num_batches,
-                          featured=typed.get("featured_types"))  # its labels not needed
+    reader = _GroupReader(partial, cfg.group_size, plan.num_batches,  # nor labels needed
+                          featured=typed.get("featured_types"), nodes_only=True)
     for b in range(plan.num_batches):
         counts[reader.input_nodes(b)] += 1
     num_input_nodes = int(counts.sum(dtype=np.int64))
@@ -248,7 +250,8 @@ class _GroupReader:
 
     def __init__(self, root: Path, group_size: int, num_batches: int,
                  cache_bytes: int = 256 << 20, verify: bool = True,
-                 featured: list[int] | None = None, links: bool = False):
+                 featured: list[int] | None = None, links: bool = False,
+                 nodes_only: bool = False):
         if cache_bytes < 0:
             raise ValueError(f"cache_bytes must be >= 0, got {cache_bytes}")
         self.root = Path(root)
@@ -260,6 +263,8 @@ class _GroupReader:
         """A typed graph's featured types (None: one type)."""
         self.names = GROUP_ARRAYS + (() if featured is None else ("type_counts",)) + \
             (LABEL_ARRAYS if links else ())
+        if nodes_only and featured is None:  # (a typed batch's input nodes need its blocks)
+            self.names = NODE_ARRAYS
         self.ref = samples_ref(self.root)
         self._groups: OrderedDict[int, _Loading] = OrderedDict()
         self._bytes = 0
@@ -326,6 +331,8 @@ class _GroupReader:
         return a["nodes"][a["node_offsets"][i]:a["node_offsets"][i + 1]]
 
     def batch(self, b: int) -> SampledBatch | TypedSampledBatch:
+        if self.names == NODE_ARRAYS:
+            raise TypeError("a sample store opened with nodes_only reads no blocks")
         g, i = divmod(b, self.group_size)
         arrays = self._group(g)
         if self.featured is None:
@@ -385,10 +392,13 @@ class SampleStore:
     """A complete sample store, read-only, checked against the dataset it was made from."""
 
     def __init__(self, dataset_path: str | Path, cache_bytes: int = 256 << 20,
-                 verify: bool = True, root: str | Path | None = None):
+                 verify: bool = True, root: str | Path | None = None,
+                 nodes_only: bool = False):
         """``root``: the directory holding the store (default: the dataset's);
         ``cache_bytes``: memory of the groups kept read (the last one read is always kept);
-        ``verify=False`` skips the groups' crc32c checks (to measure their cost)."""
+        ``verify=False`` skips the groups' crc32c checks (to measure their cost);
+        ``nodes_only``: read only what :meth:`input_nodes` and :meth:`inner_count` need (no
+        blocks: :meth:`batch` refused) where that is less (a homogeneous graph's batches)."""
         self.path, self.attrs = store_attrs(dataset_path, root)
         self.ref = samples_ref(self.path)
         self.store_id = str(self.attrs["store_id"])
@@ -401,7 +411,8 @@ class SampleStore:
         self.links = bool(self.attrs.get("link_labels"))
         """Edge batches (link prediction): :meth:`link_labels` gives their pairs."""
         self._reader = _GroupReader(self.path, self.config.group_size, self.num_batches,
-                                    cache_bytes, verify, self.featured_types, self.links)
+                                    cache_bytes, verify, self.featured_types, self.links,
+                                    nodes_only)
         self._access_counts: np.ndarray | None = None
 
     @property
