@@ -347,10 +347,12 @@ class ChunkWriter:
     of its own.
 
     :meth:`buffer` hands out page-aligned buffers of a chunk's whole blocks (reused once
-    written); the caller fills their first ``chunk_bytes`` and :meth:`submit` queues one,
-    blocking while ``depth`` are queued or being written. Each goes out with its crc32c and
-    zeros to the next block in one write: uncached (``RWF_DONTCACHE``) where the kernel has
-    it, else with ``O_DIRECT`` where the filesystem allows it, else through the page cache.
+    written); the caller fills their first ``chunk_bytes`` and :meth:`submit` checksums one
+    (in the caller's thread: callers on several threads checksum in parallel, and the
+    writers only write) and queues it, blocking while ``depth`` are queued or being written.
+    Each goes out with its crc32c and zeros to the next block in one write: uncached
+    (``RWF_DONTCACHE``) where the kernel has it, else with ``O_DIRECT`` where the filesystem
+    allows it, else through the page cache.
     :meth:`close` waits for every chunk and raises the first error met (also raised by a
     later :meth:`submit`; chunks queued after it are dropped). Memory: the buffers the caller
     holds plus at most ``depth``.
@@ -398,6 +400,9 @@ class ChunkWriter:
                     for t in self._threads:
                         t.start()
                     self._started = True
+        size = self.chunk_bytes  # checksummed here: the writer's thread only writes
+        buf[size:size + CRC_BYTES] = np.frombuffer(crc_bytes(buf[:size]), np.uint8)
+        buf[size + CRC_BYTES:] = 0
         self._slots.get()
         self._work.put((chunk, buf))
 
@@ -436,10 +441,8 @@ class ChunkWriter:
                 self._slots.put(None)
 
     def _write(self, chunk: int, buf: np.ndarray) -> None:
-        """Write chunk ``chunk`` (data in ``buf``) with its crc32c and zeros at its place."""
+        """Write chunk ``chunk`` (data, crc32c and zeros in ``buf``) at its place."""
         size = self.chunk_bytes
-        buf[size:size + CRC_BYTES] = np.frombuffer(crc_bytes(buf[:size]), np.uint8)
-        buf[size + CRC_BYTES:] = 0
         path, offset = self.place(chunk)
         with disk_full_errors(path):
             if offset is None:
