@@ -487,7 +487,7 @@ def _plan(dataset: Dataset, cfg: PackConfig, root: Path, tiers_from: TierSource 
     else:
         tiers = Tiers(tiers_from.gpu_nodes, tiers_from.cpu_nodes)
     n_gpu, n_cpu = len(tiers.gpu_nodes), len(tiers.cpu_nodes)
-    codes = tiers.codes(dataset.num_nodes)
+    codes = tiers.codes(dataset.num_nodes) if n_gpu + n_cpu else None  # None: nothing cached
     chunk_rows = max(1, rows_for_bytes(cfg.chunk_bytes, row_bytes))
 
     attrs = {
@@ -508,10 +508,11 @@ def _plan(dataset: Dataset, cfg: PackConfig, root: Path, tiers_from: TierSource 
         if cfg.aggregate is not None:  # its targets' own rows, packed with their aggregates
             nodes = nodes[:samples.inner_count(b)]
         n_slots[b] = len(nodes)
-        n_packed[b] = np.count_nonzero(codes[nodes] == NOT_CACHED)
+        n_packed[b] = len(nodes) if codes is None else np.count_nonzero(codes[nodes] == NOT_CACHED)
     if cfg.aggregate is not None:
         n_packed += n_slots
-    distinct = int(np.count_nonzero(codes[counts > 0] == NOT_CACHED))
+    distinct = int(np.count_nonzero(counts) if codes is None else
+                   np.count_nonzero(codes[counts > 0] == NOT_CACHED))
     padded = -(-n_packed // chunk_rows) * chunk_rows
     total_padded = int(padded.sum())
     if cfg.max_packed_bytes is not None and total_padded * row_bytes > cfg.max_packed_bytes:
