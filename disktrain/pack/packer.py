@@ -54,7 +54,7 @@ from disktrain.storage.dataset import (
     write_small_array,
 )
 from disktrain.storage.diskspace import require_free
-from disktrain.storage.io import disk_full_errors
+from disktrain.storage.io import disk_full_errors, pwrite_all
 from disktrain.storage.lock import replacing
 from disktrain.storage.schema import group_attrs
 from disktrain.storage.shards import ShardLayout, create_sharded
@@ -104,10 +104,11 @@ class PackConfig:
         return None if self.aggregate_first_hop == "off" else self.aggregate_first_hop
 
 
-def _sorted_unique(runs: list[np.ndarray],
-                   num_nodes: int) -> tuple[np.ndarray, list[np.ndarray]]:
+def _sorted_unique(runs: list[np.ndarray], num_nodes: int,
+                   map_=map) -> tuple[np.ndarray, list[np.ndarray]]:
     """The distinct ids of ascending ``runs`` (node ids < ``num_nodes``), ascending, and each
-    run's ids as positions in them.
+    run's ids as positions in them (``map_``: the ``map`` each run's positions are found
+    with, e.g. a thread pool's: NumPy's fancy indexing releases the GIL).
 
     Where a bitmap of the nodes and its running count (5 bytes a node) take no more memory
     than the ids (8 bytes each), by those (O(nodes + ids)); else by a sort (faster than
@@ -119,10 +120,11 @@ def _sorted_unique(runs: list[np.ndarray],
         for r in runs:
             seen[r] = True
         rank = np.cumsum(seen, dtype=np.int32 if num_nodes < 2**31 else np.int64)
-        return np.flatnonzero(seen), [rank[r] - 1 for r in runs]
+        rank -= 1
+        return np.flatnonzero(seen), list(map_(rank.__getitem__, runs))
     ids = np.sort(np.concatenate(runs)) if runs else np.zeros(0, np.int64)
     ids = ids[np.concatenate(([True], ids[1:] != ids[:-1]))] if len(ids) else ids
-    return ids, [np.searchsorted(ids, r) for r in runs]
+    return ids, list(map_(lambda r: np.searchsorted(ids, r), runs))
 
 
 def _groups(batch_packed: np.ndarray, chunk_bytes: int, group_bytes: int,
@@ -282,15 +284,18 @@ class GroupPacker:
                                           writer, len(outer) + len(inner), self.dim))
         return runs, aggs, np.concatenate(slots)
 
-    def close(self, group: int, slots: np.ndarray) -> None:
-        """Write group ``group``'s ``slots`` (its chunks are written), then its marker."""
-        raw = slots.astype("<i8", copy=False).tobytes()
-        if raw:
+    def write_slots(self, group: int, slots: np.ndarray) -> None:
+        """Write group ``group``'s ``slots`` (from :meth:`open`)."""
+        raw = slots.astype("<i8", copy=False)
+        if raw.size:
             fd = os.open(self._slots_file, os.O_WRONLY)
             try:
-                os.pwrite(fd, raw, int(self.slot_offsets[self.groups[group][0]]) * 8)
+                pwrite_all(fd, [raw], int(self.slot_offsets[self.groups[group][0]]) * 8)
             finally:
                 os.close(fd)
+
+    def close(self, group: int) -> None:
+        """Mark group ``group`` packed (its chunks and slots are written)."""
         (self.partial / "done" / group_name(group)).touch()
 
 
@@ -300,14 +305,18 @@ def pack_pass(dataset: Dataset, work: list[tuple[GroupPacker, int]]) -> None:
     finished = []
     with ExitStack() as stack:
         runs, aggs = [], []  # runs: (writer, first row, ascending ids -> positions in `needed`)
+        slots_writer = stack.enter_context(ThreadPoolExecutor(1, thread_name_prefix="pack-slots"))
+        pool = stack.enter_context(ThreadPoolExecutor(2, thread_name_prefix="pack-gather"))
         for packer, group in work:
             chunks = stack.enter_context(ChunkWriter(packer.chunk_bytes, packer.layout.place))
             group_runs, group_aggs, slots = packer.open(group, chunks)
             runs += group_runs
             aggs += group_aggs
-            finished.append((packer, group, slots))
+            # the slots are written while the pass runs
+            finished.append((packer, group, slots_writer.submit(packer.write_slots, group,
+                                                                slots)))
         needed, positions = _sorted_unique([ids for _, _, ids in runs] +
-                                           [a.src for a in aggs], dataset.num_nodes)
+                                           [a.src for a in aggs], dataset.num_nodes, pool.map)
         runs = [(writer, first, pos) for (writer, first, _), pos in zip(runs, positions)]
         for a, pos in zip(aggs, positions[len(runs):]):
             a.src = pos
@@ -327,7 +336,6 @@ def pack_pass(dataset: Dataset, work: list[tuple[GroupPacker, int]]) -> None:
         # aggregates) of half the batches: a batch's two runs share chunk buffers
         half = len(runs) // 4 * 2
         parts = (range(half), range(half, len(runs)))
-        pool = stack.enter_context(ThreadPoolExecutor(2, thread_name_prefix="pack-gather"))
         for i, j, rows in dataset.iter_sorted(needed):
             # the kernel sums float32 or float64 rows: float16 (no Numba type) widened once
             wide = rows.astype(np.float32) if aggs and rows.dtype == np.float16 else rows
@@ -335,8 +343,10 @@ def pack_pass(dataset: Dataset, work: list[tuple[GroupPacker, int]]) -> None:
                 f.result()
         for a in aggs:
             a.finish()
-    for packer, group, slots in finished:
-        packer.close(group, slots)
+        for _, _, written in finished:
+            written.result()
+    for packer, group, _ in finished:
+        packer.close(group)
 
 
 def _lay_out(partial: Path, attrs: dict, dataset: Dataset, tiers, rows_shape: tuple[int, int],
