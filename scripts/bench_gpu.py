@@ -32,8 +32,8 @@ itself; ``bench_gpu.json`` under --out is rewritten after every part):
           skipped (with the reason) without.
 
 The dataset is built under --workdir (default: a temporary directory, deleted at the end).
-The machine needs the project's dependencies: where zarr, numcodecs, google-crc32c and donfig
-are missing, carry them as wheels (python 3.12) and install them first, then the project
+The machine needs the project's dependencies: where zarr, numcodecs, google-crc32c, crc32c and
+donfig are missing, carry them as wheels (python 3.12) and install them first, then the project
 itself without its pins: ``python3 -m pip install -q --no-index --no-deps --no-build-isolation
 -e .``.
 """
