@@ -327,7 +327,8 @@ def pack_pass(dataset: Dataset, work: list[tuple[GroupPacker, int]]) -> None:
                 writer, first, pos = runs[k]
                 end = int(np.searchsorted(pos, j))
                 if end > done[k]:
-                    writer.write(first + int(done[k]), rows, pos[done[k]:end] - i)
+                    writer.write(first + int(done[k]), rows,  # as intp: np.take casts no copy
+                                 np.subtract(pos[done[k]:end], i, dtype=np.intp))
                     done[k] = end
             for a in aggs[part.start // 2:part.stop // 2]:
                 a.add(i, j, wide)
