@@ -147,6 +147,8 @@ def test_writer_holds_at_most_depth_chunks_and_cancel_drops_the_waiting(tmp_path
     release.set()
     closing.join(10)
     assert placed == [0]  # the chunks still queued were dropped
+    with pytest.raises(RuntimeError, match="closed"):
+        writer.submit(4, writer.buffer())
     with pytest.raises(ValueError, match="depth"):
         ChunkWriter(BLOCK, place, depth=0)
 

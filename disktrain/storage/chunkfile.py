@@ -392,6 +392,8 @@ class ChunkWriter:
         ``chunk``."""
         if self._error is not None:
             raise self._error
+        if self._closed:
+            raise RuntimeError("a chunk submitted to a closed ChunkWriter")
         if not self.chunk_bytes:  # an array of no bytes has no files
             return
         if not self._started:
