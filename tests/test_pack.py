@@ -249,3 +249,10 @@ def test_rows_of_no_bytes_have_no_files(tmp_path):
     assert packed.batch_packed[0] > 0 and not list((packed.path / "rows").glob("c.*"))
     assert packed.read_packed(0).shape == (packed.batch_packed[0], 0)
     assert verify(path).clean
+
+
+def test_a_pass_reads_raw_rows_in_spans_of_a_quarter_of_the_group_memory():
+    assert PackConfig().span_bytes == 256 << 20  # 1 GiB groups
+    assert PackConfig(group_bytes=512 << 20).span_bytes == 128 << 20
+    assert PackConfig(group_bytes=1 << 20).span_bytes == 64 << 20
+    assert PackConfig(group_bytes=1 << 40).span_bytes == 256 << 20
