@@ -5,7 +5,8 @@ renames and the output); Ray only replaces its loop over a layer's chunks, throu
 ``chunks_on`` hook of :func:`disktrain.infer.infer`. Each task computes a contiguous run of
 chunks with :func:`disktrain.infer.run.run_chunks` into the layer's partial store; the layer
 is complete when every task is, and the next one starts from it. A node's output row depends
-on its own neighbourhood only, so the output is the single process's, byte for byte. Every
+on its own neighbourhood only, so the output is the single process's up to float32 rounding
+(its chunks are cut into other ranges, which BLAS rounds differently). Every
 node must see the dataset, the checkpoint and the output's directory at the same paths (a
 shared NFS/EFS mount); ``--memory-budget`` bounds each task.
 

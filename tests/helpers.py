@@ -105,6 +105,16 @@ def assert_user_error(status: int, err: str, *needles: str) -> None:
         assert needle in err, (needle, err)
 
 
+def assert_same_rows(got: np.ndarray, want: np.ndarray, what: str = "") -> None:
+    """Inference rows computed in another cut (other ranges, a resumed run's chunks, Ray
+    tasks): equal up to float32 rounding, not byte for byte. BLAS rounds a row of a product
+    by where it falls among the rows multiplied (MKL on AVX2 CPUs by its position modulo the
+    kernel's row block; on AVX-512 only in products of a few rows), so only the same cut
+    gives the same bytes; a wrong neighbour or weight moves a row by far more."""
+    assert got.shape == want.shape, (what, got.shape, want.shape)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5, err_msg=what)
+
+
 def resident_pages(path: Path) -> int:
     """Pages of file ``path`` in the page cache (mincore)."""
     libc = ctypes.CDLL(None, use_errno=True)

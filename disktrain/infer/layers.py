@@ -7,8 +7,10 @@ its own counter-based stream: the same ones whatever the range); the input rows 
 nodes are read in one ascending pass (each chunk holding some once, crc-checked); the block
 (the destinations first among its source nodes, whole-graph in-degrees for GCN) goes through
 the trained layer, in eval mode, the same code as training. A node's output row depends on
-its own neighbourhood only, so any cut into ranges gives the same bytes (ranges of at least
-:data:`MIN_RANGE` nodes: BLAS rounds a product of a few rows differently).
+its own neighbourhood only, so any cut into ranges gives the same rows up to float32
+rounding, and the same cut the same bytes: BLAS rounds a row of a product by where it falls
+among the rows multiplied (MKL on AVX2 CPUs by its position in the kernel's row block), so
+ranges cut elsewhere (another budget, a resumed run's chunks, Ray tasks) round differently.
 
 SAGE and GCN aggregate linearly, so their layers never gather a row per edge or per
 neighbour: a range's in-edges become weighted edges (:func:`first_hop_edges`, the pack-time
@@ -16,7 +18,7 @@ aggregate's) sorted by source row, and the input rows are summed into the range'
 aggregates block by block (:func:`scatter_add_rows`, GIL-free) as they are read in order;
 then ``conv.aggregated(x_dst, agg)``. The input is held in memory whole when it fits half the
 budget (read once for the layer), else streamed in blocks for every range. Each destination
-sums its edges in ascending source order whatever the cut, so the bytes stay the same.
+sums its edges in ascending source order whatever the cut.
 """
 
 from __future__ import annotations
@@ -41,7 +43,8 @@ from disktrain.storage.atomic import temporary_name
 from disktrain.storage.dataset import FEATURE_CHUNK_BYTES, Dataset, FeatureRows
 
 MIN_RANGE = 64
-"""Nodes a range holds at least (but the last, when fewer are left)."""
+"""Nodes a range holds at least (but the last, when fewer are left): a range's fixed costs
+(its input pass, its block) spread over enough rows."""
 
 
 class Graph:

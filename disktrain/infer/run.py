@@ -118,8 +118,8 @@ def run_chunks(cfg: InferConfig, layer: int, chunks: list[int], nodes: np.ndarra
                ids: list[dict]) -> int:
     """Compute ``chunks`` of layer ``layer`` (nodes ``nodes``, None: all; ``ids`` every
     layer's identity) into the partial layer store another process made, as a share of its
-    pending chunks; return the rows computed. The same bytes as computed there: a node's row
-    depends on its neighbourhood only (see :mod:`disktrain.infer.layers`)."""
+    pending chunks; return the rows computed. The rows computed there, up to rounding: a
+    node's row depends on its neighbourhood only (see :mod:`disktrain.infer.layers`)."""
     with read_lock(cfg.dataset, "infer"):
         dataset = Dataset(cfg.dataset, csr="map")
         trained = load_trained(cfg.checkpoint, dataset)

@@ -8,10 +8,8 @@ one ascending pass; the relation's trained convolution runs on them and the outp
 summed (or averaged) over the relations as ``HeteroGNN`` does. A store per layer and type
 (``layer-<l>-<type>``), resumable per chunk; the last layer computes the target type only.
 Full neighbourhoods (``--fanout-cap`` is not taken), every node of each type a layer needs,
-in one process (no Ray tasks yet). Outputs equal a whole-graph forward up to rounding; unlike
-the homogeneous layers, not byte for byte across cuts into ranges: a relation's source rows
-in a range can be few (a handful of subjects), and BLAS rounds products of a few rows
-differently.
+in one process (no Ray tasks yet). Outputs equal a whole-graph forward up to rounding; as
+with the homogeneous layers, cuts into other ranges (a resumed run's) round differently.
 """
 
 from __future__ import annotations
