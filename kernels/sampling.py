@@ -194,12 +194,23 @@ def sample_batches(indptr: np.ndarray, indices: np.ndarray, seeds: np.ndarray,
 
 def load_kernels(index_dtype=np.int32) -> None:
     """Load (or compile) :func:`sample_batches`' kernels for a read-only CSR with
-    ``index_dtype`` ids (as a dataset holds its CSR), by sampling a graph of one node: a
-    process's first call otherwise pays it (about a third of a second from Numba's cache),
-    which a thread can overlap with reading the CSR."""
+    ``index_dtype`` ids (as a dataset holds its CSR), by sampling a graph of one node, and
+    :func:`count_rows` for its batches' nodes: a process's first call otherwise pays it
+    (about a third of a second from Numba's cache), which a thread can overlap with reading
+    the CSR."""
     indptr, indices = np.zeros(2, np.int64), np.zeros(0, index_dtype)
     indptr.flags.writeable = indices.flags.writeable = False
-    sample_batches(indptr, indices, np.zeros(1, np.int64), np.array([0, 1], np.int64), (1,), 0)
+    got = sample_batches(indptr, indices, np.zeros(1, np.int64), np.array([0, 1], np.int64),
+                         (1,), 0)
+    count_rows(np.zeros(1, np.int32), got.nodes)
+
+
+@nb.njit(nogil=True, cache=True)
+def count_rows(counts, rows):
+    """``counts[r] += 1`` for each ``r`` of ``rows``, repeats included (the access counts:
+    a fancy-indexed ``+=`` takes several passes over ``counts``' random rows)."""
+    for r in rows:
+        counts[r] += 1
 
 
 def _run_batches(num_batches: int, sample, num_hops: int, name: str) -> SampledBatches:

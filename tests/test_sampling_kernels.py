@@ -369,7 +369,7 @@ def test_errors_name_the_argument(graph):
             .batch(0).hop(2)
 
 
-def test_load_kernels_loads_what_sampling_a_dataset_runs(tiny_dataset):
+def test_load_kernels_loads_what_sampling_a_dataset_runs(tiny_dataset, tmp_path):
     from disktrain.storage.dataset import Dataset, index_dtype
 
     ds = Dataset(tiny_dataset)
@@ -378,6 +378,10 @@ def test_load_kernels_loads_what_sampling_a_dataset_runs(tiny_dataset):
     sampling.load_kernels(index_dtype(ds.num_nodes))
     loaded = [set(k.signatures) for k in kernels]
     assert any(loaded)
-    sample_batches(ds.indptr, ds.indices, np.arange(4, dtype=np.int64),
-                   np.array([0, 2, 4], np.int64), np.array([3, 2], np.int64), 7)
+    got = sample_batches(ds.indptr, ds.indices, np.arange(4, dtype=np.int64),
+                         np.array([0, 2, 4], np.int64), np.array([3, 2], np.int64), 7)
+    counts = np.memmap(tmp_path / "counts", np.int32, "w+", shape=(ds.num_nodes,))
+    for b in range(2):  # as sample_dataset counts them, into its access_counts' mapping
+        sampling.count_rows(counts, got.batch(b).nodes)
     assert [set(k.signatures) for k in kernels] == loaded  # nothing new to load or compile
+    assert np.array_equal(counts, np.bincount(got.nodes, minlength=ds.num_nodes))

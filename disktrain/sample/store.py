@@ -34,7 +34,7 @@ import zarr
 from tqdm.auto import tqdm
 
 from disktrain.errors import DataError
-from disktrain.kernels.sampling import SampledBatch, SampledBatches, load_kernels
+from disktrain.kernels.sampling import SampledBatch, SampledBatches, count_rows, load_kernels
 from disktrain.kernels.typed_sampling import TypedSampledBatch, TypedSampledBatches
 from disktrain.sample.link import LinkBatches, LinkLabels
 from disktrain.sample.memory import (
@@ -181,7 +181,7 @@ def _sample(dataset: Dataset, cfg: SampleConfig, root: Path, progress: bool,
     reader = _GroupReader(partial, cfg.group_size, plan.num_batches,  # nor labels needed
                           featured=typed.get("featured_types"), nodes_only=True)
     for b in range(plan.num_batches):
-        counts[reader.input_nodes(b)] += 1
+        count_rows(counts, reader.input_nodes(b))
     num_input_nodes = int(counts.sum(dtype=np.int64))
     finish_flat_array(counts)
     del counts
