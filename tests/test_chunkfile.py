@@ -178,33 +178,3 @@ def test_check_chunk_into_reads_whole_blocks_direct_and_the_tail_buffered(
     path.write_bytes(data.tobytes() + b"\0\0\0\0")
     assert chunkfile.check_chunk(path, nbytes, into=aligned_buffer(nbytes))[0] == \
         "failed its crc32c check (corrupted)"
-
-
-def test_small_arrays_are_the_same_files_written_uncached_or_buffered(tmp_path, monkeypatch):
-    """``write_small_array`` writes uncached (``RWF_DONTCACHE``) where the kernel has it,
-    else through the page cache: the same files, read back by Zarr and checked."""
-    import os
-
-    from disktrain.storage import io
-    from disktrain.storage.dataset import read_small_array, write_small_array
-    from disktrain.storage.schema import StoreRef
-
-    values = np.arange(10_001, dtype=np.int64).reshape(-1, 1) * 3
-    write_small_array(zarr.open_group(tmp_path / "uncached", mode="w"), "a", values)
-    real, flags = os.pwritev, []
-
-    def no_dontcache(fd, buffers, offset, flag=0):
-        flags.append(flag)
-        if flag:
-            raise OSError(errno.EOPNOTSUPP, "Operation not supported")
-        return real(fd, buffers, offset)
-
-    monkeypatch.setattr(io.os, "pwritev", no_dontcache)
-    write_small_array(zarr.open_group(tmp_path / "buffered", mode="w"), "a", values)
-    assert flags == [io.RWF_DONTCACHE, 0]
-    for d in ("uncached", "buffered"):
-        assert (tmp_path / d / "a" / "c" / "0" / "0").read_bytes() == \
-            (tmp_path / "uncached" / "a" / "c" / "0" / "0").read_bytes()
-        assert np.array_equal(zarr.open_array(tmp_path / d / "a", mode="r")[:], values)
-        got = read_small_array(tmp_path / d, "a", StoreRef("test store", tmp_path, "redo"))
-        assert np.array_equal(got, values)

@@ -49,15 +49,7 @@ from disktrain.storage.chunkfile import (
     read_chunk,
 )
 from disktrain.storage.diskspace import array_bytes
-from disktrain.storage.io import (
-    CREATE,
-    aligned_buffer,
-    open_direct,
-    preallocate,
-    pwrite_all,
-    round_up,
-    write_dropped,
-)
+from disktrain.storage.io import CREATE, aligned_buffer, open_direct, preallocate, round_up
 from disktrain.storage.residency import (
     PMD_MAPPED_ENOUGH,
     RESIDENCIES,
@@ -251,11 +243,9 @@ def write_small_array(group: zarr.Group, name: str, values: np.ndarray) -> None:
         data = data.view(np.uint8)
         path = chunk_file(array_dir, *[0] * len(chunks))
         path.parent.mkdir(parents=True)
-        fd, parts = os.open(path, CREATE, 0o644), [data, crc_bytes(data)]
-        try:  # written back at once (a sample store's groups come out faster on a busy disk)
-            write_dropped(fd, parts, 0) or pwrite_all(fd, parts, 0)
-        finally:
-            os.close(fd)
+        with open(path, "wb") as f:
+            f.write(data.data)
+            f.write(crc_bytes(data))
 
 
 def read_small_array(root: str | Path, name: str, ref: StoreRef,

@@ -159,25 +159,18 @@ def _advance(views: list, n: int) -> None:
         views[0] = views[0][n:]
 
 
-def write_dropped(fd: int, buffers: list, offset: int) -> bool:
-    """Write ``buffers`` from ``offset`` of ``fd`` with :data:`RWF_DONTCACHE`; False, with
-    nothing written, where the kernel or filesystem lacks it."""
-    try:
-        pwrite_all(fd, buffers, offset, RWF_DONTCACHE)
-        return True
-    except OSError as e:
-        if e.errno not in (errno.EOPNOTSUPP, errno.ENOSYS):
-            raise
-        return False
-
-
 def write_blocks(fd: int, data: np.ndarray, offset: int, uncached: bool = True) -> bool:
     """Write ``data`` (aligned, whole blocks) at ``offset`` of ``fd`` past the page cache:
     with :data:`RWF_DONTCACHE` if ``uncached`` and the kernel has it, else with ``O_DIRECT``
     (set for this write only), else (refused) through the page cache. Returns whether
     ``RWF_DONTCACHE`` worked (``uncached`` for the next write)."""
-    if uncached and write_dropped(fd, [data], offset):
-        return True
+    if uncached:
+        try:
+            pwrite_all(fd, [data], offset, RWF_DONTCACHE)
+            return True
+        except OSError as e:
+            if e.errno not in (errno.EOPNOTSUPP, errno.ENOSYS):
+                raise
     done = direct_span(data.ctypes.data, len(data))
     if done and O_DIRECT and set_direct(fd, True):
         try:
