@@ -208,8 +208,12 @@ def load_kernels(index_dtype=np.int32) -> None:
 @nb.njit(nogil=True, cache=True)
 def count_rows(counts, rows):
     """``counts[r] += 1`` for each ``r`` of ``rows``, repeats included (the access counts:
-    a fancy-indexed ``+=`` takes several passes over ``counts``' random rows)."""
+    a fancy-indexed ``+=`` takes several passes over ``counts``' random rows); a row outside
+    ``counts`` is an ``IndexError``, as in NumPy."""
+    n = len(counts)
     for r in rows:
+        if r < 0 or r >= n:
+            raise IndexError("count_rows: a row outside the counts")
         counts[r] += 1
 
 

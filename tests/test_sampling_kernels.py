@@ -385,3 +385,5 @@ def test_load_kernels_loads_what_sampling_a_dataset_runs(tiny_dataset, tmp_path)
         sampling.count_rows(counts, got.batch(b).nodes)
     assert [set(k.signatures) for k in kernels] == loaded  # nothing new to load or compile
     assert np.array_equal(counts, np.bincount(got.nodes, minlength=ds.num_nodes))
+    with pytest.raises(IndexError, match="outside"):
+        sampling.count_rows(counts, np.array([0, ds.num_nodes], got.nodes.dtype))
