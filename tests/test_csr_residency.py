@@ -106,20 +106,41 @@ def test_auto_reads_into_memory_what_the_kernel_maps_in_small_pages(graph, monke
     assert np.array_equal(ds.indices, Dataset(graph, csr="map").indices)
 
 
-def test_auto_copies_the_csr_it_checked_rather_than_reading_it_again(graph, tmp_path,
-                                                                     monkeypatch):
+def test_auto_probes_the_smaller_array_and_reads_each_file_once(graph, tmp_path, monkeypatch):
+    """In 4 KiB pages, the probe (indptr, the smaller) is copied from the map it was checked
+    through; indices is read straight into memory, not through the page cache first."""
     from disktrain.storage import residency
 
     fresh = tmp_path / "d"  # a copy no test loaded before (a process shares what it loaded)
     shutil.copytree(graph, fresh)
-    monkeypatch.setattr(dataset_mod, "pmd_mapped_share", lambda array: 0.0)
-    reads = []
-    monkeypatch.setattr(residency, "check_chunk", lambda *a, **k: reads.append(a) or (None, 0))
+    probed, checked, direct = [], [], []
+    monkeypatch.setattr(dataset_mod, "pmd_mapped_share",
+                        lambda array: probed.append(array.nbytes) or 0.0)
+    verify = dataset_mod.verify_flat_once
+    monkeypatch.setattr(dataset_mod, "verify_flat_once",
+                        lambda root, name, *a: checked.append(name) or verify(root, name, *a))
+    read = residency.check_chunk
+    monkeypatch.setattr(residency, "check_chunk",
+                        lambda path, *a, **k: direct.append(Path(path).parent.parent.name)
+                        or read(path, *a, **k))
     ds = Dataset(fresh)
-    assert ds.csr_in_memory and not isinstance(ds.indices, np.memmap) and reads == []
+    assert ds.csr_in_memory and not isinstance(ds.indices, np.memmap)
+    assert checked == ["indptr"] and direct == ["indices"]
+    assert probed == [ds.indptr.nbytes] and ds.indptr.nbytes < ds.indices.nbytes
     mapped = Dataset(graph, csr="map")
     assert np.array_equal(ds.indices, mapped.indices) and np.array_equal(ds.indptr,
                                                                          mapped.indptr)
+
+
+def test_auto_probes_both_arrays_when_the_first_is_in_huge_pages(graph, tmp_path,
+                                                                  monkeypatch):
+    fresh = tmp_path / "d"
+    shutil.copytree(graph, fresh)
+    shares = iter([1.0, 0.0])  # indptr in 2 MiB pages, indices not: both in memory
+    monkeypatch.setattr(dataset_mod, "pmd_mapped_share", lambda array: next(shares))
+    ds = Dataset(fresh)
+    assert ds.csr_in_memory and not isinstance(ds.indptr, np.memmap)
+    assert np.array_equal(ds.indices, Dataset(graph, csr="map").indices)
 
 
 def test_auto_maps_what_is_over_budget(graph, monkeypatch):

@@ -507,13 +507,15 @@ class Dataset(FeatureRows):
         fits = self.csr != "map" and \
             sum(m.chunk_bytes for m in metas.values()) <= csr_budget(self.csr_budget)
         maps = {}
-        if not fits or self.csr == "auto":
-            for name in metas:
+        if not fits or self.csr == "auto":  # auto: the smaller first, the probe
+            for name in sorted(metas, key=lambda n: metas[n].chunk_bytes):
                 verify_flat_once(self.path, name, self.ref)
                 maps[name] = open_flat_array(self.path, name, ref=self.ref)
-            if not fits or all(pmd_mapped_share(a) >= PMD_MAPPED_ENOUGH for a in maps.values()):
+                if fits and pmd_mapped_share(maps[name]) < PMD_MAPPED_ENOUGH:
+                    break  # 4 KiB pages: the rest read straight into memory
+            else:
                 return maps
-        self._csr_in_memory = True  # (auto: copied from the mappings checked just now)
+        self._csr_in_memory = True  # (auto: the maps checked just now copied)
         return {name: load_checked(chunk_file(self.path / name, 0), meta.chunk_bytes,
                                    meta.dtype, meta.shape, self.ref, name, maps.get(name))
                 if meta.size else np.zeros(meta.shape, meta.dtype)

@@ -33,9 +33,11 @@ DEFAULT_CSR_SHARE = 0.5
 """Default budget of :func:`csr_budget`: this share of ``MemAvailable``."""
 RESIDENCIES = ("auto", "map", "memory")
 """``map``: always memory-mapped. ``memory``: read into huge-page memory when within the
-budget, else mapped. ``auto``: mapped, unless the kernel maps it in 4 KiB pages (checked by
-:func:`pmd_mapped_share` after the first touch), then copied into memory within the budget (from
-the map, whose files were just checked through the page cache: not read from the disk twice)."""
+budget, else mapped. ``auto``: mapped, unless the kernel maps it in 4 KiB pages, then in
+memory within the budget. The smaller array is the probe: checked through the page cache,
+mapped, touched, its mapping looked up (:func:`pmd_mapped_share`); in 4 KiB pages, it is
+copied from its map and the other read straight into memory (no file read twice, the larger
+not through the page cache); else the other is checked and probed the same way."""
 PMD_MAPPED_ENOUGH = 0.9
 """``auto`` keeps a map of which at least this share is mapped with 2 MiB entries."""
 _MAPPING = re.compile(r"^[0-9a-f]+-[0-9a-f]+ ", re.MULTILINE)
