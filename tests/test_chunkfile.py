@@ -4,6 +4,7 @@ O_DIRECT or not; errors and aborts leave nothing behind."""
 from __future__ import annotations
 
 import errno
+import os
 import threading
 import time
 
@@ -11,12 +12,13 @@ import google_crc32c
 import numpy as np
 import pytest
 import zarr
+from helpers import evict
 
 from disktrain.errors import DiskSpaceError
 from disktrain.storage import chunkfile
 from disktrain.storage.chunkfile import ChunkFileWriter, ChunkWriter, chunk_file, create_flat
 from disktrain.storage.dataset import open_flat_array
-from disktrain.storage.io import BLOCK, aligned_buffer
+from disktrain.storage.io import BLOCK, aligned_buffer, cached_prefix
 
 
 def _expected(data: bytes) -> bytes:
@@ -169,6 +171,7 @@ def test_check_chunk_into_reads_whole_blocks_direct_and_the_tail_buffered(
     data = np.random.default_rng(0).integers(0, 256, nbytes, np.uint8)
     path = tmp_path / "c"
     path.write_bytes(data.tobytes() + chunkfile.crc_bytes(data))
+    evict(path)  # (else the page cache's copy is taken)
     if refuse:
         monkeypatch.setattr(chunkfile, "set_direct", lambda fd, on: False)
     into = aligned_buffer(nbytes)
@@ -176,5 +179,62 @@ def test_check_chunk_into_reads_whole_blocks_direct_and_the_tail_buffered(
         (None, nbytes + 4)
     assert np.array_equal(into, data)
     path.write_bytes(data.tobytes() + b"\0\0\0\0")
+    assert chunkfile.check_chunk(path, nbytes, into=aligned_buffer(nbytes))[0] == \
+        "failed its crc32c check (corrupted)"
+
+
+def _drop(path, offset: int, nbytes: int = 0) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fdatasync(fd)
+        os.posix_fadvise(fd, offset, nbytes, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+
+
+HUGE = 2 << 20
+"""Dropped from here on, whole page-cache folios go (at most 2 MiB, each at a multiple of its
+size), whatever folios the filesystem caches the file in."""
+
+
+def test_cached_prefix_counts_the_pages_the_page_cache_holds(uncached_tmp):
+    path, n = uncached_tmp / "c", HUGE + 3 * BLOCK + 100
+    path.write_bytes(bytes(n))
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        assert cached_prefix(fd, 0, n) == n  # just written
+        _drop(path, HUGE)
+        assert cached_prefix(fd, 0, n) == HUGE
+        assert cached_prefix(fd, BLOCK, HUGE - BLOCK) == HUGE - BLOCK
+        assert cached_prefix(fd, HUGE, n - HUGE) == 0
+        assert cached_prefix(fd, 100, BLOCK) == 0  # not at a page: not asked
+        assert cached_prefix(fd, 0, n + 2 * BLOCK) == 0  # past the end: not asked
+    finally:
+        os.close(fd)
+
+
+def test_a_checked_read_takes_the_cached_pages_and_the_rest_past_the_cache(uncached_tmp,
+                                                                         monkeypatch):
+    """How the CSR is loaded: a file the page cache holds is not read again from the device;
+    the pages it lacks are read with O_DIRECT (whole blocks; the tail buffered); the crc32c
+    covers both."""
+    nbytes = HUGE + 3 * BLOCK + 100
+    data = np.random.default_rng(1).integers(0, 256, nbytes, np.uint8)
+    path = uncached_tmp / "c"
+    path.write_bytes(data.tobytes() + chunkfile.crc_bytes(data))
+    direct, read_at = [], chunkfile.read_at
+    monkeypatch.setattr(chunkfile, "read_at", lambda fd, bufs, offset, d: direct.append(
+        (offset, sum(len(b) for b in bufs))) or read_at(fd, bufs, offset, d))
+    for dropped, expected in [(None, []), (HUGE, [(HUGE, 3 * BLOCK)]),
+                              (0, [(0, HUGE + 3 * BLOCK)])]:
+        if dropped is not None:
+            _drop(path, dropped)
+        direct.clear()
+        into = aligned_buffer(nbytes)
+        assert chunkfile.check_chunk(path, nbytes, into=into) == (None, nbytes + 4)
+        assert np.array_equal(into, data) and direct == expected, dropped
+    bad = data.copy()
+    bad[5] ^= 1  # a flipped byte in the cached pages is caught all the same
+    path.write_bytes(bad.tobytes() + chunkfile.crc_bytes(data))
     assert chunkfile.check_chunk(path, nbytes, into=aligned_buffer(nbytes))[0] == \
         "failed its crc32c check (corrupted)"

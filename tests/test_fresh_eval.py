@@ -108,6 +108,22 @@ def test_serve_epochs_answers_each_line(one_epoch):
         shutil.rmtree(run)
 
 
+def test_serve_epochs_loads_the_csr_once_for_every_epoch(one_epoch, tmp_path, monkeypatch):
+    from disktrain.storage import dataset as dataset_mod
+    from disktrain.storage import residency
+
+    path = shutil.copytree(one_epoch, tmp_path / "g")  # files this process never loaded
+    monkeypatch.setattr(dataset_mod, "pmd_mapped_share", lambda array: 0.0)  # in memory
+    copies, buffer = [], residency.aligned_buffer  # a buffer per CSR array read into memory
+    monkeypatch.setattr(residency, "aligned_buffer",
+                        lambda *a, **k: copies.append(a[0]) or buffer(*a, **k))
+    out = io.StringIO()
+    serve_epochs(path, new_run(path), io.StringIO("7\n8\n9\n"), out)
+    assert out.getvalue() == "7\t\n8\t\n9\t\n"
+    ds = Dataset(path, csr="map")
+    assert sorted(copies) == sorted([ds.indptr.nbytes, ds.indices.nbytes])  # not per epoch
+
+
 def test_a_failed_fresh_epoch_is_an_error_naming_it(tmp_path, monkeypatch):
     path = _prepare(make_dataset(tmp_path / "g"), epochs=1, evaluation=False)
 

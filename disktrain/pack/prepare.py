@@ -14,7 +14,7 @@ from pathlib import Path
 
 from disktrain.pack import PackConfig, PackedStore, pack_dataset, pack_roots
 from disktrain.sample import SampleConfig, SampleStore, sample_dataset
-from disktrain.storage.dataset import Dataset
+from disktrain.storage.dataset import Dataset, TypedDataset
 from disktrain.storage.lock import write_lock
 from disktrain.storage.residency import mem_available
 from disktrain.storage.roots import EVAL_SPLITS, epoch_root, eval_root
@@ -134,9 +134,14 @@ def background_group_bytes() -> int:
 def serve_epochs(dataset_path: str | Path, run: str | Path, lines=sys.stdin,
                  out=sys.stdout) -> None:
     """Prepare each epoch number read from ``lines`` (one per line) with
-    :func:`prepare_epoch` in ``run``, in packing groups of :func:`background_group_bytes`;
-    answer one line ``EPOCH<TAB>ERROR`` per epoch (ERROR empty when done)."""
+    :func:`prepare_epoch` in ``run``, in packing groups of :func:`background_group_bytes`,
+    the dataset's CSR loaded once for them all; answer one line ``EPOCH<TAB>ERROR`` per
+    epoch (ERROR empty when done)."""
     group_bytes = background_group_bytes()  # once: later, this process's own heap counts
+    held = None  # while epochs are prepared: each epoch's dataset shares this CSR in memory
+    with contextlib.suppress(Exception):  # (each epoch meets an error again and answers it)
+        dataset = Dataset(dataset_path)
+        held = None if isinstance(dataset, TypedDataset) else dataset.indices
     for line in lines:
         epoch = int(line)
         try:
@@ -145,6 +150,7 @@ def serve_epochs(dataset_path: str | Path, run: str | Path, lines=sys.stdin,
         except Exception as e:  # noqa: BLE001 - reported to the trainer as text
             error = f"{type(e).__name__}: {e}".replace("\n", " ")
         print(f"{epoch}\t{error}", file=out, flush=True)
+    del held
 
 
 def _serve(dataset_path: str, run: str) -> None:

@@ -37,6 +37,7 @@ from disktrain.storage.io import (
     BLOCK,
     CREATE,
     aligned_buffer,
+    cached_prefix,
     direct_span,
     disk_full_errors,
     open_direct,
@@ -175,13 +176,17 @@ def file_crc(fd: int, offset: int, nbytes: int, into: np.ndarray | None = None,
              slice_bytes: int = SLICE_BYTES) -> tuple[int, int]:
     """The crc32c of ``nbytes`` at ``offset`` of ``fd`` and the bytes read (fewer where the
     file ends before), read once, sequentially, ``slice_bytes`` at a time, or into ``into``
-    (``nbytes``, kept) when given: its whole blocks straight from the device where it is
-    page-aligned and the filesystem allows ``O_DIRECT`` (a cold read through the page cache
-    runs at a fraction of the disk's speed)."""
+    (``nbytes``, kept) when given: what the page cache holds from ``offset`` on copied from
+    it, the rest in whole blocks straight from the device where it is page-aligned and the
+    filesystem allows ``O_DIRECT`` (a cold read through the page cache runs at a fraction of
+    the disk's speed)."""
     buf = np.empty(min(nbytes, slice_bytes), np.uint8) if into is None else into
-    direct = (into is not None and offset % BLOCK == 0 and direct_span(into.ctypes.data, nbytes)
-              and set_direct(fd, True))
     crc, pos = 0, 0
+    direct = into is not None and offset % BLOCK == 0 and direct_span(into.ctypes.data, nbytes)
+    if direct and (cached := cached_prefix(fd, offset, nbytes)):  # no disk read, no O_DIRECT
+        pos = pread_full(fd, [into[:cached]], offset)
+        crc = crc32c(into[:pos])
+    direct = direct and pos < nbytes and set_direct(fd, True)
     try:
         while pos < nbytes:
             view = buf[:min(slice_bytes, nbytes - pos)] if into is None else \

@@ -14,6 +14,7 @@ file of any other ``ENOSPC``.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import errno
 import fcntl
 import mmap
@@ -59,6 +60,28 @@ def direct_span(address: int, nbytes: int) -> int:
     read or write can move: their whole :data:`BLOCK` s when ``address`` is aligned, else
     none."""
     return nbytes - nbytes % BLOCK if address % BLOCK == 0 else 0
+
+
+def cached_prefix(fd: int, offset: int, nbytes: int) -> int:
+    """Bytes from ``offset`` (a multiple of :data:`BLOCK`) of ``fd`` that the page cache
+    holds before its first page that it does not, up to ``nbytes`` (``mincore`` of a map of
+    them: nothing is read; 0 where that cannot be asked)."""
+    if nbytes <= 0 or offset % mmap.PAGESIZE:
+        return 0
+    pages = np.zeros(-(-nbytes // mmap.PAGESIZE), np.uint8)
+    try:
+        with mmap.mmap(fd, nbytes, mmap.MAP_SHARED, mmap.PROT_READ, offset=offset) as m:
+            view = np.frombuffer(m, np.uint8)
+            failed = _LIBC.mincore(ctypes.c_void_p(view.ctypes.data), ctypes.c_size_t(nbytes),
+                                   pages.ctypes.data_as(ctypes.c_void_p))
+            del view
+    except (OSError, ValueError, BufferError):
+        return 0
+    missing = np.flatnonzero((pages & 1) == 0)
+    return 0 if failed else nbytes if not len(missing) else int(missing[0]) * mmap.PAGESIZE
+
+
+_LIBC = ctypes.CDLL(None, use_errno=True)
 
 
 def free_bytes(path: str | os.PathLike) -> int:
