@@ -85,7 +85,7 @@ def prepare_on_ray(dataset: str | Path, sample_cfg: SampleConfig,
             stores = (prepare_eval(local, eval_batch_size, progress, run_sample, run_pack)
                       if evaluation and sample_cfg.task == "node" else {})
             if url:
-                publish(local, url, progress=progress, uploaded=run_pack.uploaded)
+                publish(local, url, progress=progress, uploaded=run_pack.files())
             return packed, stores
         finally:
             if started:
@@ -166,9 +166,9 @@ class ToObjectStore:
       The slots come back to the driver, which finishes the store; its shard files stay on
       the object store (``rows_elsewhere``: not laid out on the driver).
 
-    ``uploaded`` names the files the tasks wrote, for :func:`publish`; a packed store's own
-    are also kept in its ``rows/`` (:data:`ROWS_UPLOADED`), so a rerun after an interruption
-    still names them. A store's groups are marked done once all of them are written: an
+    ``uploaded`` names the files the tasks wrote; a packed store's own are also kept in its
+    ``rows/`` (:data:`ROWS_UPLOADED`), so a rerun after an interruption still names them;
+    :meth:`files` is what a publish names of them. A store's groups are marked done once all of them are written: an
     interrupted packing is packed again whole.
     """
 
@@ -180,6 +180,16 @@ class ToObjectStore:
         self.uploaded: dict[str, tuple[int, int]] = {}
         for done in self.local.rglob(f"rows/{ROWS_UPLOADED}"):  # an earlier run's stores
             self.uploaded.update({r: tuple(d) for r, d in json.loads(done.read_text()).items()})
+
+    def files(self) -> dict[str, tuple[int, int]]:
+        """What a publish names besides the dataset directory's files: the uploads it holds
+        (sent again otherwise) and the shard files of its complete packed stores; not those
+        of stores since made anew (another configuration), deleted by that publish."""
+        files = {r: d for r, d in self.uploaded.items() if (self.local / r).is_file()}
+        for done in self.local.rglob(f"rows/{ROWS_UPLOADED}"):
+            if not any(p.endswith(".partial") for p in done.relative_to(self.local).parts):
+                files.update({r: tuple(d) for r, d in json.loads(done.read_text()).items()})
+        return files
 
     def _final(self, path: Path) -> str:
         """``path`` (under ``local``) relative to the dataset, its ``X.partial`` as ``X``."""
@@ -211,7 +221,7 @@ class ToObjectStore:
         partial_dir = Path(partial_dir)
         store = self._final(partial_dir)
         self.remote.delete_tree(f"{store}.pieces")  # an interrupted run's
-        publish(self.local, self.url, uploaded=self.uploaded)
+        publish(self.local, self.url, uploaded=self.files())
         slots = chunk_file(partial_dir / "slots", 0)
         meta = {str(p.relative_to(partial_dir)): p.read_bytes()
                 for p in partial_dir.rglob("*") if p.is_file() and p != slots

@@ -100,9 +100,9 @@ def _listing(url: str) -> list[str]:
 def test_prepare_on_ray_writes_the_stores_to_the_object_store(nodes, s3, tmp_path):
     """`prepare URL --ray-address`: sampling and packing tasks on both nodes stage the dataset
     and write their groups and shard files straight to the prefix (a shard two tasks share
-    from pieces); interrupted once the training store is packed, then run again; the stores
-    published decode as one local process's, and the nodes keep neither scratch files nor
-    packed shards."""
+    from pieces); interrupted once the training store is packed, then run again with larger
+    shards; the stores published decode as one local process's, the first run's extra shards
+    are gone, and the nodes keep neither scratch files nor packed shards."""
     pack = replace(PACK, shard_bytes=6 * 4096)  # 6 chunks of 256 bytes (a 4 KiB stride) each
     local = make_dataset(tmp_path / "local")
     prepare_dataset(local, SAMPLE, pack, progress=False)
@@ -116,8 +116,8 @@ def test_prepare_on_ray_writes_the_stores_to_the_object_store(nodes, s3, tmp_pat
         sample(self, dataset_path, cfg, groups, groups_dir)
 
     with pytest.MonkeyPatch.context() as m, pytest.raises(KeyboardInterrupt):
-        m.setattr(ToObjectStore, "sample", interrupted)
-        prepare_on_ray(url, SAMPLE, pack, progress=False)
+        m.setattr(ToObjectStore, "sample", interrupted)  # with more, smaller shards
+        prepare_on_ray(url, SAMPLE, replace(pack, shard_bytes=3 * 4096), progress=False)
     packed, evaluation = prepare_on_ray(url, SAMPLE, pack, progress=False)
     assert sorted(evaluation) == ["test", "val"] and packed.remote_files is not None
 

@@ -94,6 +94,28 @@ def test_stage_reuses_a_copy_and_replaces_an_old_one(prepared, s3, tmp_path):
     assert json.loads((local / "zarr.json").read_text())["attributes"]["note"] == "changed"
 
 
+def test_publish_deletes_objects_no_manifest_names_under_the_stores(prepared, s3, tmp_path):
+    """What an interrupted run's tasks uploaded for a configuration it never published
+    (shards, sample groups, eval stores) goes with the next publish; the user's own objects
+    beside the dataset stay."""
+    url = f"{s3}/tiny"
+    first = publish(prepared, url)
+    rem = Remote.of(url)
+    stores = ("packed", "samples", "eval", "packed.pieces")
+    orphans = ["packed/rows/c.999", "samples/groups/g999999/nodes/c/0",
+               "eval/val/packed/rows/c.0", "packed.pieces/c.0.0"]
+    for rel in orphans + ["notes/README.txt"]:
+        rem.put_bytes(rel, b"left by an interrupted run")
+    assert set(orphans) <= {r for top in stores for r in rem.listing(top)}
+    second = publish(prepared, url)
+    assert second["files"] == first["files"]
+    assert {r for top in stores for r in rem.listing(top)} == \
+        {r for r in first["files"] if r.split("/")[0] in stores}
+    assert rem.listing("notes") == ["notes/README.txt"]  # not a store's: kept
+    assert np.array_equal(np.asarray(_batches(stage(url, tmp_path))[0][0]),
+                          np.asarray(_batches(prepared)[0][0]))
+
+
 def test_a_corrupted_object_is_refused(prepared, s3, tmp_path):
     url = f"{s3}/tiny"
     publish(prepared, url)

@@ -172,6 +172,15 @@ class Remote:
         with named_errors(self.where(rel), "delete"):
             self.fs.delete_dir_contents(self.key(rel), missing_dir_ok=True)
 
+    def listing(self, rel: str) -> list[str]:
+        """Every object under ``rel/``, relative to the prefix (none: empty)."""
+        from pyarrow.fs import FileSelector, FileType
+
+        with named_errors(self.where(rel), "list"):
+            infos = self.fs.get_file_info(FileSelector(self.key(rel), recursive=True,
+                                                       allow_not_found=True))
+        return [i.path[len(self.base) + 1:] for i in infos if i.type == FileType.File]
+
     def put_bytes(self, rel: str, data: bytes) -> None:
         with named_errors(self.where(rel), "upload"), \
                 self.fs.open_output_stream(self.key(rel)) as f:

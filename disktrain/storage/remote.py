@@ -95,12 +95,19 @@ def _meta(store: str) -> str:
     return f"{store}/zarr.json" if store else "zarr.json"
 
 
+_STORE_PREFIXES = ("samples", "packed", "packed.pieces", "eval")
+"""Where a dataset's prepared stores (and the pieces Ray tasks pack them in) live under its
+prefix: objects there that no manifest names (an interrupted run's) are deleted by the next
+:func:`publish`."""
+
+
 def publish(local: str | os.PathLike, url: str, *, progress: bool = False,
             uploaded: dict[str, tuple[int, int]] | None = None) -> dict:
     """Upload the dataset directory ``local`` (its prepared stores too) to ``url``; return the
     manifest written. Files the prefix already holds (same size and crc32c) are not sent again;
     a staged copy's files not fetched yet are kept where their store is unchanged; objects the
-    new manifest does not name are deleted once it is written.
+    old manifest named and the new one does not, and any under the prepared stores'
+    prefixes (:data:`_STORE_PREFIXES`) it does not name, are deleted once it is written.
 
     ``uploaded``: files written to the prefix by others (relative path: size, crc32c; Ray
     tasks of :mod:`disktrain.cluster.ray_prepare`), named by the manifest whether or not
@@ -128,7 +135,8 @@ def publish(local: str | os.PathLike, url: str, *, progress: bool = False,
                 "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                 "files": {r: list(digests[r]) for r in sorted(digests)}}
     remote.put_bytes(MANIFEST, json.dumps(manifest, indent=1).encode())
-    remote.delete(sorted(set(old) - set(digests)))
+    stores = {r for top in _STORE_PREFIXES for r in remote.listing(top)}  # (a run's orphans)
+    remote.delete(sorted((set(old) | stores) - set(digests)))
     _mark(local, url, manifest)
     return manifest
 
