@@ -168,8 +168,8 @@ class ToObjectStore:
 
     ``uploaded`` names the files the tasks wrote; a packed store's own are also kept in its
     ``rows/`` (:data:`ROWS_UPLOADED`), so a rerun after an interruption still names them;
-    :meth:`files` is what a publish names of them. A store's groups are marked done once all of them are written: an
-    interrupted packing is packed again whole.
+    :meth:`files` is what a publish names of them. A store's groups are marked done once
+    all of them are written: an interrupted packing is packed again whole.
     """
 
     rows_elsewhere = True

@@ -62,6 +62,9 @@ def direct_span(address: int, nbytes: int) -> int:
     return nbytes - nbytes % BLOCK if address % BLOCK == 0 else 0
 
 
+_LIBC = ctypes.CDLL(None, use_errno=True)
+
+
 def cached_prefix(fd: int, offset: int, nbytes: int) -> int:
     """Bytes from ``offset`` (a multiple of :data:`BLOCK`) of ``fd`` that the page cache
     holds before its first page that it does not, up to ``nbytes`` (``mincore`` of a map of
@@ -79,9 +82,6 @@ def cached_prefix(fd: int, offset: int, nbytes: int) -> int:
         return 0
     missing = np.flatnonzero((pages & 1) == 0)
     return 0 if failed else nbytes if not len(missing) else int(missing[0]) * mmap.PAGESIZE
-
-
-_LIBC = ctypes.CDLL(None, use_errno=True)
 
 
 def free_bytes(path: str | os.PathLike) -> int:
