@@ -839,6 +839,10 @@ def _train_options(p: argparse.ArgumentParser) -> None:
             f"{format_bytes(LoaderConfig.buffer_bytes)})")
     _option(p, "--read-threads", T, "loader.read_threads", type=int,
             help="threads reading packed ranges (default: %(default)s)")
+    _option(p, "--remote-window", T, "loader.remote_window", type=int,
+            help="batches requested at once from a packed store on object storage, so that "
+            "the requests' latency overlaps; each in flight holds up to twice its bytes "
+            "(default: %(default)s)")
     _option(p, "--compute-threads", T, "compute_threads", type=int,
             help="torch threads for compute (default 0: on a CPU every core, but one while "
             "fresh epochs are prepared in the background)")

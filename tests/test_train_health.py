@@ -217,6 +217,7 @@ def _cli_error(capsys, *argv) -> str:
     (["--keep-checkpoints", "0"], "CheckpointConfig.keep must be >= 1, got 0"),
     (["--epochs", "0"], "epochs must be >= 1, got 0"),
     (["--read-threads", "0"], "read_threads must be >= 1, got 0"),
+    (["--remote-window", "0"], "remote_window must be >= 1, got 0"),
     (["--device", "cuda", "--workers", "2"], "'cuda' with --workers needs --gpus-per-worker"),
 ])
 def test_cli_train_user_errors(tmp_path, capsys, argv, says):

@@ -29,7 +29,9 @@ class LoaderConfig:
     remote_window: int = 16
     """Batches read at once, ahead of the one consumed, from a packed store on object
     storage (its rows fetched by ranged GETs): the read threads and queue depth there, so
-    that the requests' latency overlaps (``buffer_bytes`` still bounds their memory)."""
+    that the requests' latency overlaps. ``buffer_bytes`` bounds their buffers; each
+    response is also held (the SDK's copy and ours) until copied into one, so the window
+    costs up to twice ``remote_window`` batches besides (16 batches of 2.3 MB: 90 MB)."""
     device: str = "cpu"
     """Where batches end up: "cpu", "cuda" or "cuda:N" (in training, "cuda" is the GPU of
     the worker's LOCAL_RANK)."""
